@@ -1,0 +1,72 @@
+"""One hierarchy of domain errors, each carrying the HTTP status that the API layer maps it to.
+
+    VeloxError (500)
+    ├── InvalidInput (400)          a field is missing, mistyped or out of range
+    ├── NotFound (404)
+    │   ├── ModelNotFound           no model of that name in the home directory
+    │   └── ItemNotFound            the item is not in the active version's catalogue
+    ├── Conflict (409)              the request clashes with the current state
+    ├── StoreUnavailable (503)      a backing store (SQLite, Redis, the log) cannot be reached
+    └── TrainingFailed (500)        offline training could not produce a version
+
+Messages say which field, what was expected, what was got, and what to do, in the style of
+scikit-learn's parameter validation: "The 'k' parameter of top_k must be an int in [1, 1682].
+Got 0 instead."
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VeloxError(Exception):
+    """Base of every error veloxserve raises on purpose."""
+
+    status: int = 500
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": type(self).__name__, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+class InvalidInput(VeloxError):
+    status = 400
+
+
+class NotFound(VeloxError):
+    status = 404
+
+
+class ModelNotFound(NotFound):
+    pass
+
+
+class ItemNotFound(NotFound):
+    pass
+
+
+class Conflict(VeloxError):
+    status = 409
+
+
+class StoreUnavailable(VeloxError):
+    status = 503
+
+
+class TrainingFailed(VeloxError):
+    status = 500
+
+
+def invalid_parameter(field: str, where: str, expected: str, got: Any) -> InvalidInput:
+    """Build the one error template for a bad parameter."""
+    return InvalidInput(
+        f"The {field!r} parameter of {where} must be {expected}. Got {got!r} instead.",
+        field=field,
+    )
