@@ -1,0 +1,127 @@
+"""The OpenAPI 3.1 description of the HTTP API, written out rather than inferred.
+
+Keeping it explicit means the schema states the real limits (batch size, id shapes) that the
+validation enforces, so a client generator or a fuzzer (schemathesis) sees the true contract.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from veloxserve import __version__
+from veloxserve.config import ServingConfig
+from veloxserve.ids import MAX_ID_LENGTH
+
+_ID = {
+    "oneOf": [
+        {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
+        {"type": "integer"},
+    ],
+    "description": "A user or item id: a JSON string or integer. \"22\" and 22 name the same id.",
+}
+_ERROR = {
+    "type": "object",
+    "required": ["error", "message"],
+    "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}},
+}
+_MODEL_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Invalid input: the message names the field", 404: "Unknown model or item", 503: "Store unavailable"}
+    return {
+        str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for c in codes
+    }
+
+
+def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"200": {"description": description, "content": {"application/json": {"schema": schema}}}}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+@cache
+def openapi_schema() -> dict[str, Any]:
+    limit = ServingConfig().max_batch
+    version_field = {"model_version": {"type": "string"}}
+    scored = {"type": "object", "required": ["item", "score"], "properties": {"item": _ID, "score": {"type": "number"}}}
+    top_k_out = {
+        "type": "object",
+        "required": ["items", "model_version"],
+        "properties": {"user": _ID, "items": {"type": "array", "items": scored}, **version_field},
+    }
+    observation = {
+        "type": "object",
+        "required": ["user", "item", "score"],
+        "properties": {"user": _ID, "item": _ID, "score": {"type": "number"}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "veloxserve", "version": __version__,
+                 "description": "Personalised predictions that learn online: score = σ(w_u · f(x; θ))."},
+        "components": {"schemas": {"Id": _ID, "Error": _ERROR, "Observation": observation}},
+        "paths": {
+            "/healthz": {"get": {"summary": "Liveness", "responses": _ok({"type": "object"})}},
+            "/models": {"get": {"summary": "Models and their versions", "responses": _ok({"type": "object"})}},
+            "/models/{name}": {"get": {
+                "summary": "One model: active version and all versions' metadata",
+                "parameters": [_MODEL_NAME], "responses": {**_ok({"type": "object"}), **_errors(404)}}},
+            "/models/{name}/predict": {
+                "get": {
+                    "summary": "Score one (user, item)",
+                    "parameters": [_MODEL_NAME,
+                                   {"name": "user", "in": "query", "required": True, "schema": {"type": "string"}},
+                                   {"name": "item", "in": "query", "required": True, "schema": {"type": "string"}}],
+                    "responses": {**_ok({"type": "object", "required": ["score", "model_version"], "properties": {
+                        "user": {"type": "string"}, "item": {"type": "string"}, "score": {"type": "number"},
+                        **version_field}}), **_errors(400, 404)},
+                },
+                "post": {
+                    "summary": "Score a batch of (user, item) queries",
+                    "parameters": [_MODEL_NAME],
+                    "requestBody": _body({"type": "object", "required": ["queries"], "properties": {"queries": {
+                        "type": "array", "minItems": 1, "maxItems": limit, "items": {
+                            "type": "object", "required": ["user", "item"],
+                            "properties": {"user": _ID, "item": _ID}}}}}),
+                    "responses": {**_ok({"type": "object", "required": ["scores", "model_version"], "properties": {
+                        "scores": {"type": "array", "items": {"type": "number"}}, **version_field}}),
+                        **_errors(400, 404)},
+                },
+            },
+            "/models/{name}/top_k": {
+                "get": {
+                    "summary": "The k best items for a user",
+                    "parameters": [_MODEL_NAME,
+                                   {"name": "user", "in": "query", "required": True, "schema": {"type": "string"}},
+                                   {"name": "k", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
+                                   {"name": "exclude_seen", "in": "query", "required": False, "schema": {"type": "boolean"}}],
+                    "responses": {**_ok(top_k_out), **_errors(400, 404)},
+                },
+                "post": {
+                    "summary": "The k best items for a user among candidates",
+                    "parameters": [_MODEL_NAME],
+                    "requestBody": _body({"type": "object", "required": ["user", "k"], "properties": {
+                        "user": _ID, "k": {"type": "integer", "minimum": 1},
+                        "candidates": {"type": "array", "items": _ID, "minItems": 1, "maxItems": limit},
+                        "exclude_seen": {"type": "boolean"}}}),
+                    "responses": {**_ok(top_k_out), **_errors(400, 404)},
+                },
+            },
+            "/models/{name}/observe": {"post": {
+                "summary": "Report what users did; 200 only once the observations are durable",
+                "parameters": [_MODEL_NAME],
+                "requestBody": _body({"oneOf": [
+                    observation,
+                    {"type": "object", "required": ["observations"], "properties": {"observations": {
+                        "type": "array", "minItems": 1, "maxItems": limit, "items": observation}}},
+                ]}),
+                "responses": {**_ok({"type": "object", "required": ["observed", "lsn"], "properties": {
+                    "observed": {"type": "integer"}, "lsn": {"type": "integer"}, **version_field}}),
+                    **_errors(400, 404, 503)},
+            }},
+        },
+    }

@@ -1,0 +1,52 @@
+"""Configuration value objects: read once by the entry point, passed down by constructors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """How a served model learns, persists and bounds its requests."""
+
+    max_batch: int = 10_000
+    checkpoint_every: int = 50_000
+    checkpoint_seconds: float = 30.0
+    fsync: bool = True
+    learning_rate: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
+
+@dataclass(frozen=True)
+class HomeLayout:
+    """Where everything lives under one home directory."""
+
+    root: Path
+
+    @property
+    def state_db(self) -> Path:
+        return self.root / "state.sqlite"
+
+    def model_dir(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    def versions_dir(self, name: str) -> Path:
+        return self.model_dir(name) / "versions"
+
+    def log_dir(self, name: str) -> Path:
+        return self.model_dir(name) / "log"
+
+    def active_file(self, name: str) -> Path:
+        return self.model_dir(name) / "ACTIVE"
+
+    def model_names(self) -> list[str]:
+        models = self.root / "models"
+        if not models.is_dir():
+            return []
+        return sorted(p.name for p in models.iterdir() if (p / "versions").is_dir())

@@ -1,0 +1,5 @@
+"""Online learning of the per-user weights w_u, inside the server."""
+
+from veloxserve.learning.user_table import UserTable
+
+__all__ = ["UserTable"]

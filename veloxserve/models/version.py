@@ -1,0 +1,91 @@
+"""A model version as served: a feature model, the trained users' statistics, and the prior."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from veloxserve.models.catalog import ItemCatalog
+from veloxserve.models.features import MatrixFactorizationFeatures
+
+
+class Link(str, enum.Enum):
+    """σ in score = σ(w · f(x)): identity for regression, logistic for classification."""
+
+    IDENTITY = "identity"
+    LOGISTIC = "logistic"
+
+
+@dataclass(frozen=True)
+class UserPrior:
+    """Where a new user starts: the mean trained weights w0, held with precision λ I."""
+
+    mean: np.ndarray
+    precision: float
+
+    def __post_init__(self) -> None:
+        if not self.precision > 0:
+            raise ValueError(f"prior precision must be > 0, got {self.precision}")
+
+
+@dataclass(frozen=True)
+class TrainedUsers:
+    """Sufficient statistics of every user in the training data, against this version's θ."""
+
+    ids: np.ndarray  # (n,) unicode
+    gram: np.ndarray  # (n, k, k) A_u = λ I + F_u^T F_u
+    rhs: np.ndarray  # (n, k)    r_u = λ w0 + F_u^T y
+    weights: np.ndarray  # (n, k) w_u = A_u^{-1} r_u
+    counts: np.ndarray  # (n,)
+    seen_indptr: np.ndarray  # (n + 1,) CSR of item rows each user rated
+    seen_items: np.ndarray
+
+    def seen_rows(self, index: int) -> np.ndarray:
+        return self.seen_items[self.seen_indptr[index] : self.seen_indptr[index + 1]]
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: str
+    link: Link
+    features: MatrixFactorizationFeatures
+    catalog: ItemCatalog
+    prior: UserPrior
+    users: TrainedUsers
+    meta: dict[str, Any]
+
+    @property
+    def dim(self) -> int:
+        return self.features.dim
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> ModelVersion:
+        """Assemble a version from the arrays and meta.json of the version-directory contract."""
+        features = MatrixFactorizationFeatures(
+            np.asarray(arrays["item_factors"], dtype=np.float64),
+            np.asarray(arrays["item_bias"], dtype=np.float64),
+            float(meta["global_mean"]),
+        )
+        users = TrainedUsers(
+            ids=np.asarray(arrays["user_ids"]),
+            gram=np.asarray(arrays["user_gram"], dtype=np.float64),
+            rhs=np.asarray(arrays["user_rhs"], dtype=np.float64),
+            weights=np.asarray(arrays["user_weights"], dtype=np.float64),
+            counts=np.asarray(arrays["user_counts"], dtype=np.int64),
+            seen_indptr=np.asarray(arrays["seen_indptr"], dtype=np.int64),
+            seen_items=np.asarray(arrays["seen_items"], dtype=np.int64),
+        )
+        return cls(
+            name=str(meta["model"]),
+            version=str(meta["version"]),
+            link=Link(meta.get("link", Link.IDENTITY.value)),
+            features=features,
+            catalog=ItemCatalog(np.asarray(arrays["item_ids"])),
+            prior=UserPrior(np.asarray(arrays["prior_mean"], dtype=np.float64), float(meta["prior_precision"])),
+            users=users,
+            meta=dict(meta),
+        )

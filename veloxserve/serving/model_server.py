@@ -1,0 +1,257 @@
+"""One served model version: predict, top-k and observe, with recovery and checkpoints.
+
+Observations are appended to the durable log and applied to the in-memory user table under one
+lock, so log order is learning order and a checkpoint taken under the lock reflects exactly the
+log prefix up to its LSN. The caller gets a Future that resolves once the log's group commit has
+made the observations durable; only then may it acknowledge them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from veloxserve.config import ServingConfig
+from veloxserve.errors import invalid_parameter
+from veloxserve.ids import Id, canonical_id
+from veloxserve.learning.user_table import UserTable
+from veloxserve.models.version import Link, ModelVersion
+from veloxserve.serving.validation import batch_size, finite_score, int_in_range
+from veloxserve.storage.observation_log import ObservationLog
+from veloxserve.storage.user_store import Checkpoint, UserStore
+
+log = logging.getLogger(__name__)
+
+Observation = tuple[Any, Any, Any]  # (user, item, score) as the client sent them
+_REPLAY_CHUNK = 100_000
+
+
+class ModelServer:
+    """Serves one version of one model and learns its users online."""
+
+    def __init__(self, version: ModelVersion, store: UserStore, obs_log: ObservationLog, config: ServingConfig) -> None:
+        self.version = version
+        self.config = config
+        self._store = store
+        self._log = obs_log
+        self._features = version.features.matrix
+        self._catalog = version.catalog
+        self._logistic = version.link is Link.LOGISTIC
+        self._lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self.users = UserTable(
+            version.dim, version.prior, version.link, learning_rate=config.learning_rate,
+            capacity=len(version.users.ids) + 1024,
+        )
+        self.replayed = self._recover()
+
+    @property
+    def name(self) -> str:
+        return self.version.name
+
+    @property
+    def version_id(self) -> str:
+        return self.version.version
+
+    # ---- queries -------------------------------------------------------------------------
+    def predict(self, user: Any, item: Any) -> float:
+        """σ(w_u · f(x)) for one user and item."""
+        row = self._catalog.row(item, "item", "predict")
+        w = self.users.weights(canonical_id(user, "user", "predict"))
+        return self._link(float(self._features[row] @ w))
+
+    def predict_many(self, queries: Sequence[tuple[Any, Any]]) -> np.ndarray:
+        """Scores of a batch of (user, item) queries; every query is checked before any is scored."""
+        batch_size(len(queries), self.config.max_batch, "queries", "predict")
+        users = [canonical_id(u, f"queries[{i}].user", "predict") for i, (u, _) in enumerate(queries)]
+        rows = np.fromiter(
+            (self._catalog.row(x, f"queries[{i}].item", "predict") for i, (_, x) in enumerate(queries)),
+            dtype=np.int64, count=len(queries),
+        )
+        z = np.einsum("ij,ij->i", self._features[rows], self.users.weights_many(users))
+        return self._link_array(z)
+
+    def top_k(
+        self, user: Any, k: Any, *, candidates: Sequence[Any] | None = None, exclude_seen: bool = False
+    ) -> list[tuple[Id, float]]:
+        """The k best items for a user, best first: one matrix–vector product and a partial sort.
+
+        With `candidates` only those items are ranked; `exclude_seen` drops items the user has
+        rated. Fewer than k items come back when the filters leave fewer.
+        """
+        key = canonical_id(user, "user", "top_k")
+        k = int_in_range(k, "k", "top_k", 1, len(self._catalog))
+        w = self.users.weights(key)
+        if candidates is None:
+            rows = None
+            scores = self._features @ w
+        else:
+            batch_size(len(candidates), self.config.max_batch, "candidates", "top_k")
+            rows = np.unique(self._catalog.rows(candidates, "candidates", "top_k"))
+            scores = self._features[rows] @ w
+        if exclude_seen:
+            seen = self._seen_rows(key)
+            if seen.size:
+                scores[seen if rows is None else np.isin(rows, seen)] = -np.inf
+        available = scores.size - (int(np.isneginf(scores).sum()) if exclude_seen else 0)
+        k = min(k, available)
+        if k == 0:
+            return []
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        items = self._catalog.externals(top if rows is None else rows[top])
+        return list(zip(items, self._link_array(scores[top]).tolist()))
+
+    def _seen_rows(self, user: str) -> np.ndarray:
+        row = self.users.rows.get(user)
+        if row is None:
+            return np.empty(0, dtype=np.int64)
+        seen = self.users.seen[row]
+        return np.fromiter(seen, dtype=np.int64, count=len(seen))
+
+    def _link(self, z: float) -> float:
+        if not self._logistic:
+            return z
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+    def _link_array(self, z: np.ndarray) -> np.ndarray:
+        if not self._logistic:
+            return z
+        return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+    # ---- feedback ------------------------------------------------------------------------
+    def observe_many(self, observations: Sequence[Observation]) -> Future[int]:
+        """Log and learn a batch; the Future resolves to the last LSN once it is durable.
+
+        The whole batch is validated first, so a bad row rejects the batch and changes nothing.
+        """
+        batch_size(len(observations), self.config.max_batch, "observations", "observe")
+        users, rows, scores = self._validate_observations(observations)
+        with self._lock:
+            future = self._log.append(
+                [(u, self._catalog_key(r), y, self.version_id) for u, r, y in zip(users, rows.tolist(), scores.tolist())]
+            )
+            self._apply(users, rows, scores)
+        self._maybe_checkpoint(len(users))
+        return future
+
+    def _validate_observations(self, observations: Sequence[Observation]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        catalog = self._catalog
+        users: list[str] = []
+        rows = np.empty(len(observations), dtype=np.int64)
+        scores = np.empty(len(observations), dtype=np.float64)
+        for i, obs in enumerate(observations):
+            user, item, score = obs
+            users.append(canonical_id(user, f"observations[{i}].user", "observe"))
+            rows[i] = catalog.row(item, f"observations[{i}].item", "observe")
+            scores[i] = finite_score(score, f"observations[{i}].score", "observe")
+            if self._logistic and not 0.0 <= scores[i] <= 1.0:
+                raise invalid_parameter(f"observations[{i}].score", "observe", "a label in [0, 1] for a logistic model", score)
+        return users, rows, scores
+
+    def _catalog_key(self, row: int) -> str:
+        return str(self._catalog.external(row))
+
+    def _apply(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
+        table = self.users
+        if len(users) == 1:
+            table.observe(table.ensure(users[0]), self._features, int(rows[0]), float(scores[0]))
+        else:
+            user_rows = np.fromiter((table.ensure(u) for u in users), dtype=np.int64, count=len(users))
+            table.observe_many(user_rows, self._features, rows, scores)
+        self._since_checkpoint += len(users)
+
+    # ---- persistence ---------------------------------------------------------------------
+    def _recover(self) -> int:
+        """Rebuild every user's state: trained statistics, then the checkpoint, then the log tail."""
+        self.users.load_trained(self.version.users)
+        saved = self._store.checkpoint(self.name)
+        same_version = saved is not None and saved.version == self.version_id
+        if same_version:
+            for user, state in self._store.scan(self.name):
+                self.users.restore(user, state)
+            after = saved.lsn
+        else:
+            after = int(self.version.meta.get("log_position", 0))
+        self.users.dirty.clear()
+        replayed = self._replay(after)
+        states = self.users.take_dirty()
+        if not same_version or states:
+            self._store.write_checkpoint(
+                self.name, states, Checkpoint(self.version_id, self._log.last_lsn), replace_all=not same_version
+            )
+        return replayed
+
+    def _replay(self, after_lsn: int) -> int:
+        users: list[str] = []
+        rows: list[int] = []
+        scores: list[float] = []
+        skipped = replayed = 0
+        lookup = self._catalog.lookup
+        for record in self._log.replay(after_lsn):
+            row = lookup(record.item)
+            if row is None:  # an item this version does not know: nothing to learn from it
+                skipped += 1
+                continue
+            users.append(record.user)
+            rows.append(row)
+            scores.append(record.score)
+            if len(users) >= _REPLAY_CHUNK:
+                replayed += self._apply_chunk(users, rows, scores)
+        replayed += self._apply_chunk(users, rows, scores)
+        if skipped:
+            log.warning("%s: %d logged observations name items unknown to %s; skipped", self.name, skipped, self.version_id)
+        return replayed
+
+    def _apply_chunk(self, users: list[str], rows: list[int], scores: list[float]) -> int:
+        n = len(users)
+        if n:
+            self._apply(list(users), np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float64))
+            users.clear(), rows.clear(), scores.clear()
+        return n
+
+    def _maybe_checkpoint(self, added: int) -> None:
+        due = self._since_checkpoint >= self.config.checkpoint_every or (
+            time.monotonic() - self._last_checkpoint >= self.config.checkpoint_seconds and self._since_checkpoint
+        )
+        if due and self._checkpoint_lock.acquire(blocking=False):
+            threading.Thread(target=self._checkpoint_locked, name=f"checkpoint-{self.name}", daemon=True).start()
+
+    def checkpoint(self) -> int:
+        """Write every user changed since the last checkpoint, with the LSN they reflect."""
+        with self._checkpoint_lock:
+            return self._write_checkpoint()
+
+    def _checkpoint_locked(self) -> None:
+        try:
+            self._write_checkpoint()
+        except Exception:  # a failed checkpoint loses nothing: the log still holds every observation
+            log.exception("%s: checkpoint failed; will retry at the next one", self.name)
+        finally:
+            self._checkpoint_lock.release()
+
+    def _write_checkpoint(self) -> int:
+        with self._lock:
+            states = self.users.take_dirty()
+            lsn = self._log.last_lsn
+            self._since_checkpoint = 0
+            self._last_checkpoint = time.monotonic()
+        if not states:
+            return 0
+        self._log.sync()  # never record a position the log has not made durable
+        try:
+            self._store.write_checkpoint(self.name, states, Checkpoint(self.version_id, lsn))
+        except Exception:
+            with self._lock:  # put them back so the next checkpoint writes them
+                self.users.dirty.update(self.users.rows[u] for u in states if u in self.users.rows)
+            raise
+        return len(states)
