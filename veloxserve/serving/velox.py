@@ -7,7 +7,6 @@ here and in the CLI and nowhere else.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from veloxserve.ids import Id
 from veloxserve.models.version import ModelVersion
 from veloxserve.serving.model_server import ModelServer, Observation
 from veloxserve.storage.observation_log import ObservationLog
+from veloxserve.storage.pointer import read_pointer, write_pointer
 from veloxserve.storage.sqlite_store import SQLiteUserStore
 from veloxserve.storage.user_store import UserStore
 from veloxserve.storage.versions import VersionStore
@@ -130,18 +130,12 @@ class Velox:
         versions = VersionStore(self.layout.versions_dir(model))
         if not versions.exists(version):
             raise NotFound(f"Model {model!r} has no version {version!r}.", field="version")
-        active = self.layout.active_file(model)
-        tmp = active.with_suffix(".tmp")
-        tmp.write_text(version)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, active)
+        write_pointer(self.layout.active_file(model), version)
         self._load(model)
 
     def _load(self, model: str) -> None:
         versions = VersionStore(self.layout.versions_dir(model))
-        active = self.layout.active_file(model)
-        version_id = active.read_text().strip() if active.exists() else versions.latest()
+        version_id = read_pointer(self.layout.active_file(model)) or versions.latest()
         version = ModelVersion.from_arrays(versions.read_arrays(version_id), versions.read_meta(version_id))
         with self._swap_lock:
             obs_log = self._logs.get(model)
