@@ -19,6 +19,7 @@ from veloxserve.errors import ModelNotFound, NotFound, invalid_parameter
 from veloxserve.ids import Id
 from veloxserve.models.version import ModelVersion
 from veloxserve.serving.model_server import ModelServer, Observation
+from veloxserve.storage.home_lock import HomeLock
 from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.pointer import read_pointer, write_pointer
 from veloxserve.storage.sqlite_store import SQLiteUserStore
@@ -43,6 +44,7 @@ class Velox:
     def __init__(self, home: str | Path, *, config: ServingConfig | None = None, store: UserStore | None = None) -> None:
         self.layout = HomeLayout(Path(home))
         self.layout.root.mkdir(parents=True, exist_ok=True)
+        self._home_lock = HomeLock(self.layout.root / ".lock")
         self.config = config or ServingConfig()
         self._store = store if store is not None else SQLiteUserStore(self.layout.state_db)
         self._logs: dict[str, ObservationLog] = {}
@@ -62,6 +64,7 @@ class Velox:
         self._servers.clear()
         self._logs.clear()
         self._store.close()
+        self._home_lock.release()
 
     def __enter__(self) -> Velox:
         return self

@@ -1,0 +1,130 @@
+"""Every endpoint over HTTP (in-process ASGI transport), including every bad-input case."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from tests.conftest import synthetic_version_arrays
+from veloxserve.api.app import create_app
+from veloxserve.config import HomeLayout, ServingConfig
+from veloxserve.serving.velox import Velox
+from veloxserve.storage.versions import VersionStore
+
+
+@pytest.fixture
+def velox(tmp_path: Path):
+    arrays, meta = synthetic_version_arrays(name="songs")
+    VersionStore(HomeLayout(tmp_path).versions_dir("songs")).write(arrays, meta)
+    with Velox(tmp_path, config=ServingConfig(max_batch=50)) as v:
+        yield v
+
+
+@pytest.fixture
+def client(velox: Velox):
+    with TestClient(create_app(velox), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_healthz_and_model_listing(client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "models": ["songs"]}
+    models = client.get("/models").json()["models"]
+    assert [m["name"] for m in models] == ["songs"]
+    info = client.get("/models/songs").json()
+    assert info["active_version"] == "v1" and info["n_items"] == 50
+    assert [v["version"] for v in info["versions"]] == ["v1"]
+
+
+def test_openapi_schema_lists_every_route(client) -> None:
+    schema = client.get("/openapi.json").json()
+    assert schema["openapi"].startswith("3.")
+    for path in ("/models/{name}/predict", "/models/{name}/top_k", "/models/{name}/observe", "/models", "/healthz"):
+        assert path in schema["paths"]
+
+
+def test_get_predict(client, velox) -> None:
+    body = client.get("/models/songs/predict", params={"user": 3, "item": 105}).json()
+    assert body["score"] == pytest.approx(velox.predict("songs", 3, 105))
+    assert body["model_version"] == "v1" and body["user"] == "3" and body["item"] == "105"
+
+
+def test_post_predict_batch_mixes_string_and_integer_ids(client, velox) -> None:
+    body = client.post("/models/songs/predict", json={"queries": [{"user": 3, "item": "105"}, {"user": "x", "item": 101}]})
+    assert body.status_code == 200
+    np.testing.assert_allclose(body.json()["scores"], [velox.predict("songs", 3, 105), velox.predict("songs", "x", 101)])
+
+
+def test_top_k_get_and_post(client, velox) -> None:
+    got = client.get("/models/songs/top_k", params={"user": 4, "k": 5, "exclude_seen": "true"}).json()
+    assert [e["item"] for e in got["items"]] == [i for i, _ in velox.top_k("songs", 4, 5, exclude_seen=True)]
+    posted = client.post("/models/songs/top_k", json={"user": 4, "k": 2, "candidates": [101, 102, 103]}).json()
+    assert len(posted["items"]) == 2 and {e["item"] for e in posted["items"]} <= {101, 102, 103}
+
+
+def test_observe_single_and_batch_are_learned_before_the_next_prediction(client) -> None:
+    before = client.get("/models/songs/predict", params={"user": 9, "item": 120}).json()["score"]
+    r = client.post("/models/songs/observe", json={"user": 9, "item": 120, "score": 5.0})
+    assert r.status_code == 200 and r.json()["observed"] == 1
+    r = client.post("/models/songs/observe", json={"observations": [{"user": 9, "item": 120, "score": 5.0}] * 3})
+    assert r.status_code == 200 and r.json()["observed"] == 3
+    after = client.get("/models/songs/predict", params={"user": 9, "item": 120}).json()["score"]
+    assert after > before
+
+
+@pytest.mark.parametrize(
+    "method, path, kwargs, status, field",
+    [
+        ("GET", "/models/nope/predict", {"params": {"user": 1, "item": 101}}, 404, "model"),
+        ("GET", "/models/songs/predict", {"params": {"user": 1, "item": 999}}, 404, "item"),
+        ("GET", "/models/songs/predict", {"params": {"item": 101}}, 400, "user"),
+        ("GET", "/models/songs/predict", {"params": {"user": 1}}, 400, "item"),
+        ("GET", "/models/songs/top_k", {"params": {"user": 1, "k": 0}}, 400, "k"),
+        ("GET", "/models/songs/top_k", {"params": {"user": 1, "k": -3}}, 400, "k"),
+        ("GET", "/models/songs/top_k", {"params": {"user": 1, "k": 51}}, 400, "k"),
+        ("GET", "/models/songs/top_k", {"params": {"user": 1, "k": "ten"}}, 400, "k"),
+        ("GET", "/models/songs/top_k", {"params": {"user": 1, "k": 3, "exclude_seen": "maybe"}}, 400, "exclude_seen"),
+        ("POST", "/models/songs/top_k", {"json": {"user": 1}}, 400, "k"),
+        ("POST", "/models/songs/top_k", {"json": {"user": 1, "k": 2, "candidates": "101"}}, 400, "candidates"),
+        ("POST", "/models/songs/top_k", {"json": {"user": 1, "k": 2, "candidates": [101, 999]}}, 404, "candidates"),
+        ("POST", "/models/songs/predict", {"json": {"queries": []}}, 400, "queries"),
+        ("POST", "/models/songs/predict", {"json": {"queries": [{"user": 1}]}}, 400, "queries[0]"),
+        ("POST", "/models/songs/predict", {"json": {"queries": [{"user": 1, "item": 101}] * 51}}, 400, "queries"),
+        ("POST", "/models/songs/predict", {"json": [1, 2]}, 400, "body"),
+        ("POST", "/models/songs/observe", {"json": {"user": 1, "item": 101}}, 400, "body"),
+        ("POST", "/models/songs/observe", {"json": {"user": 1.5, "item": 101, "score": 1}}, 400, "observations[0].user"),
+        ("POST", "/models/songs/observe", {"json": {"user": 1, "item": 101, "score": "high"}}, 400, "observations[0].score"),
+        ("POST", "/models/songs/observe", {"json": {"user": 1, "item": 101, "score": None}}, 400, "observations[0].score"),
+        ("POST", "/models/songs/observe", {"json": {"observations": "x"}}, 400, "observations"),
+        ("POST", "/models/nope/observe", {"json": {"user": 1, "item": 101, "score": 1}}, 404, "model"),
+    ],
+)
+def test_bad_input_is_a_clear_error_naming_the_field(client, method, path, kwargs, status, field) -> None:
+    r = client.request(method, path, **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["field"] == field and field.split(".")[-1].split("[")[0] in body["message"]
+
+
+def test_nan_and_infinite_scores_are_rejected_without_changing_state(client, velox) -> None:
+    before = velox.predict("songs", 1, 101)
+    for raw in (b'{"user": 1, "item": 101, "score": NaN}', b'{"user": 1, "item": 101, "score": Infinity}'):
+        r = client.post("/models/songs/observe", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 400
+    r = client.post("/models/songs/observe", json={"observations": [
+        {"user": 1, "item": 101, "score": 5.0}, {"user": 1, "item": 101, "score": 1e400}]})
+    assert r.status_code == 400
+    assert velox.predict("songs", 1, 101) == before
+
+
+def test_garbled_json_is_400_and_the_server_keeps_serving(client) -> None:
+    r = client.post("/models/songs/observe", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON" in r.json()["message"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_unknown_route_and_wrong_method_are_json_errors(client) -> None:
+    assert client.get("/nowhere").status_code == 404
+    assert client.delete("/models/songs/predict").status_code == 405

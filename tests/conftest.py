@@ -1,0 +1,55 @@
+"""Shared fixtures: small synthetic model versions built independently of the trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+
+def synthetic_version_arrays(
+    n_users: int = 30, n_items: int = 50, rank: int = 4, prior_precision: float = 2.0, seed: int = 0,
+    name: str = "songs", version: str = "v1", link: str = "identity",
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A version that obeys the directory contract, with user statistics computed from scratch."""
+    rng = np.random.default_rng(seed)
+    V = rng.normal(size=(n_items, rank))
+    bias = rng.normal(scale=0.3, size=n_items)
+    mu = 3.0
+    F = np.column_stack([V, mu + bias, np.ones(n_items)])
+    k = rank + 2
+    w0 = np.concatenate([rng.normal(scale=0.1, size=rank), [1.0, 0.0]])
+    grams, rhss, weights, counts, seen = [], [], [], [], []
+    for _ in range(n_users):
+        items = rng.choice(n_items, size=rng.integers(3, 10), replace=False)
+        y = F[items] @ (w0 + rng.normal(scale=0.5, size=k)) + rng.normal(scale=0.1, size=len(items))
+        if link == "logistic":
+            y = (y > np.median(y)).astype(float)
+        A = prior_precision * np.eye(k) + F[items].T @ F[items]
+        r = prior_precision * w0 + F[items].T @ y
+        grams.append(A), rhss.append(r), weights.append(np.linalg.solve(A, r))
+        counts.append(len(items)), seen.append(np.sort(items))
+    arrays = {
+        "item_ids": np.array([str(100 + i) for i in range(n_items)]),
+        "item_factors": V,
+        "item_bias": bias,
+        "user_ids": np.array([str(u) for u in range(n_users)]),
+        "user_weights": np.array(weights),
+        "user_gram": np.array(grams),
+        "user_rhs": np.array(rhss),
+        "user_counts": np.array(counts, dtype=np.int64),
+        "seen_indptr": np.concatenate([[0], np.cumsum([len(s) for s in seen])]).astype(np.int64),
+        "seen_items": np.concatenate(seen).astype(np.int64),
+        "prior_mean": w0,
+    }
+    meta = {
+        "model": name, "version": version, "kind": "matrix_factorization", "link": link, "rank": rank, "k": k,
+        "prior_precision": prior_precision, "global_mean": mu, "log_position": 0,
+    }
+    return arrays, meta
+
+
+@pytest.fixture
+def version_arrays() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    return synthetic_version_arrays()

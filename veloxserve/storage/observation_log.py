@@ -1,0 +1,248 @@
+"""The durable observation log: append-only segments, group commit, replay.
+
+Every observation is appended here and acknowledged only once fsynced. One writer thread drains
+all queued records with one write() and one fsync() per batch, so while one fsync runs the next
+batch accumulates: the cost of durability is amortised over concurrent requests (group commit)
+instead of one fsync per request.
+
+A record is one line, `<crc32 hex> <json>\n`, so a torn tail after a crash is detected and cut
+off on open, and pandas, DuckDB or `jq` can still read the JSON part. Segments are named by their
+first LSN, so replay from a position skips whole files.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from veloxserve.errors import StoreUnavailable
+
+_PREFIX = "segment-"
+_SUFFIX = ".log"
+
+
+@dataclass(frozen=True, slots=True)
+class ObservationRecord:
+    lsn: int
+    timestamp: float
+    user: str
+    item: str
+    score: float
+    version: str
+
+
+def _encode(lsn: int, ts: float, user: str, item: str, score: float, version: str) -> bytes:
+    body = orjson.dumps({"lsn": lsn, "ts": ts, "user": user, "item": item, "score": score, "version": version})
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def _decode(line: bytes) -> ObservationRecord | None:
+    """The record of one line, or None if the line is torn or corrupt."""
+    if len(line) < 11 or not line.endswith(b"\n") or line[8:9] != b" ":
+        return None
+    body = line[9:-1]
+    try:
+        if int(line[:8], 16) != zlib.crc32(body):
+            return None
+        d = orjson.loads(body)
+        return ObservationRecord(d["lsn"], d["ts"], d["user"], d["item"], d["score"], d["version"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ObservationLog:
+    """Append-only, crash-safe log of one model's observations."""
+
+    def __init__(self, directory: Path, *, fsync: bool = True, segment_bytes: int = 64 << 20) -> None:
+        self.directory = Path(directory)
+        self._fsync = fsync
+        self._segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: list[tuple[bytes, int, Future[int] | None]] = []
+        self._closed = False
+        self._failure: StoreUnavailable | None = None
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._last_lsn = self._recover_tail()
+        except OSError as exc:
+            raise StoreUnavailable(f"Cannot open the observation log in {self.directory}: {exc}.") from exc
+        self._durable_lsn = self._last_lsn
+        self._file = None
+        self._file_size = 0
+        self._writer = threading.Thread(target=self._write_loop, name=f"log-{self.directory.parent.name}", daemon=True)
+        self._writer.start()
+
+    # ---- opening -------------------------------------------------------------------------
+    def _segments(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.directory.iterdir():
+            name = path.name
+            if name.startswith(_PREFIX) and name.endswith(_SUFFIX):
+                found.append((int(name[len(_PREFIX) : -len(_SUFFIX)]), path))
+        return sorted(found)
+
+    def _recover_tail(self) -> int:
+        """Find the last valid LSN and cut a torn or corrupt tail off the last segment."""
+        segments = self._segments()
+        while segments:
+            first, path = segments[-1]
+            last, valid_bytes = first - 1, 0
+            with open(path, "rb") as fh:
+                for line in fh:
+                    record = _decode(line)
+                    if record is None or record.lsn != last + 1:
+                        break
+                    last, valid_bytes = record.lsn, valid_bytes + len(line)
+            if valid_bytes < path.stat().st_size:
+                with open(path, "rb+") as fh:
+                    fh.truncate(valid_bytes)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            if valid_bytes == 0 and len(segments) > 1:  # an empty last segment: drop it
+                path.unlink()
+                segments.pop()
+                continue
+            return last
+        return 0
+
+    # ---- appending -----------------------------------------------------------------------
+    @property
+    def last_lsn(self) -> int:
+        return self._last_lsn
+
+    @property
+    def durable_lsn(self) -> int:
+        return self._durable_lsn
+
+    def append(self, rows: Sequence[tuple[str, str, float, str]]) -> Future[int]:
+        """Queue (user, item, score, version) rows; the Future gives their last LSN once durable."""
+        future: Future[int] = Future()
+        ts = time.time()
+        with self._lock:
+            if self._failure is not None:
+                raise self._failure
+            if self._closed:
+                raise StoreUnavailable(f"The observation log in {self.directory} is closed.")
+            lsn = self._last_lsn
+            chunks = []
+            for user, item, score, version in rows:
+                lsn += 1
+                chunks.append(_encode(lsn, ts, user, item, score, version))
+            self._last_lsn = lsn
+            self._pending.append((b"".join(chunks), lsn, future))
+            self._wake.notify()
+        return future
+
+    def append_and_wait(self, rows: Sequence[tuple[str, str, float, str]], timeout: float | None = None) -> int:
+        return self.append(rows).result(timeout)
+
+    def sync(self, timeout: float | None = None) -> int:
+        """Wait until everything appended so far is durable; returns that LSN."""
+        with self._lock:
+            if self._durable_lsn >= self._last_lsn:
+                return self._durable_lsn
+            future: Future[int] = Future()
+            self._pending.append((b"", self._last_lsn, future))
+            self._wake.notify()
+        return future.result(timeout)
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._closed:
+                    self._wake.wait()
+                batch, self._pending = self._pending, []
+                if not batch and self._closed:
+                    return
+            try:
+                self._write(b"".join(data for data, _, _ in batch), batch[0][1])
+            except OSError as exc:
+                failure = StoreUnavailable(f"Writing the observation log in {self.directory} failed: {exc}.")
+                with self._lock:
+                    self._failure = failure
+                    batch.extend(self._pending)
+                    self._pending = []
+                for _, _, future in batch:
+                    if future is not None and not future.done():
+                        future.set_exception(failure)
+                continue
+            last = batch[-1][1]
+            self._durable_lsn = last
+            for _, lsn, future in batch:
+                if future is not None:
+                    future.set_result(lsn)
+
+    def _write(self, data: bytes, first_lsn_hint: int) -> None:
+        if not data:
+            return
+        if self._file is None or self._file_size >= self._segment_bytes:
+            self._open_segment(data)
+        self._file.write(data)
+        self._file.flush()
+        if self._fsync:
+            os.fdatasync(self._file.fileno())
+        self._file_size += len(data)
+
+    def _open_segment(self, data: bytes) -> None:
+        first_lsn = orjson.loads(data[9 : data.index(b"\n")])["lsn"]
+        segments = self._segments()
+        if self._file is None and segments and segments[-1][1].stat().st_size < self._segment_bytes:
+            path = segments[-1][1]  # continue the last segment after a restart
+        else:
+            if self._file is not None:
+                self._file.close()
+            path = self.directory / f"{_PREFIX}{first_lsn:020d}{_SUFFIX}"
+        self._file = open(path, "ab")
+        self._file_size = self._file.tell()
+        _fsync_dir(self.directory)
+
+    # ---- reading -------------------------------------------------------------------------
+    def replay(self, after_lsn: int = 0) -> Iterator[ObservationRecord]:
+        """Records with lsn > after_lsn, in order."""
+        segments = self._segments()
+        for index, (first, path) in enumerate(segments):
+            following = segments[index + 1][0] if index + 1 < len(segments) else None
+            if following is not None and following <= after_lsn + 1:
+                continue
+            with open(path, "rb") as fh:
+                for line in fh:
+                    record = _decode(line)
+                    if record is None:  # a write in progress, or a tail cut on the next open
+                        break
+                    if record.lsn > after_lsn:
+                        yield record
+
+    def close(self) -> None:
+        """Write what is queued, stop the writer, close the file. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._wake.notify()
+        self._writer.join()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> ObservationLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
