@@ -42,6 +42,7 @@ def synthetic_version_arrays(
         "seen_indptr": np.concatenate([[0], np.cumsum([len(s) for s in seen])]).astype(np.int64),
         "seen_items": np.concatenate(seen).astype(np.int64),
         "prior_mean": w0,
+        "prior_precision": np.full(k, prior_precision),
     }
     meta = {
         "model": name, "version": version, "kind": "matrix_factorization", "link": link, "rank": rank, "k": k,

@@ -66,9 +66,10 @@ def test_top_k_get_and_post(client, velox) -> None:
 
 def test_observe_single_and_batch_are_learned_before_the_next_prediction(client) -> None:
     before = client.get("/models/songs/predict", params={"user": 9, "item": 120}).json()["score"]
-    r = client.post("/models/songs/observe", json={"user": 9, "item": 120, "score": 5.0})
+    target = before + 3.0  # an observation above the prediction pulls the prediction up
+    r = client.post("/models/songs/observe", json={"user": 9, "item": 120, "score": target})
     assert r.status_code == 200 and r.json()["observed"] == 1
-    r = client.post("/models/songs/observe", json={"observations": [{"user": 9, "item": 120, "score": 5.0}] * 3})
+    r = client.post("/models/songs/observe", json={"observations": [{"user": 9, "item": 120, "score": target}] * 3})
     assert r.status_code == 200 and r.json()["observed"] == 3
     after = client.get("/models/songs/predict", params={"user": 9, "item": 120}).json()["score"]
     assert after > before
@@ -113,8 +114,8 @@ def test_nan_and_infinite_scores_are_rejected_without_changing_state(client, vel
     for raw in (b'{"user": 1, "item": 101, "score": NaN}', b'{"user": 1, "item": 101, "score": Infinity}'):
         r = client.post("/models/songs/observe", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 400
-    r = client.post("/models/songs/observe", json={"observations": [
-        {"user": 1, "item": 101, "score": 5.0}, {"user": 1, "item": 101, "score": 1e400}]})
+    r = client.post("/models/songs/observe", content=b'{"observations": [{"user": 1, "item": 101, "score": 5.0}, '
+                    b'{"user": 1, "item": 101, "score": 1e400}]}', headers={"content-type": "application/json"})
     assert r.status_code == 400
     assert velox.predict("songs", 1, 101) == before
 

@@ -11,10 +11,9 @@ from veloxserve.learning.user_table import UserTable
 from veloxserve.models.version import Link, UserPrior
 
 
-def batch_ridge(F: np.ndarray, y: np.ndarray, w0: np.ndarray, lam: float) -> np.ndarray:
-    """argmin_w ||y - F w||^2 + lam ||w - w0||^2, solved from scratch."""
-    k = F.shape[1]
-    return np.linalg.solve(lam * np.eye(k) + F.T @ F, lam * w0 + F.T @ y)
+def batch_ridge(F: np.ndarray, y: np.ndarray, w0: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """argmin_w ||y - F w||^2 + Σ lam_j (w_j - w0_j)^2, solved from scratch."""
+    return np.linalg.solve(np.diag(lam) + F.T @ F, lam * w0 + F.T @ y)
 
 
 @settings(max_examples=15, deadline=None)
@@ -28,6 +27,7 @@ def test_online_updates_equal_batch_ridge_after_1000_observations(seed: int, dim
     rng = np.random.default_rng(seed)
     F = rng.normal(size=(300, dim))
     w0 = rng.normal(size=dim)
+    lam = lam * rng.uniform(0.5, 50.0, size=dim)  # a diagonal prior precision, as trained versions have
     table = UserTable(dim, UserPrior(w0, lam), capacity=2)  # tiny capacity: growth is exercised too
     users = rng.integers(0, n_users, size=1000)
     items = rng.integers(0, F.shape[0], size=1000)
@@ -42,7 +42,7 @@ def test_online_updates_equal_batch_ridge_after_1000_observations(seed: int, dim
         mine = users == u
         expected = batch_ridge(F[items[mine]], ys[mine], w0, lam)
         np.testing.assert_allclose(table.weights(str(u)), expected, rtol=1e-6, atol=1e-6)
-        A = lam * np.eye(dim) + F[items[mine]].T @ F[items[mine]]
+        A = np.diag(lam) + F[items[mine]].T @ F[items[mine]]
         np.testing.assert_allclose(table.covariance(str(u)) @ A, np.eye(dim), atol=1e-6)
         assert table.counts[table.rows[str(u)]] == mine.sum()
         assert table.seen[table.rows[str(u)]] == set(items[mine].tolist())
@@ -50,7 +50,7 @@ def test_online_updates_equal_batch_ridge_after_1000_observations(seed: int, dim
 
 def test_unseen_user_gets_the_prior_mean_not_zero() -> None:
     w0 = np.array([0.5, -1.0, 2.0])
-    table = UserTable(3, UserPrior(w0, 1.0))
+    table = UserTable(3, UserPrior.isotropic(w0, 1.0))
     np.testing.assert_array_equal(table.weights("never-seen"), w0)
     np.testing.assert_array_equal(table.weights_many(["a", "b"]), np.stack([w0, w0]))
 
@@ -58,10 +58,10 @@ def test_unseen_user_gets_the_prior_mean_not_zero() -> None:
 def test_state_round_trips_through_bytes() -> None:
     rng = np.random.default_rng(1)
     F = rng.normal(size=(20, 4))
-    table = UserTable(4, UserPrior(np.zeros(4), 2.0))
+    table = UserTable(4, UserPrior.isotropic(np.zeros(4), 2.0))
     for i in range(30):
         table.observe(table.ensure("u"), F, i % 20, float(rng.normal()))
-    restored = UserTable(4, UserPrior(np.zeros(4), 2.0))
+    restored = UserTable(4, UserPrior.isotropic(np.zeros(4), 2.0))
     restored.restore("u", table.encode(table.rows["u"]))
     row, other = table.rows["u"], restored.rows["u"]
     np.testing.assert_array_equal(restored.P[other], table.P[row])
@@ -71,16 +71,16 @@ def test_state_round_trips_through_bytes() -> None:
 
 
 def test_restore_rejects_state_of_another_dimension() -> None:
-    small = UserTable(3, UserPrior(np.zeros(3), 1.0))
+    small = UserTable(3, UserPrior.isotropic(np.zeros(3), 1.0))
     small.ensure("u")
-    big = UserTable(4, UserPrior(np.zeros(4), 1.0))
+    big = UserTable(4, UserPrior.isotropic(np.zeros(4), 1.0))
     with pytest.raises(ValueError, match="dimension 3"):
         big.restore("u", small.encode(0))
 
 
 def test_take_dirty_returns_exactly_the_changed_users() -> None:
     F = np.eye(3)
-    table = UserTable(3, UserPrior(np.zeros(3), 1.0))
+    table = UserTable(3, UserPrior.isotropic(np.zeros(3), 1.0))
     table.observe(table.ensure("a"), F, 0, 1.0)
     table.observe(table.ensure("b"), F, 1, 1.0)
     assert set(table.take_dirty()) == {"a", "b"}
@@ -98,7 +98,7 @@ def test_logistic_sgd_learns_the_direction_of_a_batch_logistic_fit() -> None:
     truth = rng.normal(size=dim) * 2
     items = rng.integers(0, 400, size=4000)
     labels = (rng.random(4000) < 1 / (1 + np.exp(-F[items] @ truth))).astype(float)
-    table = UserTable(dim, UserPrior(np.zeros(dim), 1.0), Link.LOGISTIC, learning_rate=0.05)
+    table = UserTable(dim, UserPrior.isotropic(np.zeros(dim), 1.0), Link.LOGISTIC, learning_rate=0.05)
     row = table.ensure("u")
     table.observe_many(np.full(4000, row), F, items.astype(np.int64), labels)
 

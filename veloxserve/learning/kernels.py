@@ -50,9 +50,9 @@ def rls_update_many(
 
 @njit(cache=True, nogil=True)
 def logistic_sgd_update(
-    W: np.ndarray, prior: np.ndarray, row: int, F: np.ndarray, item: int, y: float, rate: float, reg: float
+    W: np.ndarray, prior: np.ndarray, row: int, F: np.ndarray, item: int, y: float, rate: float, reg: np.ndarray
 ) -> None:
-    """One SGD step on log-loss + (reg/2)||w - w0||^2: the alternative learner for the logistic link."""
+    """One SGD step on log-loss + ½ Σ reg_j (w_j - w0_j)^2: the alternative learner for the logistic link."""
     k = F.shape[1]
     z = 0.0
     for j in range(k):
@@ -60,13 +60,13 @@ def logistic_sgd_update(
     p = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
     g = p - y
     for j in range(k):
-        W[row, j] -= rate * (g * F[item, j] + reg * (W[row, j] - prior[j]))
+        W[row, j] -= rate * (g * F[item, j] + reg[j] * (W[row, j] - prior[j]))
 
 
 @njit(cache=True, nogil=True)
 def logistic_sgd_update_many(
     W: np.ndarray, prior: np.ndarray, rows: np.ndarray, F: np.ndarray, items: np.ndarray, ys: np.ndarray,
-    rate: float, reg: float,
+    rate: float, reg: np.ndarray,
 ) -> None:
     for t in range(rows.shape[0]):
         logistic_sgd_update(W, prior, rows[t], F, items[t], ys[t], rate, reg)

@@ -43,8 +43,11 @@ class UserTable:
         self.prior = prior
         self.link = link
         self.learning_rate = learning_rate
-        self._prior_P = np.eye(dim) / prior.precision
+        self._prior_P = np.diag(1.0 / prior.precision)
         self._prior_r = prior.precision * prior.mean
+        # SGD (logistic link): the prior's precision spread over a typical user's history, a pull
+        # towards w0 that does not swamp the data after a few dozen observations.
+        self._sgd_reg = prior.precision / 100.0
         self.rows: dict[str, int] = {}
         self.ids: list[str] = []
         self.seen: list[set[int]] = []
@@ -119,12 +122,6 @@ class UserTable:
         for row, item in zip(rows.tolist(), items.tolist()):
             seen[row].add(item)
         self.dirty.update(rows.tolist())
-
-    @property
-    def _sgd_reg(self) -> float:
-        # The prior's precision spread over a typical user's history: a pull towards w0 that does
-        # not swamp the data after a few dozen observations.
-        return self.prior.precision / 100.0
 
     def load_trained(self, users: TrainedUsers) -> None:
         """Bulk-load the statistics a training run computed (P = A^{-1} by one batched inverse)."""

@@ -38,7 +38,7 @@ class ItemCatalog:
         row = self._rows.get(key)
         if row is None:
             raise ItemNotFound(
-                f"Item {item!r} is not in the catalogue of this model version "
+                f"Item {item!r} in {field!r} is not in the catalogue of this model version "
                 f"({len(self)} items). Check the id, or retrain with the item's ratings.",
                 field=field,
             )

@@ -21,14 +21,18 @@ class Link(str, enum.Enum):
 
 @dataclass(frozen=True)
 class UserPrior:
-    """Where a new user starts: the mean trained weights w0, held with precision λ I."""
+    """Where a new user starts: the mean trained weights w0, held with diagonal precision Λ0."""
 
     mean: np.ndarray
-    precision: float
+    precision: np.ndarray  # diagonal of Λ0, shape (k,)
 
     def __post_init__(self) -> None:
-        if not self.precision > 0:
-            raise ValueError(f"prior precision must be > 0, got {self.precision}")
+        if self.precision.shape != self.mean.shape or not (self.precision > 0).all():
+            raise ValueError(f"prior precision must be {self.mean.shape} and > 0, got {self.precision}")
+
+    @classmethod
+    def isotropic(cls, mean: np.ndarray, precision: float) -> UserPrior:
+        return cls(mean, np.full(mean.shape, float(precision)))
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,8 @@ class TrainedUsers:
     """Sufficient statistics of every user in the training data, against this version's θ."""
 
     ids: np.ndarray  # (n,) unicode
-    gram: np.ndarray  # (n, k, k) A_u = λ I + F_u^T F_u
-    rhs: np.ndarray  # (n, k)    r_u = λ w0 + F_u^T y
+    gram: np.ndarray  # (n, k, k) A_u = Λ0 + F_u^T F_u
+    rhs: np.ndarray  # (n, k)    r_u = Λ0 w0 + F_u^T y
     weights: np.ndarray  # (n, k) w_u = A_u^{-1} r_u
     counts: np.ndarray  # (n,)
     seen_indptr: np.ndarray  # (n + 1,) CSR of item rows each user rated
@@ -85,7 +89,10 @@ class ModelVersion:
             link=Link(meta.get("link", Link.IDENTITY.value)),
             features=features,
             catalog=ItemCatalog(np.asarray(arrays["item_ids"])),
-            prior=UserPrior(np.asarray(arrays["prior_mean"], dtype=np.float64), float(meta["prior_precision"])),
+            prior=UserPrior(
+                np.asarray(arrays["prior_mean"], dtype=np.float64),
+                np.asarray(arrays["prior_precision"], dtype=np.float64),
+            ),
             users=users,
             meta=dict(meta),
         )

@@ -1,0 +1,1 @@
+"""Offline training of the shared feature model f(x; θ)."""
