@@ -1,0 +1,159 @@
+"""The observation log: durable before acknowledged, group commit, torn tails, replay."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from veloxserve.storage import observation_log as module
+from veloxserve.storage.observation_log import ObservationLog
+
+
+def test_appended_records_replay_in_order(tmp_path: Path) -> None:
+    with ObservationLog(tmp_path) as log:
+        assert log.append([("u1", "i1", 1.5, "v1"), ("u2", "i2", -2.0, "v1")]).result(5) == 2
+        assert log.append_and_wait([("u1", "i3", 3.0, "v2")], 5) == 3
+        records = list(log.replay())
+    assert [(r.lsn, r.user, r.item, r.score, r.version) for r in records] == [
+        (1, "u1", "i1", 1.5, "v1"), (2, "u2", "i2", -2.0, "v1"), (3, "u1", "i3", 3.0, "v2")]
+    assert all(r.timestamp > 0 for r in records)
+
+
+def test_lsns_continue_after_reopen_and_replay_skips_earlier_ones(tmp_path: Path) -> None:
+    with ObservationLog(tmp_path) as log:
+        log.append_and_wait([("u", "i", 1.0, "v1")] * 5)
+    with ObservationLog(tmp_path) as log:
+        assert log.last_lsn == 5
+        assert log.append_and_wait([("u", "i", 2.0, "v1")]) == 6
+        assert [r.lsn for r in log.replay(after_lsn=4)] == [5, 6]
+
+
+def test_segments_roll_over_and_replay_crosses_them(tmp_path: Path) -> None:
+    with ObservationLog(tmp_path, segment_bytes=400) as log:
+        for n in range(30):
+            log.append_and_wait([(f"u{n}", "i", float(n), "v1")])
+        assert len(list(tmp_path.glob("segment-*.log"))) > 3
+        assert [r.lsn for r in log.replay(after_lsn=17)] == list(range(18, 31))
+    with ObservationLog(tmp_path, segment_bytes=400) as log:
+        assert log.last_lsn == 30 and len(list(log.replay())) == 30
+
+
+@pytest.mark.parametrize("garbage", [b'00000000 {"lsn": 4', b"\x00\x00\x00", b"zzzzzzzz not a record\n"])
+def test_a_torn_tail_is_cut_off_on_open_and_earlier_records_survive(tmp_path: Path, garbage: bytes) -> None:
+    with ObservationLog(tmp_path) as log:
+        log.append_and_wait([("u", "i", 1.0, "v1")] * 3)
+    segment = sorted(tmp_path.glob("segment-*.log"))[-1]
+    with open(segment, "ab") as fh:
+        fh.write(garbage)
+    with ObservationLog(tmp_path) as log:
+        assert log.last_lsn == 3
+        assert log.append_and_wait([("u", "i", 2.0, "v1")]) == 4
+        assert [r.lsn for r in log.replay()] == [1, 2, 3, 4]
+
+
+def test_concurrent_appends_get_unique_lsns_and_all_replay(tmp_path: Path) -> None:
+    with ObservationLog(tmp_path) as log:
+        got: list[int] = []
+        lock = threading.Lock()
+
+        def worker(n: int) -> None:
+            for j in range(100):
+                lsn = log.append_and_wait([(f"u{n}", f"i{j}", float(j), "v1")], 10)
+                with lock:
+                    got.append(lsn)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(got) == list(range(1, 801))
+        assert len({(r.user, r.item) for r in log.replay()}) == 800
+
+
+def test_futures_resolve_only_after_fsync_and_fsyncs_are_batched(tmp_path: Path, monkeypatch) -> None:
+    synced_upto: list[int] = []
+    real = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        time.sleep(0.002)  # a disk that takes time, so concurrent appends pile up behind it
+        real(fd)
+        synced_upto.append(log.last_lsn)
+
+    monkeypatch.setattr(module.os, "fdatasync", slow_fdatasync)
+    log = ObservationLog(tmp_path)
+    try:
+        futures = []
+        threads = [threading.Thread(target=lambda: futures.extend(
+            log.append([("u", "i", 1.0, "v1")]) for _ in range(125))) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for f in futures:
+            lsn = f.result(10)
+            assert lsn <= log.durable_lsn
+        assert len(futures) == 1000
+        assert 0 < len(synced_upto) < 200  # group commit: far fewer fsyncs than records
+    finally:
+        log.close()
+
+
+def test_unflushed_future_is_not_resolved_before_the_writer_runs(tmp_path: Path, monkeypatch) -> None:
+    gate = threading.Event()
+    real = os.fdatasync
+    monkeypatch.setattr(module.os, "fdatasync", lambda fd: (gate.wait(5), real(fd)))
+    with ObservationLog(tmp_path) as log:
+        future = log.append([("u", "i", 1.0, "v1")])
+        time.sleep(0.05)
+        assert not future.done() and log.durable_lsn == 0
+        gate.set()
+        assert future.result(5) == 1 and log.durable_lsn == 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20),
+                          st.floats(allow_nan=False, allow_infinity=False)), min_size=1, max_size=20))
+def test_any_records_round_trip_exactly(tmp_path_factory, rows) -> None:
+    directory = tmp_path_factory.mktemp("log")
+    with ObservationLog(directory, fsync=False) as log:
+        log.append_and_wait([(u, i, s, "v1") for u, i, s in rows])
+    with ObservationLog(directory, fsync=False) as log:
+        assert [(r.user, r.item, r.score) for r in log.replay()] == rows
+
+
+_CRASH_SCRIPT = """
+import sys, threading
+from veloxserve.storage.observation_log import ObservationLog
+log = ObservationLog(sys.argv[1])
+def report(f):
+    print(f.result(), flush=True)
+n = 0
+while True:
+    n += 1
+    log.append([("u", f"i{n}", float(n), "v1")]).add_done_callback(report)
+"""
+
+
+def test_every_acknowledged_lsn_survives_sigkill(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", _CRASH_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    acked = []
+    for line in proc.stdout:
+        acked.append(int(line))
+        if len(acked) >= 200:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    with ObservationLog(tmp_path) as log:
+        durable = {r.lsn for r in log.replay()}
+    assert set(acked) <= durable
+    assert durable == set(range(1, max(durable) + 1))

@@ -1,0 +1,74 @@
+"""The command line: `veloxserve demo` prints curl commands that work; train; client commands."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import ServerProcess
+
+
+def test_demo_trains_serves_and_its_curl_commands_work(tmp_path: Path) -> None:
+    demo = ServerProcess(tmp_path, "--users", "300", "--songs", "400", "--ratings", "20000", command="demo")
+    demo.wait_ready(timeout=300)
+    demo.stop()
+    output = demo.proc.stdout.read()
+    commands = [line.strip() for line in output.splitlines() if line.strip().startswith("curl ")]
+    assert len(commands) == 3, output
+    assert re.search(r"held-out RMSE \d\.\d+", output)
+    restarted = ServerProcess(tmp_path, command="serve")
+    restarted.url = f"http://127.0.0.1:{restarted.port}"
+    restarted.wait_ready()
+    try:
+        for command in commands:  # the printed commands, pointed at this test's port
+            args = shlex.split(command.replace(f":{demo.port}", f":{restarted.port}"))
+            result = subprocess.run(args + ["--silent", "--show-error", "--fail-with-body"],
+                                    capture_output=True, text=True, timeout=30)
+            assert result.returncode == 0, (command, result.stdout, result.stderr)
+            assert "model_version" in result.stdout
+    finally:
+        restarted.stop()
+
+
+def test_client_commands_talk_to_a_running_server(tmp_path: Path) -> None:
+    from veloxserve.training.catify import generate_catify
+    from veloxserve.training.ratings import write_ratings_csv
+
+    write_ratings_csv(generate_catify(100, 50, n_ratings=3000, seed=1).ratings, tmp_path / "r.csv")
+    cli = [sys.executable, "-m", "veloxserve.cli"]
+    trained = subprocess.run(cli + ["train", "--home", str(tmp_path), "--ratings", str(tmp_path / "r.csv"),
+                                    "--model", "songs", "--rank", "4", "--iterations", "3"],
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    assert '"version": "v1"' in trained.stdout
+    server = ServerProcess(tmp_path)
+    server.wait_ready()
+    try:
+        def run(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(cli + list(args) + ["--url", server.url, "--model", "songs"],
+                                  capture_output=True, text=True, timeout=60)
+
+        assert '"score"' in run("predict", "--user", "1", "--item", "2").stdout
+        assert '"items"' in run("top-k", "--user", "1", "-k", "3").stdout
+        assert '"observed": 1' in run("observe", "--user", "1", "--item", "2", "--score", "4.5").stdout
+        missing = run("predict", "--user", "1", "--item", "no-such-song")
+        assert missing.returncode == 1 and "ItemNotFound" in missing.stdout
+    finally:
+        server.stop()
+    assert httpx.get  # the server is gone; the CLI reports it clearly
+    down = subprocess.run(cli + ["predict", "--url", server.url, "--model", "songs", "--user", "1", "--item", "2"],
+                          capture_output=True, text=True, timeout=60)
+    assert down.returncode == 2 and "cannot reach" in down.stderr
+
+
+def test_train_rejects_a_bad_file_with_a_clear_message(tmp_path: Path) -> None:
+    (tmp_path / "bad.csv").write_text("user,item\n1,2\n")
+    result = subprocess.run([sys.executable, "-m", "veloxserve.cli", "train", "--home", str(tmp_path),
+                             "--ratings", str(tmp_path / "bad.csv"), "--model", "m"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "missing column(s) score" in result.stderr
