@@ -103,12 +103,14 @@ def _per(figures: dict[str, float], size: int) -> dict[str, float]:
     return {**{k: round(v / size, 3) for k, v in figures.items() if k.endswith("_us")}, "batch": size}
 
 
-def run_dataset(label: str, ratings_path: Path, test_path: Path | None, ranks: list[int], n: int) -> dict[str, Any]:
+def run_dataset(
+    label: str, ratings_path: Path, test_path: Path | None, ranks: list[int], n: int, base: dict[str, Any]
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for rank in ranks:
         with tempfile.TemporaryDirectory() as tmp:
             layout = HomeLayout(Path(tmp))
-            config = config_from({"rank": rank})
+            config = config_from({**base, "rank": rank})
             meta = train_version(layout, label, ratings_path, config, heldout=test_path)
             write_pointer(layout.active_file(label), meta["version"])
             results[f"rank_{rank}"] = {
@@ -131,13 +133,14 @@ def main() -> None:
     args = parser.parse_args()
     report: dict[str, Any] = {"update_methods": {f"rank_{r}": update_methods(r) for r in args.ranks}}
     if (args.data / "u1.base").exists():
-        report["ml-100k"] = run_dataset("ml100k", args.data / "u1.base", args.data / "u1.test", args.ranks, args.calls)
+        report["ml-100k"] = run_dataset("ml100k", args.data / "u1.base", args.data / "u1.test", args.ranks, args.calls, {})
     else:
         report["ml-100k"] = f"skipped: {args.data}/u1.base not found (pass --data)"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "catify.csv"
         write_ratings_csv(generate_catify(seed=0).ratings, path)
-        report["catify"] = run_dataset("catify", path, None, args.ranks, args.calls)
+        catify = {"reg": 1.0, "prior_precision": 1.0, "iterations": 10}  # as `veloxserve demo` trains it
+        report["catify"] = run_dataset("catify", path, None, args.ranks, args.calls, catify)
     print(json.dumps(report, indent=2))
 
 

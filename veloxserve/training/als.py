@@ -62,7 +62,7 @@ class TrainedFactors:
     seconds: float = 0.0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=True)
 def _group_ridge(indptr, others, X, targets, reg_diag, prior_rhs, keep_stats):  # pragma: no cover - compiled
     """For each group g: solve (diag(reg_g) + X_g^T X_g) θ = prior_rhs + X_g^T t_g.
 
@@ -72,26 +72,33 @@ def _group_ridge(indptr, others, X, targets, reg_diag, prior_rhs, keep_stats):  
     out = np.empty((n, d))
     grams = np.empty((n if keep_stats else 0, d, d))
     rhss = np.empty((n if keep_stats else 0, d))
+    sse = np.zeros(n)
     for g in prange(n):
         A = np.zeros((d, d))
         r = prior_rhs.copy()
         for t in range(indptr[g], indptr[g + 1]):
             x = X[others[t]]
             y = targets[t]
-            for i in range(d):
+            for i in range(d):  # the full square, row by row: contiguous inner loops vectorise
                 xi = x[i]
                 r[i] += y * xi
-                for j in range(i + 1):
-                    A[i, j] += xi * x[j]
+                row = A[i]
+                for j in range(d):
+                    row[j] += xi * x[j]
         for i in range(d):
             A[i, i] += reg_diag[g, i]
-            for j in range(i):
-                A[j, i] = A[i, j]
-        out[g] = np.linalg.solve(A, r)
+        theta = np.linalg.solve(A, r)
+        out[g] = theta
+        for t in range(indptr[g], indptr[g + 1]):  # squared error of the fit, for the loss
+            x = X[others[t]]
+            e = targets[t]
+            for i in range(d):
+                e -= x[i] * theta[i]
+            sse[g] += e * e
         if keep_stats:
             grams[g] = A
             rhss[g] = r
-    return out, grams, rhss
+    return out, grams, rhss, sse
 
 
 def prior_precision_vector(config: ALSConfig) -> np.ndarray:
@@ -148,20 +155,19 @@ def train_als(
     sweeps = tqdm(range(config.iterations), desc="ALS", unit="sweep", disable=None if progress else True)
     for _ in sweeps:
         F = _features(V, b, mu)
-        W, _, _ = _group_ridge(u_ptr, u_items, F, u_y, user_reg, lam_u * w0, False)
+        W, _, _, sse = _group_ridge(u_ptr, u_items, F, u_y, user_reg, lam_u * w0, False)
+        loss = float(sse.sum() + ((W - w0) ** 2 @ lam_u).sum() + item_reg[:, 0] @ (V**2).sum(1) + item_reg[:, 0] @ b**2)
+        losses.append(loss)
+        sweeps.set_postfix(loss=f"{loss:.4g}", rmse=f"{np.sqrt(sse.sum() / len(y)):.4f}")
         w0 = W.mean(axis=0)
         target = (y - W[u, r] * mu - W[u, r + 1])[i_order]
-        theta, _, _ = _group_ridge(i_ptr, i_users, np.ascontiguousarray(W[:, : r + 1]), target, item_reg, no_prior, False)
+        theta, _, _, _ = _group_ridge(i_ptr, i_users, np.ascontiguousarray(W[:, : r + 1]), target, item_reg, no_prior, False)
         V, b = theta[:, :r], theta[:, r]
-        residual = y - np.einsum("ij,ij->i", W[u], _features(V, b, mu)[i])
-        loss = float(residual @ residual + ((W - w0) ** 2 @ lam_u).sum() + (item_reg[:, 0] @ (theta**2).sum(1)))
-        losses.append(loss)
-        sweeps.set_postfix(loss=f"{loss:.4g}", rmse=f"{np.sqrt(np.mean(residual**2)):.4f}")
 
     # The served user state: the exact ridge statistics against the final θ and prior.
     F = _features(V, b, mu)
-    W, grams, rhss = _group_ridge(u_ptr, u_items, F, u_y, user_reg, lam_u * w0, True)
-    train_rmse = float(np.sqrt(np.mean((y - np.einsum("ij,ij->i", W[u], F[i])) ** 2)))
+    W, grams, rhss, sse = _group_ridge(u_ptr, u_items, F, u_y, user_reg, lam_u * w0, True)
+    train_rmse = float(np.sqrt(sse.sum() / len(y)))
     heldout_rmse, heldout_rows, skipped = _heldout_rmse(heldout, user_ids, item_ids, W, w0, F, link)
     arrays = {
         "item_ids": item_ids, "item_factors": V, "item_bias": b,
