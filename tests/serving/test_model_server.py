@@ -52,7 +52,7 @@ def test_an_observation_is_visible_to_the_next_prediction_and_equals_a_batch_rid
     arrays = parts[3]
     F = features(arrays)
     before = server.predict(2, 110)
-    server.observe_many([(2, 110, 5.0), (2, 111, 1.0)]).result(5)
+    server.observe_many([(2, 110, 5.0), (2, 111, 1.0)])
     A = arrays["user_gram"][2] + np.outer(F[10], F[10]) + np.outer(F[11], F[11])
     r = arrays["user_rhs"][2] + 5.0 * F[10] + 1.0 * F[11]
     expected = np.linalg.solve(A, r)
@@ -80,7 +80,7 @@ def test_top_k_excludes_seen_items_and_respects_candidates(server, parts) -> Non
 
 
 def test_observed_item_becomes_seen(server) -> None:
-    server.observe_many([("fresh", 120, 4.0)]).result(5)
+    server.observe_many([("fresh", 120, 4.0)])
     assert 120 not in [item for item, _ in server.top_k("fresh", 50, exclude_seen=True)]
 
 
@@ -130,9 +130,9 @@ def test_batch_predict_equals_single_predictions(server) -> None:
 def test_restart_replays_the_log_after_the_checkpoint(parts, tmp_path) -> None:
     version, store, obs_log, _ = parts
     first = ModelServer(version, store, obs_log, ServingConfig())
-    first.observe_many([(1, 101, 5.0), ("new", 102, 2.0)]).result(5)
+    first.observe_many([(1, 101, 5.0), ("new", 102, 2.0)])
     first.checkpoint()
-    first.observe_many([(1, 103, 1.0), ("new", 104, 4.0)]).result(5)  # after the checkpoint: only in the log
+    first.observe_many([(1, 103, 1.0), ("new", 104, 4.0)])  # after the checkpoint: only in the log
     expected = {u: first.users.weights(u).copy() for u in ("1", "new")}
     obs_log.close()
     reopened = ObservationLog(tmp_path / "log")
@@ -152,7 +152,7 @@ def test_logistic_model_scores_are_probabilities_and_labels_are_checked(tmp_path
         assert 0.0 < server.predict(1, 101) < 1.0
         before = server.predict(1, 101)
         for _ in range(20):
-            server.observe_many([(1, 101, 1.0)]).result(5)
+            server.observe_many([(1, 101, 1.0)])
         assert server.predict(1, 101) > before
         with pytest.raises(InvalidInput, match=r"\[0, 1\]"):
             server.observe_many([(1, 101, 3.0)])

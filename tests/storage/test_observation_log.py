@@ -14,13 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from veloxserve.errors import StoreUnavailable
 from veloxserve.storage import observation_log as module
 from veloxserve.storage.observation_log import ObservationLog
 
 
 def test_appended_records_replay_in_order(tmp_path: Path) -> None:
     with ObservationLog(tmp_path) as log:
-        assert log.append([("u1", "i1", 1.5, "v1"), ("u2", "i2", -2.0, "v1")]).result(5) == 2
+        assert log.append([("u1", "i1", 1.5, "v1"), ("u2", "i2", -2.0, "v1")]) == 2
+        assert log.wait_durable(2, 5) >= 2
         assert log.append_and_wait([("u1", "i3", 3.0, "v2")], 5) == 3
         records = list(log.replay())
     assert [(r.lsn, r.user, r.item, r.score, r.version) for r in records] == [
@@ -80,7 +82,7 @@ def test_concurrent_appends_get_unique_lsns_and_all_replay(tmp_path: Path) -> No
         assert len({(r.user, r.item) for r in log.replay()}) == 800
 
 
-def test_futures_resolve_only_after_fsync_and_fsyncs_are_batched(tmp_path: Path, monkeypatch) -> None:
+def test_acknowledgement_follows_fsync_and_fsyncs_are_batched(tmp_path: Path, monkeypatch) -> None:
     synced_upto: list[int] = []
     real = os.fdatasync
 
@@ -92,32 +94,39 @@ def test_futures_resolve_only_after_fsync_and_fsyncs_are_batched(tmp_path: Path,
     monkeypatch.setattr(module.os, "fdatasync", slow_fdatasync)
     log = ObservationLog(tmp_path)
     try:
-        futures = []
-        threads = [threading.Thread(target=lambda: futures.extend(
-            log.append([("u", "i", 1.0, "v1")]) for _ in range(125))) for _ in range(8)]
+        commits: list[int] = []
+        log.subscribe(commits.append)
+        acked: list[int] = []
+
+        def client() -> None:
+            for _ in range(125):
+                lsn = log.append_and_wait([("u", "i", 1.0, "v1")], 10)
+                assert lsn <= log.durable_lsn
+                acked.append(lsn)
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        for f in futures:
-            lsn = f.result(10)
-            assert lsn <= log.durable_lsn
-        assert len(futures) == 1000
+        assert sorted(acked) == list(range(1, 1001))
+        assert commits == sorted(commits) and commits[-1] == 1000
         assert 0 < len(synced_upto) < 200  # group commit: far fewer fsyncs than records
     finally:
         log.close()
 
 
-def test_unflushed_future_is_not_resolved_before_the_writer_runs(tmp_path: Path, monkeypatch) -> None:
+def test_nothing_is_durable_before_the_fsync_returns(tmp_path: Path, monkeypatch) -> None:
     gate = threading.Event()
     real = os.fdatasync
     monkeypatch.setattr(module.os, "fdatasync", lambda fd: (gate.wait(5), real(fd)))
     with ObservationLog(tmp_path) as log:
-        future = log.append([("u", "i", 1.0, "v1")])
-        time.sleep(0.05)
-        assert not future.done() and log.durable_lsn == 0
+        lsn = log.append([("u", "i", 1.0, "v1")])
+        with pytest.raises(StoreUnavailable, match="did not make LSN 1 durable"):
+            log.wait_durable(lsn, timeout=0.05)
+        assert log.durable_lsn == 0
         gate.set()
-        assert future.result(5) == 1 and log.durable_lsn == 1
+        assert log.wait_durable(lsn, 5) == 1
 
 
 @settings(max_examples=30, deadline=None)
@@ -135,25 +144,24 @@ _CRASH_SCRIPT = """
 import sys, threading
 from veloxserve.storage.observation_log import ObservationLog
 log = ObservationLog(sys.argv[1])
-def report(f):
-    print(f.result(), flush=True)
+log.subscribe(lambda lsn: print(lsn, flush=True))  # every LSN up to this one is acknowledged
 n = 0
 while True:
     n += 1
-    log.append([("u", f"i{n}", float(n), "v1")]).add_done_callback(report)
+    log.append([("u", f"i{n}", float(n), "v1")])
 """
 
 
 def test_every_acknowledged_lsn_survives_sigkill(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", _CRASH_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    acked = []
+    acked_upto = 0
     for line in proc.stdout:
-        acked.append(int(line))
-        if len(acked) >= 200:
+        acked_upto = int(line)
+        if acked_upto >= 2000:
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     with ObservationLog(tmp_path) as log:
         durable = {r.lsn for r in log.replay()}
-    assert set(acked) <= durable
+    assert set(range(1, acked_upto + 1)) <= durable
     assert durable == set(range(1, max(durable) + 1))

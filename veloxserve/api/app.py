@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from veloxserve.api.openapi import openapi_schema
 from veloxserve.errors import InvalidInput, VeloxError, invalid_parameter
+from veloxserve.serving.durability import DurableWaiter
 from veloxserve.serving.velox import DURABLE_TIMEOUT_S, Velox
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,17 @@ def create_app(velox: Velox) -> Starlette:
             rows = [_object(o, ("user", "item", "score"), f"observations[{i}]", "observe") for i, o in enumerate(entries)]
         else:
             rows = [_object(body, ("user", "item", "score"), "body", "observe")]
-        lsn = await asyncio.wait_for(asyncio.wrap_future(velox.submit(name, rows)), DURABLE_TIMEOUT_S)
+        lsn = velox.submit(name, rows)
+        await _waiter(name).wait(lsn, DURABLE_TIMEOUT_S)
         return JSON({"observed": len(rows), "lsn": lsn, "model_version": velox.server(name).version_id})
+
+    waiters: dict[str, DurableWaiter] = {}
+
+    def _waiter(model: str) -> DurableWaiter:
+        waiter = waiters.get(model)
+        if waiter is None:
+            waiter = waiters[model] = DurableWaiter(velox.observation_log(model), asyncio.get_running_loop())
+        return waiter
 
     async def openapi(request: Request) -> JSON:
         return JSON(openapi_schema())

@@ -2,8 +2,8 @@
 
 Observations are appended to the durable log and applied to the in-memory user table under one
 lock, so log order is learning order and a checkpoint taken under the lock reflects exactly the
-log prefix up to its LSN. The caller gets a Future that resolves once the log's group commit has
-made the observations durable; only then may it acknowledge them.
+log prefix up to its LSN. The caller gets the batch's LSN and must wait until the log's group
+commit has made it durable before acknowledging the observations.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -129,20 +128,20 @@ class ModelServer:
         return 0.5 * (1.0 + np.tanh(0.5 * z))
 
     # ---- feedback ------------------------------------------------------------------------
-    def observe_many(self, observations: Sequence[Observation]) -> Future[int]:
-        """Log and learn a batch; the Future resolves to the last LSN once it is durable.
+    def observe_many(self, observations: Sequence[Observation]) -> int:
+        """Log and learn a batch; returns its last LSN (durable once the log's durable_lsn reaches it).
 
         The whole batch is validated first, so a bad row rejects the batch and changes nothing.
         """
         batch_size(len(observations), self.config.max_batch, "observations", "observe")
         users, rows, scores = self._validate_observations(observations)
         with self._lock:
-            future = self._log.append(
+            lsn = self._log.append(
                 [(u, self._catalog_key(r), y, self.version_id) for u, r, y in zip(users, rows.tolist(), scores.tolist())]
             )
             self._apply(users, rows, scores)
         self._maybe_checkpoint(len(users))
-        return future
+        return lsn
 
     def _validate_observations(self, observations: Sequence[Observation]) -> tuple[list[str], np.ndarray, np.ndarray]:
         catalog = self._catalog

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -107,16 +106,23 @@ class Velox:
     ) -> list[tuple[Id, float]]:
         return self.server(model).top_k(user, k, candidates=candidates, exclude_seen=exclude_seen)
 
-    def submit(self, model: str, observations: Sequence[Observation]) -> Future[int]:
-        """Learn a batch now; the Future resolves to its last LSN once the log made it durable."""
+    def submit(self, model: str, observations: Sequence[Observation]) -> int:
+        """Learn a batch now and return its last LSN; it is durable once `observation_log(model)`
+        says so. The HTTP layer awaits that; `observe` blocks on it."""
         return self.server(model).observe_many(observations)
 
     def observe(self, model: str, user: Id, item: Id, score: float) -> int:
         """Learn one observation and return once it is durable (its log sequence number)."""
-        return self.submit(model, [(user, item, score)]).result(DURABLE_TIMEOUT_S)
+        return self.observe_many(model, [(user, item, score)])
 
     def observe_many(self, model: str, observations: Sequence[Observation]) -> int:
-        return self.submit(model, observations).result(DURABLE_TIMEOUT_S)
+        lsn = self.submit(model, observations)
+        self._logs[model].wait_durable(lsn, DURABLE_TIMEOUT_S)
+        return lsn
+
+    def observation_log(self, model: str) -> ObservationLog:
+        self.server(model)
+        return self._logs[model]
 
     # ---- versions ------------------------------------------------------------------------
     def train(self, model: str, ratings: Any, config: Any = None, *, progress: bool = False) -> dict[str, Any]:

@@ -16,8 +16,7 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +74,9 @@ class ObservationLog:
         self._segment_bytes = segment_bytes
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._pending: list[tuple[bytes, int, Future[int] | None]] = []
+        self._durable = threading.Condition(threading.Lock())
+        self._listeners: list[Callable[[int], None]] = []
+        self._pending: list[tuple[bytes, int]] = []
         self._closed = False
         self._failure: StoreUnavailable | None = None
         try:
@@ -131,9 +132,12 @@ class ObservationLog:
     def durable_lsn(self) -> int:
         return self._durable_lsn
 
-    def append(self, rows: Sequence[tuple[str, str, float, str]]) -> Future[int]:
-        """Queue (user, item, score, version) rows; the Future gives their last LSN once durable."""
-        future: Future[int] = Future()
+    def append(self, rows: Sequence[tuple[str, str, float, str]]) -> int:
+        """Queue (user, item, score, version) rows and return their last LSN at once.
+
+        The rows are durable once `durable_lsn` reaches that LSN: wait with `wait_durable`, or
+        `subscribe` to be told after every group commit.
+        """
         ts = time.time()
         with self._lock:
             if self._failure is not None:
@@ -146,22 +150,37 @@ class ObservationLog:
                 lsn += 1
                 chunks.append(_encode(lsn, ts, user, item, score, version))
             self._last_lsn = lsn
-            self._pending.append((b"".join(chunks), lsn, future))
+            self._pending.append((b"".join(chunks), lsn))
             self._wake.notify()
-        return future
+        return lsn
 
     def append_and_wait(self, rows: Sequence[tuple[str, str, float, str]], timeout: float | None = None) -> int:
-        return self.append(rows).result(timeout)
+        lsn = self.append(rows)
+        self.wait_durable(lsn, timeout)
+        return lsn
+
+    def wait_durable(self, lsn: int, timeout: float | None = None) -> int:
+        """Block until every record up to `lsn` is fsynced; StoreUnavailable if the log failed."""
+        with self._durable:
+            if not self._durable.wait_for(lambda: self._durable_lsn >= lsn or self._failure is not None, timeout):
+                raise StoreUnavailable(f"The observation log in {self.directory} did not make LSN {lsn} durable "
+                                       f"within {timeout} s; the disk may be stalled.")
+        if self._durable_lsn < lsn:
+            raise self._failure  # type: ignore[misc]
+        return self._durable_lsn
 
     def sync(self, timeout: float | None = None) -> int:
         """Wait until everything appended so far is durable; returns that LSN."""
-        with self._lock:
-            if self._durable_lsn >= self._last_lsn:
-                return self._durable_lsn
-            future: Future[int] = Future()
-            self._pending.append((b"", self._last_lsn, future))
-            self._wake.notify()
-        return future.result(timeout)
+        return self.wait_durable(self._last_lsn, timeout)
+
+    def subscribe(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(durable_lsn)` from the writer thread after every group commit (and with
+        -1 if the log fails). One call per batch, however many records it held."""
+        self._listeners.append(listener)
+
+    @property
+    def failure(self) -> StoreUnavailable | None:
+        return self._failure
 
     def _write_loop(self) -> None:
         while True:
@@ -172,27 +191,27 @@ class ObservationLog:
                 if not batch and self._closed:
                     return
             try:
-                self._write(b"".join(data for data, _, _ in batch), batch[0][1])
+                self._write(b"".join(data for data, _ in batch))
             except OSError as exc:
-                failure = StoreUnavailable(f"Writing the observation log in {self.directory} failed: {exc}.")
                 with self._lock:
-                    self._failure = failure
-                    batch.extend(self._pending)
+                    self._failure = StoreUnavailable(f"Writing the observation log in {self.directory} failed: {exc}.")
                     self._pending = []
-                for _, _, future in batch:
-                    if future is not None and not future.done():
-                        future.set_exception(failure)
-                continue
-            last = batch[-1][1]
-            self._durable_lsn = last
-            for _, lsn, future in batch:
-                if future is not None:
-                    future.set_result(lsn)
+                self._publish(-1)
+                return
+            self._publish(batch[-1][1])
 
-    def _write(self, data: bytes, first_lsn_hint: int) -> None:
+    def _publish(self, lsn: int) -> None:
+        with self._durable:
+            if lsn >= 0:
+                self._durable_lsn = lsn
+            self._durable.notify_all()
+        for listener in self._listeners:
+            listener(lsn)
+
+    def _write(self, data: bytes) -> None:
         if not data:
             return
-        if self._file is None or self._file_size >= self._segment_bytes:
+        if self._file is None or self._file_size >= self._segment_bytes:  # roll at batch boundaries
             self._open_segment(data)
         self._file.write(data)
         self._file.flush()

@@ -1,0 +1,60 @@
+"""Coroutines waiting for their observations to become durable, woken once per group commit.
+
+Resolving one thread-safe future per request would cost one event-loop wake-up (a self-pipe
+write) per request; here the log's writer thread schedules a single callback per fsync batch,
+which releases every waiter whose LSN the batch covered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+
+from veloxserve.errors import StoreUnavailable
+from veloxserve.storage.observation_log import ObservationLog
+
+
+class DurableWaiter:
+    """Await `wait(lsn)` on one event loop until the log has fsynced `lsn`."""
+
+    def __init__(self, obs_log: ObservationLog, loop: asyncio.AbstractEventLoop) -> None:
+        self._log = obs_log
+        self._loop = loop
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        obs_log.subscribe(self._on_commit)
+
+    def _on_commit(self, lsn: int) -> None:  # the log's writer thread
+        try:
+            self._loop.call_soon_threadsafe(self._release, lsn)
+        except RuntimeError:  # the loop has closed: nobody is waiting any more
+            pass
+
+    def _release(self, lsn: int) -> None:
+        waiting = self._waiting
+        if lsn < 0:
+            failure = self._log.failure or StoreUnavailable("The observation log failed.")
+            for _, _, future in waiting:
+                if not future.done():
+                    future.set_exception(failure)
+            waiting.clear()
+            return
+        while waiting and waiting[0][0] <= lsn:
+            future = heapq.heappop(waiting)[2]
+            if not future.done():
+                future.set_result(None)
+
+    async def wait(self, lsn: int, timeout: float) -> None:
+        if self._log.durable_lsn >= lsn:
+            return
+        if self._log.failure is not None:
+            raise self._log.failure
+        future = self._loop.create_future()
+        heapq.heappush(self._waiting, (lsn, next(self._order), future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"The observation log did not make LSN {lsn} durable within {timeout} s; the disk may be stalled."
+            ) from None
