@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import lmdb
 import numpy as np
 
+from veloxserve.storage.lmdb_store import LMDBUserStore
 from veloxserve.storage.sqlite_store import SQLiteUserStore
 from veloxserve.storage.user_store import Checkpoint
 
@@ -50,30 +50,12 @@ def main() -> None:
             s["scan_s"].append(timed(lambda: sum(1 for _ in store.scan("m"))))
             store.close()
 
-            env = lmdb.open(str(Path(tmp) / "lmdb"), map_size=8 << 30, sync=True)
-
-            def lmdb_checkpoint() -> None:
-                with env.begin(write=True) as txn:
-                    for user, state in states.items():
-                        txn.put(f"m/{user}".encode(), state)
-                    txn.put(b"checkpoint/m", b"v1:1")
-
-            def lmdb_read() -> None:
-                with env.begin() as txn:
-                    for key in keys:
-                        txn.get(f"m/{key}".encode())
-
-            def lmdb_scan() -> None:
-                with env.begin() as txn:
-                    cursor = txn.cursor()
-                    cursor.set_range(b"m/")
-                    sum(1 for key, _ in cursor if key.startswith(b"m/"))
-
+            lmdb_store = LMDBUserStore(Path(tmp) / "lmdb")
             s = samples["lmdb"]
-            s["checkpoint_s"].append(timed(lmdb_checkpoint))
-            s["read_us"].append(timed(lmdb_read) / len(keys) * 1e6)
-            s["scan_s"].append(timed(lmdb_scan))
-            env.close()
+            s["checkpoint_s"].append(timed(lambda: lmdb_store.write_checkpoint("m", states, Checkpoint("v1", 1))))
+            s["read_us"].append(timed(lambda: [lmdb_store.get("m", key) for key in keys]) / len(keys) * 1e6)
+            s["scan_s"].append(timed(lambda: sum(1 for _ in lmdb_store.scan("m"))))
+            lmdb_store.close()
     for name, figures in samples.items():
         results[name] = {key: round(statistics.median(values), 4) for key, values in figures.items()}
     results["workload"] = {"users": args.users, "state_bytes": len(blob)}

@@ -14,6 +14,7 @@ class ServingConfig:
     checkpoint_every: int = 50_000
     checkpoint_seconds: float = 30.0
     fsync: bool = True
+    commit_delay: float = 0.001  # seconds the log lingers so concurrent appends share one fsync
     learning_rate: float = 0.05
 
     def __post_init__(self) -> None:
@@ -31,7 +32,7 @@ class HomeLayout:
 
     @property
     def state_db(self) -> Path:
-        return self.root / "state.sqlite"
+        return self.root / "state.lmdb"
 
     def model_dir(self, name: str) -> Path:
         return self.root / "models" / name

@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from veloxserve.errors import StoreUnavailable
+from veloxserve.storage.lmdb_store import LMDBUserStore
 from veloxserve.storage.sqlite_store import SQLiteUserStore
 from veloxserve.storage.user_store import Checkpoint, MemoryUserStore, UserStore
 
 STORES = {
     "memory": lambda tmp: MemoryUserStore(),
     "sqlite": lambda tmp: SQLiteUserStore(tmp / "state.sqlite"),
+    "lmdb": lambda tmp: LMDBUserStore(tmp / "state.lmdb"),
 }
 
 
@@ -67,10 +69,11 @@ def test_a_failing_checkpoint_changes_nothing(store) -> None:
     assert store.checkpoint("m") == Checkpoint("v1", 1)
 
 
-def test_sqlite_store_persists_across_reopen(tmp_path: Path) -> None:
-    with SQLiteUserStore(tmp_path / "s.sqlite") as first:
+@pytest.mark.parametrize("durable", ["sqlite", "lmdb"])
+def test_embedded_stores_persist_across_reopen(tmp_path: Path, durable: str) -> None:
+    with STORES[durable](tmp_path) as first:
         first.write_checkpoint("m", {"a": b"\x00\xff" * 1000}, Checkpoint("v3", 99))
-    with SQLiteUserStore(tmp_path / "s.sqlite") as second:
+    with STORES[durable](tmp_path) as second:
         assert second.get("m", "a") == b"\x00\xff" * 1000
         assert second.checkpoint("m") == Checkpoint("v3", 99)
 

@@ -21,7 +21,7 @@ from veloxserve.serving.model_server import ModelServer, Observation
 from veloxserve.storage.home_lock import HomeLock
 from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.pointer import read_pointer, write_pointer
-from veloxserve.storage.sqlite_store import SQLiteUserStore
+from veloxserve.storage.lmdb_store import LMDBUserStore
 from veloxserve.storage.user_store import UserStore
 from veloxserve.storage.versions import VersionStore
 
@@ -45,7 +45,7 @@ class Velox:
         self.layout.root.mkdir(parents=True, exist_ok=True)
         self._home_lock = HomeLock(self.layout.root / ".lock")
         self.config = config or ServingConfig()
-        self._store = store if store is not None else SQLiteUserStore(self.layout.state_db)
+        self._store = store if store is not None else LMDBUserStore(self.layout.state_db)
         self._logs: dict[str, ObservationLog] = {}
         self._servers: dict[str, ModelServer] = {}
         self._swap_lock = threading.Lock()
@@ -149,7 +149,9 @@ class Velox:
         with self._swap_lock:
             obs_log = self._logs.get(model)
             if obs_log is None:
-                obs_log = self._logs[model] = ObservationLog(self.layout.log_dir(model), fsync=self.config.fsync)
+                obs_log = self._logs[model] = ObservationLog(
+                    self.layout.log_dir(model), fsync=self.config.fsync, commit_delay=self.config.commit_delay
+                )
             old = self._servers.get(model)
             if old is not None:
                 old.checkpoint()

@@ -68,8 +68,11 @@ def _fsync_dir(directory: Path) -> None:
 class ObservationLog:
     """Append-only, crash-safe log of one model's observations."""
 
-    def __init__(self, directory: Path, *, fsync: bool = True, segment_bytes: int = 64 << 20) -> None:
+    def __init__(
+        self, directory: Path, *, fsync: bool = True, segment_bytes: int = 64 << 20, commit_delay: float = 0.0
+    ) -> None:
         self.directory = Path(directory)
+        self._commit_delay = commit_delay
         self._fsync = fsync
         self._segment_bytes = segment_bytes
         self._lock = threading.Lock()
@@ -187,6 +190,12 @@ class ObservationLog:
             with self._lock:
                 while not self._pending and not self._closed:
                     self._wake.wait()
+                linger = self._commit_delay and not self._closed and len(self._pending) < 64
+            if linger:
+                # Like PostgreSQL's commit_delay: let concurrent appends join this fsync, so a busy
+                # server pays one thread hand-off and one fsync per batch, not per request.
+                time.sleep(self._commit_delay)
+            with self._lock:
                 batch, self._pending = self._pending, []
                 if not batch and self._closed:
                     return
