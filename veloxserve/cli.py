@@ -115,10 +115,6 @@ def _serve(args: argparse.Namespace) -> int:
     from veloxserve.api.app import create_app
     from veloxserve.serving.velox import Velox
 
-    # The log's writer thread needs the GIL for a moment after every fsync to acknowledge the
-    # batch; with the default 5 ms switch interval a busy event loop makes it wait that long, which
-    # capped durable observe at ~3k/s. 0.25 ms lets group commit keep pace (bench/bench_http.py).
-    sys.setswitchinterval(0.00025)
     velox = Velox(args.home)
     try:
         config = uvicorn.Config(

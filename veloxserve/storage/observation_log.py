@@ -73,6 +73,7 @@ class ObservationLog:
     ) -> None:
         self.directory = Path(directory)
         self._commit_delay = commit_delay
+        self._concurrent = False  # were appends arriving concurrently with the last batch?
         self._fsync = fsync
         self._segment_bytes = segment_bytes
         self._lock = threading.Lock()
@@ -190,10 +191,11 @@ class ObservationLog:
             with self._lock:
                 while not self._pending and not self._closed:
                     self._wake.wait()
-                linger = self._commit_delay and not self._closed and len(self._pending) < 64
+                linger = self._commit_delay and self._concurrent and not self._closed and len(self._pending) < 64
             if linger:
-                # Like PostgreSQL's commit_delay: let concurrent appends join this fsync, so a busy
-                # server pays one thread hand-off and one fsync per batch, not per request.
+                # Like PostgreSQL's commit_delay (with commit_siblings): when appends are arriving
+                # concurrently, let them join this fsync, so a busy server pays one thread hand-off
+                # and one fsync per batch, not per request. A lone client never waits.
                 time.sleep(self._commit_delay)
             with self._lock:
                 batch, self._pending = self._pending, []
@@ -207,6 +209,7 @@ class ObservationLog:
                     self._pending = []
                 self._publish(-1)
                 return
+            self._concurrent = len(batch) > 1 or bool(self._pending)  # others arrived during the fsync
             self._publish(batch[-1][1])
 
     def _publish(self, lsn: int) -> None:
