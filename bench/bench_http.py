@@ -1,5 +1,8 @@
 """HTTP benchmark: predict, top-k and durable observe against the same stack's hello-world floor.
 
+It also measures the floors of the candidate stacks (Starlette, Litestar, a raw ASGI callable, all
+on uvicorn with httptools + uvloop): the numbers behind the choice of Starlette in docs/http.md.
+
     .venv/bin/python bench/bench_http.py [--duration 10] [--connections 1 32]
 
 Needs wrk (Debian: `apt-get install wrk`). The server is pinned to CPU 0 and wrk to CPU 1 (this
@@ -34,6 +37,28 @@ class JSON(Response):
 async def hello(request):
     return JSON({"user": request.query_params.get("user"), "score": 1.0})
 uvicorn.run(Starlette(routes=[Route("/hello", hello)]), host="127.0.0.1", port=int(__import__("sys").argv[1]),
+            access_log=False, log_level="warning", http="httptools", loop="uvloop", lifespan="off")
+'''
+
+RAW_ASGI_APP = '''
+import orjson, uvicorn
+from urllib.parse import parse_qs
+async def app(scope, receive, send):
+    q = parse_qs(scope["query_string"].decode())
+    body = orjson.dumps({"user": q.get("user", [None])[0], "score": 1.0})
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+uvicorn.run(app, host="127.0.0.1", port=int(__import__("sys").argv[1]), access_log=False, log_level="warning",
+            http="httptools", loop="uvloop", lifespan="off")
+'''
+
+LITESTAR_APP = '''
+import uvicorn
+from litestar import Litestar, get
+@get("/hello", sync_to_thread=False)
+def hello(user: str | None = None) -> dict:
+    return {"user": user, "score": 1.0}
+uvicorn.run(Litestar([hello], openapi_config=None), host="127.0.0.1", port=int(__import__("sys").argv[1]),
             access_log=False, log_level="warning", http="httptools", loop="uvloop", lifespan="off")
 '''
 
@@ -115,20 +140,23 @@ def main() -> None:
             scripts[name].write_text(lua)
         servers = {
             "hello": [*pinned(0), python, "-c", HELLO_APP, "18731"],
+            "hello_raw_asgi": [*pinned(0), python, "-c", RAW_ASGI_APP, "18733"],
+            "hello_litestar": [*pinned(0), python, "-c", LITESTAR_APP, "18734"],
             "veloxserve": [*pinned(0), python, "-m", "veloxserve.cli", "serve", "--home", str(home), "--port", "18732"],
         }
         for label, command in servers.items():
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             port = command[-1]
             try:
-                wait_ready(f"http://127.0.0.1:{port}/healthz" if label != "hello" else f"http://127.0.0.1:{port}/hello")
-                routes = ["hello"] if label == "hello" else ["predict", "top_k", "observe"]
-                for route in routes:
+                hello = label.startswith("hello")
+                wait_ready(f"http://127.0.0.1:{port}/hello" if hello else f"http://127.0.0.1:{port}/healthz")
+                for route in ["hello"] if hello else ["predict", "top_k", "observe"]:
+                    name = label if hello else route
                     for c in args.connections:
                         runs = [run_wrk(f"http://127.0.0.1:{port}", scripts[route], c, args.duration)
                                 for _ in range(args.repeats)]
-                        report[f"{route}_c{c}"] = median_runs(runs)
-                        print(f"{route} c={c}: {report[f'{route}_c{c}']}", file=sys.stderr)
+                        report[f"{name}_c{c}"] = median_runs(runs)
+                        print(f"{name} c={c}: {report[f'{name}_c{c}']}", file=sys.stderr)
             finally:
                 proc.terminate()
                 proc.wait(60)

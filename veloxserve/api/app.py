@@ -1,67 +1,47 @@
-"""The Starlette app: parse, call Velox, render. No serving logic lives here.
+"""The HTTP app: a raw ASGI callable that parses, calls Velox, and renders. No serving logic here.
 
-Starlette on uvicorn (httptools + uvloop) with orjson: bench/http_floor.py measured the
-hello-world floor of the candidate stacks on this machine; see docs/http.md.
+Why raw ASGI: bench/bench_http.py measured the hello-world floor of the candidate stacks on this
+2-core machine (uvicorn + httptools + uvloop, 32 connections): a raw ASGI callable ~20k req/s,
+Starlette ~9-12k, Litestar ~7k. The fast-serving target of 15k predictions/s rules out the
+frameworks, and a prediction API has a handful of fixed routes, so the router below is a dict.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from veloxserve.api.openapi import openapi_schema
-from veloxserve.errors import InvalidInput, VeloxError, invalid_parameter
+from veloxserve.errors import InvalidInput, NotFound, VeloxError, invalid_parameter
 from veloxserve.serving.durability import DurableWaiter
 from veloxserve.serving.velox import DURABLE_TIMEOUT_S, Velox
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 << 20
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+Query = dict[str, str]
+Handler = Callable[[str, Query, Any], Awaitable[Any]]
 
 
-class JSON(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+class MethodNotAllowed(VeloxError):
+    status = 405
 
 
-def _error(status: int, body: dict[str, Any]) -> JSON:
-    return JSON(body, status_code=status)
-
-
-async def _json_body(request: Request, where: str) -> dict[str, Any]:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise InvalidInput(f"The request body of {where} must be at most {MAX_BODY_BYTES} bytes; split the batch.")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidInput(f"The request body of {where} must be at most {MAX_BODY_BYTES} bytes; split the batch.")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"The request body of {where} must be a JSON object: {exc}.") from None
-    if not isinstance(body, dict):
-        raise invalid_parameter("body", where, "a JSON object", type(body).__name__)
-    return body
-
-
-def _query(request: Request, field: str, where: str) -> str:
-    value = request.query_params.get(field)
-    if value is None or value == "":
+def _query(query: Query, field: str, where: str) -> str:
+    value = query.get(field)
+    if not value:
         raise invalid_parameter(field, where, "present in the query string", value)
     return value
 
 
-def _query_int(request: Request, field: str, where: str) -> int:
-    value = _query(request, field, where)
+def _query_int(query: Query, field: str, where: str) -> int:
+    value = _query(query, field, where)
     try:
         return int(value)
     except ValueError:
@@ -76,6 +56,12 @@ def _as_bool(value: Any, field: str, where: str) -> bool:
     raise invalid_parameter(field, where, "true or false", value)
 
 
+def _body_object(body: Any, where: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise invalid_parameter("body", where, "a JSON object", type(body).__name__)
+    return body
+
+
 def _list_field(body: dict[str, Any], field: str, where: str) -> list[Any]:
     value = body.get(field)
     if not isinstance(value, list):
@@ -83,110 +69,160 @@ def _list_field(body: dict[str, Any], field: str, where: str) -> list[Any]:
     return value
 
 
-def _object(entry: Any, keys: tuple[str, ...], field: str, where: str) -> tuple[Any, ...]:
+def _entry(entry: Any, keys: tuple[str, ...], field: str, where: str) -> tuple[Any, ...]:
     if not isinstance(entry, dict) or any(key not in entry for key in keys):
         raise invalid_parameter(field, where, "an object with " + ", ".join(repr(k) for k in keys), entry)
     return tuple(entry[key] for key in keys)
 
 
-def create_app(velox: Velox) -> Starlette:
-    """An ASGI app serving `velox`. The caller owns `velox` and closes it."""
+class VeloxApp:
+    """ASGI app over a Velox. The caller owns `velox` and closes it."""
 
-    async def healthz(request: Request) -> JSON:
-        return JSON({"status": "ok", "models": velox.model_names()})
+    def __init__(self, velox: Velox) -> None:
+        self.velox = velox
+        self._waiters: dict[str, DurableWaiter] = {}
+        self._top = {"/healthz": self._healthz, "/openapi.json": self._openapi, "/models": self._list_models}
+        self._model_routes: dict[tuple[str, str], Handler] = {
+            ("GET", ""): self._show_model,
+            ("GET", "predict"): self._predict_one,
+            ("POST", "predict"): self._predict_batch,
+            ("GET", "top_k"): self._top_k_get,
+            ("POST", "top_k"): self._top_k_post,
+            ("POST", "observe"): self._observe,
+        }
 
-    async def list_models(request: Request) -> JSON:
-        return JSON({"models": [velox.describe(name) for name in velox.model_names()]})
+    # ---- ASGI ------------------------------------------------------------------------------
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        try:
+            status, payload = 200, await self._dispatch(scope, receive)
+        except VeloxError as exc:
+            status, payload = exc.status, exc.to_dict()
+        except Exception:  # the server never dies on a request
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            status, payload = 500, {"error": "InternalError", "message": "The server failed on this request; see its log."}
+        body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        await send({"type": "http.response.start", "status": status, "headers": _JSON_HEADERS})
+        await send({"type": "http.response.body", "body": body})
 
-    async def show_model(request: Request) -> JSON:
-        return JSON(velox.describe(request.path_params["name"]))
+    async def _lifespan(self, receive: Callable, send: Callable) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
-    async def predict_one(request: Request) -> JSON:
-        server = velox.server(request.path_params["name"])
-        user, item = _query(request, "user", "predict"), _query(request, "item", "predict")
-        score = server.predict(user, item)
-        return JSON({"user": user, "item": item, "score": score, "model_version": server.version_id})
+    async def _dispatch(self, scope: dict[str, Any], receive: Callable) -> Any:
+        method, path = scope["method"], scope["path"]
+        if path in self._top:
+            if method != "GET":
+                raise MethodNotAllowed(f"{path} takes GET, not {method}.")
+            return self._top[path]()
+        parts = path.split("/")
+        if len(parts) not in (3, 4) or parts[1] != "models" or not parts[2]:
+            raise NotFound(f"No route {path}. See /openapi.json for the API.")
+        name, action = parts[2], parts[3] if len(parts) == 4 else ""
+        handler = self._model_routes.get((method, action))
+        if handler is None:
+            if any(a == action for _, a in self._model_routes):
+                raise MethodNotAllowed(f"{path} does not take {method}. See /openapi.json.")
+            raise NotFound(f"No route {path}. See /openapi.json for the API.")
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
+        body = await self._read_json(receive, action) if method == "POST" else None
+        return await handler(name, query, body)
 
-    async def predict_batch(request: Request) -> JSON:
-        server = velox.server(request.path_params["name"])
-        body = await _json_body(request, "predict")
-        queries = _list_field(body, "queries", "predict")
-        pairs = [_object(q, ("user", "item"), f"queries[{i}]", "predict") for i, q in enumerate(queries)]
-        return JSON({"scores": server.predict_many(pairs), "model_version": server.version_id})
+    async def _read_json(self, receive: Callable, where: str) -> Any:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise InvalidInput(f"The request body of {where} must be at most {MAX_BODY_BYTES} bytes; split the batch.")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        try:
+            return orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError as exc:
+            raise InvalidInput(f"The request body of {where} must be a JSON object: {exc}.", field="body") from None
 
-    def _top_k_response(server: Any, user: Any, k: Any, candidates: Any, exclude_seen: bool) -> JSON:
+    # ---- routes ----------------------------------------------------------------------------
+    def _healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "models": self.velox.model_names()}
+
+    def _openapi(self) -> dict[str, Any]:
+        return openapi_schema()
+
+    def _list_models(self) -> dict[str, Any]:
+        return {"models": [self.velox.describe(name) for name in self.velox.model_names()]}
+
+    async def _show_model(self, name: str, query: Query, body: Any) -> dict[str, Any]:
+        return self.velox.describe(name)
+
+    async def _predict_one(self, name: str, query: Query, body: Any) -> dict[str, Any]:
+        server = self.velox.server(name)
+        user, item = _query(query, "user", "predict"), _query(query, "item", "predict")
+        return {"user": user, "item": item, "score": server.predict(user, item), "model_version": server.version_id}
+
+    async def _predict_batch(self, name: str, query: Query, body: Any) -> dict[str, Any]:
+        server = self.velox.server(name)
+        queries = _list_field(_body_object(body, "predict"), "queries", "predict")
+        pairs = [_entry(q, ("user", "item"), f"queries[{i}]", "predict") for i, q in enumerate(queries)]
+        return {"scores": server.predict_many(pairs), "model_version": server.version_id}
+
+    def _ranked(self, name: str, user: Any, k: Any, candidates: Any, exclude_seen: bool) -> dict[str, Any]:
+        server = self.velox.server(name)
         ranked = server.top_k(user, k, candidates=candidates, exclude_seen=exclude_seen)
-        return JSON({
+        return {
             "user": user,
             "items": [{"item": item, "score": score} for item, score in ranked],
             "model_version": server.version_id,
-        })
+        }
 
-    async def top_k_get(request: Request) -> JSON:
-        server = velox.server(request.path_params["name"])
-        user, k = _query(request, "user", "top_k"), _query_int(request, "k", "top_k")
-        exclude = _as_bool(request.query_params.get("exclude_seen", "false"), "exclude_seen", "top_k")
-        return _top_k_response(server, user, k, None, exclude)
+    async def _top_k_get(self, name: str, query: Query, body: Any) -> dict[str, Any]:
+        self.velox.server(name)
+        user, k = _query(query, "user", "top_k"), _query_int(query, "k", "top_k")
+        exclude = _as_bool(query.get("exclude_seen", "false"), "exclude_seen", "top_k")
+        return self._ranked(name, user, k, None, exclude)
 
-    async def top_k_post(request: Request) -> JSON:
-        server = velox.server(request.path_params["name"])
-        body = await _json_body(request, "top_k")
-        if "user" not in body or "k" not in body:
-            raise invalid_parameter("user" if "user" not in body else "k", "top_k", "present in the body", None)
+    async def _top_k_post(self, name: str, query: Query, body: Any) -> dict[str, Any]:
+        self.velox.server(name)
+        body = _body_object(body, "top_k")
+        for field in ("user", "k"):
+            if field not in body:
+                raise invalid_parameter(field, "top_k", "present in the body", None)
         candidates = body.get("candidates")
         if candidates is not None and not isinstance(candidates, list):
             raise invalid_parameter("candidates", "top_k", "a JSON list of item ids", candidates)
         exclude = _as_bool(body.get("exclude_seen", False), "exclude_seen", "top_k")
-        return _top_k_response(server, body["user"], body["k"], candidates, exclude)
+        return self._ranked(name, body["user"], body["k"], candidates, exclude)
 
-    async def observe(request: Request) -> JSON:
-        name = request.path_params["name"]
-        velox.server(name)
-        body = await _json_body(request, "observe")
+    async def _observe(self, name: str, query: Query, body: Any) -> dict[str, Any]:
+        self.velox.server(name)
+        body = _body_object(body, "observe")
         if "observations" in body:
             entries = _list_field(body, "observations", "observe")
-            rows = [_object(o, ("user", "item", "score"), f"observations[{i}]", "observe") for i, o in enumerate(entries)]
+            rows = [_entry(o, ("user", "item", "score"), f"observations[{i}]", "observe") for i, o in enumerate(entries)]
         else:
-            rows = [_object(body, ("user", "item", "score"), "body", "observe")]
-        lsn = velox.submit(name, rows)
-        await _waiter(name).wait(lsn, DURABLE_TIMEOUT_S)
-        return JSON({"observed": len(rows), "lsn": lsn, "model_version": velox.server(name).version_id})
+            rows = [_entry(body, ("user", "item", "score"), "body", "observe")]
+        lsn = self.velox.submit(name, rows)
+        await self._waiter(name).wait(lsn, DURABLE_TIMEOUT_S)  # 200 only once durable
+        return {"observed": len(rows), "lsn": lsn, "model_version": self.velox.server(name).version_id}
 
-    waiters: dict[str, DurableWaiter] = {}
-
-    def _waiter(model: str) -> DurableWaiter:
-        waiter = waiters.get(model)
+    def _waiter(self, model: str) -> DurableWaiter:
+        waiter = self._waiters.get(model)
         if waiter is None:
-            waiter = waiters[model] = DurableWaiter(velox.observation_log(model), asyncio.get_running_loop())
+            waiter = self._waiters[model] = DurableWaiter(self.velox.observation_log(model), asyncio.get_running_loop())
         return waiter
 
-    async def openapi(request: Request) -> JSON:
-        return JSON(openapi_schema())
 
-    async def domain_error(request: Request, exc: Exception) -> JSON:
-        assert isinstance(exc, VeloxError)
-        return _error(exc.status, exc.to_dict())
-
-    async def http_error(request: Request, exc: Exception) -> JSON:
-        assert isinstance(exc, HTTPException)
-        return _error(exc.status_code, {"error": "HTTPError", "message": exc.detail})
-
-    async def unexpected_error(request: Request, exc: Exception) -> JSON:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, {"error": "InternalError", "message": "The server failed on this request; see its log."})
-
-    routes = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/models", list_models, methods=["GET"]),
-        Route("/models/{name}", show_model, methods=["GET"]),
-        Route("/models/{name}/predict", predict_one, methods=["GET"]),
-        Route("/models/{name}/predict", predict_batch, methods=["POST"]),
-        Route("/models/{name}/top_k", top_k_get, methods=["GET"]),
-        Route("/models/{name}/top_k", top_k_post, methods=["POST"]),
-        Route("/models/{name}/observe", observe, methods=["POST"]),
-    ]
-    return Starlette(
-        routes=routes,
-        exception_handlers={VeloxError: domain_error, HTTPException: http_error, Exception: unexpected_error},
-    )
+def create_app(velox: Velox) -> VeloxApp:
+    """An ASGI app serving `velox`."""
+    return VeloxApp(velox)
