@@ -156,3 +156,29 @@ def test_logistic_model_scores_are_probabilities_and_labels_are_checked(tmp_path
         assert server.predict(1, 101) > before
         with pytest.raises(InvalidInput, match=r"\[0, 1\]"):
             server.observe_many([(1, 101, 3.0)])
+
+
+def test_durable_waiter_releases_on_commit_and_times_out_on_a_stalled_log(tmp_path, monkeypatch) -> None:
+    import asyncio
+    import threading
+
+    from veloxserve.errors import StoreUnavailable
+    from veloxserve.serving.durability import DurableWaiter
+    from veloxserve.storage import observation_log as module
+
+    gate = threading.Event()
+    real = module.os.fdatasync
+    monkeypatch.setattr(module.os, "fdatasync", lambda fd: (gate.wait(5), real(fd)))
+
+    async def scenario(obs_log: ObservationLog) -> None:
+        waiter = DurableWaiter(obs_log, asyncio.get_running_loop())
+        lsn = obs_log.append([("u", "i", 1.0, "v1")])
+        with pytest.raises(StoreUnavailable, match="durable within 0.05 s"):
+            await waiter.wait(lsn, 0.05)
+        second = obs_log.append([("u", "i", 2.0, "v1")])
+        gate.set()
+        await waiter.wait(second, 5)
+        assert obs_log.durable_lsn >= second
+
+    with ObservationLog(tmp_path / "log") as obs_log:
+        asyncio.run(scenario(obs_log))
