@@ -138,7 +138,7 @@ def main() -> None:
         report["ml-100k"] = f"skipped: {args.data}/u1.base not found (pass --data)"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "catify.csv"
-        write_ratings_csv(generate_catify(seed=0).ratings, path)
+        write_ratings_csv(generate_catify(n_items=2000, seed=0).ratings, path)  # the demo's shape
         catify = {"reg": 1.0, "prior_precision": 1.0, "iterations": 10}  # as `veloxserve demo` trains it
         report["catify"] = run_dataset("catify", path, None, args.ranks, args.calls, catify)
     print(json.dumps(report, indent=2))
