@@ -129,3 +129,41 @@ def test_garbled_json_is_400_and_the_server_keeps_serving(client) -> None:
 def test_unknown_route_and_wrong_method_are_json_errors(client) -> None:
     assert client.get("/nowhere").status_code == 404
     assert client.delete("/models/songs/predict").status_code == 405
+
+
+def test_prequential_metrics_predict_before_learning(client, velox) -> None:
+    expected = velox.predict("songs", 5, 130)
+    client.post("/models/songs/observe", json={"user": 5, "item": 130, "score": expected + 2.0})
+    report = client.get("/models/songs/metrics").json()["prequential"]
+    assert report["observations"] == 1
+    assert report["rmse"] == pytest.approx(2.0)  # the error of the prediction made before learning
+    assert report["windows"]["100"]["observations"] == 1
+
+
+def test_prometheus_metrics_expose_latency_observations_and_model_state(client) -> None:
+    client.get("/models/songs/predict", params={"user": 1, "item": 101})
+    client.post("/models/songs/observe", json={"user": 1, "item": 101, "score": 3.0})
+    client.get("/no/such/route")
+    text = client.get("/metrics").text
+    assert 'veloxserve_request_seconds_count{route="predict"} 1.0' in text
+    assert 'veloxserve_observations_total{model="songs"} 1.0' in text
+    assert 'veloxserve_active_version_info{model="songs",version="v1"} 1.0' in text
+    assert 'veloxserve_prequential_rmse{model="songs",version="v1",window="all"}' in text
+    assert 'route="other"' in text and "/no/such/route" not in text
+
+
+def test_versions_listing_and_activation(client, velox) -> None:
+    from tests.conftest import synthetic_version_arrays
+    from veloxserve.storage.versions import VersionStore
+
+    arrays, meta = synthetic_version_arrays(name="songs", seed=5)
+    VersionStore(velox.layout.versions_dir("songs")).write(arrays, meta)
+    client.post("/models/songs/observe", json={"user": "kept", "item": 101, "score": 4.0})
+    assert [v["version"] for v in client.get("/models/songs/versions").json()["versions"]] == ["v1", "v2"]
+    r = client.post("/models/songs/versions/v2/activate")
+    assert r.status_code == 200 and r.json()["active_version"] == "v2"
+    assert client.get("/models/songs/predict", params={"user": 1, "item": 101}).json()["model_version"] == "v2"
+    server = velox.server("songs")
+    assert server.users.counts[server.users.rows["kept"]] == 1  # the feedback survived the swap
+    assert client.post("/models/songs/versions/v9/activate").status_code == 404
+    assert client.get("/models/songs/versions/v2/activate").status_code == 405

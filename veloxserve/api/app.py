@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
 
+from veloxserve.api.metrics import CONTENT_TYPE, Metrics
 from veloxserve.api.openapi import openapi_schema
 from veloxserve.errors import InvalidInput, NotFound, VeloxError, invalid_parameter
 from veloxserve.serving.durability import DurableWaiter
@@ -81,6 +83,7 @@ class VeloxApp:
     def __init__(self, velox: Velox) -> None:
         self.velox = velox
         self._waiters: dict[str, DurableWaiter] = {}
+        self.metrics = Metrics(velox)
         self._top = {"/healthz": self._healthz, "/openapi.json": self._openapi, "/models": self._list_models}
         self._model_routes: dict[tuple[str, str], Handler] = {
             ("GET", ""): self._show_model,
@@ -89,6 +92,8 @@ class VeloxApp:
             ("GET", "top_k"): self._top_k_get,
             ("POST", "top_k"): self._top_k_post,
             ("POST", "observe"): self._observe,
+            ("GET", "metrics"): self._model_metrics,
+            ("GET", "versions"): self._versions,
         }
 
     # ---- ASGI ------------------------------------------------------------------------------
@@ -97,6 +102,11 @@ class VeloxApp:
             await self._lifespan(receive, send)
             return
         if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        if scope["path"] == "/metrics" and scope["method"] == "GET":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", CONTENT_TYPE)]})
+            await send({"type": "http.response.body", "body": self.metrics.render()})
             return
         try:
             status, payload = 200, await self._dispatch(scope, receive)
@@ -108,6 +118,7 @@ class VeloxApp:
         body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
         await send({"type": "http.response.start", "status": status, "headers": _JSON_HEADERS})
         await send({"type": "http.response.body", "body": body})
+        self.metrics.record(_route_label(scope["path"]), status, time.perf_counter() - started)
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
         while True:
@@ -125,6 +136,10 @@ class VeloxApp:
                 raise MethodNotAllowed(f"{path} takes GET, not {method}.")
             return self._top[path]()
         parts = path.split("/")
+        if len(parts) == 6 and parts[1] == "models" and parts[3] == "versions" and parts[5] == "activate":
+            if method != "POST":
+                raise MethodNotAllowed(f"{path} takes POST, not {method}.")
+            return await self._activate_version(parts[2], parts[4])
         if len(parts) not in (3, 4) or parts[1] != "models" or not parts[2]:
             raise NotFound(f"No route {path}. See /openapi.json for the API.")
         name, action = parts[2], parts[3] if len(parts) == 4 else ""
@@ -214,13 +229,45 @@ class VeloxApp:
             rows = [_entry(body, ("user", "item", "score"), "body", "observe")]
         lsn = self.velox.submit(name, rows)
         await self._waiter(name).wait(lsn, DURABLE_TIMEOUT_S)  # 200 only once durable
+        self.metrics.observations.labels(name).inc(len(rows))
         return {"observed": len(rows), "lsn": lsn, "model_version": self.velox.server(name).version_id}
+
+    async def _model_metrics(self, name: str, query: Query, body: Any) -> dict[str, Any]:
+        server = self.velox.server(name)
+        return {"model": name, "model_version": server.version_id, "prequential": server.prequential.report()}
+
+    async def _versions(self, name: str, query: Query, body: Any) -> dict[str, Any]:
+        info = self.velox.describe(name)
+        return {"active_version": info["active_version"], "versions": info["versions"]}
+
+    async def _activate_version(self, name: str, version: str) -> dict[str, Any]:
+        self.velox.server(name)
+        # Rebuilding users against another θ takes a while: keep the event loop serving meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, self.velox.activate, name, version)
+        return {"model": name, "active_version": self.velox.server(name).version_id}
 
     def _waiter(self, model: str) -> DurableWaiter:
         waiter = self._waiters.get(model)
         if waiter is None:
             waiter = self._waiters[model] = DurableWaiter(self.velox.observation_log(model), asyncio.get_running_loop())
         return waiter
+
+
+_ACTIONS = {"predict", "top_k", "observe", "metrics", "versions"}
+
+
+def _route_label(path: str) -> str:
+    """A bounded label per route: never a model name, id or arbitrary path."""
+    if path in ("/healthz", "/openapi.json", "/models"):
+        return path
+    parts = path.split("/")
+    if len(parts) < 3 or parts[1] != "models":
+        return "other"
+    if len(parts) == 3:
+        return "/models/{name}"
+    if len(parts) == 4 and parts[3] in _ACTIONS:
+        return parts[3]
+    return "activate" if len(parts) == 6 and parts[5] == "activate" else "other"
 
 
 def create_app(velox: Velox) -> VeloxApp:

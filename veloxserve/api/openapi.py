@@ -111,6 +111,18 @@ def openapi_schema() -> dict[str, Any]:
                     "responses": {**_ok(top_k_out), **_errors(400, 404)},
                 },
             },
+            "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)",
+                                 "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}}}},
+            "/models/{name}/metrics": {"get": {
+                "summary": "Prequential error of the active version: each observation predicted, then learned",
+                "parameters": [_MODEL_NAME], "responses": {**_ok({"type": "object"}), **_errors(404)}}},
+            "/models/{name}/versions": {"get": {
+                "summary": "All versions of a model and their metadata",
+                "parameters": [_MODEL_NAME], "responses": {**_ok({"type": "object"}), **_errors(404)}}},
+            "/models/{name}/versions/{version}/activate": {"post": {
+                "summary": "Serve this version; every user's state is rebuilt against it and no feedback is lost",
+                "parameters": [_MODEL_NAME, {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {**_ok({"type": "object"}), **_errors(404)}}},
             "/models/{name}/observe": {"post": {
                 "summary": "Report what users did; 200 only once the observations are durable",
                 "parameters": [_MODEL_NAME],

@@ -22,6 +22,7 @@ from veloxserve.errors import invalid_parameter
 from veloxserve.ids import Id, canonical_id
 from veloxserve.learning.user_table import UserTable
 from veloxserve.models.version import Link, ModelVersion
+from veloxserve.serving.evaluation import PrequentialError
 from veloxserve.serving.validation import batch_size, finite_score, int_in_range
 from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.user_store import Checkpoint, UserStore
@@ -47,6 +48,7 @@ class ModelServer:
         self._checkpoint_lock = threading.Lock()
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+        self.prequential = PrequentialError()
         self.users = UserTable(
             version.dim, version.prior, version.link, learning_rate=config.learning_rate,
             capacity=len(version.users.ids) + 1024,
@@ -136,6 +138,12 @@ class ModelServer:
         batch_size(len(observations), self.config.max_batch, "observations", "observe")
         users, rows, scores = self._validate_observations(observations)
         with self._lock:
+            # Prequential: score with the weights as they are before this batch is learned.
+            if len(users) == 1:
+                before = np.array([self._features[rows[0]] @ self.users.weights(users[0])])
+            else:
+                before = np.einsum("ij,ij->i", self._features[rows], self.users.weights_many(users))
+            self.prequential.update(self._link_array(before), scores)
             lsn = self._log.append(
                 [(u, self._catalog_key(r), y, self.version_id) for u, r, y in zip(users, rows.tolist(), scores.tolist())]
             )

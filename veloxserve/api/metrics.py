@@ -1,0 +1,63 @@
+"""Prometheus metrics: request latency per route, outcomes, observations, and the models' state.
+
+Each app has its own registry (several apps in one process, as in tests, never collide). Model
+state — active version, users, prequential error per window — is read at scrape time by a
+collector, so the hot path only pays for one histogram observation per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from veloxserve.serving.velox import Velox
+
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class _ModelState(Collector):
+    def __init__(self, velox: Velox) -> None:
+        self._velox = velox
+
+    def collect(self) -> Iterator:
+        version = InfoMetricFamily("veloxserve_active_version", "The version each model serves", labels=["model"])
+        users = GaugeMetricFamily("veloxserve_users", "Users with online state", labels=["model"])
+        rmse = GaugeMetricFamily("veloxserve_prequential_rmse", "RMSE of predictions made before learning",
+                                 labels=["model", "version", "window"])
+        seen = GaugeMetricFamily("veloxserve_prequential_observations", "Observations evaluated",
+                                 labels=["model", "version"])
+        for name in self._velox.model_names():
+            server = self._velox.server(name)
+            version.add_metric([name], {"version": server.version_id})
+            users.add_metric([name], len(server.users))
+            report = server.prequential.report()
+            seen.add_metric([name, server.version_id], report["observations"])
+            if report["rmse"] is not None:
+                rmse.add_metric([name, server.version_id, "all"], report["rmse"])
+            for window, figures in report["windows"].items():
+                if figures["rmse"] is not None:
+                    rmse.add_metric([name, server.version_id, window], figures["rmse"])
+        yield from (version, users, rmse, seen)
+
+
+class Metrics:
+    def __init__(self, velox: Velox) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram("veloxserve_request_seconds", "Request latency", ["route"],
+                                 buckets=_BUCKETS, registry=self.registry)
+        self.requests = Counter("veloxserve_requests", "Requests by route and status", ["route", "status"],
+                                registry=self.registry)
+        self.observations = Counter("veloxserve_observations", "Acknowledged observations", ["model"],
+                                    registry=self.registry)
+        self.registry.register(_ModelState(velox))
+
+    def record(self, route: str, status: int, seconds: float) -> None:
+        self.latency.labels(route).observe(seconds)
+        self.requests.labels(route, str(status)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
