@@ -25,7 +25,7 @@ from veloxserve.learning.kernels import rls_update
 from veloxserve.serving.velox import Velox
 from veloxserve.storage.pointer import write_pointer
 from veloxserve.training.catify import generate_catify
-from veloxserve.training.ratings import load_ratings, write_ratings_csv
+from veloxserve.training.ratings import write_ratings_csv
 from veloxserve.training.trainer import config_from, train_version
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ml-100k"

@@ -41,21 +41,15 @@ def main() -> None:
     keys = rng.integers(0, args.users, size=2000).astype(str)
     results: dict[str, dict[str, float]] = {"sqlite": {}, "lmdb": {}}
     samples: dict[str, dict[str, list[float]]] = {name: {"checkpoint_s": [], "read_us": [], "scan_s": []} for name in results}
+    stores = {"sqlite": lambda tmp: SQLiteUserStore(tmp / "s.sqlite"), "lmdb": lambda tmp: LMDBUserStore(tmp / "lmdb")}
     for _ in range(args.repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            store = SQLiteUserStore(Path(tmp) / "s.sqlite")
-            s = samples["sqlite"]
-            s["checkpoint_s"].append(timed(lambda: store.write_checkpoint("m", states, Checkpoint("v1", 1))))
-            s["read_us"].append(timed(lambda: [store.get("m", key) for key in keys]) / len(keys) * 1e6)
-            s["scan_s"].append(timed(lambda: sum(1 for _ in store.scan("m"))))
-            store.close()
-
-            lmdb_store = LMDBUserStore(Path(tmp) / "lmdb")
-            s = samples["lmdb"]
-            s["checkpoint_s"].append(timed(lambda: lmdb_store.write_checkpoint("m", states, Checkpoint("v1", 1))))
-            s["read_us"].append(timed(lambda: [lmdb_store.get("m", key) for key in keys]) / len(keys) * 1e6)
-            s["scan_s"].append(timed(lambda: sum(1 for _ in lmdb_store.scan("m"))))
-            lmdb_store.close()
+        for name, open_store in stores.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                store, s = open_store(Path(tmp)), samples[name]
+                s["checkpoint_s"].append(timed(lambda: store.write_checkpoint("m", states, Checkpoint("v1", 1))))
+                s["read_us"].append(timed(lambda: [store.get("m", key) for key in keys]) / len(keys) * 1e6)
+                s["scan_s"].append(timed(lambda: sum(1 for _ in store.scan("m"))))
+                store.close()
     for name, figures in samples.items():
         results[name] = {key: round(statistics.median(values), 4) for key, values in figures.items()}
     results["workload"] = {"users": args.users, "state_bytes": len(blob)}

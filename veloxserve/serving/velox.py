@@ -44,14 +44,18 @@ class Velox:
         self.layout = HomeLayout(Path(home))
         self.layout.root.mkdir(parents=True, exist_ok=True)
         self._home_lock = HomeLock(self.layout.root / ".lock")
-        self.config = config or ServingConfig()
-        self._store = store if store is not None else LMDBUserStore(self.layout.state_db)
-        self._logs: dict[str, ObservationLog] = {}
-        self._servers: dict[str, ModelServer] = {}
-        self._swap_lock = threading.Lock()
-        for name in self.layout.model_names():
-            if VersionStore(self.layout.versions_dir(name)).latest() is not None:
-                self._load(name)
+        try:
+            self.config = config or ServingConfig()
+            self._store = store if store is not None else LMDBUserStore(self.layout.state_db)
+            self._logs: dict[str, ObservationLog] = {}
+            self._servers: dict[str, ModelServer] = {}
+            self._swap_lock = threading.Lock()
+            for name in self.layout.model_names():
+                if VersionStore(self.layout.versions_dir(name)).latest() is not None:
+                    self._load(name)
+        except BaseException:
+            self._home_lock.release()  # a failed open must not keep the home locked
+            raise
 
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
