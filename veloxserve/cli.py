@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     observe.add_argument("--item", required=True, type=_id)
     observe.add_argument("--score", required=True, type=float)
 
+    log_cmd = sub.add_parser("log", help="the observation log as data")
+    log_sub = log_cmd.add_subparsers(dest="log_command", required=True, metavar="ACTION")
+    export = log_sub.add_parser("export", help="write a model's logged observations as Parquet partitioned by date")
+    home(export)
+    export.add_argument("--model", required=True)
+    export.add_argument("--out", required=True, type=Path, help="output directory (date=YYYY-MM-DD/*.parquet)")
+    export.add_argument("--after-lsn", type=int, default=0, help="only observations after this log position")
+
     for client in (predict, top_k, observe):
         client.add_argument("--url", default=DEFAULT_URL, help=f"server address (default {DEFAULT_URL})")
     return parser
@@ -172,10 +180,23 @@ def _client(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> 
     return 0 if response.is_success else 1
 
 
+def _log(args: argparse.Namespace) -> int:
+    from veloxserve.config import HomeLayout
+    from veloxserve.storage.log_export import export_parquet
+
+    layout = HomeLayout(Path(args.home))
+    if not layout.log_dir(args.model).is_dir():
+        print(f"error: model {args.model!r} has no observation log under {layout.root}", file=sys.stderr)
+        return 2
+    print(json.dumps(export_parquet(layout.log_dir(args.model), args.out, after_lsn=args.after_lsn), indent=2))
+    return 0
+
+
 _COMMANDS = {
     "demo": _demo,
     "train": _train,
     "serve": _serve,
+    "log": _log,
     "predict": lambda a: _client(a, "GET", "predict", params={"user": a.user, "item": a.item}),
     "top-k": lambda a: _client(a, "GET", "top_k", params={"user": a.user, "k": a.k, "exclude_seen": a.exclude_seen}),
     "observe": lambda a: _client(a, "POST", "observe", json={"user": a.user, "item": a.item, "score": a.score}),

@@ -65,6 +65,34 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _segments(directory: Path) -> list[tuple[int, Path]]:
+    found = []
+    for path in directory.iterdir():
+        name = path.name
+        if name.startswith(_PREFIX) and name.endswith(_SUFFIX):
+            found.append((int(name[len(_PREFIX) : -len(_SUFFIX)]), path))
+    return sorted(found)
+
+
+def read_log(directory: Path, after_lsn: int = 0) -> Iterator[ObservationRecord]:
+    """Records with lsn > after_lsn, in order, read-only: safe while a server appends to the log."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    segments = _segments(directory)
+    for index, (_, path) in enumerate(segments):
+        following = segments[index + 1][0] if index + 1 < len(segments) else None
+        if following is not None and following <= after_lsn + 1:
+            continue  # the whole segment is at or before after_lsn
+        with open(path, "rb") as fh:
+            for line in fh:
+                record = _decode(line)
+                if record is None:  # a write in progress, or a tail cut on the next open
+                    return
+                if record.lsn > after_lsn:
+                    yield record
+
+
 class ObservationLog:
     """Append-only, crash-safe log of one model's observations."""
 
@@ -96,12 +124,7 @@ class ObservationLog:
 
     # ---- opening -------------------------------------------------------------------------
     def _segments(self) -> list[tuple[int, Path]]:
-        found = []
-        for path in self.directory.iterdir():
-            name = path.name
-            if name.startswith(_PREFIX) and name.endswith(_SUFFIX):
-                found.append((int(name[len(_PREFIX) : -len(_SUFFIX)]), path))
-        return sorted(found)
+        return _segments(self.directory)
 
     def _recover_tail(self) -> int:
         """Find the last valid LSN and cut a torn or corrupt tail off the last segment."""
@@ -247,18 +270,7 @@ class ObservationLog:
     # ---- reading -------------------------------------------------------------------------
     def replay(self, after_lsn: int = 0) -> Iterator[ObservationRecord]:
         """Records with lsn > after_lsn, in order."""
-        segments = self._segments()
-        for index, (first, path) in enumerate(segments):
-            following = segments[index + 1][0] if index + 1 < len(segments) else None
-            if following is not None and following <= after_lsn + 1:
-                continue
-            with open(path, "rb") as fh:
-                for line in fh:
-                    record = _decode(line)
-                    if record is None:  # a write in progress, or a tail cut on the next open
-                        break
-                    if record.lsn > after_lsn:
-                        yield record
+        return read_log(self.directory, after_lsn)
 
     def close(self) -> None:
         """Write what is queued, stop the writer, close the file. Idempotent."""
