@@ -46,6 +46,13 @@ class HomeLayout:
     def active_file(self, name: str) -> Path:
         return self.model_dir(name) / "ACTIVE"
 
+    def base_data(self, name: str) -> Path:
+        """The ratings the model was last trained on from a file; retraining adds the log to them."""
+        return self.model_dir(name) / "data" / "base.parquet"
+
+    def policy_file(self, name: str) -> Path:
+        return self.model_dir(name) / "policy.json"
+
     def model_names(self) -> list[str]:
         models = self.root / "models"
         if not models.is_dir():

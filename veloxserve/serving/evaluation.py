@@ -28,8 +28,8 @@ class PrequentialError:
         self._sum_absolute = 0.0
         self._lock = threading.Lock()
 
-    def update(self, predicted: np.ndarray, observed: np.ndarray) -> None:
-        error = observed - predicted
+    def update(self, error: np.ndarray) -> None:
+        """Record the errors (observed − predicted before learning) of a batch."""
         squared, absolute = error * error, np.abs(error)
         n = error.size
         with self._lock:

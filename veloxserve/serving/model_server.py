@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,13 +30,25 @@ from veloxserve.storage.user_store import Checkpoint, UserStore
 log = logging.getLogger(__name__)
 
 Observation = tuple[Any, Any, Any]  # (user, item, score) as the client sent them
+FeedbackListener = Callable[[str, np.ndarray], None]  # (model, squared prequential errors of a batch)
 _REPLAY_CHUNK = 100_000
+
+
+class ServerRetired(Exception):
+    """This server was replaced by a newer version's; the caller retries on the current one."""
 
 
 class ModelServer:
     """Serves one version of one model and learns its users online."""
 
-    def __init__(self, version: ModelVersion, store: UserStore, obs_log: ObservationLog, config: ServingConfig) -> None:
+    def __init__(
+        self, version: ModelVersion, store: UserStore, obs_log: ObservationLog, config: ServingConfig,
+        *, upto_lsn: int | None = None, on_feedback: FeedbackListener | None = None,
+    ) -> None:
+        """Rebuild every user's state for `version` from the log up to `upto_lsn` (default: all of it).
+
+        A swap builds the new server while the old one still serves, then calls `catch_up` under
+        the old server's lock for what arrived meanwhile."""
         self.version = version
         self.config = config
         self._store = store
@@ -48,11 +60,15 @@ class ModelServer:
         self._checkpoint_lock = threading.Lock()
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+        self._checkpoints_frozen = False
+        self.retired = False
+        self.on_feedback = on_feedback
         self.prequential = PrequentialError()
         self.users = UserTable(
             version.dim, version.prior, version.link, learning_rate=config.learning_rate,
             capacity=len(version.users.ids) + 1024,
         )
+        self.applied_lsn = obs_log.last_lsn if upto_lsn is None else upto_lsn  # the log prefix this state reflects
         self.replayed = self._recover()
 
     @property
@@ -138,17 +154,23 @@ class ModelServer:
         batch_size(len(observations), self.config.max_batch, "observations", "observe")
         users, rows, scores = self._validate_observations(observations)
         with self._lock:
+            if self.retired:
+                raise ServerRetired(self.version_id)
             # Prequential: score with the weights as they are before this batch is learned.
             if len(users) == 1:
                 before = np.array([self._features[rows[0]] @ self.users.weights(users[0])])
             else:
                 before = np.einsum("ij,ij->i", self._features[rows], self.users.weights_many(users))
-            self.prequential.update(self._link_array(before), scores)
+            errors = scores - self._link_array(before)
+            self.prequential.update(errors)
             lsn = self._log.append(
                 [(u, self._catalog_key(r), y, self.version_id) for u, r, y in zip(users, rows.tolist(), scores.tolist())]
             )
             self._apply(users, rows, scores)
+            self.applied_lsn = lsn
         self._maybe_checkpoint(len(users))
+        if self.on_feedback is not None:
+            self.on_feedback(self.name, errors * errors)
         return lsn
 
     def _validate_observations(self, observations: Sequence[Observation]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -190,21 +212,42 @@ class ModelServer:
         else:
             after = int(self.version.meta.get("log_position", 0))
         self.users.dirty.clear()
-        replayed = self._replay(after)
+        replayed = self._replay(after, self.applied_lsn)
         states = self.users.take_dirty()
         if not same_version or states:
             self._store.write_checkpoint(
-                self.name, states, Checkpoint(self.version_id, self._log.last_lsn), replace_all=not same_version
+                self.name, states, Checkpoint(self.version_id, self.applied_lsn), replace_all=not same_version
             )
         return replayed
 
-    def _replay(self, after_lsn: int) -> int:
+    def catch_up(self, upto_lsn: int) -> int:
+        """Learn the logged observations after `applied_lsn` up to `upto_lsn` (must be durable).
+        Called under the serving server's lock during a swap, so nothing arrives meanwhile."""
+        with self._lock:
+            replayed = self._replay(self.applied_lsn, upto_lsn)
+            self.applied_lsn = max(self.applied_lsn, upto_lsn)
+            return replayed
+
+    def serving_lock(self) -> threading.Lock:
+        """The lock observations take: hold it to stop learning for a moment (swap, forget)."""
+        return self._lock
+
+    def retire_checkpoints(self) -> None:
+        """Stop writing checkpoints (waiting for one in progress): a newer version's server is
+        about to own the users' state in the store. Learning goes on until `retired` is set."""
+        with self._checkpoint_lock:
+            self._checkpoints_frozen = True
+
+    def resume_checkpoints(self) -> None:
+        self._checkpoints_frozen = False
+
+    def _replay(self, after_lsn: int, upto_lsn: int) -> int:
         users: list[str] = []
         rows: list[int] = []
         scores: list[float] = []
         skipped = replayed = 0
         lookup = self._catalog.lookup
-        for record in self._log.replay(after_lsn):
+        for record in self._log.replay(after_lsn, upto_lsn):
             row = lookup(record.item)
             if row is None:  # an item this version does not know: nothing to learn from it
                 skipped += 1
@@ -247,9 +290,11 @@ class ModelServer:
             self._checkpoint_lock.release()
 
     def _write_checkpoint(self) -> int:
+        if self._checkpoints_frozen:
+            return 0
         with self._lock:
             states = self.users.take_dirty()
-            lsn = self._log.last_lsn
+            lsn = self.applied_lsn
             self._since_checkpoint = 0
             self._last_checkpoint = time.monotonic()
         if not states:

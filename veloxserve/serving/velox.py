@@ -14,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from veloxserve.config import HomeLayout, ServingConfig
-from veloxserve.errors import ModelNotFound, NotFound, invalid_parameter
-from veloxserve.ids import Id
+from veloxserve.errors import Conflict, ModelNotFound, NotFound, invalid_parameter
+from veloxserve.ids import Id, canonical_id
 from veloxserve.models.version import ModelVersion
-from veloxserve.serving.model_server import ModelServer, Observation
+from veloxserve.serving.model_server import ModelServer, Observation, ServerRetired
+from veloxserve.serving.retraining import Retrainer, RetrainJob, RetrainPolicy
 from veloxserve.storage.home_lock import HomeLock
-from veloxserve.storage.observation_log import ObservationLog
-from veloxserve.storage.pointer import read_pointer, write_pointer
 from veloxserve.storage.lmdb_store import LMDBUserStore
+from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.user_store import UserStore
+from veloxserve.storage.version_catalog import Status, VersionCatalog
 from veloxserve.storage.versions import VersionStore
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -49,17 +50,21 @@ class Velox:
             self._store = store if store is not None else LMDBUserStore(self.layout.state_db)
             self._logs: dict[str, ObservationLog] = {}
             self._servers: dict[str, ModelServer] = {}
+            self._catalogs: dict[str, VersionCatalog] = {}
             self._swap_lock = threading.Lock()
+            self.retrainer = Retrainer(self)
             for name in self.layout.model_names():
-                if VersionStore(self.layout.versions_dir(name)).latest() is not None:
-                    self._load(name)
+                catalog = self.catalog(name)
+                if catalog.active() is not None:
+                    self._swap(name, catalog.active())
         except BaseException:
             self._home_lock.release()  # a failed open must not keep the home locked
             raise
 
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
-        """Checkpoint every model and close logs and store. Safe to call twice."""
+        """Checkpoint every model and close logs and store. Safe to call twice. A retrain still
+        running is abandoned: its version stays `training` until a later retrain of the model."""
         for server in list(self._servers.values()):
             server.checkpoint()
         for obs_log in self._logs.values():
@@ -86,8 +91,15 @@ class Velox:
             known = ", ".join(self.model_names()) or "none yet: train one with `veloxserve train`"
             raise ModelNotFound(f"No model named {model!r}. Models: {known}.", field="model") from None
 
+    def catalog(self, model: str) -> VersionCatalog:
+        catalog = self._catalogs.get(model)
+        if catalog is None:
+            catalog = self._catalogs[model] = VersionCatalog(self.layout.model_dir(model))
+        return catalog
+
     def describe(self, model: str) -> dict[str, Any]:
         server = self.server(model)
+        job = self.retrainer.job(model)
         return {
             "name": model,
             "active_version": server.version_id,
@@ -95,8 +107,19 @@ class Velox:
             "n_items": len(server.version.catalog),
             "n_users": len(server.users),
             "dim": server.version.dim,
-            "versions": VersionStore(self.layout.versions_dir(model)).list(),
+            "versions": self.versions(model),
+            "retrain": None if job is None else job.describe(),
+            "policy": self.retrainer.policy(model).__dict__,
         }
+
+    def versions(self, model: str) -> list[dict[str, Any]]:
+        """Every version with its metadata and status, oldest first."""
+        self.server(model)
+        return self.catalog(model).list()
+
+    def version(self, model: str, version: str) -> dict[str, Any]:
+        self.server(model)
+        return self.catalog(model).entry(version)
 
     # ---- serving -------------------------------------------------------------------------
     def predict(self, model: str, user: Id, item: Id) -> float:
@@ -113,7 +136,11 @@ class Velox:
     def submit(self, model: str, observations: Sequence[Observation]) -> int:
         """Learn a batch now and return its last LSN; it is durable once `observation_log(model)`
         says so. The HTTP layer awaits that; `observe` blocks on it."""
-        return self.server(model).observe_many(observations)
+        while True:
+            try:
+                return self.server(model).observe_many(observations)
+            except ServerRetired:  # a swap happened between looking the server up and its lock
+                continue
 
     def observe(self, model: str, user: Id, item: Id, score: float) -> int:
         """Learn one observation and return once it is durable (its log sequence number)."""
@@ -138,19 +165,46 @@ class Velox:
         self.activate(model, meta["version"])
         return meta
 
-    def activate(self, model: str, version: str) -> None:
-        """Serve `version` of `model` from now on; users' state is rebuilt against its θ."""
-        versions = VersionStore(self.layout.versions_dir(model))
-        if not versions.exists(version):
-            raise NotFound(f"Model {model!r} has no version {version!r}.", field="version")
-        write_pointer(self.layout.active_file(model), version)
-        self._load(model)
+    def retrain(self, model: str, *, reason: str = "manual", promote: str = "if_better",
+                overrides: dict[str, Any] | None = None, wait: bool = False) -> RetrainJob:
+        """Retrain θ from the base data and the log in a background process; 409 if one runs.
 
-    def _load(self, model: str) -> None:
-        versions = VersionStore(self.layout.versions_dir(model))
-        version_id = read_pointer(self.layout.active_file(model)) or versions.latest()
-        version = ModelVersion.from_arrays(versions.read_arrays(version_id), versions.read_meta(version_id))
-        with self._swap_lock:
+        Serving and online learning go on meanwhile; the new version is promoted when it beats
+        the active one on the most recent held-out observations (`promote="always"|"never"`
+        overrides that). With `wait`, return once the job has finished."""
+        job = self.retrainer.start(model, reason=reason, promote=promote, overrides=overrides)
+        if wait:
+            self.retrainer.wait(model)
+        return job
+
+    def policy(self, model: str) -> RetrainPolicy:
+        self.server(model)
+        return self.retrainer.policy(model)
+
+    def set_policy(self, model: str, policy: RetrainPolicy | dict[str, Any]) -> RetrainPolicy:
+        self.server(model)
+        if isinstance(policy, dict):
+            policy = RetrainPolicy.from_dict(policy)
+        return self.retrainer.set_policy(model, policy)
+
+    def activate(self, model: str, version: str) -> None:
+        """Serve `version` of `model` from now on (promote or roll back).
+
+        Every user's state is rebuilt against its θ from the version's trained statistics plus
+        every logged observation after its log position, so feedback that arrived since that
+        version was trained is not lost, then the swap is atomic: a request sees the old or the
+        new version, never a mix."""
+        catalog = self.catalog(model)
+        entry = catalog.entry(version)  # NotFound for an unknown version
+        if entry["status"] in (Status.FAILED.value, Status.TRAINING.value) or not catalog.versions.exists(version):
+            why = entry.get("error") or "it has not finished training"
+            raise Conflict(f"Version {version!r} of {model!r} is {entry['status']} and cannot serve: {why}.", field="version")
+        self._swap(model, version)
+
+    def _swap(self, model: str, version_id: str) -> None:
+        catalog = self.catalog(model)
+        version = ModelVersion.from_arrays(catalog.versions.read_arrays(version_id), catalog.versions.read_meta(version_id))
+        with self._swap_lock:  # one swap at a time; serving goes on until the last step
             obs_log = self._logs.get(model)
             if obs_log is None:
                 obs_log = self._logs[model] = ObservationLog(
@@ -158,5 +212,56 @@ class Velox:
                 )
             old = self._servers.get(model)
             if old is not None:
-                old.checkpoint()
-            self._servers[model] = ModelServer(version, self._store, obs_log, self.config)
+                old.retire_checkpoints()  # the new server's state replaces the old one's in the store
+            try:
+                new = ModelServer(
+                    version, self._store, obs_log, self.config, upto_lsn=obs_log.sync(),
+                    on_feedback=self.retrainer.on_feedback,
+                )
+            except BaseException:
+                if old is not None:
+                    old.resume_checkpoints()
+                raise
+            if old is None:
+                catalog.activate(version_id)
+                self._servers[model] = new
+                return
+            with old.serving_lock():  # observations wait here for the last few milliseconds
+                new.catch_up(obs_log.sync())  # what the old server learned while the new one was built
+                catalog.activate(version_id)
+                self._servers[model] = new
+                old.retired = True
+            new.checkpoint()
+
+    # ---- forgetting ----------------------------------------------------------------------
+    def forget_user(self, user: Id, model: str | None = None) -> dict[str, Any]:
+        """Remove a user from one model (or every model): weights and statistics in memory and in
+        the store, observations in the log (replaced by erased markers), the user's rows in the
+        base training data and in every version's trained statistics. Returns a receipt.
+
+        θ of versions already trained stays as it is (it holds no per-user data); the next
+        retrain trains θ without the user, because neither the base data nor the log holds them."""
+        key = canonical_id(user, "user", "forget")
+        models = [model] if model is not None else self.model_names()
+        receipt: dict[str, Any] = {"user": key, "models": {}}
+        for name in models:
+            receipt["models"][name] = self._forget_in(name, key)
+        return receipt
+
+    def _forget_in(self, model: str, user: str) -> dict[str, Any]:
+        from veloxserve.storage.forget import drop_user_from_base_data, drop_user_from_version
+
+        server = self.server(model)
+        with self._swap_lock, server.serving_lock():
+            in_memory = server.users.remove(user)
+            erased = self._logs[model].erase_users({user})
+            stored = self._store.delete(model, user)
+            base_rows = drop_user_from_base_data(self.layout.base_data(model), user)
+            version_rows = {
+                v: n for v in self.catalog(model).versions.versions()
+                if (n := drop_user_from_version(self.catalog(model).versions.directory / v, user))
+            }
+        return {
+            "weights_removed": bool(in_memory), "state_removed": bool(stored), "log_records_erased": erased,
+            "base_rows_removed": base_rows, "trained_statistics_removed": version_rows,
+        }

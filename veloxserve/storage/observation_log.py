@@ -36,10 +36,16 @@ class ObservationRecord:
     item: str
     score: float
     version: str
+    erased: bool = False  # a forgotten user's record: only its LSN is kept, so positions stay valid
 
 
 def _encode(lsn: int, ts: float, user: str, item: str, score: float, version: str) -> bytes:
     body = orjson.dumps({"lsn": lsn, "ts": ts, "user": user, "item": item, "score": score, "version": version})
+    return b"%08x %s\n" % (zlib.crc32(body), body)
+
+
+def _encode_erased(lsn: int) -> bytes:
+    body = orjson.dumps({"lsn": lsn, "erased": True})
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
@@ -52,6 +58,8 @@ def _decode(line: bytes) -> ObservationRecord | None:
         if int(line[:8], 16) != zlib.crc32(body):
             return None
         d = orjson.loads(body)
+        if d.get("erased"):
+            return ObservationRecord(d["lsn"], 0.0, "", "", 0.0, "", True)
         return ObservationRecord(d["lsn"], d["ts"], d["user"], d["item"], d["score"], d["version"])
     except (ValueError, KeyError, TypeError):
         return None
@@ -74,8 +82,9 @@ def _segments(directory: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def read_log(directory: Path, after_lsn: int = 0) -> Iterator[ObservationRecord]:
-    """Records with lsn > after_lsn, in order, read-only: safe while a server appends to the log."""
+def read_log(directory: Path, after_lsn: int = 0, upto_lsn: int | None = None) -> Iterator[ObservationRecord]:
+    """Records with after_lsn < lsn <= upto_lsn, in order, read-only: safe while a server appends
+    to the log. Erased records (forgotten users) are skipped."""
     directory = Path(directory)
     if not directory.is_dir():
         return
@@ -89,8 +98,31 @@ def read_log(directory: Path, after_lsn: int = 0) -> Iterator[ObservationRecord]
                 record = _decode(line)
                 if record is None:  # a write in progress, or a tail cut on the next open
                     return
-                if record.lsn > after_lsn:
+                if upto_lsn is not None and record.lsn > upto_lsn:
+                    return
+                if record.lsn > after_lsn and not record.erased:
                     yield record
+
+
+def _rewrite_without(path: Path, users: set[str]) -> int:
+    with open(path, "rb") as fh:
+        lines = fh.readlines()
+    out, erased = [], 0
+    for line in lines:
+        record = _decode(line)
+        if record is not None and not record.erased and record.user in users:
+            out.append(_encode_erased(record.lsn))
+            erased += 1
+        else:
+            out.append(line)
+    if erased:
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.writelines(out)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    return erased
 
 
 class ObservationLog:
@@ -105,6 +137,7 @@ class ObservationLog:
         self._fsync = fsync
         self._segment_bytes = segment_bytes
         self._lock = threading.Lock()
+        self._io_lock = threading.Lock()  # held while the writer touches the file; erase_users takes it too
         self._wake = threading.Condition(self._lock)
         self._durable = threading.Condition(threading.Lock())
         self._listeners: list[Callable[[int], None]] = []
@@ -135,7 +168,7 @@ class ObservationLog:
             with open(path, "rb") as fh:
                 for line in fh:
                     record = _decode(line)
-                    if record is None or record.lsn != last + 1:
+                    if record is None or record.lsn != last + 1:  # erased records keep their LSN
                         break
                     last, valid_bytes = record.lsn, valid_bytes + len(line)
             if valid_bytes < path.stat().st_size:
@@ -225,7 +258,8 @@ class ObservationLog:
                 if not batch and self._closed:
                     return
             try:
-                self._write(b"".join(data for data, _ in batch))
+                with self._io_lock:
+                    self._write(b"".join(data for data, _ in batch))
             except OSError as exc:
                 with self._lock:
                     self._failure = StoreUnavailable(f"Writing the observation log in {self.directory} failed: {exc}.")
@@ -268,9 +302,32 @@ class ObservationLog:
         _fsync_dir(self.directory)
 
     # ---- reading -------------------------------------------------------------------------
-    def replay(self, after_lsn: int = 0) -> Iterator[ObservationRecord]:
-        """Records with lsn > after_lsn, in order."""
-        return read_log(self.directory, after_lsn)
+    def replay(self, after_lsn: int = 0, upto_lsn: int | None = None) -> Iterator[ObservationRecord]:
+        """Records with after_lsn < lsn <= upto_lsn, in order."""
+        return read_log(self.directory, after_lsn, upto_lsn)
+
+    # ---- forgetting ----------------------------------------------------------------------
+    def erase_users(self, users: set[str]) -> int:
+        """Replace every record of `users` by an erased marker (same LSN, no data); returns how many.
+
+        Segments holding such records are rewritten to a temporary file, fsynced and renamed over
+        the old one, so a crash leaves the old or the new segment, never a mix. Appends wait meanwhile.
+        """
+        self.sync()
+        with self._lock, self._io_lock:
+            if self._pending:  # appended between sync() and taking the locks
+                batch, self._pending = self._pending, []
+                self._write(b"".join(data for data, _ in batch))
+                self._publish(batch[-1][1])
+            if self._file is not None:
+                self._file.close()
+                self._file = None  # reopened (appending to the last segment) by the next write
+            erased = 0
+            for _, path in self._segments():
+                erased += _rewrite_without(path, users)
+            if erased:
+                _fsync_dir(self.directory)
+            return erased
 
     def close(self) -> None:
         """Write what is queued, stop the writer, close the file. Idempotent."""

@@ -43,8 +43,31 @@ class VersionStore:
     def exists(self, version: str) -> bool:
         return _number(version) is not None and (self.directory / version / META).exists()
 
-    def write(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> str:
-        """Store a new version; returns its id (v1, v2, …)."""
+    def reserve(self) -> str:
+        """Claim the next version id with an empty directory (a training run fills it later);
+        an id is never handed out twice, even if its run fails."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            number = max((_number(p.name) or 0 for p in self.directory.iterdir()), default=0) + 1
+            while True:
+                try:
+                    (self.directory / f"v{number}").mkdir()
+                    return f"v{number}"
+                except FileExistsError:
+                    number += 1
+        except OSError as exc:
+            raise StoreUnavailable(f"Cannot reserve a version under {self.directory}: {exc}.") from exc
+
+    def clean_incoming(self) -> int:
+        """Remove half-written versions left by a trainer that died; returns how many."""
+        stale = list(self.directory.glob(".incoming-*")) if self.directory.is_dir() else []
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        return len(stale)
+
+    def write(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], *, version: str | None = None) -> str:
+        """Store a new version; returns its id (v1, v2, …). With `version` (from `reserve`), fill
+        that reserved id instead of taking the next one."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.directory))
@@ -56,17 +79,19 @@ class VersionStore:
                         os.fsync(fh.fileno())
                 existing = [_number(p.name) or 0 for p in self.directory.iterdir()]
                 number = max(existing, default=0) + 1
+                reserved = version
                 while True:
-                    version = f"v{number}"
+                    version = reserved or f"v{number}"
                     with open(tmp / META, "w", encoding="utf-8") as fh:
                         json.dump({**meta, "version": version}, fh, indent=2, default=_jsonable)
                         fh.flush()
                         os.fsync(fh.fileno())
                     try:
-                        os.rename(tmp, self.directory / version)  # fails if the target exists and is non-empty
+                        # Replaces an empty (reserved) directory; fails if the target holds a version.
+                        os.rename(tmp, self.directory / version)
                         break
                     except OSError:
-                        if not (self.directory / version).exists():
+                        if reserved or not (self.directory / version).exists():
                             raise
                         number += 1
                 fd = os.open(self.directory, os.O_RDONLY)

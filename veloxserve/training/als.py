@@ -122,15 +122,21 @@ def _features(V: np.ndarray, b: np.ndarray, mu: float) -> np.ndarray:
 
 def train_als(
     train: Ratings, config: ALSConfig, heldout: Ratings | None = None, progress: bool = False,
-    link: Callable[[np.ndarray], np.ndarray] | None = None,
+    link: Callable[[np.ndarray], np.ndarray] | None = None, items: np.ndarray | None = None,
+    final_users: Ratings | None = None,
 ) -> TrainedFactors:
     """Fit θ = (V, b) and every trained user's ridge statistics against it.
 
-    `link` maps w·f to the served score for the held-out RMSE (σ for logistic models)."""
+    `link` maps w·f to the served score for the held-out RMSE (σ for logistic models). `items`
+    adds items to the catalogue even without ratings (a retrain must not drop items the active
+    version serves; unrated ones get V = 0, b = 0, i.e. the global mean). `final_users`, when
+    given, are the ratings the served user statistics are computed from (train plus the slice
+    held out to compare versions), so no observation is lost from the served state."""
     started = time.perf_counter()
     r, k = config.rank, config.rank + 2
     user_ids, u = np.unique(train.users, return_inverse=True)
-    item_ids, i = np.unique(train.items, return_inverse=True)
+    item_ids = np.unique(train.items if items is None else np.concatenate([train.items, np.asarray(items, dtype=str)]))
+    i = np.searchsorted(item_ids, train.items)
     y = train.scores.astype(np.float64)
     mu = float(y.mean())
     u_order, u_ptr = _csr(u, len(user_ids))
@@ -164,19 +170,51 @@ def train_als(
         theta, _, _, _ = _group_ridge(i_ptr, i_users, np.ascontiguousarray(W[:, : r + 1]), target, item_reg, no_prior, False)
         V, b = theta[:, :r], theta[:, r]
 
-    # The served user state: the exact ridge statistics against the final θ and prior.
     F = _features(V, b, mu)
-    W, grams, rhss, sse = _group_ridge(u_ptr, u_items, F, u_y, user_reg, lam_u * w0, True)
+    W, _, _, sse = _group_ridge(u_ptr, u_items, F, u_y, user_reg, lam_u * w0, False)
     train_rmse = float(np.sqrt(sse.sum() / len(y)))
     heldout_rmse, heldout_rows, skipped = _heldout_rmse(heldout, user_ids, item_ids, W, w0, F, link)
-    arrays = {
-        "item_ids": item_ids, "item_factors": V, "item_bias": b,
-        "user_ids": user_ids, "user_weights": W, "user_gram": grams, "user_rhs": rhss,
-        "user_counts": np.diff(u_ptr), "seen_indptr": u_ptr, "seen_items": u_items, "prior_mean": w0,
-        "prior_precision": lam_u,
-    }
+    arrays = {"item_ids": item_ids, "item_factors": V, "item_bias": b, "prior_mean": w0, "prior_precision": lam_u}
+    arrays.update(solve_users(train if final_users is None else final_users, item_ids, F, lam_u, w0))
     return TrainedFactors(arrays, mu, train_rmse, heldout_rmse, heldout_rows, skipped, losses,
                           time.perf_counter() - started)
+
+
+def solve_users(
+    ratings: Ratings, item_ids: np.ndarray, F: np.ndarray, prior_precision: np.ndarray, prior_mean: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The served user state against a fixed θ: every user's exact ridge statistics
+    A_u = Λ0 + F_u^T F_u, r_u = Λ0 w0 + F_u^T y, w_u = A_u^{-1} r_u, and the items each rated.
+    Ratings of items outside `item_ids` are ignored (θ knows nothing of them)."""
+    rows = np.searchsorted(item_ids, ratings.items)
+    known = (rows < len(item_ids)) & (item_ids[np.minimum(rows, len(item_ids) - 1)] == ratings.items)
+    user_ids, u = np.unique(ratings.users[known], return_inverse=True)
+    order, indptr = _csr(u, len(user_ids))
+    seen = rows[known][order].astype(np.int64)
+    reg = np.repeat(prior_precision[None, :], len(user_ids), axis=0)
+    W, grams, rhss, _ = _group_ridge(
+        indptr, seen, np.ascontiguousarray(F), ratings.scores[known][order].astype(np.float64), reg,
+        prior_precision * prior_mean, True,
+    )
+    return {
+        "user_ids": user_ids, "user_weights": W, "user_gram": grams, "user_rhs": rhss,
+        "user_counts": np.diff(indptr), "seen_indptr": indptr, "seen_items": seen,
+    }
+
+
+def theta_rmse(
+    arrays: dict[str, np.ndarray], global_mean: float, train: Ratings, heldout: Ratings,
+    link: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> tuple[float | None, np.ndarray]:
+    """Held-out RMSE of a version's θ and prior with users re-solved on `train`; the second value
+    marks the held-out rows whose item θ knows. Compares two versions on the same data."""
+    item_ids = arrays["item_ids"]
+    F = _features(arrays["item_factors"], arrays["item_bias"], global_mean)
+    users = solve_users(train, item_ids, F, arrays["prior_precision"], arrays["prior_mean"])
+    rows = np.searchsorted(item_ids, heldout.items)
+    known = (rows < len(item_ids)) & (item_ids[np.minimum(rows, len(item_ids) - 1)] == heldout.items)
+    rmse, _, _ = _heldout_rmse(heldout, users["user_ids"], item_ids, users["user_weights"], arrays["prior_mean"], F, link)
+    return rmse, known
 
 
 def _heldout_rmse(heldout, user_ids, item_ids, W, w0, F, link) -> tuple[float | None, int, int]:

@@ -1,8 +1,15 @@
-"""Offline training: a ratings file in, a new model version on disk out."""
+"""Offline training: ratings in, a new model version on disk out.
+
+`train_version` trains from a ratings file (the model's base data); `retrain_version` trains
+from the base data plus the observation log up to a position, holding out the most recent slice
+of the log to compare the new θ with its parent's on the same users and rows.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,13 +20,19 @@ import numpy as np
 from veloxserve.config import HomeLayout
 from veloxserve.errors import InvalidInput
 from veloxserve.models.version import Link
+from veloxserve.storage.observation_log import read_log
 from veloxserve.storage.versions import VersionStore
-from veloxserve.training.als import ALSConfig, train_als
-from veloxserve.training.ratings import Ratings, load_ratings, split_holdout
+from veloxserve.training.als import ALSConfig, TrainedFactors, theta_rmse, train_als
+from veloxserve.training.ratings import Ratings, load_ratings, split_holdout, write_ratings_parquet
 
 # For the logistic link, θ is fitted to the labels' log-odds, clipped so 0/1 labels stay finite;
 # the server then learns each user on the true log-loss (SGD).
 _LABEL_CLIP = 0.05
+# The hyper-parameters a retrain inherits from its parent version unless told otherwise.
+_INHERITED = ("rank", "reg", "prior_precision", "baseline_precision", "iterations", "weighted_reg", "seed")
+# Fewer logged observations than this and the "recent" comparison slice would be noise:
+# a retrain then holds out a random slice of everything instead.
+MIN_RECENT_HOLDOUT = 50
 
 
 def config_from(overrides: dict[str, Any]) -> ALSConfig:
@@ -28,6 +41,10 @@ def config_from(overrides: dict[str, Any]) -> ALSConfig:
         return dataclasses.replace(ALSConfig(), **{k: v for k, v in overrides.items() if v is not None})
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"Bad training parameter: {exc}.") from None
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
 def train_version(
@@ -40,10 +57,12 @@ def train_version(
     heldout: str | Path | Ratings | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Train f(x; θ) and every user's statistics, write them as the model's next version.
+    """Train f(x; θ) and every user's statistics from a ratings file, write the model's next version.
 
     Without `heldout`, `config.heldout_fraction` of the ratings is held out at random to report
-    held-out RMSE; the version is trained on the rest.
+    held-out RMSE; the version is trained on the rest. The ratings become the model's base data,
+    which later retrains extend with the observation log. The version's log position is 0: a
+    server replays the whole log on top of it, so no feedback already logged is lost.
     """
     config = config or ALSConfig()
     link = Link(link)
@@ -53,16 +72,76 @@ def train_version(
         train, test = split_holdout(data, config.heldout_fraction, config.seed)
     else:
         train, test = data, heldout if isinstance(heldout, Ratings) else load_ratings(heldout)
-    logistic = link is Link.LOGISTIC
     started = time.perf_counter()
-    factors = train_als(
-        _as_log_odds(train) if logistic else train, config, test, progress=progress,
-        link=(lambda z: 0.5 * (1.0 + np.tanh(0.5 * z))) if logistic else None,
+    factors = _fit(train, test, config, link, progress=progress)
+    meta = version_meta(model, config, link, factors, train, test, started)
+    meta.update(source=source, log_position=0, reason="manual", heldout_fraction=config.heldout_fraction if heldout is None else None)
+    version = VersionStore(layout.versions_dir(model)).write(factors.arrays, meta)
+    save_base_data(layout, model, data)
+    return {**meta, "version": version}
+
+
+def retrain_version(
+    layout: HomeLayout, model: str, version: str, *, parent: str, upto_lsn: int, reason: str,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train the reserved `version` from the base data plus the log up to `upto_lsn`.
+
+    The newest `heldout_fraction` of the logged rows is held out of θ's training; both the new θ
+    and the parent's are scored on it with users re-solved on the rest (the parent's decision
+    figure and the candidate's). The served user statistics then use every row, held-out ones
+    included, so the swap loses no observation. Items the parent serves stay in the catalogue.
+    """
+    versions = VersionStore(layout.versions_dir(model))
+    parent_meta = versions.read_meta(parent)
+    parent_arrays = versions.read_arrays(parent)
+    config = config_from({**{k: parent_meta[k] for k in _INHERITED if k in parent_meta}, **(overrides or {})})
+    link = Link(parent_meta.get("link", Link.IDENTITY.value))
+    data, window = training_data(layout, model, upto_lsn)
+    n_log = window["log_rows"]
+    if n_log >= MIN_RECENT_HOLDOUT and config.heldout_fraction > 0:
+        n_hold = max(1, int(round(config.heldout_fraction * n_log)))
+        train, test = data.take(np.arange(len(data) - n_hold)), data.take(np.arange(len(data) - n_hold, len(data)))
+        holdout_kind = "recent"
+    else:
+        train, test = split_holdout(data, config.heldout_fraction, config.seed)
+        holdout_kind = "random"
+    started = time.perf_counter()
+    factors = _fit(train, test, config, link, items=parent_arrays["item_ids"], final_users=data)
+    # Both θs on the same rows: held-out rows whose item the parent knows (the candidate knows them all).
+    scoring_link = _sigmoid if link is Link.LOGISTIC else None
+    fit_train = _as_log_odds(train) if link is Link.LOGISTIC else train
+    parent_rmse, known = theta_rmse(parent_arrays, parent_meta["global_mean"], fit_train, test, scoring_link)
+    candidate_rmse, _ = theta_rmse(factors.arrays, factors.global_mean, fit_train, test.take(known), scoring_link)
+    meta = version_meta(model, config, link, factors, data, test, started)
+    meta.update(
+        source="base data + observation log", reason=reason, parent=parent, log_position=upto_lsn,
+        data=window, holdout=holdout_kind, comparison={
+            "rows": int(known.sum()), "candidate_rmse": candidate_rmse, "parent_rmse": parent_rmse,
+        },
     )
-    meta = {
+    versions.write(factors.arrays, meta, version=version)
+    return {**meta, "version": version}
+
+
+def _fit(train: Ratings, test: Ratings, config: ALSConfig, link: Link, *, progress: bool = False,
+         items: np.ndarray | None = None, final_users: Ratings | None = None) -> TrainedFactors:
+    logistic = link is Link.LOGISTIC
+    prepare = _as_log_odds if logistic else (lambda r: r)
+    return train_als(
+        prepare(train), config, test, progress=progress, link=_sigmoid if logistic else None, items=items,
+        final_users=None if final_users is None else prepare(final_users),
+    )
+
+
+def version_meta(model: str, config: ALSConfig, link: Link, factors: TrainedFactors, train: Ratings,
+                 test: Ratings, started: float) -> dict[str, Any]:
+    """The meta.json fields every trained version carries, whatever trained it."""
+    return {
         "model": model,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kind": "matrix_factorization",
+        "engine": "local",
         "link": link.value,
         "rank": config.rank,
         "k": config.rank + 2,
@@ -79,14 +158,55 @@ def train_version(
         "train_rmse": factors.train_rmse,
         "heldout_rmse": factors.heldout_rmse,  # of σ(w·f) against 0/1 labels for logistic models
         "heldout_rows": len(test),
-        "heldout_fraction": config.heldout_fraction if heldout is None else None,
-        "source": source,
-        "log_position": 0,
         "seed": config.seed,
         "train_seconds": round(time.perf_counter() - started, 4),
     }
-    version = VersionStore(layout.versions_dir(model)).write(factors.arrays, meta)
-    return {**meta, "version": version}
+
+
+def save_base_data(layout: HomeLayout, model: str, ratings: Ratings) -> Path:
+    """Keep a model's training ratings as Parquet (temp file + rename) for later retrains."""
+    path = layout.base_data(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".base-", suffix=".parquet", dir=path.parent)
+    os.close(fd)
+    try:
+        write_ratings_parquet(ratings, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def training_data(layout: HomeLayout, model: str, upto_lsn: int) -> tuple[Ratings, dict[str, Any]]:
+    """Base data, then the logged observations up to `upto_lsn` in log order (newest last)."""
+    base_path = layout.base_data(model)
+    base = load_ratings(base_path) if base_path.is_file() else None
+    records = list(read_log(layout.log_dir(model), 0, upto_lsn))
+    log_part = Ratings(
+        np.array([r.user for r in records], dtype=str), np.array([r.item for r in records], dtype=str),
+        np.array([r.score for r in records], dtype=np.float64),
+    )
+    window = {
+        "base_rows": 0 if base is None else len(base), "log_rows": len(records),
+        "first_lsn": records[0].lsn if records else None, "last_lsn": upto_lsn,
+        "first_observed_at": _iso(records[0].timestamp) if records else None,
+        "last_observed_at": _iso(records[-1].timestamp) if records else None,
+    }
+    if base is None:
+        data = log_part
+    else:
+        data = Ratings(
+            np.concatenate([base.users, log_part.users]), np.concatenate([base.items, log_part.items]),
+            np.concatenate([base.scores, log_part.scores]),
+        )
+    if len(data) == 0:
+        raise InvalidInput(f"Model {model!r} has no training data: no base ratings and no logged observations.")
+    return data, window
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
 
 def _as_log_odds(ratings: Ratings) -> Ratings:

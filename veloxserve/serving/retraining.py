@@ -1,0 +1,246 @@
+"""Retraining while serving: one background trainer per model, started by hand, on a schedule or
+on drift, and promoted only if it beats the active version.
+
+A retrain snapshots the log position, trains θ in a separate process (veloxserve.training.worker)
+from the base data plus the log up to that position, then — if it wins the comparison on the
+most recent held-out observations, or if asked to always promote — the Velox swap rebuilds every
+user against the new θ, replays what arrived after the snapshot and switches atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from veloxserve.errors import Conflict, invalid_parameter
+from veloxserve.serving.drift import PageHinkley, PageHinkleyConfig
+from veloxserve.storage.pointer import read_pointer, write_pointer
+from veloxserve.storage.version_catalog import Status, VersionCatalog, now
+
+if TYPE_CHECKING:
+    from veloxserve.serving.velox import Velox
+
+log = logging.getLogger(__name__)
+
+PROMOTE = ("if_better", "always", "never")
+REASONS = ("manual", "schedule", "drift")
+_STDERR_TAIL = 4000
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    """When a model retrains by itself. Time is checked as observations arrive: with no new
+    feedback there is nothing new to train on."""
+
+    every_observations: int | None = None
+    every_seconds: float | None = None
+    drift: bool = False
+    drift_threshold: float = PageHinkleyConfig.threshold
+    drift_delta: float = PageHinkleyConfig.delta
+    drift_min_instances: int = PageHinkleyConfig.min_instances
+    promote: str = "if_better"
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "policy") -> RetrainPolicy:
+        if not isinstance(data, dict):
+            raise invalid_parameter("policy", where, "a JSON object", data)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise invalid_parameter(unknown[0], where, f"one of {', '.join(sorted(known))}", data[unknown[0]])
+        checks = {
+            "every_observations": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+            "every_seconds": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
+            "drift": lambda v: isinstance(v, bool),
+            "drift_threshold": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+            "drift_delta": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+            "drift_min_instances": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+            "promote": lambda v: v in PROMOTE,
+        }
+        expected = {
+            "every_observations": "an integer >= 1 or null", "every_seconds": "a number > 0 or null",
+            "drift": "true or false", "drift_threshold": "a number > 0", "drift_delta": "a number >= 0",
+            "drift_min_instances": "an integer >= 1", "promote": " or ".join(PROMOTE),
+        }
+        for name, value in data.items():
+            if not checks[name](value):
+                raise invalid_parameter(name, where, expected[name], value)
+        return cls(**data)
+
+    def detector(self) -> PageHinkley | None:
+        if not self.drift:
+            return None
+        return PageHinkley(PageHinkleyConfig(
+            delta=self.drift_delta, threshold=self.drift_threshold, min_instances=self.drift_min_instances,
+        ))
+
+
+@dataclass
+class RetrainJob:
+    model: str
+    version: str
+    parent: str
+    reason: str
+    promote: str
+    upto_lsn: int
+    started_at: str = field(default_factory=now)
+    state: str = "running"  # running, promoted, ready, failed
+    finished_at: str | None = None
+    detail: str | None = None
+    seconds: float | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Trigger:
+    policy: RetrainPolicy
+    detector: PageHinkley | None
+    observations: int = 0
+    since: float = field(default_factory=time.monotonic)
+
+
+class Retrainer:
+    """Runs at most one trainer per model and applies each model's retraining policy."""
+
+    def __init__(self, velox: Velox) -> None:
+        self._velox = velox
+        self._lock = threading.Lock()
+        self._running: dict[str, RetrainJob] = {}
+        self._last: dict[str, RetrainJob] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._triggers: dict[str, _Trigger] = {}
+
+    # ---- policy --------------------------------------------------------------------------
+    def policy(self, model: str) -> RetrainPolicy:
+        text = read_pointer(self._velox.layout.policy_file(model))
+        return RetrainPolicy(**json.loads(text)) if text else RetrainPolicy()
+
+    def set_policy(self, model: str, policy: RetrainPolicy) -> RetrainPolicy:
+        write_pointer(self._velox.layout.policy_file(model), json.dumps(asdict(policy)))
+        with self._lock:
+            self._triggers[model] = _Trigger(policy, policy.detector())
+        return policy
+
+    def _trigger(self, model: str) -> _Trigger:
+        trigger = self._triggers.get(model)
+        if trigger is None:
+            policy = self.policy(model)
+            trigger = self._triggers[model] = _Trigger(policy, policy.detector())
+        return trigger
+
+    def on_feedback(self, model: str, squared_errors: np.ndarray) -> None:
+        """Called after every observed batch: count it, feed the drift detector, maybe retrain."""
+        with self._lock:
+            trigger = self._trigger(model)
+            policy = trigger.policy
+            trigger.observations += squared_errors.size
+            reason = None
+            if trigger.detector is not None and trigger.detector.update(squared_errors) >= 0:
+                reason = "drift"
+            elif policy.every_observations is not None and trigger.observations >= policy.every_observations:
+                reason = "schedule"
+            elif policy.every_seconds is not None and time.monotonic() - trigger.since >= policy.every_seconds:
+                reason = "schedule"
+            if reason is None or model in self._running:
+                return
+            trigger.observations, trigger.since = 0, time.monotonic()
+        try:
+            self.start(model, reason=reason, promote=policy.promote)
+        except Exception:  # a trigger must never fail the observe that tripped it
+            log.exception("%s: %s retrain could not start", model, reason)
+
+    # ---- jobs ----------------------------------------------------------------------------
+    def start(self, model: str, *, reason: str = "manual", promote: str = "if_better",
+              overrides: dict[str, Any] | None = None) -> RetrainJob:
+        """Start a background retrain; Conflict (409) if one is already running for the model."""
+        if promote not in PROMOTE:
+            raise invalid_parameter("promote", "retrain", " or ".join(PROMOTE), promote)
+        if reason not in REASONS:
+            raise invalid_parameter("reason", "retrain", " or ".join(REASONS), reason)
+        server = self._velox.server(model)
+        with self._lock:
+            running = self._running.get(model)
+            if running is not None:
+                raise Conflict(
+                    f"A retrain of {model!r} is already running (version {running.version}, started "
+                    f"{running.started_at}, reason {running.reason}). Wait for it: GET /models/{model}/retrain."
+                )
+            upto = self._velox.observation_log(model).sync()
+            catalog = self._velox.catalog(model)
+            version = catalog.reserve(reason=reason, parent=server.version_id, log_position=upto)
+            job = self._running[model] = RetrainJob(model, version, server.version_id, reason, promote, upto)
+            if model in self._triggers:
+                self._triggers[model].observations, self._triggers[model].since = 0, time.monotonic()
+        thread = threading.Thread(target=self._run, args=(job, overrides or {}), name=f"retrain-{model}", daemon=True)
+        self._threads[model] = thread
+        thread.start()
+        return job
+
+    def job(self, model: str) -> RetrainJob | None:
+        """The running retrain of a model, else its last finished one (this process only)."""
+        with self._lock:
+            return self._running.get(model) or self._last.get(model)
+
+    def wait(self, model: str, timeout: float | None = None) -> RetrainJob | None:
+        thread = self._threads.get(model)
+        if thread is not None:
+            thread.join(timeout)
+        return self.job(model)
+
+    def _run(self, job: RetrainJob, overrides: dict[str, Any]) -> None:
+        catalog = self._velox.catalog(job.model)
+        started = time.perf_counter()
+        try:
+            meta = self._train(job, overrides)
+            comparison = meta.get("comparison", {})
+            candidate, parent = comparison.get("candidate_rmse"), comparison.get("parent_rmse")
+            better = candidate is not None and (parent is None or candidate < parent)
+            verdict = (f"held-out RMSE on the {comparison.get('rows', 0)} most recent rows: "
+                       f"{_fmt(candidate)} (candidate) vs {_fmt(parent)} ({job.parent})")
+            if job.promote == "always" or (job.promote == "if_better" and better):
+                catalog.mark(job.version, Status.READY, decision=f"promoted: {verdict}")
+                self._velox.activate(job.model, job.version)
+                job.state, job.detail = "promoted", verdict
+            else:
+                why = "promotion not requested" if job.promote == "never" else "not better than the active version"
+                catalog.mark(job.version, Status.READY, decision=f"not promoted, {why}: {verdict}")
+                job.state, job.detail = "ready", f"{why}: {verdict}"
+        except Exception as exc:  # the trainer or the swap failed: the active version keeps serving
+            log.exception("%s: retrain %s failed", job.model, job.version)
+            catalog.versions.clean_incoming()
+            catalog.mark(job.version, Status.FAILED, error=str(exc)[-_STDERR_TAIL:])
+            job.state, job.detail = "failed", str(exc)[-_STDERR_TAIL:]
+        finally:
+            job.finished_at, job.seconds = now(), round(time.perf_counter() - started, 3)
+            with self._lock:
+                self._running.pop(job.model, None)
+                self._last[job.model] = job
+
+    def _train(self, job: RetrainJob, overrides: dict[str, Any]) -> dict[str, Any]:
+        spec = {
+            "home": str(Path(self._velox.layout.root).resolve()), "model": job.model, "version": job.version,
+            "parent": job.parent, "upto_lsn": job.upto_lsn, "reason": job.reason, "overrides": overrides,
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "veloxserve.training.worker", json.dumps(spec)],
+            capture_output=True, text=True, check=False,
+        )
+        if proc.returncode != 0:
+            tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+            raise RuntimeError(f"trainer exited with status {proc.returncode}: {tail[0]}\n{proc.stderr[-_STDERR_TAIL:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
