@@ -35,6 +35,10 @@ class MethodNotAllowed(VeloxError):
     status = 405
 
 
+class Accepted(dict):
+    """A payload answered with 202: the work goes on in the background."""
+
+
 def _query(query: Query, field: str, where: str) -> str:
     value = query.get(field)
     if not value:
@@ -94,6 +98,10 @@ class VeloxApp:
             ("POST", "observe"): self._observe,
             ("GET", "metrics"): self._model_metrics,
             ("GET", "versions"): self._versions,
+            ("POST", "retrain"): self._retrain,
+            ("GET", "retrain"): self._retrain_status,
+            ("GET", "policy"): self._policy,
+            ("PUT", "policy"): self._set_policy,
         }
 
     # ---- ASGI ------------------------------------------------------------------------------
@@ -109,7 +117,8 @@ class VeloxApp:
             await send({"type": "http.response.body", "body": self.metrics.render()})
             return
         try:
-            status, payload = 200, await self._dispatch(scope, receive)
+            payload = await self._dispatch(scope, receive)
+            status = 202 if isinstance(payload, Accepted) else 200
         except VeloxError as exc:
             status, payload = exc.status, exc.to_dict()
         except Exception:  # the server never dies on a request
@@ -137,9 +146,17 @@ class VeloxApp:
             return self._top[path]()
         parts = path.split("/")
         if len(parts) == 6 and parts[1] == "models" and parts[3] == "versions" and parts[5] == "activate":
-            if method != "POST":
-                raise MethodNotAllowed(f"{path} takes POST, not {method}.")
+            _only(method, "POST", path)
             return await self._activate_version(parts[2], parts[4])
+        if len(parts) == 5 and parts[1] == "models" and parts[3] == "versions" and parts[4]:
+            _only(method, "GET", path)
+            return self.velox.version(parts[2], parts[4])
+        if len(parts) == 5 and parts[1] == "models" and parts[3] == "users" and parts[4]:
+            _only(method, "DELETE", path)
+            return await self._forget(parts[4], parts[2])
+        if len(parts) == 3 and parts[1] == "users" and parts[2]:
+            _only(method, "DELETE", path)
+            return await self._forget(parts[2], None)
         if len(parts) not in (3, 4) or parts[1] != "models" or not parts[2]:
             raise NotFound(f"No route {path}. See /openapi.json for the API.")
         name, action = parts[2], parts[3] if len(parts) == 4 else ""
@@ -149,7 +166,7 @@ class VeloxApp:
                 raise MethodNotAllowed(f"{path} does not take {method}. See /openapi.json.")
             raise NotFound(f"No route {path}. See /openapi.json for the API.")
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
-        body = await self._read_json(receive, action) if method == "POST" else None
+        body = await self._read_json(receive, action) if method in ("POST", "PUT") else None
         return await handler(name, query, body)
 
     async def _read_json(self, receive: Callable, where: str) -> Any:
@@ -246,6 +263,35 @@ class VeloxApp:
         await asyncio.get_running_loop().run_in_executor(None, self.velox.activate, name, version)
         return {"model": name, "active_version": self.velox.server(name).version_id}
 
+    async def _retrain(self, name: str, query: Query, body: Any) -> Accepted:
+        options = _body_object(body if body is not None else {}, "retrain")
+        unknown = sorted(set(options) - {"promote", "params"})
+        if unknown:
+            raise invalid_parameter(unknown[0], "retrain", "promote or params", options[unknown[0]])
+        params = options.get("params") or {}
+        if not isinstance(params, dict):
+            raise invalid_parameter("params", "retrain", "an object of training parameters (rank, reg, iterations, …)", params)
+        job = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.velox.retrain(name, promote=options.get("promote", "if_better"), overrides=params)
+        )
+        return Accepted({"retrain": job.describe(), "status_url": f"/models/{name}/retrain"})
+
+    async def _retrain_status(self, name: str, query: Query, body: Any) -> dict[str, Any]:
+        self.velox.server(name)
+        job = self.velox.retrainer.job(name)
+        return {"model": name, "retrain": None if job is None else job.describe()}
+
+    async def _policy(self, name: str, query: Query, body: Any) -> dict[str, Any]:
+        return {"model": name, "policy": self.velox.policy(name).__dict__}
+
+    async def _set_policy(self, name: str, query: Query, body: Any) -> dict[str, Any]:
+        return {"model": name, "policy": self.velox.set_policy(name, _body_object(body, "policy")).__dict__}
+
+    async def _forget(self, user: str, model: str | None) -> dict[str, Any]:
+        if model is not None:
+            self.velox.server(model)
+        return await asyncio.get_running_loop().run_in_executor(None, self.velox.forget_user, user, model)
+
     def _waiter(self, model: str) -> DurableWaiter:
         waiter = self._waiters.get(model)
         if waiter is None:
@@ -253,7 +299,12 @@ class VeloxApp:
         return waiter
 
 
-_ACTIONS = {"predict", "top_k", "observe", "metrics", "versions"}
+_ACTIONS = {"predict", "top_k", "observe", "metrics", "versions", "retrain", "policy"}
+
+
+def _only(method: str, allowed: str, path: str) -> None:
+    if method != allowed:
+        raise MethodNotAllowed(f"{path} takes {allowed}, not {method}. See /openapi.json.")
 
 
 def _route_label(path: str) -> str:
@@ -261,12 +312,16 @@ def _route_label(path: str) -> str:
     if path in ("/healthz", "/openapi.json", "/models"):
         return path
     parts = path.split("/")
+    if len(parts) == 3 and parts[1] == "users":
+        return "forget"
     if len(parts) < 3 or parts[1] != "models":
         return "other"
     if len(parts) == 3:
         return "/models/{name}"
     if len(parts) == 4 and parts[3] in _ACTIONS:
         return parts[3]
+    if len(parts) == 5 and parts[3] in ("versions", "users"):
+        return "version" if parts[3] == "versions" else "forget"
     return "activate" if len(parts) == 6 and parts[5] == "activate" else "other"
 
 

@@ -26,10 +26,22 @@ _ERROR = {
     "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}},
 }
 _MODEL_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+_USER = {"name": "user", "in": "path", "required": True, "schema": {"type": "string"}}
+_POLICY = {"type": "object", "additionalProperties": False, "properties": {
+    "every_observations": {"type": ["integer", "null"], "minimum": 1},
+    "every_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0},
+    "drift": {"type": "boolean"},
+    "drift_threshold": {"type": "number", "exclusiveMinimum": 0},
+    "drift_delta": {"type": "number", "minimum": 0},
+    "drift_min_instances": {"type": "integer", "minimum": 1},
+    "promote": {"enum": ["if_better", "always", "never"]},
+}}
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Invalid input: the message names the field", 404: "Unknown model or item", 503: "Store unavailable"}
+    text = {400: "Invalid input: the message names the field", 404: "Unknown model, version or item",
+            409: "Conflict: a retrain is already running, or the version cannot serve", 503: "Store unavailable"}
     return {
         str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
         for c in codes
@@ -119,10 +131,40 @@ def openapi_schema() -> dict[str, Any]:
             "/models/{name}/versions": {"get": {
                 "summary": "All versions of a model and their metadata",
                 "parameters": [_MODEL_NAME], "responses": {**_ok({"type": "object"}), **_errors(404)}}},
+            "/models/{name}/versions/{version}": {"get": {
+                "summary": "One version: metadata, lineage (parent, data range, reason) and status",
+                "parameters": [_MODEL_NAME, _VERSION], "responses": {**_ok({"type": "object"}), **_errors(404)}}},
             "/models/{name}/versions/{version}/activate": {"post": {
-                "summary": "Serve this version; every user's state is rebuilt against it and no feedback is lost",
-                "parameters": [_MODEL_NAME, {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {**_ok({"type": "object"}), **_errors(404)}}},
+                "summary": "Serve this version (promote or roll back); users are rebuilt against it, no feedback is lost",
+                "parameters": [_MODEL_NAME, _VERSION],
+                "responses": {**_ok({"type": "object"}), **_errors(404, 409)}}},
+            "/models/{name}/retrain": {
+                "post": {
+                    "summary": "Retrain θ from the base data and the log in the background",
+                    "parameters": [_MODEL_NAME],
+                    "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                        "type": "object", "additionalProperties": False, "properties": {
+                            "promote": {"enum": ["if_better", "always", "never"]},
+                            "params": {"type": "object", "description": "training parameters: rank, reg, iterations, …"},
+                        }}}}},
+                    "responses": {"202": {"description": "Started", "content": {"application/json": {
+                        "schema": {"type": "object"}}}}, **_errors(400, 404, 409)},
+                },
+                "get": {"summary": "The running or last retrain of this model", "parameters": [_MODEL_NAME],
+                        "responses": {**_ok({"type": "object"}), **_errors(404)}},
+            },
+            "/models/{name}/policy": {
+                "get": {"summary": "When the model retrains by itself", "parameters": [_MODEL_NAME],
+                        "responses": {**_ok({"type": "object"}), **_errors(404)}},
+                "put": {"summary": "Set the retraining policy: schedule and drift detection", "parameters": [_MODEL_NAME],
+                        "requestBody": _body(_POLICY), "responses": {**_ok({"type": "object"}), **_errors(400, 404)}},
+            },
+            "/users/{user}": {"delete": {
+                "summary": "Forget a user in every model; answers with a receipt of what was removed",
+                "parameters": [_USER], "responses": {**_ok({"type": "object"}), **_errors(400)}}},
+            "/models/{name}/users/{user}": {"delete": {
+                "summary": "Forget a user in one model; answers with a receipt of what was removed",
+                "parameters": [_MODEL_NAME, _USER], "responses": {**_ok({"type": "object"}), **_errors(400, 404)}}},
             "/models/{name}/observe": {"post": {
                 "summary": "Report what users did; 200 only once the observations are durable",
                 "parameters": [_MODEL_NAME],

@@ -63,20 +63,19 @@ class PageHinkley:
         self._lock = threading.Lock()
         self.detections = 0
 
-    def update(self, values: np.ndarray) -> int:
-        """Feed a batch; returns the index of the value at which drift was detected, or -1.
-
-        After a detection the detector starts afresh with the values after it, as river does."""
+    def update(self, values: np.ndarray) -> np.ndarray:
+        """Feed a batch; returns the indices of the values at which drift was detected (empty if
+        none). After a detection the detector starts afresh with the values after it, as river does."""
         c = self.config
         xs = np.ascontiguousarray(values, dtype=np.float64)
+        hits: list[int] = []
         with self._lock:
-            first = -1
             offset = 0
             while offset < xs.size:
                 hit = _page_hinkley(self._state, xs[offset:], c.delta, c.alpha, c.threshold, c.min_instances)
                 if hit < 0:
                     break
-                self.detections += 1
-                first = offset + hit if first < 0 else first
+                hits.append(offset + hit)
                 offset += hit + 1
-            return first
+            self.detections += len(hits)
+        return np.asarray(hits, dtype=np.int64)

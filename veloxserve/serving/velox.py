@@ -183,7 +183,7 @@ class Velox:
 
     def set_policy(self, model: str, policy: RetrainPolicy | dict[str, Any]) -> RetrainPolicy:
         self.server(model)
-        if isinstance(policy, dict):
+        if not isinstance(policy, RetrainPolicy):
             policy = RetrainPolicy.from_dict(policy)
         return self.retrainer.set_policy(model, policy)
 
