@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--link", choices=["identity", "logistic"], default="identity",
                        help="σ: identity for ratings (default), logistic for 0/1 labels")
     train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--engine", choices=["local", "spark"], default="local",
+                       help="local: compiled ALS on this machine (default); spark: Spark MLlib ALS")
+    train.add_argument("--master", default="local[2]",
+                       help="Spark master URL with --engine spark (default local[2]; e.g. spark://host:7077)")
 
     serve = sub.add_parser("serve", help="serve every model under --home over HTTP/JSON")
     home(serve)
@@ -85,7 +89,32 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, type=Path, help="output directory (date=YYYY-MM-DD/*.parquet)")
     export.add_argument("--after-lsn", type=int, default=0, help="only observations after this log position")
 
-    for client in (predict, top_k, observe):
+    versions = sub.add_parser("versions", help="list, show, promote or roll back a model's versions (running server)")
+    versions_sub = versions.add_subparsers(dest="versions_command", required=True, metavar="ACTION")
+    listing = versions_sub.add_parser("list", help="every version with its status")
+    show = versions_sub.add_parser("show", help="one version's metadata, lineage and status")
+    activate = versions_sub.add_parser("activate", help="serve a version: promote a ready one or roll back")
+    for p in (show, activate):
+        p.add_argument("version", help="e.g. v3")
+
+    retrain = sub.add_parser("retrain", help="retrain a running server's model from its base data and log")
+    retrain.add_argument("--promote", choices=["if_better", "always", "never"], default="if_better",
+                         help="promote the new version if it beats the active one (default), always, or never")
+    retrain.add_argument("--wait", action="store_true", help="wait for the retrain to finish and print its outcome")
+
+    policy = sub.add_parser("policy", help="show or set when a running server's model retrains by itself")
+    policy.add_argument("--every-observations", type=int, help="retrain after this many new observations")
+    policy.add_argument("--every-seconds", type=float, help="retrain when this much time has passed (and feedback came)")
+    policy.add_argument("--drift", choices=["on", "off"], help="retrain when Page-Hinkley sees the live error rise")
+    policy.add_argument("--promote", choices=["if_better", "always", "never"])
+
+    forget = sub.add_parser("forget", help="remove a user's data from a running server (one model or all)")
+    forget.add_argument("--user", required=True, type=_id)
+    forget.add_argument("--model", help="only this model (default: every model)")
+
+    for p in (listing, show, activate, retrain, policy):
+        p.add_argument("--model", required=True)
+    for client in (predict, top_k, observe, listing, show, activate, retrain, policy, forget):
         client.add_argument("--url", default=DEFAULT_URL, help=f"server address (default {DEFAULT_URL})")
     return parser
 
@@ -106,14 +135,19 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     from veloxserve.config import HomeLayout
     from veloxserve.serving.velox import check_model_name
-    from veloxserve.storage.pointer import write_pointer
+    from veloxserve.storage.version_catalog import VersionCatalog
     from veloxserve.training.trainer import config_from, train_version
 
     layout = HomeLayout(Path(args.home))
     name = check_model_name(args.model)
     overrides = {key: getattr(args, key) for key in ("rank", "reg", "prior_precision", "iterations", "seed")}
-    meta = train_version(layout, name, args.ratings, config_from(overrides), link=args.link, progress=True)
-    write_pointer(layout.active_file(name), meta["version"])
+    if args.engine == "spark":
+        from veloxserve.training.spark_als import train_version_spark
+
+        meta = train_version_spark(layout, name, args.ratings, config_from(overrides), master=args.master)
+    else:
+        meta = train_version(layout, name, args.ratings, config_from(overrides), link=args.link, progress=True)
+    VersionCatalog(layout.model_dir(name)).activate(meta["version"])
     print(json.dumps(meta, indent=2))
     return 0
 
@@ -169,10 +203,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> int:
+    """One request to a running server; `path` is under /models/{model}/ unless it starts with '/'."""
     import httpx
 
+    url = f"{args.url}{path}" if path.startswith("/") else f"{args.url}/models/{args.model}/{path}"
     try:
-        response = httpx.request(method, f"{args.url}/models/{args.model}/{path}", timeout=30, **kwargs)
+        response = httpx.request(method, url, timeout=kwargs.pop("timeout", 30), **kwargs)
     except httpx.HTTPError as exc:
         print(f"error: cannot reach {args.url}: {exc}. Is `veloxserve serve` running?", file=sys.stderr)
         return 2
@@ -192,7 +228,58 @@ def _log(args: argparse.Namespace) -> int:
     return 0
 
 
+def _versions(args: argparse.Namespace) -> int:
+    if args.versions_command == "list":
+        return _client(args, "GET", "versions")
+    if args.versions_command == "show":
+        return _client(args, "GET", f"versions/{args.version}")
+    return _client(args, "POST", f"versions/{args.version}/activate", timeout=600)
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    if not args.wait:
+        return _client(args, "POST", "retrain", json={"promote": args.promote})
+    import time
+
+    import httpx
+
+    code = _client(args, "POST", "retrain", json={"promote": args.promote})
+    while code == 0:
+        job = httpx.get(f"{args.url}/models/{args.model}/retrain", timeout=30).json()["retrain"]
+        if job["state"] != "running":
+            print(json.dumps(job, indent=2))
+            return 0 if job["state"] != "failed" else 1
+        time.sleep(0.5)
+    return code
+
+
+def _policy(args: argparse.Namespace) -> int:
+    changes = {
+        "every_observations": args.every_observations, "every_seconds": args.every_seconds,
+        "drift": None if args.drift is None else args.drift == "on", "promote": args.promote,
+    }
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if not changes:
+        return _client(args, "GET", "policy")
+    import httpx
+
+    try:
+        current = httpx.get(f"{args.url}/models/{args.model}/policy", timeout=30).json()["policy"]
+    except (httpx.HTTPError, KeyError):
+        return _client(args, "GET", "policy")  # prints the reason
+    return _client(args, "PUT", "policy", json={**current, **changes})
+
+
+def _forget(args: argparse.Namespace) -> int:
+    path = f"/users/{args.user}" if args.model is None else f"/models/{args.model}/users/{args.user}"
+    return _client(args, "DELETE", path, timeout=600)
+
+
 _COMMANDS = {
+    "versions": _versions,
+    "retrain": _retrain,
+    "policy": _policy,
+    "forget": _forget,
     "demo": _demo,
     "train": _train,
     "serve": _serve,
