@@ -1,0 +1,146 @@
+"""Distributed training of θ with Apache Spark MLlib ALS, written in the local trainer's format.
+
+Spark fits y ≈ μ + b_x + u_u · v_x: the global mean and the item biases by one aggregation, then
+MLlib ALS on the residuals (its regParam is scaled by each row's count, as in ALS-WR). That is
+the split model with f(x) = [v_x, μ + b_x, 1] and w_u = [u_u, 1, 0], so Spark's item factors are
+θ as the server uses it. Every user's served statistics are then the same exact ridge solve the
+local trainer does (`solve_users`), against Spark's θ and the prior the user factors imply.
+
+Input is Parquet (a file, or a directory such as `veloxserve log export` writes), read by Spark
+itself; other formats are converted to Parquet first. Runs on any master URL: `local[2]` in tests
+and on one machine, `spark://…` or `yarn` on a cluster.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veloxserve.config import HomeLayout
+from veloxserve.errors import InvalidInput, TrainingFailed
+from veloxserve.models.version import Link
+from veloxserve.storage.versions import VersionStore
+from veloxserve.training.als import ALSConfig, TrainedFactors, _features, prior_precision_vector, solve_users, theta_rmse
+from veloxserve.training.ratings import Ratings, load_ratings, write_ratings_parquet
+from veloxserve.training.trainer import save_base_data, version_meta
+
+DEFAULT_REG_PARAM = 0.1  # MLlib's λ (per rating, ALS-WR); measured on ml-100k u1 in bench/bench_lifecycle.py
+ITEM_BIAS_REG = 5.0  # b_x = Σ (y − μ) / (n_x + this): shrinks rarely rated items' bias to 0
+
+
+def spark_session(master: str, app: str = "veloxserve-train"):
+    """A SparkSession for training; quiet, no UI, few shuffle partitions (ALS data is small)."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise TrainingFailed(
+            "The Spark engine needs pyspark: pip install 'veloxserve[spark]' (make test installs it). "
+            "Spark also needs Java 17 or newer on PATH."
+        ) from None
+    session = (
+        SparkSession.builder.master(master).appName(app)
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.driver.memory", "2g")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def train_version_spark(
+    layout: HomeLayout, model: str, ratings: str | Path | Ratings, config: ALSConfig | None = None, *,
+    master: str = "local[2]", reg_param: float = DEFAULT_REG_PARAM,
+) -> dict[str, Any]:
+    """Train θ with Spark MLlib ALS from a ratings file or Parquet directory; write the next version."""
+    config = config or ALSConfig()
+    started = time.perf_counter()
+    spark = spark_session(master)
+    with tempfile.TemporaryDirectory(prefix="veloxserve-spark-") as scratch:
+        path = _as_parquet(ratings, Path(scratch))
+        factors, data, test, info = fit_spark(spark, str(path), config, reg_param)
+    meta = version_meta(model, config, Link.IDENTITY, factors, data, test, started)
+    meta.update(
+        engine="spark", spark_master=master, spark_version=spark.version, reg=reg_param, reg_meaning="MLlib regParam",
+        source=str(ratings) if not isinstance(ratings, Ratings) else "in-memory ratings", log_position=0,
+        reason="manual", heldout_fraction=config.heldout_fraction, **info,
+    )
+    version = VersionStore(layout.versions_dir(model)).write(factors.arrays, meta)
+    save_base_data(layout, model, data)
+    return {**meta, "version": version}
+
+
+def _as_parquet(ratings: str | Path | Ratings, scratch: Path) -> Path:
+    if not isinstance(ratings, Ratings):
+        path = Path(ratings)
+        if path.is_dir() or path.suffix == ".parquet":
+            if not path.exists():
+                raise InvalidInput(f"Cannot read ratings from {path}: no such file or directory.", field="ratings")
+            return path
+        ratings = load_ratings(path)
+    out = scratch / "ratings.parquet"
+    write_ratings_parquet(ratings, out)
+    return out
+
+
+def fit_spark(spark, path: str, config: ALSConfig, reg_param: float) -> tuple[TrainedFactors, Ratings, Ratings, dict]:
+    """θ from Spark, users solved locally; returns (factors, all ratings, held-out slice, info)."""
+    from pyspark.ml.feature import StringIndexer
+    from pyspark.ml.recommendation import ALS
+    from pyspark.sql import functions as sf
+
+    frame = spark.read.parquet(path).select(
+        sf.col("user").cast("string").alias("user"), sf.col("item").cast("string").alias("item"),
+        sf.col("score").cast("double").alias("score"),
+    )
+    indexed = StringIndexer(inputCols=["user", "item"], outputCols=["u", "i"]).fit(frame).transform(frame)
+    indexed = indexed.withColumn("u", sf.col("u").cast("int")).withColumn("i", sf.col("i").cast("int")).cache()
+    train_df, test_df = indexed.randomSplit([1 - config.heldout_fraction, config.heldout_fraction], seed=config.seed)
+    train_df = train_df.cache()
+    mu = float(train_df.agg(sf.avg("score")).first()[0])
+    bias_df = train_df.groupBy("i").agg(
+        (sf.sum(sf.col("score") - mu) / (sf.count("*") + ITEM_BIAS_REG)).alias("b"), sf.first("item").alias("item")
+    )
+    residual = train_df.join(bias_df.select("i", "b"), "i").withColumn("residual", sf.col("score") - mu - sf.col("b"))
+    als = ALS(
+        rank=config.rank, maxIter=config.iterations, regParam=reg_param, userCol="u", itemCol="i",
+        ratingCol="residual", coldStartStrategy="drop", seed=config.seed, nonnegative=False,
+    )
+    fitted = als.fit(residual)
+    native = fitted.transform(test_df.join(bias_df.select("i", "b"), "i")).withColumn(
+        "prediction", sf.col("prediction") + mu + sf.col("b"))
+    native_rmse = native.agg(sf.sqrt(sf.avg((sf.col("prediction") - sf.col("score")) ** 2))).first()[0]
+
+    items = bias_df.join(fitted.itemFactors.withColumnRenamed("id", "i"), "i").orderBy("item").toPandas()
+    item_ids = items["item"].to_numpy().astype(str)
+    V = np.stack(items["features"].to_numpy()).astype(np.float64)
+    b = items["b"].to_numpy().astype(np.float64)
+    user_factors = np.stack(fitted.userFactors.toPandas()["features"].to_numpy()).astype(np.float64)
+    w0 = np.concatenate([user_factors.mean(axis=0), [1.0, 0.0]])
+    lam = prior_precision_vector(config)
+
+    train, test = _collect(train_df), _collect(test_df)
+    F = _features(V, b, mu)
+    arrays = {"item_ids": item_ids, "item_factors": V, "item_bias": b, "prior_mean": w0, "prior_precision": lam}
+    data = Ratings(np.concatenate([train.users, test.users]), np.concatenate([train.items, test.items]),
+                   np.concatenate([train.scores, test.scores]))
+    heldout_rmse, _ = theta_rmse(arrays, mu, train, test)
+    users = solve_users(train, item_ids, F, lam, w0)
+    arrays.update(users)
+    pred = np.einsum("ij,ij->i", F[np.searchsorted(item_ids, train.items)], users["user_weights"][
+        np.searchsorted(users["user_ids"], train.users)])
+    train_rmse = float(np.sqrt(np.mean((train.scores - pred) ** 2)))
+    factors = TrainedFactors(arrays, mu, train_rmse, heldout_rmse, len(test), 0)
+    return factors, data, test, {"spark_native_heldout_rmse": native_rmse, "rows_trained": len(train)}
+
+
+def _collect(frame) -> Ratings:
+    table = frame.select("user", "item", "score").toPandas()
+    return Ratings(table["user"].to_numpy().astype(str), table["item"].to_numpy().astype(str),
+                   table["score"].to_numpy().astype(np.float64))
