@@ -89,19 +89,32 @@ def _as_parquet(ratings: str | Path | Ratings, scratch: Path) -> Path:
     return out
 
 
-def fit_spark(spark, path: str, config: ALSConfig, reg_param: float) -> tuple[TrainedFactors, Ratings, Ratings, dict]:
-    """θ from Spark, users solved locally; returns (factors, all ratings, held-out slice, info)."""
+def fit_spark(
+    spark, path: str, config: ALSConfig, reg_param: float, heldout_path: str | None = None,
+) -> tuple[TrainedFactors, Ratings, Ratings, dict]:
+    """θ from Spark, users solved locally; returns (factors, all ratings, held-out slice, info).
+    Without `heldout_path`, `config.heldout_fraction` of the rows is held out at random."""
     from pyspark.ml.feature import StringIndexer
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as sf
 
-    frame = spark.read.parquet(path).select(
-        sf.col("user").cast("string").alias("user"), sf.col("item").cast("string").alias("item"),
-        sf.col("score").cast("double").alias("score"),
-    )
-    indexed = StringIndexer(inputCols=["user", "item"], outputCols=["u", "i"]).fit(frame).transform(frame)
-    indexed = indexed.withColumn("u", sf.col("u").cast("int")).withColumn("i", sf.col("i").cast("int")).cache()
-    train_df, test_df = indexed.randomSplit([1 - config.heldout_fraction, config.heldout_fraction], seed=config.seed)
+    def read(p: str):
+        return spark.read.parquet(p).select(
+            sf.col("user").cast("string").alias("user"), sf.col("item").cast("string").alias("item"),
+            sf.col("score").cast("double").alias("score"),
+        )
+
+    frame = read(path)
+    indexer = StringIndexer(inputCols=["user", "item"], outputCols=["u", "i"], handleInvalid="keep").fit(frame)
+
+    def index(df):
+        out = indexer.transform(df)
+        return out.withColumn("u", sf.col("u").cast("int")).withColumn("i", sf.col("i").cast("int"))
+
+    if heldout_path is None:
+        train_df, test_df = index(frame).randomSplit([1 - config.heldout_fraction, config.heldout_fraction], seed=config.seed)
+    else:
+        train_df, test_df = index(frame), index(read(heldout_path))
     train_df = train_df.cache()
     mu = float(train_df.agg(sf.avg("score")).first()[0])
     bias_df = train_df.groupBy("i").agg(
