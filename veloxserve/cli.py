@@ -175,7 +175,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from veloxserve.config import HomeLayout
     from veloxserve.training.als import ALSConfig
-    from veloxserve.storage.pointer import write_pointer
+    from veloxserve.storage.version_catalog import VersionCatalog
     from veloxserve.training.catify import generate_catify
     from veloxserve.training.ratings import write_ratings_csv
     from veloxserve.training.trainer import train_version
@@ -189,7 +189,7 @@ def _demo(args: argparse.Namespace) -> int:
     write_ratings_csv(data.ratings, data_path)
     print(f"Catify: {len(data.ratings)} ratings by {args.users} users of {args.songs} songs -> {data_path}")
     meta = train_version(layout, "catify", data_path, catify_config, progress=True)
-    write_pointer(layout.active_file("catify"), meta["version"])
+    VersionCatalog(layout.model_dir("catify")).activate(meta["version"])
     print(f"trained catify {meta['version']}: held-out RMSE {meta['heldout_rmse']:.3f} "
           f"(planted noise {data.noise}), {meta['train_seconds']:.2f} s")
     base = f"http://{args.host}:{args.port}/models/catify"

@@ -44,6 +44,7 @@ def spark_session(master: str, app: str = "veloxserve-train"):
     session = (
         SparkSession.builder.master(master).appName(app)
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", "8")
         .config("spark.driver.memory", "2g")
         .config("spark.sql.session.timeZone", "UTC")
