@@ -214,3 +214,19 @@ def test_forgetting_a_user_removes_them_from_every_store_and_file(tmp_path: Path
     with Velox(tmp_path) as velox:  # nothing brings them back on restart
         assert target not in velox.server("songs").users.rows
 
+
+
+def test_closing_stops_a_running_retrain_and_a_crash_mid_training_is_marked_failed(tmp_path: Path, catify) -> None:
+    velox = Velox(tmp_path)
+    velox.train("songs", catify.ratings, CONFIG)
+    job = velox.retrain("songs")
+    velox.close()  # kills the trainer process
+    assert job.state == "failed" and "shut down" in job.detail
+    with Velox(tmp_path) as velox:
+        assert velox.version("songs", job.version)["status"] == "failed"
+        assert velox.server("songs").version_id == "v1"
+        # a version left `training` by a crashed server is failed on the next start
+        velox.catalog("songs").reserve(reason="manual", parent="v1")
+    with Velox(tmp_path) as velox:
+        entry = velox.versions("songs")[-1]
+        assert entry["status"] == "failed" and "interrupted" in entry["error"]

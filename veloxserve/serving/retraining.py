@@ -124,6 +124,26 @@ class Retrainer:
         self._last: dict[str, RetrainJob] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._triggers: dict[str, _Trigger] = {}
+        self._processes: dict[str, subprocess.Popen] = {}
+        self._closing = False
+
+    def close(self) -> None:
+        """Stop every running trainer (their versions end `failed`, reason: shutdown) and wait."""
+        with self._lock:
+            self._closing = True
+            processes = list(self._processes.values())
+        for proc in processes:
+            proc.kill()
+        for thread in list(self._threads.values()):
+            thread.join()
+
+    def recover(self, model: str) -> None:
+        """A version still `training` when the server starts was cut off by a crash: mark it failed."""
+        catalog = self._velox.catalog(model)
+        for entry in catalog.list():
+            if entry["status"] == Status.TRAINING.value:
+                catalog.mark(entry["version"], Status.FAILED, error="interrupted: the server stopped during training")
+        catalog.versions.clean_incoming()
 
     # ---- policy --------------------------------------------------------------------------
     def policy(self, model: str) -> RetrainPolicy:
@@ -174,6 +194,8 @@ class Retrainer:
             raise invalid_parameter("reason", "retrain", " or ".join(REASONS), reason)
         server = self._velox.server(model)
         with self._lock:
+            if self._closing:
+                raise Conflict(f"The server is shutting down; retrain {model!r} after it restarts.")
             running = self._running.get(model)
             if running is not None:
                 raise Conflict(
@@ -212,6 +234,8 @@ class Retrainer:
             better = candidate is not None and (parent is None or candidate < parent)
             verdict = (f"held-out RMSE on the {comparison.get('rows', 0)} most recent rows: "
                        f"{_fmt(candidate)} (candidate) vs {_fmt(parent)} ({job.parent})")
+            if self._closing:
+                raise RuntimeError("the server shut down before the new version could be promoted")
             if job.promote == "always" or (job.promote == "if_better" and better):
                 catalog.mark(job.version, Status.READY, decision=f"promoted: {verdict}")
                 self._velox.activate(job.model, job.version)
@@ -236,14 +260,24 @@ class Retrainer:
             "home": str(Path(self._velox.layout.root).resolve()), "model": job.model, "version": job.version,
             "parent": job.parent, "upto_lsn": job.upto_lsn, "reason": job.reason, "overrides": overrides,
         }
-        proc = subprocess.run(
-            [sys.executable, "-m", "veloxserve.training.worker", json.dumps(spec)],
-            capture_output=True, text=True, check=False,
-        )
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("the server shut down before training started")
+            proc = self._processes[job.model] = subprocess.Popen(
+                [sys.executable, "-m", "veloxserve.training.worker", json.dumps(spec)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+        try:
+            stdout, stderr = proc.communicate()
+        finally:
+            with self._lock:
+                self._processes.pop(job.model, None)
         if proc.returncode != 0:
-            tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-            raise RuntimeError(f"trainer exited with status {proc.returncode}: {tail[0]}\n{proc.stderr[-_STDERR_TAIL:]}")
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+            if self._closing:
+                raise RuntimeError("interrupted: the server shut down during training")
+            tail = stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+            raise RuntimeError(f"trainer exited with status {proc.returncode}: {tail[0]}\n{stderr[-_STDERR_TAIL:]}")
+        return json.loads(stdout.strip().splitlines()[-1])
 
 
 def _fmt(value: float | None) -> str:

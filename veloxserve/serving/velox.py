@@ -55,6 +55,7 @@ class Velox:
             self.retrainer = Retrainer(self)
             for name in self.layout.model_names():
                 catalog = self.catalog(name)
+                self.retrainer.recover(name)
                 if catalog.active() is not None:
                     self._swap(name, catalog.active())
         except BaseException:
@@ -64,7 +65,8 @@ class Velox:
     # ---- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
         """Checkpoint every model and close logs and store. Safe to call twice. A retrain still
-        running is abandoned: its version stays `training` until a later retrain of the model."""
+        running is stopped and its version marked `failed`."""
+        self.retrainer.close()
         for server in list(self._servers.values()):
             server.checkpoint()
         for obs_log in self._logs.values():
