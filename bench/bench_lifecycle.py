@@ -122,6 +122,8 @@ def drift_to_active(seed: int = 0, batch: int = 100, rate: float = 5_000.0, foll
                                  "seconds": round(time.perf_counter() - drift_started, 2)})
             time.sleep(max(0.0, drift_started + sent / rate - time.perf_counter()))
         velox.retrainer.wait("catify")
+        feed(after.ratings.take(np.arange(sent, sent + 1000) % n_after))  # a full window on the last version
+        sent += 1000
         timeline.append({"end": True, "observations": sent, "prequential_rmse_last_1000": live_rmse(),
                          "version": velox.server("catify").version_id})
         return {
