@@ -23,13 +23,18 @@ import numpy as np
 from veloxserve.serving.item_index import ItemIndex
 
 
-def synthetic(n_items: int, rank: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic(n_items: int, rank: int, n_queries: int, seed: int = 0, clusters: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Item vectors like trained MF factors: a decaying spectrum (singular values ∝ 1/(1+i)),
+    items grouped around `clusters` genre-like centres, popularity in the norms, then the
+    baseline columns [μ + b_x, 1]. Queries are user weights from the same spectrum."""
     rng = np.random.default_rng(seed)
-    spectrum = 1.0 / np.sqrt(1.0 + np.arange(rank - 2))
-    popularity = rng.lognormal(0.0, 0.4, size=(n_items, 1))
-    V = rng.normal(size=(n_items, rank - 2)) * spectrum * popularity
+    spectrum = 1.0 / (1.0 + np.arange(rank - 2))
+    centres = rng.normal(size=(clusters, rank - 2))
+    members = rng.integers(0, clusters, size=n_items)
+    popularity = rng.lognormal(0.0, 0.3, size=(n_items, 1))
+    V = (centres[members] + 0.5 * rng.normal(size=(n_items, rank - 2))) * spectrum * popularity
     F = np.column_stack([V, 3.5 + rng.normal(scale=0.4, size=n_items), np.ones(n_items)])
-    W = np.column_stack([rng.normal(size=(n_queries, rank - 2)) * spectrum, np.ones(n_queries),
+    W = np.column_stack([rng.normal(size=(n_queries, rank - 2)) * spectrum * 3, np.ones(n_queries),
                          rng.normal(scale=0.2, size=n_queries)])
     return F, W
 
@@ -91,7 +96,7 @@ def main() -> int:
         for name, space, data in (("hnswlib_mips_l2", "l2", augmented), ("hnswlib_raw_ip", "ip", F.astype(np.float32))):
             started = time.perf_counter()
             graph = hnswlib.Index(space=space, dim=data.shape[1])
-            graph.init_index(max_elements=len(data), M=32, ef_construction=80)
+            graph.init_index(max_elements=len(data), M=32, ef_construction=200)
             graph.add_items(data)
             entry: dict[str, Any] = {"build_seconds": round(time.perf_counter() - started, 1), "by_ef": {}}
             pad = 1 if space == "l2" else 0

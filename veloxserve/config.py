@@ -16,6 +16,8 @@ class ServingConfig:
     fsync: bool = True
     commit_delay: float = 0.001  # seconds the log lingers so concurrent appends share one fsync
     learning_rate: float = 0.05
+    index_min_items: int = 100_000  # catalogues at least this large get a MIPS index for top-k
+    index_ef_search: int = 200  # HNSW search breadth: recall@100 ≥ 0.99 in bench/bench_topk.py
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -49,6 +51,10 @@ class HomeLayout:
     def base_data(self, name: str) -> Path:
         """The ratings the model was last trained on from a file; retraining adds the log to them."""
         return self.model_dir(name) / "data" / "base.parquet"
+
+    def items_file(self, name: str) -> Path:
+        """Item attributes for top-k filters."""
+        return self.model_dir(name) / "items.parquet"
 
     def policy_file(self, name: str) -> Path:
         return self.model_dir(name) / "policy.json"

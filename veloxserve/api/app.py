@@ -75,10 +75,10 @@ def _list_field(body: dict[str, Any], field: str, where: str) -> list[Any]:
     return value
 
 
-def _entry(entry: Any, keys: tuple[str, ...], field: str, where: str) -> tuple[Any, ...]:
+def _entry(entry: Any, keys: tuple[str, ...], field: str, where: str, optional: tuple[str, ...] = ()) -> tuple[Any, ...]:
     if not isinstance(entry, dict) or any(key not in entry for key in keys):
         raise invalid_parameter(field, where, "an object with " + ", ".join(repr(k) for k in keys), entry)
-    return tuple(entry[key] for key in keys)
+    return tuple(entry[key] for key in keys) + tuple(entry.get(key) for key in optional)
 
 
 class VeloxApp:
@@ -209,20 +209,28 @@ class VeloxApp:
         pairs = [_entry(q, ("user", "item"), f"queries[{i}]", "predict") for i, q in enumerate(queries)]
         return {"scores": server.predict_many(pairs), "model_version": server.version_id}
 
-    def _ranked(self, name: str, user: Any, k: Any, candidates: Any, exclude_seen: bool) -> dict[str, Any]:
-        server = self.velox.server(name)
-        ranked = server.top_k(user, k, candidates=candidates, exclude_seen=exclude_seen)
-        return {
-            "user": user,
-            "items": [{"item": item, "score": score} for item, score in ranked],
-            "model_version": server.version_id,
-        }
+    def _ranked(self, name: str, user: Any, k: Any, candidates: Any, exclude_seen: bool, options: dict[str, Any]) -> dict[str, Any]:
+        rec = self.velox.recommend(name, user, k, candidates=candidates, exclude_seen=exclude_seen, **options)
+        if rec.propensities is None:
+            items = [{"item": item, "score": score} for item, score in zip(rec.items, rec.scores)]
+        else:
+            items = [{"item": item, "score": score, "propensity": p}
+                     for item, score, p in zip(rec.items, rec.scores, rec.propensities)]
+        return {"user": user, "items": items, "model_version": rec.model_version, "policy": rec.policy.describe(),
+                "decision": rec.decision}
 
     async def _top_k_get(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         self.velox.server(name)
         user, k = _query(query, "user", "top_k"), _query_int(query, "k", "top_k")
         exclude = _as_bool(query.get("exclude_seen", "false"), "exclude_seen", "top_k")
-        return self._ranked(name, user, k, None, exclude)
+        options: dict[str, Any] = {"policy": query.get("policy"), "filter": query.get("filter")}
+        for field in ("epsilon", "alpha"):
+            if field in query:
+                try:
+                    options[field] = float(query[field])
+                except ValueError:
+                    raise invalid_parameter(field, "top_k", "a number", query[field]) from None
+        return self._ranked(name, user, k, None, exclude, options)
 
     async def _top_k_post(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         self.velox.server(name)
@@ -234,16 +242,18 @@ class VeloxApp:
         if candidates is not None and not isinstance(candidates, list):
             raise invalid_parameter("candidates", "top_k", "a JSON list of item ids", candidates)
         exclude = _as_bool(body.get("exclude_seen", False), "exclude_seen", "top_k")
-        return self._ranked(name, body["user"], body["k"], candidates, exclude)
+        options = {field: body.get(field) for field in ("policy", "epsilon", "alpha", "filter")}
+        return self._ranked(name, body["user"], body["k"], candidates, exclude, options)
 
     async def _observe(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         self.velox.server(name)
         body = _body_object(body, "observe")
         if "observations" in body:
             entries = _list_field(body, "observations", "observe")
-            rows = [_entry(o, ("user", "item", "score"), f"observations[{i}]", "observe") for i, o in enumerate(entries)]
+            rows = [_entry(o, ("user", "item", "score"), f"observations[{i}]", "observe", ("decision",))
+                    for i, o in enumerate(entries)]
         else:
-            rows = [_entry(body, ("user", "item", "score"), "body", "observe")]
+            rows = [_entry(body, ("user", "item", "score"), "body", "observe", ("decision",))]
         lsn = self.velox.submit(name, rows)
         await self._waiter(name).wait(lsn, DURABLE_TIMEOUT_S)  # 200 only once durable
         self.metrics.observations.labels(name).inc(len(rows))

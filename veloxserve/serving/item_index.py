@@ -20,7 +20,7 @@ import numpy as np
 class ItemIndex:
     """An HNSW index over one feature-model version's item vectors (immutable once built)."""
 
-    def __init__(self, features: np.ndarray, *, m: int = 32, ef_construction: int = 80, ef_search: int = 200) -> None:
+    def __init__(self, features: np.ndarray, *, m: int = 32, ef_construction: int = 200, ef_search: int = 200) -> None:
         import faiss  # imported here: serving small catalogues never needs it
 
         started = time.perf_counter()

@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,16 +23,46 @@ from veloxserve.errors import invalid_parameter
 from veloxserve.ids import Id, canonical_id
 from veloxserve.learning.user_table import UserTable
 from veloxserve.models.version import Link, ModelVersion
+from veloxserve.models.attributes import EMPTY, ItemAttributes
 from veloxserve.serving.evaluation import PrequentialError
+from veloxserve.serving.exploration import Policy, epsilon_greedy_slate, posterior_draw, uncertainty
+from veloxserve.serving.item_index import ItemIndex
 from veloxserve.serving.validation import batch_size, finite_score, int_in_range
 from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.user_store import Checkpoint, UserStore
 
 log = logging.getLogger(__name__)
 
-Observation = tuple[Any, Any, Any]  # (user, item, score) as the client sent them
+Observation = tuple  # (user, item, score[, decision id]) as the client sent them
+MAX_DECISION_ID = 64
 FeedbackListener = Callable[[str, np.ndarray], None]  # (model, squared prequential errors of a batch)
 _REPLAY_CHUNK = 100_000
+
+
+GREEDY = Policy()
+
+
+@dataclass
+class Recommendation:
+    """A served list: items best first, their scores, and the probability with which the policy
+    put each item in its slot (None when it has no closed form, e.g. Thompson sampling)."""
+
+    items: list[Id]
+    scores: list[float]
+    propensities: list[float] | None
+    policy: Policy
+    user: str
+    decision: str | None = None
+    model_version: str | None = None
+
+
+def _rejecting(sample, excluded: set[int]):
+    def draw(n: int) -> np.ndarray:
+        while True:
+            rows = sample(n)
+            if not excluded.intersection(rows.tolist()):
+                return rows
+    return draw
 
 
 class ServerRetired(Exception):
@@ -44,6 +75,7 @@ class ModelServer:
     def __init__(
         self, version: ModelVersion, store: UserStore, obs_log: ObservationLog, config: ServingConfig,
         *, upto_lsn: int | None = None, on_feedback: FeedbackListener | None = None,
+        attributes: ItemAttributes = EMPTY,
     ) -> None:
         """Rebuild every user's state for `version` from the log up to `upto_lsn` (default: all of it).
 
@@ -63,6 +95,10 @@ class ModelServer:
         self._checkpoints_frozen = False
         self.retired = False
         self.on_feedback = on_feedback
+        self.attributes = attributes
+        self.index: ItemIndex | None = None  # set by a background build over large catalogues
+        if len(self._catalog) >= config.index_min_items:
+            threading.Thread(target=self._build_index, name=f"index-{version.name}", daemon=True).start()
         self.prequential = PrequentialError()
         self.users = UserTable(
             version.dim, version.prior, version.link, learning_rate=config.learning_rate,
@@ -98,35 +134,107 @@ class ModelServer:
         return self._link_array(z)
 
     def top_k(
-        self, user: Any, k: Any, *, candidates: Sequence[Any] | None = None, exclude_seen: bool = False
+        self, user: Any, k: Any, *, candidates: Sequence[Any] | None = None, exclude_seen: bool = False,
+        filter: str | None = None,
     ) -> list[tuple[Id, float]]:
-        """The k best items for a user, best first: one matrix–vector product and a partial sort.
+        """The k best items for a user, best first (greedy; see `recommend` for exploration)."""
+        rec = self.recommend(user, k, candidates=candidates, exclude_seen=exclude_seen, filter=filter)
+        return list(zip(rec.items, rec.scores))
 
-        With `candidates` only those items are ranked; `exclude_seen` drops items the user has
-        rated. Fewer than k items come back when the filters leave fewer.
+    def recommend(
+        self, user: Any, k: Any, *, candidates: Sequence[Any] | None = None, exclude_seen: bool = False,
+        filter: str | None = None, policy: Policy = GREEDY, rng: np.random.Generator | None = None,
+    ) -> Recommendation:
+        """A list of up to k items for a user under an exploration policy, with propensities.
+
+        The eligible items are the catalogue, or `candidates`, narrowed by the attribute `filter`
+        and `exclude_seen`; fewer than k come back when fewer are eligible. Over a large catalogue
+        (an index built, no candidate list or filter) the MIPS index proposes candidates and they
+        are re-scored exactly; otherwise every eligible item is scored. Scores are the model's
+        (σ(w·f)) whatever the policy; the policy decides order and membership.
         """
         key = canonical_id(user, "user", "top_k")
         k = int_in_range(k, "k", "top_k", 1, len(self._catalog))
         w = self.users.weights(key)
-        if candidates is None:
-            rows = None
-            scores = self._features @ w
+        eligible = self._eligible_rows(candidates, filter)  # None: the whole catalogue
+        seen = self._seen_rows(key) if exclude_seen else np.empty(0, dtype=np.int64)
+        if eligible is not None and seen.size:
+            eligible = eligible[~np.isin(eligible, seen)]
+        n_eligible = (len(self._catalog) - seen.size) if eligible is None else eligible.size
+        k = min(k, n_eligible)
+        if k == 0:
+            return Recommendation([], [], [], policy, key)
+        rng = rng or np.random.default_rng()
+        query = w
+        if policy.name == "thompson":
+            query = posterior_draw(w, self.users.covariance(key), policy.alpha, rng)
+        pool_size = k if policy.name == "greedy" else (2 * k if policy.name != "linucb" else max(10 * k, 1000))
+        rows, ranking = self._ranked_pool(query, pool_size, eligible, seen)
+        if policy.name == "linucb":
+            ranking = ranking + policy.alpha * uncertainty(self._features[rows], self.users.covariance(key))
+            order = np.argsort(-ranking, kind="stable")
+            rows = rows[order]
+        if policy.name == "epsilon_greedy":
+            sample = (lambda n: rng.integers(0, len(self._catalog), n)) if eligible is None else (
+                lambda n: eligible[rng.integers(0, eligible.size, n)])
+            if eligible is None and seen.size:
+                sample = _rejecting(sample, set(seen.tolist()))
+            rows, propensities = epsilon_greedy_slate(rows, k, policy.epsilon, n_eligible, sample, rng)
         else:
+            rows = rows[:k]
+            propensities = np.ones(k) if policy.deterministic else None
+        scores = self._link_array(self._features[rows] @ w)
+        return Recommendation(
+            self._catalog.externals(rows), scores.tolist(), None if propensities is None else propensities.tolist(),
+            policy, key,
+        )
+
+    def _eligible_rows(self, candidates: Sequence[Any] | None, filter: str | None) -> np.ndarray | None:
+        rows = None
+        if candidates is not None:
             batch_size(len(candidates), self.config.max_batch, "candidates", "top_k")
             rows = np.unique(self._catalog.rows(candidates, "candidates", "top_k"))
-            scores = self._features[rows] @ w
-        if exclude_seen:
-            seen = self._seen_rows(key)
+        if filter is not None:
+            if not isinstance(filter, str):
+                raise invalid_parameter("filter", "top_k", "a string name:value[|value][,name:value]", filter)
+            admitted = np.flatnonzero(self.attributes.mask(filter))
+            rows = admitted if rows is None else rows[np.isin(rows, admitted)]
+        return rows
+
+    def _ranked_pool(
+        self, query: np.ndarray, n: int, eligible: np.ndarray | None, seen: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Up to n eligible rows with the largest query·f, best first, and those inner products."""
+        index = self.index
+        if eligible is None and index is not None:
+            rows = index.candidates(query, n + seen.size)
             if seen.size:
-                scores[seen if rows is None else np.isin(rows, seen)] = -np.inf
-        available = scores.size - (int(np.isneginf(scores).sum()) if exclude_seen else 0)
-        k = min(k, available)
-        if k == 0:
-            return []
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        items = self._catalog.externals(top if rows is None else rows[top])
-        return list(zip(items, self._link_array(scores[top]).tolist()))
+                rows = rows[~np.isin(rows, seen)]
+            if rows.size >= min(n, len(self._catalog) - seen.size):
+                scores = self._features[rows] @ query
+                order = np.argsort(-scores, kind="stable")[:n]
+                return rows[order], scores[order]
+        if eligible is None:  # exact: every item
+            scores = self._features @ query
+            if seen.size:
+                scores[seen] = -np.inf
+            rows = np.arange(scores.size)
+        else:
+            rows, scores = eligible, self._features[eligible] @ query
+        n = min(n, int(np.isfinite(scores).sum()))
+        top = np.argpartition(-scores, n - 1)[:n] if n < scores.size else np.arange(scores.size)
+        top = top[np.argsort(-scores[top], kind="stable")][:n]
+        return rows[top], scores[top]
+
+    def _build_index(self) -> None:
+        try:
+            index = ItemIndex(self._features, ef_search=self.config.index_ef_search)
+        except Exception:  # exact scoring keeps serving; the index is an optimisation
+            log.exception("%s %s: building the MIPS index failed; top-k stays exact", self.name, self.version_id)
+            return
+        self.index = index
+        log.info("%s %s: MIPS index over %d items built in %.1f s", self.name, self.version_id, index.size,
+                 index.build_seconds)
 
     def _seen_rows(self, user: str) -> np.ndarray:
         row = self.users.rows.get(user)
@@ -152,7 +260,7 @@ class ModelServer:
         The whole batch is validated first, so a bad row rejects the batch and changes nothing.
         """
         batch_size(len(observations), self.config.max_batch, "observations", "observe")
-        users, rows, scores = self._validate_observations(observations)
+        users, rows, scores, decisions = self._validate_observations(observations)
         with self._lock:
             if self.retired:
                 raise ServerRetired(self.version_id)
@@ -163,9 +271,10 @@ class ModelServer:
                 before = np.einsum("ij,ij->i", self._features[rows], self.users.weights_many(users))
             errors = scores - self._link_array(before)
             self.prequential.update(errors)
-            lsn = self._log.append(
-                [(u, self._catalog_key(r), y, self.version_id) for u, r, y in zip(users, rows.tolist(), scores.tolist())]
-            )
+            lsn = self._log.append([
+                (u, self._catalog_key(r), y, self.version_id, d)
+                for u, r, y, d in zip(users, rows.tolist(), scores.tolist(), decisions)
+            ])
             self._apply(users, rows, scores)
             self.applied_lsn = lsn
         self._maybe_checkpoint(len(users))
@@ -173,19 +282,27 @@ class ModelServer:
             self.on_feedback(self.name, errors * errors)
         return lsn
 
-    def _validate_observations(self, observations: Sequence[Observation]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def _validate_observations(
+        self, observations: Sequence[Observation]
+    ) -> tuple[list[str], np.ndarray, np.ndarray, list[str | None]]:
         catalog = self._catalog
         users: list[str] = []
+        decisions: list[str | None] = []
         rows = np.empty(len(observations), dtype=np.int64)
         scores = np.empty(len(observations), dtype=np.float64)
         for i, obs in enumerate(observations):
-            user, item, score = obs
+            user, item, score, *rest = obs
+            decision = rest[0] if rest else None
+            if decision is not None and (not isinstance(decision, str) or not 0 < len(decision) <= MAX_DECISION_ID):
+                raise invalid_parameter(f"observations[{i}].decision", "observe",
+                                        f"the decision id a top_k answer gave (a string of 1-{MAX_DECISION_ID} characters)", decision)
+            decisions.append(decision)
             users.append(canonical_id(user, f"observations[{i}].user", "observe"))
             rows[i] = catalog.row(item, f"observations[{i}].item", "observe")
             scores[i] = finite_score(score, f"observations[{i}].score", "observe")
             if self._logistic and not 0.0 <= scores[i] <= 1.0:
                 raise invalid_parameter(f"observations[{i}].score", "observe", "a label in [0, 1] for a logistic model", score)
-        return users, rows, scores
+        return users, rows, scores, decisions
 
     def _catalog_key(self, row: int) -> str:
         return str(self._catalog.external(row))

@@ -7,8 +7,10 @@ here and in the CLI and nowhere else.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,10 @@ from veloxserve.config import HomeLayout, ServingConfig
 from veloxserve.errors import Conflict, ModelNotFound, NotFound, invalid_parameter
 from veloxserve.ids import Id, canonical_id
 from veloxserve.models.version import ModelVersion
-from veloxserve.serving.model_server import ModelServer, Observation, ServerRetired
+from veloxserve.models.attributes import EMPTY, ItemAttributes
+from veloxserve.serving.exploration import Policy
+from veloxserve.serving.model_server import ModelServer, Observation, Recommendation, ServerRetired
+from veloxserve.storage.decision_log import DecisionLog, new_decision_id
 from veloxserve.serving.retraining import Retrainer, RetrainJob, RetrainPolicy
 from veloxserve.storage.home_lock import HomeLock
 from veloxserve.storage.lmdb_store import LMDBUserStore
@@ -51,6 +56,7 @@ class Velox:
             self._logs: dict[str, ObservationLog] = {}
             self._servers: dict[str, ModelServer] = {}
             self._catalogs: dict[str, VersionCatalog] = {}
+            self._decision_logs: dict[str, DecisionLog] = {}
             self._swap_lock = threading.Lock()
             self.retrainer = Retrainer(self)
             for name in self.layout.model_names():
@@ -71,6 +77,9 @@ class Velox:
             server.checkpoint()
         for obs_log in self._logs.values():
             obs_log.close()
+        for decision_log in self._decision_logs.values():
+            decision_log.close()
+        self._decision_logs.clear()
         self._servers.clear()
         self._logs.clear()
         self._store.close()
@@ -131,9 +140,61 @@ class Velox:
         return self.server(model).predict_many(queries).tolist()
 
     def top_k(
-        self, model: str, user: Id, k: int, *, candidates: Sequence[Id] | None = None, exclude_seen: bool = False
+        self, model: str, user: Id, k: int, *, candidates: Sequence[Id] | None = None, exclude_seen: bool = False,
+        filter: str | None = None,
     ) -> list[tuple[Id, float]]:
-        return self.server(model).top_k(user, k, candidates=candidates, exclude_seen=exclude_seen)
+        """The k best items for a user, best first (greedy). The list is logged as a decision."""
+        rec = self.recommend(model, user, k, candidates=candidates, exclude_seen=exclude_seen, filter=filter)
+        return list(zip(rec.items, rec.scores))
+
+    def recommend(
+        self, model: str, user: Id, k: int, *, candidates: Sequence[Id] | None = None, exclude_seen: bool = False,
+        filter: str | None = None, policy: str | None = None, epsilon: float | None = None, alpha: float | None = None,
+    ) -> Recommendation:
+        """A top-k list under an exploration policy (greedy, epsilon_greedy, linucb, thompson).
+
+        The list is logged to the model's decision log with each item's propensity; pass the
+        returned `decision` id with the observations that answer it (`observe(..., decision=)`),
+        so off-policy estimates can join what was shown with what users did."""
+        server = self.server(model)
+        rec = server.recommend(user, k, candidates=candidates, exclude_seen=exclude_seen, filter=filter,
+                               policy=Policy.parse(policy, epsilon, alpha))
+        rec.decision = new_decision_id()
+        rec.model_version = server.version_id
+        self._decision_log(model).append({
+            "decision": rec.decision, "ts": time.time(), "model_version": server.version_id, "user": rec.user,
+            "policy": rec.policy.describe(), "items": [str(i) for i in rec.items], "scores": rec.scores,
+            "propensities": rec.propensities,
+        })
+        return rec
+
+    def decision_log_dir(self, model: str) -> Path:
+        return self.layout.model_dir(model) / "decisions"
+
+    def _decision_log(self, model: str) -> DecisionLog:
+        log = self._decision_logs.get(model)
+        if log is None:
+            with self._swap_lock:
+                log = self._decision_logs.get(model)
+                if log is None:
+                    log = self._decision_logs[model] = DecisionLog(self.decision_log_dir(model))
+        return log
+
+    def set_item_attributes(self, model: str, path: str | Path) -> dict[str, Any]:
+        """Load item attributes (CSV or Parquet with an `item` column) for `filter=` in top-k;
+        kept in the home as Parquet and reloaded with every version."""
+        import pyarrow.csv as pacsv
+        import pyarrow.parquet as pq
+
+        server = self.server(model)
+        attributes = ItemAttributes.load(Path(path), server.version.catalog)  # validates first
+        table = pq.read_table(path) if Path(path).suffix == ".parquet" else pacsv.read_csv(path)
+        target = self.layout.items_file(model)
+        tmp = target.with_name(".items.parquet.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, target)
+        server.attributes = attributes
+        return {"model": model, "attributes": sorted(attributes.columns), "items": table.num_rows}
 
     def submit(self, model: str, observations: Sequence[Observation]) -> int:
         """Learn a batch now and return its last LSN; it is durable once `observation_log(model)`
@@ -144,9 +205,10 @@ class Velox:
             except ServerRetired:  # a swap happened between looking the server up and its lock
                 continue
 
-    def observe(self, model: str, user: Id, item: Id, score: float) -> int:
-        """Learn one observation and return once it is durable (its log sequence number)."""
-        return self.observe_many(model, [(user, item, score)])
+    def observe(self, model: str, user: Id, item: Id, score: float, *, decision: str | None = None) -> int:
+        """Learn one observation and return once it is durable (its log sequence number).
+        `decision`: the id of the served list this answers, from `recommend`."""
+        return self.observe_many(model, [(user, item, score, decision)])
 
     def observe_many(self, model: str, observations: Sequence[Observation]) -> int:
         lsn = self.submit(model, observations)
@@ -216,9 +278,11 @@ class Velox:
             if old is not None:
                 old.retire_checkpoints()  # the new server's state replaces the old one's in the store
             try:
+                items_file = self.layout.items_file(model)
                 new = ModelServer(
                     version, self._store, obs_log, self.config, upto_lsn=obs_log.sync(),
                     on_feedback=self.retrainer.on_feedback,
+                    attributes=ItemAttributes.load(items_file, version.catalog) if items_file.is_file() else EMPTY,
                 )
             except BaseException:
                 if old is not None:

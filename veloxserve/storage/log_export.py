@@ -19,7 +19,9 @@ from veloxserve.storage.observation_log import read_log
 
 SCHEMA = pa.schema([
     ("lsn", pa.int64()), ("user", pa.string()), ("item", pa.string()), ("score", pa.float64()),
-    ("timestamp", pa.timestamp("us", tz="UTC")), ("model_version", pa.string()), ("date", pa.string()),
+    ("timestamp", pa.timestamp("us", tz="UTC")), ("model_version", pa.string()),
+    ("decision", pa.string()),  # serving context: the decision-log id of the list this answers, if any
+    ("date", pa.string()),
 ])
 
 
@@ -38,6 +40,7 @@ def export_parquet(log_dir: Path, out_dir: Path, *, after_lsn: int = 0) -> dict[
         "score": np.fromiter((r.score for r in records), dtype=np.float64, count=len(records)),
         "timestamp": pa.array(stamps, type=pa.timestamp("us", tz="UTC")),
         "model_version": [r.version for r in records],
+        "decision": [r.decision for r in records],
         "date": stamps.astype("datetime64[D]").astype(str),
     }, schema=SCHEMA)
     first, last = int(lsn[0]), int(lsn[-1])

@@ -36,11 +36,15 @@ class ObservationRecord:
     item: str
     score: float
     version: str
-    erased: bool = False  # a forgotten user's record: only its LSN is kept, so positions stay valid
+    erased: bool = False
+    decision: str | None = None  # the served list (decision log) this observation answers, if any  # a forgotten user's record: only its LSN is kept, so positions stay valid
 
 
-def _encode(lsn: int, ts: float, user: str, item: str, score: float, version: str) -> bytes:
-    body = orjson.dumps({"lsn": lsn, "ts": ts, "user": user, "item": item, "score": score, "version": version})
+def _encode(lsn: int, ts: float, user: str, item: str, score: float, version: str, decision: str | None = None) -> bytes:
+    record = {"lsn": lsn, "ts": ts, "user": user, "item": item, "score": score, "version": version}
+    if decision is not None:
+        record["decision"] = decision
+    body = orjson.dumps(record)
     return b"%08x %s\n" % (zlib.crc32(body), body)
 
 
@@ -60,7 +64,7 @@ def _decode(line: bytes) -> ObservationRecord | None:
         d = orjson.loads(body)
         if d.get("erased"):
             return ObservationRecord(d["lsn"], 0.0, "", "", 0.0, "", True)
-        return ObservationRecord(d["lsn"], d["ts"], d["user"], d["item"], d["score"], d["version"])
+        return ObservationRecord(d["lsn"], d["ts"], d["user"], d["item"], d["score"], d["version"], False, d.get("decision"))
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -192,8 +196,8 @@ class ObservationLog:
     def durable_lsn(self) -> int:
         return self._durable_lsn
 
-    def append(self, rows: Sequence[tuple[str, str, float, str]]) -> int:
-        """Queue (user, item, score, version) rows and return their last LSN at once.
+    def append(self, rows: Sequence[tuple]) -> int:
+        """Queue (user, item, score, version[, decision]) rows and return their last LSN at once.
 
         The rows are durable once `durable_lsn` reaches that LSN: wait with `wait_durable`, or
         `subscribe` to be told after every group commit.
@@ -206,15 +210,15 @@ class ObservationLog:
                 raise StoreUnavailable(f"The observation log in {self.directory} is closed.")
             lsn = self._last_lsn
             chunks = []
-            for user, item, score, version in rows:
+            for user, item, score, version, *decision in rows:
                 lsn += 1
-                chunks.append(_encode(lsn, ts, user, item, score, version))
+                chunks.append(_encode(lsn, ts, user, item, score, version, decision[0] if decision else None))
             self._last_lsn = lsn
             self._pending.append((b"".join(chunks), lsn))
             self._wake.notify()
         return lsn
 
-    def append_and_wait(self, rows: Sequence[tuple[str, str, float, str]], timeout: float | None = None) -> int:
+    def append_and_wait(self, rows: Sequence[tuple], timeout: float | None = None) -> int:
         lsn = self.append(rows)
         self.wait_durable(lsn, timeout)
         return lsn

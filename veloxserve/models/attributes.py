@@ -1,0 +1,68 @@
+"""Item attributes for candidate filters (`?filter=genre:jazz`), aligned to catalogue rows.
+
+Loaded from a CSV or Parquet file with an `item` column and any attribute columns (values are
+compared as strings). A filter is `name:value[|value…][,name:value…]`: values of one attribute
+are alternatives (OR), attributes combine with AND. Evaluating one is a few vectorised
+comparisons over the catalogue, never a loop over items.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from veloxserve.errors import InvalidInput, invalid_parameter
+from veloxserve.models.catalog import ItemCatalog
+
+
+class ItemAttributes:
+    def __init__(self, columns: dict[str, np.ndarray]) -> None:
+        self.columns = columns
+
+    @classmethod
+    def load(cls, path: Path, catalog: ItemCatalog) -> ItemAttributes:
+        path = Path(path)
+        try:
+            table = pq.read_table(path) if path.suffix == ".parquet" else pacsv.read_csv(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise InvalidInput(f"Cannot read item attributes from {path}: {exc}.", field="attributes") from None
+        if "item" not in table.column_names:
+            raise InvalidInput(f"Item attributes in {path} need an 'item' column (found {table.column_names}).",
+                               field="attributes")
+        items = np.asarray(table["item"].cast(pa.string()).to_numpy(zero_copy_only=False)).astype(str)
+        rows = np.fromiter((-1 if (r := catalog.lookup(x)) is None else r for x in items), dtype=np.int64, count=len(items))
+        known = rows >= 0
+        columns = {}
+        for name in table.column_names:
+            if name == "item":
+                continue
+            values = np.asarray(table[name].cast(pa.string()).fill_null("").to_numpy(zero_copy_only=False)).astype(str)
+            column = np.full(len(catalog), "", dtype=values.dtype if values.size else "<U1")
+            column[rows[known]] = values[known]
+            columns[name] = column
+        return cls(columns)
+
+    def mask(self, expression: str, where: str = "top_k") -> np.ndarray:
+        """Boolean mask over catalogue rows of the items the filter admits."""
+        clauses = [c for c in expression.split(",") if c]
+        if not clauses:
+            raise invalid_parameter("filter", where, "name:value[|value][,name:value]", expression)
+        mask = None
+        for clause in clauses:
+            name, sep, values = clause.partition(":")
+            if not sep or not name or not values:
+                raise invalid_parameter("filter", where, "name:value[|value][,name:value]", expression)
+            column = self.columns.get(name)
+            if column is None:
+                known = ", ".join(sorted(self.columns)) or "none loaded"
+                raise invalid_parameter("filter", where, f"an attribute among: {known}", name)
+            admitted = np.isin(column, values.split("|"))
+            mask = admitted if mask is None else mask & admitted
+        return mask
+
+
+EMPTY = ItemAttributes({})
