@@ -26,6 +26,13 @@ _ERROR = {
     "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}},
 }
 _MODEL_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_POLICY_FIELDS = {
+    "policy": {"enum": ["greedy", "epsilon_greedy", "linucb", "thompson"]},
+    "epsilon": {"type": "number", "minimum": 0, "maximum": 1},
+    "alpha": {"type": "number", "minimum": 0},
+    "filter": {"type": "string", "description": "item attributes: name:value[|value][,name:value]"},
+}
+_POLICY_QUERY = [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in _POLICY_FIELDS.items()]
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
 _USER = {"name": "user", "in": "path", "required": True, "schema": {"type": "string"}}
 _POLICY = {"type": "object", "additionalProperties": False, "properties": {
@@ -69,7 +76,9 @@ def openapi_schema() -> dict[str, Any]:
     observation = {
         "type": "object",
         "required": ["user", "item", "score"],
-        "properties": {"user": _ID, "item": _ID, "score": {"type": "number"}},
+        "properties": {"user": _ID, "item": _ID, "score": {"type": "number"},
+                       "decision": {"type": "string", "minLength": 1, "maxLength": 64,
+                                    "description": "the `decision` id of the top_k answer this observation answers"}},
     }
     return {
         "openapi": "3.1.0",
@@ -110,7 +119,8 @@ def openapi_schema() -> dict[str, Any]:
                     "parameters": [_MODEL_NAME,
                                    {"name": "user", "in": "query", "required": True, "schema": {"type": "string"}},
                                    {"name": "k", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
-                                   {"name": "exclude_seen", "in": "query", "required": False, "schema": {"type": "boolean"}}],
+                                   {"name": "exclude_seen", "in": "query", "required": False, "schema": {"type": "boolean"}},
+                                   *_POLICY_QUERY],
                     "responses": {**_ok(top_k_out), **_errors(400, 404)},
                 },
                 "post": {
@@ -119,7 +129,7 @@ def openapi_schema() -> dict[str, Any]:
                     "requestBody": _body({"type": "object", "required": ["user", "k"], "properties": {
                         "user": _ID, "k": {"type": "integer", "minimum": 1},
                         "candidates": {"type": "array", "items": _ID, "minItems": 1, "maxItems": limit},
-                        "exclude_seen": {"type": "boolean"}}}),
+                        "exclude_seen": {"type": "boolean"}, **_POLICY_FIELDS}}),
                     "responses": {**_ok(top_k_out), **_errors(400, 404)},
                 },
             },
