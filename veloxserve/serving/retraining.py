@@ -232,7 +232,8 @@ class Retrainer:
             comparison = meta.get("comparison", {})
             candidate, parent = comparison.get("candidate_rmse"), comparison.get("parent_rmse")
             better = candidate is not None and (parent is None or candidate < parent)
-            verdict = (f"held-out RMSE on the {comparison.get('rows', 0)} most recent rows: "
+            slice_kind = "most recent logged" if meta.get("holdout") == "recent" else "randomly held-out"
+            verdict = (f"held-out RMSE on the {comparison.get('rows', 0)} {slice_kind} rows: "
                        f"{_fmt(candidate)} (candidate) vs {_fmt(parent)} ({job.parent})")
             if self._closing:
                 raise RuntimeError("the server shut down before the new version could be promoted")
