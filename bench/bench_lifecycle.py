@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from veloxserve.serving.velox import Velox
-from veloxserve.training.als import ALSConfig, theta_rmse, train_als
+from veloxserve.training.als import ALSConfig, train_als
 from veloxserve.training.catify import generate_catify
 from veloxserve.training.ratings import Ratings, load_ratings, split_holdout, write_ratings_parquet
 

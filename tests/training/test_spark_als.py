@@ -43,7 +43,11 @@ def test_spark_trains_a_version_the_server_serves(tmp_path: Path, catify) -> Non
         mask = base.users == user
         assert len(rows) <= mask.sum()  # the held-out part is not in the served statistics
         A = np.diag(lam) + F[rows].T @ F[rows]
+        score_of = dict(zip(base.items[mask].tolist(), base.scores[mask].tolist()))
+        y = np.array([score_of[str(arrays["item_ids"][row])] for row in rows])
         np.testing.assert_allclose(arrays["user_gram"][index], A, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(arrays["user_rhs"][index], lam * w0 + F[rows].T @ y, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(arrays["user_weights"][index], np.linalg.solve(A, lam * w0 + F[rows].T @ y), atol=1e-8)
     with Velox(tmp_path) as velox:  # the ordinary server loads and learns on it
         before = velox.predict("songs", "new-user", arrays["item_ids"][0])
         velox.observe("songs", "new-user", arrays["item_ids"][0], 5.0)

@@ -24,7 +24,7 @@ import numpy as np
 from veloxserve.errors import Conflict, invalid_parameter
 from veloxserve.serving.drift import PageHinkley, PageHinkleyConfig
 from veloxserve.storage.pointer import read_pointer, write_pointer
-from veloxserve.storage.version_catalog import Status, VersionCatalog, now
+from veloxserve.storage.version_catalog import Status, now
 
 if TYPE_CHECKING:
     from veloxserve.serving.velox import Velox

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from veloxserve.config import HomeLayout, ServingConfig
-from veloxserve.errors import Conflict, ModelNotFound, NotFound, invalid_parameter
+from veloxserve.errors import Conflict, ModelNotFound, invalid_parameter
 from veloxserve.ids import Id, canonical_id
 from veloxserve.models.version import ModelVersion
 from veloxserve.models.attributes import EMPTY, ItemAttributes
@@ -29,7 +29,6 @@ from veloxserve.storage.lmdb_store import LMDBUserStore
 from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.user_store import UserStore
 from veloxserve.storage.version_catalog import Status, VersionCatalog
-from veloxserve.storage.versions import VersionStore
 
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DURABLE_TIMEOUT_S = 30.0
