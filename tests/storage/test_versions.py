@@ -9,7 +9,7 @@ from veloxserve.storage.versions import VersionStore
 
 def test_versions_are_numbered_read_back_and_never_overwritten(tmp_path: Path) -> None:
     store = VersionStore(tmp_path)
-    assert store.latest() is None and store.list() == []
+    assert store.latest() is None and store.versions() == []
     a = {"x": np.arange(5.0), "ids": np.array(["a", "b"])}
     assert store.write(a, {"rank": 1}) == "v1"
     (tmp_path / "v2").mkdir()

@@ -119,9 +119,6 @@ class VersionStore:
         path = self._require(version)
         return {p.stem: np.load(p, allow_pickle=False) for p in sorted(path.glob("*.npy"))}
 
-    def list(self) -> list[dict[str, Any]]:
-        return [self.read_meta(v) for v in self.versions()]
-
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
