@@ -25,14 +25,10 @@ class ItemAttributes:
 
     @classmethod
     def load(cls, path: Path, catalog: ItemCatalog) -> ItemAttributes:
-        path = Path(path)
-        try:
-            table = pq.read_table(path) if path.suffix == ".parquet" else pacsv.read_csv(path)
-        except (pa.ArrowException, OSError) as exc:
-            raise InvalidInput(f"Cannot read item attributes from {path}: {exc}.", field="attributes") from None
-        if "item" not in table.column_names:
-            raise InvalidInput(f"Item attributes in {path} need an 'item' column (found {table.column_names}).",
-                               field="attributes")
+        return cls.from_table(read_attribute_table(path), catalog)
+
+    @classmethod
+    def from_table(cls, table: pa.Table, catalog: ItemCatalog) -> ItemAttributes:
         items = np.asarray(table["item"].cast(pa.string()).to_numpy(zero_copy_only=False)).astype(str)
         rows = np.fromiter((-1 if (r := catalog.lookup(x)) is None else r for x in items), dtype=np.int64, count=len(items))
         known = rows >= 0
@@ -63,6 +59,19 @@ class ItemAttributes:
             admitted = np.isin(column, values.split("|"))
             mask = admitted if mask is None else mask & admitted
         return mask
+
+
+def read_attribute_table(path: Path) -> pa.Table:
+    """An attributes file (CSV or Parquet) as a table with an `item` column; InvalidInput if not."""
+    path = Path(path)
+    try:
+        table = pq.read_table(path) if path.suffix == ".parquet" else pacsv.read_csv(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidInput(f"Cannot read item attributes from {path}: {exc}.", field="attributes") from None
+    if "item" not in table.column_names:
+        raise InvalidInput(f"Item attributes in {path} need an 'item' column (found {table.column_names}).",
+                           field="attributes")
+    return table
 
 
 EMPTY = ItemAttributes({})

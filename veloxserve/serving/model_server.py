@@ -219,9 +219,10 @@ class ModelServer:
             if seen.size:
                 scores[seen] = -np.inf
             rows = np.arange(scores.size)
+            n = min(n, scores.size - seen.size)
         else:
             rows, scores = eligible, self._features[eligible] @ query
-        n = min(n, int(np.isfinite(scores).sum()))
+            n = min(n, scores.size)
         top = np.argpartition(-scores, n - 1)[:n] if n < scores.size else np.arange(scores.size)
         top = top[np.argsort(-scores[top], kind="stable")][:n]
         return rows[top], scores[top]

@@ -61,23 +61,10 @@ class RetrainPolicy:
         unknown = sorted(set(data) - known)
         if unknown:
             raise invalid_parameter(unknown[0], where, f"one of {', '.join(sorted(known))}", data[unknown[0]])
-        checks = {
-            "every_observations": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-            "every_seconds": lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0),
-            "drift": lambda v: isinstance(v, bool),
-            "drift_threshold": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-            "drift_delta": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
-            "drift_min_instances": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-            "promote": lambda v: v in PROMOTE,
-        }
-        expected = {
-            "every_observations": "an integer >= 1 or null", "every_seconds": "a number > 0 or null",
-            "drift": "true or false", "drift_threshold": "a number > 0", "drift_delta": "a number >= 0",
-            "drift_min_instances": "an integer >= 1", "promote": " or ".join(PROMOTE),
-        }
         for name, value in data.items():
-            if not checks[name](value):
-                raise invalid_parameter(name, where, expected[name], value)
+            ok, expected = _POLICY_CHECKS[name]
+            if not ok(value):
+                raise invalid_parameter(name, where, expected, value)
         return cls(**data)
 
     def detector(self) -> PageHinkley | None:
@@ -86,6 +73,25 @@ class RetrainPolicy:
         return PageHinkley(PageHinkleyConfig(
             delta=self.drift_delta, threshold=self.drift_threshold, min_instances=self.drift_min_instances,
         ))
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_POLICY_CHECKS: dict[str, tuple[Any, str]] = {  # field: (accepts, what is expected)
+    "every_observations": (lambda v: v is None or (_int(v) and v >= 1), "an integer >= 1 or null"),
+    "every_seconds": (lambda v: v is None or (_number(v) and v > 0), "a number > 0 or null"),
+    "drift": (lambda v: isinstance(v, bool), "true or false"),
+    "drift_threshold": (lambda v: _number(v) and v > 0, "a number > 0"),
+    "drift_delta": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "drift_min_instances": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "promote": (lambda v: v in PROMOTE, " or ".join(PROMOTE)),
+}
 
 
 @dataclass

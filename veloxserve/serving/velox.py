@@ -7,7 +7,6 @@ here and in the CLI and nowhere else.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -19,9 +18,10 @@ from veloxserve.config import HomeLayout, ServingConfig
 from veloxserve.errors import Conflict, ModelNotFound, invalid_parameter
 from veloxserve.ids import Id, canonical_id
 from veloxserve.models.version import ModelVersion
-from veloxserve.models.attributes import EMPTY, ItemAttributes
+from veloxserve.models.attributes import EMPTY, ItemAttributes, read_attribute_table
 from veloxserve.serving.exploration import Policy
 from veloxserve.serving.model_server import ModelServer, Observation, Recommendation, ServerRetired
+from veloxserve.storage.atomic import replace_atomically
 from veloxserve.storage.decision_log import DecisionLog, new_decision_id
 from veloxserve.serving.retraining import Retrainer, RetrainJob, RetrainPolicy
 from veloxserve.storage.home_lock import HomeLock
@@ -182,16 +182,12 @@ class Velox:
     def set_item_attributes(self, model: str, path: str | Path) -> dict[str, Any]:
         """Load item attributes (CSV or Parquet with an `item` column) for `filter=` in top-k;
         kept in the home as Parquet and reloaded with every version."""
-        import pyarrow.csv as pacsv
         import pyarrow.parquet as pq
 
         server = self.server(model)
-        attributes = ItemAttributes.load(Path(path), server.version.catalog)  # validates first
-        table = pq.read_table(path) if Path(path).suffix == ".parquet" else pacsv.read_csv(path)
-        target = self.layout.items_file(model)
-        tmp = target.with_name(".items.parquet.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, target)
+        table = read_attribute_table(Path(path))
+        attributes = ItemAttributes.from_table(table, server.version.catalog)  # validates before keeping it
+        replace_atomically(self.layout.items_file(model), lambda fh: pq.write_table(table, fh))
         server.attributes = attributes
         return {"model": model, "attributes": sorted(attributes.columns), "items": table.num_rows}
 

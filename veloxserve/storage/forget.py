@@ -15,20 +15,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from veloxserve.storage.atomic import fsync_dir, replace_atomically, temporary_name, write_synced
+
 _USER_ARRAYS = ("user_ids", "user_weights", "user_gram", "user_rhs", "user_counts")
-
-
-def _replace_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def drop_user_from_base_data(path: Path, user: str) -> int:
@@ -40,7 +29,7 @@ def drop_user_from_base_data(path: Path, user: str) -> int:
     removed = table.num_rows - pc.sum(keep.cast(pa.int64())).as_py() if table.num_rows else 0
     if removed:
         kept = table.filter(keep)
-        _replace_atomically(path, lambda fh: pq.write_table(kept, fh))
+        replace_atomically(path, lambda fh: pq.write_table(kept, fh))
     return int(removed)
 
 
@@ -68,19 +57,12 @@ def drop_user_from_version(directory: Path, user: str) -> int:
     staged = []
     try:
         for name in [*sorted(set(updated) - {"user_ids"}), "user_ids"]:
-            tmp = directory / f".{name}.npy.tmp"
-            with open(tmp, "wb") as fh:
-                np.save(fh, updated[name], allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            staged.append((tmp, directory / f"{name}.npy"))
+            path = directory / f"{name}.npy"
+            write_synced(temporary_name(path), lambda fh, a=updated[name]: np.save(fh, a, allow_pickle=False))
+            staged.append((temporary_name(path), path))
         for tmp, path in staged:
             os.replace(tmp, path)
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_dir(directory)
     finally:
         for tmp, _ in staged:
             if tmp.exists():

@@ -23,6 +23,7 @@ from pathlib import Path
 import orjson
 
 from veloxserve.errors import StoreUnavailable
+from veloxserve.storage.atomic import fsync_dir, replace_atomically
 
 _PREFIX = "segment-"
 _SUFFIX = ".log"
@@ -69,14 +70,6 @@ def _decode(line: bytes) -> ObservationRecord | None:
         return None
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _segments(directory: Path) -> list[tuple[int, Path]]:
     found = []
     for path in directory.iterdir():
@@ -120,12 +113,7 @@ def _rewrite_without(path: Path, users: set[str]) -> int:
         else:
             out.append(line)
     if erased:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.writelines(out)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        replace_atomically(path, lambda fh: fh.writelines(out))
     return erased
 
 
@@ -303,7 +291,7 @@ class ObservationLog:
             path = self.directory / f"{_PREFIX}{first_lsn:020d}{_SUFFIX}"
         self._file = open(path, "ab")
         self._file_size = self._file.tell()
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     # ---- reading -------------------------------------------------------------------------
     def replay(self, after_lsn: int = 0, upto_lsn: int | None = None) -> Iterator[ObservationRecord]:
@@ -326,12 +314,7 @@ class ObservationLog:
             if self._file is not None:
                 self._file.close()
                 self._file = None  # reopened (appending to the last segment) by the next write
-            erased = 0
-            for _, path in self._segments():
-                erased += _rewrite_without(path, users)
-            if erased:
-                _fsync_dir(self.directory)
-            return erased
+            return sum(_rewrite_without(path, users) for _, path in self._segments())
 
     def close(self) -> None:
         """Write what is queued, stop the writer, close the file. Idempotent."""

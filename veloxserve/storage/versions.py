@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from veloxserve.errors import NotFound, StoreUnavailable
+from veloxserve.storage.atomic import fsync_dir, write_synced
 
 META = "meta.json"
 
@@ -73,19 +74,14 @@ class VersionStore:
             tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.directory))
             try:
                 for name, array in arrays.items():
-                    with open(tmp / f"{name}.npy", "wb") as fh:
-                        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-                        fh.flush()
-                        os.fsync(fh.fileno())
+                    write_synced(tmp / f"{name}.npy", lambda fh, a=array: np.save(fh, np.ascontiguousarray(a), allow_pickle=False))
                 existing = [_number(p.name) or 0 for p in self.directory.iterdir()]
                 number = max(existing, default=0) + 1
                 reserved = version
                 while True:
                     version = reserved or f"v{number}"
-                    with open(tmp / META, "w", encoding="utf-8") as fh:
-                        json.dump({**meta, "version": version}, fh, indent=2, default=_jsonable)
-                        fh.flush()
-                        os.fsync(fh.fileno())
+                    text = json.dumps({**meta, "version": version}, indent=2, default=_jsonable)
+                    write_synced(tmp / META, lambda fh, t=text: fh.write(t.encode("utf-8")))
                     try:
                         # Replaces an empty (reserved) directory; fails if the target holds a version.
                         os.rename(tmp, self.directory / version)
@@ -94,11 +90,7 @@ class VersionStore:
                         if reserved or not (self.directory / version).exists():
                             raise
                         number += 1
-                fd = os.open(self.directory, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_dir(self.directory)
                 return version
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

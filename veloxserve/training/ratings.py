@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -112,8 +113,8 @@ def write_ratings_csv(ratings: Ratings, path: str | Path) -> None:
     pacsv.write_csv(_table(ratings), Path(path))
 
 
-def write_ratings_parquet(ratings: Ratings, path: str | Path) -> None:
-    pq.write_table(_table(ratings), Path(path))
+def write_ratings_parquet(ratings: Ratings, path: str | Path | BinaryIO) -> None:
+    pq.write_table(_table(ratings), str(path) if isinstance(path, Path) else path)
 
 
 def split_holdout(ratings: Ratings, fraction: float, seed: int = 0) -> tuple[Ratings, Ratings]:

@@ -8,8 +8,6 @@ of the log to compare the new θ with its parent's on the same users and rows.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 from veloxserve.config import HomeLayout
 from veloxserve.errors import InvalidInput
 from veloxserve.models.version import Link
+from veloxserve.storage.atomic import replace_atomically
 from veloxserve.storage.observation_log import read_log
 from veloxserve.storage.versions import VersionStore
 from veloxserve.training.als import ALSConfig, TrainedFactors, theta_rmse, train_als
@@ -167,14 +166,7 @@ def save_base_data(layout: HomeLayout, model: str, ratings: Ratings) -> Path:
     """Keep a model's training ratings as Parquet (temp file + rename) for later retrains."""
     path = layout.base_data(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".base-", suffix=".parquet", dir=path.parent)
-    os.close(fd)
-    try:
-        write_ratings_parquet(ratings, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    replace_atomically(path, lambda fh: write_ratings_parquet(ratings, fh))
     return path
 
 
