@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ratings", required=True, type=Path,
                        help="CSV or Parquet (user,item,score[,timestamp]) or MovieLens u.data / ratings.dat")
     train.add_argument("--model", required=True, help="model name, e.g. catify")
+    train.add_argument("--items", type=Path,
+                       help="item table (CSV or Parquet, 'item' column): attributes for top-k filters; a 'text' "
+                            "column also trains content features, to score items known only by their text")
     train.add_argument("--rank", type=int, help="latent dimensions of f(x; θ)")
     train.add_argument("--reg", type=float, help="ridge regularisation of the item factors")
     train.add_argument("--prior-precision", type=float, help="ridge precision λ of the user prior")
@@ -141,12 +144,16 @@ def _train(args: argparse.Namespace) -> int:
     layout = HomeLayout(Path(args.home))
     name = check_model_name(args.model)
     overrides = {key: getattr(args, key) for key in ("rank", "reg", "prior_precision", "iterations", "seed")}
+    if args.engine == "spark" and args.items is not None:
+        print("error: --items (filters, content features) needs --engine local for now", file=sys.stderr)
+        return 2
     if args.engine == "spark":
         from veloxserve.training.spark_als import train_version_spark
 
         meta = train_version_spark(layout, name, args.ratings, config_from(overrides), master=args.master)
     else:
-        meta = train_version(layout, name, args.ratings, config_from(overrides), link=args.link, progress=True)
+        meta = train_version(layout, name, args.ratings, config_from(overrides), link=args.link, items=args.items,
+                             progress=True)
     VersionCatalog(layout.model_dir(name)).activate(meta["version"])
     print(json.dumps(meta, indent=2))
     return 0
@@ -176,7 +183,10 @@ def _demo(args: argparse.Namespace) -> int:
     from veloxserve.config import HomeLayout
     from veloxserve.training.als import ALSConfig
     from veloxserve.storage.version_catalog import VersionCatalog
-    from veloxserve.training.catify import generate_catify
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from veloxserve.training.catify import catify_items, generate_catify
     from veloxserve.training.ratings import write_ratings_csv
     from veloxserve.training.trainer import train_version
 
@@ -187,8 +197,11 @@ def _demo(args: argparse.Namespace) -> int:
     data = generate_catify(n_users=args.users, n_items=args.songs, n_ratings=args.ratings, seed=args.seed)
     data_path.parent.mkdir(parents=True, exist_ok=True)
     write_ratings_csv(data.ratings, data_path)
+    items_path = data_path.with_name(f"catify-seed{args.seed}-songs.csv")  # genre and a description per song
+    items = catify_items(data, seed=args.seed)
+    pacsv.write_csv(pa.table(items), items_path)
     print(f"Catify: {len(data.ratings)} ratings by {args.users} users of {args.songs} songs -> {data_path}")
-    meta = train_version(layout, "catify", data_path, catify_config, progress=True)
+    meta = train_version(layout, "catify", data_path, catify_config, items=items_path, progress=True)
     VersionCatalog(layout.model_dir("catify")).activate(meta["version"])
     print(f"trained catify {meta['version']}: held-out RMSE {meta['heldout_rmse']:.3f} "
           f"(planted noise {data.noise}), {meta['train_seconds']:.2f} s")
@@ -196,7 +209,9 @@ def _demo(args: argparse.Namespace) -> int:
     user, song = data.ratings.users[0], data.ratings.items[0]
     print("\nTry, in another terminal:\n")
     print(f"  curl '{base}/predict?user={user}&item={song}'")
-    print(f"  curl '{base}/top_k?user={user}&k=5&exclude_seen=true'")
+    print(f"  curl '{base}/top_k?user={user}&k=5&exclude_seen=true&filter=genre:jazz|soul'")
+    words = "+".join(items["text"][int(song)].split()[:12])
+    print(f"  curl '{base}/predict?user={user}&text={words}'")
     print(f"  curl -X POST {base}/observe -H 'content-type: application/json' "
           f"-d '{{\"user\": {user}, \"item\": {song}, \"score\": 5.0}}'\n")
     return _serve(args)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+import numpy as np
 import orjson
 
 from veloxserve.api.metrics import CONTENT_TYPE, Metrics
@@ -200,14 +201,31 @@ class VeloxApp:
 
     async def _predict_one(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         server = self.velox.server(name)
-        user, item = _query(query, "user", "predict"), _query(query, "item", "predict")
+        user = _query(query, "user", "predict")
+        if "item" not in query and "text" in query:  # an item known by its text (content features)
+            text = query["text"]
+            return {"user": user, "text": text, "score": float(server.predict_text([(user, text)])[0]),
+                    "model_version": server.version_id}
+        item = _query(query, "item", "predict")
         return {"user": user, "item": item, "score": server.predict(user, item), "model_version": server.version_id}
 
     async def _predict_batch(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         server = self.velox.server(name)
         queries = _list_field(_body_object(body, "predict"), "queries", "predict")
-        pairs = [_entry(q, ("user", "item"), f"queries[{i}]", "predict") for i, q in enumerate(queries)]
-        return {"scores": server.predict_many(pairs), "model_version": server.version_id}
+        by_text = [isinstance(q, dict) and "item" not in q and "text" in q for q in queries]
+        if not any(by_text):
+            pairs = [_entry(q, ("user", "item"), f"queries[{i}]", "predict") for i, q in enumerate(queries)]
+            return {"scores": server.predict_many(pairs), "model_version": server.version_id}
+        # Items by id and by text in one batch: predictions change no state, so score each half.
+        text_at = [i for i, t in enumerate(by_text) if t]
+        item_at = [i for i, t in enumerate(by_text) if not t]
+        texts = [_entry(queries[i], ("user", "text"), f"queries[{i}]", "predict") for i in text_at]
+        items = [_entry(queries[i], ("user", "item"), f"queries[{i}]", "predict") for i in item_at]
+        scores = np.empty(len(queries))
+        scores[text_at] = server.predict_text(texts)
+        if items:
+            scores[item_at] = server.predict_many(items)
+        return {"scores": scores, "model_version": server.version_id}
 
     def _ranked(self, name: str, user: Any, k: Any, candidates: Any, exclude_seen: bool, options: dict[str, Any]) -> dict[str, Any]:
         rec = self.velox.recommend(name, user, k, candidates=candidates, exclude_seen=exclude_seen, **options)
@@ -261,7 +279,8 @@ class VeloxApp:
 
     async def _model_metrics(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         server = self.velox.server(name)
-        return {"model": name, "model_version": server.version_id, "prequential": server.prequential.report()}
+        return {"model": name, "model_version": server.version_id, "prequential": server.prequential.report(),
+                "feature_cache": self.velox.feature_cache.stats().as_dict()}
 
     async def _versions(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         info = self.velox.describe(name)
