@@ -67,7 +67,7 @@ class FeatureCache:
             self._misses += len(unique)  # a repeat within the batch is computed once: a hit
             self._hits += len(keys) - len(unique)
         if not misses:
-            return np.stack(found)
+            return found[0][None, :] if len(found) == 1 else np.stack(found)
         computed = compute(unique)
         by_input = dict(zip(unique, computed))
         for i in misses:
