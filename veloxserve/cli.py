@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--user", required=True, type=_id)
     forget.add_argument("--model", help="only this model (default: every model)")
 
+    from veloxserve.clipper.cli import add_commands as add_clipper_commands
+
+    add_clipper_commands(sub, DEFAULT_URL)
     for p in (listing, show, activate, retrain, policy):
         p.add_argument("--model", required=True)
     for client in (predict, top_k, observe, listing, show, activate, retrain, policy, forget):
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     from veloxserve.errors import VeloxError
 
     try:
+        if hasattr(args, "clipper_run"):
+            return args.clipper_run(args)
         return _COMMANDS[args.command](args)
     except VeloxError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
