@@ -65,6 +65,8 @@ class Replica:
         self._peer: bytes | None = None
         self._process: subprocess.Popen | None = None
         self._ready = asyncio.Event()
+        self._exited_before_hello = asyncio.Event()
+        self._crash_loop = 0  # restarts since a container last said hello: backs off restarts
         self._pending: dict[int, asyncio.Future] = {}
         self._in_flight = 0
         self._tasks: list[asyncio.Task] = []
@@ -86,12 +88,16 @@ class Replica:
         self._tasks = [loop.create_task(coro) for coro in (self._receive(), self._dispatch(), self._watch())]
 
     async def wait_ready(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except asyncio.TimeoutError:
+        """Wait for the first container's hello; fail at once if it exits first (it cannot load)."""
+        waiters = [asyncio.ensure_future(e.wait()) for e in (self._ready, self._exited_before_hello)]
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        if not self._ready.is_set():
+            what = self.last_failure or f"did not say hello within {timeout} s"
             raise ContainerUnavailable(
-                f"The {self.spec.framework.value} container for {self.spec.model} did not say hello within "
-                f"{timeout} s ({self.last_failure or 'still starting'}); see the server's log.") from None
+                f"The {self.spec.framework.value} container for {self.spec.model.name} {what}; "
+                "see the server's log for the container's error.")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -151,12 +157,21 @@ class Replica:
         self._pending.clear()
 
     async def _watch(self) -> None:
-        """Restart a container that exited (crash, kill -9, out of memory)."""
+        """Restart a container that exited (crash, kill -9, out of memory), backing off while it
+        keeps exiting before it says hello. A first container that never said hello is not
+        restarted: the model cannot load, and the deployment fails with that reason."""
         while not self._stopping:
             await asyncio.sleep(0.05)
             code = self._process.poll() if self._process is not None else None
-            if code is not None and not self._stopping:
-                self._restart(f"exited with code {code}")
+            if code is None or self._stopping:
+                continue
+            if self.batches == 0 and self.restarts == 0 and not self._ready.is_set():
+                self.last_failure = f"exited with code {code} before it said hello"
+                self._exited_before_hello.set()
+                return
+            await asyncio.sleep(min(2.0, 0.05 * (2 ** self._crash_loop) - 0.05))
+            self._crash_loop += 0 if self._ready.is_set() else 1
+            self._restart(f"exited with code {code}")
 
     # ---- RPC -------------------------------------------------------------------------------
     async def _receive(self) -> None:
@@ -168,6 +183,7 @@ class Replica:
                 hello = orjson.loads(frames[2])
                 if self._process is not None and hello.get("pid") == self._process.pid:
                     self._peer = peer
+                    self._crash_loop = 0
                     self._ready.set()
                 continue
             if peer != self._peer:

@@ -1,8 +1,8 @@
 """Clipper: the in-process, synchronous face of ClipperRuntime.
 
 One async core, no second copy: the runtime runs on an event loop in a background thread and
-every coroutine method is called through it and waited for. Plain methods (list_models,
-describe_model, …) are read on the caller's thread.
+every method is called on that loop and waited for, so the caller's thread never reads state the
+loop is changing (a restart half done, a swap in progress).
 """
 
 from __future__ import annotations
@@ -32,9 +32,15 @@ class Clipper:
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self.runtime, name)
-        if not inspect.iscoroutinefunction(attribute):
+        if not callable(attribute):
             return attribute
-        return functools.wraps(attribute)(lambda *args, **kwargs: self._run(attribute(*args, **kwargs)))
+        if inspect.iscoroutinefunction(attribute):
+            return functools.wraps(attribute)(lambda *args, **kwargs: self._run(attribute(*args, **kwargs)))
+
+        async def on_loop(*args: Any, **kwargs: Any) -> Any:
+            return attribute(*args, **kwargs)
+
+        return functools.wraps(attribute)(lambda *args, **kwargs: self._run(on_loop(*args, **kwargs)))
 
     def close(self) -> None:
         if self._loop.is_running():
