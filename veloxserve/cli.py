@@ -167,7 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = uvicorn.Config(
             create_app(velox), host=args.host, port=args.port, access_log=False, log_level="warning",
-            http="httptools", loop="uvloop", lifespan="off",
+            http="httptools", loop="uvloop", lifespan="on",  # lifespan starts Clipper's containers
         )
         server = uvicorn.Server(config)
         print(f"serving {', '.join(velox.model_names()) or 'no models'} on http://{args.host}:{args.port}", flush=True)

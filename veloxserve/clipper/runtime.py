@@ -9,6 +9,7 @@ swap to an older version. Admin operations are serialised by one lock.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from veloxserve.clipper.policies import Loss, PolicyKind
 from veloxserve.clipper.registry import ModelRegistry
 from veloxserve.clipper.replica import ContainerSpec
 from veloxserve.ids import canonical_id
-from veloxserve.errors import Conflict, ModelNotFound, NotFound, VeloxError, invalid_parameter
+from veloxserve.errors import Conflict, ContainerUnavailable, ModelNotFound, NotFound, VeloxError, invalid_parameter
 
+log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_REPLICAS = 64
 _POLICY_PARAMS = {PolicyKind.SINGLE: set(), PolicyKind.EXP3: {"eta", "gamma"}, PolicyKind.EXP4: {"eta"},
@@ -54,8 +56,11 @@ class ClipperRuntime:
         self._context = zmq.asyncio.Context()
         self._lock = asyncio.Lock()
         for name in self.registry.model_names():
-            self.deployments[name] = await self._start_version(name, self.registry.active(name),
-                                                               self.registry.replicas(name))
+            try:
+                self.deployments[name] = await self._start_version(name, self.registry.active(name),
+                                                                   self.registry.replicas(name))
+            except ContainerUnavailable as exc:  # serve the rest; its apps answer without it
+                log.error("cannot restore model %s: %s", name, exc.message)
         for config in self.registry.app_configs():
             self.apps[config.name] = Application(config, self.deployment)
 
