@@ -102,3 +102,10 @@ def test_admin_routes_are_named_by_their_bounded_labels() -> None:
                                                     "/containers/{name}/rollback", "/containers/{name}", "/apps",
                                                     "/apps/{app}"}
     assert ("POST", "/apps/{app}/predict") not in ADMIN_ROUTES
+
+
+def test_openapi_lists_the_clipper_routes_and_marks_the_admin_ones(server) -> None:
+    paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    for method, label in ADMIN_ROUTES:
+        assert paths[label][method.lower()]["summary"].endswith("(admin)")
+    assert "(admin)" not in paths["/apps/{app}/predict"]["post"]["summary"]
