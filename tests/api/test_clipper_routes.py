@@ -109,3 +109,33 @@ def test_openapi_lists_the_clipper_routes_and_marks_the_admin_ones(server) -> No
     for method, label in ADMIN_ROUTES:
         assert paths[label][method.lower()]["summary"].endswith("(admin)")
     assert "(admin)" not in paths["/apps/{app}/predict"]["post"]["summary"]
+
+
+def test_acknowledged_feedback_survives_kill_9_of_the_server(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = ServerProcess(home)
+    try:
+        first.wait_ready()
+        for name, value in (("m", 1.0), ("n", 0.0)):
+            model = write_callable(tmp_path / f"{name}.pkl", constant_model(value))
+            httpx.post(f"{first.url}/containers", json={"name": name, "framework": "callable", "model": str(model)},
+                       timeout=60).raise_for_status()
+        httpx.post(f"{first.url}/apps", json={"name": "p", "models": ["m", "n"], "policy": "personalised",
+                                              "loss": "squared", "objective_ms": 5000}).raise_for_status()
+        for i in range(10):
+            httpx.post(f"{first.url}/apps/p/observe", json={"user": "u", "input": [float(i)], "label": 0.9},
+                       timeout=30).raise_for_status()
+        before = httpx.post(f"{first.url}/apps/p/predict", json={"user": "u", "input": [99.0]}).json()["output"]
+        first.kill()
+    finally:
+        first.stop()
+    second = ServerProcess(home)
+    try:
+        second.wait_ready()
+        state = httpx.get(f"{second.url}/apps/p").json()
+        assert state["observed"] == 10
+        after = httpx.post(f"{second.url}/apps/p/predict", json={"user": "u", "input": [99.0]}, timeout=30).json()
+        assert after["default"] is False and after["output"] == pytest.approx(before)
+        assert before == pytest.approx(0.9, abs=0.1)  # learned: mostly model m's 1.0
+    finally:
+        second.stop()

@@ -1,5 +1,8 @@
 """An application: linked models, a policy over them, a latency objective and a default output.
 
+Feedback is written to the application's feedback log (fsynced) before the policy learns it and
+before it is acknowledged, and replayed when the application is loaded again.
+
 Prediction is bounded in time. Every selected model gets the query with the application's
 deadline; at the deadline the application answers with the outputs that arrived, substituting a
 late or failed model's running mean output (an anytime prediction). If no model answered, the
@@ -18,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from veloxserve.clipper.deployment import ModelDeployment
+from veloxserve.clipper.feedback_log import FeedbackLog
 from veloxserve.clipper.policies import POLICIES, Loss, Policy, PolicyKind, as_target, losses
 from veloxserve.errors import ContainerUnavailable, VeloxError, invalid_parameter
 
@@ -67,12 +71,17 @@ def normalise_input(value: Any) -> Any:
 class Application:
     """Deadline-bounded predictions and online feedback over linked model deployments."""
 
-    def __init__(self, config: AppConfig, resolve: Callable[[str], ModelDeployment]) -> None:
+    def __init__(self, config: AppConfig, resolve: Callable[[str], ModelDeployment], log: FeedbackLog) -> None:
         self.config = config
         self._resolve = resolve
         self.policy: Policy = POLICIES[config.policy](len(config.models), config.loss, np.random.default_rng(config.seed),
                                                       **config.params)
         self.answered = self.defaults = self.observed = 0
+        self.log = log
+        for record in log.replay():  # what was acknowledged before a restart (or kill -9)
+            self.policy.observe(record["user"], np.array(record["chosen"]), np.array(record["outputs"]),
+                                np.array(record["target"]))
+            self.observed += 1
 
     async def predict(self, user: str, value: Any) -> dict[str, Any]:
         deadline = time.monotonic() + self.config.objective
@@ -123,6 +132,7 @@ class Application:
         except ValueError as exc:
             raise invalid_parameter("label", "observe", str(exc), label) from None
         model_losses = losses(F, target, self.config.loss)
+        await self.log.append({"user": user, "chosen": chosen, "outputs": F, "target": target})  # durable first
         self.policy.observe(user, chosen, F, target)
         self.observed += 1
         return {"observed": 1, "models": [self.config.models[i] for i in chosen], "losses": model_losses.tolist()}

@@ -6,6 +6,7 @@
     clipper/models/<name>/ACTIVE                   the serving version
     clipper/models/<name>/REPLICAS                 how many container processes serve it
     clipper/apps/<name>.json                       an application's configuration
+    clipper/apps/<name>.feedback                   its feedback log (veloxserve/clipper/feedback_log.py)
 
 Versions are `v1`, `v2`, … and are never overwritten; a version directory is written under a
 temporary name and renamed into place.
@@ -117,5 +118,9 @@ class ModelRegistry:
         body = orjson.dumps(config.to_json(), option=orjson.OPT_INDENT_2)
         replace_atomically(self.apps / f"{config.name}.json", lambda fh: fh.write(body))
 
+    def feedback_log(self, name: str) -> Path:
+        return self.apps / f"{name}.feedback"
+
     def remove_app(self, name: str) -> None:
         (self.apps / f"{name}.json").unlink(missing_ok=True)
+        self.feedback_log(name).unlink(missing_ok=True)

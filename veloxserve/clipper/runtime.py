@@ -21,6 +21,7 @@ from veloxserve.clipper.application import AppConfig, Application
 from veloxserve.clipper.batching import BatchingConfig
 from veloxserve.clipper.cache import PredictionCache
 from veloxserve.clipper.deployment import ModelDeployment
+from veloxserve.clipper.feedback_log import FeedbackLog
 from veloxserve.clipper.policies import Loss, PolicyKind
 from veloxserve.clipper.registry import ModelRegistry
 from veloxserve.clipper.replica import ContainerSpec
@@ -62,11 +63,14 @@ class ClipperRuntime:
             except ContainerUnavailable as exc:  # serve the rest; its apps answer without it
                 log.error("cannot restore model %s: %s", name, exc.message)
         for config in self.registry.app_configs():
-            self.apps[config.name] = Application(config, self.deployment)
+            self.apps[config.name] = self._application(config)
 
     async def close(self) -> None:
         await asyncio.gather(*(d.stop() for d in self.deployments.values()))
         self.deployments.clear()
+        for app in self.apps.values():
+            app.log.close()
+        self.apps.clear()
         if self._context is not None:
             self._context.term()
 
@@ -178,16 +182,19 @@ class ClipperRuntime:
         async with self._lock:
             if name in self.apps:
                 raise Conflict(f"Application {name!r} exists; remove it first (DELETE /apps/{name}).")
+            self.registry.remove_app(name)  # a stale feedback log of an earlier app of this name
             self.registry.save_app(config)
-            self.apps[name] = Application(config, self.deployment)
+            self.apps[name] = self._application(config)
             return self.apps[name].describe()
 
     async def remove_app(self, name: str) -> dict[str, Any]:
         async with self._lock:
-            self.app(name)
+            self.apps.pop(self.app(name).config.name).log.close()
             self.registry.remove_app(name)
-            del self.apps[name]
             return {"removed": name}
+
+    def _application(self, config: AppConfig) -> Application:
+        return Application(config, self.deployment, FeedbackLog(self.registry.feedback_log(config.name)))
 
     async def predict(self, app: str, user: Any, value: Any) -> dict[str, Any]:
         return await self.app(app).predict(canonical_id(user, "user", "predict"), value)
