@@ -13,7 +13,6 @@ bench/results/clipper_batching.json).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ from sklearn.datasets import load_digits
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
-from bench.clipper_load import closed_loop
+from bench.clipper_load import closed_loop, run
 from veloxserve.clipper import ClipperRuntime
 
 
@@ -67,8 +66,8 @@ def main() -> None:
     for kind, model in models.items():
         path = tmp / f"{kind}.joblib"
         joblib.dump(model, path)
-        single = asyncio.run(measure(tmp / f"home-{kind}-1", path, X, False, args))
-        adaptive = asyncio.run(measure(tmp / f"home-{kind}-a", path, X, True, args))
+        single = run(measure(tmp / f"home-{kind}-1", path, X, False, args))
+        adaptive = run(measure(tmp / f"home-{kind}-a", path, X, True, args))
         report[kind] = {"no_batching": single, "adaptive": adaptive,
                         "throughput_ratio": round(adaptive["throughput_qps"] / single["throughput_qps"], 2)}
     out = json.dumps(report, indent=2)

@@ -13,7 +13,6 @@ learned). Prints one JSON document (also bench/results/clipper_ensemble_<dataset
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import tempfile
 from pathlib import Path
@@ -28,12 +27,13 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
+from bench.clipper_load import run
 from veloxserve.clipper import ClipperRuntime
 
 POLICIES = ("exp3", "exp4", "personalised")
 
 
-async def run(args: argparse.Namespace) -> dict:
+async def stream(args: argparse.Namespace) -> dict:
     X, y = (load_digits if args.dataset == "digits" else load_breast_cancer)(return_X_y=True)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(y))
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--dataset", choices=["digits", "breast_cancer"], default="digits")
     parser.add_argument("--slice", type=int, default=60, help="training rows per model (default 60)")
     args = parser.parse_args()
-    report = asyncio.run(run(args))
+    report = run(stream(args))
     out = json.dumps(report, indent=2)
     print(out)
     Path("bench/results").mkdir(parents=True, exist_ok=True)

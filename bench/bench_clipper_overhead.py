@@ -15,7 +15,6 @@ Prints one JSON document (also bench/results/clipper_overhead.json).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 import orjson
 import zmq
 
-from bench.clipper_load import summary
+from bench.clipper_load import run, summary
 from tests.helpers import ServerProcess
 from veloxserve.clipper import ClipperRuntime, protocol
 
@@ -125,7 +124,7 @@ def main() -> None:
     report = {
         "in_process_call": in_process(args.n),
         "zeromq_rpc_per_batch": rpc_alone(model, args.n),
-        "runtime_in_process": asyncio.run(runtime_path(tmp / "home-runtime", model, args.n)),
+        "runtime_in_process": run(runtime_path(tmp / "home-runtime", model, args.n)),
         "http_whole_path": http_path(tmp / "home-http", model, args.n),
     }
     out = json.dumps(report, indent=2)

@@ -11,7 +11,6 @@ bench/results/clipper_stragglers.json).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 
-from bench.clipper_load import closed_loop
+from bench.clipper_load import closed_loop, run
 from veloxserve.clipper import ClipperRuntime
 
 
@@ -70,8 +69,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="clipper-stragglers-"))
-    deadline = asyncio.run(measure(tmp, 20.0, args))
-    wait_all = asyncio.run(measure(tmp, 60_000.0, args))
+    deadline = run(measure(tmp, 20.0, args))
+    wait_all = run(measure(tmp, 60_000.0, args))
     report = {"models": 8, "slow_models": 1, "concurrency": args.concurrency, "seconds": args.seconds,
               "deadline_20ms": deadline, "wait_for_all": wait_all,
               "p99_ratio_wait_over_deadline": round(wait_all["p99_ms"] / deadline["p99_ms"], 2)}

@@ -11,6 +11,13 @@ from typing import Any
 import numpy as np
 
 
+def run(coroutine: Any) -> Any:
+    """Run on uvloop, the loop `veloxserve serve` uses."""
+    import uvloop
+
+    return uvloop.run(coroutine)
+
+
 def summary(latencies_s: list[float] | np.ndarray) -> dict[str, float]:
     ms = np.asarray(latencies_s) * 1e3
     return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
