@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def main() -> None:
         adaptive = run(measure(tmp / f"home-{kind}-a", path, X, True, args))
         report[kind] = {"no_batching": single, "adaptive": adaptive,
                         "throughput_ratio": round(adaptive["throughput_qps"] / single["throughput_qps"], 2)}
+    shutil.rmtree(tmp, ignore_errors=True)
     out = json.dumps(report, indent=2)
     print(out)
     Path("bench/results").mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -83,6 +84,7 @@ async def stream(args: argparse.Namespace) -> dict:
         }
     finally:
         await runtime.close()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:

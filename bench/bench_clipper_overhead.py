@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -127,6 +128,7 @@ def main() -> None:
         "runtime_in_process": run(runtime_path(tmp / "home-runtime", model, args.n)),
         "http_whole_path": http_path(tmp / "home-http", model, args.n),
     }
+    shutil.rmtree(tmp, ignore_errors=True)
     out = json.dumps(report, indent=2)
     print(out)
     Path("bench/results").mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def main() -> None:
     report = {"models": 8, "slow_models": 1, "concurrency": args.concurrency, "seconds": args.seconds,
               "deadline_20ms": deadline, "wait_for_all": wait_all,
               "p99_ratio_wait_over_deadline": round(wait_all["p99_ms"] / deadline["p99_ms"], 2)}
+    shutil.rmtree(tmp, ignore_errors=True)
     out = json.dumps(report, indent=2)
     print(out)
     Path("bench/results").mkdir(parents=True, exist_ok=True)
