@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--user", required=True, type=_id)
     forget.add_argument("--model", help="only this model (default: every model)")
 
+    from veloxserve.clipper.cli import add_commands as add_clipper_commands
+
+    add_clipper_commands(sub, DEFAULT_URL)
     for p in (listing, show, activate, retrain, policy):
         p.add_argument("--model", required=True)
     for client in (predict, top_k, observe, listing, show, activate, retrain, policy, forget):
@@ -129,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     from veloxserve.errors import VeloxError
 
     try:
+        if hasattr(args, "clipper_run"):
+            return args.clipper_run(args)
         return _COMMANDS[args.command](args)
     except VeloxError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -169,7 +174,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = uvicorn.Config(
             create_app(velox), host=args.host, port=args.port, access_log=False, log_level="warning",
-            http="httptools", loop="uvloop", lifespan="off",
+            http="httptools", loop="uvloop", lifespan="on",  # lifespan starts Clipper's containers
         )
         server = uvicorn.Server(config)
         print(f"serving {', '.join(velox.model_names()) or 'no models'} on http://{args.host}:{args.port}", flush=True)

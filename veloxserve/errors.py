@@ -7,6 +7,8 @@
     │   └── ItemNotFound            the item is not in the active version's catalogue
     ├── Conflict (409)              the request clashes with the current state
     ├── StoreUnavailable (503)      a backing store (SQLite, Redis, the log) cannot be reached
+    ├── ContainerUnavailable (503)  a model container crashed, hung or failed on a batch
+    ├── DeadlineExceeded (504)      a query's latency objective passed before it was computed
     └── TrainingFailed (500)        offline training could not produce a version
 
 Messages say which field, what was expected, what was got, and what to do, in the style of
@@ -58,6 +60,14 @@ class Conflict(VeloxError):
 
 class StoreUnavailable(VeloxError):
     status = 503
+
+
+class ContainerUnavailable(VeloxError):
+    status = 503
+
+
+class DeadlineExceeded(VeloxError):
+    status = 504
 
 
 class TrainingFailed(VeloxError):

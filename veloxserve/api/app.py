@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 import orjson
 
+from veloxserve.api import clipper_routes
 from veloxserve.api.metrics import CONTENT_TYPE, Metrics
 from veloxserve.api.openapi import openapi_schema
 from veloxserve.errors import InvalidInput, NotFound, VeloxError, invalid_parameter
@@ -89,6 +90,8 @@ class VeloxApp:
         self.velox = velox
         self._waiters: dict[str, DurableWaiter] = {}
         self.metrics = Metrics(velox)
+        self.clipper = clipper_routes.ClipperRoutes(velox.layout.root)
+        self.metrics.registry.register(self.clipper.collector())
         self._top = {"/healthz": self._healthz, "/openapi.json": self._openapi, "/models": self._list_models}
         self._model_routes: dict[tuple[str, str], Handler] = {
             ("GET", ""): self._show_model,
@@ -134,13 +137,17 @@ class VeloxApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await self.clipper.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.clipper.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def _dispatch(self, scope: dict[str, Any], receive: Callable) -> Any:
         method, path = scope["method"], scope["path"]
+        if path.startswith(clipper_routes.PREFIXES):
+            return await self.clipper.dispatch(method, path, lambda: self._read_json(receive, path))
         if path in self._top:
             if method != "GET":
                 raise MethodNotAllowed(f"{path} takes GET, not {method}.")
@@ -340,6 +347,8 @@ def _route_label(path: str) -> str:
     """A bounded label per route: never a model name, id or arbitrary path."""
     if path in ("/healthz", "/openapi.json", "/models"):
         return path
+    if path.startswith(clipper_routes.PREFIXES):
+        return clipper_routes.route_label(path)
     parts = path.split("/")
     if len(parts) == 3 and parts[1] == "users":
         return "forget"

@@ -10,6 +10,7 @@ from functools import cache
 from typing import Any
 
 from veloxserve import __version__
+from veloxserve.api.clipper_openapi import clipper_paths
 from veloxserve.config import ServingConfig
 from veloxserve.ids import MAX_ID_LENGTH
 
@@ -193,5 +194,6 @@ def openapi_schema() -> dict[str, Any]:
                     "observed": {"type": "integer"}, "lsn": {"type": "integer"}, **version_field}}),
                     **_errors(400, 404, 503)},
             }},
+            **clipper_paths(),
         },
     }
