@@ -79,6 +79,14 @@ class UserTable:
         row = self.rows.get(user)
         return self._prior_P if row is None else self.P[row]
 
+    def seen_rows(self, user: str) -> np.ndarray:
+        """The item rows a user has rated (empty for a user never seen)."""
+        row = self.rows.get(user)
+        if row is None:
+            return np.empty(0, dtype=np.int64)
+        seen = self.seen[row]
+        return np.fromiter(seen, dtype=np.int64, count=len(seen))
+
     # ---- writing -------------------------------------------------------------------------
     def ensure(self, user: str) -> int:
         """The row of a user, allocating one at the prior if the user is new."""
