@@ -120,10 +120,12 @@ def read_merged(log_dir: Path, upto: Mapping[str, int] | None = None) -> Iterato
     """(instance, record) from every instance's log of a model, merged by time (then instance and
     LSN): the training data of several server processes. `upto` bounds an instance's LSNs."""
     upto = upto or {}
-    streams = [
-        ((record.timestamp, instance, record.lsn, record) for record in read_log(directory, 0, upto.get(instance)))
-        for instance, directory in instance_logs(log_dir)
-    ]
+
+    def stream(instance: str, directory: Path) -> Iterator[tuple[float, str, int, ObservationRecord]]:
+        for record in read_log(directory, 0, upto.get(instance)):
+            yield record.timestamp, instance, record.lsn, record
+
+    streams = [stream(instance, directory) for instance, directory in instance_logs(log_dir)]
     for _, instance, _, record in heapq.merge(*streams, key=lambda entry: entry[:3]):
         yield instance, record
 
