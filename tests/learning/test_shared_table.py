@@ -1,4 +1,5 @@
-"""The Lua update in Redis learns exactly what the compiled kernel learns, once per log record."""
+"""Learning through Redis learns exactly what one process learns in memory, once per log record,
+however many processes learn the same users at once."""
 
 from __future__ import annotations
 

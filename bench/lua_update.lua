@@ -1,4 +1,5 @@
--- One observation learned atomically inside Redis (veloxserve/learning/shared_table.py).
+-- The alternative bench/bench_scaleout.py measures: one observation learned atomically inside Redis,
+-- the whole Sherman-Morrison update in Lua (veloxserve learns in the server and compare-and-sets instead).
 -- KEYS[1]  the user's hash: s = state bytes in UserTable.encode's layout, w = the weights alone,
 --          '@<instance>' = the last LSN of that instance's log already learned for this user.
 -- ARGV     1 '@<instance>'  2 lsn  3 item row  4 y (packed double)  5 f (k packed doubles)
