@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve every model under --home over HTTP/JSON")
     home(serve)
     net(serve)
+    serve.add_argument("--store", default="lmdb",
+                       help="users' state: lmdb (embedded, one process per home; default) or "
+                            "redis://host:port/db[?prefix=name] (shared by several processes)")
+    serve.add_argument("--instance", help="this process's id when several serve one home over Redis "
+                                          "(its own log and lock; default: the home's main log)")
 
     predict = sub.add_parser("predict", help="ask a running server for one score")
     predict.add_argument("--model", required=True)
@@ -170,7 +175,13 @@ def _serve(args: argparse.Namespace) -> int:
     from veloxserve.api.app import create_app
     from veloxserve.serving.velox import Velox
 
-    velox = Velox(args.home)
+    store = None
+    if getattr(args, "store", "lmdb") != "lmdb":
+        from veloxserve.storage.redis_client import RedisSettings
+        from veloxserve.storage.redis_store import RedisUserStore
+
+        store = RedisUserStore(RedisSettings.from_url(args.store))
+    velox = Velox(args.home, store=store, instance=getattr(args, "instance", None))
     try:
         config = uvicorn.Config(
             create_app(velox), host=args.host, port=args.port, access_log=False, log_level="warning",
