@@ -5,8 +5,11 @@
     ├── NotFound (404)
     │   ├── ModelNotFound           no model of that name in the home directory
     │   └── ItemNotFound            the item is not in the active version's catalogue
+    ├── Unauthorized (401)          no API token, or one the server does not know
+    ├── Forbidden (403)             a valid token without the right for this route
     ├── Conflict (409)              the request clashes with the current state
     ├── StoreUnavailable (503)      a backing store (SQLite, Redis, the log) cannot be reached
+    ├── Overloaded (503)            shed at once: the model's queue is full or the deadline cannot be met
     └── TrainingFailed (500)        offline training could not produce a version
 
 Messages say which field, what was expected, what was got, and what to do, in the style of
@@ -28,6 +31,10 @@ class VeloxError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer must carry besides the body (Retry-After, WWW-Authenticate)."""
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error": type(self).__name__, "message": self.message}
@@ -52,12 +59,36 @@ class ItemNotFound(NotFound):
     pass
 
 
+class Unauthorized(VeloxError):
+    status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"www-authenticate": 'Bearer realm="veloxserve"'}
+
+
+class Forbidden(VeloxError):
+    status = 403
+
+
 class Conflict(VeloxError):
     status = 409
 
 
 class StoreUnavailable(VeloxError):
     status = 503
+
+
+class Overloaded(VeloxError):
+    """Refused before any work was done, so retrying after `retry_after` seconds is safe."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)}
 
 
 class TrainingFailed(VeloxError):

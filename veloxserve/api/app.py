@@ -17,15 +17,19 @@ from urllib.parse import parse_qsl
 
 import orjson
 
+from veloxserve.api.auth import AuthConfig, Guard
 from veloxserve.api.metrics import CONTENT_TYPE, Metrics
 from veloxserve.api.openapi import openapi_schema
 from veloxserve.errors import InvalidInput, NotFound, VeloxError, invalid_parameter
+from veloxserve.serving.admission import Admission, AdmissionConfig
 from veloxserve.serving.durability import DurableWaiter
+from veloxserve.storage.tokens import TokenStore
 from veloxserve.serving.velox import DURABLE_TIMEOUT_S, Velox
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 << 20
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_ADMITTED = frozenset({"predict", "top_k", "observe"})  # the data plane: shed under overload, see admission.py
 
 Query = dict[str, str]
 Handler = Callable[[str, Query, Any], Awaitable[Any]]
@@ -84,8 +88,11 @@ def _entry(entry: Any, keys: tuple[str, ...], field: str, where: str, optional: 
 class VeloxApp:
     """ASGI app over a Velox. The caller owns `velox` and closes it."""
 
-    def __init__(self, velox: Velox) -> None:
+    def __init__(self, velox: Velox, *, auth: AuthConfig | None = None, admission: AdmissionConfig | None = None) -> None:
         self.velox = velox
+        self.guard = Guard(TokenStore(velox.layout.tokens_file), auth)
+        self.admission = Admission(admission)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, DurableWaiter] = {}
         self.metrics = Metrics(velox)
         self._top = {"/healthz": self._healthz, "/openapi.json": self._openapi, "/models": self._list_models}
@@ -116,18 +123,23 @@ class VeloxApp:
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", CONTENT_TYPE)]})
             await send({"type": "http.response.body", "body": self.metrics.render()})
             return
+        label, headers = _route_label(scope["path"]), _JSON_HEADERS
         try:
-            payload = await self._dispatch(scope, receive)
+            self.guard.check(scope["method"], label, scope["path"], scope["headers"])
+            payload = await self._dispatch(scope, receive, started)
             status = 202 if isinstance(payload, Accepted) else 200
         except VeloxError as exc:
             status, payload = exc.status, exc.to_dict()
+            extra = exc.headers()
+            if extra:
+                headers = _JSON_HEADERS + [(k.encode(), v.encode()) for k, v in extra.items()]
         except Exception:  # the server never dies on a request
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             status, payload = 500, {"error": "InternalError", "message": "The server failed on this request; see its log."}
         body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
-        await send({"type": "http.response.start", "status": status, "headers": _JSON_HEADERS})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        self.metrics.record(_route_label(scope["path"]), status, time.perf_counter() - started)
+        self.metrics.record(label, status, time.perf_counter() - started)
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
         while True:
@@ -138,7 +150,7 @@ class VeloxApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _dispatch(self, scope: dict[str, Any], receive: Callable) -> Any:
+    async def _dispatch(self, scope: dict[str, Any], receive: Callable, started: float) -> Any:
         method, path = scope["method"], scope["path"]
         if path in self._top:
             if method != "GET":
@@ -167,7 +179,25 @@ class VeloxApp:
             raise NotFound(f"No route {path}. See /openapi.json for the API.")
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
         body = await self._read_json(receive, action) if method in ("POST", "PUT") else None
-        return await handler(name, query, body)
+        if action not in _ADMITTED:
+            return await handler(name, query, body)
+        self.velox.server(name)  # an unknown model is a 404, not a place in a queue
+        service = self.admission.admit(name, action, self._waited(started), _deadline_s(scope["headers"]))
+        try:
+            result = await handler(name, query, body)
+        except BaseException:
+            self.admission.release(service, None)
+            raise
+        self.admission.release(service, time.perf_counter() - started)
+        return result
+
+    def _waited(self, started: float) -> float:
+        """An upper bound of how long this request waited for the event loop (see admission.py)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first request, or a new loop (in-process test clients)
+            self._loop = loop
+            self.admission.clock.start(loop)
+        return started - self.admission.clock.previous
 
     async def _read_json(self, receive: Callable, where: str) -> Any:
         chunks, size = [], 0
@@ -261,7 +291,8 @@ class VeloxApp:
 
     async def _model_metrics(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         server = self.velox.server(name)
-        return {"model": name, "model_version": server.version_id, "prequential": server.prequential.report()}
+        return {"model": name, "model_version": server.version_id, "prequential": server.prequential.report(),
+                "admission": self.admission.describe(name)}
 
     async def _versions(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         info = self.velox.describe(name)
@@ -312,6 +343,21 @@ class VeloxApp:
 _ACTIONS = {"predict", "top_k", "observe", "metrics", "versions", "retrain", "policy"}
 
 
+def _deadline_s(headers: list[tuple[bytes, bytes]]) -> float | None:
+    """The client's X-Deadline-Ms budget, in seconds."""
+    for name, value in headers:
+        if name == b"x-deadline-ms":
+            try:
+                ms = float(value)
+            except ValueError:
+                ms = -1.0
+            if not 0 < ms < 1e9:
+                raise invalid_parameter("X-Deadline-Ms", "the request headers", "a positive number of milliseconds",
+                                        value.decode("latin-1"))
+            return ms / 1000.0
+    return None
+
+
 def _only(method: str, allowed: str, path: str) -> None:
     if method != allowed:
         raise MethodNotAllowed(f"{path} takes {allowed}, not {method}. See /openapi.json.")
@@ -335,6 +381,7 @@ def _route_label(path: str) -> str:
     return "activate" if len(parts) == 6 and parts[5] == "activate" else "other"
 
 
-def create_app(velox: Velox) -> VeloxApp:
-    """An ASGI app serving `velox`."""
-    return VeloxApp(velox)
+def create_app(velox: Velox, *, auth: AuthConfig | None = None, admission: AdmissionConfig | None = None) -> VeloxApp:
+    """An ASGI app serving `velox`. Admin routes need a token from `velox`'s home unless
+    `auth=AuthConfig(enabled=False)`; `admission` sets the load-shedding limits."""
+    return VeloxApp(velox, auth=auth, admission=admission)
