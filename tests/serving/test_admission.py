@@ -53,17 +53,17 @@ def _trained(config: AdmissionConfig, seconds: float = 0.010) -> Admission:
 
 
 def test_deadline_refuses_what_would_finish_late_and_admits_what_fits() -> None:
-    admission = _trained(AdmissionConfig())  # estimate = 10 ms exactly (no deviation)
-    Admission.release(admission.admit("m", "top_k", waited=0.039, deadline_s=0.050), 0.010)  # 39 + 10 <= 50
+    admission = _trained(AdmissionConfig(headroom=0.2))  # estimate = 10 ms exactly (no deviation)
+    Admission.release(admission.admit("m", "top_k", waited=0.029, deadline_s=0.050), 0.010)  # 29 + 10 <= 0.8 * 50
     with pytest.raises(Overloaded, match="deadline of 50.0 ms"):
-        admission.admit("m", "top_k", waited=0.041, deadline_s=0.050)  # 41 + 10 > 50
+        admission.admit("m", "top_k", waited=0.031, deadline_s=0.050)  # 31 + 10 > 0.8 * 50
     with pytest.raises(Overloaded):
         admission.admit("m", "top_k", waited=0.0, deadline_s=0.005)  # cannot be met even at once
     assert admission.gate("m").in_flight == 0  # refusals take no place
 
 
 def test_the_tighter_of_objective_and_header_wins() -> None:
-    admission = _trained(AdmissionConfig(objectives_ms={"m": 30.0}, default_objective_ms=1000.0))
+    admission = _trained(AdmissionConfig(objectives_ms={"m": 30.0}, default_objective_ms=1000.0, headroom=0.0))
     assert admission.gate("m").objective_s == 0.030
     with pytest.raises(Overloaded):
         admission.admit("m", "top_k", waited=0.025)  # the objective alone
@@ -89,6 +89,8 @@ def test_a_route_refusing_everything_probes_once_a_while(monkeypatch) -> None:
 def test_bad_configs_are_refused() -> None:
     with pytest.raises(ValueError):
         AdmissionConfig(max_in_flight=0)
+    with pytest.raises(ValueError):
+        AdmissionConfig(headroom=1.0)
     with pytest.raises(ValueError, match="objective of m"):
         AdmissionConfig(objectives_ms={"m": 0.0})
 

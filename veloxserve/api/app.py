@@ -38,6 +38,13 @@ Handler = Callable[[str, Query, Any], Awaitable[Any]]
 class MethodNotAllowed(VeloxError):
     status = 405
 
+    def __init__(self, path: str, method: str, allowed: list[str]) -> None:
+        super().__init__(f"{path} takes {' or '.join(allowed)}, not {method}. See /openapi.json.")
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"allow": ", ".join(self.allowed)}  # RFC 9110: a 405 lists the methods that work
+
 
 class Accepted(dict):
     """A payload answered with 202: the work goes on in the background."""
@@ -152,9 +159,8 @@ class VeloxApp:
 
     async def _dispatch(self, scope: dict[str, Any], receive: Callable, started: float) -> Any:
         method, path = scope["method"], scope["path"]
-        if path in self._top:
-            if method != "GET":
-                raise MethodNotAllowed(f"{path} takes GET, not {method}.")
+        if path in self._top or path == "/metrics":  # GET /metrics is answered before dispatch
+            _only(method, "GET", path)
             return self._top[path]()
         parts = path.split("/")
         if len(parts) == 6 and parts[1] == "models" and parts[3] == "versions" and parts[5] == "activate":
@@ -174,8 +180,9 @@ class VeloxApp:
         name, action = parts[2], parts[3] if len(parts) == 4 else ""
         handler = self._model_routes.get((method, action))
         if handler is None:
-            if any(a == action for _, a in self._model_routes):
-                raise MethodNotAllowed(f"{path} does not take {method}. See /openapi.json.")
+            allowed = sorted(m for m, a in self._model_routes if a == action)
+            if allowed:
+                raise MethodNotAllowed(path, method, allowed)
             raise NotFound(f"No route {path}. See /openapi.json for the API.")
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
         body = await self._read_json(receive, action) if method in ("POST", "PUT") else None
@@ -210,8 +217,11 @@ class VeloxApp:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        raw = b"".join(chunks)
+        if not raw:
+            return None  # no body: routes whose body is optional take their defaults, others say what is missing
         try:
-            return orjson.loads(b"".join(chunks))
+            return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InvalidInput(f"The request body of {where} must be a JSON object: {exc}.", field="body") from None
 
@@ -360,7 +370,7 @@ def _deadline_s(headers: list[tuple[bytes, bytes]]) -> float | None:
 
 def _only(method: str, allowed: str, path: str) -> None:
     if method != allowed:
-        raise MethodNotAllowed(f"{path} takes {allowed}, not {method}. See /openapi.json.")
+        raise MethodNotAllowed(path, method, [allowed])
 
 
 def _route_label(path: str) -> str:

@@ -20,6 +20,9 @@ _ID = {
     ],
     "description": "A user or item id: a JSON string or integer. \"22\" and 22 name the same id.",
 }
+# An id in a path or query string. The server takes any printable string; the schema promises the
+# portable subset (printable ASCII), which a fuzzer can generate and every client can send.
+_ID_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": "^[ -~]+$"}
 _ERROR = {
     "type": "object",
     "required": ["error", "message"],
@@ -34,7 +37,7 @@ _POLICY_FIELDS = {
 }
 _POLICY_QUERY = [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in _POLICY_FIELDS.items()]
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
-_USER = {"name": "user", "in": "path", "required": True, "schema": {"type": "string"}}
+_USER = {"name": "user", "in": "path", "required": True, "schema": _ID_TEXT}
 _POLICY = {"type": "object", "additionalProperties": False, "properties": {
     "every_observations": {"type": ["integer", "null"], "minimum": 1},
     "every_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0},
@@ -118,8 +121,8 @@ def openapi_schema() -> dict[str, Any]:
                 "get": _data_plane({
                     "summary": "Score one (user, item)",
                     "parameters": [_MODEL_NAME,
-                                   {"name": "user", "in": "query", "required": True, "schema": {"type": "string"}},
-                                   {"name": "item", "in": "query", "required": True, "schema": {"type": "string"}}],
+                                   {"name": "user", "in": "query", "required": True, "schema": _ID_TEXT},
+                                   {"name": "item", "in": "query", "required": True, "schema": _ID_TEXT}],
                     "responses": {**_ok({"type": "object", "required": ["score", "model_version"], "properties": {
                         "user": {"type": "string"}, "item": {"type": "string"}, "score": {"type": "number"},
                         **version_field}}), **_errors(400, 404)},
@@ -140,7 +143,7 @@ def openapi_schema() -> dict[str, Any]:
                 "get": _data_plane({
                     "summary": "The k best items for a user",
                     "parameters": [_MODEL_NAME,
-                                   {"name": "user", "in": "query", "required": True, "schema": {"type": "string"}},
+                                   {"name": "user", "in": "query", "required": True, "schema": _ID_TEXT},
                                    {"name": "k", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
                                    {"name": "exclude_seen", "in": "query", "required": False, "schema": {"type": "boolean"}},
                                    *_POLICY_QUERY],

@@ -12,7 +12,10 @@ an upper bound, so what is admitted is not late because the wait was underestima
 
 A request is admitted when
 
-    waited + service estimate <= budget,   budget = min(X-Deadline-Ms, the model's objective)
+    waited + service estimate <= (1 - headroom) * budget,   budget = min(X-Deadline-Ms, the model's objective)
+
+The headroom (10% by default) is left for what the server cannot see: the network, a proxy, the
+client's own scheduling.
 
 The service estimate of each (model, route) is the EWMA of its served times plus twice their
 EWMA deviation (Jacobson's estimator, as TCP's retransmission timer). Requests that *await* —
@@ -45,10 +48,13 @@ class AdmissionConfig:
     max_in_flight: int = 512
     default_objective_ms: float | None = None
     objectives_ms: dict[str, float] = field(default_factory=dict)
+    headroom: float = 0.1
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if not 0 <= self.headroom < 1:
+            raise ValueError(f"headroom must be in [0, 1), got {self.headroom}")
         for model, ms in [("default", self.default_objective_ms), *self.objectives_ms.items()]:
             if ms is not None and not ms > 0:
                 raise ValueError(f"the latency objective of {model} must be > 0 ms, got {ms}")
@@ -126,6 +132,7 @@ class Admission:
         self.config = config or AdmissionConfig()
         self.clock = clock or LoopClock()
         self._gates: dict[str, ModelGate] = {}
+        self._usable = 1.0 - self.config.headroom
 
     def gate(self, model: str) -> ModelGate:
         gate = self._gates.get(model)
@@ -150,7 +157,7 @@ class Admission:
             expected = service.estimate()
             # An estimate only served requests can lower: one slow outlier (a cold first request)
             # must not refuse a route forever, so a route that served nothing for PROBE_S admits one.
-            if waited + expected > budget and time.perf_counter() - service.last_served < PROBE_S:
+            if waited + expected > self._usable * budget and time.perf_counter() - service.last_served < PROBE_S:
                 raise Overloaded(
                     f"The {route} request to model {model!r} cannot meet its deadline of {budget * 1000:.1f} ms: "
                     f"it has waited up to {waited * 1000:.1f} ms and takes about {expected * 1000:.1f} ms. "
