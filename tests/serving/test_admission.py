@@ -78,7 +78,7 @@ def test_a_route_refusing_everything_probes_once_a_while(monkeypatch) -> None:
     admission = Admission(AdmissionConfig(objectives_ms={"m": 5.0}))
     gate = admission.gate("m")
     gate.routes["top_k"] = ServiceTime(gate)
-    gate.routes["top_k"].update(0.050)  # one slow first request
+    gate.routes["top_k"].update(0.050, time.perf_counter())  # one slow first request
     with pytest.raises(Overloaded):
         admission.admit("m", "top_k", waited=0.0)
     monkeypatch.setattr(admission_module, "PROBE_S", 0.0)

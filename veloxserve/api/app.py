@@ -195,7 +195,8 @@ class VeloxApp:
         except BaseException:
             self.admission.release(service, None)
             raise
-        self.admission.release(service, time.perf_counter() - started)
+        now = time.perf_counter()
+        self.admission.release(service, now - started, now)
         return result
 
     def _waited(self, started: float) -> float:

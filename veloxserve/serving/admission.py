@@ -99,8 +99,8 @@ class ServiceTime:
         self.samples = 0
         self.last_served = time.perf_counter()
 
-    def update(self, seconds: float) -> None:
-        self.last_served = time.perf_counter()
+    def update(self, seconds: float, now: float) -> None:
+        self.last_served = now
         if self.samples == 0:
             self.mean = seconds
         else:
@@ -178,8 +178,9 @@ class Admission:
         }
 
     @staticmethod
-    def release(service: ServiceTime, seconds: float | None) -> None:
-        """Give the place back; `seconds` is the served time, None if the request failed."""
+    def release(service: ServiceTime, seconds: float | None, now: float = 0.0) -> None:
+        """Give the place back; `seconds` is the served time (None if the request failed), `now`
+        the perf_counter time it ended."""
         service.gate.in_flight -= 1
         if seconds is not None:
-            service.update(seconds)
+            service.update(seconds, now or time.perf_counter())
