@@ -39,6 +39,11 @@ class HomeLayout:
     def state_db(self) -> Path:
         return self.root / "state.lmdb"
 
+    @property
+    def tokens_file(self) -> Path:
+        """API tokens, hashed (`veloxserve token create`)."""
+        return self.root / "auth" / "tokens.json"
+
     def model_dir(self, name: str) -> Path:
         return self.root / "models" / name
 
