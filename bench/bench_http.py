@@ -315,9 +315,8 @@ def main() -> None:
                 env={"VELOX_PEER_VERSION_DIR": str(home / "models" / "catify" / "versions" / version),
                      "BENTOML_HOME": str(Path(tmp) / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"},
             )
-        for framework, app in {"starlette": HELLO_STARLETTE, "litestar": HELLO_LITESTAR}.items():
-            if args.quick:
-                continue
+        frameworks = {} if args.quick else {"starlette": HELLO_STARLETTE, "litestar": HELLO_LITESTAR}
+        for framework, app in frameworks.items():
             if importlib.util.find_spec(framework) is None:  # litestar is in no extra: install it by hand
                 report.setdefault("skipped", []).append(f"{framework} floor: not installed")
                 continue
