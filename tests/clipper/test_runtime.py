@@ -97,3 +97,21 @@ def test_bad_applications_name_the_field_and_change_nothing(clipper: Clipper, tm
         clipper.create_app(**{"name": "app", "models": ["m"], **kwargs})
     assert error.value.field == field
     assert clipper.list_apps() == [] and not (clipper.runtime.registry.apps / "app.json").exists()
+
+
+def test_scaling_down_hands_waiting_queries_to_the_replicas_that_stay(clipper: Clipper, tmp_path: Path) -> None:
+    clipper.deploy("m", "callable", write_callable(tmp_path / "m.pkl", constant_model(5.0, sleep=0.2)),
+                   replicas=2, adaptive=False)
+    clipper.create_app("app", ["m"], objective_ms=20_000)
+
+    async def burst_then_scale_down():
+        import asyncio
+
+        answers = [asyncio.ensure_future(clipper.runtime.predict("app", "u", [float(i)])) for i in range(6)]
+        await asyncio.sleep(0.05)  # both replicas busy, four queries waiting
+        await clipper.runtime.scale("m", 1)
+        return await asyncio.gather(*answers)
+
+    answers = clipper._run(burst_then_scale_down())
+    assert sum(a["default"] for a in answers) <= 1  # at most the batch in flight on the retired replica
+    assert all(a["output"] == 5.0 for a in answers if not a["default"])

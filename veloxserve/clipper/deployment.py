@@ -69,7 +69,10 @@ class ModelDeployment:
             raise
         self.replicas.extend(started)
         while len(self.replicas) > replicas:
-            await self.replicas.pop().stop()
+            retired = self.replicas.pop()
+            for query in retired.queue.drain():  # what waited there goes to the replicas that stay
+                min(self.replicas, key=Replica.load).submit(query)
+            await retired.stop()
 
     async def stop(self, drain_seconds: float = 0.0) -> None:
         until = time.monotonic() + drain_seconds
