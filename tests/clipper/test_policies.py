@@ -11,6 +11,7 @@ import pytest
 from tests.clipper.conftest import write_callable
 from veloxserve.clipper import Clipper
 from veloxserve.clipper.policies import Exp3, Exp4, Loss, Personalised, as_target, losses
+from veloxserve.errors import ContainerUnavailable
 
 
 def test_losses_zero_one_absolute_and_squared() -> None:
@@ -124,3 +125,24 @@ def test_personalised_policy_learns_different_weights_for_different_users(clippe
     assert policy.user_weights("likes-bad")[0] > 0.8 > policy.user_weights("likes-bad")[1]
     assert clipper.predict("p", "likes-good", [0.5])["output"] > 0.8
     assert clipper.predict("p", "likes-bad", [0.5])["output"] < 0.2
+
+
+def test_feedback_a_model_cannot_answer_is_rejected_and_changes_nothing(clipper: Clipper, tmp_path: Path) -> None:
+    def picky(batch):
+        import numpy as np
+
+        batch = np.asarray(batch)
+        if (batch[:, 0] < 0).any():
+            raise ValueError("negative input")
+        return batch[:, 0]
+
+    clipper.deploy("picky", "callable", write_callable(tmp_path / "p.pkl", picky))
+    clipper.deploy("other", "callable", write_callable(tmp_path / "o.pkl", lambda batch: [0.0] * len(batch)))
+    clipper.create_app("app", ["picky", "other"], policy="exp4", loss="absolute", objective_ms=20_000)
+    clipper.observe("app", "u", [0.5], 0.5)
+    before = clipper.runtime.app("app").describe()
+    log_size = clipper.runtime.registry.feedback_log("app").stat().st_size
+    with pytest.raises(ContainerUnavailable, match="negative input"):
+        clipper.observe("app", "u", [-1.0], 0.0)
+    assert clipper.runtime.app("app").describe() == before
+    assert clipper.runtime.registry.feedback_log("app").stat().st_size == log_size
