@@ -101,7 +101,8 @@ def http_path(home: Path, model: Path, n: int) -> dict:
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            client.post("/containers", json={"name": "noop", "framework": "callable", "model": str(model)}).raise_for_status()
+            deploy = {"name": "noop", "framework": "callable", "model": str(model)}
+            client.post("/containers", json=deploy).raise_for_status()
             client.post("/apps", json={"name": "noop", "models": ["noop"], "objective_ms": 10_000}).raise_for_status()
             inputs = np.random.default_rng(1).normal(size=(n + 100, 8)).tolist()
             times = []

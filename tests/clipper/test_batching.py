@@ -55,7 +55,8 @@ def _slow_per_item(base: float, per_item: float):
 
 
 async def _replica(tmp_path: Path, function, batching: BatchingConfig, hang_timeout: float = 10.0) -> Replica:
-    spec = ContainerSpec(Framework.CALLABLE, write_callable(tmp_path / "model.pkl", function), hang_timeout=hang_timeout)
+    model = write_callable(tmp_path / "model.pkl", function)
+    spec = ContainerSpec(Framework.CALLABLE, model, hang_timeout=hang_timeout)
     replica = Replica(spec, batching, zmq.asyncio.Context.instance())
     await replica.start()
     await replica.wait_ready(60)

@@ -43,7 +43,8 @@ def test_exp3_update_is_importance_weighted_on_the_drawn_model() -> None:
         loss = [0.9, 0.1, 0.5][expected_arm]
         log_w[expected_arm] -= 0.2 * loss / p[expected_arm]
         policy.observe("u", chosen, np.array([[loss]]), np.array([0.0]))
-        np.testing.assert_allclose(policy.probabilities(), 0.7 * np.exp(log_w - log_w.max()) / np.exp(log_w - log_w.max()).sum() + 0.1)
+        w = np.exp(log_w - log_w.max())
+        np.testing.assert_allclose(policy.probabilities(), 0.7 * w / w.sum() + 0.1)
 
 
 def test_exp4_weights_are_exponentiated_cumulative_losses_and_combine_by_them() -> None:

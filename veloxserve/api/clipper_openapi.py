@@ -14,7 +14,7 @@ _ANY: dict[str, Any] = {}
 _NUMBER = {"type": "number", "exclusiveMinimum": 0}
 
 
-def _op(summary: str, *errors: int, body: dict[str, Any] | None = None, params: tuple = (), admin: bool = False) -> dict:
+def _op(summary: str, *errors: int, body: dict | None = None, params: tuple = (), admin: bool = False) -> dict:
     op: dict[str, Any] = {
         "summary": summary + (" (admin)" if admin else ""), "parameters": list(params),
         "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
@@ -32,14 +32,16 @@ def _object(required: list[str], **properties: Any) -> dict[str, Any]:
 
 def clipper_paths() -> dict[str, Any]:
     deploy = _object(
-        ["name", "framework", "model"], name={"type": "string"}, framework={"enum": ["callable", "sklearn", "torch", "onnx"]},
+        ["name", "framework", "model"], name={"type": "string"},
+        framework={"enum": ["callable", "sklearn", "torch", "onnx"]},
         model={"type": "string", "description": "path of the model file on the server"}, method={"type": "string"},
         replicas={"type": "integer", "minimum": 1, "maximum": 64}, objective_ms=_NUMBER,
         delay_ms={"type": "number", "minimum": 0}, adaptive={"type": "boolean"},
         max_batch={"type": "integer", "minimum": 1}, hang_timeout_s=_NUMBER)
     app = _object(["name", "models"], name={"type": "string"}, models={"type": "array", "items": {"type": "string"}},
                   policy={"enum": ["single", "exp3", "exp4", "personalised"]}, objective_ms=_NUMBER, default=_ANY,
-                  loss={"enum": ["zero_one", "absolute", "squared"]}, params={"type": "object"}, seed={"type": "integer"})
+                  loss={"enum": ["zero_one", "absolute", "squared"]}, params={"type": "object"},
+                  seed={"type": "integer"})
     user = {"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]}
     return {
         "/containers": {"get": _op("Deployed models: versions, replicas, batch sizes, queues, cache"),

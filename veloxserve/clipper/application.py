@@ -74,8 +74,8 @@ class Application:
     def __init__(self, config: AppConfig, resolve: Callable[[str], ModelDeployment], log: FeedbackLog) -> None:
         self.config = config
         self._resolve = resolve
-        self.policy: Policy = POLICIES[config.policy](len(config.models), config.loss, np.random.default_rng(config.seed),
-                                                      **config.params)
+        rng = np.random.default_rng(config.seed)
+        self.policy: Policy = POLICIES[config.policy](len(config.models), config.loss, rng, **config.params)
         self.answered = self.defaults = self.observed = 0
         self.log = log
         for record in log.replay():  # what was acknowledged before a restart (or kill -9)

@@ -24,9 +24,8 @@ from veloxserve.clipper.deployment import ModelDeployment
 from veloxserve.clipper.feedback_log import FeedbackLog
 from veloxserve.clipper.policies import Loss, PolicyKind
 from veloxserve.clipper.registry import ModelRegistry
-from veloxserve.clipper.replica import ContainerSpec
-from veloxserve.ids import canonical_id
 from veloxserve.errors import Conflict, ContainerUnavailable, ModelNotFound, NotFound, VeloxError, invalid_parameter
+from veloxserve.ids import canonical_id
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -37,7 +36,7 @@ _POLICY_PARAMS = {PolicyKind.SINGLE: set(), PolicyKind.EXP3: {"eta", "gamma"}, P
 
 def check_name(name: Any, field: str, where: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
-        raise invalid_parameter(field, where, "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit", name)
+        raise invalid_parameter(field, where, "1-64 letters, digits, '_', '.' or '-', not starting with '_.-'", name)
     return name
 
 
@@ -117,7 +116,7 @@ class ClipperRuntime:
             if version is None:
                 older = versions[: versions.index(active)] if active in versions else []
                 if not older:
-                    raise Conflict(f"Model {name!r} serves its first version {active}; there is nothing to roll back to.")
+                    raise Conflict(f"Model {name!r} serves its first version {active}; nothing to roll back to.")
                 version = older[-1]
             elif version not in versions:
                 raise invalid_parameter("version", "rollback", f"one of {versions}", version)
@@ -165,8 +164,8 @@ class ClipperRuntime:
 
     def describe_model(self, name: str) -> dict[str, Any]:
         deployment = self.deployment(name)
-        return {**deployment.describe(), "versions": [self.registry.meta(name, v) for v in self.registry.versions(name)],
-                "cache": self.cache.describe()}
+        versions = [self.registry.meta(name, v) for v in self.registry.versions(name)]
+        return {**deployment.describe(), "versions": versions, "cache": self.cache.describe()}
 
     # ---- applications --------------------------------------------------------------------
     def app(self, name: str) -> Application:
