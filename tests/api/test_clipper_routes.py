@@ -89,6 +89,7 @@ def test_predict_and_observe_name_their_missing_fields(server, tmp_path: Path) -
     assert httpx.post(f"{server.url}/apps", json={"name": "a", "models": ["k"]}).status_code == 200
     for path, body, field in (("predict", {"user": 1}, "input"), ("observe", {"input": [1]}, "label"),
                               ("observe", {"input": [1], "label": [1, 2]}, "label"),
+                              ("observe", {"input": [1], "label": None}, "label"),
                               ("predict", {"input": [1], "user": True}, "user")):
         response = httpx.post(f"{server.url}/apps/a/{path}", json=body)
         assert response.status_code == 400 and response.json()["field"] == field, response.text

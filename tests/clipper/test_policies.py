@@ -25,7 +25,8 @@ def test_losses_zero_one_absolute_and_squared() -> None:
 def test_class_labels_become_one_hot_and_bad_labels_are_rejected() -> None:
     assert as_target(2, 3).tolist() == [0.0, 0.0, 1.0]
     assert as_target(0.5, 1).tolist() == [0.5]
-    for bad, dim in ((3, 3), (1.5, 3), ([1, 2], 1)):
+    for bad, dim in ((3, 3), (1.5, 3), ([1, 2], 1), (None, 1), (float("nan"), 1), ({"a": 1}, 1), ("1", 1),
+                     (True, 1), ([1.0, float("inf")], 2)):
         with pytest.raises(ValueError):
             as_target(bad, dim)
 

@@ -127,6 +127,8 @@ class Application:
                                            f"{entry['reason']}. Nothing was learned; send it again.")
             outputs.append(output)
         F = _matrix(outputs)
+        if not np.isfinite(F).all():
+            raise ContainerUnavailable("A model returned non-finite outputs for this input; nothing was learned.")
         try:
             target = as_target(label, F.shape[1])
         except ValueError as exc:
