@@ -64,6 +64,9 @@ def test_remove_is_refused_while_an_app_links_the_model(clipper: Clipper, tmp_pa
     ({"replicas": 0}, "replicas"),
     ({"objective_ms": -1}, "objective_ms"),
     ({"delay_ms": "soon"}, "delay_ms"),
+    ({"adaptive": "false"}, "adaptive"),
+    ({"method": "__class__.mro"}, "method"),
+    ({"hang_timeout_s": float("nan")}, "hang_timeout_s"),
 ])
 def test_bad_deployments_name_the_field_and_change_nothing(clipper: Clipper, tmp_path: Path, kwargs, field) -> None:
     args = {"name": "m", "framework": "callable", "model": write_callable(tmp_path / "m.pkl", constant_model(1.0)),

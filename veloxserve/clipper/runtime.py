@@ -90,21 +90,27 @@ class ClipperRuntime:
         if not isinstance(model, (str, Path)) or not Path(model).exists():
             raise invalid_parameter("model", "deploy", "the path of an existing model file on the server", model)
         _check_replicas(replicas, "deploy")
-        for field, value, low in (("objective_ms", objective_ms, 0.0), ("hang_timeout_s", hang_timeout_s, 0.0)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > low:
-                raise invalid_parameter(field, "deploy", f"a number > {low:g}", value)
-        if not isinstance(delay_ms, (int, float)) or isinstance(delay_ms, bool) or delay_ms < 0:
+        for field, value in (("objective_ms", objective_ms), ("hang_timeout_s", hang_timeout_s)):
+            if not _is_number(value) or not value > 0:
+                raise invalid_parameter(field, "deploy", "a number > 0", value)
+        if not _is_number(delay_ms) or not delay_ms >= 0:
             raise invalid_parameter("delay_ms", "deploy", "a number >= 0", delay_ms)
-        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= 1 << 16:
+        if not _is_number(max_batch) or not isinstance(max_batch, int) or not 1 <= max_batch <= 1 << 16:
             raise invalid_parameter("max_batch", "deploy", "an integer in [1, 65536]", max_batch)
-        batching = BatchingConfig(objective=objective_ms / 1e3, delay=delay_ms / 1e3, adaptive=bool(adaptive),
+        if not isinstance(adaptive, bool):
+            raise invalid_parameter("adaptive", "deploy", "true or false", adaptive)
+        if method is not None and (not isinstance(method, str) or not method.isidentifier()):
+            raise invalid_parameter("method", "deploy", "a method or output name such as predict_proba", method)
+        batching = BatchingConfig(objective=objective_ms / 1e3, delay=delay_ms / 1e3, adaptive=adaptive,
                                   max_size=max_batch)
-        async with self._lock:
-            meta = self.registry.add_version(name, Framework(framework), Path(model), method, batching, hang_timeout_s)
+        loop = asyncio.get_running_loop()
+        async with self._lock:  # copying a large model file must not stall the event loop
+            meta = await loop.run_in_executor(None, self.registry.add_version, name, Framework(framework),
+                                              Path(model), method, batching, hang_timeout_s)
             try:
                 await self._swap(name, meta["version"], replicas)
             except VeloxError:
-                self.registry.discard_version(name, meta["version"])
+                await loop.run_in_executor(None, self.registry.discard_version, name, meta["version"])
                 raise
             return self.describe_model(name)
 
@@ -139,7 +145,7 @@ class ClipperRuntime:
                 raise Conflict(f"Model {name!r} is linked to the applications {users}; remove them first.")
             del self.deployments[name]
             await deployment.stop()
-            self.registry.remove(name)
+            await asyncio.get_running_loop().run_in_executor(None, self.registry.remove, name)
             return {"removed": name}
 
     async def _start_version(self, name: str, version: str, replicas: int) -> ModelDeployment:
@@ -216,12 +222,12 @@ class ClipperRuntime:
         kind = PolicyKind(policy)
         if kind is PolicyKind.SINGLE and len(models) != 1:
             raise invalid_parameter("models", "create_app", "exactly one model for the single policy", models)
-        if not isinstance(objective_ms, (int, float)) or isinstance(objective_ms, bool) or not objective_ms > 0:
+        if not _is_number(objective_ms) or not objective_ms > 0:
             raise invalid_parameter("objective_ms", "create_app", "a number > 0", objective_ms)
         if loss not in {x.value for x in Loss}:
             raise invalid_parameter("loss", "create_app", " or ".join(x.value for x in Loss), loss)
         if not isinstance(params, dict) or not set(params) <= _POLICY_PARAMS[kind] or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in params.values()):
+                _is_number(v) and v > 0 for v in params.values()):
             raise invalid_parameter("params", "create_app",
                                     f"an object of positive numbers among {sorted(_POLICY_PARAMS[kind])}", params)
         if kind is PolicyKind.EXP3 and params.get("gamma", 0.1) > 1:
@@ -232,6 +238,10 @@ class ClipperRuntime:
 
     def list_apps(self) -> list[dict[str, Any]]:
         return [self.apps[name].describe() for name in sorted(self.apps)]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value  # not NaN
 
 
 def _check_replicas(replicas: Any, where: str) -> None:
