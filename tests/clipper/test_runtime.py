@@ -19,6 +19,7 @@ def test_versions_swap_roll_back_and_survive_a_restart(tmp_path: Path) -> None:
         assert clipper.predict("app", "u", [0.0])["output"] == 1.0
         described = clipper.deploy("m", "callable", write_callable(tmp_path / "two.pkl", constant_model(2.0)))
         assert described["version"] == "v2" and [v["version"] for v in described["versions"]] == ["v1", "v2"]
+        assert [v["status"] for v in described["versions"]] == ["ready", "active"]
         assert clipper.predict("app", "u", [0.0])["output"] == 2.0  # the cache is keyed by version
         (tmp_path / "one.pkl").unlink()  # rollback needs only the registry's copy
         assert clipper.rollback("m")["version"] == "v1"

@@ -170,7 +170,8 @@ class ClipperRuntime:
 
     def describe_model(self, name: str) -> dict[str, Any]:
         deployment = self.deployment(name)
-        versions = [self.registry.meta(name, v) for v in self.registry.versions(name)]
+        versions = [{**self.registry.meta(name, v), "status": "active" if v == deployment.version else "ready"}
+                    for v in self.registry.versions(name)]
         return {**deployment.describe(), "versions": versions, "cache": self.cache.describe()}
 
     # ---- applications --------------------------------------------------------------------
