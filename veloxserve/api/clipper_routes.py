@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from veloxserve.clipper.runtime import ClipperRuntime
-from veloxserve.errors import NotFound, VeloxError, invalid_parameter
+from veloxserve.errors import MethodNotAllowed, NotFound, VeloxError, invalid_parameter
 
 PREFIXES = ("/containers", "/apps")
 # (method, route label) of the routes that change what is deployed: the ones to authenticate.
@@ -42,10 +42,6 @@ _APP_FIELDS = {"name", "models", "policy", "objective_ms", "default", "loss", "p
 DEFAULT_USER = "anonymous"
 
 ReadBody = Callable[[], Awaitable[Any]]
-
-
-class MethodNotAllowed(VeloxError):
-    status = 405
 
 
 def route_label(path: str) -> str:
@@ -93,8 +89,9 @@ class ClipperRoutes:
         label = route_label(path)
         handler = self._routes.get((method, label))
         if handler is None:
-            if any(route == label for _, route in self._routes):
-                raise MethodNotAllowed(f"{path} does not take {method}. See /openapi.json.")
+            allowed = sorted(m for m, route in self._routes if route == label)
+            if allowed:
+                raise MethodNotAllowed(path, method, allowed)
             raise NotFound(f"No route {path}. See /openapi.json for the API.")
         await self.start()
         body = await read_body() if method == "POST" else None

@@ -19,9 +19,10 @@ from veloxserve.config import HomeLayout
 from veloxserve.errors import InvalidInput
 from veloxserve.models.version import Link
 from veloxserve.storage.atomic import replace_atomically
-from veloxserve.storage.observation_log import read_log
+from veloxserve.storage.observation_log import MAIN_INSTANCE, read_merged
 from veloxserve.storage.versions import VersionStore
 from veloxserve.training.als import ALSConfig, TrainedFactors, theta_rmse, train_als
+from veloxserve.training.content import fit_text_basis, read_item_texts
 from veloxserve.training.ratings import Ratings, load_ratings, split_holdout, write_ratings_parquet
 
 # For the logistic link, θ is fitted to the labels' log-odds, clipped so 0/1 labels stay finite;
@@ -54,6 +55,7 @@ def train_version(
     *,
     link: str = Link.IDENTITY.value,
     heldout: str | Path | Ratings | None = None,
+    items: str | Path | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train f(x; θ) and every user's statistics from a ratings file, write the model's next version.
@@ -62,8 +64,14 @@ def train_version(
     held-out RMSE; the version is trained on the rest. The ratings become the model's base data,
     which later retrains extend with the observation log. The version's log position is 0: a
     server replays the whole log on top of it, so no feedback already logged is lost.
+
+    `items` (CSV or Parquet with an `item` column) becomes the model's item table: attribute
+    columns serve top-k filters, and a `text` column trains content features (models/content.py),
+    which let the model score items it has never seen from their text.
     """
     config = config or ALSConfig()
+    if items is not None:
+        save_item_table(layout, model, items)
     link = Link(link)
     source = str(ratings) if not isinstance(ratings, Ratings) else "in-memory ratings"
     data = ratings if isinstance(ratings, Ratings) else load_ratings(ratings)
@@ -75,6 +83,7 @@ def train_version(
     factors = _fit(train, test, config, link, progress=progress)
     meta = version_meta(model, config, link, factors, train, test, started)
     meta.update(source=source, log_position=0, reason="manual", heldout_fraction=config.heldout_fraction if heldout is None else None)
+    add_content_features(layout, model, factors.arrays, meta, config.seed)
     version = VersionStore(layout.versions_dir(model)).write(factors.arrays, meta)
     save_base_data(layout, model, data)
     return {**meta, "version": version}
@@ -115,10 +124,12 @@ def retrain_version(
     meta = version_meta(model, config, link, factors, data, test, started)
     meta.update(
         source="base data + observation log", reason=reason, parent=parent, log_position=upto_lsn,
+        log_positions=window["log_positions"],  # instance logs' positions (serving/shared_server.py)
         data=window, holdout=holdout_kind, comparison={
             "rows": int(known.sum()), "candidate_rmse": candidate_rmse, "parent_rmse": parent_rmse,
         },
     )
+    add_content_features(layout, model, factors.arrays, meta, config.seed, like=parent_meta.get("content"))
     versions.write(factors.arrays, meta, version=version)
     return {**meta, "version": version}
 
@@ -162,6 +173,30 @@ def version_meta(model: str, config: ALSConfig, link: Link, factors: TrainedFact
     }
 
 
+def save_item_table(layout: HomeLayout, model: str, items: str | Path) -> Path:
+    """Keep an item table (attributes, texts) as the model's Parquet item file, checked first."""
+    import pyarrow.parquet as pq
+
+    from veloxserve.models.attributes import read_attribute_table
+
+    table = read_attribute_table(Path(items))
+    path = layout.items_file(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, lambda fh: pq.write_table(table, fh))
+    return path
+
+
+def add_content_features(layout: HomeLayout, model: str, arrays: dict[str, np.ndarray], meta: dict[str, Any],
+                         seed: int, like: dict[str, Any] | None = None) -> None:
+    """Fit the text basis when the model's item table has texts (same settings as `like`, a
+    parent's content report); the version then carries `content_basis` and meta["content"]."""
+    texts = read_item_texts(layout.items_file(model))
+    if not texts:
+        return
+    settings = {key: like[key] for key in ("n_buckets", "ngram_max", "alpha") if like and key in like}
+    arrays["content_basis"], meta["content"] = fit_text_basis(arrays, texts, seed=seed, **settings)
+
+
 def save_base_data(layout: HomeLayout, model: str, ratings: Ratings) -> Path:
     """Keep a model's training ratings as Parquet (temp file + rename) for later retrains."""
     path = layout.base_data(model)
@@ -171,17 +206,21 @@ def save_base_data(layout: HomeLayout, model: str, ratings: Ratings) -> Path:
 
 
 def training_data(layout: HomeLayout, model: str, upto_lsn: int) -> tuple[Ratings, dict[str, Any]]:
-    """Base data, then the logged observations up to `upto_lsn` in log order (newest last)."""
+    """Base data, then the logged observations, newest last: the main log up to `upto_lsn` and
+    the logs of server instances that shared the home over Redis (each up to its end now, recorded
+    in `log_positions`), merged by time."""
     base_path = layout.base_data(model)
     base = load_ratings(base_path) if base_path.is_file() else None
-    records = list(read_log(layout.log_dir(model), 0, upto_lsn))
+    merged = list(read_merged(layout.log_dir(model), {MAIN_INSTANCE: upto_lsn}))
+    records = [record for _, record in merged]
+    positions = {instance: record.lsn for instance, record in merged if instance != MAIN_INSTANCE}
     log_part = Ratings(
         np.array([r.user for r in records], dtype=str), np.array([r.item for r in records], dtype=str),
         np.array([r.score for r in records], dtype=np.float64),
     )
     window = {
         "base_rows": 0 if base is None else len(base), "log_rows": len(records),
-        "first_lsn": records[0].lsn if records else None, "last_lsn": upto_lsn,
+        "first_lsn": records[0].lsn if records else None, "last_lsn": upto_lsn, "log_positions": positions,
         "first_observed_at": _iso(records[0].timestamp) if records else None,
         "last_observed_at": _iso(records[-1].timestamp) if records else None,
     }
