@@ -97,7 +97,7 @@ async def runtime_path(home: Path, model: Path, n: int) -> dict:
 
 
 def http_path(home: Path, model: Path, n: int) -> dict:
-    server = ServerProcess(home)
+    server = ServerProcess(home, "--no-auth")  # a local benchmark: no token on the admin routes
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=30) as client:
