@@ -79,7 +79,8 @@ def test_deploy_with_the_cli_then_predict_observe_scale_roll_back_and_remove(ser
     ("POST", "/containers", {"name": "m", "framework": "callable"}, 400, "model"),
     ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/x", "colour": 1}, 400, "colour"),
     ("POST", "/containers", [1, 2], 400, "body"),
-    ("POST", "/apps", {"name": "a", "models": ["nope"]}, 400, "models"),
+    ("POST", "/apps", {"name": "a", "models": ["nope"]}, 404, "models"),
+    ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/no/such/file"}, 404, "model"),
     ("POST", "/apps/nope/predict", {"input": [1]}, 404, None),
     ("POST", "/containers/nope/scale", {"replicas": 2}, 404, None),
     ("GET", "/apps/nope/predict", None, 405, None),
@@ -96,7 +97,8 @@ def test_predict_and_observe_name_their_missing_fields(server, tmp_path: Path) -
     model = write_callable(tmp_path / "m.pkl", constant_model(1.0))
     assert httpx.post(f"{server.url}/containers", json={"name": "k", "framework": "callable", "model": str(model)},
                       headers=server.admin, timeout=60).status_code == 200
-    assert httpx.post(f"{server.url}/apps", json={"name": "a", "models": ["k"]}, headers=server.admin).status_code == 200
+    created = httpx.post(f"{server.url}/apps", json={"name": "a", "models": ["k"]}, headers=server.admin)
+    assert created.status_code == 200
     for path, body, field in (("predict", {"user": 1}, "input"), ("observe", {"input": [1]}, "label"),
                               ("observe", {"input": [1], "label": [1, 2]}, "label"),
                               ("observe", {"input": [1], "label": None}, "label"),
@@ -132,7 +134,8 @@ def test_acknowledged_feedback_survives_kill_9_of_the_server(tmp_path: Path) -> 
             httpx.post(f"{first.url}/containers", json={"name": name, "framework": "callable", "model": str(model)},
                        headers=admin, timeout=60).raise_for_status()
         httpx.post(f"{first.url}/apps", json={"name": "p", "models": ["m", "n"], "policy": "personalised",
-                                              "loss": "squared", "objective_ms": 5000}, headers=admin).raise_for_status()
+                                              "loss": "squared", "objective_ms": 5000},
+                   headers=admin).raise_for_status()
         for i in range(10):
             httpx.post(f"{first.url}/apps/p/observe", json={"user": "u", "input": [float(i)], "label": 0.9},
                        timeout=30).raise_for_status()

@@ -8,7 +8,7 @@ import pytest
 
 from tests.clipper.conftest import constant_model, write_callable
 from veloxserve.clipper import Clipper
-from veloxserve.errors import Conflict, ContainerUnavailable, InvalidInput, ModelNotFound
+from veloxserve.errors import Conflict, ContainerUnavailable, InvalidInput, ModelNotFound, NotFound
 
 
 def test_versions_swap_roll_back_and_survive_a_restart(tmp_path: Path) -> None:
@@ -26,6 +26,8 @@ def test_versions_swap_roll_back_and_survive_a_restart(tmp_path: Path) -> None:
         assert clipper.predict("app", "u", [0.0])["output"] == 1.0
         with pytest.raises(Conflict, match="first version"):
             clipper.rollback("m")
+        with pytest.raises(NotFound, match="no version 'v9'"):
+            clipper.rollback("m", "v9")
         assert clipper.rollback("m", "v2")["version"] == "v2"
         clipper.scale("m", 2)
     with Clipper(home) as clipper:  # a restart serves what was active, with its replicas and apps
@@ -72,7 +74,7 @@ def test_remove_is_refused_while_an_app_links_the_model(clipper: Clipper, tmp_pa
 def test_bad_deployments_name_the_field_and_change_nothing(clipper: Clipper, tmp_path: Path, kwargs, field) -> None:
     args = {"name": "m", "framework": "callable", "model": write_callable(tmp_path / "m.pkl", constant_model(1.0)),
             **kwargs}
-    with pytest.raises(InvalidInput) as error:
+    with pytest.raises(NotFound if field == "model" else InvalidInput) as error:
         clipper.deploy(args.pop("name"), args.pop("framework"), args.pop("model"), **args)
     assert error.value.field == field
     assert clipper.list_models() == [] and not (clipper.runtime.registry.models / "m").exists()
@@ -92,12 +94,13 @@ def test_a_model_that_cannot_load_leaves_no_version(clipper: Clipper, tmp_path: 
     ({"models": ["m", "n"], "policy": "single"}, "models"),
     ({"objective_ms": 0}, "objective_ms"),
     ({"loss": "hinge"}, "loss"),
+    ({"seed": -1}, "seed"),
     ({"policy": "exp4", "params": {"gamma": 0.1}}, "params"),
 ])
 def test_bad_applications_name_the_field_and_change_nothing(clipper: Clipper, tmp_path: Path, kwargs, field) -> None:
     for name in ("m", "n"):
         clipper.deploy(name, "callable", write_callable(tmp_path / f"{name}.pkl", constant_model(1.0)))
-    with pytest.raises(InvalidInput) as error:
+    with pytest.raises(ModelNotFound if kwargs.get("models") == ["nope"] else InvalidInput) as error:
         clipper.create_app(**{"name": "app", "models": ["m"], **kwargs})
     assert error.value.field == field
     assert clipper.list_apps() == [] and not (clipper.runtime.registry.apps / "app.json").exists()
