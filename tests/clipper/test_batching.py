@@ -28,7 +28,7 @@ def test_aimd_adds_two_under_ninety_percent_holds_near_and_cuts_over_the_objecti
         before = size
         if latency > 0.02:
             size = max(1, int(np.floor(before * 0.9)))
-        elif latency < 0.018 and batch >= before:
+        elif latency < 0.9 * 0.02 and batch >= before:  # the same float the controller compares with
             size = min(256, before + 2)
         assert controller.update(latency, batch) == size
 
