@@ -25,6 +25,7 @@ import numpy as np
 
 from veloxserve.errors import StoreUnavailable
 from veloxserve.learning.user_table import UserTable, state_covariance, state_seen
+from veloxserve.models.version import Link
 from veloxserve.storage.redis_store import STATE, RedisUserStore
 
 _COMPARE_AND_SET = """
@@ -90,23 +91,26 @@ class SharedUserTable:
 
     # ---- learning ------------------------------------------------------------------------
     def learn(self, instance: str, lsns: Sequence[int], users: Sequence[str], rows: np.ndarray,
-              scores: np.ndarray, features: np.ndarray) -> int:
-        """Learn observations of `instance`'s log, in log order; returns how many were new (a
-        replay of already learned ones counts 0). Two round trips per batch unless another
-        process changed one of its users meanwhile. StoreUnavailable if Redis fails."""
+              scores: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """Learn observations of `instance`'s log, in log order. Returns the prequential errors
+        (y minus the prediction before learning the batch) of those that were new: a replay of
+        already learned ones returns none. Two round trips per batch unless another process
+        changed one of its users meanwhile. StoreUnavailable if Redis fails."""
         pending = np.arange(len(users))
-        learned = 0
+        errors = []
         for _ in range(MAX_ATTEMPTS):
-            done, n = self._learn_once(instance, lsns, users, rows, scores, features, pending)
-            learned += n
+            done, learned = self._learn_once(instance, lsns, users, rows, scores, features, pending)
+            errors.append(learned)
             pending = pending[~np.isin([users[i] for i in pending], list(done))]
             if pending.size == 0:
-                return learned
+                return np.concatenate(errors)
         raise StoreUnavailable(f"Could not update user {users[pending[0]]!r} in Redis after {MAX_ATTEMPTS} "
                                "attempts: other processes change it continuously.")
 
-    def _learn_once(self, instance: str, lsns, users, rows, scores, features, todo: np.ndarray) -> tuple[set[str], int]:
-        """Read, learn locally, compare-and-set; returns the users written (or with nothing to do)."""
+    def _learn_once(self, instance: str, lsns, users, rows, scores, features,
+                    todo: np.ndarray) -> tuple[set[str], np.ndarray]:
+        """Read, learn locally, compare-and-set; returns the users done (written, or nothing to
+        learn) and the prequential errors of the observations written."""
         mark = f"@{instance}"
         distinct = list(dict.fromkeys(users[i] for i in todo))
         with self.store.unavailable("reading users' state"):
@@ -128,9 +132,11 @@ class SharedUserTable:
         fresh = [u for u in distinct if versions[u] == 0 and u not in self.baseline.rows]
         keep = [i for i in todo if lsns[i] > marks[users[i]]]  # the rest are already learned
         new_marks = {users[i]: lsns[i] for i in keep}
+        local_rows = np.fromiter((local.rows[users[i]] for i in keep), dtype=np.int64, count=len(keep))
+        z = np.einsum("ij,ij->i", features[rows[keep]], local.W[local_rows])
+        errors = scores[keep] - (z if self.baseline.link is Link.IDENTITY else 0.5 * (1.0 + np.tanh(0.5 * z)))
         if keep:
-            local.observe_many(np.fromiter((local.rows[users[i]] for i in keep), dtype=np.int64, count=len(keep)),
-                               features, rows[keep], scores[keep])
+            local.observe_many(local_rows, features, rows[keep], scores[keep])
         changed = list(new_marks)
         results = self.store.run_script(_COMPARE_AND_SET, [
             (self._key(u), versions[u], local.encode(local.rows[u]), local.W[local.rows[u]].tobytes(), mark, new_marks[u])
@@ -141,7 +147,7 @@ class SharedUserTable:
         if fresh:
             self.store.add_to_set(self.store.key(self.namespace, "new_users"), fresh)
         done = written | (set(distinct) - set(changed))
-        return done, sum(1 for i in keep if users[i] in written)
+        return done, errors[np.fromiter((users[i] in written for i in keep), dtype=bool, count=len(keep))]
 
     # ---- how far each instance's log is learned ---------------------------------------------
     def hints(self) -> dict[str, int]:

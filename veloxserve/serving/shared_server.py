@@ -73,12 +73,24 @@ class SharedModelServer(ModelServer):
         learned = self.users.learn(
             instance, [r.lsn for r, _ in known], [r.user for r, _ in known],
             np.array([row for _, row in known], dtype=np.int64), np.array([r.score for r, _ in known]), self._features,
-        ) if known else 0
+        ).size if known else 0
         self.users.raise_hint(instance, records[-1].lsn)
         return learned
 
+    def _prequential_errors(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
+        """Computed by the Applier as it learns (it holds the states before the batch); here only
+        refuse, before logging, while Redis is known to be failing."""
+        if self._applier.failure is not None:
+            raise self._applier.failure
+
     def _learn(self, lsn: int, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
-        self._applier.enqueue(lsn, users, rows, scores, self.users, self._features)
+        self._applier.enqueue(lsn, users, rows, scores, self)
+
+    def learn_now(self, lsns: list[int], users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
+        """Learn logged observations of this instance into Redis (the Applier's thread)."""
+        errors = self.users.learn(self.instance, lsns, users, rows, scores, self._features)
+        if errors.size:
+            self.record_feedback(errors)
 
     # Redis holds the state: nothing to checkpoint.
     def _maybe_checkpoint(self, added: int) -> None:
@@ -124,10 +136,10 @@ class Applier:
         self._listeners.append(listener)
 
     def enqueue(self, lsn: int, users: list[str], rows: np.ndarray, scores: np.ndarray,
-                table: SharedUserTable, features: np.ndarray) -> None:
+                server: SharedModelServer) -> None:
         """A batch just appended to the log (called in LSN order, under the model's lock)."""
         with self._cond:
-            self._queue.append((lsn, users, rows, scores, table, features))
+            self._queue.append((lsn, users, rows, scores, server))
             self._cond.notify()
 
     def wait_durable(self, lsn: int, timeout: float | None = None) -> int:
@@ -162,7 +174,7 @@ class Applier:
             try:
                 self._learn(batch)
                 if time.monotonic() - last_hint >= _HINT_SECONDS:
-                    batch[-1][4].raise_hint(self._instance, batch[-1][0])
+                    batch[-1][4].users.raise_hint(self._instance, batch[-1][0])
                     last_hint = time.monotonic()
             except StoreUnavailable as exc:
                 failures += 1
@@ -187,18 +199,18 @@ class Applier:
                         "will be learned at the next start", len(self._queue))
 
     def _learn(self, batch: list[tuple]) -> None:
-        """One round trip per table (a swap may leave batches for two versions in the queue)."""
+        """One learn per server (a swap may leave batches for two versions in the queue)."""
         start = 0
         while start < len(batch):
-            table, features = batch[start][4], batch[start][5]
+            server = batch[start][4]
             end = start
             lsns, users, rows, scores = [], [], [], []
-            while end < len(batch) and batch[end][4] is table:
+            while end < len(batch) and batch[end][4] is server:
                 lsn, u, r, s = batch[end][:4]
                 lsns.extend(range(lsn - len(u) + 1, lsn + 1))
                 users.extend(u), rows.append(r), scores.append(s)
                 end += 1
-            table.learn(self._instance, lsns, users, np.concatenate(rows), np.concatenate(scores), features)
+            server.learn_now(lsns, users, np.concatenate(rows), np.concatenate(scores))
             start = end
 
     def _publish(self, lsn: int) -> None:
