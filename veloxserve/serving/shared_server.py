@@ -1,16 +1,16 @@
 """Serving one model from several processes over one Redis: the state lives in Redis, not here.
 
 Each process (a server *instance*) logs its observations to its own durable log, then learns
-them into Redis in log order with an atomic Lua update (learning/shared_table.py), and only then
+them into Redis in log order by compare-and-set (learning/shared_table.py), and only then
 acknowledges them. So an acknowledged observation is both durable and visible to every process.
 
     observe -> validate -> append to this instance's log (under the model lock, in LSN order)
-            -> group commit (fsync) -> Applier: one pipelined round trip of Lua updates per batch
-            -> 200
+            -> group commit (fsync) -> Applier, per batch: read the users' states, learn them with
+               the compiled kernel, compare-and-set (two pipelined round trips) -> 200
 
 A process killed between the fsync and the update acknowledged nothing; on start every process
 replays every instance's log after what Redis says is learned, and the per-user, per-instance
-log positions kept by the update make that replay idempotent.
+log positions kept with each user's state make that replay idempotent.
 """
 
 from __future__ import annotations
