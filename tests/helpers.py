@@ -13,6 +13,14 @@ from pathlib import Path
 import httpx
 
 
+def admin_headers(home: Path) -> dict[str, str]:
+    """A new admin token for `home`, as the header a client sends (admin routes need one)."""
+    from veloxserve.config import HomeLayout
+    from veloxserve.storage.tokens import TokenStore
+
+    return {"authorization": f"Bearer {TokenStore(HomeLayout(Path(home)).tokens_file).create(name='tests')}"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

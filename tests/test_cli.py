@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -19,8 +21,9 @@ def test_demo_trains_serves_and_its_curl_commands_work(tmp_path: Path) -> None:
     demo.stop()
     output = demo.proc.stdout.read()
     commands = [line.strip() for line in output.splitlines() if line.strip().startswith("curl ")]
-    assert len(commands) == 3, output
+    assert len(commands) == 4, output  # predict, top-k with a filter, predict by text, observe
     assert re.search(r"held-out RMSE \d\.\d+", output)
+    token = re.search(r"export VELOXSERVE_TOKEN=(vx_\S+)", output).group(1)
     restarted = ServerProcess(tmp_path, command="serve")
     restarted.url = f"http://127.0.0.1:{restarted.port}"
     restarted.wait_ready()
@@ -31,6 +34,10 @@ def test_demo_trains_serves_and_its_curl_commands_work(tmp_path: Path) -> None:
                                     capture_output=True, text=True, timeout=30)
             assert result.returncode == 0, (command, result.stdout, result.stderr)
             assert "model_version" in result.stdout
+        policy = f"{restarted.url}/models/catify/policy"
+        assert httpx.put(policy, json={"every_observations": 100}).status_code == 401
+        assert httpx.put(policy, json={"every_observations": 100},
+                         headers={"authorization": f"Bearer {token}"}).status_code == 200
     finally:
         restarted.stop()
 
@@ -58,6 +65,24 @@ def test_client_commands_talk_to_a_running_server(tmp_path: Path) -> None:
         assert '"observed": 1' in run("observe", "--user", "1", "--item", "2", "--score", "4.5").stdout
         missing = run("predict", "--user", "1", "--item", "no-such-song")
         assert missing.returncode == 1 and "ItemNotFound" in missing.stdout
+        refused = run("policy", "--every-observations", "50")
+        assert refused.returncode == 1 and "veloxserve token create" in refused.stdout
+        created = subprocess.run(cli + ["token", "create", "--home", str(tmp_path), "--name", "ops"],
+                                 capture_output=True, text=True, timeout=60)
+        token = created.stdout.strip()
+        assert created.returncode == 0 and token.startswith("vx_") and "Shown once" in created.stderr
+        time.sleep(0.6)  # the server re-reads its tokens at most twice a second
+        assert '"every_observations": 50' in run("policy", "--every-observations", "50", "--token", token).stdout
+        env = {**os.environ, "VELOXSERVE_TOKEN": token}
+        via_env = subprocess.run(cli + ["versions", "activate", "v1", "--url", server.url, "--model", "songs"],
+                                 capture_output=True, text=True, timeout=60, env=env)
+        assert via_env.returncode == 0 and '"active_version": "v1"' in via_env.stdout
+        listed = subprocess.run(cli + ["token", "list", "--home", str(tmp_path)], capture_output=True, text=True)
+        assert '"name": "ops"' in listed.stdout and token.split("_", 2)[2] not in listed.stdout
+        revoked = subprocess.run(cli + ["token", "revoke", "ops", "--home", str(tmp_path)], capture_output=True, text=True)
+        assert revoked.returncode == 0
+        time.sleep(0.6)
+        assert run("policy", "--every-observations", "60", "--token", token).returncode == 1
     finally:
         server.stop()
     assert httpx.get  # the server is gone; the CLI reports it clearly
@@ -72,3 +97,19 @@ def test_train_rejects_a_bad_file_with_a_clear_message(tmp_path: Path) -> None:
                              "--ratings", str(tmp_path / "bad.csv"), "--model", "m"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "missing column(s) score" in result.stderr
+
+
+def test_serve_without_auth_warns_loudly(tmp_path: Path) -> None:
+    from tests.conftest import synthetic_version_arrays
+    from veloxserve.config import HomeLayout
+    from veloxserve.storage.versions import VersionStore
+
+    arrays, meta = synthetic_version_arrays(name="songs")
+    VersionStore(HomeLayout(tmp_path).versions_dir("songs")).write(arrays, meta)
+    server = ServerProcess(tmp_path, "--no-auth")
+    server.wait_ready()
+    try:
+        assert httpx.put(f"{server.url}/models/songs/policy", json={"every_observations": 7}).status_code == 200
+    finally:
+        server.stop()
+    assert "WARNING: --no-auth" in server.proc.stdout.read()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,15 @@ def _id(text: str) -> str | int:
         return int(text)
     except ValueError:
         return text
+
+
+def _objective(text: str) -> tuple[str | None, float]:
+    """`--objective-ms 50` (every model) or `--objective-ms catify=50`."""
+    model, _, ms = text.rpartition("=")
+    try:
+        return model or None, float(ms)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MS or MODEL=MS, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ratings", required=True, type=Path,
                        help="CSV or Parquet (user,item,score[,timestamp]) or MovieLens u.data / ratings.dat")
     train.add_argument("--model", required=True, help="model name, e.g. catify")
+    train.add_argument("--items", type=Path,
+                       help="item table (CSV or Parquet, 'item' column): attributes for top-k filters; a 'text' "
+                            "column also trains content features, to score items known only by their text")
     train.add_argument("--rank", type=int, help="latent dimensions of f(x; θ)")
     train.add_argument("--reg", type=float, help="ridge regularisation of the item factors")
     train.add_argument("--prior-precision", type=float, help="ridge precision λ of the user prior")
@@ -68,6 +81,27 @@ def build_parser() -> argparse.ArgumentParser:
                             "redis://host:port/db[?prefix=name] (shared by several processes)")
     serve.add_argument("--instance", help="this process's id when several serve one home over Redis "
                                           "(its own log and lock; default: the home's main log)")
+    for p in (serve, demo):
+        p.add_argument("--no-auth", action="store_true",
+                       help="DANGEROUS, local development only: admin routes (retrain, activate, policy, forget) need no token")
+        p.add_argument("--require-key", action="append", default=[], metavar="MODEL",
+                       help="predict/top_k/observe on MODEL need a key (`token create --model MODEL`) or an admin "
+                            "token; repeat for several models, '*' for all (default: open)")
+        p.add_argument("--objective-ms", action="append", default=[], type=_objective, metavar="[MODEL=]MS",
+                       help="latency objective: requests that cannot be served within it get 503 + Retry-After at once")
+        p.add_argument("--max-in-flight", type=int, default=512,
+                       help="requests per model in flight (e.g. awaiting the log's fsync) before 503 (default 512)")
+
+    token = sub.add_parser("token", help="API tokens for admin routes and per-model keys (stored hashed under --home)")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    token_create = token_sub.add_parser("create", help="make a token and print it (its only copy)")
+    token_create.add_argument("--name", default="", help="a label to recognise and revoke it by")
+    token_create.add_argument("--model", help="a key for predict/top_k/observe on this model only (default: admin)")
+    token_list = token_sub.add_parser("list", help="every token's id, name, scope and creation time")
+    token_revoke = token_sub.add_parser("revoke", help="revoke a token by id, or every token with a name")
+    token_revoke.add_argument("target", metavar="ID_OR_NAME")
+    for p in (token_create, token_list, token_revoke):
+        home(p)
 
     predict = sub.add_parser("predict", help="ask a running server for one score")
     predict.add_argument("--model", required=True)
@@ -117,20 +151,28 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--user", required=True, type=_id)
     forget.add_argument("--model", help="only this model (default: every model)")
 
+    from veloxserve.clipper.cli import add_commands as add_clipper_commands
+
+    add_clipper_commands(sub, DEFAULT_URL)
     for p in (listing, show, activate, retrain, policy):
         p.add_argument("--model", required=True)
     for client in (predict, top_k, observe, listing, show, activate, retrain, policy, forget):
         client.add_argument("--url", default=DEFAULT_URL, help=f"server address (default {DEFAULT_URL})")
+        client.add_argument("--token", help="API token for admin routes or a model key (default: $VELOXSERVE_TOKEN)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "token", False) is None:  # a client command: the environment is read here only
+        args.token = os.environ.get("VELOXSERVE_TOKEN")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     from veloxserve.errors import VeloxError
 
     try:
+        if hasattr(args, "clipper_run"):
+            return args.clipper_run(args)
         return _COMMANDS[args.command](args)
     except VeloxError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -146,12 +188,16 @@ def _train(args: argparse.Namespace) -> int:
     layout = HomeLayout(Path(args.home))
     name = check_model_name(args.model)
     overrides = {key: getattr(args, key) for key in ("rank", "reg", "prior_precision", "iterations", "seed")}
+    if args.engine == "spark" and args.items is not None:
+        print("error: --items (filters, content features) needs --engine local for now", file=sys.stderr)
+        return 2
     if args.engine == "spark":
         from veloxserve.training.spark_als import train_version_spark
 
         meta = train_version_spark(layout, name, args.ratings, config_from(overrides), master=args.master)
     else:
-        meta = train_version(layout, name, args.ratings, config_from(overrides), link=args.link, progress=True)
+        meta = train_version(layout, name, args.ratings, config_from(overrides), link=args.link, items=args.items,
+                             progress=True)
     VersionCatalog(layout.model_dir(name)).activate(meta["version"])
     print(json.dumps(meta, indent=2))
     return 0
@@ -161,21 +207,34 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from veloxserve.api.app import create_app
+    from veloxserve.api.auth import AuthConfig
+    from veloxserve.serving.admission import AdmissionConfig
     from veloxserve.serving.velox import Velox
 
+    objectives = dict(args.objective_ms)
+    admission = AdmissionConfig(max_in_flight=args.max_in_flight, default_objective_ms=objectives.pop(None, None),
+                                objectives_ms=objectives)
+    auth = AuthConfig(enabled=not args.no_auth, keyed_models=frozenset(args.require_key))
     store = None
-    if getattr(args, "store", "lmdb") != "lmdb":
+    if getattr(args, "store", "lmdb") != "lmdb":  # `demo` serves the embedded store
         from veloxserve.storage.redis_client import RedisSettings
         from veloxserve.storage.redis_store import RedisUserStore
 
         store = RedisUserStore(RedisSettings.from_url(args.store))
     velox = Velox(args.home, store=store, instance=getattr(args, "instance", None))
     try:
+        app = create_app(velox, auth=auth, admission=admission)
         config = uvicorn.Config(
-            create_app(velox), host=args.host, port=args.port, access_log=False, log_level="warning",
-            http="httptools", loop="uvloop", lifespan="off",
+            app, host=args.host, port=args.port, access_log=False, log_level="warning",
+            http="httptools", loop="uvloop", lifespan="on",  # lifespan starts Clipper's containers
         )
         server = uvicorn.Server(config)
+        if args.no_auth:
+            print("WARNING: --no-auth: anyone who can reach this port can retrain, activate, change policies "
+                  "and erase users. Local development only.", file=sys.stderr, flush=True)
+        elif not app.guard.tokens.has_admin():
+            print(f"note: no admin token yet; admin routes answer 401 until you run "
+                  f"`veloxserve token create --home {args.home}`", file=sys.stderr, flush=True)
         print(f"serving {', '.join(velox.model_names()) or 'no models'} on http://{args.host}:{args.port}", flush=True)
         server.run()
     finally:
@@ -187,7 +246,10 @@ def _demo(args: argparse.Namespace) -> int:
     from veloxserve.config import HomeLayout
     from veloxserve.training.als import ALSConfig
     from veloxserve.storage.version_catalog import VersionCatalog
-    from veloxserve.training.catify import generate_catify
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from veloxserve.training.catify import catify_items, generate_catify
     from veloxserve.training.ratings import write_ratings_csv
     from veloxserve.training.trainer import train_version
 
@@ -198,8 +260,11 @@ def _demo(args: argparse.Namespace) -> int:
     data = generate_catify(n_users=args.users, n_items=args.songs, n_ratings=args.ratings, seed=args.seed)
     data_path.parent.mkdir(parents=True, exist_ok=True)
     write_ratings_csv(data.ratings, data_path)
+    items_path = data_path.with_name(f"catify-seed{args.seed}-songs.csv")  # genre and a description per song
+    items = catify_items(data, seed=args.seed)
+    pacsv.write_csv(pa.table(items), items_path)
     print(f"Catify: {len(data.ratings)} ratings by {args.users} users of {args.songs} songs -> {data_path}")
-    meta = train_version(layout, "catify", data_path, catify_config, progress=True)
+    meta = train_version(layout, "catify", data_path, catify_config, items=items_path, progress=True)
     VersionCatalog(layout.model_dir("catify")).activate(meta["version"])
     print(f"trained catify {meta['version']}: held-out RMSE {meta['heldout_rmse']:.3f} "
           f"(planted noise {data.noise}), {meta['train_seconds']:.2f} s")
@@ -207,9 +272,21 @@ def _demo(args: argparse.Namespace) -> int:
     user, song = data.ratings.users[0], data.ratings.items[0]
     print("\nTry, in another terminal:\n")
     print(f"  curl '{base}/predict?user={user}&item={song}'")
-    print(f"  curl '{base}/top_k?user={user}&k=5&exclude_seen=true'")
+    print(f"  curl '{base}/top_k?user={user}&k=5&exclude_seen=true&filter=genre:jazz|soul'")
+    words = "+".join(items["text"][int(song)].split()[:12])
+    print(f"  curl '{base}/predict?user={user}&text={words}'")
     print(f"  curl -X POST {base}/observe -H 'content-type: application/json' "
           f"-d '{{\"user\": {user}, \"item\": {song}, \"score\": 5.0}}'\n")
+    if not args.no_auth:
+        from veloxserve.storage.tokens import TokenStore
+
+        tokens = TokenStore(layout.tokens_file)
+        tokens.revoke("demo")  # one demo token at a time
+        token = tokens.create(name="demo")
+        print("Admin routes (retrain, versions activate, policy, forget) need this token, shown once:\n")
+        print(f"  export VELOXSERVE_TOKEN={token}")
+        print("  .venv/bin/veloxserve retrain --model catify --wait")
+        print(f"  # or: curl -X POST {base}/retrain -H 'authorization: Bearer {token}'\n")
     return _serve(args)
 
 
@@ -219,12 +296,37 @@ def _client(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> 
 
     url = f"{args.url}{path}" if path.startswith("/") else f"{args.url}/models/{args.model}/{path}"
     try:
-        response = httpx.request(method, url, timeout=kwargs.pop("timeout", 30), **kwargs)
+        response = httpx.request(method, url, timeout=kwargs.pop("timeout", 30), headers=_auth(args), **kwargs)
     except httpx.HTTPError as exc:
         print(f"error: cannot reach {args.url}: {exc}. Is `veloxserve serve` running?", file=sys.stderr)
         return 2
     print(json.dumps(response.json(), indent=2))
     return 0 if response.is_success else 1
+
+
+def _auth(args: argparse.Namespace) -> dict[str, str]:
+    return {"authorization": f"Bearer {args.token}"} if args.token else {}
+
+
+def _token(args: argparse.Namespace) -> int:
+    from veloxserve.config import HomeLayout
+    from veloxserve.storage.tokens import ADMIN, TokenStore
+
+    tokens = TokenStore(HomeLayout(Path(args.home)).tokens_file)
+    if args.token_command == "create":
+        print(tokens.create(name=args.name, scope=ADMIN if args.model is None else f"model:{args.model}"))
+        print("Shown once: only its hash is stored. Send it as 'Authorization: Bearer <token>' "
+              "or set VELOXSERVE_TOKEN for the CLI.", file=sys.stderr)
+        return 0
+    if args.token_command == "list":
+        print(json.dumps([record.public() for record in tokens.records()], indent=2))
+        return 0
+    revoked = tokens.revoke(args.target)
+    if not revoked:
+        print(f"error: no token with id or name {args.target!r}", file=sys.stderr)
+        return 2
+    print(json.dumps({"revoked": revoked}))
+    return 0
 
 
 def _log(args: argparse.Namespace) -> int:
@@ -256,7 +358,7 @@ def _retrain(args: argparse.Namespace) -> int:
 
     code = _client(args, "POST", "retrain", json={"promote": args.promote})
     while code == 0:
-        job = httpx.get(f"{args.url}/models/{args.model}/retrain", timeout=30).json()["retrain"]
+        job = httpx.get(f"{args.url}/models/{args.model}/retrain", timeout=30, headers=_auth(args)).json()["retrain"]
         if job["state"] != "running":
             print(json.dumps(job, indent=2))
             return 0 if job["state"] != "failed" else 1
@@ -275,7 +377,7 @@ def _policy(args: argparse.Namespace) -> int:
     import httpx
 
     try:
-        current = httpx.get(f"{args.url}/models/{args.model}/policy", timeout=30).json()["policy"]
+        current = httpx.get(f"{args.url}/models/{args.model}/policy", timeout=30, headers=_auth(args)).json()["policy"]
     except (httpx.HTTPError, KeyError):
         return _client(args, "GET", "policy")  # prints the reason
     return _client(args, "PUT", "policy", json={**current, **changes})
@@ -295,6 +397,7 @@ _COMMANDS = {
     "train": _train,
     "serve": _serve,
     "log": _log,
+    "token": _token,
     "predict": lambda a: _client(a, "GET", "predict", params={"user": a.user, "item": a.item}),
     "top-k": lambda a: _client(a, "GET", "top_k", params={"user": a.user, "k": a.k, "exclude_seen": a.exclude_seen}),
     "observe": lambda a: _client(a, "POST", "observe", json={"user": a.user, "item": a.item, "score": a.score}),

@@ -5,8 +5,14 @@
     ├── NotFound (404)
     │   ├── ModelNotFound           no model of that name in the home directory
     │   └── ItemNotFound            the item is not in the active version's catalogue
+    ├── Unauthorized (401)          no API token, or one the server does not know
+    ├── Forbidden (403)             a valid token without the right for this route
+    ├── MethodNotAllowed (405)      the route exists but not with this method (Allow lists those that do)
     ├── Conflict (409)              the request clashes with the current state
     ├── StoreUnavailable (503)      a backing store (SQLite, Redis, the log) cannot be reached
+    ├── ContainerUnavailable (503)  a model container crashed, hung or failed on a batch
+    ├── DeadlineExceeded (504)      a query's latency objective passed before it was computed
+    ├── Overloaded (503)            shed at once: the model's queue is full or the deadline cannot be met
     └── TrainingFailed (500)        offline training could not produce a version
 
 Messages say which field, what was expected, what was got, and what to do, in the style of
@@ -28,6 +34,10 @@ class VeloxError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer must carry besides the body (Retry-After, WWW-Authenticate)."""
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error": type(self).__name__, "message": self.message}
@@ -52,12 +62,42 @@ class ItemNotFound(NotFound):
     pass
 
 
+class Unauthorized(VeloxError):
+    status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"www-authenticate": 'Bearer realm="veloxserve"'}
+
+
+class Forbidden(VeloxError):
+    status = 403
+
+
 class Conflict(VeloxError):
     status = 409
 
 
 class StoreUnavailable(VeloxError):
     status = 503
+
+
+class ContainerUnavailable(VeloxError):
+    status = 503
+
+
+class DeadlineExceeded(VeloxError):
+    status = 504
+class Overloaded(VeloxError):
+    """Refused before any work was done, so retrying after `retry_after` seconds is safe."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)}
 
 
 class TrainingFailed(VeloxError):
@@ -70,3 +110,14 @@ def invalid_parameter(field: str, where: str, expected: str, got: Any) -> Invali
         f"The {field!r} parameter of {where} must be {expected}. Got {got!r} instead.",
         field=field,
     )
+
+
+class MethodNotAllowed(VeloxError):
+    status = 405
+
+    def __init__(self, path: str, method: str, allowed: list[str]) -> None:
+        super().__init__(f"{path} takes {' or '.join(allowed)}, not {method}. See /openapi.json.")
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"allow": ", ".join(self.allowed)}  # RFC 9110: a 405 lists the methods that work

@@ -9,6 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import synthetic_version_arrays
+from tests.helpers import admin_headers
 from veloxserve.api.app import create_app
 from veloxserve.config import HomeLayout, ServingConfig
 from veloxserve.serving.velox import Velox
@@ -24,8 +25,8 @@ def velox(tmp_path: Path):
 
 
 @pytest.fixture
-def client(velox: Velox):
-    with TestClient(create_app(velox), raise_server_exceptions=False) as c:
+def client(velox: Velox, tmp_path: Path):
+    with TestClient(create_app(velox), raise_server_exceptions=False, headers=admin_headers(tmp_path)) as c:
         yield c
 
 

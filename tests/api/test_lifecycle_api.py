@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from tests.helpers import admin_headers
 from veloxserve.api.app import create_app
 from veloxserve.serving.velox import Velox
 from veloxserve.training.als import ALSConfig
@@ -18,7 +19,7 @@ from veloxserve.training.catify import generate_catify
 def client(tmp_path: Path):
     with Velox(tmp_path) as velox:
         velox.train("songs", generate_catify(80, 60, n_ratings=3000, seed=9).ratings, ALSConfig(rank=3, iterations=3))
-        with TestClient(create_app(velox), raise_server_exceptions=False) as c:
+        with TestClient(create_app(velox), raise_server_exceptions=False, headers=admin_headers(tmp_path)) as c:
             yield c
 
 

@@ -15,24 +15,26 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+import numpy as np
 import orjson
 
+from veloxserve.api import clipper_routes
+from veloxserve.api.auth import AuthConfig, Guard
 from veloxserve.api.metrics import CONTENT_TYPE, Metrics
 from veloxserve.api.openapi import openapi_schema
-from veloxserve.errors import InvalidInput, NotFound, VeloxError, invalid_parameter
+from veloxserve.errors import InvalidInput, MethodNotAllowed, NotFound, VeloxError, invalid_parameter
+from veloxserve.serving.admission import Admission, AdmissionConfig
 from veloxserve.serving.durability import DurableWaiter
+from veloxserve.storage.tokens import TokenStore
 from veloxserve.serving.velox import DURABLE_TIMEOUT_S, Velox
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 << 20
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_ADMITTED = frozenset({"predict", "top_k", "observe"})  # the data plane: shed under overload, see admission.py
 
 Query = dict[str, str]
 Handler = Callable[[str, Query, Any], Awaitable[Any]]
-
-
-class MethodNotAllowed(VeloxError):
-    status = 405
 
 
 class Accepted(dict):
@@ -84,10 +86,15 @@ def _entry(entry: Any, keys: tuple[str, ...], field: str, where: str, optional: 
 class VeloxApp:
     """ASGI app over a Velox. The caller owns `velox` and closes it."""
 
-    def __init__(self, velox: Velox) -> None:
+    def __init__(self, velox: Velox, *, auth: AuthConfig | None = None, admission: AdmissionConfig | None = None) -> None:
         self.velox = velox
+        self.guard = Guard(TokenStore(velox.layout.tokens_file), auth)
+        self.admission = Admission(admission)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, DurableWaiter] = {}
         self.metrics = Metrics(velox)
+        self.clipper = clipper_routes.ClipperRoutes(velox.layout.root)
+        self.metrics.registry.register(self.clipper.collector())
         self._top = {"/healthz": self._healthz, "/openapi.json": self._openapi, "/models": self._list_models}
         self._model_routes: dict[tuple[str, str], Handler] = {
             ("GET", ""): self._show_model,
@@ -116,33 +123,41 @@ class VeloxApp:
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", CONTENT_TYPE)]})
             await send({"type": "http.response.body", "body": self.metrics.render()})
             return
+        label, headers = _route_label(scope["path"]), _JSON_HEADERS
         try:
-            payload = await self._dispatch(scope, receive)
+            self.guard.check(scope["method"], label, scope["path"], scope["headers"])
+            payload = await self._dispatch(scope, receive, started)
             status = 202 if isinstance(payload, Accepted) else 200
         except VeloxError as exc:
             status, payload = exc.status, exc.to_dict()
+            extra = exc.headers()
+            if extra:
+                headers = _JSON_HEADERS + [(k.encode(), v.encode()) for k, v in extra.items()]
         except Exception:  # the server never dies on a request
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             status, payload = 500, {"error": "InternalError", "message": "The server failed on this request; see its log."}
         body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
-        await send({"type": "http.response.start", "status": status, "headers": _JSON_HEADERS})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        self.metrics.record(_route_label(scope["path"]), status, time.perf_counter() - started)
+        self.metrics.record(label, status, time.perf_counter() - started)
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await self.clipper.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.clipper.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _dispatch(self, scope: dict[str, Any], receive: Callable) -> Any:
+    async def _dispatch(self, scope: dict[str, Any], receive: Callable, started: float) -> Any:
         method, path = scope["method"], scope["path"]
-        if path in self._top:
-            if method != "GET":
-                raise MethodNotAllowed(f"{path} takes GET, not {method}.")
+        if path.startswith(clipper_routes.PREFIXES):
+            return await self.clipper.dispatch(method, path, lambda: self._read_json(receive, path))
+        if path in self._top or path == "/metrics":  # GET /metrics is answered before dispatch
+            _only(method, "GET", path)
             return self._top[path]()
         parts = path.split("/")
         if len(parts) == 6 and parts[1] == "models" and parts[3] == "versions" and parts[5] == "activate":
@@ -162,12 +177,32 @@ class VeloxApp:
         name, action = parts[2], parts[3] if len(parts) == 4 else ""
         handler = self._model_routes.get((method, action))
         if handler is None:
-            if any(a == action for _, a in self._model_routes):
-                raise MethodNotAllowed(f"{path} does not take {method}. See /openapi.json.")
+            allowed = sorted(m for m, a in self._model_routes if a == action)
+            if allowed:
+                raise MethodNotAllowed(path, method, allowed)
             raise NotFound(f"No route {path}. See /openapi.json for the API.")
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
         body = await self._read_json(receive, action) if method in ("POST", "PUT") else None
-        return await handler(name, query, body)
+        if action not in _ADMITTED:
+            return await handler(name, query, body)
+        self.velox.server(name)  # an unknown model is a 404, not a place in a queue
+        service = self.admission.admit(name, action, self._waited(started), _deadline_s(scope["headers"]))
+        try:
+            result = await handler(name, query, body)
+        except BaseException:
+            self.admission.release(service, None)
+            raise
+        now = time.perf_counter()
+        self.admission.release(service, now - started, now)
+        return result
+
+    def _waited(self, started: float) -> float:
+        """An upper bound of how long this request waited for the event loop (see admission.py)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # first request, or a new loop (in-process test clients)
+            self._loop = loop
+            self.admission.clock.start(loop)
+        return started - self.admission.clock.previous
 
     async def _read_json(self, receive: Callable, where: str) -> Any:
         chunks, size = [], 0
@@ -180,8 +215,11 @@ class VeloxApp:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        raw = b"".join(chunks)
+        if not raw:
+            return None  # no body: routes whose body is optional take their defaults, others say what is missing
         try:
-            return orjson.loads(b"".join(chunks))
+            return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InvalidInput(f"The request body of {where} must be a JSON object: {exc}.", field="body") from None
 
@@ -200,14 +238,31 @@ class VeloxApp:
 
     async def _predict_one(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         server = self.velox.server(name)
-        user, item = _query(query, "user", "predict"), _query(query, "item", "predict")
+        user = _query(query, "user", "predict")
+        if "item" not in query and "text" in query:  # an item known by its text (content features)
+            text = query["text"]
+            return {"user": user, "text": text, "score": float(server.predict_text([(user, text)])[0]),
+                    "model_version": server.version_id}
+        item = _query(query, "item", "predict")
         return {"user": user, "item": item, "score": server.predict(user, item), "model_version": server.version_id}
 
     async def _predict_batch(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         server = self.velox.server(name)
         queries = _list_field(_body_object(body, "predict"), "queries", "predict")
-        pairs = [_entry(q, ("user", "item"), f"queries[{i}]", "predict") for i, q in enumerate(queries)]
-        return {"scores": server.predict_many(pairs), "model_version": server.version_id}
+        by_text = [isinstance(q, dict) and "item" not in q and "text" in q for q in queries]
+        if not any(by_text):
+            pairs = [_entry(q, ("user", "item"), f"queries[{i}]", "predict") for i, q in enumerate(queries)]
+            return {"scores": server.predict_many(pairs), "model_version": server.version_id}
+        # Items by id and by text in one batch: predictions change no state, so score each half.
+        text_at = [i for i, t in enumerate(by_text) if t]
+        item_at = [i for i, t in enumerate(by_text) if not t]
+        texts = [_entry(queries[i], ("user", "text"), f"queries[{i}]", "predict") for i in text_at]
+        items = [_entry(queries[i], ("user", "item"), f"queries[{i}]", "predict") for i in item_at]
+        scores = np.empty(len(queries))
+        scores[text_at] = server.predict_text(texts)
+        if items:
+            scores[item_at] = server.predict_many(items)
+        return {"scores": scores, "model_version": server.version_id}
 
     def _ranked(self, name: str, user: Any, k: Any, candidates: Any, exclude_seen: bool, options: dict[str, Any]) -> dict[str, Any]:
         rec = self.velox.recommend(name, user, k, candidates=candidates, exclude_seen=exclude_seen, **options)
@@ -261,7 +316,8 @@ class VeloxApp:
 
     async def _model_metrics(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         server = self.velox.server(name)
-        return {"model": name, "model_version": server.version_id, "prequential": server.prequential.report()}
+        return {"model": name, "model_version": server.version_id, "prequential": server.prequential.report(),
+                "feature_cache": self.velox.feature_cache.stats().as_dict(), "admission": self.admission.describe(name)}
 
     async def _versions(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         info = self.velox.describe(name)
@@ -312,15 +368,32 @@ class VeloxApp:
 _ACTIONS = {"predict", "top_k", "observe", "metrics", "versions", "retrain", "policy"}
 
 
+def _deadline_s(headers: list[tuple[bytes, bytes]]) -> float | None:
+    """The client's X-Deadline-Ms budget, in seconds."""
+    for name, value in headers:
+        if name == b"x-deadline-ms":
+            try:
+                ms = float(value)
+            except ValueError:
+                ms = -1.0
+            if not 0 < ms < 1e9:
+                raise invalid_parameter("X-Deadline-Ms", "the request headers", "a positive number of milliseconds",
+                                        value.decode("latin-1"))
+            return ms / 1000.0
+    return None
+
+
 def _only(method: str, allowed: str, path: str) -> None:
     if method != allowed:
-        raise MethodNotAllowed(f"{path} takes {allowed}, not {method}. See /openapi.json.")
+        raise MethodNotAllowed(path, method, [allowed])
 
 
 def _route_label(path: str) -> str:
     """A bounded label per route: never a model name, id or arbitrary path."""
     if path in ("/healthz", "/openapi.json", "/models"):
         return path
+    if path.startswith(clipper_routes.PREFIXES):
+        return clipper_routes.route_label(path)
     parts = path.split("/")
     if len(parts) == 3 and parts[1] == "users":
         return "forget"
@@ -335,6 +408,7 @@ def _route_label(path: str) -> str:
     return "activate" if len(parts) == 6 and parts[5] == "activate" else "other"
 
 
-def create_app(velox: Velox) -> VeloxApp:
-    """An ASGI app serving `velox`."""
-    return VeloxApp(velox)
+def create_app(velox: Velox, *, auth: AuthConfig | None = None, admission: AdmissionConfig | None = None) -> VeloxApp:
+    """An ASGI app serving `velox`. Admin routes need a token from `velox`'s home unless
+    `auth=AuthConfig(enabled=False)`; `admission` sets the load-shedding limits."""
+    return VeloxApp(velox, auth=auth, admission=admission)

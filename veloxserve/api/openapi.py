@@ -10,6 +10,9 @@ from functools import cache
 from typing import Any
 
 from veloxserve import __version__
+from veloxserve.api.auth import ADMIN_ROUTES, MODEL_ROUTES
+from veloxserve.api.clipper_openapi import clipper_paths
+from veloxserve.api.clipper_routes import route_label as clipper_route_label
 from veloxserve.config import ServingConfig
 from veloxserve.ids import MAX_ID_LENGTH
 
@@ -20,6 +23,9 @@ _ID = {
     ],
     "description": "A user or item id: a JSON string or integer. \"22\" and 22 name the same id.",
 }
+# An id in a path or query string. The server takes any printable string; the schema promises the
+# portable subset (printable ASCII), which a fuzzer can generate and every client can send.
+_ID_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": "^[ -~]+$"}
 _ERROR = {
     "type": "object",
     "required": ["error", "message"],
@@ -34,7 +40,7 @@ _POLICY_FIELDS = {
 }
 _POLICY_QUERY = [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in _POLICY_FIELDS.items()]
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
-_USER = {"name": "user", "in": "path", "required": True, "schema": {"type": "string"}}
+_USER = {"name": "user", "in": "path", "required": True, "schema": _ID_TEXT}
 _POLICY = {"type": "object", "additionalProperties": False, "properties": {
     "every_observations": {"type": ["integer", "null"], "minimum": 1},
     "every_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0},
@@ -46,13 +52,50 @@ _POLICY = {"type": "object", "additionalProperties": False, "properties": {
 }}
 
 
+_DEADLINE = {"name": "X-Deadline-Ms", "in": "header", "required": False,
+             "schema": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e9},
+             "description": "answer within this many milliseconds or be refused at once (503 + Retry-After)"}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds after which a retry may succeed",
+                                "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+
+
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Invalid input: the message names the field", 404: "Unknown model, version or item",
-            409: "Conflict: a retrain is already running, or the version cannot serve", 503: "Store unavailable"}
+    text = {400: "Invalid input: the message names the field", 401: "No API token, or an invalid one",
+            403: "The token lacks the right for this route", 404: "Unknown model, version or item",
+            409: "Conflict: a retrain is already running, or the version cannot serve",
+            503: "Overloaded (refused at once, see Retry-After) or a store is unavailable"}
     return {
-        str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                 **({"headers": _RETRY_AFTER} if c == 503 else {})}
         for c in codes
     }
+
+
+def _admin(operation: dict[str, Any]) -> dict[str, Any]:
+    """An admin route (veloxserve.api.auth.ADMIN_ROUTES): an admin token is required."""
+    return {**operation, "security": [{"bearer": []}], "responses": {**operation["responses"], **_errors(401, 403)}}
+
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """Mark Clipper's operations with the security the route table gives them."""
+    marked: dict[str, Any] = {}
+    for path, operations in paths.items():
+        marked[path] = {}
+        for method, operation in operations.items():
+            route = (method.upper(), clipper_route_label(path))
+            if route in ADMIN_ROUTES:
+                operation = _admin(operation)
+            elif route in MODEL_ROUTES:
+                operation = {**operation, "security": [{}, {"bearer": []}],
+                             "responses": {**operation["responses"], **_errors(401, 403)}}
+            marked[path][method] = operation
+    return marked
+
+
+def _data_plane(operation: dict[str, Any]) -> dict[str, Any]:
+    """predict, top_k, observe: a key when the model requires one; shed under overload."""
+    return {**operation, "security": [{}, {"bearer": []}], "parameters": [*operation["parameters"], _DEADLINE],
+            "responses": {**operation["responses"], **_errors(401, 403, 503)}}
 
 
 def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
@@ -84,7 +127,9 @@ def openapi_schema() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "veloxserve", "version": __version__,
                  "description": "Personalised predictions that learn online: score = σ(w_u · f(x; θ))."},
-        "components": {"schemas": {"Id": _ID, "Error": _ERROR, "Observation": observation}},
+        "components": {"schemas": {"Id": _ID, "Error": _ERROR, "Observation": observation},
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "`veloxserve token create` on the server"}}},
         "paths": {
             "/healthz": {"get": {"summary": "Liveness", "responses": _ok({"type": "object"})}},
             "/models": {"get": {"summary": "Models and their versions", "responses": _ok({"type": "object"})}},
@@ -92,38 +137,44 @@ def openapi_schema() -> dict[str, Any]:
                 "summary": "One model: active version and all versions' metadata",
                 "parameters": [_MODEL_NAME], "responses": {**_ok({"type": "object"}), **_errors(404)}}},
             "/models/{name}/predict": {
-                "get": {
-                    "summary": "Score one (user, item)",
+                "get": _data_plane({
+                    "summary": "Score one (user, item), or one (user, text) for an item known by its text",
                     "parameters": [_MODEL_NAME,
-                                   {"name": "user", "in": "query", "required": True, "schema": {"type": "string"}},
-                                   {"name": "item", "in": "query", "required": True, "schema": {"type": "string"}}],
+                                   {"name": "user", "in": "query", "required": True, "schema": _ID_TEXT},
+                                   {"name": "item", "in": "query", "required": False, "schema": _ID_TEXT,
+                                    "description": "a catalogue item id (required unless text is given)"},
+                                   {"name": "text", "in": "query", "required": False,
+                                    "schema": {"type": "string", "maxLength": 100_000},
+                                    "description": "an item's text, scored with the model's content features"}],
                     "responses": {**_ok({"type": "object", "required": ["score", "model_version"], "properties": {
-                        "user": {"type": "string"}, "item": {"type": "string"}, "score": {"type": "number"},
-                        **version_field}}), **_errors(400, 404)},
-                },
-                "post": {
-                    "summary": "Score a batch of (user, item) queries",
+                        "user": {"type": "string"}, "item": {"type": "string"}, "text": {"type": "string"},
+                        "score": {"type": "number"}, **version_field}}), **_errors(400, 404)},
+                }),
+                "post": _data_plane({
+                    "summary": "Score a batch of (user, item) or (user, text) queries",
                     "parameters": [_MODEL_NAME],
                     "requestBody": _body({"type": "object", "required": ["queries"], "properties": {"queries": {
                         "type": "array", "minItems": 1, "maxItems": limit, "items": {
-                            "type": "object", "required": ["user", "item"],
-                            "properties": {"user": _ID, "item": _ID}}}}}),
+                            "type": "object", "required": ["user"],
+                            "description": "an item id, or the text of an item (content features)",
+                            "properties": {"user": _ID, "item": _ID,
+                                           "text": {"type": "string", "minLength": 1, "maxLength": 100_000}}}}}}),
                     "responses": {**_ok({"type": "object", "required": ["scores", "model_version"], "properties": {
                         "scores": {"type": "array", "items": {"type": "number"}}, **version_field}}),
                         **_errors(400, 404)},
-                },
+                }),
             },
             "/models/{name}/top_k": {
-                "get": {
+                "get": _data_plane({
                     "summary": "The k best items for a user",
                     "parameters": [_MODEL_NAME,
-                                   {"name": "user", "in": "query", "required": True, "schema": {"type": "string"}},
+                                   {"name": "user", "in": "query", "required": True, "schema": _ID_TEXT},
                                    {"name": "k", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
                                    {"name": "exclude_seen", "in": "query", "required": False, "schema": {"type": "boolean"}},
                                    *_POLICY_QUERY],
                     "responses": {**_ok(top_k_out), **_errors(400, 404)},
-                },
-                "post": {
+                }),
+                "post": _data_plane({
                     "summary": "The k best items for a user among candidates",
                     "parameters": [_MODEL_NAME],
                     "requestBody": _body({"type": "object", "required": ["user", "k"], "properties": {
@@ -131,7 +182,7 @@ def openapi_schema() -> dict[str, Any]:
                         "candidates": {"type": "array", "items": _ID, "minItems": 1, "maxItems": limit},
                         "exclude_seen": {"type": "boolean"}, **_POLICY_FIELDS}}),
                     "responses": {**_ok(top_k_out), **_errors(400, 404)},
-                },
+                }),
             },
             "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)",
                                  "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}}}},
@@ -144,12 +195,12 @@ def openapi_schema() -> dict[str, Any]:
             "/models/{name}/versions/{version}": {"get": {
                 "summary": "One version: metadata, lineage (parent, data range, reason) and status",
                 "parameters": [_MODEL_NAME, _VERSION], "responses": {**_ok({"type": "object"}), **_errors(404)}}},
-            "/models/{name}/versions/{version}/activate": {"post": {
+            "/models/{name}/versions/{version}/activate": {"post": _admin({
                 "summary": "Serve this version (promote or roll back); users are rebuilt against it, no feedback is lost",
                 "parameters": [_MODEL_NAME, _VERSION],
-                "responses": {**_ok({"type": "object"}), **_errors(404, 409)}}},
+                "responses": {**_ok({"type": "object"}), **_errors(404, 409)}})},
             "/models/{name}/retrain": {
-                "post": {
+                "post": _admin({
                     "summary": "Retrain θ from the base data and the log in the background",
                     "parameters": [_MODEL_NAME],
                     "requestBody": {"required": False, "content": {"application/json": {"schema": {
@@ -159,23 +210,23 @@ def openapi_schema() -> dict[str, Any]:
                         }}}}},
                     "responses": {"202": {"description": "Started", "content": {"application/json": {
                         "schema": {"type": "object"}}}}, **_errors(400, 404, 409)},
-                },
+                }),
                 "get": {"summary": "The running or last retrain of this model", "parameters": [_MODEL_NAME],
                         "responses": {**_ok({"type": "object"}), **_errors(404)}},
             },
             "/models/{name}/policy": {
                 "get": {"summary": "When the model retrains by itself", "parameters": [_MODEL_NAME],
                         "responses": {**_ok({"type": "object"}), **_errors(404)}},
-                "put": {"summary": "Set the retraining policy: schedule and drift detection", "parameters": [_MODEL_NAME],
-                        "requestBody": _body(_POLICY), "responses": {**_ok({"type": "object"}), **_errors(400, 404)}},
+                "put": _admin({"summary": "Set the retraining policy: schedule and drift detection", "parameters": [_MODEL_NAME],
+                        "requestBody": _body(_POLICY), "responses": {**_ok({"type": "object"}), **_errors(400, 404)}}),
             },
-            "/users/{user}": {"delete": {
+            "/users/{user}": {"delete": _admin({
                 "summary": "Forget a user in every model; answers with a receipt of what was removed",
-                "parameters": [_USER], "responses": {**_ok({"type": "object"}), **_errors(400)}}},
-            "/models/{name}/users/{user}": {"delete": {
+                "parameters": [_USER], "responses": {**_ok({"type": "object"}), **_errors(400)}})},
+            "/models/{name}/users/{user}": {"delete": _admin({
                 "summary": "Forget a user in one model; answers with a receipt of what was removed",
-                "parameters": [_MODEL_NAME, _USER], "responses": {**_ok({"type": "object"}), **_errors(400, 404)}}},
-            "/models/{name}/observe": {"post": {
+                "parameters": [_MODEL_NAME, _USER], "responses": {**_ok({"type": "object"}), **_errors(400, 404)}})},
+            "/models/{name}/observe": {"post": _data_plane({
                 "summary": "Report what users did; 200 only once the observations are durable",
                 "parameters": [_MODEL_NAME],
                 "requestBody": _body({"oneOf": [
@@ -186,6 +237,7 @@ def openapi_schema() -> dict[str, Any]:
                 "responses": {**_ok({"type": "object", "required": ["observed", "lsn"], "properties": {
                     "observed": {"type": "integer"}, "lsn": {"type": "integer"}, **version_field}}),
                     **_errors(400, 404, 503)},
-            }},
+            })},
+            **_secured(clipper_paths()),
         },
     }
