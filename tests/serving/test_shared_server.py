@@ -185,3 +185,30 @@ def test_redis_outage_fails_fast_with_503_and_the_server_recovers_by_itself(tmp_
         server.stop()
     finally:
         redis_server.stop()
+
+
+def test_after_redis_loses_its_data_servers_refuse_to_learn_and_rebuild_users_on_restart(
+        tmp_path: Path, redis_url: str) -> None:
+    import redis
+
+    home = _home(tmp_path)
+    server = _servers(home, redis_url, ["a"])[0]
+    http = httpx.Client(base_url=server.url, timeout=30)
+    for n in range(20):
+        assert http.post("/models/songs/observe", json={"user": "3", "item": 100 + n, "score": 5.0}).status_code == 200
+    base, prefix = redis_url.split("?prefix=")
+    client = redis.Redis.from_url(base)
+    client.delete(*client.scan_iter(match=f"{prefix}:*"))  # what a Redis restarted without persistence holds
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # within a moment, learning stops with a clear 503
+        r = http.post("/models/songs/observe", json={"user": "fresh-l", "item": 101, "score": 1.0})
+        if r.status_code == 503:
+            break
+        time.sleep(0.1)
+    assert r.status_code == 503 and "lost the users' state" in r.json()["message"], r.text
+    http.close()
+    server.stop()
+    restarted = _servers(home, redis_url, ["a"])[0]  # a new generation: every user rebuilt from the log
+    _assert_served_weights(restarted, ["3", "fresh-l"], _logged(home), within=0)
+    restarted.stop()
+    client.close()

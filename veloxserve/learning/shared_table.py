@@ -19,6 +19,7 @@ read from the version's trained statistics (`baseline`), and start from them on 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,7 +32,7 @@ from veloxserve.storage.redis_store import STATE, RedisUserStore
 _COMPARE_AND_SET = """
 local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if version ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 's', ARGV[2], 'w', ARGV[3], 'v', version + 1, ARGV[4], ARGV[5])
+redis.call('HSET', KEYS[1], 's', ARGV[2], 'w', ARGV[3], 'v', version + 1, ARGV[4], ARGV[5], 'g', ARGV[6])
 return 1
 """
 _RAISE_HINT = """
@@ -51,6 +52,28 @@ class SharedUserTable:
         self.baseline = baseline  # the version's trained statistics; never changed here
         self.dim = baseline.dim
         self._client = store.client
+        self.generation = b""
+        self._open_generation()
+
+    def _open_generation(self) -> None:
+        """Join the namespace's generation, or start one if Redis has none (a new namespace, or
+        Redis lost its data). States and marks of another generation count as absent, so after
+        a loss the servers rebuild every user from the logs instead of trusting what is left."""
+        key = self.store.key(self.namespace, "generation")
+        with self.store.unavailable("opening the users' state"):
+            self._client.set(key, uuid.uuid4().hex, nx=True)
+            self.generation = self._client.get(key)
+
+    def check_generation(self) -> None:
+        """StoreUnavailable if Redis no longer holds this generation: it lost its data."""
+        with self.store.unavailable("checking the users' state"):
+            current = self._client.get(self.store.key(self.namespace, "generation"))
+        if current != self.generation:
+            raise StoreUnavailable(
+                f"Redis at {self.store.settings.where} lost the users' state of {self.namespace} (restarted without "
+                "persistence, or flushed). Restart every server: they rebuild users from the observation logs. "
+                "Run Redis with appendonly yes."
+            )
 
     def _key(self, user: str) -> str:
         return self.store.user_key(self.namespace, user)
@@ -62,24 +85,25 @@ class SharedUserTable:
     # ---- reading -------------------------------------------------------------------------
     def weights(self, user: str) -> np.ndarray:
         with self.store.unavailable("reading a user's weights"):
-            raw = self._client.hget(self._key(user), "w")
-        return self.baseline.weights(user) if raw is None else np.frombuffer(raw, dtype=np.float64)
+            raw, generation = self._client.hmget(self._key(user), "w", "g")
+        return self.baseline.weights(user) if generation != self.generation else np.frombuffer(raw, dtype=np.float64)
 
     def weights_many(self, users: Sequence[str]) -> np.ndarray:
         with self.store.unavailable("reading users' weights"):
             pipe = self._client.pipeline(transaction=False)
             for user in users:
-                pipe.hget(self._key(user), "w")
-            raws = pipe.execute()
+                pipe.hmget(self._key(user), "w", "g")
+            found = pipe.execute()
         out = self.baseline.weights_many(users)
-        for i, raw in enumerate(raws):
-            if raw is not None:
+        for i, (raw, generation) in enumerate(found):
+            if generation == self.generation:
                 out[i] = np.frombuffer(raw, dtype=np.float64)
         return out
 
     def _state(self, user: str) -> bytes | None:
         with self.store.unavailable("reading a user's state"):
-            return self._client.hget(self._key(user), STATE)
+            state, generation = self._client.hmget(self._key(user), STATE, "g")
+        return state if generation == self.generation else None
 
     def covariance(self, user: str) -> np.ndarray:
         state = self._state(user)
@@ -116,12 +140,14 @@ class SharedUserTable:
         with self.store.unavailable("reading users' state"):
             pipe = self._client.pipeline(transaction=False)
             for user in distinct:
-                pipe.hmget(self._key(user), STATE, "v", mark)
+                pipe.hmget(self._key(user), STATE, "v", mark, "g")
             found = pipe.execute()
         local = UserTable(self.dim, self.baseline.prior, self.baseline.link,
                           learning_rate=self.baseline.learning_rate, capacity=len(distinct))
         versions, marks = {}, {}
-        for user, (state, version, last) in zip(distinct, found):
+        for user, (state, version, last, generation) in zip(distinct, found):
+            if generation != self.generation:  # absent, or left from a generation Redis lost
+                state, last = None, None
             if state is not None:
                 local.restore(user, state)
             elif user in self.baseline.rows:  # first update of a trained user: from its trained statistics
@@ -139,7 +165,8 @@ class SharedUserTable:
             local.observe_many(local_rows, features, rows[keep], scores[keep])
         changed = list(new_marks)
         results = self.store.run_script(_COMPARE_AND_SET, [
-            (self._key(u), versions[u], local.encode(local.rows[u]), local.W[local.rows[u]].tobytes(), mark, new_marks[u])
+            (self._key(u), versions[u], local.encode(local.rows[u]), local.W[local.rows[u]].tobytes(), mark, new_marks[u],
+             self.generation)
             for u in changed
         ], "learning observations") if changed else []
         written = {u for u, ok in zip(changed, results) if ok == 1}

@@ -172,8 +172,11 @@ class Applier:
             if not batch:
                 continue
             try:
+                hint = time.monotonic() - last_hint >= _HINT_SECONDS
+                if hint:
+                    batch[-1][4].users.check_generation()  # does Redis still hold what was learned?
                 self._learn(batch)
-                if time.monotonic() - last_hint >= _HINT_SECONDS:
+                if hint:
                     batch[-1][4].users.raise_hint(self._instance, batch[-1][0])
                     last_hint = time.monotonic()
             except StoreUnavailable as exc:
