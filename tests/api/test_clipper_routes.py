@@ -10,13 +10,15 @@ import httpx
 import pytest
 
 from tests.clipper.conftest import constant_model, write_callable
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, admin_headers
 from veloxserve.api.clipper_routes import ADMIN_ROUTES, route_label
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    process = ServerProcess(tmp_path_factory.mktemp("clipper") / "home")
+    home = tmp_path_factory.mktemp("clipper") / "home"
+    process = ServerProcess(home)
+    process.admin = admin_headers(home)  # admin routes (deploy, scale, apps…) need a token
     try:
         process.wait_ready()
         yield process
@@ -25,7 +27,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "veloxserve.cli", *args, "--url", server.url],
+    token = server.admin["authorization"].removeprefix("Bearer ")
+    return subprocess.run([sys.executable, "-m", "veloxserve.cli", *args, "--url", server.url, "--token", token],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -58,8 +61,9 @@ def test_deploy_with_the_cli_then_predict_observe_scale_roll_back_and_remove(ser
     assert 'veloxserve_clipper_batch_size{model="m"' in metrics and "veloxserve_clipper_queue_length" in metrics
     assert 'route="/apps/{app}/predict"' in metrics
 
-    assert httpx.delete(f"{server.url}/containers/m").status_code == 409  # the app links it
-    assert httpx.delete(f"{server.url}/apps/ens").status_code == 200
+    assert httpx.delete(f"{server.url}/containers/m", headers=server.admin).status_code == 409  # the app links it
+    assert httpx.delete(f"{server.url}/apps/ens").status_code == 401  # no token
+    assert httpx.delete(f"{server.url}/apps/ens", headers=server.admin).status_code == 200
     assert _cli(server, "remove", "--name", "m").returncode == 0
     assert [m["model"] for m in httpx.get(f"{server.url}/containers").json()["models"]] == ["n"]
 
@@ -69,14 +73,15 @@ def test_deploy_with_the_cli_then_predict_observe_scale_roll_back_and_remove(ser
     ("POST", "/containers", {"name": "m", "framework": "callable"}, 400, "model"),
     ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/x", "colour": 1}, 400, "colour"),
     ("POST", "/containers", [1, 2], 400, "body"),
-    ("POST", "/apps", {"name": "a", "models": ["nope"]}, 400, "models"),
+    ("POST", "/apps", {"name": "a", "models": ["nope"]}, 404, "models"),
+    ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/no/such/file"}, 404, "model"),
     ("POST", "/apps/nope/predict", {"input": [1]}, 404, None),
     ("POST", "/containers/nope/scale", {"replicas": 2}, 404, None),
     ("GET", "/apps/nope/predict", None, 405, None),
 ])
 def test_bad_requests_are_clear_errors(server, method, path, body, status, field) -> None:
     before = httpx.get(f"{server.url}/containers").json(), httpx.get(f"{server.url}/apps").json()
-    response = httpx.request(method, f"{server.url}{path}", json=body)
+    response = httpx.request(method, f"{server.url}{path}", json=body, headers=server.admin)
     assert response.status_code == status, response.text
     assert response.json().get("field") == field
     assert (httpx.get(f"{server.url}/containers").json(), httpx.get(f"{server.url}/apps").json()) == before
@@ -84,9 +89,12 @@ def test_bad_requests_are_clear_errors(server, method, path, body, status, field
 
 def test_predict_and_observe_name_their_missing_fields(server, tmp_path: Path) -> None:
     model = write_callable(tmp_path / "m.pkl", constant_model(1.0))
-    assert httpx.post(f"{server.url}/containers", json={"name": "k", "framework": "callable", "model": str(model)},
-                      timeout=60).status_code == 200
-    assert httpx.post(f"{server.url}/apps", json={"name": "a", "models": ["k"]}).status_code == 200
+    deploy = {"name": "k", "framework": "callable", "model": str(model)}
+    refused = httpx.post(f"{server.url}/containers", json=deploy, timeout=60)
+    assert refused.status_code == 401 and "token create" in refused.json()["message"]
+    assert "k" not in [m["model"] for m in httpx.get(f"{server.url}/containers").json()["models"]]
+    assert httpx.post(f"{server.url}/containers", json=deploy, headers=server.admin, timeout=60).status_code == 200
+    assert httpx.post(f"{server.url}/apps", json={"name": "a", "models": ["k"]}, headers=server.admin).status_code == 200
     for path, body, field in (("predict", {"user": 1}, "input"), ("observe", {"input": [1]}, "label"),
                               ("observe", {"input": [1], "label": [1, 2]}, "label"),
                               ("predict", {"input": [1], "user": True}, "user")):
@@ -114,14 +122,15 @@ def test_openapi_lists_the_clipper_routes_and_marks_the_admin_ones(server) -> No
 def test_acknowledged_feedback_survives_kill_9_of_the_server(tmp_path: Path) -> None:
     home = tmp_path / "home"
     first = ServerProcess(home)
+    admin = admin_headers(home)
     try:
         first.wait_ready()
         for name, value in (("m", 1.0), ("n", 0.0)):
             model = write_callable(tmp_path / f"{name}.pkl", constant_model(value))
             httpx.post(f"{first.url}/containers", json={"name": name, "framework": "callable", "model": str(model)},
-                       timeout=60).raise_for_status()
+                       headers=admin, timeout=60).raise_for_status()
         httpx.post(f"{first.url}/apps", json={"name": "p", "models": ["m", "n"], "policy": "personalised",
-                                              "loss": "squared", "objective_ms": 5000}).raise_for_status()
+                                              "loss": "squared", "objective_ms": 5000}, headers=admin).raise_for_status()
         for i in range(10):
             httpx.post(f"{first.url}/apps/p/observe", json={"user": "u", "input": [float(i)], "label": 0.9},
                        timeout=30).raise_for_status()

@@ -12,6 +12,8 @@ _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "str
 _APP = {"name": "app", "in": "path", "required": True, "schema": {"type": "string"}}
 _ANY: dict[str, Any] = {}
 _NUMBER = {"type": "number", "exclusiveMinimum": 0}
+_MODEL_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
+_REPLICAS = {"type": "integer", "minimum": 1, "maximum": 64}
 
 
 def _op(summary: str, *errors: int, body: dict[str, Any] | None = None, params: tuple = (), admin: bool = False) -> dict:
@@ -32,29 +34,31 @@ def _object(required: list[str], **properties: Any) -> dict[str, Any]:
 
 def clipper_paths() -> dict[str, Any]:
     deploy = _object(
-        ["name", "framework", "model"], name={"type": "string"}, framework={"enum": ["callable", "sklearn", "torch", "onnx"]},
-        model={"type": "string", "description": "path of the model file on the server"}, method={"type": "string"},
-        replicas={"type": "integer", "minimum": 1, "maximum": 64}, objective_ms=_NUMBER,
+        ["name", "framework", "model"], name=_MODEL_NAME, framework={"enum": ["callable", "sklearn", "torch", "onnx"]},
+        model={"type": "string", "minLength": 1, "description": "path of the model file on the server (404 if none)"},
+        method={"type": "string"}, replicas=_REPLICAS, objective_ms=_NUMBER,
         delay_ms={"type": "number", "minimum": 0}, adaptive={"type": "boolean"},
-        max_batch={"type": "integer", "minimum": 1}, hang_timeout_s=_NUMBER)
-    app = _object(["name", "models"], name={"type": "string"}, models={"type": "array", "items": {"type": "string"}},
+        max_batch={"type": "integer", "minimum": 1, "maximum": 65536}, hang_timeout_s=_NUMBER)
+    app = _object(["name", "models"], name=_MODEL_NAME,
+                  models={"type": "array", "minItems": 1, "uniqueItems": True, "items": _MODEL_NAME,
+                          "description": "deployed models (404 if one is not); exactly one for the single policy"},
                   policy={"enum": ["single", "exp3", "exp4", "personalised"]}, objective_ms=_NUMBER, default=_ANY,
                   loss={"enum": ["zero_one", "absolute", "squared"]}, params={"type": "object"}, seed={"type": "integer"})
     user = {"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]}
     return {
         "/containers": {"get": _op("Deployed models: versions, replicas, batch sizes, queues, cache"),
-                        "post": _op("Deploy a model file as a new version in container processes", 400, 503,
+                        "post": _op("Deploy a model file as a new version in container processes", 400, 404, 503,
                                     body=deploy, admin=True)},
         "/containers/{name}": {"get": _op("One deployed model", 404, params=(_NAME,)),
                                "delete": _op("Stop a model's containers and delete its versions", 404, 409,
                                              params=(_NAME,), admin=True)},
         "/containers/{name}/scale": {"post": _op("Set the number of container replicas", 400, 404, 503, params=(_NAME,),
-                                                 body=_object(["replicas"], replicas={"type": "integer"}), admin=True)},
+                                                 body=_object(["replicas"], replicas=_REPLICAS), admin=True)},
         "/containers/{name}/rollback": {"post": _op("Serve the previous (or a named) version", 400, 404, 409,
                                                     params=(_NAME,), body=_object([], version={"type": "string"}),
                                                     admin=True)},
         "/apps": {"get": _op("Applications and their policies' state"),
-                  "post": _op("Create an application over deployed models", 400, 409, body=app, admin=True)},
+                  "post": _op("Create an application over deployed models", 400, 404, 409, body=app, admin=True)},
         "/apps/{app}": {"get": _op("One application", 404, params=(_APP,)),
                         "delete": _op("Remove an application", 404, params=(_APP,), admin=True)},
         "/apps/{app}/predict": {"post": _op(

@@ -86,11 +86,14 @@ class ClipperRuntime:
                      max_batch: int = 1024, hang_timeout_s: float = 5.0) -> dict[str, Any]:
         """A new version of `name` (v1 for a new model), started and then swapped in."""
         check_name(name, "name", "deploy")
-        if framework not in {f.value for f in Framework}:
+        if not isinstance(framework, str) or framework not in {f.value for f in Framework}:
             raise invalid_parameter("framework", "deploy", " or ".join(f.value for f in Framework), framework)
-        if not isinstance(model, (str, Path)) or not Path(model).exists():
-            raise invalid_parameter("model", "deploy", "the path of an existing model file on the server", model)
-        _check_replicas(replicas, "deploy")
+        if not isinstance(model, (str, Path)) or not str(model):
+            raise invalid_parameter("model", "deploy", "the path of a model file on the server", model)
+        if not Path(model).is_file():
+            raise NotFound(f"No model file {str(model)!r} on the server: give the path of a file the server can read.",
+                           field="model")
+        replicas = _check_replicas(replicas, "deploy")
         for field, value, low in (("objective_ms", objective_ms, 0.0), ("hang_timeout_s", hang_timeout_s, 0.0)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > low:
                 raise invalid_parameter(field, "deploy", f"a number > {low:g}", value)
@@ -126,7 +129,7 @@ class ClipperRuntime:
             return self.describe_model(name)
 
     async def scale(self, name: str, replicas: int) -> dict[str, Any]:
-        _check_replicas(replicas, "scale")
+        replicas = _check_replicas(replicas, "scale")
         async with self._lock:
             await self.deployment(name).scale(replicas)
             self.registry.set_replicas(name, replicas)
@@ -209,17 +212,18 @@ class ClipperRuntime:
             raise invalid_parameter("models", "create_app", "a non-empty list of deployed model names", models)
         missing = [m for m in models if m not in self.deployments]
         if missing:
-            raise invalid_parameter("models", "create_app", f"deployed models (not deployed: {missing})", models)
+            raise ModelNotFound(f"Models {missing} in 'models' are not deployed; deploy them first (POST /containers).",
+                                field="models")
         if len(set(models)) != len(models):
             raise invalid_parameter("models", "create_app", "distinct model names", models)
-        if policy not in {p.value for p in PolicyKind}:
+        if not isinstance(policy, str) or policy not in {p.value for p in PolicyKind}:
             raise invalid_parameter("policy", "create_app", " or ".join(p.value for p in PolicyKind), policy)
         kind = PolicyKind(policy)
         if kind is PolicyKind.SINGLE and len(models) != 1:
             raise invalid_parameter("models", "create_app", "exactly one model for the single policy", models)
         if not isinstance(objective_ms, (int, float)) or isinstance(objective_ms, bool) or not objective_ms > 0:
             raise invalid_parameter("objective_ms", "create_app", "a number > 0", objective_ms)
-        if loss not in {x.value for x in Loss}:
+        if not isinstance(loss, str) or loss not in {x.value for x in Loss}:
             raise invalid_parameter("loss", "create_app", " or ".join(x.value for x in Loss), loss)
         if not isinstance(params, dict) or not set(params) <= _POLICY_PARAMS[kind] or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in params.values()):
@@ -235,6 +239,9 @@ class ClipperRuntime:
         return [self.apps[name].describe() for name in sorted(self.apps)]
 
 
-def _check_replicas(replicas: Any, where: str) -> None:
+def _check_replicas(replicas: Any, where: str) -> int:
+    if isinstance(replicas, float) and replicas.is_integer():  # JSON Schema's integer admits 3.0
+        replicas = int(replicas)
     if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= MAX_REPLICAS:
         raise invalid_parameter("replicas", where, f"an integer in [1, {MAX_REPLICAS}]", replicas)
+    return replicas
