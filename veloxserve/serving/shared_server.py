@@ -27,7 +27,7 @@ import numpy as np
 from veloxserve.errors import StoreUnavailable
 from veloxserve.learning.shared_table import SharedUserTable
 from veloxserve.serving.model_server import ModelServer
-from veloxserve.storage.observation_log import ObservationLog, ObservationRecord, instance_logs, read_log
+from veloxserve.storage.observation_log import MAIN_INSTANCE, ObservationLog, ObservationRecord, instance_logs, read_log
 from veloxserve.storage.redis_client import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class SharedModelServer(ModelServer):
         self.users.load_trained(self.version.users)
         self.users = SharedUserTable(self._store, f"{self.name}/{self.version_id}", self.users)
         meta = self.version.meta
-        trained_upto = {**meta.get("log_positions", {}), "main": int(meta.get("log_position", 0))}
+        trained_upto = {**meta.get("log_positions", {}), MAIN_INSTANCE: int(meta.get("log_position", 0))}
         learned = self.users.hints()
         replayed = 0
         for instance, directory in instance_logs(self._log_root):
