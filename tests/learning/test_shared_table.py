@@ -22,6 +22,11 @@ def _version(link: str = "identity") -> ModelVersion:
     return ModelVersion.from_arrays(arrays, meta)
 
 
+def _before(version: ModelVersion, user: str) -> np.ndarray:
+    ids = list(version.users.ids)
+    return version.users.weights[ids.index(user)] if user in ids else version.prior.mean
+
+
 def _tables(version: ModelVersion, store: RedisUserStore, namespace: str) -> tuple[UserTable, SharedUserTable]:
     local = UserTable(version.dim, version.prior, version.link)
     local.load_trained(version.users)
@@ -50,8 +55,11 @@ def test_redis_update_equals_the_compiled_kernel(store, observations, link) -> N
     for user, item, y in observations:
         local.observe(local.ensure(user), F, item, y)
     users = [u for u, _, _ in observations]
-    shared.learn("a", range(1, len(users) + 1), users, np.array([i for _, i, _ in observations]),
-                 np.array([y for _, _, y in observations]), F)
+    items, ys = np.array([i for _, i, _ in observations]), np.array([y for _, _, y in observations])
+    errors = shared.learn("a", range(1, len(users) + 1), users, items, ys, F)
+    before = np.einsum("ij,ij->i", F[items], np.array([_before(version, u) for u in users]))
+    expected_errors = ys - (before if link == "identity" else 1 / (1 + np.exp(-before)))
+    np.testing.assert_allclose(errors, expected_errors, rtol=1e-9, atol=1e-12)  # predicted before the batch
     for user in set(users) | {"1"}:
         np.testing.assert_allclose(shared.weights(user), local.weights(user), rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(shared.covariance(user), local.covariance(user), rtol=1e-9, atol=1e-12)
@@ -65,10 +73,10 @@ def test_replaying_learned_records_changes_nothing(store) -> None:
     _, shared = _tables(version, store, "m/v1")
     F = version.features.matrix
     args = (["u", "u", "v"], np.array([1, 2, 3]), np.array([4.0, 1.0, 2.0]), F)
-    assert shared.learn("a", [1, 2, 3], *args) == 3
+    assert shared.learn("a", [1, 2, 3], *args).size == 3
     before = shared.weights("u").copy()
-    assert shared.learn("a", [1, 2, 3], *args) == 0  # the same log records again
-    assert shared.learn("b", [1], ["u"], np.array([1]), np.array([4.0]), F) == 1  # another instance's LSN 1
+    assert shared.learn("a", [1, 2, 3], *args).size == 0  # the same log records again
+    assert shared.learn("b", [1], ["u"], np.array([1]), np.array([4.0]), F).size == 1  # another instance's LSN 1
     assert not np.allclose(shared.weights("u"), before)
 
 

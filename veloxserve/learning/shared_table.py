@@ -19,18 +19,20 @@ read from the version's trained statistics (`baseline`), and start from them on 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
 
 from veloxserve.errors import StoreUnavailable
 from veloxserve.learning.user_table import UserTable, state_covariance, state_seen
+from veloxserve.models.version import Link
 from veloxserve.storage.redis_store import STATE, RedisUserStore
 
 _COMPARE_AND_SET = """
 local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if version ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 's', ARGV[2], 'w', ARGV[3], 'v', version + 1, ARGV[4], ARGV[5])
+redis.call('HSET', KEYS[1], 's', ARGV[2], 'w', ARGV[3], 'v', version + 1, ARGV[4], ARGV[5], 'g', ARGV[6])
 return 1
 """
 _RAISE_HINT = """
@@ -50,6 +52,28 @@ class SharedUserTable:
         self.baseline = baseline  # the version's trained statistics; never changed here
         self.dim = baseline.dim
         self._client = store.client
+        self.generation = b""
+        self._open_generation()
+
+    def _open_generation(self) -> None:
+        """Join the namespace's generation, or start one if Redis has none (a new namespace, or
+        Redis lost its data). States and marks of another generation count as absent, so after
+        a loss the servers rebuild every user from the logs instead of trusting what is left."""
+        key = self.store.key(self.namespace, "generation")
+        with self.store.unavailable("opening the users' state"):
+            self._client.set(key, uuid.uuid4().hex, nx=True)
+            self.generation = self._client.get(key)
+
+    def check_generation(self) -> None:
+        """StoreUnavailable if Redis no longer holds this generation: it lost its data."""
+        with self.store.unavailable("checking the users' state"):
+            current = self._client.get(self.store.key(self.namespace, "generation"))
+        if current != self.generation:
+            raise StoreUnavailable(
+                f"Redis at {self.store.settings.where} lost the users' state of {self.namespace} (restarted without "
+                "persistence, or flushed). Restart every server: they rebuild users from the observation logs. "
+                "Run Redis with appendonly yes."
+            )
 
     def _key(self, user: str) -> str:
         return self.store.user_key(self.namespace, user)
@@ -61,24 +85,25 @@ class SharedUserTable:
     # ---- reading -------------------------------------------------------------------------
     def weights(self, user: str) -> np.ndarray:
         with self.store.unavailable("reading a user's weights"):
-            raw = self._client.hget(self._key(user), "w")
-        return self.baseline.weights(user) if raw is None else np.frombuffer(raw, dtype=np.float64)
+            raw, generation = self._client.hmget(self._key(user), "w", "g")
+        return self.baseline.weights(user) if generation != self.generation else np.frombuffer(raw, dtype=np.float64)
 
     def weights_many(self, users: Sequence[str]) -> np.ndarray:
         with self.store.unavailable("reading users' weights"):
             pipe = self._client.pipeline(transaction=False)
             for user in users:
-                pipe.hget(self._key(user), "w")
-            raws = pipe.execute()
+                pipe.hmget(self._key(user), "w", "g")
+            found = pipe.execute()
         out = self.baseline.weights_many(users)
-        for i, raw in enumerate(raws):
-            if raw is not None:
+        for i, (raw, generation) in enumerate(found):
+            if generation == self.generation:
                 out[i] = np.frombuffer(raw, dtype=np.float64)
         return out
 
     def _state(self, user: str) -> bytes | None:
         with self.store.unavailable("reading a user's state"):
-            return self._client.hget(self._key(user), STATE)
+            state, generation = self._client.hmget(self._key(user), STATE, "g")
+        return state if generation == self.generation else None
 
     def covariance(self, user: str) -> np.ndarray:
         state = self._state(user)
@@ -90,34 +115,39 @@ class SharedUserTable:
 
     # ---- learning ------------------------------------------------------------------------
     def learn(self, instance: str, lsns: Sequence[int], users: Sequence[str], rows: np.ndarray,
-              scores: np.ndarray, features: np.ndarray) -> int:
-        """Learn observations of `instance`'s log, in log order; returns how many were new (a
-        replay of already learned ones counts 0). Two round trips per batch unless another
-        process changed one of its users meanwhile. StoreUnavailable if Redis fails."""
+              scores: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """Learn observations of `instance`'s log, in log order. Returns the prequential errors
+        (y minus the prediction before learning the batch) of those that were new: a replay of
+        already learned ones returns none. Two round trips per batch unless another process
+        changed one of its users meanwhile. StoreUnavailable if Redis fails."""
         pending = np.arange(len(users))
-        learned = 0
+        errors = []
         for _ in range(MAX_ATTEMPTS):
-            done, n = self._learn_once(instance, lsns, users, rows, scores, features, pending)
-            learned += n
+            done, learned = self._learn_once(instance, lsns, users, rows, scores, features, pending)
+            errors.append(learned)
             pending = pending[~np.isin([users[i] for i in pending], list(done))]
             if pending.size == 0:
-                return learned
+                return np.concatenate(errors)
         raise StoreUnavailable(f"Could not update user {users[pending[0]]!r} in Redis after {MAX_ATTEMPTS} "
                                "attempts: other processes change it continuously.")
 
-    def _learn_once(self, instance: str, lsns, users, rows, scores, features, todo: np.ndarray) -> tuple[set[str], int]:
-        """Read, learn locally, compare-and-set; returns the users written (or with nothing to do)."""
+    def _learn_once(self, instance: str, lsns, users, rows, scores, features,
+                    todo: np.ndarray) -> tuple[set[str], np.ndarray]:
+        """Read, learn locally, compare-and-set; returns the users done (written, or nothing to
+        learn) and the prequential errors of the observations written."""
         mark = f"@{instance}"
         distinct = list(dict.fromkeys(users[i] for i in todo))
         with self.store.unavailable("reading users' state"):
             pipe = self._client.pipeline(transaction=False)
             for user in distinct:
-                pipe.hmget(self._key(user), STATE, "v", mark)
+                pipe.hmget(self._key(user), STATE, "v", mark, "g")
             found = pipe.execute()
         local = UserTable(self.dim, self.baseline.prior, self.baseline.link,
                           learning_rate=self.baseline.learning_rate, capacity=len(distinct))
         versions, marks = {}, {}
-        for user, (state, version, last) in zip(distinct, found):
+        for user, (state, version, last, generation) in zip(distinct, found):
+            if generation != self.generation:  # absent, or left from a generation Redis lost
+                state, last = None, None
             if state is not None:
                 local.restore(user, state)
             elif user in self.baseline.rows:  # first update of a trained user: from its trained statistics
@@ -128,12 +158,15 @@ class SharedUserTable:
         fresh = [u for u in distinct if versions[u] == 0 and u not in self.baseline.rows]
         keep = [i for i in todo if lsns[i] > marks[users[i]]]  # the rest are already learned
         new_marks = {users[i]: lsns[i] for i in keep}
+        local_rows = np.fromiter((local.rows[users[i]] for i in keep), dtype=np.int64, count=len(keep))
+        z = np.einsum("ij,ij->i", features[rows[keep]], local.W[local_rows])
+        errors = scores[keep] - (z if self.baseline.link is Link.IDENTITY else 0.5 * (1.0 + np.tanh(0.5 * z)))
         if keep:
-            local.observe_many(np.fromiter((local.rows[users[i]] for i in keep), dtype=np.int64, count=len(keep)),
-                               features, rows[keep], scores[keep])
+            local.observe_many(local_rows, features, rows[keep], scores[keep])
         changed = list(new_marks)
         results = self.store.run_script(_COMPARE_AND_SET, [
-            (self._key(u), versions[u], local.encode(local.rows[u]), local.W[local.rows[u]].tobytes(), mark, new_marks[u])
+            (self._key(u), versions[u], local.encode(local.rows[u]), local.W[local.rows[u]].tobytes(), mark, new_marks[u],
+             self.generation)
             for u in changed
         ], "learning observations") if changed else []
         written = {u for u, ok in zip(changed, results) if ok == 1}
@@ -141,7 +174,7 @@ class SharedUserTable:
         if fresh:
             self.store.add_to_set(self.store.key(self.namespace, "new_users"), fresh)
         done = written | (set(distinct) - set(changed))
-        return done, sum(1 for i in keep if users[i] in written)
+        return done, errors[np.fromiter((users[i] in written for i in keep), dtype=bool, count=len(keep))]
 
     # ---- how far each instance's log is learned ---------------------------------------------
     def hints(self) -> dict[str, int]:

@@ -282,13 +282,7 @@ class ModelServer:
         with self._lock:
             if self.retired:
                 raise ServerRetired(self.version_id)
-            # Prequential: score with the weights as they are before this batch is learned.
-            if len(users) == 1:
-                before = np.array([self._features[rows[0]] @ self.users.weights(users[0])])
-            else:
-                before = np.einsum("ij,ij->i", self._features[rows], self.users.weights_many(users))
-            errors = scores - self._link_array(before)
-            self.prequential.update(errors)
+            errors = self._prequential_errors(users, rows, scores)
             lsn = self._log.append([
                 (u, self._catalog_key(r), y, self.version_id, d)
                 for u, r, y, d in zip(users, rows.tolist(), scores.tolist(), decisions)
@@ -296,9 +290,23 @@ class ModelServer:
             self._learn(lsn, users, rows, scores)
             self.applied_lsn = lsn
         self._maybe_checkpoint(len(users))
+        if errors is not None:
+            self.record_feedback(errors)
+        return lsn
+
+    def _prequential_errors(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> np.ndarray | None:
+        """Prediction errors of a batch with the weights as they are before it is learned."""
+        if len(users) == 1:
+            before = np.array([self._features[rows[0]] @ self.users.weights(users[0])])
+        else:
+            before = np.einsum("ij,ij->i", self._features[rows], self.users.weights_many(users))
+        return scores - self._link_array(before)
+
+    def record_feedback(self, errors: np.ndarray) -> None:
+        """Count prequential errors in the windows and tell the listener (retraining triggers)."""
+        self.prequential.update(errors)
         if self.on_feedback is not None:
             self.on_feedback(self.name, errors * errors)
-        return lsn
 
     def _validate_observations(
         self, observations: Sequence[Observation]

@@ -1,16 +1,16 @@
 """Serving one model from several processes over one Redis: the state lives in Redis, not here.
 
 Each process (a server *instance*) logs its observations to its own durable log, then learns
-them into Redis in log order with an atomic Lua update (learning/shared_table.py), and only then
+them into Redis in log order by compare-and-set (learning/shared_table.py), and only then
 acknowledges them. So an acknowledged observation is both durable and visible to every process.
 
     observe -> validate -> append to this instance's log (under the model lock, in LSN order)
-            -> group commit (fsync) -> Applier: one pipelined round trip of Lua updates per batch
-            -> 200
+            -> group commit (fsync) -> Applier, per batch: read the users' states, learn them with
+               the compiled kernel, compare-and-set (two pipelined round trips) -> 200
 
 A process killed between the fsync and the update acknowledged nothing; on start every process
 replays every instance's log after what Redis says is learned, and the per-user, per-instance
-log positions kept by the update make that replay idempotent.
+log positions kept with each user's state make that replay idempotent.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from veloxserve.errors import StoreUnavailable
 from veloxserve.learning.shared_table import SharedUserTable
 from veloxserve.serving.model_server import ModelServer
-from veloxserve.storage.observation_log import ObservationLog, ObservationRecord, instance_logs, read_log
+from veloxserve.storage.observation_log import MAIN_INSTANCE, ObservationLog, ObservationRecord, instance_logs, read_log
 from veloxserve.storage.redis_client import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class SharedModelServer(ModelServer):
         self.users.load_trained(self.version.users)
         self.users = SharedUserTable(self._store, f"{self.name}/{self.version_id}", self.users)
         meta = self.version.meta
-        trained_upto = {**meta.get("log_positions", {}), "main": int(meta.get("log_position", 0))}
+        trained_upto = {**meta.get("log_positions", {}), MAIN_INSTANCE: int(meta.get("log_position", 0))}
         learned = self.users.hints()
         replayed = 0
         for instance, directory in instance_logs(self._log_root):
@@ -73,12 +73,24 @@ class SharedModelServer(ModelServer):
         learned = self.users.learn(
             instance, [r.lsn for r, _ in known], [r.user for r, _ in known],
             np.array([row for _, row in known], dtype=np.int64), np.array([r.score for r, _ in known]), self._features,
-        ) if known else 0
+        ).size if known else 0
         self.users.raise_hint(instance, records[-1].lsn)
         return learned
 
+    def _prequential_errors(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
+        """Computed by the Applier as it learns (it holds the states before the batch); here only
+        refuse, before logging, while Redis is known to be failing."""
+        if self._applier.failure is not None:
+            raise self._applier.failure
+
     def _learn(self, lsn: int, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
-        self._applier.enqueue(lsn, users, rows, scores, self.users, self._features)
+        self._applier.enqueue(lsn, users, rows, scores, self)
+
+    def learn_now(self, lsns: list[int], users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
+        """Learn logged observations of this instance into Redis (the Applier's thread)."""
+        errors = self.users.learn(self.instance, lsns, users, rows, scores, self._features)
+        if errors.size:
+            self.record_feedback(errors)
 
     # Redis holds the state: nothing to checkpoint.
     def _maybe_checkpoint(self, added: int) -> None:
@@ -124,10 +136,10 @@ class Applier:
         self._listeners.append(listener)
 
     def enqueue(self, lsn: int, users: list[str], rows: np.ndarray, scores: np.ndarray,
-                table: SharedUserTable, features: np.ndarray) -> None:
+                server: SharedModelServer) -> None:
         """A batch just appended to the log (called in LSN order, under the model's lock)."""
         with self._cond:
-            self._queue.append((lsn, users, rows, scores, table, features))
+            self._queue.append((lsn, users, rows, scores, server))
             self._cond.notify()
 
     def wait_durable(self, lsn: int, timeout: float | None = None) -> int:
@@ -160,9 +172,12 @@ class Applier:
             if not batch:
                 continue
             try:
+                hint = time.monotonic() - last_hint >= _HINT_SECONDS
+                if hint:
+                    batch[-1][4].users.check_generation()  # does Redis still hold what was learned?
                 self._learn(batch)
-                if time.monotonic() - last_hint >= _HINT_SECONDS:
-                    batch[-1][4].raise_hint(self._instance, batch[-1][0])
+                if hint:
+                    batch[-1][4].users.raise_hint(self._instance, batch[-1][0])
                     last_hint = time.monotonic()
             except StoreUnavailable as exc:
                 failures += 1
@@ -187,18 +202,18 @@ class Applier:
                         "will be learned at the next start", len(self._queue))
 
     def _learn(self, batch: list[tuple]) -> None:
-        """One round trip per table (a swap may leave batches for two versions in the queue)."""
+        """One learn per server (a swap may leave batches for two versions in the queue)."""
         start = 0
         while start < len(batch):
-            table, features = batch[start][4], batch[start][5]
+            server = batch[start][4]
             end = start
             lsns, users, rows, scores = [], [], [], []
-            while end < len(batch) and batch[end][4] is table:
+            while end < len(batch) and batch[end][4] is server:
                 lsn, u, r, s = batch[end][:4]
                 lsns.extend(range(lsn - len(u) + 1, lsn + 1))
                 users.extend(u), rows.append(r), scores.append(s)
                 end += 1
-            table.learn(self._instance, lsns, users, np.concatenate(rows), np.concatenate(scores), features)
+            server.learn_now(lsns, users, np.concatenate(rows), np.concatenate(scores))
             start = end
 
     def _publish(self, lsn: int) -> None:

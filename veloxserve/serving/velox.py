@@ -323,7 +323,8 @@ class Velox:
                               "log_root": self.layout.log_dir(model)}
                 new = (SharedModelServer if self.shared else ModelServer)(
                     version, self._store, obs_log, self.config, upto_lsn=obs_log.sync(),
-                    on_feedback=self.retrainer.on_feedback, feature_cache=self.feature_cache,
+                    on_feedback=None if self.shared else self.retrainer.on_feedback,  # no retraining when shared
+                    feature_cache=self.feature_cache,
                     attributes=ItemAttributes.load(items_file, version.catalog) if items_file.is_file() else EMPTY,
                     **shared,
                 )

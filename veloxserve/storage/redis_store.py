@@ -7,7 +7,7 @@ Keys (prefix `p`, namespace `ns`):
     p:ns:checkpoint     "<version>\\n<lsn>"
 
 The user id is the hash tag (`{...}`), so Redis Cluster places each user's keys by user and a
-Lua script over one user's keys stays on one shard. A checkpoint is one MULTI/EXEC transaction,
+script over one user's keys (the shared learner's compare-and-set) stays on one shard. A checkpoint is one MULTI/EXEC transaction,
 all or nothing on a single Redis node (the server processes sharing Redis do not checkpoint:
 they update users in place, see veloxserve/learning/shared_table.py). Every driver error becomes
 StoreUnavailable (503) here; nothing redis-py raises leaves this package.
