@@ -21,7 +21,7 @@ def test_demo_trains_serves_and_its_curl_commands_work(tmp_path: Path) -> None:
     demo.stop()
     output = demo.proc.stdout.read()
     commands = [line.strip() for line in output.splitlines() if line.strip().startswith("curl ")]
-    assert len(commands) == 3, output
+    assert len(commands) == 4, output  # predict, top-k with a filter, predict by text, observe
     assert re.search(r"held-out RMSE \d\.\d+", output)
     token = re.search(r"export VELOXSERVE_TOKEN=(vx_\S+)", output).group(1)
     restarted = ServerProcess(tmp_path, command="serve")

@@ -13,7 +13,17 @@ from veloxserve.errors import (  # noqa: E402
     TrainingFailed,
     VeloxError,
 )
-from veloxserve.serving.velox import Velox  # noqa: E402
+
+
+def __getattr__(name: str) -> object:
+    """Velox is imported on first use: a model container (python -m veloxserve.clipper.container)
+    imports this package and should not pay for numba, LMDB and FAISS it never uses."""
+    if name == "Velox":
+        from veloxserve.serving.velox import Velox
+
+        return Velox
+    raise AttributeError(f"module 'veloxserve' has no attribute {name!r}")
+
 
 __all__ = [
     "Conflict",

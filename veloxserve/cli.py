@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ratings", required=True, type=Path,
                        help="CSV or Parquet (user,item,score[,timestamp]) or MovieLens u.data / ratings.dat")
     train.add_argument("--model", required=True, help="model name, e.g. catify")
+    train.add_argument("--items", type=Path,
+                       help="item table (CSV or Parquet, 'item' column): attributes for top-k filters; a 'text' "
+                            "column also trains content features, to score items known only by their text")
     train.add_argument("--rank", type=int, help="latent dimensions of f(x; θ)")
     train.add_argument("--reg", type=float, help="ridge regularisation of the item factors")
     train.add_argument("--prior-precision", type=float, help="ridge precision λ of the user prior")
@@ -143,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("--user", required=True, type=_id)
     forget.add_argument("--model", help="only this model (default: every model)")
 
+    from veloxserve.clipper.cli import add_commands as add_clipper_commands
+
+    add_clipper_commands(sub, DEFAULT_URL)
     for p in (listing, show, activate, retrain, policy):
         p.add_argument("--model", required=True)
     for client in (predict, top_k, observe, listing, show, activate, retrain, policy, forget):
@@ -160,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     from veloxserve.errors import VeloxError
 
     try:
+        if hasattr(args, "clipper_run"):
+            return args.clipper_run(args)
         return _COMMANDS[args.command](args)
     except VeloxError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
@@ -175,12 +183,16 @@ def _train(args: argparse.Namespace) -> int:
     layout = HomeLayout(Path(args.home))
     name = check_model_name(args.model)
     overrides = {key: getattr(args, key) for key in ("rank", "reg", "prior_precision", "iterations", "seed")}
+    if args.engine == "spark" and args.items is not None:
+        print("error: --items (filters, content features) needs --engine local for now", file=sys.stderr)
+        return 2
     if args.engine == "spark":
         from veloxserve.training.spark_als import train_version_spark
 
         meta = train_version_spark(layout, name, args.ratings, config_from(overrides), master=args.master)
     else:
-        meta = train_version(layout, name, args.ratings, config_from(overrides), link=args.link, progress=True)
+        meta = train_version(layout, name, args.ratings, config_from(overrides), link=args.link, items=args.items,
+                             progress=True)
     VersionCatalog(layout.model_dir(name)).activate(meta["version"])
     print(json.dumps(meta, indent=2))
     return 0
@@ -203,7 +215,7 @@ def _serve(args: argparse.Namespace) -> int:
         app = create_app(velox, auth=auth, admission=admission)
         config = uvicorn.Config(
             app, host=args.host, port=args.port, access_log=False, log_level="warning",
-            http="httptools", loop="uvloop", lifespan="off",
+            http="httptools", loop="uvloop", lifespan="on",  # lifespan starts Clipper's containers
         )
         server = uvicorn.Server(config)
         if args.no_auth:
@@ -223,7 +235,10 @@ def _demo(args: argparse.Namespace) -> int:
     from veloxserve.config import HomeLayout
     from veloxserve.training.als import ALSConfig
     from veloxserve.storage.version_catalog import VersionCatalog
-    from veloxserve.training.catify import generate_catify
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from veloxserve.training.catify import catify_items, generate_catify
     from veloxserve.training.ratings import write_ratings_csv
     from veloxserve.training.trainer import train_version
 
@@ -234,8 +249,11 @@ def _demo(args: argparse.Namespace) -> int:
     data = generate_catify(n_users=args.users, n_items=args.songs, n_ratings=args.ratings, seed=args.seed)
     data_path.parent.mkdir(parents=True, exist_ok=True)
     write_ratings_csv(data.ratings, data_path)
+    items_path = data_path.with_name(f"catify-seed{args.seed}-songs.csv")  # genre and a description per song
+    items = catify_items(data, seed=args.seed)
+    pacsv.write_csv(pa.table(items), items_path)
     print(f"Catify: {len(data.ratings)} ratings by {args.users} users of {args.songs} songs -> {data_path}")
-    meta = train_version(layout, "catify", data_path, catify_config, progress=True)
+    meta = train_version(layout, "catify", data_path, catify_config, items=items_path, progress=True)
     VersionCatalog(layout.model_dir("catify")).activate(meta["version"])
     print(f"trained catify {meta['version']}: held-out RMSE {meta['heldout_rmse']:.3f} "
           f"(planted noise {data.noise}), {meta['train_seconds']:.2f} s")
@@ -243,7 +261,9 @@ def _demo(args: argparse.Namespace) -> int:
     user, song = data.ratings.users[0], data.ratings.items[0]
     print("\nTry, in another terminal:\n")
     print(f"  curl '{base}/predict?user={user}&item={song}'")
-    print(f"  curl '{base}/top_k?user={user}&k=5&exclude_seen=true'")
+    print(f"  curl '{base}/top_k?user={user}&k=5&exclude_seen=true&filter=genre:jazz|soul'")
+    words = "+".join(items["text"][int(song)].split()[:12])
+    print(f"  curl '{base}/predict?user={user}&text={words}'")
     print(f"  curl -X POST {base}/observe -H 'content-type: application/json' "
           f"-d '{{\"user\": {user}, \"item\": {song}, \"score\": 5.0}}'\n")
     if not args.no_auth:
@@ -274,7 +294,8 @@ def _client(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> 
 
 
 def _auth(args: argparse.Namespace) -> dict[str, str]:
-    return {"authorization": f"Bearer {args.token}"} if args.token else {}
+    token = getattr(args, "token", None)
+    return {"authorization": f"Bearer {token}"} if token else {}
 
 
 def _token(args: argparse.Namespace) -> int:

@@ -18,10 +18,13 @@ class ServingConfig:
     learning_rate: float = 0.05
     index_min_items: int = 100_000  # catalogues at least this large get a MIPS index for top-k
     index_ef_search: int = 200  # HNSW search breadth: recall@100 ≥ 0.99 in bench/bench_topk.py
+    feature_cache_bytes: int = 64 << 20  # content features shared across users; 0 turns the cache off
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.feature_cache_bytes < 0:
+            raise ValueError(f"feature_cache_bytes must be >= 0, got {self.feature_cache_bytes}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 

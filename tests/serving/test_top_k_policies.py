@@ -131,8 +131,12 @@ def test_http_policies_filters_decisions_and_bad_input(tmp_path: Path) -> None:
     with Velox(tmp_path) as velox:
         assert velox.set_item_attributes("songs", attributes)["attributes"] == ["genre"]
         with TestClient(create_app(velox), raise_server_exceptions=False) as client:
-            jazz = client.get("/models/songs/top_k", params={"user": 1, "k": 20, "filter": "genre:jazz"}).json()
+            jazz = client.get("/models/songs/top_k", params={"user": 1, "k": 10, "filter": "genre:jazz"}).json()
             assert len(jazz["items"]) == 10 and all((item - 100) % 5 == 0 for item in (e["item"] for e in jazz["items"]))
+            beyond = client.get("/models/songs/top_k", params={"user": 1, "k": 11, "filter": "genre:jazz"})
+            assert beyond.status_code == 400 and beyond.json()["field"] == "k" and "[1, 10]" in beyond.json()["message"]
+            beyond = client.post("/models/songs/top_k", json={"user": 1, "k": 3, "candidates": [101, 102]})
+            assert beyond.status_code == 400 and beyond.json()["field"] == "k"
             body = client.post("/models/songs/top_k", json={"user": 1, "k": 5, "policy": "epsilon_greedy", "epsilon": 0.5}).json()
             assert body["policy"] == {"name": "epsilon_greedy", "epsilon": 0.5}
             assert all(0 < e["propensity"] <= 1 for e in body["items"]) and body["decision"]

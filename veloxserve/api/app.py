@@ -15,12 +15,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
+import numpy as np
 import orjson
 
+from veloxserve.api import clipper_routes
 from veloxserve.api.auth import AuthConfig, Guard
 from veloxserve.api.metrics import CONTENT_TYPE, Metrics
 from veloxserve.api.openapi import openapi_schema
-from veloxserve.errors import InvalidInput, NotFound, VeloxError, invalid_parameter
+from veloxserve.errors import InvalidInput, MethodNotAllowed, NotFound, VeloxError, invalid_parameter
 from veloxserve.serving.admission import Admission, AdmissionConfig
 from veloxserve.serving.durability import DurableWaiter
 from veloxserve.storage.tokens import TokenStore
@@ -33,17 +35,6 @@ _ADMITTED = frozenset({"predict", "top_k", "observe"})  # the data plane: shed u
 
 Query = dict[str, str]
 Handler = Callable[[str, Query, Any], Awaitable[Any]]
-
-
-class MethodNotAllowed(VeloxError):
-    status = 405
-
-    def __init__(self, path: str, method: str, allowed: list[str]) -> None:
-        super().__init__(f"{path} takes {' or '.join(allowed)}, not {method}. See /openapi.json.")
-        self.allowed = allowed
-
-    def headers(self) -> dict[str, str]:
-        return {"allow": ", ".join(self.allowed)}  # RFC 9110: a 405 lists the methods that work
 
 
 class Accepted(dict):
@@ -102,6 +93,8 @@ class VeloxApp:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, DurableWaiter] = {}
         self.metrics = Metrics(velox)
+        self.clipper = clipper_routes.ClipperRoutes(velox.layout.root)
+        self.metrics.registry.register(self.clipper.collector())
         self._top = {"/healthz": self._healthz, "/openapi.json": self._openapi, "/models": self._list_models}
         self._model_routes: dict[tuple[str, str], Handler] = {
             ("GET", ""): self._show_model,
@@ -152,13 +145,17 @@ class VeloxApp:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await self.clipper.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.clipper.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     async def _dispatch(self, scope: dict[str, Any], receive: Callable, started: float) -> Any:
         method, path = scope["method"], scope["path"]
+        if path.startswith(clipper_routes.PREFIXES):
+            return await self.clipper.dispatch(method, path, lambda: self._read_json(receive, path))
         if path in self._top or path == "/metrics":  # GET /metrics is answered before dispatch
             _only(method, "GET", path)
             return self._top[path]()
@@ -241,14 +238,31 @@ class VeloxApp:
 
     async def _predict_one(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         server = self.velox.server(name)
-        user, item = _query(query, "user", "predict"), _query(query, "item", "predict")
+        user = _query(query, "user", "predict")
+        if "item" not in query and "text" in query:  # an item known by its text (content features)
+            text = query["text"]
+            return {"user": user, "text": text, "score": float(server.predict_text([(user, text)])[0]),
+                    "model_version": server.version_id}
+        item = _query(query, "item", "predict")
         return {"user": user, "item": item, "score": server.predict(user, item), "model_version": server.version_id}
 
     async def _predict_batch(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         server = self.velox.server(name)
         queries = _list_field(_body_object(body, "predict"), "queries", "predict")
-        pairs = [_entry(q, ("user", "item"), f"queries[{i}]", "predict") for i, q in enumerate(queries)]
-        return {"scores": server.predict_many(pairs), "model_version": server.version_id}
+        by_text = [isinstance(q, dict) and "item" not in q and "text" in q for q in queries]
+        if not any(by_text):
+            pairs = [_entry(q, ("user", "item"), f"queries[{i}]", "predict") for i, q in enumerate(queries)]
+            return {"scores": server.predict_many(pairs), "model_version": server.version_id}
+        # Items by id and by text in one batch: predictions change no state, so score each half.
+        text_at = [i for i, t in enumerate(by_text) if t]
+        item_at = [i for i, t in enumerate(by_text) if not t]
+        texts = [_entry(queries[i], ("user", "text"), f"queries[{i}]", "predict") for i in text_at]
+        items = [_entry(queries[i], ("user", "item"), f"queries[{i}]", "predict") for i in item_at]
+        scores = np.empty(len(queries))
+        scores[text_at] = server.predict_text(texts)
+        if items:
+            scores[item_at] = server.predict_many(items)
+        return {"scores": scores, "model_version": server.version_id}
 
     def _ranked(self, name: str, user: Any, k: Any, candidates: Any, exclude_seen: bool, options: dict[str, Any]) -> dict[str, Any]:
         rec = self.velox.recommend(name, user, k, candidates=candidates, exclude_seen=exclude_seen, **options)
@@ -303,7 +317,7 @@ class VeloxApp:
     async def _model_metrics(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         server = self.velox.server(name)
         return {"model": name, "model_version": server.version_id, "prequential": server.prequential.report(),
-                "admission": self.admission.describe(name)}
+                "feature_cache": self.velox.feature_cache.stats().as_dict(), "admission": self.admission.describe(name)}
 
     async def _versions(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         info = self.velox.describe(name)
@@ -378,6 +392,8 @@ def _route_label(path: str) -> str:
     """A bounded label per route: never a model name, id or arbitrary path."""
     if path in ("/healthz", "/openapi.json", "/models"):
         return path
+    if path.startswith(clipper_routes.PREFIXES):
+        return clipper_routes.route_label(path)
     parts = path.split("/")
     if len(parts) == 3 and parts[1] == "users":
         return "forget"

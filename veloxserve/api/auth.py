@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from veloxserve.api import clipper_routes
 from veloxserve.errors import Forbidden, Unauthorized
 from veloxserve.storage.tokens import ADMIN, TokenRecord, TokenStore
 
@@ -22,7 +23,7 @@ ADMIN_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("POST", "activate"),
     ("PUT", "policy"),
     ("DELETE", "forget"),
-})
+}) | clipper_routes.ADMIN_ROUTES  # deploy, scale, rollback, remove; create and remove an application
 MODEL_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("GET", "predict"), ("POST", "predict"), ("GET", "top_k"), ("POST", "top_k"), ("POST", "observe"),
 })

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from veloxserve.serving.velox import Velox
@@ -42,6 +42,16 @@ class _ModelState(Collector):
                 if figures["rmse"] is not None:
                     rmse.add_metric([name, server.version_id, window], figures["rmse"])
         yield from (version, users, rmse, seen)
+        cache = self._velox.feature_cache.stats()
+        lookups = CounterMetricFamily("veloxserve_feature_cache_lookups", "Content feature lookups by outcome",
+                                      labels=["outcome"])
+        lookups.add_metric(["hit"], cache.hits)
+        lookups.add_metric(["miss"], cache.misses)
+        yield lookups
+        yield GaugeMetricFamily("veloxserve_feature_cache_hit_rate", "Share of feature lookups served from the cache",
+                                value=cache.hit_rate)
+        yield GaugeMetricFamily("veloxserve_feature_cache_bytes", "Bytes held by the feature cache", value=cache.bytes)
+        yield CounterMetricFamily("veloxserve_feature_cache_evictions", "Feature rows evicted", value=cache.evictions)
 
 
 class Metrics:

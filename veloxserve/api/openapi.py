@@ -10,6 +10,7 @@ from functools import cache
 from typing import Any
 
 from veloxserve import __version__
+from veloxserve.api.clipper_openapi import clipper_paths
 from veloxserve.config import ServingConfig
 from veloxserve.ids import MAX_ID_LENGTH
 
@@ -119,21 +120,27 @@ def openapi_schema() -> dict[str, Any]:
                 "parameters": [_MODEL_NAME], "responses": {**_ok({"type": "object"}), **_errors(404)}}},
             "/models/{name}/predict": {
                 "get": _data_plane({
-                    "summary": "Score one (user, item)",
+                    "summary": "Score one (user, item), or one (user, text) for an item known by its text",
                     "parameters": [_MODEL_NAME,
                                    {"name": "user", "in": "query", "required": True, "schema": _ID_TEXT},
-                                   {"name": "item", "in": "query", "required": True, "schema": _ID_TEXT}],
+                                   {"name": "item", "in": "query", "required": False, "schema": _ID_TEXT,
+                                    "description": "a catalogue item id (required unless text is given)"},
+                                   {"name": "text", "in": "query", "required": False,
+                                    "schema": {"type": "string", "maxLength": 100_000},
+                                    "description": "an item's text, scored with the model's content features"}],
                     "responses": {**_ok({"type": "object", "required": ["score", "model_version"], "properties": {
-                        "user": {"type": "string"}, "item": {"type": "string"}, "score": {"type": "number"},
-                        **version_field}}), **_errors(400, 404)},
+                        "user": {"type": "string"}, "item": {"type": "string"}, "text": {"type": "string"},
+                        "score": {"type": "number"}, **version_field}}), **_errors(400, 404)},
                 }),
                 "post": _data_plane({
-                    "summary": "Score a batch of (user, item) queries",
+                    "summary": "Score a batch of (user, item) or (user, text) queries",
                     "parameters": [_MODEL_NAME],
                     "requestBody": _body({"type": "object", "required": ["queries"], "properties": {"queries": {
                         "type": "array", "minItems": 1, "maxItems": limit, "items": {
-                            "type": "object", "required": ["user", "item"],
-                            "properties": {"user": _ID, "item": _ID}}}}}),
+                            "type": "object", "required": ["user"],
+                            "description": "an item id, or the text of an item (content features)",
+                            "properties": {"user": _ID, "item": _ID,
+                                           "text": {"type": "string", "minLength": 1, "maxLength": 100_000}}}}}}),
                     "responses": {**_ok({"type": "object", "required": ["scores", "model_version"], "properties": {
                         "scores": {"type": "array", "items": {"type": "number"}}, **version_field}}),
                         **_errors(400, 404)},
@@ -213,5 +220,6 @@ def openapi_schema() -> dict[str, Any]:
                     "observed": {"type": "integer"}, "lsn": {"type": "integer"}, **version_field}}),
                     **_errors(400, 404, 503)},
             })},
+            **clipper_paths(),
         },
     }

@@ -34,7 +34,7 @@ class ItemAttributes:
         known = rows >= 0
         columns = {}
         for name in table.column_names:
-            if name == "item":
+            if name in ("item", "text"):  # the id, and the text content features are trained on
                 continue
             values = np.asarray(table[name].cast(pa.string()).fill_null("").to_numpy(zero_copy_only=False)).astype(str)
             column = np.full(len(catalog), "", dtype=values.dtype if values.size else "<U1")

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from veloxserve.models.catalog import ItemCatalog
+from veloxserve.models.content import HashedTextFeatures
 from veloxserve.models.features import MatrixFactorizationFeatures
 
 
@@ -61,6 +62,7 @@ class ModelVersion:
     prior: UserPrior
     users: TrainedUsers
     meta: dict[str, Any]
+    content: HashedTextFeatures | None = None  # f of items known only by their text
 
     @property
     def dim(self) -> int:
@@ -95,4 +97,5 @@ class ModelVersion:
             ),
             users=users,
             meta=dict(meta),
+            content=HashedTextFeatures.from_version(arrays, meta),
         )

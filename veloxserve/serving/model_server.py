@@ -25,9 +25,10 @@ from veloxserve.learning.user_table import UserTable
 from veloxserve.models.version import Link, ModelVersion
 from veloxserve.models.attributes import EMPTY, ItemAttributes
 from veloxserve.serving.evaluation import PrequentialError
+from veloxserve.serving.feature_cache import FeatureCache
 from veloxserve.serving.exploration import Policy, epsilon_greedy_slate, posterior_draw, uncertainty
 from veloxserve.serving.item_index import ItemIndex
-from veloxserve.serving.validation import batch_size, finite_score, int_in_range
+from veloxserve.serving.validation import batch_size, finite_score, int_in_range, item_text
 from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.user_store import Checkpoint, UserStore
 
@@ -75,7 +76,7 @@ class ModelServer:
     def __init__(
         self, version: ModelVersion, store: UserStore, obs_log: ObservationLog, config: ServingConfig,
         *, upto_lsn: int | None = None, on_feedback: FeedbackListener | None = None,
-        attributes: ItemAttributes = EMPTY,
+        attributes: ItemAttributes = EMPTY, feature_cache: FeatureCache | None = None,
     ) -> None:
         """Rebuild every user's state for `version` from the log up to `upto_lsn` (default: all of it).
 
@@ -96,6 +97,7 @@ class ModelServer:
         self.retired = False
         self.on_feedback = on_feedback
         self.attributes = attributes
+        self.feature_cache = feature_cache if feature_cache is not None else FeatureCache(0)
         self.index: ItemIndex | None = None  # set by a background build over large catalogues
         if len(self._catalog) >= config.index_min_items:
             threading.Thread(target=self._build_index, name=f"index-{version.name}", daemon=True).start()
@@ -133,6 +135,24 @@ class ModelServer:
         z = np.einsum("ij,ij->i", self._features[rows], self.users.weights_many(users))
         return self._link_array(z)
 
+    def predict_text(self, queries: Sequence[tuple[Any, Any]]) -> np.ndarray:
+        """Scores of (user, text) queries: items known by their text instead of a catalogue id.
+
+        f(text) comes from the version's content features through the feature cache, so a text
+        scored for one user is not recomputed for the next. Every query is checked first."""
+        content = self.version.content
+        if content is None:
+            raise invalid_parameter(
+                "text", "predict", f"an item id instead: {self.name} {self.version_id} has no content features "
+                "(train it with --items FILE holding a 'text' column)", "a text")
+        batch_size(len(queries), self.config.max_batch, "queries", "predict")
+        users = [canonical_id(u, f"queries[{i}].user", "predict") for i, (u, _) in enumerate(queries)]
+        texts = [item_text(x, f"queries[{i}].text", "predict") for i, (_, x) in enumerate(queries)]
+        features = self.feature_cache.features((self.name, self.version_id), texts, content.transform)
+        if len(users) == 1:  # the common single query: skip the batch gather
+            return self._link_array(features @ self.users.weights(users[0]))
+        return self._link_array(np.einsum("ij,ij->i", features, self.users.weights_many(users)))
+
     def top_k(
         self, user: Any, k: Any, *, candidates: Sequence[Any] | None = None, exclude_seen: bool = False,
         filter: str | None = None,
@@ -148,7 +168,8 @@ class ModelServer:
         """A list of up to k items for a user under an exploration policy, with propensities.
 
         The eligible items are the catalogue, or `candidates`, narrowed by the attribute `filter`
-        and `exclude_seen`; fewer than k come back when fewer are eligible. Over a large catalogue
+        (k beyond what those admit is an error), then by `exclude_seen` (which the client cannot
+        count, so fewer than k come back when fewer are left). Over a large catalogue
         (an index built, no candidate list or filter) the MIPS index proposes candidates and they
         are re-scored exactly; otherwise every eligible item is scored. Scores are the model's
         (σ(w·f)) whatever the policy; the policy decides order and membership.
@@ -157,6 +178,9 @@ class ModelServer:
         k = int_in_range(k, "k", "top_k", 1, len(self._catalog))
         w = self.users.weights(key)
         eligible = self._eligible_rows(candidates, filter)  # None: the whole catalogue
+        if eligible is not None and k > eligible.size:
+            raise invalid_parameter("k", "top_k", f"an int in [1, {eligible.size}], the number of items the candidates "
+                                    "and filter admit (ask for fewer, or widen them)", k)
         seen = self._seen_rows(key) if exclude_seen else np.empty(0, dtype=np.int64)
         if eligible is not None and seen.size:
             eligible = eligible[~np.isin(eligible, seen)]

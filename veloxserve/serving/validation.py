@@ -30,3 +30,15 @@ def batch_size(size: int, limit: int, field: str, where: str) -> None:
         raise invalid_parameter(
             field, where, f"a list of at most {limit} entries (split the batch)", f"{size} entries"
         )
+
+
+MAX_TEXT_CHARS = 100_000
+
+
+def item_text(value: Any, field: str, where: str) -> str:
+    """An item described by its text (content features): a non-empty string of bounded length."""
+    if not isinstance(value, str) or not value.strip():
+        raise invalid_parameter(field, where, "a non-empty string (the item's text)", value)
+    if len(value) > MAX_TEXT_CHARS:
+        raise invalid_parameter(field, where, f"a text of at most {MAX_TEXT_CHARS} characters", f"{len(value)} characters")
+    return value

@@ -20,6 +20,7 @@ from veloxserve.ids import Id, canonical_id
 from veloxserve.models.version import ModelVersion
 from veloxserve.models.attributes import EMPTY, ItemAttributes, read_attribute_table
 from veloxserve.serving.exploration import Policy
+from veloxserve.serving.feature_cache import FeatureCache
 from veloxserve.serving.model_server import ModelServer, Observation, Recommendation, ServerRetired
 from veloxserve.storage.atomic import replace_atomically
 from veloxserve.storage.decision_log import DecisionLog, new_decision_id
@@ -57,6 +58,7 @@ class Velox:
             self._catalogs: dict[str, VersionCatalog] = {}
             self._decision_logs: dict[str, DecisionLog] = {}
             self._swap_lock = threading.Lock()
+            self.feature_cache = FeatureCache(self.config.feature_cache_bytes)  # shared by every model
             self.retrainer = Retrainer(self)
             for name in self.layout.model_names():
                 catalog = self.catalog(name)
@@ -138,6 +140,10 @@ class Velox:
     def predict_many(self, model: str, queries: Sequence[tuple[Id, Id]]) -> list[float]:
         return self.server(model).predict_many(queries).tolist()
 
+    def predict_text(self, model: str, queries: Sequence[tuple[Id, str]]) -> list[float]:
+        """Scores of (user, text) pairs for items known only by their text (content features)."""
+        return self.server(model).predict_text(queries).tolist()
+
     def top_k(
         self, model: str, user: Id, k: int, *, candidates: Sequence[Id] | None = None, exclude_seen: bool = False,
         filter: str | None = None,
@@ -215,12 +221,15 @@ class Velox:
         return self._logs[model]
 
     # ---- versions ------------------------------------------------------------------------
-    def train(self, model: str, ratings: Any, config: Any = None, *, progress: bool = False) -> dict[str, Any]:
-        """Train a new version from a ratings file or `Ratings`, make it active and serve it."""
+    def train(self, model: str, ratings: Any, config: Any = None, *, items: str | Path | None = None,
+              progress: bool = False) -> dict[str, Any]:
+        """Train a new version from a ratings file or `Ratings`, make it active and serve it.
+        `items`: an item table (CSV/Parquet, `item` column) of filter attributes and, in a `text`
+        column, the texts that train content features."""
         from veloxserve.training.trainer import train_version  # training pulls in numba kernels
 
         check_model_name(model)
-        meta = train_version(self.layout, model, ratings, config, progress=progress)
+        meta = train_version(self.layout, model, ratings, config, items=items, progress=progress)
         self.activate(model, meta["version"])
         return meta
 
@@ -276,7 +285,7 @@ class Velox:
                 items_file = self.layout.items_file(model)
                 new = ModelServer(
                     version, self._store, obs_log, self.config, upto_lsn=obs_log.sync(),
-                    on_feedback=self.retrainer.on_feedback,
+                    on_feedback=self.retrainer.on_feedback, feature_cache=self.feature_cache,
                     attributes=ItemAttributes.load(items_file, version.catalog) if items_file.is_file() else EMPTY,
                 )
             except BaseException:
@@ -292,6 +301,7 @@ class Velox:
                 catalog.activate(version_id)
                 self._servers[model] = new
                 old.retired = True
+            self.feature_cache.drop((model, old.version_id))
             new.checkpoint()
 
     # ---- forgetting ----------------------------------------------------------------------

@@ -58,3 +58,35 @@ def generate_catify(
     timestamps = 1_700_000_000 + np.sort(rng.integers(0, 86_400 * 30, size=users.size))
     ratings = Ratings(users.astype(str), items.astype(str), scores, timestamps.astype(np.int64))
     return CatifyData(ratings, user_factors, item_factors, user_bias, item_bias, mean, noise)
+
+
+_SYLLABLES = ("ka", "lo", "mi", "ra", "su", "te", "vo", "zi", "ne", "pa", "do", "ri", "fu", "ga", "he", "ju")
+GENRES = ("jazz", "rock", "pop", "folk", "metal", "soul", "blues", "techno")
+
+
+def catify_items(data: CatifyData, *, words_per_dim: int = 12, filler: int = 20, seed: int = 0) -> dict[str, list[str]]:
+    """An item table for Catify: each song's genre (its strongest planted taste dimension) and a
+    description whose words depend on its planted vector and bias, so that text predicts taste
+    the way lyrics and tags do: each dimension has words for either sign, the bias has words
+    for good and bad songs, and filler words carry nothing."""
+    rng = np.random.default_rng(seed)
+    n_items, rank = data.item_factors.shape
+    n_topic = 2 * rank + 2  # ± per dimension, then good and bad
+    codes = rng.choice(len(_SYLLABLES) ** 3, size=n_topic * words_per_dim + 10 * filler, replace=False)
+    vocab = np.array(["".join(_SYLLABLES[c // 16 ** p % 16] for p in range(3)) for c in codes])
+    topics, noise = vocab[: n_topic * words_per_dim].reshape(n_topic, words_per_dim), vocab[n_topic * words_per_dim :]
+    strength = np.concatenate([
+        np.maximum(data.item_factors, 0), np.maximum(-data.item_factors, 0),
+        np.maximum(data.item_bias, 0)[:, None] / 0.4, np.maximum(-data.item_bias, 0)[:, None] / 0.4,
+    ], axis=1)  # (n_items, n_topic), in units of the planted scales
+    counts = rng.poisson(3.0 * strength)
+    texts = []
+    for item in range(n_items):  # generating a data set, not serving: a loop per song is fine here
+        topic_rows = np.repeat(np.arange(n_topic), counts[item])
+        words = np.concatenate([
+            topics[topic_rows, rng.integers(0, words_per_dim, topic_rows.size)],
+            noise[rng.integers(0, noise.size, filler)],
+        ])
+        texts.append(" ".join(rng.permutation(words)))
+    genre = np.array(GENRES)[np.argmax(data.item_factors[:, : len(GENRES)], axis=1) % len(GENRES)]
+    return {"item": [str(i) for i in range(n_items)], "genre": genre.tolist(), "text": texts}

@@ -22,6 +22,7 @@ from veloxserve.storage.atomic import replace_atomically
 from veloxserve.storage.observation_log import read_log
 from veloxserve.storage.versions import VersionStore
 from veloxserve.training.als import ALSConfig, TrainedFactors, theta_rmse, train_als
+from veloxserve.training.content import fit_text_basis, read_item_texts
 from veloxserve.training.ratings import Ratings, load_ratings, split_holdout, write_ratings_parquet
 
 # For the logistic link, θ is fitted to the labels' log-odds, clipped so 0/1 labels stay finite;
@@ -54,6 +55,7 @@ def train_version(
     *,
     link: str = Link.IDENTITY.value,
     heldout: str | Path | Ratings | None = None,
+    items: str | Path | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train f(x; θ) and every user's statistics from a ratings file, write the model's next version.
@@ -62,8 +64,14 @@ def train_version(
     held-out RMSE; the version is trained on the rest. The ratings become the model's base data,
     which later retrains extend with the observation log. The version's log position is 0: a
     server replays the whole log on top of it, so no feedback already logged is lost.
+
+    `items` (CSV or Parquet with an `item` column) becomes the model's item table: attribute
+    columns serve top-k filters, and a `text` column trains content features (models/content.py),
+    which let the model score items it has never seen from their text.
     """
     config = config or ALSConfig()
+    if items is not None:
+        save_item_table(layout, model, items)
     link = Link(link)
     source = str(ratings) if not isinstance(ratings, Ratings) else "in-memory ratings"
     data = ratings if isinstance(ratings, Ratings) else load_ratings(ratings)
@@ -75,6 +83,7 @@ def train_version(
     factors = _fit(train, test, config, link, progress=progress)
     meta = version_meta(model, config, link, factors, train, test, started)
     meta.update(source=source, log_position=0, reason="manual", heldout_fraction=config.heldout_fraction if heldout is None else None)
+    add_content_features(layout, model, factors.arrays, meta, config.seed)
     version = VersionStore(layout.versions_dir(model)).write(factors.arrays, meta)
     save_base_data(layout, model, data)
     return {**meta, "version": version}
@@ -119,6 +128,7 @@ def retrain_version(
             "rows": int(known.sum()), "candidate_rmse": candidate_rmse, "parent_rmse": parent_rmse,
         },
     )
+    add_content_features(layout, model, factors.arrays, meta, config.seed, like=parent_meta.get("content"))
     versions.write(factors.arrays, meta, version=version)
     return {**meta, "version": version}
 
@@ -160,6 +170,30 @@ def version_meta(model: str, config: ALSConfig, link: Link, factors: TrainedFact
         "seed": config.seed,
         "train_seconds": round(time.perf_counter() - started, 4),
     }
+
+
+def save_item_table(layout: HomeLayout, model: str, items: str | Path) -> Path:
+    """Keep an item table (attributes, texts) as the model's Parquet item file, checked first."""
+    import pyarrow.parquet as pq
+
+    from veloxserve.models.attributes import read_attribute_table
+
+    table = read_attribute_table(Path(items))
+    path = layout.items_file(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_atomically(path, lambda fh: pq.write_table(table, fh))
+    return path
+
+
+def add_content_features(layout: HomeLayout, model: str, arrays: dict[str, np.ndarray], meta: dict[str, Any],
+                         seed: int, like: dict[str, Any] | None = None) -> None:
+    """Fit the text basis when the model's item table has texts (same settings as `like`, a
+    parent's content report); the version then carries `content_basis` and meta["content"]."""
+    texts = read_item_texts(layout.items_file(model))
+    if not texts:
+        return
+    settings = {key: like[key] for key in ("n_buckets", "ngram_max", "alpha") if like and key in like}
+    arrays["content_basis"], meta["content"] = fit_text_basis(arrays, texts, seed=seed, **settings)
 
 
 def save_base_data(layout: HomeLayout, model: str, ratings: Ratings) -> Path:

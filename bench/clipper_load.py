@@ -1,0 +1,46 @@
+"""Shared by the Clipper benchmarks: a closed-loop load generator over a ClipperRuntime on this
+process's event loop, and latency summaries. Not a benchmark itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def run(coroutine: Any) -> Any:
+    """Run on uvloop, the loop `veloxserve serve` uses."""
+    import uvloop
+
+    return uvloop.run(coroutine)
+
+
+def summary(latencies_s: list[float] | np.ndarray) -> dict[str, float]:
+    ms = np.asarray(latencies_s) * 1e3
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
+            "mean_ms": round(float(ms.mean()), 4), "n": int(ms.size)}
+
+
+async def closed_loop(call: Callable[[int], Any], concurrency: int, seconds: float,
+                      warmup: float = 1.0) -> dict[str, Any]:
+    """`concurrency` clients each awaiting `call(i)` back to back; figures after `warmup` seconds."""
+    latencies: list[float] = []
+    answers: list[Any] = []
+    counter = iter(range(1 << 62))
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop = measure_from + seconds
+
+    async def client() -> None:
+        while (now := time.perf_counter()) < stop:
+            answer = await call(next(counter))
+            done = time.perf_counter()
+            if now >= measure_from:
+                latencies.append(done - now)
+                answers.append(answer)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return {"throughput_qps": round(len(latencies) / seconds, 1), **summary(latencies), "answers": answers}

@@ -1,0 +1,75 @@
+"""The OpenAPI paths of the Clipper routes (veloxserve/api/clipper_routes.py), merged into the schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_TEXT = {400: "Invalid input: the message names the field", 404: "Unknown model or application",
+         405: "Method not allowed", 409: "Conflict: the model is linked to an application, or nothing to roll back",
+         503: "A model container is unavailable (failed to start, crashed or failed on the input)",
+         401: "No API token, or an invalid one", 403: "The token lacks the right for this route"}
+_NAME_TEXT = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}  # clipper.runtime.check_name
+_NAME = {"name": "name", "in": "path", "required": True, "schema": _NAME_TEXT}
+_APP = {"name": "app", "in": "path", "required": True, "schema": _NAME_TEXT}
+_ANY: dict[str, Any] = {}
+_NUMBER = {"type": "number", "exclusiveMinimum": 0}
+_MS = {"type": "number", "exclusiveMinimum": 0.001}  # objectives in milliseconds: more than 1 µs
+
+
+def _op(summary: str, *errors: int, body: dict[str, Any] | None = None, params: tuple = (), admin: bool = False) -> dict:
+    op: dict[str, Any] = {
+        "summary": summary + (" (admin)" if admin else ""), "parameters": list(params),
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+                      **{str(c): {"description": _TEXT[c], "content": {"application/json": {"schema": _ERROR}}}
+                         for c in errors}},
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if admin:  # veloxserve.api.auth.ADMIN_ROUTES
+        op["security"] = [{"bearer": []}]
+        op["responses"].update({str(c): {"description": _TEXT[c], "content": {"application/json": {"schema": _ERROR}}}
+                                for c in (401, 403)})
+    return op
+
+
+def _object(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "additionalProperties": False, "properties": properties}
+
+
+def clipper_paths() -> dict[str, Any]:
+    deploy = _object(
+        ["name", "framework", "model"], name=_NAME_TEXT, framework={"enum": ["callable", "sklearn", "torch", "onnx"]},
+        model={"type": "string", "minLength": 1, "description": "path of the model file on the server"}, method={"type": "string"},
+        replicas={"type": "integer", "minimum": 1, "maximum": 64}, objective_ms=_MS,
+        delay_ms={"type": "number", "minimum": 0}, adaptive={"type": "boolean"},
+        max_batch={"type": "integer", "minimum": 1, "maximum": 65536}, hang_timeout_s=_NUMBER)
+    app = _object(["name", "models"], name=_NAME_TEXT, models={"type": "array", "items": _NAME_TEXT, "minItems": 1},
+                  policy={"enum": ["single", "exp3", "exp4", "personalised"]}, objective_ms=_MS, default=_ANY,
+                  loss={"enum": ["zero_one", "absolute", "squared"]}, params={"type": "object"}, seed={"type": "integer"})
+    user = {"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]}
+    return {
+        "/containers": {"get": _op("Deployed models: versions, replicas, batch sizes, queues, cache"),
+                        "post": _op("Deploy a model file as a new version in container processes", 400, 404, 503,
+                                    body=deploy, admin=True)},
+        "/containers/{name}": {"get": _op("One deployed model", 404, params=(_NAME,)),
+                               "delete": _op("Stop a model's containers and delete its versions", 404, 409,
+                                             params=(_NAME,), admin=True)},
+        "/containers/{name}/scale": {"post": _op("Set the number of container replicas", 400, 404, 503, params=(_NAME,),
+                                                 body=_object(["replicas"], replicas={"type": "integer", "minimum": 1, "maximum": 64}),
+                                                 admin=True)},
+        "/containers/{name}/rollback": {"post": _op("Serve the previous (or a named) version", 400, 404, 409,
+                                                    params=(_NAME,), body=_object([], version={"type": "string"}),
+                                                    admin=True)},
+        "/apps": {"get": _op("Applications and their policies' state"),
+                  "post": _op("Create an application over deployed models", 400, 404, 409, body=app, admin=True)},
+        "/apps/{app}": {"get": _op("One application", 404, params=(_APP,)),
+                        "delete": _op("Remove an application", 404, params=(_APP,), admin=True)},
+        "/apps/{app}/predict": {"post": _op(
+            "A prediction bounded by the application's latency objective: late models are replaced by their mean "
+            "output, and with no model in time the answer is the default output with \"default\": true",
+            400, 404, params=(_APP,), body=_object(["input"], user=user, input=_ANY))},
+        "/apps/{app}/observe": {"post": _op("Feedback: the policy learns from the label", 400, 404, 503,
+                                            params=(_APP,), body=_object(["input", "label"], user=user, input=_ANY,
+                                                                         label=_ANY))},
+    }

@@ -1,0 +1,82 @@
+"""One prediction interface over every framework: a batch of inputs in, a batch of outputs out.
+
+Each adapter imports its framework only when asked for, so a container of a plain function or a
+scikit-learn model starts without paying for torch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Predictor = Callable[[Any], Any]
+
+
+class Framework(str, enum.Enum):
+    CALLABLE = "callable"  # a cloudpickled Python function of a batch
+    SKLEARN = "sklearn"  # a joblib-dumped estimator or pipeline
+    TORCH = "torch"  # TorchScript (torch.jit.save) or an eagerly saved nn.Module (torch.save)
+    ONNX = "onnx"  # an ONNX graph run by onnxruntime
+
+
+def load_predictor(framework: Framework, path: Path, method: str | None = None) -> Predictor:
+    """The batch function of the model stored at `path`. `method` names an estimator's method
+    (scikit-learn: predict by default, or predict_proba / decision_function)."""
+    loaders = {
+        Framework.CALLABLE: _callable,
+        Framework.SKLEARN: _sklearn,
+        Framework.TORCH: _torch,
+        Framework.ONNX: _onnx,
+    }
+    return loaders[Framework(framework)](Path(path), method)
+
+
+def _callable(path: Path, method: str | None) -> Predictor:
+    import cloudpickle
+
+    with open(path, "rb") as fh:
+        function = cloudpickle.load(fh)
+    if not callable(function):
+        raise TypeError(f"{path} holds a {type(function).__name__}, not a callable")
+    return function
+
+
+def _sklearn(path: Path, method: str | None) -> Predictor:
+    import joblib
+
+    estimator = joblib.load(path)
+    predict = getattr(estimator, method or "predict", None)
+    if predict is None:
+        raise TypeError(f"the estimator in {path} has no method {method or 'predict'!r}")
+    return lambda batch: predict(np.asarray(batch))
+
+
+def _torch(path: Path, method: str | None) -> Predictor:
+    import torch
+
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError:  # not TorchScript: an eager module saved whole
+        module = torch.load(str(path), map_location="cpu", weights_only=False)
+    module.eval()
+
+    def predict(batch: Any) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.as_tensor(np.asarray(batch, dtype=np.float32))).numpy()
+
+    return predict
+
+
+def _onnx(path: Path, method: str | None) -> Predictor:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1  # one replica, one core: scale by replicas, not threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    output = method or session.get_outputs()[0].name
+    return lambda batch: session.run([output], {name: np.asarray(batch, dtype=np.float32)})[0]

@@ -1,0 +1,183 @@
+"""An application: linked models, a policy over them, a latency objective and a default output.
+
+Feedback is written to the application's feedback log (fsynced) before the policy learns it and
+before it is acknowledged, and replayed when the application is loaded again.
+
+Prediction is bounded in time. Every selected model gets the query with the application's
+deadline; at the deadline the application answers with the outputs that arrived, substituting a
+late or failed model's running mean output (an anytime prediction). If no model answered, the
+answer is the default output with `"default": true` and the reason. Crashed or hung containers
+therefore cost accuracy, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from veloxserve.clipper.deployment import ModelDeployment
+from veloxserve.clipper.feedback_log import FeedbackLog
+from veloxserve.clipper.policies import POLICIES, Loss, Policy, PolicyKind, as_target, losses
+from veloxserve.errors import ContainerUnavailable, VeloxError, invalid_parameter
+
+FEEDBACK_TIMEOUT_S = 10.0  # feedback is not latency-bound: it waits for every model it needs
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """What an application is. `params` are the policy's (eta, gamma, prior_precision)."""
+
+    name: str
+    models: tuple[str, ...]
+    policy: PolicyKind = PolicyKind.SINGLE
+    objective: float = 0.020
+    default: Any = 0.0
+    loss: Loss = Loss.ZERO_ONE
+    params: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "models": list(self.models), "policy": self.policy.value,
+                "objective_ms": self.objective * 1e3, "default": self.default, "loss": self.loss.value,
+                "params": dict(self.params), "seed": self.seed}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AppConfig:
+        return cls(name=data["name"], models=tuple(data["models"]), policy=PolicyKind(data["policy"]),
+                   objective=data["objective_ms"] / 1e3, default=data["default"], loss=Loss(data["loss"]),
+                   params=dict(data.get("params") or {}), seed=int(data.get("seed", 0)))
+
+
+def normalise_input(value: Any) -> Any:
+    """A numeric input (number or nested lists of numbers) becomes a float64 array; anything
+    else (text, objects) goes to the models as JSON."""
+    if isinstance(value, np.ndarray):
+        return value.astype(np.float64, copy=False) if value.dtype.kind in "biuf" else value
+    if isinstance(value, (int, float, list)) and not isinstance(value, bool):
+        try:
+            array = np.asarray(value)
+        except ValueError:  # ragged lists
+            return value
+        if array.dtype.kind in "iuf":
+            return array.astype(np.float64)
+    return value
+
+
+class Application:
+    """Deadline-bounded predictions and online feedback over linked model deployments."""
+
+    def __init__(self, config: AppConfig, resolve: Callable[[str], ModelDeployment], log: FeedbackLog) -> None:
+        self.config = config
+        self._resolve = resolve
+        self.policy: Policy = POLICIES[config.policy](len(config.models), config.loss, np.random.default_rng(config.seed),
+                                                      **config.params)
+        self.answered = self.defaults = self.observed = 0
+        self.log = log
+        for record in log.replay():  # what was acknowledged before a restart (or kill -9)
+            self.policy.observe(record["user"], np.array(record["chosen"]), np.array(record["outputs"]),
+                                np.array(record["target"]))
+            self.observed += 1
+
+    async def predict(self, user: str, value: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + self.config.objective
+        value = normalise_input(value)
+        chosen = self.policy.select(user)
+        futures = self._ask(chosen, value, deadline)
+        pending = [f for f in futures if isinstance(f, asyncio.Future)]
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+        report, outputs, arrived = [], [], 0
+        for index, future in zip(chosen, futures):
+            name = self.config.models[index]
+            entry, output = self._outcome(name, future)
+            report.append(entry)
+            arrived += entry["status"] == "ok"
+            outputs.append(output)
+        self.answered += 1
+        if not arrived:
+            self.defaults += 1
+            reasons = "; ".join(f"{e['model']}: {e['reason']}" for e in report)
+            return {"output": self.config.default, "default": True,
+                    "reason": f"no model answered within {self.config.objective * 1e3:g} ms ({reasons})",
+                    "models": report}
+        if len(chosen) == 1:
+            output = outputs[0]
+            return {"output": output.tolist() if isinstance(output, np.ndarray) else output, "default": False,
+                    "models": report}
+        F = _matrix([o for o in outputs if o is not None])
+        present = np.array([o is not None for o in outputs])
+        combined = self.policy.combine(user, chosen[present], F)
+        return {"output": combined.item() if combined.size == 1 else combined.tolist(), "default": False,
+                "models": report}
+
+    async def observe(self, user: str, value: Any, label: Any) -> dict[str, Any]:
+        """Learn from feedback: evaluate the models the policy learns from (all but for Exp3),
+        then update. A model that cannot answer rejects the feedback, which changes nothing."""
+        value = normalise_input(value)
+        chosen = self.policy.select(user)
+        deadline = time.monotonic() + max(FEEDBACK_TIMEOUT_S, self.config.objective)
+        futures = self._ask(chosen, value, deadline)
+        try:
+            outputs = await asyncio.gather(*(_awaitable(f) for f in futures))
+        except VeloxError as exc:
+            raise ContainerUnavailable(f"Feedback needs every model's output and one failed: {exc}") from None
+        F = _matrix(outputs)
+        try:
+            target = as_target(label, F.shape[1])
+        except ValueError as exc:
+            raise invalid_parameter("label", "observe", str(exc), label) from None
+        model_losses = losses(F, target, self.config.loss)
+        await self.log.append({"user": user, "chosen": chosen, "outputs": F, "target": target})  # durable first
+        self.policy.observe(user, chosen, F, target)
+        self.observed += 1
+        return {"observed": 1, "models": [self.config.models[i] for i in chosen], "losses": model_losses.tolist()}
+
+    def _ask(self, chosen: np.ndarray, value: Any, deadline: float) -> list[asyncio.Future | Exception]:
+        futures: list[asyncio.Future | Exception] = []
+        for index in chosen:
+            try:
+                futures.append(self._resolve(self.config.models[index]).predict(value, deadline))
+            except VeloxError as exc:  # a model removed from under the application
+                futures.append(exc)
+        return futures
+
+    def _outcome(self, name: str, future: asyncio.Future | Exception) -> tuple[dict[str, Any], Any]:
+        if isinstance(future, asyncio.Future) and future.done() and future.exception() is None:
+            return {"model": name, "status": "ok"}, future.result()
+        if isinstance(future, Exception):
+            reason = future.message if isinstance(future, VeloxError) else str(future)
+        elif not future.done():
+            reason = "no answer by the deadline"
+        else:
+            error = future.exception()
+            reason = error.message if isinstance(error, VeloxError) else str(error)
+        try:
+            mean = self._resolve(name).mean.mean
+        except VeloxError:
+            mean = None
+        if mean is None:
+            return {"model": name, "status": "missing", "reason": reason}, None
+        return {"model": name, "status": "mean", "reason": reason}, mean
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.config.to_json(), "state": self.policy.describe(), "answered": self.answered,
+                "defaults": self.defaults, "observed": self.observed}
+
+
+async def _awaitable(future: asyncio.Future | Exception) -> Any:
+    if isinstance(future, Exception):
+        raise future
+    return await future
+
+
+def _matrix(outputs: list[Any]) -> np.ndarray:
+    """Models × output dimension, float64."""
+    try:
+        return np.stack([np.atleast_1d(np.asarray(o, dtype=np.float64)) for o in outputs])
+    except (TypeError, ValueError):
+        raise ContainerUnavailable("Ensembles and feedback need numeric model outputs of one shape.") from None

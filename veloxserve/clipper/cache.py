@@ -1,0 +1,105 @@
+"""A prediction cache keyed by (model, version, input hash), bounded in bytes, with coalescing.
+
+Eviction is LRU (an OrderedDict moved on every hit: O(1), and exact where CLOCK approximates).
+Identical queries in flight share one computation: the second caller awaits the first caller's
+future instead of enqueueing again, so a burst of one popular input costs one model evaluation.
+Failures (a dropped deadline, a crashed container) are shared by the waiters but never cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import orjson
+
+Key = tuple[str, str, bytes]
+_ENTRY_OVERHEAD = 200  # bytes of dict entry, key tuple and digest around each value
+
+
+def input_digest(value: Any) -> bytes:
+    """A stable hash of one input: its dtype, shape and bytes for arrays, its JSON otherwise."""
+    h = hashlib.blake2b(digest_size=16)
+    if isinstance(value, np.ndarray):
+        h.update(value.dtype.str.encode())
+        h.update(str(value.shape).encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    else:
+        h.update(orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY))
+    return h.digest()
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return value.nbytes + _ENTRY_OVERHEAD
+    if isinstance(value, (int, float)):
+        return 8 + _ENTRY_OVERHEAD
+    return len(orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)) + _ENTRY_OVERHEAD
+
+
+class PredictionCache:
+    """Bounded LRU of model outputs plus the computations in flight."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[Key, tuple[Any, int]] = OrderedDict()
+        self._in_flight: dict[Key, asyncio.Future] = {}
+        self.hits = self.misses = self.coalesced = self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Key) -> tuple[bool, Any]:
+        entry = self._entries.get(key)
+        if entry is None:
+            return False, None
+        self._entries.move_to_end(key)
+        return True, entry[0]
+
+    def put(self, key: Key, value: Any) -> None:
+        size = _size(value)
+        if size > self.max_bytes:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        self._entries[key] = (value, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self.bytes -= evicted
+            self.evictions += 1
+
+    def fetch(self, key: Key, compute: Callable[[], Awaitable[Any]]) -> asyncio.Future:
+        """A future of the output for `key`: cached, shared with an identical query in flight, or
+        computed by `compute()` (a coroutine factory, called at most once per key in flight)."""
+        found, value = self.get(key)
+        loop = asyncio.get_running_loop()
+        if found:
+            self.hits += 1
+            future = loop.create_future()
+            future.set_result(value)
+            return future
+        shared = self._in_flight.get(key)
+        if shared is not None:
+            self.coalesced += 1
+            return shared
+        self.misses += 1
+        future = asyncio.ensure_future(compute())
+        self._in_flight[key] = future
+        future.add_done_callback(lambda done: self._settle(key, done))
+        return future
+
+    def _settle(self, key: Key, future: asyncio.Future) -> None:
+        self._in_flight.pop(key, None)
+        if not future.cancelled() and future.exception() is None:
+            self.put(key, future.result())
+
+    def describe(self) -> dict[str, int]:
+        return {"entries": len(self._entries), "bytes": self.bytes, "max_bytes": self.max_bytes, "hits": self.hits,
+                "misses": self.misses, "coalesced": self.coalesced, "evictions": self.evictions}

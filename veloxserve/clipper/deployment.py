@@ -1,0 +1,117 @@
+"""A deployed model version: its replicas, its share of the prediction cache, its running mean.
+
+Queries go to the replica with the least work waiting. The running mean of the model's outputs is
+what an application substitutes when this model misses a deadline (Clipper's anytime
+predictions: E[f_i(x)] in place of f_i(x)).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import zmq.asyncio
+
+from veloxserve.clipper.batching import BatchingConfig, Query
+from veloxserve.clipper.cache import PredictionCache, input_digest
+from veloxserve.clipper.replica import ContainerSpec, Replica
+from veloxserve.errors import ContainerUnavailable
+
+STARTUP_TIMEOUT_S = 60.0
+
+
+class RunningMean:
+    """Mean of a model's numeric outputs so far (outputs of other kinds are not averaged)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: np.ndarray | None = None
+
+    def update(self, output: Any) -> None:
+        try:
+            value = np.asarray(output, dtype=np.float64)
+        except (TypeError, ValueError):
+            return
+        if self.mean is None or self.mean.shape != value.shape:
+            self.mean, self.count = value.copy(), 1
+            return
+        self.count += 1
+        self.mean += (value - self.mean) / self.count
+
+
+class ModelDeployment:
+    """One version of one model, served by `len(replicas)` container processes."""
+
+    def __init__(self, name: str, version: str, spec: ContainerSpec, batching: BatchingConfig,
+                 cache: PredictionCache, context: zmq.asyncio.Context) -> None:
+        self.name = name
+        self.version = version
+        self.spec = spec
+        self.batching = batching
+        self.cache = cache
+        self.mean = RunningMean()
+        self.replicas: list[Replica] = []
+        self._context = context
+
+    async def scale(self, replicas: int) -> None:
+        """Start or stop replicas until there are `replicas`; new ones are ready on return."""
+        started: list[Replica] = []
+        while len(self.replicas) + len(started) < replicas:
+            replica = Replica(self.spec, self.batching, self._context)
+            await replica.start()
+            started.append(replica)
+        try:
+            await asyncio.gather(*(r.wait_ready(STARTUP_TIMEOUT_S) for r in started))
+        except ContainerUnavailable:
+            await asyncio.gather(*(r.stop() for r in started))
+            raise
+        self.replicas.extend(started)
+        while len(self.replicas) > replicas:
+            await self.replicas.pop().stop()
+
+    async def stop(self, drain_seconds: float = 0.0) -> None:
+        until = time.monotonic() + drain_seconds
+        while time.monotonic() < until and any(r.load() for r in self.replicas):
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*(r.stop() for r in self.replicas))
+        self.replicas = []
+
+    def predict(self, value: Any, deadline: float) -> asyncio.Future:
+        """A future of this model's output for `value`, computed by `deadline` (monotonic s) or
+        failed with DeadlineExceeded / ContainerUnavailable."""
+        key = (self.name, self.version, input_digest(value))
+        return self.cache.fetch(key, lambda: self._compute(value, deadline))
+
+    async def _compute(self, value: Any, deadline: float) -> Any:
+        if not self.replicas:
+            raise ContainerUnavailable(f"Model {self.name!r} has no replicas; scale it up.")
+        replica = min(self.replicas, key=lambda r: (not r.ready, r.load()))
+        future = asyncio.get_running_loop().create_future()
+        replica.submit(Query(value, deadline, future))
+        output = await future
+        self.mean.update(output)
+        return output
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.name, "version": self.version, "framework": self.spec.framework.value,
+            "replicas": [_replica_info(r) for r in self.replicas],
+            "objective_ms": self.batching.objective * 1e3, "delay_ms": self.batching.delay * 1e3,
+            "adaptive": self.batching.adaptive,
+            "mean_output": None if self.mean.mean is None else self.mean.mean.tolist(),
+        }
+
+
+def _replica_info(replica: Replica) -> dict[str, Any]:
+    recent = list(replica.recent)
+    latencies = np.array([latency for _, latency in recent]) if recent else np.zeros(0)
+    return {
+        "pid": replica.pid, "ready": replica.ready, "restarts": replica.restarts, "last_failure": replica.last_failure,
+        "batch_size": replica.controller.size, "queue_length": len(replica.queue), "batches": replica.batches,
+        "queries": replica.computed, "dropped": replica.queue.dropped,
+        "last_batch": recent[-1][0] if recent else None,
+        "batch_latency_ms": None if not recent else {
+            "p50": float(np.percentile(latencies, 50) * 1e3), "p99": float(np.percentile(latencies, 99) * 1e3)},
+    }

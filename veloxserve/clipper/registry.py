@@ -1,0 +1,126 @@
+"""What is deployed, persisted under `<home>/clipper/`, so a restart serves the same thing.
+
+    clipper/models/<name>/versions/<v>/meta.json   framework, method, batching, created_at
+    clipper/models/<name>/versions/<v>/<file>      the model file, copied in (rollback never
+                                                   depends on the original still existing)
+    clipper/models/<name>/ACTIVE                   the serving version
+    clipper/models/<name>/REPLICAS                 how many container processes serve it
+    clipper/apps/<name>.json                       an application's configuration
+    clipper/apps/<name>.feedback                   its feedback log (veloxserve/clipper/feedback_log.py)
+
+Versions are `v1`, `v2`, … and are never overwritten; a version directory is written under a
+temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from veloxserve.clipper.adapters import Framework
+from veloxserve.clipper.application import AppConfig
+from veloxserve.clipper.batching import BatchingConfig
+from veloxserve.clipper.replica import ContainerSpec
+from veloxserve.errors import ModelNotFound, NotFound
+from veloxserve.storage.atomic import replace_atomically
+from veloxserve.storage.pointer import read_pointer, write_pointer
+
+
+class ModelRegistry:
+    """Model versions, the active one, replica counts and applications, on disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.models = self.root / "models"
+        self.apps = self.root / "apps"
+
+    # ---- models ------------------------------------------------------------------------
+    def model_names(self) -> list[str]:
+        if not self.models.is_dir():
+            return []
+        return sorted(p.name for p in self.models.iterdir() if (p / "ACTIVE").exists())
+
+    def add_version(self, name: str, framework: Framework, source: Path, method: str | None,
+                    batching: BatchingConfig, hang_timeout: float) -> dict[str, Any]:
+        versions = self.models / name / "versions"
+        versions.mkdir(parents=True, exist_ok=True)
+        number = 1 + max((int(p.name[1:]) for p in versions.iterdir() if p.name[1:].isdigit()), default=0)
+        version = f"v{number}"
+        tmp = versions / f".{version}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        source = Path(source)
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp / source.name)
+        meta = {
+            "model": name, "version": version, "framework": Framework(framework).value, "file": source.name,
+            "source": str(source.resolve()), "method": method, "hang_timeout": hang_timeout,
+            "batching": {"objective": batching.objective, "delay": batching.delay, "adaptive": batching.adaptive,
+                         "initial_size": batching.initial_size, "max_size": batching.max_size},
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        (tmp / "meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+        tmp.rename(versions / version)
+        return meta
+
+    def meta(self, name: str, version: str) -> dict[str, Any]:
+        path = self.models / name / "versions" / version / "meta.json"
+        if not path.is_file():
+            raise NotFound(f"Model {name!r} has no version {version!r}; see GET /containers/{name}.")
+        return orjson.loads(path.read_bytes())
+
+    def versions(self, name: str) -> list[str]:
+        versions = self.models / name / "versions"
+        found = [p.name for p in versions.iterdir() if p.name[1:].isdigit()] if versions.is_dir() else []
+        return sorted(found, key=lambda v: int(v[1:]))
+
+    def spec(self, name: str, version: str) -> tuple[ContainerSpec, BatchingConfig]:
+        meta = self.meta(name, version)
+        path = self.models / name / "versions" / version / meta["file"]
+        spec = ContainerSpec(Framework(meta["framework"]), path, meta["method"], meta["hang_timeout"])
+        return spec, BatchingConfig(**meta["batching"])
+
+    def active(self, name: str) -> str:
+        version = read_pointer(self.models / name / "ACTIVE")
+        if version is None:
+            raise ModelNotFound(f"No model {name!r} is deployed; deploy it with POST /containers.")
+        return version
+
+    def activate(self, name: str, version: str) -> None:
+        write_pointer(self.models / name / "ACTIVE", version)
+
+    def replicas(self, name: str) -> int:
+        return int(read_pointer(self.models / name / "REPLICAS") or 1)
+
+    def set_replicas(self, name: str, replicas: int) -> None:
+        write_pointer(self.models / name / "REPLICAS", str(replicas))
+
+    def discard_version(self, name: str, version: str) -> None:
+        """Remove a version that never served (its containers failed to start)."""
+        shutil.rmtree(self.models / name / "versions" / version, ignore_errors=True)
+        if not self.versions(name) and not (self.models / name / "ACTIVE").exists():
+            shutil.rmtree(self.models / name, ignore_errors=True)
+
+    def remove(self, name: str) -> None:
+        shutil.rmtree(self.models / name, ignore_errors=True)
+
+    # ---- applications ------------------------------------------------------------------
+    def app_configs(self) -> list[AppConfig]:
+        if not self.apps.is_dir():
+            return []
+        return [AppConfig.from_json(orjson.loads(p.read_bytes())) for p in sorted(self.apps.glob("*.json"))]
+
+    def save_app(self, config: AppConfig) -> None:
+        self.apps.mkdir(parents=True, exist_ok=True)
+        body = orjson.dumps(config.to_json(), option=orjson.OPT_INDENT_2)
+        replace_atomically(self.apps / f"{config.name}.json", lambda fh: fh.write(body))
+
+    def feedback_log(self, name: str) -> Path:
+        return self.apps / f"{name}.feedback"
+
+    def remove_app(self, name: str) -> None:
+        (self.apps / f"{name}.json").unlink(missing_ok=True)
+        self.feedback_log(name).unlink(missing_ok=True)

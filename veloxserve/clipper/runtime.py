@@ -1,0 +1,249 @@
+"""The Clipper runtime: deployed models and applications in one home, as one async core.
+
+Everything here runs on one asyncio event loop (the HTTP server's, or the sync wrapper's thread).
+Deploying a version starts its containers, and only once they are ready swaps it in and stops
+the old version's containers: queries never see a model with no replica. Rollback is the same
+swap to an older version. Admin operations are serialised by one lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import zmq.asyncio
+
+from veloxserve.clipper.adapters import Framework
+from veloxserve.clipper.application import AppConfig, Application
+from veloxserve.clipper.batching import BatchingConfig
+from veloxserve.clipper.cache import PredictionCache
+from veloxserve.clipper.deployment import ModelDeployment
+from veloxserve.clipper.feedback_log import FeedbackLog
+from veloxserve.clipper.policies import Loss, PolicyKind
+from veloxserve.clipper.registry import ModelRegistry
+from veloxserve.clipper.replica import ContainerSpec
+from veloxserve.ids import canonical_id
+from veloxserve.errors import Conflict, ContainerUnavailable, ModelNotFound, NotFound, VeloxError, invalid_parameter
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_REPLICAS = 64
+_POLICY_PARAMS = {PolicyKind.SINGLE: set(), PolicyKind.EXP3: {"eta", "gamma"}, PolicyKind.EXP4: {"eta"},
+                  PolicyKind.PERSONALISED: {"prior_precision"}}
+
+
+def check_name(name: Any, field: str, where: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise invalid_parameter(field, where, "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit", name)
+    return name
+
+
+class ClipperRuntime:
+    """Model deployments and applications under `<home>/clipper`. Call `start` on the loop first."""
+
+    def __init__(self, home: Path | str, cache_bytes: int = 64 << 20) -> None:
+        self.registry = ModelRegistry(Path(home) / "clipper")
+        self.cache = PredictionCache(cache_bytes)
+        self.deployments: dict[str, ModelDeployment] = {}
+        self.apps: dict[str, Application] = {}
+        self._context: zmq.asyncio.Context | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def start(self) -> None:
+        """Serve what the registry says: each model's active version with its replicas, every app."""
+        self._context = zmq.asyncio.Context()
+        self._lock = asyncio.Lock()
+        for name in self.registry.model_names():
+            try:
+                self.deployments[name] = await self._start_version(name, self.registry.active(name),
+                                                                   self.registry.replicas(name))
+            except ContainerUnavailable as exc:  # serve the rest; its apps answer without it
+                log.error("cannot restore model %s: %s", name, exc.message)
+        for config in self.registry.app_configs():
+            self.apps[config.name] = self._application(config)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(d.stop() for d in self.deployments.values()))
+        self.deployments.clear()
+        for app in self.apps.values():
+            app.log.close()
+        self.apps.clear()
+        if self._context is not None:
+            self._context.term()
+
+    # ---- models --------------------------------------------------------------------------
+    def deployment(self, name: str) -> ModelDeployment:
+        deployment = self.deployments.get(name)
+        if deployment is None:
+            raise ModelNotFound(f"No model {name!r} is deployed; see GET /containers.")
+        return deployment
+
+    async def deploy(self, name: str, framework: str, model: str | Path, *, method: str | None = None,
+                     replicas: int = 1, objective_ms: float = 20.0, delay_ms: float = 0.0, adaptive: bool = True,
+                     max_batch: int = 1024, hang_timeout_s: float = 5.0) -> dict[str, Any]:
+        """A new version of `name` (v1 for a new model), started and then swapped in."""
+        check_name(name, "name", "deploy")
+        if not isinstance(framework, str) or framework not in {f.value for f in Framework}:
+            raise invalid_parameter("framework", "deploy", " or ".join(f.value for f in Framework), framework)
+        source = Path(model).resolve() if isinstance(model, (str, Path)) and str(model) else None
+        # "" is the working directory: copying a directory that holds the home would copy the home into itself
+        if source is None or self.registry.root.resolve().is_relative_to(source):
+            raise invalid_parameter("model", "deploy", "the path of a model file on the server, outside the home", model)
+        if not source.exists():  # well-formed, naming nothing: 404 as for any unknown resource
+            raise NotFound(f"The 'model' parameter of deploy names no file on the server: {str(model)!r}.", field="model")
+        replicas = _check_replicas(replicas, "deploy")
+        # objective_ms above 1 µs: a smaller positive number is 0 once converted to seconds
+        for field, value, low in (("objective_ms", objective_ms, 1e-3), ("hang_timeout_s", hang_timeout_s, 0.0)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > low:
+                raise invalid_parameter(field, "deploy", f"a number > {low:g}", value)
+        if not isinstance(delay_ms, (int, float)) or isinstance(delay_ms, bool) or delay_ms < 0:
+            raise invalid_parameter("delay_ms", "deploy", "a number >= 0", delay_ms)
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= 1 << 16:
+            raise invalid_parameter("max_batch", "deploy", "an integer in [1, 65536]", max_batch)
+        batching = BatchingConfig(objective=objective_ms / 1e3, delay=delay_ms / 1e3, adaptive=bool(adaptive),
+                                  max_size=max_batch)
+        async with self._lock:
+            meta = self.registry.add_version(name, Framework(framework), Path(model), method, batching, hang_timeout_s)
+            try:
+                await self._swap(name, meta["version"], replicas)
+            except VeloxError:
+                self.registry.discard_version(name, meta["version"])
+                raise
+            return self.describe_model(name)
+
+    async def rollback(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Serve `version`, or the version before the active one."""
+        async with self._lock:
+            active = self.deployment(name).version
+            versions = self.registry.versions(name)
+            if version is None:
+                older = versions[: versions.index(active)] if active in versions else []
+                if not older:
+                    raise Conflict(f"Model {name!r} serves its first version {active}; there is nothing to roll back to.")
+                version = older[-1]
+            elif version not in versions:
+                raise invalid_parameter("version", "rollback", f"one of {versions}", version)
+            if version != active:
+                await self._swap(name, version, self.registry.replicas(name))
+            return self.describe_model(name)
+
+    async def scale(self, name: str, replicas: int) -> dict[str, Any]:
+        replicas = _check_replicas(replicas, "scale")
+        async with self._lock:
+            await self.deployment(name).scale(replicas)
+            self.registry.set_replicas(name, replicas)
+            return self.describe_model(name)
+
+    async def remove(self, name: str) -> dict[str, Any]:
+        async with self._lock:
+            deployment = self.deployment(name)
+            users = sorted(app.config.name for app in self.apps.values() if name in app.config.models)
+            if users:
+                raise Conflict(f"Model {name!r} is linked to the applications {users}; remove them first.")
+            del self.deployments[name]
+            await deployment.stop()
+            self.registry.remove(name)
+            return {"removed": name}
+
+    async def _start_version(self, name: str, version: str, replicas: int) -> ModelDeployment:
+        spec, batching = self.registry.spec(name, version)
+        deployment = ModelDeployment(name, version, spec, batching, self.cache, self._context)
+        await deployment.scale(replicas)
+        return deployment
+
+    async def _swap(self, name: str, version: str, replicas: int) -> None:
+        new = await self._start_version(name, version, replicas)
+        old = self.deployments.get(name)
+        if old is not None:
+            new.mean = old.mean  # anytime substitutes stay available across versions until new outputs arrive
+        self.deployments[name] = new
+        self.registry.activate(name, version)
+        self.registry.set_replicas(name, replicas)
+        if old is not None:
+            await old.stop(drain_seconds=2.0)
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return [self.describe_model(name) for name in sorted(self.deployments)]
+
+    def describe_model(self, name: str) -> dict[str, Any]:
+        deployment = self.deployment(name)
+        return {**deployment.describe(), "versions": [self.registry.meta(name, v) for v in self.registry.versions(name)],
+                "cache": self.cache.describe()}
+
+    # ---- applications --------------------------------------------------------------------
+    def app(self, name: str) -> Application:
+        app = self.apps.get(name)
+        if app is None:
+            raise NotFound(f"No application {name!r}; create it with POST /apps.")
+        return app
+
+    async def create_app(self, name: str, models: list[str], policy: str = "single", objective_ms: float = 20.0,
+                         default: Any = 0.0, loss: str = "zero_one", params: dict[str, float] | None = None,
+                         seed: int = 0) -> dict[str, Any]:
+        config = self._app_config(name, models, policy, objective_ms, default, loss, params or {}, seed)
+        async with self._lock:
+            if name in self.apps:
+                raise Conflict(f"Application {name!r} exists; remove it first (DELETE /apps/{name}).")
+            self.registry.remove_app(name)  # a stale feedback log of an earlier app of this name
+            self.registry.save_app(config)
+            self.apps[name] = self._application(config)
+            return self.apps[name].describe()
+
+    async def remove_app(self, name: str) -> dict[str, Any]:
+        async with self._lock:
+            self.apps.pop(self.app(name).config.name).log.close()
+            self.registry.remove_app(name)
+            return {"removed": name}
+
+    def _application(self, config: AppConfig) -> Application:
+        return Application(config, self.deployment, FeedbackLog(self.registry.feedback_log(config.name)))
+
+    async def predict(self, app: str, user: Any, value: Any) -> dict[str, Any]:
+        return await self.app(app).predict(canonical_id(user, "user", "predict"), value)
+
+    async def observe(self, app: str, user: Any, value: Any, label: Any) -> dict[str, Any]:
+        return await self.app(app).observe(canonical_id(user, "user", "observe"), value, label)
+
+    def _app_config(self, name: Any, models: Any, policy: Any, objective_ms: Any, default: Any, loss: Any,
+                    params: Any, seed: Any) -> AppConfig:
+        check_name(name, "name", "create_app")
+        if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
+            raise invalid_parameter("models", "create_app", "a non-empty list of deployed model names", models)
+        missing = [m for m in models if m not in self.deployments]
+        if missing:  # well-formed, naming what does not exist: 404, as for any unknown resource
+            raise NotFound(f"The 'models' parameter of create_app must name deployed models; not deployed: {missing}. "
+                           "Deploy them first (`veloxserve deploy`).", field="models")
+        if len(set(models)) != len(models):
+            raise invalid_parameter("models", "create_app", "distinct model names", models)
+        if not isinstance(policy, str) or policy not in {p.value for p in PolicyKind}:
+            raise invalid_parameter("policy", "create_app", " or ".join(p.value for p in PolicyKind), policy)
+        kind = PolicyKind(policy)
+        if kind is PolicyKind.SINGLE and len(models) != 1:
+            raise invalid_parameter("models", "create_app", "exactly one model for the single policy", models)
+        if not isinstance(objective_ms, (int, float)) or isinstance(objective_ms, bool) or not objective_ms > 1e-3:
+            raise invalid_parameter("objective_ms", "create_app", "a number > 0.001", objective_ms)
+        if not isinstance(loss, str) or loss not in {x.value for x in Loss}:
+            raise invalid_parameter("loss", "create_app", " or ".join(x.value for x in Loss), loss)
+        if not isinstance(params, dict) or not set(params) <= _POLICY_PARAMS[kind] or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in params.values()):
+            raise invalid_parameter("params", "create_app",
+                                    f"an object of positive numbers among {sorted(_POLICY_PARAMS[kind])}", params)
+        if kind is PolicyKind.EXP3 and params.get("gamma", 0.1) > 1:
+            raise invalid_parameter("params", "create_app", "gamma in (0, 1]", params)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise invalid_parameter("seed", "create_app", "an integer", seed)
+        return AppConfig(name, tuple(models), kind, objective_ms / 1e3, default, Loss(loss), dict(params), seed)
+
+    def list_apps(self) -> list[dict[str, Any]]:
+        return [self.apps[name].describe() for name in sorted(self.apps)]
+
+
+def _check_replicas(replicas: Any, where: str) -> int:
+    if isinstance(replicas, float) and replicas.is_integer():  # JSON Schema's integer: 2.0 is 2
+        replicas = int(replicas)
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= MAX_REPLICAS:
+        raise invalid_parameter("replicas", where, f"an integer in [1, {MAX_REPLICAS}]", replicas)
+    return replicas
