@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -54,3 +56,40 @@ def synthetic_version_arrays(
 @pytest.fixture
 def version_arrays() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return synthetic_version_arrays()
+
+
+@pytest.fixture(scope="session")
+def redis_base_url(tmp_path_factory) -> Iterator[str]:
+    """REDIS_URL when set (CI and this machine: the shared 127.0.0.1:6379), else a redis-server of
+    our own on a free port. Without either, the test fails under CI=true and is skipped elsewhere."""
+    import shutil
+
+    from tests.helpers import RedisServer
+
+    if os.environ.get("REDIS_URL"):
+        yield os.environ["REDIS_URL"]
+        return
+    if shutil.which("redis-server") is None:
+        message = "Redis tests need REDIS_URL or redis-server on PATH"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_base_url: str) -> Iterator[str]:
+    """A Redis URL with a key prefix of this test's own; its keys are deleted afterwards."""
+    import uuid
+
+    import redis
+
+    prefix = f"test{uuid.uuid4().hex[:12]}"
+    yield f"{redis_base_url}?prefix={prefix}"
+    client = redis.Redis.from_url(redis_base_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve every model under --home over HTTP/JSON")
     home(serve)
     net(serve)
+    serve.add_argument("--store", default="lmdb",
+                       help="users' state: lmdb (embedded, one process per home; default) or "
+                            "redis://host:port/db[?prefix=name] (shared by several processes)")
+    serve.add_argument("--instance", help="this process's id when several serve one home over Redis "
+                                          "(its own log and lock; default: the home's main log)")
     for p in (serve, demo):
         p.add_argument("--no-auth", action="store_true",
                        help="DANGEROUS, local development only: admin routes (retrain, activate, policy, forget) need no token")
@@ -210,7 +215,13 @@ def _serve(args: argparse.Namespace) -> int:
     admission = AdmissionConfig(max_in_flight=args.max_in_flight, default_objective_ms=objectives.pop(None, None),
                                 objectives_ms=objectives)
     auth = AuthConfig(enabled=not args.no_auth, keyed_models=frozenset(args.require_key))
-    velox = Velox(args.home)
+    store = None
+    if getattr(args, "store", "lmdb") != "lmdb":  # `demo` serves the embedded store
+        from veloxserve.storage.redis_client import RedisSettings
+        from veloxserve.storage.redis_store import RedisUserStore
+
+        store = RedisUserStore(RedisSettings.from_url(args.store))
+    velox = Velox(args.home, store=store, instance=getattr(args, "instance", None))
     try:
         app = create_app(velox, auth=auth, admission=admission)
         config = uvicorn.Config(
@@ -294,8 +305,7 @@ def _client(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> 
 
 
 def _auth(args: argparse.Namespace) -> dict[str, str]:
-    token = getattr(args, "token", None)
-    return {"authorization": f"Bearer {token}"} if token else {}
+    return {"authorization": f"Bearer {args.token}"} if args.token else {}
 
 
 def _token(args: argparse.Namespace) -> int:

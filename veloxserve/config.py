@@ -53,6 +53,11 @@ class HomeLayout:
     def log_dir(self, name: str) -> Path:
         return self.model_dir(name) / "log"
 
+    def instance_log_dir(self, name: str, instance: str | None) -> Path:
+        """The log one server process writes: the model's log, or its own beside it when several
+        processes share the home (`serve --instance ID`; storage.observation_log.instance_logs)."""
+        return self.log_dir(name) if instance is None else self.log_dir(name) / "instances" / instance
+
     def active_file(self, name: str) -> Path:
         return self.model_dir(name) / "ACTIVE"
 

@@ -7,12 +7,12 @@
     │   └── ItemNotFound            the item is not in the active version's catalogue
     ├── Unauthorized (401)          no API token, or one the server does not know
     ├── Forbidden (403)             a valid token without the right for this route
-    ├── MethodNotAllowed (405)      the route exists, not with this method; Allow lists those it takes
+    ├── MethodNotAllowed (405)      the route exists but not with this method (Allow lists those that do)
     ├── Conflict (409)              the request clashes with the current state
     ├── StoreUnavailable (503)      a backing store (SQLite, Redis, the log) cannot be reached
-    ├── Overloaded (503)            shed at once: the model's queue is full or the deadline cannot be met
     ├── ContainerUnavailable (503)  a model container crashed, hung or failed on a batch
     ├── DeadlineExceeded (504)      a query's latency objective passed before it was computed
+    ├── Overloaded (503)            shed at once: the model's queue is full or the deadline cannot be met
     └── TrainingFailed (500)        offline training could not produce a version
 
 Messages say which field, what was expected, what was got, and what to do, in the style of
@@ -73,17 +73,6 @@ class Forbidden(VeloxError):
     status = 403
 
 
-class MethodNotAllowed(VeloxError):
-    status = 405
-
-    def __init__(self, path: str, method: str, allowed: list[str]) -> None:
-        super().__init__(f"{path} takes {' or '.join(allowed)}, not {method}. See /openapi.json.")
-        self.allowed = allowed
-
-    def headers(self) -> dict[str, str]:
-        return {"allow": ", ".join(self.allowed)}  # RFC 9110: a 405 lists the methods that work
-
-
 class Conflict(VeloxError):
     status = 409
 
@@ -92,6 +81,12 @@ class StoreUnavailable(VeloxError):
     status = 503
 
 
+class ContainerUnavailable(VeloxError):
+    status = 503
+
+
+class DeadlineExceeded(VeloxError):
+    status = 504
 class Overloaded(VeloxError):
     """Refused before any work was done, so retrying after `retry_after` seconds is safe."""
 
@@ -103,12 +98,6 @@ class Overloaded(VeloxError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(self.retry_after)}
-class ContainerUnavailable(VeloxError):
-    status = 503
-
-
-class DeadlineExceeded(VeloxError):
-    status = 504
 
 
 class TrainingFailed(VeloxError):
@@ -121,3 +110,14 @@ def invalid_parameter(field: str, where: str, expected: str, got: Any) -> Invali
         f"The {field!r} parameter of {where} must be {expected}. Got {got!r} instead.",
         field=field,
     )
+
+
+class MethodNotAllowed(VeloxError):
+    status = 405
+
+    def __init__(self, path: str, method: str, allowed: list[str]) -> None:
+        super().__init__(f"{path} takes {' or '.join(allowed)}, not {method}. See /openapi.json.")
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"allow": ", ".join(self.allowed)}  # RFC 9110: a 405 lists the methods that work

@@ -59,7 +59,7 @@ def test_index_top_k_matches_exact_search_and_scores_are_exact(tmp_path: Path) -
             assert {server.version.catalog.lookup(str(i)) for i, _ in exact_answers[0]} == set(np.argsort(-(F @ w))[:50].tolist())
         # exclude_seen and filters still hold on the index path
         user = "3"
-        seen = set(server._seen_rows(user).tolist())
+        seen = set(server.users.seen_rows(user).tolist())
         got = server.top_k(user, 100, exclude_seen=True)
         assert not seen & {server.version.catalog.lookup(str(i)) for i, _ in got} and len(got) == 100
     finally:

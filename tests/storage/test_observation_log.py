@@ -165,3 +165,17 @@ def test_every_acknowledged_lsn_survives_sigkill(tmp_path: Path) -> None:
         durable = {r.lsn for r in log.replay()}
     assert set(range(1, acked_upto + 1)) <= durable
     assert durable == set(range(1, max(durable) + 1))
+
+
+def test_merged_logs_hold_every_instance_in_time_order(tmp_path) -> None:
+    from veloxserve.storage.observation_log import instance_logs, read_merged
+
+    main = tmp_path / "log"
+    with ObservationLog(main) as a, ObservationLog(main / "instances" / "b") as b:
+        for n in range(6):
+            (a if n % 2 == 0 else b).append_and_wait([(f"u{n}", "10", float(n), "v1")])
+    assert [name for name, _ in instance_logs(main)] == ["main", "b"]
+    merged = list(read_merged(main))
+    assert [r.user for _, r in merged] == [f"u{n}" for n in range(6)]
+    assert [(i, r.lsn) for i, r in merged][:3] == [("main", 1), ("b", 1), ("main", 2)]
+    assert [r.user for _, r in read_merged(main, {"main": 1})] == ["u0", "u1", "u3", "u5"]

@@ -9,6 +9,7 @@ import pytest
 
 from veloxserve.errors import StoreUnavailable
 from veloxserve.storage.lmdb_store import LMDBUserStore
+from veloxserve.storage.redis_store import RedisUserStore
 from veloxserve.storage.sqlite_store import SQLiteUserStore
 from veloxserve.storage.user_store import Checkpoint, MemoryUserStore, UserStore
 
@@ -16,12 +17,14 @@ STORES = {
     "memory": lambda tmp: MemoryUserStore(),
     "sqlite": lambda tmp: SQLiteUserStore(tmp / "state.sqlite"),
     "lmdb": lambda tmp: LMDBUserStore(tmp / "state.lmdb"),
+    "redis": lambda tmp: RedisUserStore(tmp),  # tmp: the test's own Redis URL (prefix) here
 }
 
 
 @pytest.fixture(params=sorted(STORES))
 def store(request, tmp_path: Path) -> Iterator[UserStore]:
-    s = STORES[request.param](tmp_path)
+    where = request.getfixturevalue("redis_url") if request.param == "redis" else tmp_path
+    s = STORES[request.param](where)
     yield s
     s.close()
 

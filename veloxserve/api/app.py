@@ -361,7 +361,7 @@ class VeloxApp:
     def _waiter(self, model: str) -> DurableWaiter:
         waiter = self._waiters.get(model)
         if waiter is None:
-            waiter = self._waiters[model] = DurableWaiter(self.velox.observation_log(model), asyncio.get_running_loop())
+            waiter = self._waiters[model] = DurableWaiter(self.velox.acknowledger(model), asyncio.get_running_loop())
         return waiter
 
 

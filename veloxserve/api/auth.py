@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from veloxserve.api import clipper_routes
+from veloxserve.api.clipper_routes import ADMIN_ROUTES as CLIPPER_ADMIN_ROUTES
 from veloxserve.errors import Forbidden, Unauthorized
 from veloxserve.storage.tokens import ADMIN, TokenRecord, TokenStore
 
@@ -23,9 +23,10 @@ ADMIN_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("POST", "activate"),
     ("PUT", "policy"),
     ("DELETE", "forget"),
-}) | clipper_routes.ADMIN_ROUTES  # deploy, scale, rollback, remove; create and remove an application
+}) | CLIPPER_ADMIN_ROUTES  # deploy, scale, roll back and remove containers; create and remove applications
 MODEL_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("GET", "predict"), ("POST", "predict"), ("GET", "top_k"), ("POST", "top_k"), ("POST", "observe"),
+    ("POST", "/apps/{app}/predict"), ("POST", "/apps/{app}/observe"),  # keyed by application name
 })
 ALL_MODELS = "*"
 _HOW = ("Send it as 'Authorization: Bearer <token>' (the CLI: --token or VELOXSERVE_TOKEN). "

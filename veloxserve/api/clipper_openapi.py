@@ -7,8 +7,7 @@ from typing import Any
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _TEXT = {400: "Invalid input: the message names the field", 404: "Unknown model or application",
          405: "Method not allowed", 409: "Conflict: the model is linked to an application, or nothing to roll back",
-         503: "A model container is unavailable (failed to start, crashed or failed on the input)",
-         401: "No API token, or an invalid one", 403: "The token lacks the right for this route"}
+         503: "A model container is unavailable (failed to start, crashed or failed on the input)"}
 _NAME_TEXT = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}  # clipper.runtime.check_name
 _NAME = {"name": "name", "in": "path", "required": True, "schema": _NAME_TEXT}
 _APP = {"name": "app", "in": "path", "required": True, "schema": _NAME_TEXT}
@@ -26,10 +25,6 @@ def _op(summary: str, *errors: int, body: dict[str, Any] | None = None, params: 
     }
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
-    if admin:  # veloxserve.api.auth.ADMIN_ROUTES
-        op["security"] = [{"bearer": []}]
-        op["responses"].update({str(c): {"description": _TEXT[c], "content": {"application/json": {"schema": _ERROR}}}
-                                for c in (401, 403)})
     return op
 
 

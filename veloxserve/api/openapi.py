@@ -10,7 +10,9 @@ from functools import cache
 from typing import Any
 
 from veloxserve import __version__
+from veloxserve.api.auth import ADMIN_ROUTES, MODEL_ROUTES
 from veloxserve.api.clipper_openapi import clipper_paths
+from veloxserve.api.clipper_routes import route_label as clipper_route_label
 from veloxserve.config import ServingConfig
 from veloxserve.ids import MAX_ID_LENGTH
 
@@ -72,6 +74,22 @@ def _errors(*codes: int) -> dict[str, Any]:
 def _admin(operation: dict[str, Any]) -> dict[str, Any]:
     """An admin route (veloxserve.api.auth.ADMIN_ROUTES): an admin token is required."""
     return {**operation, "security": [{"bearer": []}], "responses": {**operation["responses"], **_errors(401, 403)}}
+
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """Mark Clipper's operations with the security the route table gives them."""
+    marked: dict[str, Any] = {}
+    for path, operations in paths.items():
+        marked[path] = {}
+        for method, operation in operations.items():
+            route = (method.upper(), clipper_route_label(path))
+            if route in ADMIN_ROUTES:
+                operation = _admin(operation)
+            elif route in MODEL_ROUTES:
+                operation = {**operation, "security": [{}, {"bearer": []}],
+                             "responses": {**operation["responses"], **_errors(401, 403)}}
+            marked[path][method] = operation
+    return marked
 
 
 def _data_plane(operation: dict[str, Any]) -> dict[str, Any]:
@@ -220,6 +238,6 @@ def openapi_schema() -> dict[str, Any]:
                     "observed": {"type": "integer"}, "lsn": {"type": "integer"}, **version_field}}),
                     **_errors(400, 404, 503)},
             })},
-            **clipper_paths(),
+            **_secured(clipper_paths()),
         },
     }

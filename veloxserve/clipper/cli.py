@@ -60,7 +60,7 @@ def add_commands(sub: Any, default_url: str) -> None:
 
     for parser in (deploy, listing, scale, rollback, remove, app):
         parser.add_argument("--url", default=default_url, help=f"server address (default {default_url})")
-        parser.add_argument("--token", help="API token for admin routes (default: $VELOXSERVE_TOKEN)")
+        parser.add_argument("--token", help="admin API token (default: $VELOXSERVE_TOKEN)")
 
 
 def _client(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> int:

@@ -25,6 +25,16 @@ _STATE_HEADER = struct.Struct("<4sqqq")  # magic, k, count, number of seen items
 _MAGIC = b"VUS1"
 
 
+def state_covariance(state: bytes, dim: int) -> np.ndarray:
+    """P of a state written by `UserTable.encode`, without building a table (read-only view)."""
+    return np.frombuffer(state, dtype=np.float64, offset=_STATE_HEADER.size, count=dim * dim).reshape(dim, dim)
+
+
+def state_seen(state: bytes, dim: int) -> np.ndarray:
+    """The seen item rows of a state written by `UserTable.encode`."""
+    return np.frombuffer(state, dtype=np.int64, offset=_STATE_HEADER.size + 8 * (dim * dim + 2 * dim))
+
+
 class UserTable:
     """Online ridge (or logistic SGD) state of all users of one model version."""
 
@@ -78,6 +88,14 @@ class UserTable:
         """P_u = A_u^{-1}, proportional to the posterior covariance of w_u."""
         row = self.rows.get(user)
         return self._prior_P if row is None else self.P[row]
+
+    def seen_rows(self, user: str) -> np.ndarray:
+        """The item rows a user has rated (empty for a user never seen)."""
+        row = self.rows.get(user)
+        if row is None:
+            return np.empty(0, dtype=np.int64)
+        seen = self.seen[row]
+        return np.fromiter(seen, dtype=np.int64, count=len(seen))
 
     # ---- writing -------------------------------------------------------------------------
     def ensure(self, user: str) -> int:

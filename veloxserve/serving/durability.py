@@ -16,7 +16,8 @@ from veloxserve.storage.observation_log import ObservationLog
 
 
 class DurableWaiter:
-    """Await `wait(lsn)` on one event loop until the log has fsynced `lsn`."""
+    """Await `wait(lsn)` on one event loop until the log has fsynced `lsn` (or, with state shared
+    in Redis, until the serving.shared_server.Applier has also learned it: the same protocol)."""
 
     def __init__(self, obs_log: ObservationLog, loop: asyncio.AbstractEventLoop) -> None:
         self._log = obs_log

@@ -181,7 +181,7 @@ class ModelServer:
         if eligible is not None and k > eligible.size:
             raise invalid_parameter("k", "top_k", f"an int in [1, {eligible.size}], the number of items the candidates "
                                     "and filter admit (ask for fewer, or widen them)", k)
-        seen = self._seen_rows(key) if exclude_seen else np.empty(0, dtype=np.int64)
+        seen = self.users.seen_rows(key) if exclude_seen else np.empty(0, dtype=np.int64)
         if eligible is not None and seen.size:
             eligible = eligible[~np.isin(eligible, seen)]
         n_eligible = (len(self._catalog) - seen.size) if eligible is None else eligible.size
@@ -261,13 +261,6 @@ class ModelServer:
         log.info("%s %s: MIPS index over %d items built in %.1f s", self.name, self.version_id, index.size,
                  index.build_seconds)
 
-    def _seen_rows(self, user: str) -> np.ndarray:
-        row = self.users.rows.get(user)
-        if row is None:
-            return np.empty(0, dtype=np.int64)
-        seen = self.users.seen[row]
-        return np.fromiter(seen, dtype=np.int64, count=len(seen))
-
     def _link(self, z: float) -> float:
         if not self._logistic:
             return z
@@ -300,7 +293,7 @@ class ModelServer:
                 (u, self._catalog_key(r), y, self.version_id, d)
                 for u, r, y, d in zip(users, rows.tolist(), scores.tolist(), decisions)
             ])
-            self._apply(users, rows, scores)
+            self._learn(lsn, users, rows, scores)
             self.applied_lsn = lsn
         self._maybe_checkpoint(len(users))
         if self.on_feedback is not None:
@@ -331,6 +324,10 @@ class ModelServer:
 
     def _catalog_key(self, row: int) -> str:
         return str(self._catalog.external(row))
+
+    def _learn(self, lsn: int, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
+        """Learn a batch just logged (its last LSN `lsn`), under the lock: here, in memory at once."""
+        self._apply(users, rows, scores)
 
     def _apply(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
         table = self.users

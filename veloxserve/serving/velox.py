@@ -27,7 +27,9 @@ from veloxserve.storage.decision_log import DecisionLog, new_decision_id
 from veloxserve.serving.retraining import Retrainer, RetrainJob, RetrainPolicy
 from veloxserve.storage.home_lock import HomeLock
 from veloxserve.storage.lmdb_store import LMDBUserStore
-from veloxserve.storage.observation_log import ObservationLog
+from veloxserve.serving.shared_server import Applier, SharedModelServer
+from veloxserve.storage.observation_log import MAIN_INSTANCE, ObservationLog
+from veloxserve.storage.redis_store import RedisUserStore
 from veloxserve.storage.user_store import UserStore
 from veloxserve.storage.version_catalog import Status, VersionCatalog
 
@@ -46,14 +48,24 @@ def check_model_name(name: Any, where: str = "train") -> str:
 class Velox:
     """Serve, learn and train every model under `home`."""
 
-    def __init__(self, home: str | Path, *, config: ServingConfig | None = None, store: UserStore | None = None) -> None:
+    def __init__(self, home: str | Path, *, config: ServingConfig | None = None, store: UserStore | None = None,
+                 instance: str | None = None) -> None:
+        """`store`: where users' state lives (default: LMDB in the home). A RedisUserStore makes
+        Redis the state shared by several processes serving this home, each with its own
+        `instance` id (its own observation log and lock); see serving/shared_server.py."""
+        self.shared = isinstance(store, RedisUserStore)
+        if instance is not None and (not self.shared or not _MODEL_NAME.fullmatch(instance) or instance == MAIN_INSTANCE):
+            raise invalid_parameter("instance", "serve", "1-64 letters, digits, '_', '.' or '-', other than 'main', "
+                                    "with a shared store (--store redis://...)", instance)
+        self.instance = instance
         self.layout = HomeLayout(Path(home))
         self.layout.root.mkdir(parents=True, exist_ok=True)
-        self._home_lock = HomeLock(self.layout.root / ".lock")
+        self._home_lock = HomeLock(self.layout.root / (".lock" if instance is None else f".lock-{instance}"))
         try:
             self.config = config or ServingConfig()
             self._store = store if store is not None else LMDBUserStore(self.layout.state_db)
             self._logs: dict[str, ObservationLog] = {}
+            self._appliers: dict[str, Applier] = {}
             self._servers: dict[str, ModelServer] = {}
             self._catalogs: dict[str, VersionCatalog] = {}
             self._decision_logs: dict[str, DecisionLog] = {}
@@ -78,6 +90,9 @@ class Velox:
             server.checkpoint()
         for obs_log in self._logs.values():
             obs_log.close()
+        for applier in self._appliers.values():
+            applier.close()
+        self._appliers.clear()
         for decision_log in self._decision_logs.values():
             decision_log.close()
         self._decision_logs.clear()
@@ -174,7 +189,8 @@ class Velox:
         return rec
 
     def decision_log_dir(self, model: str) -> Path:
-        return self.layout.model_dir(model) / "decisions"
+        directory = self.layout.model_dir(model) / "decisions"
+        return directory if self.instance is None else directory / "instances" / self.instance
 
     def _decision_log(self, model: str) -> DecisionLog:
         log = self._decision_logs.get(model)
@@ -213,12 +229,24 @@ class Velox:
 
     def observe_many(self, model: str, observations: Sequence[Observation]) -> int:
         lsn = self.submit(model, observations)
-        self._logs[model].wait_durable(lsn, DURABLE_TIMEOUT_S)
+        self.acknowledger(model).wait_durable(lsn, DURABLE_TIMEOUT_S)
         return lsn
 
     def observation_log(self, model: str) -> ObservationLog:
         self.server(model)
         return self._logs[model]
+
+    def acknowledger(self, model: str) -> ObservationLog | Applier:
+        """What an observation waits on before it is acknowledged: the log's group commit, and
+        with a shared store also its update in Redis (`durable_lsn`, `wait_durable`, `subscribe`)."""
+        self.server(model)
+        return self._appliers.get(model) or self._logs[model]
+
+    def _refuse_when_shared(self, what: str) -> None:
+        if self.shared:
+            raise Conflict(f"{what} is not available while several processes share the state in Redis: stop the "
+                           "servers, do it with one `veloxserve serve` (or train a new version offline), and restart "
+                           "them (docs/storage.md, 'Several servers over Redis').")
 
     # ---- versions ------------------------------------------------------------------------
     def train(self, model: str, ratings: Any, config: Any = None, *, items: str | Path | None = None,
@@ -240,6 +268,7 @@ class Velox:
         Serving and online learning go on meanwhile; the new version is promoted when it beats
         the active one on the most recent held-out observations (`promote="always"|"never"`
         overrides that). With `wait`, return once the job has finished."""
+        self._refuse_when_shared("Retraining")
         job = self.retrainer.start(model, reason=reason, promote=promote, overrides=overrides)
         if wait:
             self.retrainer.wait(model)
@@ -262,6 +291,7 @@ class Velox:
         every logged observation after its log position, so feedback that arrived since that
         version was trained is not lost, then the swap is atomic: a request sees the old or the
         new version, never a mix."""
+        self._refuse_when_shared("Switching versions")
         catalog = self.catalog(model)
         entry = catalog.entry(version)  # NotFound for an unknown version
         if entry["status"] in (Status.FAILED.value, Status.TRAINING.value) or not catalog.versions.exists(version):
@@ -276,17 +306,26 @@ class Velox:
             obs_log = self._logs.get(model)
             if obs_log is None:
                 obs_log = self._logs[model] = ObservationLog(
-                    self.layout.log_dir(model), fsync=self.config.fsync, commit_delay=self.config.commit_delay
+                    self.layout.instance_log_dir(model, self.instance), fsync=self.config.fsync,
+                    commit_delay=self.config.commit_delay,
                 )
             old = self._servers.get(model)
             if old is not None:
                 old.retire_checkpoints()  # the new server's state replaces the old one's in the store
             try:
                 items_file = self.layout.items_file(model)
-                new = ModelServer(
+                shared = {}
+                if self.shared:
+                    if model not in self._appliers:
+                        self._appliers[model] = Applier(obs_log, self.instance or MAIN_INSTANCE,
+                                                        self._store.settings.policy)
+                    shared = {"instance": self.instance or MAIN_INSTANCE, "applier": self._appliers[model],
+                              "log_root": self.layout.log_dir(model)}
+                new = (SharedModelServer if self.shared else ModelServer)(
                     version, self._store, obs_log, self.config, upto_lsn=obs_log.sync(),
                     on_feedback=self.retrainer.on_feedback, feature_cache=self.feature_cache,
                     attributes=ItemAttributes.load(items_file, version.catalog) if items_file.is_file() else EMPTY,
+                    **shared,
                 )
             except BaseException:
                 if old is not None:
@@ -312,6 +351,7 @@ class Velox:
 
         θ of versions already trained stays as it is (it holds no per-user data); the next
         retrain trains θ without the user, because neither the base data nor the log holds them."""
+        self._refuse_when_shared("Forgetting a user")
         key = canonical_id(user, "user", "forget")
         models = [model] if model is not None else self.model_names()
         receipt: dict[str, Any] = {"user": key, "models": {}}

@@ -12,11 +12,12 @@ first LSN, so replay from a position skips whole files.
 
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,34 @@ def read_log(directory: Path, after_lsn: int = 0, upto_lsn: int | None = None) -
                     return
                 if record.lsn > after_lsn and not record.erased:
                     yield record
+
+
+MAIN_INSTANCE = "main"  # the log of a home served by one process: models/<name>/log/ itself
+INSTANCES_DIR = "instances"  # several processes over a shared store: models/<name>/log/instances/<id>/
+
+
+def instance_logs(log_dir: Path) -> list[tuple[str, Path]]:
+    """Every server instance's log of one model: (instance id, directory), the main log first."""
+    log_dir = Path(log_dir)
+    found = [(MAIN_INSTANCE, log_dir)]
+    others = log_dir / INSTANCES_DIR
+    if others.is_dir():
+        found += sorted((p.name, p) for p in others.iterdir() if p.is_dir())
+    return found
+
+
+def read_merged(log_dir: Path, upto: Mapping[str, int] | None = None) -> Iterator[tuple[str, ObservationRecord]]:
+    """(instance, record) from every instance's log of a model, merged by time (then instance and
+    LSN): the training data of several server processes. `upto` bounds an instance's LSNs."""
+    upto = upto or {}
+
+    def stream(instance: str, directory: Path) -> Iterator[tuple[float, str, int, ObservationRecord]]:
+        for record in read_log(directory, 0, upto.get(instance)):
+            yield record.timestamp, instance, record.lsn, record
+
+    streams = [stream(instance, directory) for instance, directory in instance_logs(log_dir)]
+    for _, instance, _, record in heapq.merge(*streams, key=lambda entry: entry[:3]):
+        yield instance, record
 
 
 def _rewrite_without(path: Path, users: set[str]) -> int:

@@ -19,7 +19,7 @@ from veloxserve.config import HomeLayout
 from veloxserve.errors import InvalidInput
 from veloxserve.models.version import Link
 from veloxserve.storage.atomic import replace_atomically
-from veloxserve.storage.observation_log import read_log
+from veloxserve.storage.observation_log import MAIN_INSTANCE, read_merged
 from veloxserve.storage.versions import VersionStore
 from veloxserve.training.als import ALSConfig, TrainedFactors, theta_rmse, train_als
 from veloxserve.training.content import fit_text_basis, read_item_texts
@@ -124,6 +124,7 @@ def retrain_version(
     meta = version_meta(model, config, link, factors, data, test, started)
     meta.update(
         source="base data + observation log", reason=reason, parent=parent, log_position=upto_lsn,
+        log_positions=window["log_positions"],  # instance logs' positions (serving/shared_server.py)
         data=window, holdout=holdout_kind, comparison={
             "rows": int(known.sum()), "candidate_rmse": candidate_rmse, "parent_rmse": parent_rmse,
         },
@@ -205,17 +206,21 @@ def save_base_data(layout: HomeLayout, model: str, ratings: Ratings) -> Path:
 
 
 def training_data(layout: HomeLayout, model: str, upto_lsn: int) -> tuple[Ratings, dict[str, Any]]:
-    """Base data, then the logged observations up to `upto_lsn` in log order (newest last)."""
+    """Base data, then the logged observations, newest last: the main log up to `upto_lsn` and
+    the logs of server instances that shared the home over Redis (each up to its end now, recorded
+    in `log_positions`), merged by time."""
     base_path = layout.base_data(model)
     base = load_ratings(base_path) if base_path.is_file() else None
-    records = list(read_log(layout.log_dir(model), 0, upto_lsn))
+    merged = list(read_merged(layout.log_dir(model), {MAIN_INSTANCE: upto_lsn}))
+    records = [record for _, record in merged]
+    positions = {instance: record.lsn for instance, record in merged if instance != MAIN_INSTANCE}
     log_part = Ratings(
         np.array([r.user for r in records], dtype=str), np.array([r.item for r in records], dtype=str),
         np.array([r.score for r in records], dtype=np.float64),
     )
     window = {
         "base_rows": 0 if base is None else len(base), "log_rows": len(records),
-        "first_lsn": records[0].lsn if records else None, "last_lsn": upto_lsn,
+        "first_lsn": records[0].lsn if records else None, "last_lsn": upto_lsn, "log_positions": positions,
         "first_observed_at": _iso(records[0].timestamp) if records else None,
         "last_observed_at": _iso(records[-1].timestamp) if records else None,
     }

@@ -1,0 +1,171 @@
+"""Several real `veloxserve serve --store redis://...` processes over one Redis: no lost update,
+no lost acknowledged observation under kill -9, fast 503s while Redis is down and recovery after."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from tests.conftest import synthetic_version_arrays
+from tests.helpers import RedisServer, ServerProcess
+from veloxserve.config import HomeLayout
+from veloxserve.storage.observation_log import read_merged
+from veloxserve.storage.versions import VersionStore
+
+ARRAYS, META = synthetic_version_arrays(name="songs")
+F = np.column_stack([ARRAYS["item_factors"], 3.0 + ARRAYS["item_bias"], np.ones(50)])
+
+
+def _home(tmp_path: Path) -> Path:
+    VersionStore(HomeLayout(tmp_path).versions_dir("songs")).write(ARRAYS, META)
+    return tmp_path
+
+
+def _servers(home: Path, url: str, instances: list[str]) -> list[ServerProcess]:
+    servers = [ServerProcess(home, "--store", url, "--instance", name) for name in instances]
+    for server in servers:
+        server.wait_ready()
+    return servers
+
+
+def expected_weights(user: str, observations: list[tuple[str, int, float]]) -> np.ndarray:
+    """The ridge solution from the trained statistics (or the prior) plus every observation of
+    the user, in any order: what one process replaying them all would learn."""
+    ids = list(ARRAYS["user_ids"])
+    if user in ids:
+        A, r = ARRAYS["user_gram"][ids.index(user)].copy(), ARRAYS["user_rhs"][ids.index(user)].copy()
+    else:
+        lam = META["prior_precision"]
+        A, r = lam * np.eye(6), lam * ARRAYS["prior_mean"]
+    for u, item, y in observations:
+        if u == user:
+            f = F[item - 100]
+            A += np.outer(f, f)
+            r += y * f
+    return np.linalg.solve(A, r)
+
+
+def _load(servers: list[ServerProcess], users: list[str], acked: list, stop: threading.Event, workers: int = 6):
+    lock = threading.Lock()
+
+    def client(worker: int) -> None:
+        rng = np.random.default_rng(worker)
+        clients = [httpx.Client(base_url=s.url, timeout=10) for s in servers]
+        n = 0
+        while not stop.is_set():
+            obs = {"user": users[int(rng.integers(len(users)))], "item": int(100 + rng.integers(0, 50)),
+                   "score": float(rng.integers(1, 6))}
+            http = clients[(worker + n) % len(clients)]  # every worker alternates between the servers
+            n += 1
+            try:
+                r = http.post("/models/songs/observe", json=obs)
+            except httpx.HTTPError:
+                continue  # a killed server: go on with the others
+            if r.status_code == 200:
+                with lock:
+                    acked.append((obs["user"], obs["item"], obs["score"]))
+        for c in clients:
+            c.close()
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _logged(home: Path) -> list[tuple[str, int, float]]:
+    return [(r.user, int(r.item), r.score) for _, r in read_merged(HomeLayout(home).log_dir("songs"))]
+
+
+def _assert_served_weights(server: ServerProcess, users, observations) -> None:
+    for user in users:
+        w = expected_weights(user, observations)
+        for item in (100, 117, 149):
+            got = httpx.get(f"{server.url}/models/songs/predict", params={"user": user, "item": item}).json()["score"]
+            assert abs(got - F[item - 100] @ w) <= 1e-7 * max(1.0, abs(got)), (user, item)
+
+
+
+
+def test_two_servers_learning_the_same_users_lose_no_update(tmp_path: Path, redis_url: str) -> None:
+    home = _home(tmp_path)
+    servers = _servers(home, redis_url, ["a", "b"])
+    users = ["0", "1", "fresh-x", "fresh-y"]  # two trained users, two new ones
+    acked: list = []
+    stop = threading.Event()
+    threads = _load(servers, users, acked, stop)
+    while len(acked) < 600:
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join()
+    for server in servers:  # every process serves what all of them learned
+        _assert_served_weights(server, users, acked)
+    for server in servers:
+        server.stop()
+    assert Counter(_logged(home)) == Counter(acked)  # the merged logs hold exactly the acknowledged ones
+    assert {p.name for p in (HomeLayout(home).log_dir("songs") / "instances").iterdir()} == {"a", "b"}
+
+
+def test_sigkill_of_one_server_under_load_loses_no_acknowledged_observation(tmp_path: Path, redis_url: str) -> None:
+    home = _home(tmp_path)
+    servers = _servers(home, redis_url, ["a", "b"])
+    users = ["2", "fresh-z"]
+    acked: list = []
+    stop = threading.Event()
+    threads = _load(servers, users, acked, stop, workers=8)
+    while len(acked) < 300:
+        time.sleep(0.05)
+    servers[0].kill()
+    n_at_kill = len(acked)
+    while len(acked) < n_at_kill + 100:  # the other server keeps learning the same users
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert servers[0].proc.returncode == -9
+    restarted = _servers(home, redis_url, ["a"])[0]  # replays a's log tail into Redis, idempotently
+    logged = _logged(home)
+    assert not Counter(acked) - Counter(logged), "an acknowledged observation is missing from the logs"
+    for server in (restarted, servers[1]):
+        _assert_served_weights(server, users, logged)
+    restarted.stop(), servers[1].stop()
+
+
+def test_redis_outage_fails_fast_with_503_and_the_server_recovers_by_itself(tmp_path: Path) -> None:
+    redis_server = RedisServer(tmp_path / "redis").start()  # our own: this test stops it
+    try:
+        home = _home(tmp_path / "home")
+        server = _servers(home, redis_server.url + "?prefix=outage", ["a"])[0]
+        http = httpx.Client(base_url=server.url, timeout=30)
+        acked = []
+        for n in range(5):
+            obs = {"user": "fresh-o", "item": 100 + n, "score": 4.0}
+            assert http.post("/models/songs/observe", json=obs).status_code == 200
+            acked.append((obs["user"], obs["item"], obs["score"]))
+        redis_server.stop()
+        for request in (lambda: http.post("/models/songs/observe", json={"user": "fresh-o", "item": 101, "score": 1.0}),
+                        lambda: http.get("/models/songs/predict", params={"user": "fresh-o", "item": 101})):
+            started = time.monotonic()
+            r = request()
+            assert r.status_code == 503 and time.monotonic() - started < 5
+            assert r.json()["error"] == "StoreUnavailable" and "Redis at redis://127.0.0.1" in r.json()["message"]
+        redis_server.start()  # same port, same append-only file
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            r = http.post("/models/songs/observe", json={"user": "fresh-o", "item": 120, "score": 2.0})
+            if r.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+        _assert_served_weights(server, ["fresh-o", "0"], _logged(home))
+        assert not Counter(acked + [("fresh-o", 120, 2.0)]) - Counter(_logged(home))
+        http.close()
+        server.stop()
+    finally:
+        redis_server.stop()

@@ -1,0 +1,155 @@
+"""SharedUserTable: the users' online state kept in Redis, updated atomically by compare-and-set.
+
+Several server processes serve one model over one Redis. To learn a batch, a process reads the
+states of the batch's users, applies the observations with the same compiled Sherman–Morrison
+kernel as a single process, and writes each changed state back with a tiny Lua script that
+succeeds only if the user's version has not moved since the read (compare-and-set, one atomic
+step in Redis). A user another process changed meanwhile is read and learned again, so two
+processes learning the same user at once never lose an update. bench/bench_scaleout.py measured
+this against doing the whole update in a Lua script inside Redis (Redis's single core then does
+O(k²) interpreted work per observation: ~1 ms at rank 50) and against routing each user to an
+owner process; docs/storage.md says why this won.
+
+Replays are idempotent: each user's hash remembers, per server instance, the last log position
+of that instance already learned for the user (`@<instance>`), and an instance learns its own
+log in log order. So any process may replay any instance's log (after a crash, or into a new
+version's namespace) without learning an observation twice. Users Redis has not seen yet are
+read from the version's trained statistics (`baseline`), and start from them on first update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from veloxserve.errors import StoreUnavailable
+from veloxserve.learning.user_table import UserTable, state_covariance, state_seen
+from veloxserve.storage.redis_store import STATE, RedisUserStore
+
+_COMPARE_AND_SET = """
+local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if version ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 's', ARGV[2], 'w', ARGV[3], 'v', version + 1, ARGV[4], ARGV[5])
+return 1
+"""
+_RAISE_HINT = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if (not current) or tonumber(current) < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
+MAX_ATTEMPTS = 1000  # compare-and-set rounds before giving up on a user someone updates non-stop
+
+
+class SharedUserTable:
+    """The read side of UserTable (weights, covariance, seen items) over Redis, plus `learn`."""
+
+    def __init__(self, store: RedisUserStore, namespace: str, baseline: UserTable) -> None:
+        self.store = store
+        self.namespace = namespace
+        self.baseline = baseline  # the version's trained statistics; never changed here
+        self.dim = baseline.dim
+        self._client = store.client
+
+    def _key(self, user: str) -> str:
+        return self.store.user_key(self.namespace, user)
+
+    def __len__(self) -> int:
+        with self.store.unavailable("counting users"):
+            return len(self.baseline) + int(self._client.scard(self.store.key(self.namespace, "new_users")))
+
+    # ---- reading -------------------------------------------------------------------------
+    def weights(self, user: str) -> np.ndarray:
+        with self.store.unavailable("reading a user's weights"):
+            raw = self._client.hget(self._key(user), "w")
+        return self.baseline.weights(user) if raw is None else np.frombuffer(raw, dtype=np.float64)
+
+    def weights_many(self, users: Sequence[str]) -> np.ndarray:
+        with self.store.unavailable("reading users' weights"):
+            pipe = self._client.pipeline(transaction=False)
+            for user in users:
+                pipe.hget(self._key(user), "w")
+            raws = pipe.execute()
+        out = self.baseline.weights_many(users)
+        for i, raw in enumerate(raws):
+            if raw is not None:
+                out[i] = np.frombuffer(raw, dtype=np.float64)
+        return out
+
+    def _state(self, user: str) -> bytes | None:
+        with self.store.unavailable("reading a user's state"):
+            return self._client.hget(self._key(user), STATE)
+
+    def covariance(self, user: str) -> np.ndarray:
+        state = self._state(user)
+        return self.baseline.covariance(user) if state is None else state_covariance(state, self.dim)
+
+    def seen_rows(self, user: str) -> np.ndarray:
+        state = self._state(user)
+        return self.baseline.seen_rows(user) if state is None else state_seen(state, self.dim)
+
+    # ---- learning ------------------------------------------------------------------------
+    def learn(self, instance: str, lsns: Sequence[int], users: Sequence[str], rows: np.ndarray,
+              scores: np.ndarray, features: np.ndarray) -> int:
+        """Learn observations of `instance`'s log, in log order; returns how many were new (a
+        replay of already learned ones counts 0). Two round trips per batch unless another
+        process changed one of its users meanwhile. StoreUnavailable if Redis fails."""
+        pending = np.arange(len(users))
+        learned = 0
+        for _ in range(MAX_ATTEMPTS):
+            done, n = self._learn_once(instance, lsns, users, rows, scores, features, pending)
+            learned += n
+            pending = pending[~np.isin([users[i] for i in pending], list(done))]
+            if pending.size == 0:
+                return learned
+        raise StoreUnavailable(f"Could not update user {users[pending[0]]!r} in Redis after {MAX_ATTEMPTS} "
+                               "attempts: other processes change it continuously.")
+
+    def _learn_once(self, instance: str, lsns, users, rows, scores, features, todo: np.ndarray) -> tuple[set[str], int]:
+        """Read, learn locally, compare-and-set; returns the users written (or with nothing to do)."""
+        mark = f"@{instance}"
+        distinct = list(dict.fromkeys(users[i] for i in todo))
+        with self.store.unavailable("reading users' state"):
+            pipe = self._client.pipeline(transaction=False)
+            for user in distinct:
+                pipe.hmget(self._key(user), STATE, "v", mark)
+            found = pipe.execute()
+        local = UserTable(self.dim, self.baseline.prior, self.baseline.link,
+                          learning_rate=self.baseline.learning_rate, capacity=len(distinct))
+        versions, marks = {}, {}
+        for user, (state, version, last) in zip(distinct, found):
+            if state is not None:
+                local.restore(user, state)
+            elif user in self.baseline.rows:  # first update of a trained user: from its trained statistics
+                local.restore(user, self.baseline.encode(self.baseline.rows[user]))
+            else:  # a new user: from the prior
+                local.ensure(user)
+            versions[user], marks[user] = int(version or 0), int(last or 0)
+        fresh = [u for u in distinct if versions[u] == 0 and u not in self.baseline.rows]
+        keep = [i for i in todo if lsns[i] > marks[users[i]]]  # the rest are already learned
+        new_marks = {users[i]: lsns[i] for i in keep}
+        if keep:
+            local.observe_many(np.fromiter((local.rows[users[i]] for i in keep), dtype=np.int64, count=len(keep)),
+                               features, rows[keep], scores[keep])
+        changed = list(new_marks)
+        results = self.store.run_script(_COMPARE_AND_SET, [
+            (self._key(u), versions[u], local.encode(local.rows[u]), local.W[local.rows[u]].tobytes(), mark, new_marks[u])
+            for u in changed
+        ], "learning observations") if changed else []
+        written = {u for u, ok in zip(changed, results) if ok == 1}
+        fresh = [u for u in fresh if u in written]
+        if fresh:
+            self.store.add_to_set(self.store.key(self.namespace, "new_users"), fresh)
+        done = written | (set(distinct) - set(changed))
+        return done, sum(1 for i in keep if users[i] in written)
+
+    # ---- how far each instance's log is learned ---------------------------------------------
+    def hints(self) -> dict[str, int]:
+        """instance -> an LSN such that all of its log up to it is learned (a lower bound)."""
+        with self.store.unavailable("reading log positions"):
+            raw = self._client.hgetall(self.store.key(self.namespace, "learned"))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def raise_hint(self, instance: str, lsn: int) -> None:
+        self.store.run_script(_RAISE_HINT, [(self.store.key(self.namespace, "learned"), instance, lsn)],
+                              "recording a log position")

@@ -1,0 +1,213 @@
+"""Serving one model from several processes over one Redis: the state lives in Redis, not here.
+
+Each process (a server *instance*) logs its observations to its own durable log, then learns
+them into Redis in log order with an atomic Lua update (learning/shared_table.py), and only then
+acknowledges them. So an acknowledged observation is both durable and visible to every process.
+
+    observe -> validate -> append to this instance's log (under the model lock, in LSN order)
+            -> group commit (fsync) -> Applier: one pipelined round trip of Lua updates per batch
+            -> 200
+
+A process killed between the fsync and the update acknowledged nothing; on start every process
+replays every instance's log after what Redis says is learned, and the per-user, per-instance
+log positions kept by the update make that replay idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from veloxserve.errors import StoreUnavailable
+from veloxserve.learning.shared_table import SharedUserTable
+from veloxserve.serving.model_server import ModelServer
+from veloxserve.storage.observation_log import ObservationLog, ObservationRecord, instance_logs, read_log
+from veloxserve.storage.redis_client import RetryPolicy
+
+log = logging.getLogger(__name__)
+_REPLAY_CHUNK = 2_000
+_HINT_SECONDS = 0.5  # how often the applier records how far its log is learned (a lower bound)
+
+
+class SharedModelServer(ModelServer):
+    """A ModelServer whose users' state is a SharedUserTable; learning goes through the Applier."""
+
+    def __init__(self, *args, instance: str, applier: Applier, log_root: Path, **kwargs) -> None:
+        self.instance = instance
+        self._log_root = log_root  # the model's log directory, holding every instance's log
+        self._applier = applier
+        super().__init__(*args, **kwargs)
+
+    def _recover(self) -> int:
+        """Trained statistics as the baseline, then every instance's log after what Redis holds."""
+        self.users.load_trained(self.version.users)
+        self.users = SharedUserTable(self._store, f"{self.name}/{self.version_id}", self.users)
+        meta = self.version.meta
+        trained_upto = {**meta.get("log_positions", {}), "main": int(meta.get("log_position", 0))}
+        learned = self.users.hints()
+        replayed = 0
+        for instance, directory in instance_logs(self._log_root):
+            after = max(trained_upto.get(instance, 0), learned.get(instance, 0))
+            upto = self.applied_lsn if instance == self.instance else None
+            replayed += self._replay_into_redis(instance, read_log(directory, after, upto))
+        return replayed
+
+    def _replay_into_redis(self, instance: str, records: Iterable[ObservationRecord]) -> int:
+        learned, chunk = 0, []
+        for record in records:
+            chunk.append(record)
+            if len(chunk) >= _REPLAY_CHUNK:
+                learned += self._learn_records(instance, chunk)
+                chunk = []
+        return learned + (self._learn_records(instance, chunk) if chunk else 0)
+
+    def _learn_records(self, instance: str, records: list[ObservationRecord]) -> int:
+        lookup = self._catalog.lookup
+        known = [(r, row) for r in records if (row := lookup(r.item)) is not None]  # unknown items: nothing to learn
+        learned = self.users.learn(
+            instance, [r.lsn for r, _ in known], [r.user for r, _ in known],
+            np.array([row for _, row in known], dtype=np.int64), np.array([r.score for r, _ in known]), self._features,
+        ) if known else 0
+        self.users.raise_hint(instance, records[-1].lsn)
+        return learned
+
+    def _learn(self, lsn: int, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
+        self._applier.enqueue(lsn, users, rows, scores, self.users, self._features)
+
+    # Redis holds the state: nothing to checkpoint.
+    def _maybe_checkpoint(self, added: int) -> None:
+        pass
+
+    def checkpoint(self) -> int:
+        return 0
+
+
+class Applier:
+    """Learns this instance's durable observations into Redis in log order, then acknowledges them.
+
+    It is what requests wait on instead of the log: `durable_lsn` here is the last LSN both
+    fsynced and learned, with the log's `subscribe` / `failure` / `wait_durable` protocol, so
+    serving.durability.DurableWaiter works on it unchanged. While Redis fails, waiting requests
+    get StoreUnavailable (503) and the batch is retried with the shared RetryPolicy's backoff;
+    the observations are in the log, so they are learned once Redis is back.
+    """
+
+    def __init__(self, obs_log: ObservationLog, instance: str, policy: RetryPolicy) -> None:
+        self._log = obs_log
+        self._instance = instance
+        self._policy = policy
+        self._cond = threading.Condition()
+        self._queue: deque[tuple] = deque()
+        self._listeners: list[Callable[[int], None]] = []
+        self._applied = obs_log.last_lsn  # recovery learned the whole log before serving
+        self._failure: StoreUnavailable | None = None
+        self._closed = False
+        obs_log.subscribe(self._on_commit)
+        self._thread = threading.Thread(target=self._run, name=f"applier-{instance}", daemon=True)
+        self._thread.start()
+
+    @property
+    def durable_lsn(self) -> int:
+        return self._applied
+
+    @property
+    def failure(self) -> StoreUnavailable | None:
+        return self._failure or self._log.failure
+
+    def subscribe(self, listener: Callable[[int], None]) -> None:
+        self._listeners.append(listener)
+
+    def enqueue(self, lsn: int, users: list[str], rows: np.ndarray, scores: np.ndarray,
+                table: SharedUserTable, features: np.ndarray) -> None:
+        """A batch just appended to the log (called in LSN order, under the model's lock)."""
+        with self._cond:
+            self._queue.append((lsn, users, rows, scores, table, features))
+            self._cond.notify()
+
+    def wait_durable(self, lsn: int, timeout: float | None = None) -> int:
+        with self._cond:
+            done = self._cond.wait_for(lambda: self._applied >= lsn or self.failure is not None, timeout)
+        if self._applied >= lsn:
+            return self._applied
+        if not done:
+            raise StoreUnavailable(f"Observation {lsn} was not learned into Redis within {timeout} s.")
+        raise self.failure  # type: ignore[misc]
+
+    def _on_commit(self, lsn: int) -> None:  # the log's writer thread, after each fsync
+        if lsn < 0:
+            self._publish(-1)
+        with self._cond:
+            self._cond.notify()
+
+    def _ready(self) -> list[tuple]:
+        durable = self._log.durable_lsn
+        return [entry for entry in self._queue if entry[0] <= durable]
+
+    def _run(self) -> None:
+        failures, last_hint = 0, 0.0
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._closed or self._ready(), timeout=_HINT_SECONDS)
+                batch = self._ready()
+                if self._closed and (not batch or self._log.failure is not None):
+                    break
+            if not batch:
+                continue
+            try:
+                self._learn(batch)
+                if time.monotonic() - last_hint >= _HINT_SECONDS:
+                    batch[-1][4].raise_hint(self._instance, batch[-1][0])
+                    last_hint = time.monotonic()
+            except StoreUnavailable as exc:
+                failures += 1
+                if failures == 1:
+                    log.error("%s", exc.message)
+                with self._cond:
+                    self._failure = exc
+                self._publish(-1)
+                self._policy.pause(failures)
+                continue
+            if failures:
+                log.info("Redis is back: learning resumed after %d failed attempts", failures)
+            failures = 0
+            with self._cond:
+                for _ in batch:
+                    self._queue.popleft()
+                self._applied, self._failure = batch[-1][0], None
+                self._cond.notify_all()
+            self._publish(batch[-1][0])
+        if self._queue:
+            log.warning("%d observation batches not learned into Redis at shutdown; they are in the log and "
+                        "will be learned at the next start", len(self._queue))
+
+    def _learn(self, batch: list[tuple]) -> None:
+        """One round trip per table (a swap may leave batches for two versions in the queue)."""
+        start = 0
+        while start < len(batch):
+            table, features = batch[start][4], batch[start][5]
+            end = start
+            lsns, users, rows, scores = [], [], [], []
+            while end < len(batch) and batch[end][4] is table:
+                lsn, u, r, s = batch[end][:4]
+                lsns.extend(range(lsn - len(u) + 1, lsn + 1))
+                users.extend(u), rows.append(r), scores.append(s)
+                end += 1
+            table.learn(self._instance, lsns, users, np.concatenate(rows), np.concatenate(scores), features)
+            start = end
+
+    def _publish(self, lsn: int) -> None:
+        for listener in self._listeners:
+            listener(lsn)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Learn what is durable and queued (waiting up to `timeout` for Redis), then stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout)

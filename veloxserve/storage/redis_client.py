@@ -1,0 +1,92 @@
+"""Connecting to Redis: settings, one shared retry/backoff policy, and driver errors as StoreUnavailable.
+
+Requests must fail fast when Redis is gone, never hang: every socket operation has a short
+timeout, a failed command is retried a couple of times with exponential backoff (redis-py's
+`Retry` + `ExponentialBackoff`, the strategy objects shared by every connection), and what still
+fails becomes `StoreUnavailable` (503) with a message that says what to do. The connection pool
+reconnects by itself on the next command once Redis is back. Background loops (the applier) wait
+between attempts with the same policy's backoff, so there is one place to tune retries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from veloxserve.errors import InvalidInput, StoreUnavailable
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry Redis. `retries` bounds a request's extra attempts;
+    the backoff between attempts doubles from `base` up to `cap` seconds."""
+
+    retries: int = 2
+    base: float = 0.01
+    cap: float = 0.5
+
+    def backoff(self) -> ExponentialBackoff:
+        return ExponentialBackoff(cap=self.cap, base=self.base)
+
+    def retry(self) -> Retry:
+        return Retry(self.backoff(), self.retries)
+
+    def pause(self, failures: int) -> None:
+        """Sleep before the next attempt of a background loop (never a request)."""
+        time.sleep(self.backoff().compute(failures))
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where Redis is and how long to wait for it. `prefix` starts every key, so several
+    deployments (or tests) share one Redis without seeing each other's users."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "vx"
+    socket_timeout: float = 0.5
+    connect_timeout: float = 0.5
+    policy: RetryPolicy = RetryPolicy()
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisSettings:
+        """`redis://host:port/db[?prefix=name]`: the prefix is ours, the rest is redis-py's."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise InvalidInput(f"The 'store' parameter of serve must be a redis:// URL or 'lmdb'. Got {url!r} instead.",
+                               field="store")
+        query = dict(parse_qsl(parts.query))
+        prefix = query.pop("prefix", "vx")
+        if not prefix or any(c in prefix for c in "{}: "):
+            raise InvalidInput(f"The 'prefix' of the Redis URL must be a non-empty name without braces, colons or "
+                               f"spaces. Got {prefix!r} instead.", field="store")
+        return cls(url=urlunsplit(parts._replace(query=urlencode(query))), prefix=prefix)
+
+    def connect(self) -> redis.Redis:
+        return redis.Redis.from_url(
+            self.url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.connect_timeout,
+            retry=self.policy.retry(), health_check_interval=30,
+        )
+
+    @property
+    def where(self) -> str:
+        parts = urlsplit(self.url)
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))  # no password
+
+
+@contextlib.contextmanager
+def unavailable_as_503(settings: RedisSettings, doing: str) -> Iterator[None]:
+    """Turn any redis-py error raised inside into StoreUnavailable naming Redis and the operation."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StoreUnavailable(
+            f"Redis at {settings.where} is unavailable while {doing} ({type(exc).__name__}: {exc}). Requests that "
+            f"need user state fail with 503 until it is back; the server reconnects by itself."
+        ) from exc

@@ -1,0 +1,132 @@
+"""RedisUserStore: user states in Redis, shared by every server process that points at it.
+
+Keys (prefix `p`, namespace `ns`):
+
+    p:ns:u:{<user>}     a hash: `s` the user's state bytes, plus what the shared learner keeps there
+    p:ns:users          a set of the users with a state (scan and count)
+    p:ns:checkpoint     "<version>\\n<lsn>"
+
+The user id is the hash tag (`{...}`), so Redis Cluster places each user's keys by user and a
+Lua script over one user's keys stays on one shard. A checkpoint is one MULTI/EXEC transaction,
+all or nothing on a single Redis node (the server processes sharing Redis do not checkpoint:
+they update users in place, see veloxserve/learning/shared_table.py). Every driver error becomes
+StoreUnavailable (503) here; nothing redis-py raises leaves this package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+from redis.exceptions import NoScriptError
+
+from veloxserve.storage.redis_client import RedisSettings, unavailable_as_503
+from veloxserve.storage.user_store import Checkpoint, UserStore, check_states
+
+STATE = "s"  # the hash field holding a user's state bytes
+_SCAN_CHUNK = 500
+
+
+class RedisUserStore(UserStore):
+    def __init__(self, settings: RedisSettings | str) -> None:
+        self.settings = RedisSettings.from_url(settings) if isinstance(settings, str) else settings
+        self.client = self.settings.connect()
+        self._scripts: dict[str, str] = {}  # Lua source -> its SHA1 on the server
+
+    # ---- keys (public: the shared learner uses the same layout) ------------------------------
+    def user_key(self, namespace: str, user: str) -> str:
+        return f"{self.settings.prefix}:{namespace}:u:{{{user}}}"
+
+    def key(self, namespace: str, name: str) -> str:
+        return f"{self.settings.prefix}:{namespace}:{name}"
+
+    def unavailable(self, doing: str):
+        return unavailable_as_503(self.settings, doing)
+
+    def run_script(self, source: str, calls: Sequence[tuple], doing: str) -> list:
+        """Run a Lua script once per call `(key, *args)`, in order, in one round trip. A script
+        Redis has forgotten (it restarted) is loaded and the batch run again, so scripts run this
+        way must be idempotent."""
+        sha = self._scripts.get(source)
+        with self.unavailable(doing):
+            for attempt in (0, 1):
+                if sha is None:
+                    sha = self._scripts[source] = self.client.script_load(source)
+                pipe = self.client.pipeline(transaction=False)
+                for key, *args in calls:
+                    pipe.evalsha(sha, 1, key, *args)
+                results = pipe.execute(raise_on_error=False)
+                errors = [r for r in results if isinstance(r, Exception)]
+                if not errors:
+                    return results
+                if attempt == 0 and all(isinstance(e, NoScriptError) for e in errors):
+                    sha = None
+                    continue
+                raise errors[0]
+        raise AssertionError("unreachable")
+
+    def add_to_set(self, key: str, members: Sequence[str]) -> None:
+        with self.unavailable("indexing users"):
+            self.client.sadd(key, *members)
+
+    # ---- the UserStore contract --------------------------------------------------------------
+    def get(self, namespace: str, user: str) -> bytes | None:
+        with self.unavailable("reading a user's state"):
+            return self.client.hget(self.user_key(namespace, user), STATE)
+
+    def get_many(self, namespace: str, users: Sequence[str]) -> list[bytes | None]:
+        with self.unavailable("reading users' states"):
+            pipe = self.client.pipeline(transaction=False)
+            for user in users:
+                pipe.hget(self.user_key(namespace, user), STATE)
+            return pipe.execute()
+
+    def write_checkpoint(
+        self, namespace: str, states: Mapping[str, bytes], checkpoint: Checkpoint, *, replace_all: bool = False
+    ) -> None:
+        check_states(states)
+        index = self.key(namespace, "users")
+        with self.unavailable("writing a checkpoint"):
+            dropped = [m.decode() for m in self.client.smembers(index)] if replace_all else []
+            pipe = self.client.pipeline(transaction=True)  # MULTI/EXEC: all or nothing
+            if replace_all:
+                for user in dropped:
+                    pipe.delete(self.user_key(namespace, user))
+                pipe.delete(index)
+            for user, state in states.items():
+                pipe.hset(self.user_key(namespace, user), STATE, bytes(state))
+            if states:
+                pipe.sadd(index, *states)
+            pipe.set(self.key(namespace, "checkpoint"), f"{checkpoint.version}\n{checkpoint.lsn}")
+            pipe.execute()
+
+    def checkpoint(self, namespace: str) -> Checkpoint | None:
+        with self.unavailable("reading the checkpoint"):
+            value = self.client.get(self.key(namespace, "checkpoint"))
+        if value is None:
+            return None
+        version, lsn = value.decode().split("\n")
+        return Checkpoint(version, int(lsn))
+
+    def scan(self, namespace: str) -> Iterator[tuple[str, bytes]]:
+        with self.unavailable("scanning user states"):
+            users = sorted(m.decode() for m in self.client.sscan_iter(self.key(namespace, "users"), count=_SCAN_CHUNK))
+        for start in range(0, len(users), _SCAN_CHUNK):
+            chunk = users[start : start + _SCAN_CHUNK]
+            for user, state in zip(chunk, self.get_many(namespace, chunk)):
+                if state is not None:
+                    yield user, state
+
+    def delete(self, namespace: str, user: str) -> bool:
+        with self.unavailable("deleting a user's state"):
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(self.user_key(namespace, user))
+            pipe.srem(self.key(namespace, "users"), user)
+            removed, _ = pipe.execute()
+        return bool(removed)
+
+    def count(self, namespace: str) -> int:
+        with self.unavailable("counting users"):
+            return int(self.client.scard(self.key(namespace, "users")))
+
+    def close(self) -> None:
+        self.client.close()
