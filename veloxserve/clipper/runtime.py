@@ -88,15 +88,13 @@ class ClipperRuntime:
         check_name(name, "name", "deploy")
         if not isinstance(framework, str) or framework not in {f.value for f in Framework}:
             raise invalid_parameter("framework", "deploy", " or ".join(f.value for f in Framework), framework)
-        source = Path(model).resolve() if isinstance(model, (str, Path)) and str(model) else None
-        # "" is the working directory: copying a directory that holds the home would copy the home into itself
-        if source is None or self.registry.root.resolve().is_relative_to(source):
-            raise invalid_parameter("model", "deploy", "the path of a model file on the server, outside the home", model)
-        if not source.exists():  # well-formed, naming nothing: 404 as for any unknown resource
-            raise NotFound(f"The 'model' parameter of deploy names no file on the server: {str(model)!r}.", field="model")
+        if not isinstance(model, (str, Path)) or not str(model):
+            raise invalid_parameter("model", "deploy", "the path of a model file on the server", model)
+        if not Path(model).is_file():
+            raise NotFound(f"No model file {str(model)!r} on the server: give the path of a file the server can read.",
+                           field="model")
         replicas = _check_replicas(replicas, "deploy")
-        # objective_ms above 1 µs: a smaller positive number is 0 once converted to seconds
-        for field, value, low in (("objective_ms", objective_ms, 1e-3), ("hang_timeout_s", hang_timeout_s, 0.0)):
+        for field, value, low in (("objective_ms", objective_ms, 0.0), ("hang_timeout_s", hang_timeout_s, 0.0)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > low:
                 raise invalid_parameter(field, "deploy", f"a number > {low:g}", value)
         if not isinstance(delay_ms, (int, float)) or isinstance(delay_ms, bool) or delay_ms < 0:
@@ -213,9 +211,9 @@ class ClipperRuntime:
         if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
             raise invalid_parameter("models", "create_app", "a non-empty list of deployed model names", models)
         missing = [m for m in models if m not in self.deployments]
-        if missing:  # well-formed, naming what does not exist: 404, as for any unknown resource
-            raise NotFound(f"The 'models' parameter of create_app must name deployed models; not deployed: {missing}. "
-                           "Deploy them first (`veloxserve deploy`).", field="models")
+        if missing:
+            raise ModelNotFound(f"Models {missing} in 'models' are not deployed; deploy them first (POST /containers).",
+                                field="models")
         if len(set(models)) != len(models):
             raise invalid_parameter("models", "create_app", "distinct model names", models)
         if not isinstance(policy, str) or policy not in {p.value for p in PolicyKind}:
@@ -223,8 +221,8 @@ class ClipperRuntime:
         kind = PolicyKind(policy)
         if kind is PolicyKind.SINGLE and len(models) != 1:
             raise invalid_parameter("models", "create_app", "exactly one model for the single policy", models)
-        if not isinstance(objective_ms, (int, float)) or isinstance(objective_ms, bool) or not objective_ms > 1e-3:
-            raise invalid_parameter("objective_ms", "create_app", "a number > 0.001", objective_ms)
+        if not isinstance(objective_ms, (int, float)) or isinstance(objective_ms, bool) or not objective_ms > 0:
+            raise invalid_parameter("objective_ms", "create_app", "a number > 0", objective_ms)
         if not isinstance(loss, str) or loss not in {x.value for x in Loss}:
             raise invalid_parameter("loss", "create_app", " or ".join(x.value for x in Loss), loss)
         if not isinstance(params, dict) or not set(params) <= _POLICY_PARAMS[kind] or not all(
@@ -242,7 +240,7 @@ class ClipperRuntime:
 
 
 def _check_replicas(replicas: Any, where: str) -> int:
-    if isinstance(replicas, float) and replicas.is_integer():  # JSON Schema's integer: 2.0 is 2
+    if isinstance(replicas, float) and replicas.is_integer():  # JSON Schema's integer admits 3.0
         replicas = int(replicas)
     if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= MAX_REPLICAS:
         raise invalid_parameter("replicas", where, f"an integer in [1, {MAX_REPLICAS}]", replicas)
