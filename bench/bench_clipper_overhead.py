@@ -97,11 +97,12 @@ async def runtime_path(home: Path, model: Path, n: int) -> dict:
 
 
 def http_path(home: Path, model: Path, n: int) -> dict:
-    server = ServerProcess(home)
+    server = ServerProcess(home, "--no-auth")  # a local benchmark: no token on the admin routes
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=30) as client:
-            client.post("/containers", json={"name": "noop", "framework": "callable", "model": str(model)}).raise_for_status()
+            deploy = {"name": "noop", "framework": "callable", "model": str(model)}
+            client.post("/containers", json=deploy).raise_for_status()
             client.post("/apps", json={"name": "noop", "models": ["noop"], "objective_ms": 10_000}).raise_for_status()
             inputs = np.random.default_rng(1).normal(size=(n + 100, 8)).tolist()
             times = []

@@ -10,15 +10,21 @@ import httpx
 import pytest
 
 from tests.clipper.conftest import constant_model, write_callable
-from tests.helpers import ServerProcess, admin_headers
+from tests.helpers import ServerProcess
 from veloxserve.api.clipper_routes import ADMIN_ROUTES, route_label
+from veloxserve.config import HomeLayout
+from veloxserve.storage.tokens import ADMIN, TokenStore
+
+
+def _admin_server(home: Path) -> tuple[ServerProcess, dict[str, str]]:
+    """A server whose home holds one admin token; the headers that carry it."""
+    token = TokenStore(HomeLayout(home).tokens_file).create(name="test", scope=ADMIN)
+    return ServerProcess(home), {"authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("clipper") / "home"
-    process = ServerProcess(home)
-    process.admin = admin_headers(home)  # admin routes (deploy, scale, apps…) need a token
+    process, process.admin = _admin_server(tmp_path_factory.mktemp("clipper") / "home")
     try:
         process.wait_ready()
         yield process
@@ -61,8 +67,8 @@ def test_deploy_with_the_cli_then_predict_observe_scale_roll_back_and_remove(ser
     assert 'veloxserve_clipper_batch_size{model="m"' in metrics and "veloxserve_clipper_queue_length" in metrics
     assert 'route="/apps/{app}/predict"' in metrics
 
+    assert httpx.delete(f"{server.url}/containers/m").status_code == 401  # admin routes need the token
     assert httpx.delete(f"{server.url}/containers/m", headers=server.admin).status_code == 409  # the app links it
-    assert httpx.delete(f"{server.url}/apps/ens").status_code == 401  # no token
     assert httpx.delete(f"{server.url}/apps/ens", headers=server.admin).status_code == 200
     assert _cli(server, "remove", "--name", "m").returncode == 0
     assert [m["model"] for m in httpx.get(f"{server.url}/containers").json()["models"]] == ["n"]
@@ -89,14 +95,13 @@ def test_bad_requests_are_clear_errors(server, method, path, body, status, field
 
 def test_predict_and_observe_name_their_missing_fields(server, tmp_path: Path) -> None:
     model = write_callable(tmp_path / "m.pkl", constant_model(1.0))
-    deploy = {"name": "k", "framework": "callable", "model": str(model)}
-    refused = httpx.post(f"{server.url}/containers", json=deploy, timeout=60)
-    assert refused.status_code == 401 and "token create" in refused.json()["message"]
-    assert "k" not in [m["model"] for m in httpx.get(f"{server.url}/containers").json()["models"]]
-    assert httpx.post(f"{server.url}/containers", json=deploy, headers=server.admin, timeout=60).status_code == 200
-    assert httpx.post(f"{server.url}/apps", json={"name": "a", "models": ["k"]}, headers=server.admin).status_code == 200
+    assert httpx.post(f"{server.url}/containers", json={"name": "k", "framework": "callable", "model": str(model)},
+                      headers=server.admin, timeout=60).status_code == 200
+    created = httpx.post(f"{server.url}/apps", json={"name": "a", "models": ["k"]}, headers=server.admin)
+    assert created.status_code == 200
     for path, body, field in (("predict", {"user": 1}, "input"), ("observe", {"input": [1]}, "label"),
                               ("observe", {"input": [1], "label": [1, 2]}, "label"),
+                              ("observe", {"input": [1], "label": None}, "label"),
                               ("predict", {"input": [1], "user": True}, "user")):
         response = httpx.post(f"{server.url}/apps/a/{path}", json=body)
         assert response.status_code == 400 and response.json()["field"] == field, response.text
@@ -121,8 +126,7 @@ def test_openapi_lists_the_clipper_routes_and_marks_the_admin_ones(server) -> No
 
 def test_acknowledged_feedback_survives_kill_9_of_the_server(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    first = ServerProcess(home)
-    admin = admin_headers(home)
+    first, admin = _admin_server(home)
     try:
         first.wait_ready()
         for name, value in (("m", 1.0), ("n", 0.0)):
@@ -130,7 +134,8 @@ def test_acknowledged_feedback_survives_kill_9_of_the_server(tmp_path: Path) -> 
             httpx.post(f"{first.url}/containers", json={"name": name, "framework": "callable", "model": str(model)},
                        headers=admin, timeout=60).raise_for_status()
         httpx.post(f"{first.url}/apps", json={"name": "p", "models": ["m", "n"], "policy": "personalised",
-                                              "loss": "squared", "objective_ms": 5000}, headers=admin).raise_for_status()
+                                              "loss": "squared", "objective_ms": 5000},
+                   headers=admin).raise_for_status()
         for i in range(10):
             httpx.post(f"{first.url}/apps/p/observe", json={"user": "u", "input": [float(i)], "label": 0.9},
                        timeout=30).raise_for_status()

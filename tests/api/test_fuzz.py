@@ -7,7 +7,6 @@ The example count is bounded so the whole run stays around a minute on two cores
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import schemathesis

@@ -43,6 +43,7 @@ def test_sklearn_method_option_calls_predict_proba(clipper: Clipper, tmp_path: P
     np.testing.assert_allclose(_linear_answers(clipper, "clf"), model.predict_proba(X), rtol=1e-9)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 @pytest.mark.parametrize("kind", ["torchscript", "eager"])
 def test_torch_module_in_a_container_matches_numpy(clipper: Clipper, tmp_path: Path, kind: str) -> None:
     import torch

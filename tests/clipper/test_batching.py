@@ -28,7 +28,7 @@ def test_aimd_adds_two_under_ninety_percent_holds_near_and_cuts_over_the_objecti
         before = size
         if latency > 0.02:
             size = max(1, int(np.floor(before * 0.9)))
-        elif latency < 0.018 and batch >= before:
+        elif latency < 0.9 * 0.02 and batch >= before:  # the same float the controller compares with
             size = min(256, before + 2)
         assert controller.update(latency, batch) == size
 
@@ -55,7 +55,8 @@ def _slow_per_item(base: float, per_item: float):
 
 
 async def _replica(tmp_path: Path, function, batching: BatchingConfig, hang_timeout: float = 10.0) -> Replica:
-    spec = ContainerSpec(Framework.CALLABLE, write_callable(tmp_path / "model.pkl", function), hang_timeout=hang_timeout)
+    model = write_callable(tmp_path / "model.pkl", function)
+    spec = ContainerSpec(Framework.CALLABLE, model, hang_timeout=hang_timeout)
     replica = Replica(spec, batching, zmq.asyncio.Context.instance())
     await replica.start()
     await replica.wait_ready(60)

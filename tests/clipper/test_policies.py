@@ -11,6 +11,7 @@ import pytest
 from tests.clipper.conftest import write_callable
 from veloxserve.clipper import Clipper
 from veloxserve.clipper.policies import Exp3, Exp4, Loss, Personalised, as_target, losses
+from veloxserve.errors import ContainerUnavailable
 
 
 def test_losses_zero_one_absolute_and_squared() -> None:
@@ -24,7 +25,8 @@ def test_losses_zero_one_absolute_and_squared() -> None:
 def test_class_labels_become_one_hot_and_bad_labels_are_rejected() -> None:
     assert as_target(2, 3).tolist() == [0.0, 0.0, 1.0]
     assert as_target(0.5, 1).tolist() == [0.5]
-    for bad, dim in ((3, 3), (1.5, 3), ([1, 2], 1)):
+    for bad, dim in ((3, 3), (1.5, 3), ([1, 2], 1), (None, 1), (float("nan"), 1), ({"a": 1}, 1), ("1", 1),
+                     (True, 1), ([1.0, float("inf")], 2)):
         with pytest.raises(ValueError):
             as_target(bad, dim)
 
@@ -42,7 +44,8 @@ def test_exp3_update_is_importance_weighted_on_the_drawn_model() -> None:
         loss = [0.9, 0.1, 0.5][expected_arm]
         log_w[expected_arm] -= 0.2 * loss / p[expected_arm]
         policy.observe("u", chosen, np.array([[loss]]), np.array([0.0]))
-        np.testing.assert_allclose(policy.probabilities(), 0.7 * np.exp(log_w - log_w.max()) / np.exp(log_w - log_w.max()).sum() + 0.1)
+        w = np.exp(log_w - log_w.max())
+        np.testing.assert_allclose(policy.probabilities(), 0.7 * w / w.sum() + 0.1)
 
 
 def test_exp4_weights_are_exponentiated_cumulative_losses_and_combine_by_them() -> None:
@@ -124,3 +127,24 @@ def test_personalised_policy_learns_different_weights_for_different_users(clippe
     assert policy.user_weights("likes-bad")[0] > 0.8 > policy.user_weights("likes-bad")[1]
     assert clipper.predict("p", "likes-good", [0.5])["output"] > 0.8
     assert clipper.predict("p", "likes-bad", [0.5])["output"] < 0.2
+
+
+def test_feedback_a_model_cannot_answer_is_rejected_and_changes_nothing(clipper: Clipper, tmp_path: Path) -> None:
+    def picky(batch):
+        import numpy as np
+
+        batch = np.asarray(batch)
+        if (batch[:, 0] < 0).any():
+            raise ValueError("negative input")
+        return batch[:, 0]
+
+    clipper.deploy("picky", "callable", write_callable(tmp_path / "p.pkl", picky))
+    clipper.deploy("other", "callable", write_callable(tmp_path / "o.pkl", lambda batch: [0.0] * len(batch)))
+    clipper.create_app("app", ["picky", "other"], policy="exp4", loss="absolute", objective_ms=20_000)
+    clipper.observe("app", "u", [0.5], 0.5)
+    before = clipper.runtime.app("app").describe()
+    log_size = clipper.runtime.registry.feedback_log("app").stat().st_size
+    with pytest.raises(ContainerUnavailable, match="negative input"):
+        clipper.observe("app", "u", [-1.0], 0.0)
+    assert clipper.runtime.app("app").describe() == before
+    assert clipper.runtime.registry.feedback_log("app").stat().st_size == log_size

@@ -19,12 +19,15 @@ def test_versions_swap_roll_back_and_survive_a_restart(tmp_path: Path) -> None:
         assert clipper.predict("app", "u", [0.0])["output"] == 1.0
         described = clipper.deploy("m", "callable", write_callable(tmp_path / "two.pkl", constant_model(2.0)))
         assert described["version"] == "v2" and [v["version"] for v in described["versions"]] == ["v1", "v2"]
+        assert [v["status"] for v in described["versions"]] == ["ready", "active"]
         assert clipper.predict("app", "u", [0.0])["output"] == 2.0  # the cache is keyed by version
         (tmp_path / "one.pkl").unlink()  # rollback needs only the registry's copy
         assert clipper.rollback("m")["version"] == "v1"
         assert clipper.predict("app", "u", [0.0])["output"] == 1.0
         with pytest.raises(Conflict, match="first version"):
             clipper.rollback("m")
+        with pytest.raises(NotFound, match="no version 'v9'"):
+            clipper.rollback("m", "v9")
         assert clipper.rollback("m", "v2")["version"] == "v2"
         clipper.scale("m", 2)
     with Clipper(home) as clipper:  # a restart serves what was active, with its replicas and apps
@@ -64,11 +67,14 @@ def test_remove_is_refused_while_an_app_links_the_model(clipper: Clipper, tmp_pa
     ({"replicas": 0}, "replicas"),
     ({"objective_ms": -1}, "objective_ms"),
     ({"delay_ms": "soon"}, "delay_ms"),
+    ({"adaptive": "false"}, "adaptive"),
+    ({"method": "__class__.mro"}, "method"),
+    ({"hang_timeout_s": float("nan")}, "hang_timeout_s"),
 ])
 def test_bad_deployments_name_the_field_and_change_nothing(clipper: Clipper, tmp_path: Path, kwargs, field) -> None:
     args = {"name": "m", "framework": "callable", "model": write_callable(tmp_path / "m.pkl", constant_model(1.0)),
             **kwargs}
-    with pytest.raises((InvalidInput, NotFound)) as error:  # a missing model file is a 404
+    with pytest.raises(NotFound if field == "model" else InvalidInput) as error:
         clipper.deploy(args.pop("name"), args.pop("framework"), args.pop("model"), **args)
     assert error.value.field == field
     assert clipper.list_models() == [] and not (clipper.runtime.registry.models / "m").exists()
@@ -88,12 +94,31 @@ def test_a_model_that_cannot_load_leaves_no_version(clipper: Clipper, tmp_path: 
     ({"models": ["m", "n"], "policy": "single"}, "models"),
     ({"objective_ms": 0}, "objective_ms"),
     ({"loss": "hinge"}, "loss"),
+    ({"seed": -1}, "seed"),
     ({"policy": "exp4", "params": {"gamma": 0.1}}, "params"),
 ])
 def test_bad_applications_name_the_field_and_change_nothing(clipper: Clipper, tmp_path: Path, kwargs, field) -> None:
     for name in ("m", "n"):
         clipper.deploy(name, "callable", write_callable(tmp_path / f"{name}.pkl", constant_model(1.0)))
-    with pytest.raises((InvalidInput, NotFound)) as error:  # an undeployed model is a 404
+    with pytest.raises(ModelNotFound if kwargs.get("models") == ["nope"] else InvalidInput) as error:
         clipper.create_app(**{"name": "app", "models": ["m"], **kwargs})
     assert error.value.field == field
     assert clipper.list_apps() == [] and not (clipper.runtime.registry.apps / "app.json").exists()
+
+
+def test_scaling_down_hands_waiting_queries_to_the_replicas_that_stay(clipper: Clipper, tmp_path: Path) -> None:
+    clipper.deploy("m", "callable", write_callable(tmp_path / "m.pkl", constant_model(5.0, sleep=0.2)),
+                   replicas=2, adaptive=False)
+    clipper.create_app("app", ["m"], objective_ms=20_000)
+
+    async def burst_then_scale_down():
+        import asyncio
+
+        answers = [asyncio.ensure_future(clipper.runtime.predict("app", "u", [float(i)])) for i in range(6)]
+        await asyncio.sleep(0.05)  # both replicas busy, four queries waiting
+        await clipper.runtime.scale("m", 1)
+        return await asyncio.gather(*answers)
+
+    answers = clipper._run(burst_then_scale_down())
+    assert sum(a["default"] for a in answers) <= 1  # at most the batch in flight on the retired replica
+    assert all(a["output"] == 5.0 for a in answers if not a["default"])

@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from veloxserve.clipper.runtime import ClipperRuntime
-from veloxserve.errors import MethodNotAllowed, NotFound, VeloxError, invalid_parameter
+from veloxserve.errors import MethodNotAllowed, NotFound, invalid_parameter
 
 PREFIXES = ("/containers", "/apps")
 # (method, route label) of the routes that change what is deployed: the ones to authenticate.

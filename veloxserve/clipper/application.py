@@ -74,8 +74,8 @@ class Application:
     def __init__(self, config: AppConfig, resolve: Callable[[str], ModelDeployment], log: FeedbackLog) -> None:
         self.config = config
         self._resolve = resolve
-        self.policy: Policy = POLICIES[config.policy](len(config.models), config.loss, np.random.default_rng(config.seed),
-                                                      **config.params)
+        rng = np.random.default_rng(config.seed)
+        self.policy: Policy = POLICIES[config.policy](len(config.models), config.loss, rng, **config.params)
         self.answered = self.defaults = self.observed = 0
         self.log = log
         for record in log.replay():  # what was acknowledged before a restart (or kill -9)
@@ -87,10 +87,7 @@ class Application:
         deadline = time.monotonic() + self.config.objective
         value = normalise_input(value)
         chosen = self.policy.select(user)
-        futures = self._ask(chosen, value, deadline)
-        pending = [f for f in futures if isinstance(f, asyncio.Future)]
-        if pending:
-            await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
+        futures = await self._settled(self._ask(chosen, value, deadline), deadline)
         report, outputs, arrived = [], [], 0
         for index, future in zip(chosen, futures):
             name = self.config.models[index]
@@ -121,12 +118,17 @@ class Application:
         value = normalise_input(value)
         chosen = self.policy.select(user)
         deadline = time.monotonic() + max(FEEDBACK_TIMEOUT_S, self.config.objective)
-        futures = self._ask(chosen, value, deadline)
-        try:
-            outputs = await asyncio.gather(*(_awaitable(f) for f in futures))
-        except VeloxError as exc:
-            raise ContainerUnavailable(f"Feedback needs every model's output and one failed: {exc}") from None
+        futures = await self._settled(self._ask(chosen, value, deadline), deadline)
+        outputs = []
+        for index, future in zip(chosen, futures):
+            entry, output = self._outcome(self.config.models[index], future)
+            if entry["status"] != "ok":
+                raise ContainerUnavailable(f"Feedback needs the output of model {entry['model']!r}, which failed: "
+                                           f"{entry['reason']}. Nothing was learned; send it again.")
+            outputs.append(output)
         F = _matrix(outputs)
+        if not np.isfinite(F).all():
+            raise ContainerUnavailable("A model returned non-finite outputs for this input; nothing was learned.")
         try:
             target = as_target(label, F.shape[1])
         except ValueError as exc:
@@ -144,6 +146,14 @@ class Application:
                 futures.append(self._resolve(self.config.models[index]).predict(value, deadline))
             except VeloxError as exc:  # a model removed from under the application
                 futures.append(exc)
+        return futures
+
+    @staticmethod
+    async def _settled(futures: list[asyncio.Future | Exception], deadline: float) -> list[asyncio.Future | Exception]:
+        """Wait until every future is done or the deadline passes; never cancels a shared computation."""
+        pending = [f for f in futures if isinstance(f, asyncio.Future)]
+        if pending:
+            await asyncio.wait(pending, timeout=max(0.0, deadline - time.monotonic()))
         return futures
 
     def _outcome(self, name: str, future: asyncio.Future | Exception) -> tuple[dict[str, Any], Any]:
@@ -167,12 +177,6 @@ class Application:
     def describe(self) -> dict[str, Any]:
         return {**self.config.to_json(), "state": self.policy.describe(), "answered": self.answered,
                 "defaults": self.defaults, "observed": self.observed}
-
-
-async def _awaitable(future: asyncio.Future | Exception) -> Any:
-    if isinstance(future, Exception):
-        raise future
-    return await future
 
 
 def _matrix(outputs: list[Any]) -> np.ndarray:

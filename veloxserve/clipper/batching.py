@@ -114,6 +114,11 @@ class BatchQueue:
             batch.append(query)
         return batch
 
+    def drain(self) -> list[Query]:
+        """Take every waiting query out (to hand them to another replica)."""
+        items, self._items = list(self._items), deque()
+        return items
+
     def fail_all(self, error: Exception) -> None:
         while self._items:
             query = self._items.popleft()

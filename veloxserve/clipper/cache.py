@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -75,9 +75,9 @@ class PredictionCache:
             self.bytes -= evicted
             self.evictions += 1
 
-    def fetch(self, key: Key, compute: Callable[[], Awaitable[Any]]) -> asyncio.Future:
+    def fetch(self, key: Key, compute: Callable[[], asyncio.Future]) -> asyncio.Future:
         """A future of the output for `key`: cached, shared with an identical query in flight, or
-        computed by `compute()` (a coroutine factory, called at most once per key in flight)."""
+        the future `compute()` returns (called at most once per key in flight)."""
         found, value = self.get(key)
         loop = asyncio.get_running_loop()
         if found:
@@ -90,7 +90,7 @@ class PredictionCache:
             self.coalesced += 1
             return shared
         self.misses += 1
-        future = asyncio.ensure_future(compute())
+        future = compute()
         self._in_flight[key] = future
         future.add_done_callback(lambda done: self._settle(key, done))
         return future

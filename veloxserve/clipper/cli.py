@@ -25,7 +25,8 @@ def add_commands(sub: Any, default_url: str) -> None:
     deploy.add_argument("--delay-ms", type=float, default=0.0, help="wait this long for a batch to fill (default 0)")
     deploy.add_argument("--no-batching", action="store_true", help="batches of one")
     deploy.set_defaults(clipper_run=lambda a: _client(a, "POST", "/containers", json={
-        "name": a.name, "framework": a.framework, "model": str(Path(a.model).resolve()), "method": a.method, "replicas": a.replicas,
+        "name": a.name, "framework": a.framework, "model": str(Path(a.model).resolve()), "method": a.method,
+        "replicas": a.replicas,
         "objective_ms": a.objective_ms, "delay_ms": a.delay_ms, "adaptive": not a.no_batching}))
 
     listing = sub.add_parser("list", help="deployed models: versions, replicas, batch sizes, queues")

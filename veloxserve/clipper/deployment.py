@@ -69,7 +69,10 @@ class ModelDeployment:
             raise
         self.replicas.extend(started)
         while len(self.replicas) > replicas:
-            await self.replicas.pop().stop()
+            retired = self.replicas.pop()
+            for query in retired.queue.drain():  # what waited there goes to the replicas that stay
+                min(self.replicas, key=Replica.load).submit(query)
+            await retired.stop()
 
     async def stop(self, drain_seconds: float = 0.0) -> None:
         until = time.monotonic() + drain_seconds
@@ -82,17 +85,23 @@ class ModelDeployment:
         """A future of this model's output for `value`, computed by `deadline` (monotonic s) or
         failed with DeadlineExceeded / ContainerUnavailable."""
         key = (self.name, self.version, input_digest(value))
-        return self.cache.fetch(key, lambda: self._compute(value, deadline))
+        return self.cache.fetch(key, lambda: self._submit(value, deadline))
 
-    async def _compute(self, value: Any, deadline: float) -> Any:
-        if not self.replicas:
-            raise ContainerUnavailable(f"Model {self.name!r} has no replicas; scale it up.")
-        replica = min(self.replicas, key=lambda r: (not r.ready, r.load()))
+    def _submit(self, value: Any, deadline: float) -> asyncio.Future:
+        """Queue the query on the least loaded replica; its future is the query's answer (no task
+        per query: the replica resolves it, a callback feeds the running mean)."""
         future = asyncio.get_running_loop().create_future()
+        if not self.replicas:
+            future.set_exception(ContainerUnavailable(f"Model {self.name!r} has no replicas; scale it up."))
+            return future
+        replica = min(self.replicas, key=lambda r: (not r.ready, r.load()))
+        future.add_done_callback(self._learn_mean)
         replica.submit(Query(value, deadline, future))
-        output = await future
-        self.mean.update(output)
-        return output
+        return future
+
+    def _learn_mean(self, future: asyncio.Future) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.mean.update(future.result())
 
     def describe(self) -> dict[str, Any]:
         return {

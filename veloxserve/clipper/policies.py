@@ -43,7 +43,12 @@ class Loss(str, enum.Enum):
 
 def as_target(label: Any, dim: int) -> np.ndarray:
     """Feedback as a vector like the outputs: a class index becomes one-hot when outputs are vectors."""
-    y = np.asarray(label, dtype=np.float64)
+    try:
+        y = np.asarray(label, dtype=np.float64)
+    except (TypeError, ValueError):
+        y = np.array(np.nan)
+    if not np.isfinite(y).all() or isinstance(label, (bool, str)):
+        raise ValueError(f"a finite number or a list of {dim} finite numbers like the models' outputs")
     if dim > 1 and y.ndim == 0:
         if not (0 <= y < dim and y == int(y)):
             raise ValueError(f"a class index in [0, {dim - 1}]")

@@ -54,7 +54,7 @@ class ModelRegistry:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         source = Path(source)
-        (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp / source.name)
+        shutil.copy2(source, tmp / source.name)
         meta = {
             "model": name, "version": version, "framework": Framework(framework).value, "file": source.name,
             "source": str(source.resolve()), "method": method, "hang_timeout": hang_timeout,

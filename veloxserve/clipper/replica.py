@@ -34,6 +34,10 @@ from veloxserve.errors import ContainerUnavailable
 log = logging.getLogger(__name__)
 
 
+def _stopped() -> ContainerUnavailable:
+    return ContainerUnavailable("The model replica was stopped (scaled down, removed or the server shut down).")
+
+
 @dataclass(frozen=True)
 class ContainerSpec:
     """What a container process loads."""
@@ -68,7 +72,7 @@ class Replica:
         self._exited_before_hello = asyncio.Event()
         self._crash_loop = 0  # restarts since a container last said hello: backs off restarts
         self._pending: dict[int, asyncio.Future] = {}
-        self._in_flight = 0
+        self._batch: list[Query] = []  # the batch being computed
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self.restarts = 0
@@ -107,9 +111,8 @@ class Replica:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._kill()
-        error = ContainerUnavailable("The model replica was stopped (scaled down, removed or the server shut down).")
-        self._fail_pending(error)
-        self.queue.fail_all(error)
+        self._fail_pending(_stopped())
+        self.queue.fail_all(_stopped())
         if self._socket is not None:
             self._socket.close(0)
 
@@ -126,7 +129,7 @@ class Replica:
 
     def load(self) -> int:
         """Queries waiting or being computed: what the deployment balances on."""
-        return len(self.queue) + self._in_flight
+        return len(self.queue) + len(self._batch)
 
     # ---- the container process -----------------------------------------------------------
     def _spawn(self) -> None:
@@ -208,12 +211,15 @@ class Replica:
             request = next(self._ids)
             reply = self._pending[request] = loop.create_future()
             started = time.perf_counter()
-            self._in_flight = len(batch)
+            self._batch = batch
             try:
                 frames = protocol.encode_batch(protocol.stack_inputs([q.input for q in batch]))
                 await self._socket.send_multipart([self._peer, protocol.PREDICT, protocol.pack_id(request), *frames])
                 outputs = await asyncio.wait_for(reply, self.spec.hang_timeout)
                 results = protocol.split_outputs(outputs, len(batch))
+            except asyncio.CancelledError:  # stopped: the batch in flight is answered, not abandoned
+                _fail(batch, _stopped())
+                raise
             except asyncio.TimeoutError:
                 self._pending.pop(request, None)
                 self._restart(f"did not answer a batch of {len(batch)} within {self.spec.hang_timeout} s (hung)")
@@ -225,7 +231,7 @@ class Replica:
                 _fail(batch, exc if isinstance(exc, ContainerUnavailable) else ContainerUnavailable(str(exc)))
                 continue
             finally:
-                self._in_flight = 0
+                self._batch = []
             latency = time.perf_counter() - started
             self.controller.update(latency, len(batch))
             self.recent.append((len(batch), latency))

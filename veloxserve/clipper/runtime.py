@@ -9,7 +9,9 @@ swap to an older version. Admin operations are serialised by one lock.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,8 @@ from veloxserve.clipper.deployment import ModelDeployment
 from veloxserve.clipper.feedback_log import FeedbackLog
 from veloxserve.clipper.policies import Loss, PolicyKind
 from veloxserve.clipper.registry import ModelRegistry
-from veloxserve.clipper.replica import ContainerSpec
-from veloxserve.ids import canonical_id
 from veloxserve.errors import Conflict, ContainerUnavailable, ModelNotFound, NotFound, VeloxError, invalid_parameter
+from veloxserve.ids import canonical_id
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -37,7 +38,7 @@ _POLICY_PARAMS = {PolicyKind.SINGLE: set(), PolicyKind.EXP3: {"eta", "gamma"}, P
 
 def check_name(name: Any, field: str, where: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
-        raise invalid_parameter(field, where, "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit", name)
+        raise invalid_parameter(field, where, "1-64 letters, digits, '_', '.' or '-', not starting with '_.-'", name)
     return name
 
 
@@ -86,29 +87,36 @@ class ClipperRuntime:
                      max_batch: int = 1024, hang_timeout_s: float = 5.0) -> dict[str, Any]:
         """A new version of `name` (v1 for a new model), started and then swapped in."""
         check_name(name, "name", "deploy")
-        if not isinstance(framework, str) or framework not in {f.value for f in Framework}:
+        if not _one_of(framework, Framework):
             raise invalid_parameter("framework", "deploy", " or ".join(f.value for f in Framework), framework)
         if not isinstance(model, (str, Path)) or not str(model):
             raise invalid_parameter("model", "deploy", "the path of a model file on the server", model)
-        if not Path(model).is_file():
-            raise NotFound(f"No model file {str(model)!r} on the server: give the path of a file the server can read.",
-                           field="model")
-        replicas = _check_replicas(replicas, "deploy")
-        for field, value, low in (("objective_ms", objective_ms, 0.0), ("hang_timeout_s", hang_timeout_s, 0.0)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > low:
-                raise invalid_parameter(field, "deploy", f"a number > {low:g}", value)
-        if not isinstance(delay_ms, (int, float)) or isinstance(delay_ms, bool) or delay_ms < 0:
+        replicas = _replicas(replicas, "deploy")
+        for field, value in (("objective_ms", objective_ms), ("hang_timeout_s", hang_timeout_s)):
+            if not _is_number(value) or not value > 0:
+                raise invalid_parameter(field, "deploy", "a number > 0", value)
+        if not _is_number(delay_ms) or not delay_ms >= 0:
             raise invalid_parameter("delay_ms", "deploy", "a number >= 0", delay_ms)
-        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= 1 << 16:
+        max_batch = _integer(max_batch)
+        if max_batch is None or not 1 <= max_batch <= 1 << 16:
             raise invalid_parameter("max_batch", "deploy", "an integer in [1, 65536]", max_batch)
-        batching = BatchingConfig(objective=objective_ms / 1e3, delay=delay_ms / 1e3, adaptive=bool(adaptive),
+        if not isinstance(adaptive, bool):
+            raise invalid_parameter("adaptive", "deploy", "true or false", adaptive)
+        if method is not None and (not isinstance(method, str) or not method.isidentifier()):
+            raise invalid_parameter("method", "deploy", "a method or output name such as predict_proba", method)
+        if not Path(model).is_file():
+            raise NotFound(f"There is no model file {str(model)!r} on the server; give the path of a file the "
+                           "server can read.", field="model")
+        batching = BatchingConfig(objective=objective_ms / 1e3, delay=delay_ms / 1e3, adaptive=adaptive,
                                   max_size=max_batch)
-        async with self._lock:
-            meta = self.registry.add_version(name, Framework(framework), Path(model), method, batching, hang_timeout_s)
+        loop = asyncio.get_running_loop()
+        async with self._lock:  # copying a large model file must not stall the event loop
+            meta = await loop.run_in_executor(None, self.registry.add_version, name, Framework(framework),
+                                              Path(model), method, batching, hang_timeout_s)
             try:
                 await self._swap(name, meta["version"], replicas)
             except VeloxError:
-                self.registry.discard_version(name, meta["version"])
+                await loop.run_in_executor(None, self.registry.discard_version, name, meta["version"])
                 raise
             return self.describe_model(name)
 
@@ -120,16 +128,17 @@ class ClipperRuntime:
             if version is None:
                 older = versions[: versions.index(active)] if active in versions else []
                 if not older:
-                    raise Conflict(f"Model {name!r} serves its first version {active}; there is nothing to roll back to.")
+                    raise Conflict(f"Model {name!r} serves its first version {active}; nothing to roll back to.")
                 version = older[-1]
             elif version not in versions:
-                raise invalid_parameter("version", "rollback", f"one of {versions}", version)
+                raise NotFound(f"Model {name!r} has no version {version!r}; its versions are {versions}.",
+                               field="version")
             if version != active:
                 await self._swap(name, version, self.registry.replicas(name))
             return self.describe_model(name)
 
     async def scale(self, name: str, replicas: int) -> dict[str, Any]:
-        replicas = _check_replicas(replicas, "scale")
+        replicas = _replicas(replicas, "scale")
         async with self._lock:
             await self.deployment(name).scale(replicas)
             self.registry.set_replicas(name, replicas)
@@ -143,7 +152,7 @@ class ClipperRuntime:
                 raise Conflict(f"Model {name!r} is linked to the applications {users}; remove them first.")
             del self.deployments[name]
             await deployment.stop()
-            self.registry.remove(name)
+            await asyncio.get_running_loop().run_in_executor(None, self.registry.remove, name)
             return {"removed": name}
 
     async def _start_version(self, name: str, version: str, replicas: int) -> ModelDeployment:
@@ -168,8 +177,9 @@ class ClipperRuntime:
 
     def describe_model(self, name: str) -> dict[str, Any]:
         deployment = self.deployment(name)
-        return {**deployment.describe(), "versions": [self.registry.meta(name, v) for v in self.registry.versions(name)],
-                "cache": self.cache.describe()}
+        versions = [{**self.registry.meta(name, v), "status": "active" if v == deployment.version else "ready"}
+                    for v in self.registry.versions(name)]
+        return {**deployment.describe(), "versions": versions, "cache": self.cache.describe()}
 
     # ---- applications --------------------------------------------------------------------
     def app(self, name: str) -> Application:
@@ -210,38 +220,53 @@ class ClipperRuntime:
         check_name(name, "name", "create_app")
         if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
             raise invalid_parameter("models", "create_app", "a non-empty list of deployed model names", models)
-        missing = [m for m in models if m not in self.deployments]
-        if missing:
-            raise ModelNotFound(f"Models {missing} in 'models' are not deployed; deploy them first (POST /containers).",
-                                field="models")
         if len(set(models)) != len(models):
             raise invalid_parameter("models", "create_app", "distinct model names", models)
-        if not isinstance(policy, str) or policy not in {p.value for p in PolicyKind}:
+        if not _one_of(policy, PolicyKind):
             raise invalid_parameter("policy", "create_app", " or ".join(p.value for p in PolicyKind), policy)
         kind = PolicyKind(policy)
         if kind is PolicyKind.SINGLE and len(models) != 1:
             raise invalid_parameter("models", "create_app", "exactly one model for the single policy", models)
-        if not isinstance(objective_ms, (int, float)) or isinstance(objective_ms, bool) or not objective_ms > 0:
+        if not _is_number(objective_ms) or not objective_ms > 0:
             raise invalid_parameter("objective_ms", "create_app", "a number > 0", objective_ms)
-        if not isinstance(loss, str) or loss not in {x.value for x in Loss}:
+        if not _one_of(loss, Loss):
             raise invalid_parameter("loss", "create_app", " or ".join(x.value for x in Loss), loss)
         if not isinstance(params, dict) or not set(params) <= _POLICY_PARAMS[kind] or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in params.values()):
+                _is_number(v) and v > 0 for v in params.values()):
             raise invalid_parameter("params", "create_app",
                                     f"an object of positive numbers among {sorted(_POLICY_PARAMS[kind])}", params)
         if kind is PolicyKind.EXP3 and params.get("gamma", 0.1) > 1:
             raise invalid_parameter("params", "create_app", "gamma in (0, 1]", params)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise invalid_parameter("seed", "create_app", "an integer", seed)
-        return AppConfig(name, tuple(models), kind, objective_ms / 1e3, default, Loss(loss), dict(params), seed)
+        seed_value = _integer(seed)
+        if seed_value is None or seed_value < 0:
+            raise invalid_parameter("seed", "create_app", "an integer >= 0", seed)
+        missing = [m for m in models if m not in self.deployments]
+        if missing:  # checked last: the request is well formed, what it names does not exist
+            raise ModelNotFound(f"The models {missing} are not deployed; deploy them first (POST /containers).",
+                                field="models")
+        return AppConfig(name, tuple(models), kind, objective_ms / 1e3, default, Loss(loss), dict(params), seed_value)
 
     def list_apps(self) -> list[dict[str, Any]]:
         return [self.apps[name].describe() for name in sorted(self.apps)]
 
 
-def _check_replicas(replicas: Any, where: str) -> int:
-    if isinstance(replicas, float) and replicas.is_integer():  # JSON Schema's integer admits 3.0
-        replicas = int(replicas)
-    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= MAX_REPLICAS:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any) -> int | None:
+    """An int, or a float with an integral value (JSON's 13.0 is the integer 13); else None."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _one_of(value: Any, choices: type[enum.Enum]) -> bool:
+    return isinstance(value, str) and value in {c.value for c in choices}
+
+
+def _replicas(replicas: Any, where: str) -> int:
+    count = _integer(replicas)
+    if count is None or not 1 <= count <= MAX_REPLICAS:
         raise invalid_parameter("replicas", where, f"an integer in [1, {MAX_REPLICAS}]", replicas)
-    return replicas
+    return count
