@@ -53,7 +53,11 @@ def test_an_impossible_deadline_is_refused_at_once_with_retry_after(client) -> N
 
 
 def test_under_2x_overload_served_requests_meet_the_objective(tmp_path: Path) -> None:
-    objective_ms = 250.0  # generous against the ~6 ms a top-k over 99,999 items costs
+    # Generous: a top-k over 99,999 items costs ~6 ms on a quiet machine, but this one is shared
+    # (load average 6 on 2 cores while this was written) and a preempted server adds up to ~150 ms
+    # that no admission policy can foresee. Still tight enough to fail without shedding: at 2x
+    # overload an unshed queue grows by a second of work per second, to ~4 s by the end.
+    objective_ms = 1500.0
     server = ServerProcess(_home(tmp_path, n_items=99_999), "--objective-ms", f"songs={objective_ms}")
     server.wait_ready()
     try:
@@ -62,7 +66,7 @@ def test_under_2x_overload_served_requests_meet_the_objective(tmp_path: Path) ->
             assert httpx.get(server.url + path).status_code == 200
         service_s = httpx.get(f"{server.url}/models/songs/metrics").json()["admission"]["service_ms"]["top_k"]["mean"] / 1e3
         rate = min(2.0 / service_s, 600.0)  # twice what the server can compute, or more
-        outcomes = asyncio.run(open_loop("127.0.0.1", server.port, path, rate, duration=2.5))
+        outcomes = asyncio.run(open_loop("127.0.0.1", server.port, path, rate, duration=4.0))
     finally:
         server.stop()
     served = served_latencies(outcomes)
