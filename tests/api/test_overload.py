@@ -74,9 +74,4 @@ def test_under_2x_overload_served_requests_meet_the_objective(tmp_path: Path) ->
     assert {o.status for o in outcomes} <= {200, 503}
     assert refused and all(o.retry_after is not None and int(o.retry_after) >= 1 for o in refused)
     assert len(served) >= 0.1 * len(outcomes)
-    # Latencies are measured by the load generator, which shares the 2 cores with the server: one
-    # descheduling of the client lands in the tail. So the bound is on p95, with p99 allowed twice
-    # the objective (without shedding, served latencies grow to seconds: bench/bench_overload.py).
-    figures = (percentile(served, 95), percentile(served, 99), len(served), len(refused))
-    assert percentile(served, 95) <= objective_ms / 1000, figures
-    assert percentile(served, 99) <= 2 * objective_ms / 1000, figures
+    assert percentile(served, 99) <= objective_ms / 1000, (percentile(served, 99), len(served), len(refused))
