@@ -202,7 +202,7 @@ class VeloxApp:
         if loop is not self._loop:  # first request, or a new loop (in-process test clients)
             self._loop = loop
             self.admission.clock.start(loop)
-        return started - self.admission.clock.previous
+        return started - self.admission.clock.earlier
 
     async def _read_json(self, receive: Callable, where: str) -> Any:
         chunks, size = [], 0
