@@ -13,7 +13,6 @@ bench/results/clipper_batching.json).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ from sklearn.datasets import load_digits
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
-from bench.clipper_load import closed_loop, run
+from bench.clipper_load import closed_loop, run, write_report
 from veloxserve.clipper import ClipperRuntime
 
 
@@ -72,10 +71,7 @@ def main() -> None:
         report[kind] = {"no_batching": single, "adaptive": adaptive,
                         "throughput_ratio": round(adaptive["throughput_qps"] / single["throughput_qps"], 2)}
     shutil.rmtree(tmp, ignore_errors=True)
-    out = json.dumps(report, indent=2)
-    print(out)
-    Path("bench/results").mkdir(parents=True, exist_ok=True)
-    Path("bench/results/clipper_batching.json").write_text(out)
+    write_report("clipper_batching", report)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ learned). Prints one JSON document (also bench/results/clipper_ensemble_<dataset
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,7 +27,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
-from bench.clipper_load import run
+from bench.clipper_load import run, write_report
 from veloxserve.clipper import ClipperRuntime
 
 POLICIES = ("exp3", "exp4", "personalised")
@@ -93,10 +92,7 @@ def main() -> None:
     parser.add_argument("--slice", type=int, default=60, help="training rows per model (default 60)")
     args = parser.parse_args()
     report = run(stream(args))
-    out = json.dumps(report, indent=2)
-    print(out)
-    Path("bench/results").mkdir(parents=True, exist_ok=True)
-    Path(f"bench/results/clipper_ensemble_{args.dataset}.json").write_text(out)
+    write_report(f"clipper_ensemble_{args.dataset}", report)
 
 
 if __name__ == "__main__":

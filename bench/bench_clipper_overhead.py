@@ -15,7 +15,6 @@ Prints one JSON document (also bench/results/clipper_overhead.json).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import numpy as np
 import orjson
 import zmq
 
-from bench.clipper_load import run, summary
+from bench.clipper_load import run, summary, write_report
 from tests.helpers import ServerProcess
 from veloxserve.clipper import ClipperRuntime, protocol
 
@@ -130,10 +129,7 @@ def main() -> None:
         "http_whole_path": http_path(tmp / "home-http", model, args.n),
     }
     shutil.rmtree(tmp, ignore_errors=True)
-    out = json.dumps(report, indent=2)
-    print(out)
-    Path("bench/results").mkdir(parents=True, exist_ok=True)
-    Path("bench/results/clipper_overhead.json").write_text(out)
+    write_report("clipper_overhead", report)
 
 
 if __name__ == "__main__":

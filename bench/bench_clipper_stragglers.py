@@ -11,7 +11,6 @@ bench/results/clipper_stragglers.json).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 
-from bench.clipper_load import closed_loop, run
+from bench.clipper_load import closed_loop, run, write_report
 from veloxserve.clipper import ClipperRuntime
 
 
@@ -76,10 +75,7 @@ def main() -> None:
               "deadline_20ms": deadline, "wait_for_all": wait_all,
               "p99_ratio_wait_over_deadline": round(wait_all["p99_ms"] / deadline["p99_ms"], 2)}
     shutil.rmtree(tmp, ignore_errors=True)
-    out = json.dumps(report, indent=2)
-    print(out)
-    Path("bench/results").mkdir(parents=True, exist_ok=True)
-    Path("bench/results/clipper_stragglers.json").write_text(out)
+    write_report("clipper_stragglers", report)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ process's event loop, and latency summaries. Not a benchmark itself."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,14 @@ def run(coroutine: Any) -> Any:
     import uvloop
 
     return uvloop.run(coroutine)
+
+
+def write_report(name: str, figures: dict[str, Any]) -> None:
+    """Print a benchmark's JSON document and keep a copy as bench/results/<name>.json."""
+    out = json.dumps(figures, indent=2)
+    print(out)
+    Path("bench/results").mkdir(parents=True, exist_ok=True)
+    Path(f"bench/results/{name}.json").write_text(out)
 
 
 def summary(latencies_s: list[float] | np.ndarray) -> dict[str, float]:

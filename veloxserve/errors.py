@@ -121,3 +121,10 @@ class MethodNotAllowed(VeloxError):
 
     def headers(self) -> dict[str, str]:
         return {"allow": ", ".join(self.allowed)}  # RFC 9110: a 405 lists the methods that work
+
+
+def no_route(path: str, method: str, allowed: list[str]) -> VeloxError:
+    """405 naming the methods that `path` takes, or 404 when it takes none."""
+    if allowed:
+        return MethodNotAllowed(path, method, allowed)
+    return NotFound(f"No route {path}. See /openapi.json for the API.")

@@ -22,7 +22,7 @@ from veloxserve.api import clipper_routes
 from veloxserve.api.auth import AuthConfig, Guard
 from veloxserve.api.metrics import CONTENT_TYPE, Metrics
 from veloxserve.api.openapi import openapi_schema
-from veloxserve.errors import InvalidInput, MethodNotAllowed, NotFound, VeloxError, invalid_parameter
+from veloxserve.errors import InvalidInput, MethodNotAllowed, NotFound, VeloxError, invalid_parameter, no_route
 from veloxserve.serving.admission import Admission, AdmissionConfig
 from veloxserve.serving.durability import DurableWaiter
 from veloxserve.storage.tokens import TokenStore
@@ -177,10 +177,7 @@ class VeloxApp:
         name, action = parts[2], parts[3] if len(parts) == 4 else ""
         handler = self._model_routes.get((method, action))
         if handler is None:
-            allowed = sorted(m for m, a in self._model_routes if a == action)
-            if allowed:
-                raise MethodNotAllowed(path, method, allowed)
-            raise NotFound(f"No route {path}. See /openapi.json for the API.")
+            raise no_route(path, method, sorted(m for m, a in self._model_routes if a == action))
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
         body = await self._read_json(receive, action) if method in ("POST", "PUT") else None
         if action not in _ADMITTED:

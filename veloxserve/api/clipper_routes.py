@@ -28,7 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from veloxserve.clipper.runtime import ClipperRuntime
-from veloxserve.errors import MethodNotAllowed, NotFound, invalid_parameter
+from veloxserve.errors import invalid_parameter, no_route
 
 PREFIXES = ("/containers", "/apps")
 # (method, route label) of the routes that change what is deployed: the ones to authenticate.
@@ -89,10 +89,7 @@ class ClipperRoutes:
         label = route_label(path)
         handler = self._routes.get((method, label))
         if handler is None:
-            allowed = sorted(m for m, route in self._routes if route == label)
-            if allowed:
-                raise MethodNotAllowed(path, method, allowed)
-            raise NotFound(f"No route {path}. See /openapi.json for the API.")
+            raise no_route(path, method, sorted(m for m, route in self._routes if route == label))
         await self.start()
         body = await read_body() if method == "POST" else None
         name = path.rstrip("/").split("/")[2] if "{" in label else None

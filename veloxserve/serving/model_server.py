@@ -132,8 +132,7 @@ class ModelServer:
             (self._catalog.row(x, f"queries[{i}].item", "predict") for i, (_, x) in enumerate(queries)),
             dtype=np.int64, count=len(queries),
         )
-        z = np.einsum("ij,ij->i", self._features[rows], self.users.weights_many(users))
-        return self._link_array(z)
+        return self._link_array(self._inner(self._features[rows], users))
 
     def predict_text(self, queries: Sequence[tuple[Any, Any]]) -> np.ndarray:
         """Scores of (user, text) queries: items known by their text instead of a catalogue id.
@@ -149,9 +148,13 @@ class ModelServer:
         users = [canonical_id(u, f"queries[{i}].user", "predict") for i, (u, _) in enumerate(queries)]
         texts = [item_text(x, f"queries[{i}].text", "predict") for i, (_, x) in enumerate(queries)]
         features = self.feature_cache.features((self.name, self.version_id), texts, content.transform)
-        if len(users) == 1:  # the common single query: skip the batch gather
-            return self._link_array(features @ self.users.weights(users[0]))
-        return self._link_array(np.einsum("ij,ij->i", features, self.users.weights_many(users)))
+        return self._link_array(self._inner(features, users))
+
+    def _inner(self, features: np.ndarray, users: list[str]) -> np.ndarray:
+        """w_u · f row by row: row i's features with user i's weights (one query skips the gather)."""
+        if len(users) == 1:
+            return features @ self.users.weights(users[0])
+        return np.einsum("ij,ij->i", features, self.users.weights_many(users))
 
     def top_k(
         self, user: Any, k: Any, *, candidates: Sequence[Any] | None = None, exclude_seen: bool = False,
@@ -296,11 +299,7 @@ class ModelServer:
 
     def _prequential_errors(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> np.ndarray | None:
         """Prediction errors of a batch with the weights as they are before it is learned."""
-        if len(users) == 1:
-            before = np.array([self._features[rows[0]] @ self.users.weights(users[0])])
-        else:
-            before = np.einsum("ij,ij->i", self._features[rows], self.users.weights_many(users))
-        return scores - self._link_array(before)
+        return scores - self._link_array(self._inner(self._features[rows], users))
 
     def record_feedback(self, errors: np.ndarray) -> None:
         """Count prequential errors in the windows and tell the listener (retraining triggers)."""

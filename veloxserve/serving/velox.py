@@ -29,7 +29,6 @@ from veloxserve.storage.home_lock import HomeLock
 from veloxserve.storage.lmdb_store import LMDBUserStore
 from veloxserve.serving.shared_server import Applier, SharedModelServer
 from veloxserve.storage.observation_log import MAIN_INSTANCE, ObservationLog
-from veloxserve.storage.redis_store import RedisUserStore
 from veloxserve.storage.user_store import UserStore
 from veloxserve.storage.version_catalog import Status, VersionCatalog
 
@@ -50,10 +49,10 @@ class Velox:
 
     def __init__(self, home: str | Path, *, config: ServingConfig | None = None, store: UserStore | None = None,
                  instance: str | None = None) -> None:
-        """`store`: where users' state lives (default: LMDB in the home). A RedisUserStore makes
-        Redis the state shared by several processes serving this home, each with its own
+        """`store`: where users' state lives (default: LMDB in the home). A shared store
+        (RedisUserStore) makes Redis the state shared by several processes serving this home, each with its own
         `instance` id (its own observation log and lock); see serving/shared_server.py."""
-        self.shared = isinstance(store, RedisUserStore)
+        self.shared = store is not None and store.shared
         if instance is not None and (not self.shared or not _MODEL_NAME.fullmatch(instance) or instance == MAIN_INSTANCE):
             raise invalid_parameter("instance", "serve", "1-64 letters, digits, '_', '.' or '-', other than 'main', "
                                     "with a shared store (--store redis://...)", instance)

@@ -27,6 +27,8 @@ _SCAN_CHUNK = 500
 
 
 class RedisUserStore(UserStore):
+    shared = True
+
     def __init__(self, settings: RedisSettings | str) -> None:
         self.settings = RedisSettings.from_url(settings) if isinstance(settings, str) else settings
         self.client = self.settings.connect()
