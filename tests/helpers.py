@@ -21,6 +21,18 @@ def admin_headers(home: Path) -> dict[str, str]:
     return {"authorization": f"Bearer {TokenStore(HomeLayout(Path(home)).tokens_file).create(name='tests')}"}
 
 
+def eventually(condition, within: float = 60.0, every: float = 0.05) -> bool:
+    """Poll `condition` until it holds or `within` seconds pass: a wait for a state, never a
+    bound on how fast the state is reached (the generous deadline only stops a broken test)."""
+    deadline = time.monotonic() + within
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(every)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, eventually as _eventually
 
 
 def test_demo_trains_serves_and_its_curl_commands_work(tmp_path: Path) -> None:
@@ -71,8 +71,9 @@ def test_client_commands_talk_to_a_running_server(tmp_path: Path) -> None:
                                  capture_output=True, text=True, timeout=60)
         token = created.stdout.strip()
         assert created.returncode == 0 and token.startswith("vx_") and "Shown once" in created.stderr
-        time.sleep(0.6)  # the server re-reads its tokens at most twice a second
-        assert '"every_observations": 50' in run("policy", "--every-observations", "50", "--token", token).stdout
+        # the server re-reads its tokens at most twice a second: poll, do not guess how long that takes
+        assert _eventually(lambda: '"every_observations": 50' in run("policy", "--every-observations", "50",
+                                                                      "--token", token).stdout)
         env = {**os.environ, "VELOXSERVE_TOKEN": token}
         via_env = subprocess.run(cli + ["versions", "activate", "v1", "--url", server.url, "--model", "songs"],
                                  capture_output=True, text=True, timeout=60, env=env)
@@ -81,8 +82,7 @@ def test_client_commands_talk_to_a_running_server(tmp_path: Path) -> None:
         assert '"name": "ops"' in listed.stdout and token.split("_", 2)[2] not in listed.stdout
         revoked = subprocess.run(cli + ["token", "revoke", "ops", "--home", str(tmp_path)], capture_output=True, text=True)
         assert revoked.returncode == 0
-        time.sleep(0.6)
-        assert run("policy", "--every-observations", "60", "--token", token).returncode == 1
+        assert _eventually(lambda: run("policy", "--every-observations", "60", "--token", token).returncode == 1)
     finally:
         server.stop()
     assert httpx.get  # the server is gone; the CLI reports it clearly

@@ -52,28 +52,31 @@ def test_an_impossible_deadline_is_refused_at_once_with_retry_after(client) -> N
     assert metrics["admission"]["in_flight"] == 0 and "top_k" in metrics["admission"]["service_ms"]
 
 
-def test_under_2x_overload_served_requests_meet_the_objective(tmp_path: Path) -> None:
-    # Generous: a top-k over 99,999 items costs ~6 ms on a quiet machine, but this one is shared
-    # (load average 6 on 2 cores while this was written) and a preempted server adds up to ~150 ms
-    # that no admission policy can foresee. Still tight enough to fail without shedding: at 2x
-    # overload an unshed queue grows by a second of work per second, to ~4 s by the end.
-    objective_ms = 1500.0
-    server = ServerProcess(_home(tmp_path, n_items=99_999), "--objective-ms", f"songs={objective_ms}")
+def _overload(home: Path, *args: str) -> list:
+    """Offer a real server twice the capacity measured over HTTP with this same client, for 4 s."""
+    server = ServerProcess(home, *args)
     server.wait_ready()
     try:
         path = "/models/songs/top_k?user=3&k=10"
         for _ in range(30):  # warm up, and let the server estimate the route's service time
             assert httpx.get(server.url + path).status_code == 200
-        # Twice the capacity measured over HTTP with this same client (the handler's service time
-        # alone leaves out uvicorn's per-request cost, and offering far more than 2x makes the
-        # in-process load generator, not the server, the bottleneck).
         capacity = asyncio.run(closed_loop_rate("127.0.0.1", server.port, path, 1.5, connections=8))
-        outcomes = asyncio.run(open_loop("127.0.0.1", server.port, path, 2.0 * capacity, duration=4.0))
+        return asyncio.run(open_loop("127.0.0.1", server.port, path, 2.0 * capacity, duration=4.0))
     finally:
         server.stop()
-    served = served_latencies(outcomes)
-    refused = [o for o in outcomes if o.status == 503]
-    assert {o.status for o in outcomes} <= {200, 503}
+
+
+def test_under_2x_overload_shedding_keeps_served_latency_below_the_unshed_queue(tmp_path: Path) -> None:
+    # The shape, not a figure (bench/bench_overload.py measures p99 against the objective): at 2x
+    # overload an unshed queue grows by about a second of work per second, so its p99 is seconds;
+    # with an objective the server refuses what would be late, at once and with Retry-After, and
+    # what it serves waits far less than the unshed queue did in the same run.
+    home = _home(tmp_path, n_items=99_999)
+    shed = _overload(home, "--objective-ms", "songs=300")
+    unshed = _overload(home)
+    served, refused = served_latencies(shed), [o for o in shed if o.status == 503]
+    assert {o.status for o in shed} <= {200, 503} and {o.status for o in unshed} == {200}
     assert refused and all(o.retry_after is not None and int(o.retry_after) >= 1 for o in refused)
-    assert len(served) >= 0.1 * len(outcomes)
-    assert percentile(served, 99) <= objective_ms / 1000, (percentile(served, 99), len(served), len(refused))
+    assert len(served) >= 0.1 * len(shed)
+    assert percentile(served, 99) < percentile(served_latencies(unshed), 99), (
+        percentile(served, 99), percentile(served_latencies(unshed), 99), len(served), len(refused))
