@@ -9,7 +9,8 @@
     ├── Forbidden (403)             a valid token without the right for this route
     ├── MethodNotAllowed (405)      the route exists but not with this method (Allow lists those that do)
     ├── Conflict (409)              the request clashes with the current state
-    ├── StoreUnavailable (503)      a backing store (SQLite, Redis, the log) cannot be reached
+    ├── StoreUnavailable (503)      a backing store (SQLite, Redis, the log) cannot be reached; Retry-After
+    │   └── InsufficientStorage (507)  the disk refused the write (full); nothing was learned; Retry-After
     ├── ContainerUnavailable (503)  a model container crashed, hung or failed on a batch
     ├── DeadlineExceeded (504)      a query's latency objective passed before it was computed
     ├── Overloaded (503)            shed at once: the model's queue is full or the deadline cannot be met
@@ -78,7 +79,18 @@ class Conflict(VeloxError):
 
 
 class StoreUnavailable(VeloxError):
+    """Nothing was acknowledged and nothing learned: retrying after Retry-After is safe."""
+
     status = 503
+    retry_after = 1
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after)}
+
+
+class InsufficientStorage(StoreUnavailable):
+    status = 507
+    retry_after = 5
 
 
 class ContainerUnavailable(VeloxError):
@@ -87,6 +99,8 @@ class ContainerUnavailable(VeloxError):
 
 class DeadlineExceeded(VeloxError):
     status = 504
+
+
 class Overloaded(VeloxError):
     """Refused before any work was done, so retrying after `retry_after` seconds is safe."""
 
@@ -104,12 +118,25 @@ class TrainingFailed(VeloxError):
     status = 500
 
 
+QUOTE_CHARS = 80  # how much of a bad value an error message echoes back
+
+
+def quote(value: Any) -> str:
+    """A bad value as an error message shows it: its repr, cut to a short prefix (a 1 MB id is not
+    echoed back whole), and never a RecursionError for JSON nested a thousand deep."""
+    if isinstance(value, (str, bytes)) and len(value) > QUOTE_CHARS:
+        value = value[:QUOTE_CHARS]
+        return f"{value!r}... ({QUOTE_CHARS} characters shown)"
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deeply to show"
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text)} characters in all)"
+
+
 def invalid_parameter(field: str, where: str, expected: str, got: Any) -> InvalidInput:
     """Build the one error template for a bad parameter."""
-    return InvalidInput(
-        f"The {field!r} parameter of {where} must be {expected}. Got {got!r} instead.",
-        field=field,
-    )
+    return InvalidInput(f"The {field!r} parameter of {where} must be {expected}. Got {quote(got)} instead.", field=field)
 
 
 class MethodNotAllowed(VeloxError):

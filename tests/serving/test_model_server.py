@@ -32,6 +32,11 @@ def server(parts) -> ModelServer:
     return ModelServer(version, store, obs_log, ServingConfig(max_batch=100))
 
 
+def observe(server: ModelServer, obs_log: ObservationLog, rows: list) -> int:
+    """Observe and wait until the batch is durable: only then is it learned (and acknowledged)."""
+    return obs_log.wait_durable(server.observe_many(rows))
+
+
 def features(arrays) -> np.ndarray:
     return np.column_stack([arrays["item_factors"], 3.0 + arrays["item_bias"], np.ones(len(arrays["item_bias"]))])
 
@@ -52,7 +57,7 @@ def test_an_observation_is_visible_to_the_next_prediction_and_equals_a_batch_rid
     arrays = parts[3]
     F = features(arrays)
     before = server.predict(2, 110)
-    server.observe_many([(2, 110, 5.0), (2, 111, 1.0)])
+    observe(server, parts[2], [(2, 110, 5.0), (2, 111, 1.0)])
     A = arrays["user_gram"][2] + np.outer(F[10], F[10]) + np.outer(F[11], F[11])
     r = arrays["user_rhs"][2] + 5.0 * F[10] + 1.0 * F[11]
     expected = np.linalg.solve(A, r)
@@ -79,8 +84,8 @@ def test_top_k_excludes_seen_items_and_respects_candidates(server, parts) -> Non
     assert set(ranked) <= {101, 102, 103, 104} and len(ranked) == 3
 
 
-def test_observed_item_becomes_seen(server) -> None:
-    server.observe_many([("fresh", 120, 4.0)])
+def test_observed_item_becomes_seen(server, parts) -> None:
+    observe(server, parts[2], [("fresh", 120, 4.0)])
     assert 120 not in [item for item, _ in server.top_k("fresh", 50, exclude_seen=True)]
 
 
@@ -130,9 +135,9 @@ def test_batch_predict_equals_single_predictions(server) -> None:
 def test_restart_replays_the_log_after_the_checkpoint(parts, tmp_path) -> None:
     version, store, obs_log, _ = parts
     first = ModelServer(version, store, obs_log, ServingConfig())
-    first.observe_many([(1, 101, 5.0), ("new", 102, 2.0)])
+    observe(first, obs_log, [(1, 101, 5.0), ("new", 102, 2.0)])
     first.checkpoint()
-    first.observe_many([(1, 103, 1.0), ("new", 104, 4.0)])  # after the checkpoint: only in the log
+    observe(first, obs_log, [(1, 103, 1.0), ("new", 104, 4.0)])  # after the checkpoint: only in the log
     expected = {u: first.users.weights(u).copy() for u in ("1", "new")}
     obs_log.close()
     reopened = ObservationLog(tmp_path / "log")
@@ -152,7 +157,7 @@ def test_logistic_model_scores_are_probabilities_and_labels_are_checked(tmp_path
         assert 0.0 < server.predict(1, 101) < 1.0
         before = server.predict(1, 101)
         for _ in range(20):
-            server.observe_many([(1, 101, 1.0)])
+            observe(server, obs_log, [(1, 101, 1.0)])
         assert server.predict(1, 101) > before
         with pytest.raises(InvalidInput, match=r"\[0, 1\]"):
             server.observe_many([(1, 101, 3.0)])

@@ -34,12 +34,16 @@ class DurableWaiter:
 
     def _release(self, lsn: int) -> None:
         waiting = self._waiting
-        if lsn < 0:
-            failure = self._log.failure or StoreUnavailable("The observation log failed.")
-            for _, _, future in waiting:
-                if not future.done():
-                    future.set_exception(failure)
-            waiting.clear()
+        if lsn < 0:  # some batch was refused: fail exactly the waiters whose batch it was
+            kept = []
+            for entry in waiting:
+                refused = self._log.refused(entry[0])
+                if refused is None:
+                    kept.append(entry)
+                elif not entry[2].done():
+                    entry[2].set_exception(refused)
+            heapq.heapify(kept)
+            self._waiting = kept
             return
         while waiting and waiting[0][0] <= lsn:
             future = heapq.heappop(waiting)[2]
@@ -49,8 +53,9 @@ class DurableWaiter:
     async def wait(self, lsn: int, timeout: float) -> None:
         if self._log.durable_lsn >= lsn:
             return
-        if self._log.failure is not None:
-            raise self._log.failure
+        refused = self._log.refused(lsn)
+        if refused is not None:
+            raise refused
         future = self._loop.create_future()
         heapq.heappush(self._waiting, (lsn, next(self._order), future))
         timer = self._loop.call_later(timeout, self._expire, future, lsn, timeout)  # cheaper than wait_for

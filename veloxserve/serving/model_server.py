@@ -1,9 +1,11 @@
 """One served model version: predict, top-k and observe, with recovery and checkpoints.
 
-Observations are appended to the durable log and applied to the in-memory user table under one
-lock, so log order is learning order and a checkpoint taken under the lock reflects exactly the
-log prefix up to its LSN. The caller gets the batch's LSN and must wait until the log's group
-commit has made it durable before acknowledging the observations.
+Observations are appended to the durable log in LSN order under the serving lock, and learned
+into the in-memory user table by the log's commit hook once their group commit made them durable,
+in the same order: log order is learning order, a batch the disk refuses is never learned, and a
+checkpoint taken under the learning lock reflects exactly the log prefix up to its LSN. The caller
+gets the batch's LSN and waits until the log says it is durable (by then it is learned) before
+acknowledging the observations.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +92,9 @@ class ModelServer:
         self._features = version.features.matrix
         self._catalog = version.catalog
         self._logistic = version.link is Link.LOGISTIC
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the serving lock: appends (in LSN order), swaps and forgets
+        self._learn_lock = threading.Lock()  # the user table, what is logged but not yet learned, applied_lsn
+        self._unlearned: deque[tuple[int, list[str], np.ndarray, np.ndarray]] = deque()
         self._checkpoint_lock = threading.Lock()
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -108,6 +113,7 @@ class ModelServer:
         )
         self.applied_lsn = obs_log.last_lsn if upto_lsn is None else upto_lsn  # the log prefix this state reflects
         self.replayed = self._recover()
+        obs_log.add_commit_hook(self._on_durable, self._on_refused)
 
     @property
     def name(self) -> str:
@@ -286,12 +292,11 @@ class ModelServer:
             if self.retired:
                 raise ServerRetired(self.version_id)
             errors = self._prequential_errors(users, rows, scores)
-            lsn = self._log.append([
-                (u, self._catalog_key(r), y, self.version_id, d)
-                for u, r, y, d in zip(users, rows.tolist(), scores.tolist(), decisions)
-            ])
-            self._learn(lsn, users, rows, scores)
-            self.applied_lsn = lsn
+            entries = [(u, self._catalog_key(r), y, self.version_id, d)
+                       for u, r, y, d in zip(users, rows.tolist(), scores.tolist(), decisions)]
+            with self._learn_lock:  # queued before the writer's commit hook can look for it
+                lsn = self._log.append(entries)
+                self._learn(lsn, users, rows, scores)
         self._maybe_checkpoint(len(users))
         if errors is not None:
             self.record_feedback(errors)
@@ -333,8 +338,34 @@ class ModelServer:
         return str(self._catalog.external(row))
 
     def _learn(self, lsn: int, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
-        """Learn a batch just logged (its last LSN `lsn`), under the lock: here, in memory at once."""
-        self._apply(users, rows, scores)
+        """Learn a batch just logged (its last LSN `lsn`) once the log has made it durable: a batch
+        the disk refuses is never learned, and the acknowledgement (sent after the commit hooks)
+        already reflects it. Called under both locks, in LSN order."""
+        self._unlearned.append((lsn, users, rows, scores))
+
+    def _on_durable(self, durable_lsn: int) -> None:  # the log's writer thread, after each fsync
+        with self._learn_lock:
+            unlearned = self._unlearned
+            while unlearned and unlearned[0][0] <= durable_lsn:
+                lsn, users, rows, scores = unlearned.popleft()
+                self._apply(users, rows, scores)
+                self.applied_lsn = lsn
+
+    def _on_refused(self, first: int, last: int) -> None:  # the log's writer thread: never learned
+        with self._learn_lock:
+            self._unlearned = deque(entry for entry in self._unlearned if not first <= entry[0] <= last)
+
+    def retire(self) -> None:
+        """A newer version's server took over (under this one's serving lock, after a log sync, so
+        nothing is left unlearned): refuse observations and stop listening to the log."""
+        self.retired = True
+        self._log.remove_commit_hook(self._on_durable)
+
+    def remove_user(self, user: str) -> bool:
+        """Forget a user's weights in memory. Call it after the log has erased the user's records
+        (which syncs the log, so nothing of theirs is still waiting to be learned)."""
+        with self._learn_lock:
+            return self.users.remove(user)
 
     def _apply(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
         table = self.users
@@ -357,6 +388,9 @@ class ModelServer:
             after = saved.lsn
         else:
             after = int(self.version.meta.get("log_position", 0))
+        if after > self._log.last_lsn:  # the log lost its tail: never reuse the LSNs that state claims
+            self._log.reserve_above(after)
+            self.applied_lsn = max(self.applied_lsn, after)
         self.users.dirty.clear()
         replayed = self._replay(after, self.applied_lsn)
         states = self.users.take_dirty()
@@ -369,7 +403,7 @@ class ModelServer:
     def catch_up(self, upto_lsn: int) -> int:
         """Learn the logged observations after `applied_lsn` up to `upto_lsn` (must be durable).
         Called under the serving server's lock during a swap, so nothing arrives meanwhile."""
-        with self._lock:
+        with self._lock, self._learn_lock:
             replayed = self._replay(self.applied_lsn, upto_lsn)
             self.applied_lsn = max(self.applied_lsn, upto_lsn)
             return replayed
@@ -438,7 +472,7 @@ class ModelServer:
     def _write_checkpoint(self) -> int:
         if self._checkpoints_frozen:
             return 0
-        with self._lock:
+        with self._learn_lock:
             states = self.users.take_dirty()
             lsn = self.applied_lsn
             self._since_checkpoint = 0
@@ -449,7 +483,7 @@ class ModelServer:
         try:
             self._store.write_checkpoint(self.name, states, Checkpoint(self.version_id, lsn))
         except Exception:
-            with self._lock:  # put them back so the next checkpoint writes them
+            with self._learn_lock:  # put them back so the next checkpoint writes them
                 self.users.dirty.update(self.users.rows[u] for u in states if u in self.users.rows)
             raise
         return len(states)

@@ -80,8 +80,8 @@ class SharedModelServer(ModelServer):
     def _prequential_errors(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
         """Computed by the Applier as it learns (it holds the states before the batch); here only
         refuse, before logging, while Redis is known to be failing."""
-        if self._applier.failure is not None:
-            raise self._applier.failure
+        if self._applier.redis_failure is not None:  # the log refuses for itself, and notices when it heals
+            raise self._applier.redis_failure
 
     def _learn(self, lsn: int, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
         self._applier.enqueue(lsn, users, rows, scores, self)
@@ -132,6 +132,10 @@ class Applier:
     def failure(self) -> StoreUnavailable | None:
         return self._failure or self._log.failure
 
+    @property
+    def redis_failure(self) -> StoreUnavailable | None:
+        return self._failure
+
     def subscribe(self, listener: Callable[[int], None]) -> None:
         self._listeners.append(listener)
 
@@ -142,14 +146,18 @@ class Applier:
             self._queue.append((lsn, users, rows, scores, server))
             self._cond.notify()
 
+    def refused(self, lsn: int) -> StoreUnavailable | None:
+        """Why `lsn` is not acknowledged: its batch was refused by the disk, or Redis is failing."""
+        return self._log.refused(lsn) or self._failure
+
     def wait_durable(self, lsn: int, timeout: float | None = None) -> int:
         with self._cond:
-            done = self._cond.wait_for(lambda: self._applied >= lsn or self.failure is not None, timeout)
+            done = self._cond.wait_for(lambda: self._applied >= lsn or self.refused(lsn) is not None, timeout)
         if self._applied >= lsn:
             return self._applied
         if not done:
             raise StoreUnavailable(f"Observation {lsn} was not learned into Redis within {timeout} s.")
-        raise self.failure  # type: ignore[misc]
+        raise self.refused(lsn)  # type: ignore[misc]
 
     def _on_commit(self, lsn: int) -> None:  # the log's writer thread, after each fsync
         if lsn < 0:
@@ -158,6 +166,9 @@ class Applier:
             self._cond.notify()
 
     def _ready(self) -> list[tuple]:
+        if self._log.write_failures:  # a batch the disk refused is never learned (its waiters got 503/507)
+            refused = self._log.refused
+            self._queue = deque(entry for entry in self._queue if refused(entry[0]) is None)
         durable = self._log.durable_lsn
         return [entry for entry in self._queue if entry[0] <= durable]
 
@@ -167,7 +178,7 @@ class Applier:
             with self._cond:
                 self._cond.wait_for(lambda: self._closed or self._ready(), timeout=_HINT_SECONDS)
                 batch = self._ready()
-                if self._closed and (not batch or self._log.failure is not None):
+                if self._closed and not batch:
                     break
             if not batch:
                 continue

@@ -339,7 +339,7 @@ class Velox:
                 new.catch_up(obs_log.sync())  # what the old server learned while the new one was built
                 catalog.activate(version_id)
                 self._servers[model] = new
-                old.retired = True
+                old.retire()
             self.feature_cache.drop((model, old.version_id))
             new.checkpoint()
 
@@ -364,8 +364,8 @@ class Velox:
 
         server = self.server(model)
         with self._swap_lock, server.serving_lock():
-            in_memory = server.users.remove(user)
-            erased = self._logs[model].erase_users({user})
+            erased = self._logs[model].erase_users({user})  # syncs: nothing of theirs is left to learn
+            in_memory = server.remove_user(user)
             stored = self._store.delete(model, user)
             base_rows = drop_user_from_base_data(self.layout.base_data(model), user)
             version_rows = {
