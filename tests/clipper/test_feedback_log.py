@@ -10,6 +10,7 @@ import numpy as np
 from tests.clipper.conftest import write_callable
 from veloxserve.clipper import Clipper
 from veloxserve.clipper.feedback_log import FeedbackLog
+from veloxserve.storage import frames
 
 
 def test_concurrent_appends_are_all_durable_and_replay_in_order(tmp_path: Path) -> None:
@@ -31,7 +32,30 @@ def test_a_torn_last_line_is_cut_off_and_appends_go_on(tmp_path: Path) -> None:
     assert [r["i"] for r in log.replay()] == [0, 1]
     asyncio.run(log.append({"i": 3}))
     log.close()
-    assert path.read_bytes() == b'{"i": 0}\n{"i": 1}\n{"i":3}\n'
+    assert path.read_bytes() == b'{"i": 0}\n{"i": 1}\n' + frames.encode(b'{"i":3}')
+
+
+def test_a_flipped_byte_loses_only_that_record_loudly(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "a.feedback"
+
+    async def write() -> None:
+        log = FeedbackLog(path)
+        for i in range(20):
+            await log.append({"i": i, "payload": "x" * 20})
+        log.close()
+
+    asyncio.run(write())
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle] ^= 0x01
+    path.write_bytes(bytes(data))
+    hit = data[:middle].count(b"\n")  # the record holding the flipped byte
+    log = FeedbackLog(path)
+    assert [r["i"] for r in log.replay()] == [i for i in range(20) if i != hit]
+    assert len(log.damage) == 1 and "damaged record" in caplog.text and str(path) in caplog.text
+    asyncio.run(log.append({"i": 20}))  # appends go on after the damage
+    log.close()
+    assert [r["i"] for r in FeedbackLog(path).replay()][-1] == 20
 
 
 def test_a_restarted_runtime_rebuilds_every_policy_from_its_feedback(tmp_path: Path) -> None:

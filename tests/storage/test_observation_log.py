@@ -49,7 +49,19 @@ def test_segments_roll_over_and_replay_crosses_them(tmp_path: Path) -> None:
         assert log.last_lsn == 30 and len(list(log.replay())) == 30
 
 
-@pytest.mark.parametrize("garbage", [b'00000000 {"lsn": 4', b"\x00\x00\x00", b"zzzzzzzz not a record\n"])
+def test_a_damaged_last_line_is_skipped_and_its_lsn_never_reused(tmp_path: Path) -> None:
+    with ObservationLog(tmp_path) as log:
+        log.append_and_wait([("u", "i", 1.0, "v1")] * 3)
+    segment = sorted(tmp_path.glob("segment-*.log"))[-1]
+    with open(segment, "ab") as fh:
+        fh.write(b"zzzzzzzz not a record\n")  # complete, so written whole: it may have held LSN 4
+    with ObservationLog(tmp_path) as log:
+        assert log.last_lsn > 4 and len(log.damage) == 1
+        lsn = log.append_and_wait([("u", "i", 2.0, "v1")])
+        assert [r.lsn for r in log.replay()] == [1, 2, 3, lsn]
+
+
+@pytest.mark.parametrize("garbage", [b'00000000 {"lsn": 4', b"\x00\x00\x00"])
 def test_a_torn_tail_is_cut_off_on_open_and_earlier_records_survive(tmp_path: Path, garbage: bytes) -> None:
     with ObservationLog(tmp_path) as log:
         log.append_and_wait([("u", "i", 1.0, "v1")] * 3)
@@ -179,3 +191,102 @@ def test_merged_logs_hold_every_instance_in_time_order(tmp_path) -> None:
     assert [r.user for _, r in merged] == [f"u{n}" for n in range(6)]
     assert [(i, r.lsn) for i, r in merged][:3] == [("main", 1), ("b", 1), ("main", 2)]
     assert [r.user for _, r in read_merged(main, {"main": 1})] == ["u0", "u1", "u3", "u5"]
+
+
+def _flip(path: Path, at: int) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(at)
+        byte = fh.read(1)
+        fh.seek(at)
+        fh.write(bytes([byte[0] ^ 0x01]))
+
+
+def test_a_flipped_byte_loses_only_its_record_loudly_and_no_lsn_is_reused(tmp_path: Path, caplog) -> None:
+    with ObservationLog(tmp_path) as log:
+        for n in range(200):
+            log.append_and_wait([(f"u{n}", "i", float(n), "v1")])
+    segment = sorted(tmp_path.glob("segment-*.log"))[0]
+    data = segment.read_bytes()
+    middle = len(data) // 2
+    _flip(segment, middle)
+    hit = data[:middle].count(b"\n") + 1  # the LSN of the record holding the byte
+    with ObservationLog(tmp_path) as log:
+        assert [r.lsn for r in log.replay()] == [n for n in range(1, 201) if n != hit]
+        assert log.last_lsn == 200 and log.append_and_wait([("new", "i", 1.0, "v1")]) == 201
+        assert len(log.damage) == 1 and log.damage[0].path == segment
+        assert log.damage[0].offset <= middle < log.damage[0].offset + log.damage[0].length
+        assert any(str(segment) in reason for reason in log.health())
+    assert f"{segment} at byte {log.damage[0].offset}" in caplog.text
+    with ObservationLog(tmp_path) as log:  # the damage stays in place, and stays reported
+        assert [r.lsn for r in log.replay()][-2:] == [200, 201] and len(log.damage) == 1
+
+
+def test_a_damaged_segment_hides_no_later_segment(tmp_path: Path) -> None:
+    with ObservationLog(tmp_path, segment_bytes=400) as log:
+        for n in range(30):
+            log.append_and_wait([(f"u{n}", "i", float(n), "v1")])
+    segments = sorted(tmp_path.glob("segment-*.log"))
+    assert len(segments) > 3
+    _flip(segments[0], 20)  # inside the first record of the first segment
+    with ObservationLog(tmp_path, segment_bytes=400) as log:
+        assert [r.lsn for r in log.replay()] == list(range(2, 31))
+        assert [r.lsn for r in module.read_log(tmp_path, after_lsn=0)] == list(range(2, 31))
+
+
+def test_a_lost_newline_loses_no_record(tmp_path: Path) -> None:
+    with ObservationLog(tmp_path) as log:
+        log.append_and_wait([(f"u{n}", "i", float(n), "v1") for n in range(10)])
+    segment = sorted(tmp_path.glob("segment-*.log"))[0]
+    _flip(segment, segment.read_bytes().index(b"\n"))  # fuse records 1 and 2 into one line
+    with ObservationLog(tmp_path) as log:
+        assert [r.lsn for r in log.replay()] == list(range(1, 11)) and len(log.damage) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(min_value=0.0, max_value=0.9999), st.integers(min_value=0, max_value=7))
+def test_any_single_bit_flip_loses_at_most_one_record(tmp_path_factory, where: float, bit: int) -> None:
+    directory = tmp_path_factory.mktemp("log")
+    with ObservationLog(directory) as log:
+        log.append_and_wait([(f"user-{n}", f"item-{n}", n / 3, "v1") for n in range(40)])
+    segment = sorted(directory.glob("segment-*.log"))[0]
+    data = bytearray(segment.read_bytes())
+    data[int(where * len(data))] ^= 1 << bit
+    segment.write_bytes(bytes(data))
+    with ObservationLog(directory) as log:
+        lsns = [r.lsn for r in log.replay()]
+        kept = {r.lsn: (r.user, r.item, r.score) for r in log.replay()}
+        assert lsns == sorted(set(lsns)) and len(lsns) >= 39
+        assert all(kept[n] == (f"user-{n - 1}", f"item-{n - 1}", (n - 1) / 3) for n in kept)
+        assert log.append_and_wait([("after", "i", 0.0, "v1")]) > 40  # never a reused LSN
+
+
+def test_a_refused_write_is_cut_back_refused_to_its_waiters_only_and_the_writer_lives_on(
+        tmp_path: Path, monkeypatch) -> None:
+    with ObservationLog(tmp_path) as log:
+        log.append_and_wait([("u", "i", 1.0, "v1")])
+        real = os.fdatasync
+        failing = {"on": True}
+
+        def full_disk(fd: int) -> None:  # the write reached the page cache; the disk then refused it
+            if failing["on"]:
+                raise OSError(28, "No space left on device")
+            real(fd)
+
+        monkeypatch.setattr(module.os, "fdatasync", full_disk)
+        lsn = log.append([("refused", "i", 2.0, "v1")] * 3)
+        with pytest.raises(module.InsufficientStorage) as refused:
+            log.wait_durable(lsn, 30)
+        assert refused.value.status == 507 and refused.value.headers()["retry-after"]
+        assert log.refused(lsn) is not None and log.health()
+        failing["on"] = False
+        deadline = time.monotonic() + 30
+        while True:  # appends are refused at once while failing, and probe now and then
+            try:
+                after = log.append_and_wait([("later", "i", 3.0, "v1")], 30)
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert after > lsn and log.health() == [] and log.failure is None
+    with ObservationLog(tmp_path) as log:
+        assert [r.user for r in log.replay()] == ["u", "later"]

@@ -222,7 +222,12 @@ class VeloxApp:
 
     # ---- routes ----------------------------------------------------------------------------
     def _healthz(self) -> dict[str, Any]:
-        return {"status": "ok", "models": self.velox.model_names()}
+        """`degraded` says what to fix (damaged log records, a full disk) while serving goes on."""
+        degraded = self.velox.health()
+        answer: dict[str, Any] = {"status": "degraded" if degraded else "ok", "models": self.velox.model_names()}
+        if degraded:
+            answer["degraded"] = degraded
+        return answer
 
     def _openapi(self) -> dict[str, Any]:
         return openapi_schema()

@@ -41,7 +41,17 @@ class _ModelState(Collector):
             for window, figures in report["windows"].items():
                 if figures["rmse"] is not None:
                     rmse.add_metric([name, server.version_id, window], figures["rmse"])
-        yield from (version, users, rmse, seen)
+        damaged = CounterMetricFamily("veloxserve_log_damaged_records", "Damaged log records skipped on open",
+                                      labels=["model"])
+        refused = CounterMetricFamily("veloxserve_log_write_failures", "Log writes the disk refused", labels=["model"])
+        degraded = GaugeMetricFamily("veloxserve_degraded", "1 while /healthz says degraded", labels=["model"])
+        health = self._velox.health()
+        for name in self._velox.model_names():
+            obs_log = self._velox.observation_log(name)
+            damaged.add_metric([name], len(obs_log.damage))
+            refused.add_metric([name], obs_log.write_failures)
+            degraded.add_metric([name], 1.0 if name in health else 0.0)
+        yield from (version, users, rmse, seen, damaged, refused, degraded)
         cache = self._velox.feature_cache.stats()
         lookups = CounterMetricFamily("veloxserve_feature_cache_lookups", "Content feature lookups by outcome",
                                       labels=["outcome"])

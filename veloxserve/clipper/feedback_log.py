@@ -3,8 +3,9 @@
 Each record holds what the policy learned from (user, the models evaluated, their outputs, the
 target), so replaying it rebuilds Exp3/Exp4 weights and every user's ridge state exactly, with no
 model evaluated again. Appends are group-committed: concurrent observations share one write and
-one fsync, done off the event loop. A torn last line (a crash mid-write, never acknowledged) is cut
-off on open.
+one fsync, done off the event loop. Records are frames of storage/frames.py, the framing of every
+log: a torn last line (a crash mid-write, never acknowledged) is cut off on open, a damaged record
+is skipped and reported and every other record kept. The file is read once, as a stream, at open.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import orjson
 
 from veloxserve.errors import StoreUnavailable
+from veloxserve.storage import frames
 
 
 class FeedbackLog:
@@ -26,28 +28,27 @@ class FeedbackLog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.damage: list[frames.Damage] = []
         self._records = self._read_and_repair()
-        self._file = open(self.path, "ab")
+        self._file = open(self.path, "ab", buffering=0)
         self._pending: list[tuple[bytes, asyncio.Future]] = []
         self._writer: asyncio.Task | None = None
 
     def _read_and_repair(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        data = self.path.read_bytes()
-        records, good = [], 0
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break
-            try:
-                records.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                break
-            good += len(line)
-        if good != len(data):
-            with open(self.path, "r+b") as fh:
-                fh.truncate(good)
-                os.fsync(fh.fileno())
+        records: list[dict[str, Any]] = []
+        with open(self.path, "rb") as fh:
+            for entry in frames.scan(fh, self.path):
+                if isinstance(entry, frames.Frame):
+                    records.append(orjson.loads(entry.body))
+                elif isinstance(entry, frames.Damage):
+                    frames.report(entry, "Clipper feedback log")
+                    self.damage.append(entry)
+                else:  # torn: never acknowledged
+                    with open(self.path, "r+b") as out:
+                        out.truncate(entry.offset)
+                        os.fsync(out.fileno())
         return records
 
     def replay(self) -> Iterator[dict[str, Any]]:
@@ -59,7 +60,7 @@ class FeedbackLog:
         """Return once `record` is on disk (fsynced)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n", future))
+        self._pending.append((frames.encode(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)), future))
         if self._writer is None or self._writer.done():
             self._writer = loop.create_task(self._write())
         await future
@@ -79,9 +80,15 @@ class FeedbackLog:
                 future.set_result(None)
 
     def _write_synced(self, data: bytes) -> None:
-        self._file.write(data)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        size = os.fstat(self._file.fileno()).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[self._file.write(view):]
+            os.fsync(self._file.fileno())
+        except OSError:
+            os.ftruncate(self._file.fileno(), size)  # a refused batch leaves nothing to replay
+            raise
 
     def close(self) -> None:
         self._file.close()

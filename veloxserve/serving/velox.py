@@ -110,6 +110,14 @@ class Velox:
     def model_names(self) -> list[str]:
         return sorted(self._servers)
 
+    def health(self) -> dict[str, list[str]]:
+        """Per model, why it is degraded: damaged log records skipped on open, a disk refusing
+        writes (observe answers 507/503 meanwhile; predictions are still served). Empty when healthy."""
+        reasons = {name: obs_log.health() for name, obs_log in sorted(self._logs.items())}
+        for name, decisions in sorted(self._decision_logs.items()):
+            reasons.setdefault(name, []).extend(decisions.health())
+        return {name: why for name, why in reasons.items() if why}
+
     def server(self, model: str) -> ModelServer:
         try:
             return self._servers[model]

@@ -4,7 +4,8 @@ Off-policy evaluation needs to know not only what users did but what they were s
 which probability. Decisions are context, not acknowledged data: they are buffered and written
 by a background thread every `flush_seconds` (and on close), without an fsync per request, so
 logging them costs a top-k request microseconds; a crash can lose the last fraction of a second
-of decisions, never an observation. Files are JSON lines, one per day, readable by any tool.
+of decisions, never an observation. Files hold one frame of storage/frames.py per decision (a CRC
+and a JSON line), one file per day: a damaged line loses that decision only, and is reported.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 
 from veloxserve.errors import StoreUnavailable
+from veloxserve.storage import frames
 
 
 def new_decision_id() -> str:
@@ -34,6 +36,7 @@ class DecisionLog:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._flush_seconds = flush_seconds
+        self._failure: OSError | None = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -42,7 +45,7 @@ class DecisionLog:
         self._thread.start()
 
     def append(self, record: dict[str, Any]) -> None:
-        line = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        line = frames.encode(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY))
         with self._lock:
             self._buffer.append(line)
 
@@ -52,11 +55,28 @@ class DecisionLog:
         if not lines:
             return
         day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-        with open(self.directory / f"decisions-{day}.jsonl", "ab") as fh:
-            fh.write(b"".join(lines))
-            if sync:
-                fh.flush()
-                os.fsync(fh.fileno())
+        path = self.directory / f"decisions-{day}.jsonl"
+        with open(path, "ab", buffering=0) as fh:
+            size = fh.tell()
+            try:
+                view = memoryview(b"".join(lines))
+                while view:
+                    view = view[fh.write(view):]
+                if sync:
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                os.ftruncate(fh.fileno(), size)  # no half decision left behind
+                with self._lock:
+                    self._buffer[:0] = lines[-100_000:]  # retried with the next flush (bounded)
+                self._failure = exc
+                raise
+        self._failure = None
+
+    def health(self) -> list[str]:
+        if self._failure is None:
+            return []
+        return [f"the decision log in {self.directory} cannot be written ({self._failure.strerror}); "
+                "decisions are buffered and retried"]
 
     def _loop(self) -> None:
         while not self._closed.wait(self._flush_seconds):
@@ -72,14 +92,15 @@ class DecisionLog:
 
 
 def read_decisions(directory: Path) -> Iterator[dict[str, Any]]:
-    """Every logged decision, oldest file first (a torn last line after a crash is skipped)."""
+    """Every logged decision, oldest file first; a damaged record is skipped and reported, a torn
+    last line (a crash mid-flush) skipped."""
     directory = Path(directory)
     if not directory.is_dir():
         return
     for path in sorted(directory.glob("decisions-*.jsonl")):
         with open(path, "rb") as fh:
-            for line in fh:
-                try:
-                    yield orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    continue
+            for entry in frames.scan(fh, path):
+                if isinstance(entry, frames.Frame):
+                    yield orjson.loads(entry.body)
+                elif isinstance(entry, frames.Damage):
+                    frames.report(entry, "decision log")

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import orjson
+
 log = logging.getLogger(__name__)
 
 _START = re.compile(rb"[0-9a-f]{8} \{")
@@ -64,9 +66,11 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class Torn:
-    """An incomplete last line: a write in progress, or one a crash cut short."""
+    """An incomplete last line: a write in progress, or one a crash cut short. `body` is set when
+    the line is a whole frame that only lost its newline: keep it, and end it with one again."""
 
     offset: int
+    body: bytes | None = None
 
 
 def _salvage(line: bytes, offset: int, path: Path) -> Iterator[Frame | Damage]:
@@ -79,7 +83,8 @@ def _salvage(line: bytes, offset: int, path: Path) -> Iterator[Frame | Damage]:
     for begin, end in zip(starts, starts[1:]):
         piece = line[begin:end]
         # a piece ends where the next frame starts: at its newline, or at the byte that replaced it
-        body = decode(piece) if piece.endswith(b"\n") else decode(piece[:-1]) or decode(piece)
+        body = decode(piece) if piece.endswith(b"\n") else None
+        lost_newline = body is None and not piece.endswith(b"\n") and (body := decode(piece[:-1])) is not None
         if body is None:
             damaged_from = begin if damaged_from is None else damaged_from
             continue
@@ -87,6 +92,8 @@ def _salvage(line: bytes, offset: int, path: Path) -> Iterator[Frame | Damage]:
             yield Damage(path, offset + damaged_from, begin - damaged_from)
             damaged_from = None
         yield Frame(offset + begin, body)
+        if lost_newline:  # the frame survived; the newline after it did not
+            yield Damage(path, offset + end - 1, 1)
     if damaged_from is not None:
         yield Damage(path, offset + damaged_from, len(line) - damaged_from)
 
@@ -96,14 +103,24 @@ def scan(fh: BinaryIO, path: Path, start: int = 0) -> Iterator[Frame | Damage | 
     offset = start
     for line in fh:
         if not line.endswith(b"\n"):
-            yield Torn(offset)
+            yield Torn(offset, decode(line) or decode(line[:-1]))
             return
         body = decode(line)
         if body is not None:
             yield Frame(offset, body)
+        elif line[:1] == b"{" and _is_json(line):  # written before logs had frames: no CRC to check
+            yield Frame(offset, line[:-1])
         else:
             yield from _salvage(line, offset, path)
         offset += len(line)
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        orjson.loads(line)
+        return True
+    except orjson.JSONDecodeError:
+        return False
 
 
 def report(damage: Damage, what: str) -> None:

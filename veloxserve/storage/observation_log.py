@@ -239,20 +239,29 @@ class ObservationLog:
         segments = self._segments()
         while len(segments) > 1 and segments[-1][1].stat().st_size == 0:  # an empty last segment: drop it
             segments.pop()[1].unlink()
-        last = 0
+        last = unknown = 0  # `unknown`: damaged bytes after the last valid record, whose LSNs are lost
         for index, (first, path) in enumerate(segments):
-            last = max(last, first - 1)
+            if first - 1 > last:
+                last, unknown = first - 1, 0
             for entry in _scan_records(path, last_segment=index == len(segments) - 1):
                 if isinstance(entry, frames.Torn):
+                    record = None if entry.body is None else _record(entry.body)
                     with open(path, "rb+") as fh:
                         fh.truncate(entry.offset)
+                        if record is not None and record.lsn > last:  # whole but for its newline
+                            fh.seek(entry.offset)
+                            fh.write(frames.encode(entry.body))
+                            last, unknown = record.lsn, 0
                         os.fsync(fh.fileno())
                 elif isinstance(entry, frames.Damage):
                     frames.report(entry, "observation log")
                     self.damage.append(entry)
-                else:
-                    last = max(last, entry.lsn)
-        return last
+                    unknown += entry.length
+                elif entry.lsn > last:
+                    last, unknown = entry.lsn, 0
+        # Damage at the very end hides how far LSNs went: skip at least as many numbers as it has
+        # bytes (every record takes more than one), so none is ever given out twice.
+        return last + unknown
 
     def reserve_above(self, lsn: int) -> None:
         """Number every later record above `lsn`: a checkpoint or a version that claims LSNs the log
