@@ -16,15 +16,18 @@ from veloxserve.config import HomeLayout
 from veloxserve.storage.tokens import ADMIN, TokenStore
 
 
-def _admin_server(home: Path) -> tuple[ServerProcess, dict[str, str]]:
-    """A server whose home holds one admin token; the headers that carry it."""
+def _admin_server(home: Path, model_dir: Path) -> tuple[ServerProcess, dict[str, str]]:
+    """A server whose home holds one admin token and that deploys model files from `model_dir`;
+    the headers that carry the token."""
     token = TokenStore(HomeLayout(home).tokens_file).create(name="test", scope=ADMIN)
-    return ServerProcess(home), {"authorization": f"Bearer {token}"}
+    return ServerProcess(home, "--model-dir", str(model_dir)), {"authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    process, process.admin = _admin_server(tmp_path_factory.mktemp("clipper") / "home")
+    # every test's tmp_path is under the base temporary directory: the tests' models are deployable
+    process, process.admin = _admin_server(tmp_path_factory.mktemp("clipper") / "home",
+                                           tmp_path_factory.getbasetemp())
     try:
         process.wait_ready()
         yield process
@@ -80,7 +83,7 @@ def test_deploy_with_the_cli_then_predict_observe_scale_roll_back_and_remove(ser
     ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/x", "colour": 1}, 400, "colour"),
     ("POST", "/containers", [1, 2], 400, "body"),
     ("POST", "/apps", {"name": "a", "models": ["nope"]}, 404, "models"),
-    ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/no/such/file"}, 404, "model"),
+    ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/no/such/file"}, 403, "model"),
     ("POST", "/apps/nope/predict", {"input": [1]}, 404, None),
     ("POST", "/containers/nope/scale", {"replicas": 2}, 404, None),
     ("GET", "/apps/nope/predict", None, 405, None),
@@ -126,7 +129,7 @@ def test_openapi_lists_the_clipper_routes_and_marks_the_admin_ones(server) -> No
 
 def test_acknowledged_feedback_survives_kill_9_of_the_server(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    first, admin = _admin_server(home)
+    first, admin = _admin_server(home, tmp_path)
     try:
         first.wait_ready()
         for name, value in (("m", 1.0), ("n", 0.0)):
@@ -143,7 +146,7 @@ def test_acknowledged_feedback_survives_kill_9_of_the_server(tmp_path: Path) -> 
         first.kill()
     finally:
         first.stop()
-    second = ServerProcess(home)
+    second = ServerProcess(home, "--model-dir", str(tmp_path))
     try:
         second.wait_ready()
         state = httpx.get(f"{second.url}/apps/p").json()

@@ -80,6 +80,7 @@ class Replica:
         self.computed = 0
         self.recent: deque[tuple[int, float]] = deque(maxlen=256)  # (batch size, latency s)
         self.last_failure: str | None = None
+        self.hello: dict = {}  # the container's last hello: its pid and the input shape its model declares
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -186,6 +187,7 @@ class Replica:
                 hello = orjson.loads(frames[2])
                 if self._process is not None and hello.get("pid") == self._process.pid:
                     self._peer = peer
+                    self.hello = hello
                     self._crash_loop = 0
                     self._ready.set()
                 continue
