@@ -172,3 +172,23 @@ def test_an_application_over_models_of_different_shapes_is_refused(clipper: Clip
     with pytest.raises(InvalidInput, match="output shape") as error:
         clipper.create_app("mixed", ["proba", "labels"], policy="exp4")
     assert error.value.field == "models" and clipper.list_apps() == []
+
+
+def test_a_restarted_container_computes_its_slow_first_batch_before_the_next_query(clipper: Clipper,
+                                                                                   tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    clipper.deploy("cold", "callable", write_callable(tmp_path / "cold.pkl", _slow_first_batch(3.0)), sample=[0.0])
+    clipper.create_app("app", ["cold"], objective_ms=2000, default=-1.0)
+    before = clipper.describe_model("cold")["replicas"][0]
+    os.kill(before["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # restarted, and its warm-up batch computed
+        replica = clipper.describe_model("cold")["replicas"][0]
+        if replica["restarts"] == 1 and replica["ready"] and replica["queries"] > before["queries"]:
+            break
+        time.sleep(0.1)
+    assert replica["pid"] != before["pid"] and replica["queries"] == before["queries"] + 1
+    assert clipper.predict("app", "u", [42.0])["default"] is False

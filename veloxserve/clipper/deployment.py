@@ -56,7 +56,7 @@ class ModelDeployment:
         self.mean = RunningMean()
         self.replicas: list[Replica] = []
         self._context = context
-        self.example: Any = None  # what new replicas are warmed with (veloxserve/clipper/shapes.py)
+        self.example: Any = None  # what new and restarted replicas are warmed with (use_example)
         self.input_shape: list[int] | str | None = None  # checked before a query is queued; None: unknown
         self.output_shape: list[int] | str | None = None
 
@@ -72,6 +72,8 @@ class ModelDeployment:
         except ContainerUnavailable:
             await asyncio.gather(*(r.stop() for r in started))
             raise
+        for replica in started:
+            replica.warmup = self.example
         if self.example is not None and started:
             try:  # a fresh container's first batch is slow: pay it here, not on a query's deadline
                 await self.probe(self.example, started)
@@ -90,6 +92,12 @@ class ModelDeployment:
             await asyncio.sleep(0.01)
         await asyncio.gather(*(r.stop() for r in self.replicas))
         self.replicas = []
+
+    def use_example(self, value: Any) -> None:
+        """Warm replicas started or restarted from now on with `value` (veloxserve/clipper/shapes.py)."""
+        self.example = value
+        for replica in self.replicas:
+            replica.warmup = value
 
     async def probe(self, value: Any, replicas: list[Replica] | None = None) -> Any:
         """Run the model once on `value` in every replica (each container's first batch, off any

@@ -215,7 +215,7 @@ class ClipperRuntime:
             raise error(f"Version {version} of model {name!r} (method {method_label(meta)}) failed on its example "
                         f"input of shape {show(shape_of(example))}: {exc.message} Nothing was deployed; give an "
                         "input it answers as sample.", field="sample") from None
-        deployment.example = example
+        deployment.use_example(example)
         deployment.input_shape, deployment.output_shape = shape_of(example), shape_of(output)
         if (meta.get("input_shape"), meta.get("output_shape")) != (deployment.input_shape, deployment.output_shape):
             await asyncio.get_running_loop().run_in_executor(
