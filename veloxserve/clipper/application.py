@@ -7,7 +7,9 @@ Prediction is bounded in time. Every selected model gets the query with the appl
 deadline; at the deadline the application answers with the outputs that arrived, substituting a
 late or failed model's running mean output (an anytime prediction). If no model answered, the
 answer is the default output with `"default": true` and the reason. Crashed or hung containers
-therefore cost accuracy, never a hang.
+therefore cost accuracy, never a hang. An input that does not have the linked models' probed
+input shape (shapes.py) is refused with a 400 before anything is queued: a model failing on it
+would otherwise be answered, silently, with the default.
 """
 
 from __future__ import annotations

@@ -211,10 +211,11 @@ class ClipperRuntime:
                 log.warning("model %s %s failed on its example input: %s", name, version, exc.message)
                 return deployment
             await deployment.stop()
-            error = InvalidInput if meta.get("sample") is not None else ContainerUnavailable
+            given = meta.get("sample") is not None  # the caller's sample is a bad input; zeros, a bad model
+            error = InvalidInput if given else ContainerUnavailable
             raise error(f"Version {version} of model {name!r} (method {method_label(meta)}) failed on its example "
                         f"input of shape {show(shape_of(example))}: {exc.message} Nothing was deployed; give an "
-                        "input it answers as sample.", field="sample") from None
+                        "input it answers as sample.", field="sample" if given else "model") from None
         deployment.use_example(example)
         deployment.input_shape, deployment.output_shape = shape_of(example), shape_of(output)
         if (meta.get("input_shape"), meta.get("output_shape")) != (deployment.input_shape, deployment.output_shape):
