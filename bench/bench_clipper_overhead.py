@@ -96,7 +96,8 @@ async def runtime_path(home: Path, model: Path, n: int) -> dict:
 
 
 def http_path(home: Path, model: Path, n: int) -> dict:
-    server = ServerProcess(home, "--no-auth", "--model-dir", str(model.parent))  # a local benchmark: no token on the admin routes
+    # a local benchmark: no token on the admin routes
+    server = ServerProcess(home, "--no-auth", "--model-dir", str(model.parent))
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=30) as client:

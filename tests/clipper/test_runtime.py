@@ -30,7 +30,7 @@ def test_versions_swap_roll_back_and_survive_a_restart(tmp_path: Path) -> None:
             clipper.rollback("m", "v9")
         assert clipper.rollback("m", "v2")["version"] == "v2"
         clipper.scale("m", 2)
-    with Clipper(home, model_dirs=[tmp_path]) as clipper:  # a restart serves what was active, with its replicas and apps
+    with Clipper(home, model_dirs=[tmp_path]) as clipper:  # a restart serves what was active: replicas, apps
         described = clipper.describe_model("m")
         assert described["version"] == "v2" and len(described["replicas"]) == 2
         assert clipper.predict("app", "u", [0.0])["output"] == 2.0
