@@ -28,7 +28,7 @@ from veloxserve.clipper import ClipperRuntime
 
 
 async def measure(home: Path, path: Path, X: np.ndarray, adaptive: bool, args: argparse.Namespace) -> dict:
-    runtime = ClipperRuntime(home)
+    runtime = ClipperRuntime(home, model_dirs=[path.parent])
     await runtime.start()
     try:
         name = f"{path.stem}-{'adaptive' if adaptive else 'single'}"

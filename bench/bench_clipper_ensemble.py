@@ -46,7 +46,7 @@ async def stream(args: argparse.Namespace) -> dict:
         "knn": KNeighborsClassifier(n_neighbors=3),
     }
     tmp = Path(tempfile.mkdtemp(prefix="clipper-ensemble-"))
-    runtime = ClipperRuntime(tmp / "home")
+    runtime = ClipperRuntime(tmp / "home", model_dirs=[tmp])
     await runtime.start()
     try:
         for (name, model), rows in zip(models.items(), slices):

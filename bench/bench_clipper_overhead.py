@@ -78,7 +78,7 @@ def rpc_alone(model: Path, n: int) -> dict:
 
 
 async def runtime_path(home: Path, model: Path, n: int) -> dict:
-    runtime = ClipperRuntime(home)
+    runtime = ClipperRuntime(home, model_dirs=[model.parent])
     await runtime.start()
     try:
         await runtime.deploy("noop", "callable", model)
@@ -96,7 +96,8 @@ async def runtime_path(home: Path, model: Path, n: int) -> dict:
 
 
 def http_path(home: Path, model: Path, n: int) -> dict:
-    server = ServerProcess(home, "--no-auth")  # a local benchmark: no token on the admin routes
+    # a local benchmark: no token on the admin routes
+    server = ServerProcess(home, "--no-auth", "--model-dir", str(model.parent))
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=30) as client:

@@ -38,7 +38,7 @@ def straggler(batch):
 
 
 async def measure(tmp: Path, objective_ms: float, args: argparse.Namespace) -> dict:
-    runtime = ClipperRuntime(tmp / f"home-{objective_ms:g}")
+    runtime = ClipperRuntime(tmp / f"home-{objective_ms:g}", model_dirs=[tmp])
     await runtime.start()
     try:
         names = []

@@ -81,9 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "redis://host:port/db[?prefix=name] (shared by several processes)")
     serve.add_argument("--instance", help="this process's id when several serve one home over Redis "
                                           "(its own log and lock; default: the home's main log)")
+    serve.add_argument("--model-dir", action="append", default=[], type=Path, metavar="DIR",
+                       help="Clipper may deploy model files from DIR (repeatable) besides <home>/models-in/. "
+                            "Deploying a pickle or a torch file runs its code with the server's rights: give only "
+                            "directories that only trusted operators can write")
     for p in (serve, demo):
         p.add_argument("--no-auth", action="store_true",
-                       help="DANGEROUS, local development only: admin routes (retrain, activate, policy, forget) need no token")
+                       help="DANGEROUS, local development only: admin routes (retrain, activate, policy, forget, "
+                            "and Clipper's deploy, which runs model code) need no token")
         p.add_argument("--require-key", action="append", default=[], metavar="MODEL",
                        help="predict/top_k/observe on MODEL need a key (`token create --model MODEL`) or an admin "
                             "token; repeat for several models, '*' for all (default: open)")
@@ -223,15 +228,16 @@ def _serve(args: argparse.Namespace) -> int:
         store = RedisUserStore(RedisSettings.from_url(args.store))
     velox = Velox(args.home, store=store, instance=getattr(args, "instance", None))
     try:
-        app = create_app(velox, auth=auth, admission=admission)
+        app = create_app(velox, auth=auth, admission=admission, model_dirs=getattr(args, "model_dir", []))
         config = uvicorn.Config(
             app, host=args.host, port=args.port, access_log=False, log_level="warning",
             http="httptools", loop="uvloop", lifespan="on",  # lifespan starts Clipper's containers
         )
         server = uvicorn.Server(config)
         if args.no_auth:
-            print("WARNING: --no-auth: anyone who can reach this port can retrain, activate, change policies "
-                  "and erase users. Local development only.", file=sys.stderr, flush=True)
+            print("WARNING: --no-auth: anyone who can reach this port can retrain, activate, change policies, "
+                  "erase users and deploy model files (running their code). Local development only.",
+                  file=sys.stderr, flush=True)
         elif not app.guard.tokens.has_admin():
             print(f"note: no admin token yet; admin routes answer 401 until you run "
                   f"`veloxserve token create --home {args.home}`", file=sys.stderr, flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -16,15 +17,19 @@ from veloxserve.config import HomeLayout
 from veloxserve.storage.tokens import ADMIN, TokenStore
 
 
-def _admin_server(home: Path) -> tuple[ServerProcess, dict[str, str]]:
-    """A server whose home holds one admin token; the headers that carry it."""
+def _admin_server(home: Path, model_dir: Path) -> tuple[ServerProcess, dict[str, str]]:
+    """A server whose home holds one admin token and that deploys model files from `model_dir`;
+    the headers that carry the token."""
     token = TokenStore(HomeLayout(home).tokens_file).create(name="test", scope=ADMIN)
-    return ServerProcess(home), {"authorization": f"Bearer {token}"}
+    return ServerProcess(home, "--model-dir", str(model_dir)), {"authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    process, process.admin = _admin_server(tmp_path_factory.mktemp("clipper") / "home")
+    # every test's tmp_path is under the base temporary directory: the tests' models are deployable
+    home = tmp_path_factory.mktemp("clipper") / "home"
+    process, process.admin = _admin_server(home, tmp_path_factory.getbasetemp())
+    process.home = home
     try:
         process.wait_ready()
         yield process
@@ -80,7 +85,7 @@ def test_deploy_with_the_cli_then_predict_observe_scale_roll_back_and_remove(ser
     ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/x", "colour": 1}, 400, "colour"),
     ("POST", "/containers", [1, 2], 400, "body"),
     ("POST", "/apps", {"name": "a", "models": ["nope"]}, 404, "models"),
-    ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/no/such/file"}, 404, "model"),
+    ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/no/such/file"}, 403, "model"),
     ("POST", "/apps/nope/predict", {"input": [1]}, 404, None),
     ("POST", "/containers/nope/scale", {"replicas": 2}, 404, None),
     ("GET", "/apps/nope/predict", None, 405, None),
@@ -126,7 +131,7 @@ def test_openapi_lists_the_clipper_routes_and_marks_the_admin_ones(server) -> No
 
 def test_acknowledged_feedback_survives_kill_9_of_the_server(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    first, admin = _admin_server(home)
+    first, admin = _admin_server(home, tmp_path)
     try:
         first.wait_ready()
         for name, value in (("m", 1.0), ("n", 0.0)):
@@ -143,7 +148,7 @@ def test_acknowledged_feedback_survives_kill_9_of_the_server(tmp_path: Path) -> 
         first.kill()
     finally:
         first.stop()
-    second = ServerProcess(home)
+    second = ServerProcess(home, "--model-dir", str(tmp_path))
     try:
         second.wait_ready()
         state = httpx.get(f"{second.url}/apps/p").json()
@@ -153,3 +158,76 @@ def test_acknowledged_feedback_survives_kill_9_of_the_server(tmp_path: Path) -> 
         assert before == pytest.approx(0.9, abs=0.1)  # learned: mostly model m's 1.0
     finally:
         second.stop()
+
+
+def test_deploy_needs_an_admin_token_and_a_model_key_is_not_enough(server, tmp_path: Path) -> None:
+    """Deploying runs the file's code: the route is in the admin table, and a model key is refused."""
+    model = write_callable(tmp_path / "m.pkl", constant_model(1.0))
+    body = {"name": "sneaky", "framework": "callable", "model": str(model)}
+    assert httpx.post(f"{server.url}/containers", json=body).status_code == 401
+    key = TokenStore(HomeLayout(server.home).tokens_file).create(name="key", scope="model:sneaky")
+    deadline, response = time.monotonic() + 60, None
+    while time.monotonic() < deadline:  # the server rereads its tokens about once a second
+        response = httpx.post(f"{server.url}/containers", json=body, headers={"authorization": f"Bearer {key}"})
+        if response.status_code != 401:
+            break
+        time.sleep(0.2)
+    assert response.status_code == 403 and "admin token" in response.json()["message"]
+    assert "sneaky" not in [m["model"] for m in httpx.get(f"{server.url}/containers").json()["models"]]
+
+
+def test_a_model_file_outside_the_model_directories_is_403_and_changes_nothing(server, tmp_path: Path) -> None:
+    model = write_callable(tmp_path / "m.pkl", constant_model(1.0))
+    link = server.home / "models-in" / "elsewhere.pkl"
+    link.symlink_to(Path("/etc/passwd"))  # inside models-in, resolving outside
+    before = httpx.get(f"{server.url}/containers").json()
+    # --model-dir is the base temporary directory: four levels up from models-in is outside it
+    for path in ("/etc/passwd", str(link), str(server.home / "models-in" / "../../../../x.pkl")):
+        response = httpx.post(f"{server.url}/containers", json={"name": "x", "framework": "callable", "model": path},
+                              headers=server.admin)
+        assert response.status_code == 403 and response.json()["field"] == "model", response.text
+        assert "models-in" in response.json()["message"] and "--model-dir" in response.json()["message"]
+    assert httpx.get(f"{server.url}/containers").json() == before
+    assert model.exists()
+
+
+def test_deploy_and_serve_help_say_that_deploying_runs_model_code() -> None:
+    for command, words in ((["deploy", "--help"], ("runs its code", "models-in", "--model-dir")),
+                           (["serve", "--help"], ("--model-dir", "runs its code"))):
+        text = " ".join(subprocess.run([sys.executable, "-m", "veloxserve.cli", *command], capture_output=True,
+                                       text=True, timeout=60).stdout.split())
+        for word in words:
+            assert word in text, (command, word)
+
+
+def test_the_readmes_digits_steps_keep_answering_after_lr2(server, tmp_path: Path) -> None:
+    """deploy lr (predict_proba) and rf, an app over both, then `deploy lr2` without --method."""
+    import joblib
+    from sklearn.datasets import load_digits
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_digits(return_X_y=True)
+    joblib.dump(LogisticRegression(max_iter=300).fit(X[:300], y[:300]), tmp_path / "lr.joblib")
+    joblib.dump(LogisticRegression(max_iter=300, C=0.1).fit(X[:600], y[:600]), tmp_path / "lr2.joblib")
+    joblib.dump(RandomForestClassifier(n_estimators=5, random_state=0).fit(X[:300], y[:300]), tmp_path / "rf.joblib")
+    for args in (("deploy", "--name", "digits-lr", "--framework", "sklearn", "--model", str(tmp_path / "lr.joblib"),
+                  "--method", "predict_proba"),
+                 ("deploy", "--name", "digits-rf", "--framework", "sklearn", "--model", str(tmp_path / "rf.joblib"),
+                  "--method", "predict_proba"),
+                 ("app", "--name", "digits", "--models", "digits-lr,digits-rf", "--policy", "personalised",
+                  "--objective-ms", "20000", "--default", "null"),
+                 ("deploy", "--name", "digits-lr", "--framework", "sklearn", "--model", str(tmp_path / "lr2.joblib"))):
+        done = _cli(server, *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert httpx.get(f"{server.url}/containers/digits-lr").json()["method"] == "predict_proba"
+    answer = httpx.post(f"{server.url}/apps/digits/predict", json={"user": "ann", "input": X[700].tolist()},
+                        timeout=60)
+    assert answer.status_code == 200 and answer.json()["default"] is False and len(answer.json()["output"]) == 10
+    wrong = httpx.post(f"{server.url}/apps/digits/predict", json={"user": "ann", "input": X[700, :10].tolist()})
+    assert wrong.status_code == 400 and wrong.json()["field"] == "input" and "[64]" in wrong.json()["message"]
+    labels = _cli(server, "deploy", "--name", "digits-lr", "--framework", "sklearn", "--model",
+                  str(tmp_path / "lr2.joblib"), "--method", "predict")
+    assert labels.returncode != 0 and "Conflict" in labels.stdout and "method predict" in labels.stdout
+    assert httpx.get(f"{server.url}/containers/digits-lr").json()["version"] == "v2"
+    httpx.delete(f"{server.url}/apps/digits", headers=server.admin).raise_for_status()

@@ -14,7 +14,7 @@ from veloxserve.clipper import Clipper
 
 @pytest.fixture
 def clipper(tmp_path: Path) -> Iterator[Clipper]:
-    with Clipper(tmp_path / "home") as runtime:
+    with Clipper(tmp_path / "home", model_dirs=[tmp_path]) as runtime:
         yield runtime
 
 

@@ -70,7 +70,7 @@ def test_a_restarted_runtime_rebuilds_every_policy_from_its_feedback(tmp_path: P
         return np.asarray(batch)[:, 0] * 2.0
 
     home, rng = tmp_path / "home", np.random.default_rng(0)
-    with Clipper(home) as clipper:
+    with Clipper(home, model_dirs=[tmp_path]) as clipper:
         clipper.deploy("half", "callable", write_callable(tmp_path / "h.pkl", half))
         clipper.deploy("double", "callable", write_callable(tmp_path / "d.pkl", double))
         for policy in ("exp3", "exp4", "personalised"):
@@ -81,7 +81,7 @@ def test_a_restarted_runtime_rebuilds_every_policy_from_its_feedback(tmp_path: P
                 clipper.observe(policy, "ann", [x], 1.8 * x)
         before = {p: clipper.runtime.app(p).describe() for p in ("exp3", "exp4")}
         weights = clipper.runtime.app("personalised").policy.user_weights("ann")
-    with Clipper(home) as clipper:
+    with Clipper(home, model_dirs=[tmp_path]) as clipper:
         for policy in ("exp3", "exp4"):
             after = clipper.runtime.app(policy).describe()
             np.testing.assert_allclose(after["state"]["weights"], before[policy]["state"]["weights"])

@@ -13,7 +13,7 @@ from veloxserve.errors import Conflict, ContainerUnavailable, InvalidInput, Mode
 
 def test_versions_swap_roll_back_and_survive_a_restart(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    with Clipper(home) as clipper:
+    with Clipper(home, model_dirs=[tmp_path]) as clipper:
         clipper.deploy("m", "callable", write_callable(tmp_path / "one.pkl", constant_model(1.0)))
         clipper.create_app("app", ["m"], objective_ms=20_000)
         assert clipper.predict("app", "u", [0.0])["output"] == 1.0
@@ -30,7 +30,7 @@ def test_versions_swap_roll_back_and_survive_a_restart(tmp_path: Path) -> None:
             clipper.rollback("m", "v9")
         assert clipper.rollback("m", "v2")["version"] == "v2"
         clipper.scale("m", 2)
-    with Clipper(home) as clipper:  # a restart serves what was active, with its replicas and apps
+    with Clipper(home, model_dirs=[tmp_path]) as clipper:  # a restart serves what was active: replicas, apps
         described = clipper.describe_model("m")
         assert described["version"] == "v2" and len(described["replicas"]) == 2
         assert clipper.predict("app", "u", [0.0])["output"] == 2.0
@@ -63,7 +63,7 @@ def test_remove_is_refused_while_an_app_links_the_model(clipper: Clipper, tmp_pa
 @pytest.mark.parametrize("kwargs, field", [
     ({"name": "bad name"}, "name"),
     ({"framework": "tensorflow"}, "framework"),
-    ({"model": "/no/such/file"}, "model"),
+    ({"model": "missing.pkl"}, "model"),  # in an allowed directory, but not there
     ({"replicas": 0}, "replicas"),
     ({"objective_ms": -1}, "objective_ms"),
     ({"delay_ms": "soon"}, "delay_ms"),
@@ -74,6 +74,8 @@ def test_remove_is_refused_while_an_app_links_the_model(clipper: Clipper, tmp_pa
 def test_bad_deployments_name_the_field_and_change_nothing(clipper: Clipper, tmp_path: Path, kwargs, field) -> None:
     args = {"name": "m", "framework": "callable", "model": write_callable(tmp_path / "m.pkl", constant_model(1.0)),
             **kwargs}
+    if args["model"] == "missing.pkl":
+        args["model"] = tmp_path / "missing.pkl"
     with pytest.raises(NotFound if field == "model" else InvalidInput) as error:
         clipper.deploy(args.pop("name"), args.pop("framework"), args.pop("model"), **args)
     assert error.value.field == field

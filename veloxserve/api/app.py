@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -86,14 +87,15 @@ def _entry(entry: Any, keys: tuple[str, ...], field: str, where: str, optional: 
 class VeloxApp:
     """ASGI app over a Velox. The caller owns `velox` and closes it."""
 
-    def __init__(self, velox: Velox, *, auth: AuthConfig | None = None, admission: AdmissionConfig | None = None) -> None:
+    def __init__(self, velox: Velox, *, auth: AuthConfig | None = None, admission: AdmissionConfig | None = None,
+                 model_dirs: Iterable[Path] = ()) -> None:
         self.velox = velox
         self.guard = Guard(TokenStore(velox.layout.tokens_file), auth)
         self.admission = Admission(admission)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, DurableWaiter] = {}
         self.metrics = Metrics(velox)
-        self.clipper = clipper_routes.ClipperRoutes(velox.layout.root)
+        self.clipper = clipper_routes.ClipperRoutes(velox.layout.root, model_dirs)
         self.metrics.registry.register(self.clipper.collector())
         self._top = {"/healthz": self._healthz, "/openapi.json": self._openapi, "/models": self._list_models}
         self._model_routes: dict[tuple[str, str], Handler] = {
@@ -410,7 +412,9 @@ def _route_label(path: str) -> str:
     return "activate" if len(parts) == 6 and parts[5] == "activate" else "other"
 
 
-def create_app(velox: Velox, *, auth: AuthConfig | None = None, admission: AdmissionConfig | None = None) -> VeloxApp:
+def create_app(velox: Velox, *, auth: AuthConfig | None = None, admission: AdmissionConfig | None = None,
+               model_dirs: Iterable[Path] = ()) -> VeloxApp:
     """An ASGI app serving `velox`. Admin routes need a token from `velox`'s home unless
-    `auth=AuthConfig(enabled=False)`; `admission` sets the load-shedding limits."""
-    return VeloxApp(velox, auth=auth, admission=admission)
+    `auth=AuthConfig(enabled=False)`; `admission` sets the load-shedding limits; Clipper deploys
+    model files from `<home>/models-in/` and `model_dirs` only."""
+    return VeloxApp(velox, auth=auth, admission=admission, model_dirs=model_dirs)

@@ -6,8 +6,11 @@ from typing import Any
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _TEXT = {400: "Invalid input: the message names the field",
+         403: "The model file is outside <home>/models-in and the server's --model-dir directories",
          404: "Unknown model, model file, version or application",
-         405: "Method not allowed", 409: "Conflict: the model is linked to an application, or nothing to roll back",
+         405: "Method not allowed",
+         409: "Conflict: the model is linked to an application, nothing to roll back, or the new version's input or "
+              "output shape differs from what the linked applications use",
          503: "A model container is unavailable (failed to start, crashed or failed on the input)"}
 _NAME_TEXT = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
 _NAME = {"name": "name", "in": "path", "required": True, "schema": _NAME_TEXT}
@@ -41,7 +44,9 @@ def clipper_paths() -> dict[str, Any]:
         method={"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
         replicas={"type": "integer", "minimum": 1, "maximum": 64}, objective_ms=_NUMBER,
         delay_ms={"type": "number", "minimum": 0}, adaptive={"type": "boolean"},
-        max_batch={"type": "integer", "minimum": 1, "maximum": 65536}, hang_timeout_s=_NUMBER)
+        max_batch={"type": "integer", "minimum": 1, "maximum": 65536}, hang_timeout_s=_NUMBER,
+        sample={"description": "an example input: run once per replica at deploy time (warming it); its shape is "
+                               "the input shape queries are checked against"})
     params = {"type": "object", "additionalProperties": False, "properties": {
         "eta": _NUMBER, "gamma": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}, "prior_precision": _NUMBER}}
     app = _object(["name", "models"], name=_NAME_TEXT,
@@ -58,8 +63,9 @@ def clipper_paths() -> dict[str, Any]:
     ]
     return {
         "/containers": {"get": _op("Deployed models: versions, replicas, batch sizes, queues, cache"),
-                        "post": _op("Deploy a model file as a new version in container processes", 400, 404, 503,
-                                    body=deploy, admin=True)},
+                        "post": _op("Deploy a model file as a new version in container processes. Loading a "
+                                    "pickle (callable, sklearn) or torch file runs its code with the server's rights",
+                                    400, 403, 404, 409, 503, body=deploy, admin=True)},
         "/containers/{name}": {"get": _op("One deployed model", 404, params=(_NAME,)),
                                "delete": _op("Stop a model's containers and delete its versions", 404, 409,
                                              params=(_NAME,), admin=True)},
@@ -67,7 +73,7 @@ def clipper_paths() -> dict[str, Any]:
             "Set the number of container replicas", 400, 404, 503, params=(_NAME,), admin=True,
             body=_object(["replicas"], replicas={"type": "integer", "minimum": 1, "maximum": 64}))},
         "/containers/{name}/rollback": {"post": _op(
-            "Serve the previous (or a named) version", 400, 404, 409, params=(_NAME,), admin=True,
+            "Serve the previous (or a named) version", 400, 404, 409, 503, params=(_NAME,), admin=True,
             body=_object([], version={"type": "string", "pattern": "^v[0-9]+$"}))},
         "/apps": {"get": _op("Applications and their policies' state"),
                   "post": _op("Create an application over deployed models", 400, 404, 409, body=app, admin=True)},

@@ -1,7 +1,8 @@
 """HTTP routes of Clipper's model containers and applications, hooked into the raw ASGI app.
 
     GET    /containers                    deployed models: versions, replicas, batch sizes, queues
-    POST   /containers                    deploy a model file as a new version          (admin)
+    POST   /containers                    deploy a model file as a new version          (admin: it runs the
+                                          file's code; files only from <home>/models-in and --model-dir)
     GET    /containers/{name}             one deployed model
     POST   /containers/{name}/scale       {"replicas": n}                               (admin)
     POST   /containers/{name}/rollback    {"version"?}: the previous or a named version (admin)
@@ -20,7 +21,7 @@ lifespan startup), restoring what the home's registry says is deployed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ ADMIN_ROUTES = frozenset({
     ("DELETE", "/containers/{name}"), ("POST", "/apps"), ("DELETE", "/apps/{app}"),
 })
 _DEPLOY_FIELDS = {"name", "framework", "model", "method", "replicas", "objective_ms", "delay_ms", "adaptive",
-                  "max_batch", "hang_timeout_s"}
+                  "max_batch", "hang_timeout_s", "sample"}
 _APP_FIELDS = {"name", "models", "policy", "objective_ms", "default", "loss", "params", "seed"}
 DEFAULT_USER = "anonymous"
 
@@ -56,8 +57,8 @@ def route_label(path: str) -> str:
 class ClipperRoutes:
     """Dispatches /containers and /apps requests to a ClipperRuntime on the serving loop."""
 
-    def __init__(self, home: Path) -> None:
-        self.runtime = ClipperRuntime(home)
+    def __init__(self, home: Path, model_dirs: Iterable[Path] = ()) -> None:
+        self.runtime = ClipperRuntime(home, model_dirs=model_dirs)
         self._started: asyncio.Task | None = None
         self._routes: dict[tuple[str, str], Callable[..., Awaitable[Any]]] = {
             ("GET", "/containers"): self._list_models,

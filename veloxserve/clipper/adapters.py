@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,19 @@ class Framework(str, enum.Enum):
     ONNX = "onnx"  # an ONNX graph run by onnxruntime
 
 
-def load_predictor(framework: Framework, path: Path, method: str | None = None) -> Predictor:
-    """The batch function of the model stored at `path`. `method` names an estimator's method
-    (scikit-learn: predict by default, or predict_proba / decision_function)."""
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model's batch function and, when the model declares it, the shape of one input (a
+    scikit-learn estimator's n_features_in_, an ONNX graph's fixed input dimensions): what the
+    serving side probes the model with at deploy time and checks each query against."""
+
+    predict: Predictor
+    input_shape: tuple[int, ...] | None = None
+
+
+def load_model(framework: Framework, path: Path, method: str | None = None) -> LoadedModel:
+    """The model stored at `path`. `method` names an estimator's method (scikit-learn: predict by
+    default, or predict_proba / decision_function) or an ONNX output."""
     loaders = {
         Framework.CALLABLE: _callable,
         Framework.SKLEARN: _sklearn,
@@ -35,27 +46,34 @@ def load_predictor(framework: Framework, path: Path, method: str | None = None) 
     return loaders[Framework(framework)](Path(path), method)
 
 
-def _callable(path: Path, method: str | None) -> Predictor:
+def load_predictor(framework: Framework, path: Path, method: str | None = None) -> Predictor:
+    """The batch function of the model stored at `path` (see load_model)."""
+    return load_model(framework, path, method).predict
+
+
+def _callable(path: Path, method: str | None) -> LoadedModel:
     import cloudpickle
 
     with open(path, "rb") as fh:
         function = cloudpickle.load(fh)
     if not callable(function):
         raise TypeError(f"{path} holds a {type(function).__name__}, not a callable")
-    return function
+    return LoadedModel(function)
 
 
-def _sklearn(path: Path, method: str | None) -> Predictor:
+def _sklearn(path: Path, method: str | None) -> LoadedModel:
     import joblib
 
     estimator = joblib.load(path)
     predict = getattr(estimator, method or "predict", None)
     if predict is None:
         raise TypeError(f"the estimator in {path} has no method {method or 'predict'!r}")
-    return lambda batch: predict(np.asarray(batch))
+    width = getattr(estimator, "n_features_in_", None)  # absent for text pipelines: shape unknown
+    shape = (int(width),) if isinstance(width, (int, np.integer)) else None
+    return LoadedModel(lambda batch: predict(np.asarray(batch)), shape)
 
 
-def _torch(path: Path, method: str | None) -> Predictor:
+def _torch(path: Path, method: str | None) -> LoadedModel:
     import torch
 
     try:
@@ -68,15 +86,18 @@ def _torch(path: Path, method: str | None) -> Predictor:
         with torch.inference_mode():
             return module(torch.as_tensor(np.asarray(batch, dtype=np.float32))).numpy()
 
-    return predict
+    return LoadedModel(predict)
 
 
-def _onnx(path: Path, method: str | None) -> Predictor:
+def _onnx(path: Path, method: str | None) -> LoadedModel:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1  # one replica, one core: scale by replicas, not threads
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    first = session.get_inputs()[0]
     output = method or session.get_outputs()[0].name
-    return lambda batch: session.run([output], {name: np.asarray(batch, dtype=np.float32)})[0]
+    dims = list(first.shape)[1:]  # the first dimension is the batch
+    shape = tuple(dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
+    return LoadedModel(lambda batch: session.run([output], {first.name: np.asarray(batch, dtype=np.float32)})[0],
+                       shape)

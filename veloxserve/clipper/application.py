@@ -7,7 +7,9 @@ Prediction is bounded in time. Every selected model gets the query with the appl
 deadline; at the deadline the application answers with the outputs that arrived, substituting a
 late or failed model's running mean output (an anytime prediction). If no model answered, the
 answer is the default output with `"default": true` and the reason. Crashed or hung containers
-therefore cost accuracy, never a hang.
+therefore cost accuracy, never a hang. An input that does not have the linked models' probed
+input shape (shapes.py) is refused with a 400 before anything is queued: a model failing on it
+would otherwise be answered, silently, with the default.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from veloxserve.clipper.deployment import ModelDeployment
 from veloxserve.clipper.feedback_log import FeedbackLog
 from veloxserve.clipper.policies import POLICIES, Loss, Policy, PolicyKind, as_target, losses
+from veloxserve.clipper.shapes import check_input, method_label, shape_of, show
 from veloxserve.errors import ContainerUnavailable, VeloxError, invalid_parameter
 
 FEEDBACK_TIMEOUT_S = 10.0  # feedback is not latency-bound: it waits for every model it needs
@@ -86,6 +89,7 @@ class Application:
     async def predict(self, user: str, value: Any) -> dict[str, Any]:
         deadline = time.monotonic() + self.config.objective
         value = normalise_input(value)
+        self._check_input(value, "predict")
         chosen = self.policy.select(user)
         futures = await self._settled(self._ask(chosen, value, deadline), deadline)
         report, outputs, arrived = [], [], 0
@@ -106,8 +110,8 @@ class Application:
             output = outputs[0]
             return {"output": output.tolist() if isinstance(output, np.ndarray) else output, "default": False,
                     "models": report}
-        F = _matrix([o for o in outputs if o is not None])
         present = np.array([o is not None for o in outputs])
+        F = self._matrix([o for o in outputs if o is not None], chosen[present])
         combined = self.policy.combine(user, chosen[present], F)
         return {"output": combined.item() if combined.size == 1 else combined.tolist(), "default": False,
                 "models": report}
@@ -116,6 +120,7 @@ class Application:
         """Learn from feedback: evaluate the models the policy learns from (all but for Exp3),
         then update. A model that cannot answer rejects the feedback, which changes nothing."""
         value = normalise_input(value)
+        self._check_input(value, "observe")
         chosen = self.policy.select(user)
         deadline = time.monotonic() + max(FEEDBACK_TIMEOUT_S, self.config.objective)
         futures = await self._settled(self._ask(chosen, value, deadline), deadline)
@@ -126,7 +131,7 @@ class Application:
                 raise ContainerUnavailable(f"Feedback needs the output of model {entry['model']!r}, which failed: "
                                            f"{entry['reason']}. Nothing was learned; send it again.")
             outputs.append(output)
-        F = _matrix(outputs)
+        F = self._matrix(outputs, chosen)
         if not np.isfinite(F).all():
             raise ContainerUnavailable("A model returned non-finite outputs for this input; nothing was learned.")
         try:
@@ -138,6 +143,39 @@ class Application:
         self.policy.observe(user, chosen, F, target)
         self.observed += 1
         return {"observed": 1, "models": [self.config.models[i] for i in chosen], "losses": model_losses.tolist()}
+
+    def _check_input(self, value: Any, where: str) -> None:
+        """A 400 naming the shape, before anything is queued, when a linked model's probed input
+        shape (shapes.py) is known and `value` does not have it: the model would only fail on it."""
+        for name in self.config.models:
+            try:
+                expected = self._resolve(name).input_shape
+            except VeloxError:  # removed from under the application: its outcome says so
+                continue
+            if expected is not None:
+                check_input(value, expected, name, where)
+
+    def _matrix(self, outputs: list[Any], chosen: np.ndarray) -> np.ndarray:
+        """Models × output dimension, float64; a 503 naming each model, version, method and shape
+        when the outputs cannot be stacked."""
+        try:
+            return np.stack([np.atleast_1d(np.asarray(o, dtype=np.float64)) for o in outputs])
+        except (TypeError, ValueError):
+            pass
+        described = []
+        for index, output in zip(chosen, outputs):
+            name = self.config.models[index]
+            try:
+                deployment = self._resolve(name)
+                meta = {"method": deployment.spec.method, "framework": deployment.spec.framework.value}
+                described.append(f"{name!r} {deployment.version} (method {method_label(meta)}) gave "
+                                 f"{show(shape_of(_numeric(output)))}")
+            except VeloxError:
+                described.append(f"{name!r} gave {show(shape_of(_numeric(output)))}")
+        raise ContainerUnavailable(
+            f"Application {self.config.name!r} needs numeric outputs of one shape from its models to combine or "
+            f"learn from them, but {', '.join(described)}. Deploy versions whose outputs have one shape (e.g. the "
+            "same --method), or roll back the one that changed.")
 
     def _ask(self, chosen: np.ndarray, value: Any, deadline: float) -> list[asyncio.Future | Exception]:
         futures: list[asyncio.Future | Exception] = []
@@ -162,7 +200,10 @@ class Application:
         if isinstance(future, Exception):
             reason = future.message if isinstance(future, VeloxError) else str(future)
         elif not future.done():
-            reason = "no answer by the deadline"
+            try:
+                reason = self._resolve(name).why_late()
+            except VeloxError:
+                reason = "no answer by the deadline"
         else:
             error = future.exception()
             reason = error.message if isinstance(error, VeloxError) else str(error)
@@ -179,9 +220,8 @@ class Application:
                 "defaults": self.defaults, "observed": self.observed}
 
 
-def _matrix(outputs: list[Any]) -> np.ndarray:
-    """Models × output dimension, float64."""
+def _numeric(output: Any) -> Any:
     try:
-        return np.stack([np.atleast_1d(np.asarray(o, dtype=np.float64)) for o in outputs])
+        return np.asarray(output, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ContainerUnavailable("Ensembles and feedback need numeric model outputs of one shape.") from None
+        return output

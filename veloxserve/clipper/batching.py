@@ -87,6 +87,11 @@ class BatchQueue:
         self._items.append(query)
         self._arrived.set()
 
+    def put_first(self, query: Query) -> None:
+        """Ahead of the waiting queries (a restarted container's warm-up batch)."""
+        self._items.appendleft(query)
+        self._arrived.set()
+
     async def take(self, size: int, delay: float) -> list[Query]:
         while not self._items:
             self._arrived.clear()

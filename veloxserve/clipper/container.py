@@ -23,7 +23,7 @@ import orjson
 import zmq
 
 from veloxserve.clipper import protocol
-from veloxserve.clipper.adapters import Framework, load_predictor
+from veloxserve.clipper.adapters import Framework, load_model
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -41,12 +41,14 @@ def serve_container(framework: Framework, model: Path, connect: str, method: str
     """Load the model, connect, and serve batches until the parent or the socket goes away."""
     _die_with_parent()
     parent = os.getppid()
-    predict = load_predictor(framework, model, method)
+    loaded = load_model(framework, model, method)
+    predict = loaded.predict
     context = zmq.Context()
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(connect)
-    hello = {"framework": Framework(framework).value, "model": str(model), "pid": os.getpid()}
+    hello = {"framework": Framework(framework).value, "model": str(model), "pid": os.getpid(),
+             "input_shape": None if loaded.input_shape is None else list(loaded.input_shape)}
     socket.send_multipart([protocol.HELLO, orjson.dumps(hello)])
     try:
         while True:

@@ -8,6 +8,7 @@ predictions: E[f_i(x)] in place of f_i(x)).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -17,9 +18,10 @@ import zmq.asyncio
 from veloxserve.clipper.batching import BatchingConfig, Query
 from veloxserve.clipper.cache import PredictionCache, input_digest
 from veloxserve.clipper.replica import ContainerSpec, Replica
-from veloxserve.errors import ContainerUnavailable
+from veloxserve.errors import ContainerUnavailable, VeloxError
 
 STARTUP_TIMEOUT_S = 60.0
+log = logging.getLogger(__name__)
 
 
 class RunningMean:
@@ -54,6 +56,9 @@ class ModelDeployment:
         self.mean = RunningMean()
         self.replicas: list[Replica] = []
         self._context = context
+        self.example: Any = None  # what new and restarted replicas are warmed with (use_example)
+        self.input_shape: list[int] | str | None = None  # checked before a query is queued; None: unknown
+        self.output_shape: list[int] | str | None = None
 
     async def scale(self, replicas: int) -> None:
         """Start or stop replicas until there are `replicas`; new ones are ready on return."""
@@ -67,6 +72,13 @@ class ModelDeployment:
         except ContainerUnavailable:
             await asyncio.gather(*(r.stop() for r in started))
             raise
+        for replica in started:
+            replica.warmup = self.example
+        if self.example is not None and started:
+            try:  # a fresh container's first batch is slow: pay it here, not on a query's deadline
+                await self.probe(self.example, started)
+            except VeloxError as exc:
+                log.warning("warming the new replicas of %s %s failed: %s", self.name, self.version, exc.message)
         self.replicas.extend(started)
         while len(self.replicas) > replicas:
             retired = self.replicas.pop()
@@ -80,6 +92,25 @@ class ModelDeployment:
             await asyncio.sleep(0.01)
         await asyncio.gather(*(r.stop() for r in self.replicas))
         self.replicas = []
+
+    def use_example(self, value: Any) -> None:
+        """Warm replicas started or restarted from now on with `value` (veloxserve/clipper/shapes.py)."""
+        self.example = value
+        for replica in self.replicas:
+            replica.warmup = value
+
+    async def probe(self, value: Any, replicas: list[Replica] | None = None) -> Any:
+        """Run the model once on `value` in every replica (each container's first batch, off any
+        query's deadline) and return one output. Neither the cache nor the running mean sees it.
+        ContainerUnavailable (or DeadlineExceeded) if a replica fails or hangs on it."""
+        replicas = self.replicas if replicas is None else replicas
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self.spec.hang_timeout + STARTUP_TIMEOUT_S
+        futures = [loop.create_future() for _ in replicas]
+        for replica, future in zip(replicas, futures):
+            replica.submit(Query(value, deadline, future))
+        outputs = await asyncio.gather(*futures)
+        return outputs[0] if outputs else None
 
     def predict(self, value: Any, deadline: float) -> asyncio.Future:
         """A future of this model's output for `value`, computed by `deadline` (monotonic s) or
@@ -99,6 +130,15 @@ class ModelDeployment:
         replica.submit(Query(value, deadline, future))
         return future
 
+    def why_late(self) -> str:
+        """Why a query got no answer by its deadline, as far as this deployment can tell."""
+        if not any(r.ready for r in self.replicas):
+            return "no answer by the deadline (no replica is ready: its containers are starting or restarting)"
+        if not any(r.computed for r in self.replicas):
+            return ("no answer by the deadline (its containers had not answered a query yet: the first batch of a "
+                    "fresh container is slow; deploy with a sample to warm them)")
+        return "no answer by the deadline"
+
     def _learn_mean(self, future: asyncio.Future) -> None:
         if not future.cancelled() and future.exception() is None:
             self.mean.update(future.result())
@@ -106,6 +146,7 @@ class ModelDeployment:
     def describe(self) -> dict[str, Any]:
         return {
             "model": self.name, "version": self.version, "framework": self.spec.framework.value,
+            "method": self.spec.method, "input_shape": self.input_shape, "output_shape": self.output_shape,
             "replicas": [_replica_info(r) for r in self.replicas],
             "objective_ms": self.batching.objective * 1e3, "delay_ms": self.batching.delay * 1e3,
             "adaptive": self.batching.adaptive,

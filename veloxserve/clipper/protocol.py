@@ -11,7 +11,7 @@ gRPC and HTTP/2 would add a schema compiler or a second web stack for no gain on
 The serving side binds a ROUTER socket per replica; the container connects a DEALER to it (as in
 Clipper, containers dial in), says hello, then answers one batch at a time:
 
-    container -> server   [b"hello", json{framework, model, pid}]
+    container -> server   [b"hello", json{framework, model, pid, input_shape}]
     server -> container   [b"predict", request id (8 bytes), *batch]
     container -> server   [b"ok", request id, *outputs]  or  [b"err", request id, message]
 

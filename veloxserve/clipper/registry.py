@@ -1,6 +1,7 @@
 """What is deployed, persisted under `<home>/clipper/`, so a restart serves the same thing.
 
-    clipper/models/<name>/versions/<v>/meta.json   framework, method, batching, created_at
+    clipper/models/<name>/versions/<v>/meta.json   framework, method, batching, created_at, and
+                                                   the probed input_shape and output_shape
     clipper/models/<name>/versions/<v>/<file>      the model file, copied in (rollback never
                                                    depends on the original still existing)
     clipper/models/<name>/ACTIVE                   the serving version
@@ -45,7 +46,8 @@ class ModelRegistry:
         return sorted(p.name for p in self.models.iterdir() if (p / "ACTIVE").exists())
 
     def add_version(self, name: str, framework: Framework, source: Path, method: str | None,
-                    batching: BatchingConfig, hang_timeout: float) -> dict[str, Any]:
+                    batching: BatchingConfig, hang_timeout: float, **extra: Any) -> dict[str, Any]:
+        """Copy `source` in as the next version; `extra` goes into its meta.json (method_from, sample)."""
         versions = self.models / name / "versions"
         versions.mkdir(parents=True, exist_ok=True)
         number = 1 + max((int(p.name[1:]) for p in versions.iterdir() if p.name[1:].isdigit()), default=0)
@@ -61,8 +63,9 @@ class ModelRegistry:
             "batching": {"objective": batching.objective, "delay": batching.delay, "adaptive": batching.adaptive,
                          "initial_size": batching.initial_size, "max_size": batching.max_size},
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            **{key: value for key, value in extra.items() if value is not None},
         }
-        (tmp / "meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+        (tmp / "meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
         tmp.rename(versions / version)
         return meta
 
@@ -71,6 +74,13 @@ class ModelRegistry:
         if not path.is_file():
             raise NotFound(f"Model {name!r} has no version {version!r}; see GET /containers/{name}.")
         return orjson.loads(path.read_bytes())
+
+    def update_meta(self, name: str, version: str, **fields: Any) -> dict[str, Any]:
+        """Add what was learned about a version once it ran (its probed input and output shapes)."""
+        meta = {**self.meta(name, version), **fields}
+        body = orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        replace_atomically(self.models / name / "versions" / version / "meta.json", lambda fh: fh.write(body))
+        return meta
 
     def versions(self, name: str) -> list[str]:
         versions = self.models / name / "versions"

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import zmq
@@ -80,6 +81,8 @@ class Replica:
         self.computed = 0
         self.recent: deque[tuple[int, float]] = deque(maxlen=256)  # (batch size, latency s)
         self.last_failure: str | None = None
+        self.hello: dict = {}  # the container's last hello: its pid and the input shape its model declares
+        self.warmup: Any = None  # an example input a restarted container computes first (shapes.py)
 
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -186,7 +189,10 @@ class Replica:
                 hello = orjson.loads(frames[2])
                 if self._process is not None and hello.get("pid") == self._process.pid:
                     self._peer = peer
+                    self.hello = hello
                     self._crash_loop = 0
+                    if self.restarts and self.warmup is not None:
+                        self._warm()
                     self._ready.set()
                 continue
             if peer != self._peer:
@@ -198,6 +204,13 @@ class Replica:
                 future.set_result(protocol.decode_batch(frames[3:6]))
             else:
                 future.set_exception(ContainerUnavailable(f"The model failed on the batch: {frames[3].decode()}."))
+
+    def _warm(self) -> None:
+        """Queue the example first, so a restarted container's slow first batch is not a query's."""
+        future = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())  # failures are only logged
+        deadline = time.monotonic() + self.spec.hang_timeout + 60.0
+        self.queue.put_first(Query(self.warmup, deadline, future))
 
     async def _dispatch(self) -> None:
         assert self._socket is not None

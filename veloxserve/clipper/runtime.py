@@ -10,23 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import zmq.asyncio
 
 from veloxserve.clipper.adapters import Framework
-from veloxserve.clipper.application import AppConfig, Application
+from veloxserve.clipper.application import AppConfig, Application, normalise_input
 from veloxserve.clipper.batching import BatchingConfig
 from veloxserve.clipper.cache import PredictionCache
 from veloxserve.clipper.deployment import ModelDeployment
 from veloxserve.clipper.feedback_log import FeedbackLog
+from veloxserve.clipper.model_files import ModelDirectories
 from veloxserve.clipper.policies import Loss, PolicyKind
 from veloxserve.clipper.registry import ModelRegistry
-from veloxserve.errors import Conflict, ContainerUnavailable, ModelNotFound, NotFound, VeloxError, invalid_parameter
+from veloxserve.clipper.shapes import check_replacement, example_input, method_label, shape_of, show
+from veloxserve.errors import (Conflict, ContainerUnavailable, InvalidInput, ModelNotFound, NotFound, VeloxError,
+                               invalid_parameter)
 from veloxserve.ids import canonical_id
 
 log = logging.getLogger(__name__)
@@ -43,10 +48,12 @@ def check_name(name: Any, field: str, where: str) -> str:
 
 
 class ClipperRuntime:
-    """Model deployments and applications under `<home>/clipper`. Call `start` on the loop first."""
+    """Model deployments and applications under `<home>/clipper`. Call `start` on the loop first.
+    Model files are deployed only from `<home>/models-in/` and `model_dirs` (model_files.py)."""
 
-    def __init__(self, home: Path | str, cache_bytes: int = 64 << 20) -> None:
+    def __init__(self, home: Path | str, cache_bytes: int = 64 << 20, model_dirs: Iterable[Path | str] = ()) -> None:
         self.registry = ModelRegistry(Path(home) / "clipper")
+        self.model_files = ModelDirectories(home, model_dirs)
         self.cache = PredictionCache(cache_bytes)
         self.deployments: dict[str, ModelDeployment] = {}
         self.apps: dict[str, Application] = {}
@@ -57,6 +64,7 @@ class ClipperRuntime:
         """Serve what the registry says: each model's active version with its replicas, every app."""
         self._context = zmq.asyncio.Context()
         self._lock = asyncio.Lock()
+        self.model_files.ensure_incoming()
         for name in self.registry.model_names():
             try:
                 self.deployments[name] = await self._start_version(name, self.registry.active(name),
@@ -84,8 +92,15 @@ class ClipperRuntime:
 
     async def deploy(self, name: str, framework: str, model: str | Path, *, method: str | None = None,
                      replicas: int = 1, objective_ms: float = 20.0, delay_ms: float = 0.0, adaptive: bool = True,
-                     max_batch: int = 1024, hang_timeout_s: float = 5.0) -> dict[str, Any]:
-        """A new version of `name` (v1 for a new model), started and then swapped in."""
+                     max_batch: int = 1024, hang_timeout_s: float = 5.0, sample: Any = None) -> dict[str, Any]:
+        """A new version of `name` (v1 for a new model), started, probed and then swapped in.
+
+        Without `method`, a new version calls the serving version's method (same framework), so
+        redeploying a retrained predict_proba model keeps answering probabilities. `sample` is an
+        example input: each replica runs it once (warming it) and its shape becomes the input shape
+        queries are checked against; without it, the shape the model declares (scikit-learn, ONNX)
+        or the previous version's. A version whose probed shapes differ from what the linked
+        applications use is refused (409) and leaves nothing behind."""
         check_name(name, "name", "deploy")
         if not _one_of(framework, Framework):
             raise invalid_parameter("framework", "deploy", " or ".join(f.value for f in Framework), framework)
@@ -104,17 +119,26 @@ class ClipperRuntime:
             raise invalid_parameter("adaptive", "deploy", "true or false", adaptive)
         if method is not None and (not isinstance(method, str) or not method.isidentifier()):
             raise invalid_parameter("method", "deploy", "a method or output name such as predict_proba", method)
-        if not Path(model).is_file():
+        path = self.model_files.check(model)  # before looking at it: a refused path reveals nothing
+        if not path.is_file():
             raise NotFound(f"There is no model file {str(model)!r} on the server; give the path of a file the "
                            "server can read.", field="model")
+        if sample is not None:
+            sample = normalise_input(sample)
         batching = BatchingConfig(objective=objective_ms / 1e3, delay=delay_ms / 1e3, adaptive=adaptive,
                                   max_size=max_batch)
         loop = asyncio.get_running_loop()
         async with self._lock:  # copying a large model file must not stall the event loop
-            meta = await loop.run_in_executor(None, self.registry.add_version, name, Framework(framework),
-                                              Path(model), method, batching, hang_timeout_s)
+            serving = self._serving_meta(name)
+            method_from = None
+            if method is None and serving is not None and serving["framework"] == framework and serving["method"]:
+                method, method_from = serving["method"], serving["version"]
+            add = functools.partial(self.registry.add_version, name, Framework(framework), path, method, batching,
+                                    hang_timeout_s, method_from=method_from, sample=sample)
+            meta = await loop.run_in_executor(None, add)
             try:
-                await self._swap(name, meta["version"], replicas)
+                new = await self._start_version(name, meta["version"], replicas, fallback=serving, strict=True)
+                await self._replace(name, new, serving, replicas)
             except VeloxError:
                 await loop.run_in_executor(None, self.registry.discard_version, name, meta["version"])
                 raise
@@ -134,7 +158,10 @@ class ClipperRuntime:
                 raise NotFound(f"Model {name!r} has no version {version!r}; its versions are {versions}.",
                                field="version")
             if version != active:
-                await self._swap(name, version, self.registry.replicas(name))
+                replicas = self.registry.replicas(name)
+                serving = self._serving_meta(name)
+                await self._replace(name, await self._start_version(name, version, replicas, fallback=serving),
+                                    serving, replicas)
             return self.describe_model(name)
 
     async def scale(self, name: str, replicas: int) -> dict[str, Any]:
@@ -147,7 +174,7 @@ class ClipperRuntime:
     async def remove(self, name: str) -> dict[str, Any]:
         async with self._lock:
             deployment = self.deployment(name)
-            users = sorted(app.config.name for app in self.apps.values() if name in app.config.models)
+            users = self._linked_apps(name)
             if users:
                 raise Conflict(f"Model {name!r} is linked to the applications {users}; remove them first.")
             del self.deployments[name]
@@ -155,19 +182,60 @@ class ClipperRuntime:
             await asyncio.get_running_loop().run_in_executor(None, self.registry.remove, name)
             return {"removed": name}
 
-    async def _start_version(self, name: str, version: str, replicas: int) -> ModelDeployment:
+    def _linked_apps(self, name: str) -> list[str]:
+        return sorted(app.config.name for app in self.apps.values() if name in app.config.models)
+
+    def _serving_meta(self, name: str) -> dict[str, Any] | None:
+        deployment = self.deployments.get(name)
+        return None if deployment is None else self.registry.meta(name, deployment.version)
+
+    async def _start_version(self, name: str, version: str, replicas: int, fallback: dict[str, Any] | None = None,
+                             strict: bool = False) -> ModelDeployment:
+        """Start a version's replicas and probe them (shapes.py). `strict` (a new deploy): a model
+        that fails on its example input is refused; otherwise (restore, rollback) it is served and
+        the failure logged."""
         spec, batching = self.registry.spec(name, version)
+        meta = self.registry.meta(name, version)
         deployment = ModelDeployment(name, version, spec, batching, self.cache, self._context)
         await deployment.scale(replicas)
+        declared = deployment.replicas[0].hello.get("input_shape")
+        example = example_input(meta.get("sample"), declared, meta if meta.get("input_shape") else fallback)
+        deployment.input_shape, deployment.output_shape = meta.get("input_shape"), meta.get("output_shape")
+        if example is None:
+            return deployment
+        example = normalise_input(example)
+        try:
+            output = await deployment.probe(example)
+        except VeloxError as exc:
+            if not strict:
+                log.warning("model %s %s failed on its example input: %s", name, version, exc.message)
+                return deployment
+            await deployment.stop()
+            given = meta.get("sample") is not None  # the caller's sample is a bad input; zeros, a bad model
+            error = InvalidInput if given else ContainerUnavailable
+            raise error(f"Version {version} of model {name!r} (method {method_label(meta)}) failed on its example "
+                        f"input of shape {show(shape_of(example))}: {exc.message} Nothing was deployed; give an "
+                        "input it answers as sample.", field="sample" if given else "model") from None
+        deployment.use_example(example)
+        deployment.input_shape, deployment.output_shape = shape_of(example), shape_of(output)
+        if (meta.get("input_shape"), meta.get("output_shape")) != (deployment.input_shape, deployment.output_shape):
+            await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(self.registry.update_meta, name, version, input_shape=deployment.input_shape,
+                                        output_shape=deployment.output_shape))
         return deployment
 
-    async def _swap(self, name: str, version: str, replicas: int) -> None:
-        new = await self._start_version(name, version, replicas)
+    async def _replace(self, name: str, new: ModelDeployment, serving: dict[str, Any] | None, replicas: int) -> None:
+        """Serve `new` in place of the serving version, unless that changes what linked apps rely on."""
+        try:
+            check_replacement(self.registry.meta(name, new.version), serving, self._linked_apps(name))
+        except Conflict:
+            await new.stop()
+            raise
         old = self.deployments.get(name)
-        if old is not None:
+        if old is not None and new.output_shape in (None, old.output_shape):
             new.mean = old.mean  # anytime substitutes stay available across versions until new outputs arrive
         self.deployments[name] = new
-        self.registry.activate(name, version)
+        self.registry.activate(name, new.version)
         self.registry.set_replicas(name, replicas)
         if old is not None:
             await old.stop(drain_seconds=2.0)
@@ -244,6 +312,11 @@ class ClipperRuntime:
         if missing:  # checked last: the request is well formed, what it names does not exist
             raise ModelNotFound(f"The models {missing} are not deployed; deploy them first (POST /containers).",
                                 field="models")
+        for what in ("input_shape", "output_shape"):  # one app: one input shape, outputs it can combine
+            shapes = {m: getattr(self.deployments[m], what) for m in models}
+            if len({str(v) for v in shapes.values() if v is not None}) > 1:
+                raise invalid_parameter("models", "create_app", f"models of one {what.replace('_', ' ')}",
+                                        {m: show(v) for m, v in shapes.items()})
         return AppConfig(name, tuple(models), kind, objective_ms / 1e3, default, Loss(loss), dict(params), seed_value)
 
     def list_apps(self) -> list[dict[str, Any]]:
