@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     observe.add_argument("--user", required=True, type=_id)
     observe.add_argument("--item", required=True, type=_id)
     observe.add_argument("--score", required=True, type=float)
+    observe.add_argument("--id", help="idempotency key: retrying with the same id is acknowledged, not learned twice")
+    observe.add_argument("--decision", help="the decision id of the top-k answer this observation answers")
 
     log_cmd = sub.add_parser("log", help="the observation log as data")
     log_sub = log_cmd.add_subparsers(dest="log_command", required=True, metavar="ACTION")
@@ -406,7 +408,8 @@ _COMMANDS = {
     "token": _token,
     "predict": lambda a: _client(a, "GET", "predict", params={"user": a.user, "item": a.item}),
     "top-k": lambda a: _client(a, "GET", "top_k", params={"user": a.user, "k": a.k, "exclude_seen": a.exclude_seen}),
-    "observe": lambda a: _client(a, "POST", "observe", json={"user": a.user, "item": a.item, "score": a.score}),
+    "observe": lambda a: _client(a, "POST", "observe", json={"user": a.user, "item": a.item, "score": a.score, **{
+        k: v for k, v in (("id", a.id), ("decision", a.decision)) if v is not None}}),
 }
 
 if __name__ == "__main__":

@@ -19,12 +19,18 @@ class ServingConfig:
     index_min_items: int = 100_000  # catalogues at least this large get a MIPS index for top-k
     index_ef_search: int = 200  # HNSW search breadth: recall@100 ≥ 0.99 in bench/bench_topk.py
     feature_cache_bytes: int = 64 << 20  # content features shared across users; 0 turns the cache off
+    idempotency_seconds: float = 86_400.0  # how long an observation's `id` makes its retries duplicates
+    idempotency_keys: int = 1_000_000  # and at most this many ids per model (the newest); 0 turns it off
+    decision_memory: int = 100_000  # recent top-k lists per model that observe checks `decision` against
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.feature_cache_bytes < 0:
             raise ValueError(f"feature_cache_bytes must be >= 0, got {self.feature_cache_bytes}")
+        if self.idempotency_seconds < 0 or self.idempotency_keys < 0 or self.decision_memory < 0:
+            raise ValueError("idempotency_seconds, idempotency_keys and decision_memory must be >= 0, got "
+                             f"{self.idempotency_seconds}, {self.idempotency_keys}, {self.decision_memory}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 

@@ -309,14 +309,18 @@ class VeloxApp:
         body = _body_object(body, "observe")
         if "observations" in body:
             entries = _list_field(body, "observations", "observe")
-            rows = [_entry(o, ("user", "item", "score"), f"observations[{i}]", "observe", ("decision",))
+            rows = [_entry(o, ("user", "item", "score"), f"observations[{i}]", "observe", ("decision", "id"))
                     for i, o in enumerate(entries)]
         else:
-            rows = [_entry(body, ("user", "item", "score"), "body", "observe", ("decision",))]
-        lsn = self.velox.submit(name, rows)
-        await self._waiter(name).wait(lsn, DURABLE_TIMEOUT_S)  # 200 only once durable
-        self.metrics.observations.labels(name).inc(len(rows))
-        return {"observed": len(rows), "lsn": lsn, "model_version": self.velox.server(name).version_id}
+            rows = [_entry(body, ("user", "item", "score"), "body", "observe", ("decision", "id"))]
+        receipt = self.velox.submit(name, rows)
+        await self._waiter(name).wait(receipt, DURABLE_TIMEOUT_S)  # 200 only once durable (or the original is)
+        self.metrics.observations.labels(name).inc(len(rows) - receipt.duplicates)
+        answer = {"observed": len(rows), "duplicates": receipt.duplicates, "lsn": int(receipt),
+                  "model_version": self.velox.server(name).version_id}
+        if "observations" not in body:
+            answer["duplicate"] = receipt.duplicates == 1
+        return answer
 
     async def _model_metrics(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         server = self.velox.server(name)

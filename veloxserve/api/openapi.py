@@ -121,7 +121,11 @@ def openapi_schema() -> dict[str, Any]:
         "required": ["user", "item", "score"],
         "properties": {"user": _ID, "item": _ID, "score": {"type": "number"},
                        "decision": {"type": "string", "minLength": 1, "maxLength": 64,
-                                    "description": "the `decision` id of the top_k answer this observation answers"}},
+                                    "description": "the `decision` id of the top_k answer this observation answers; "
+                                                   "400 if that list went to another user or did not show the item"},
+                       "id": {"type": "string", "minLength": 1, "maxLength": 128,
+                              "description": "idempotency key: a retry with the same id (within the window, 24 h "
+                                             "by default) is acknowledged with the original's lsn, not learned again"}},
     }
     return {
         "openapi": "3.1.0",
@@ -235,7 +239,10 @@ def openapi_schema() -> dict[str, Any]:
                         "type": "array", "minItems": 1, "maxItems": limit, "items": observation}}},
                 ]}),
                 "responses": {**_ok({"type": "object", "required": ["observed", "lsn"], "properties": {
-                    "observed": {"type": "integer"}, "lsn": {"type": "integer"}, **version_field}}),
+                    "observed": {"type": "integer"}, "lsn": {"type": "integer"},
+                    "duplicates": {"type": "integer", "description": "rows whose id was already logged: not learned again"},
+                    "duplicate": {"type": "boolean", "description": "a single observation: its id was already logged"},
+                    **version_field}}),
                     **_errors(400, 404, 503)},
             })},
             **_secured(clipper_paths()),

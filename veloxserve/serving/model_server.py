@@ -28,7 +28,9 @@ from veloxserve.learning.user_table import UserTable
 from veloxserve.models.version import Link, ModelVersion
 from veloxserve.models.attributes import EMPTY, ItemAttributes
 from veloxserve.serving.evaluation import PrequentialError
+from veloxserve.serving.decisions import RecentDecisions
 from veloxserve.serving.feature_cache import FeatureCache
+from veloxserve.serving.idempotency import LocalWindow, Original, check_key
 from veloxserve.serving.exploration import Policy, epsilon_greedy_slate, posterior_draw, uncertainty
 from veloxserve.serving.item_index import ItemIndex
 from veloxserve.serving.validation import batch_size, finite_score, int_in_range, item_text
@@ -37,7 +39,7 @@ from veloxserve.storage.user_store import Checkpoint, UserStore
 
 log = logging.getLogger(__name__)
 
-Observation = tuple  # (user, item, score[, decision id]) as the client sent them
+Observation = tuple  # (user, item, score[, decision id[, idempotency key]]) as the client sent them
 MAX_DECISION_ID = 64
 FeedbackListener = Callable[[str, np.ndarray], None]  # (model, squared prequential errors of a batch)
 _REPLAY_CHUNK = 100_000
@@ -69,6 +71,20 @@ def _rejecting(sample, excluded: set[int]):
     return draw
 
 
+class Receipt(int):
+    """What observe_many answers: the LSN to wait for before acknowledging the batch (an int, as it
+    always was), and how many of its rows repeat observations already logged (serving/idempotency.py):
+    those were not learned again. `foreign` lists originals logged by other processes (shared state)."""
+
+    duplicates: int
+    foreign: tuple[Original, ...]
+
+    def __new__(cls, lsn: int, duplicates: int = 0, foreign: tuple[Original, ...] = ()) -> Receipt:
+        receipt = super().__new__(cls, lsn)
+        receipt.duplicates, receipt.foreign = duplicates, foreign
+        return receipt
+
+
 class ServerRetired(Exception):
     """This server was replaced by a newer version's; the caller retries on the current one."""
 
@@ -80,6 +96,7 @@ class ModelServer:
         self, version: ModelVersion, store: UserStore, obs_log: ObservationLog, config: ServingConfig,
         *, upto_lsn: int | None = None, on_feedback: FeedbackListener | None = None,
         attributes: ItemAttributes = EMPTY, feature_cache: FeatureCache | None = None,
+        window: LocalWindow | None = None, decisions: RecentDecisions | None = None,
     ) -> None:
         """Rebuild every user's state for `version` from the log up to `upto_lsn` (default: all of it).
 
@@ -102,6 +119,9 @@ class ModelServer:
         self.retired = False
         self.on_feedback = on_feedback
         self.attributes = attributes
+        self.window = window if window is not None else LocalWindow.from_log(  # the model's, kept across swaps
+            obs_log.directory, seconds=config.idempotency_seconds, max_keys=config.idempotency_keys).attach(obs_log)
+        self.decisions = decisions if decisions is not None else RecentDecisions(config.decision_memory)
         self.feature_cache = feature_cache if feature_cache is not None else FeatureCache(0)
         self.index: ItemIndex | None = None  # set by a background build over large catalogues
         if len(self._catalog) >= config.index_min_items:
@@ -281,26 +301,51 @@ class ModelServer:
         return 0.5 * (1.0 + np.tanh(0.5 * z))
 
     # ---- feedback ------------------------------------------------------------------------
-    def observe_many(self, observations: Sequence[Observation]) -> int:
+    def observe_many(self, observations: Sequence[Observation]) -> Receipt:
         """Log and learn a batch; returns its last LSN (durable once the log's durable_lsn reaches it).
 
         The whole batch is validated first, so a bad row rejects the batch and changes nothing.
+        Rows whose idempotency key the window knows (or that repeat a key earlier in the batch) are
+        neither logged nor learned again: the receipt counts them and waits for their original.
         """
         batch_size(len(observations), self.config.max_batch, "observations", "observe")
-        users, rows, scores, decisions = self._validate_observations(observations)
+        users, rows, scores, decisions, keys = self._validate_observations(observations)
+        items = [self._catalog_key(r) for r in rows.tolist()]
+        self.decisions.check(decisions, users, items)
+        keyed = any(key is not None for key in keys)
         with self._lock:
             if self.retired:
                 raise ServerRetired(self.version_id)
-            errors = self._prequential_errors(users, rows, scores)
-            entries = [(u, self._catalog_key(r), y, self.version_id, d)
-                       for u, r, y, d in zip(users, rows.tolist(), scores.tolist(), decisions)]
-            with self._learn_lock:  # queued before the writer's commit hook can look for it
-                lsn = self._log.append(entries)
-                self._learn(lsn, users, rows, scores)
+            originals = self.window.claim(keys, users, self._log.last_lsn + 1) if keyed else None
+            if originals is not None:
+                repeated = [o for o in originals if o is not None]
+                if repeated:
+                    keep = [i for i, o in enumerate(originals) if o is None]
+                    users, items, decisions, keys = ([column[i] for i in keep] for column in (users, items, decisions, keys))
+                    rows, scores = rows[keep], scores[keep]
+                    if not keep:
+                        return self._receipt(0, repeated)
+            try:
+                errors = self._prequential_errors(users, rows, scores)  # shared state: refuses while Redis fails
+                entries = [(u, x, y, self.version_id, d, *((k,) if k is not None else ()))
+                           for u, x, y, d, k in zip(users, items, scores.tolist(), decisions, keys)]
+                with self._learn_lock:  # queued before the writer's commit hook can look for it
+                    lsn = self._log.append(entries)
+                    self._learn(lsn, users, rows, scores)
+            except BaseException:
+                if keyed:  # nothing was appended: a retry must be learned
+                    self.window.release([k for k in keys if k is not None])
+                raise
         self._maybe_checkpoint(len(users))
         if errors is not None:
             self.record_feedback(errors)
-        return lsn
+        return self._receipt(lsn, repeated) if originals is not None and repeated else Receipt(lsn)
+
+    def _receipt(self, lsn: int, repeated: list[Original]) -> Receipt:
+        """A receipt waiting for this batch (LSN `lsn`, 0 if nothing new) and the originals it repeats."""
+        own = [o.lsn for o in repeated if o.instance == self.window.instance]
+        foreign = tuple(o for o in repeated if o.instance != self.window.instance)
+        return Receipt(max([lsn, *own]), len(repeated), foreign)
 
     def _prequential_errors(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> np.ndarray | None:
         """Prediction errors of a batch with the weights as they are before it is learned."""
@@ -314,15 +359,17 @@ class ModelServer:
 
     def _validate_observations(
         self, observations: Sequence[Observation]
-    ) -> tuple[list[str], np.ndarray, np.ndarray, list[str | None]]:
+    ) -> tuple[list[str], np.ndarray, np.ndarray, list[str | None], list[str | None]]:
         catalog = self._catalog
         users: list[str] = []
         decisions: list[str | None] = []
+        keys: list[str | None] = []
         rows = np.empty(len(observations), dtype=np.int64)
         scores = np.empty(len(observations), dtype=np.float64)
         for i, obs in enumerate(observations):
             user, item, score, *rest = obs
             decision = rest[0] if rest else None
+            keys.append(check_key(rest[1] if len(rest) > 1 else None, f"observations[{i}].id"))
             if decision is not None and (not isinstance(decision, str) or not 0 < len(decision) <= MAX_DECISION_ID):
                 raise invalid_parameter(f"observations[{i}].decision", "observe",
                                         f"the decision id a top_k answer gave (a string of 1-{MAX_DECISION_ID} characters)", decision)
@@ -332,7 +379,7 @@ class ModelServer:
             scores[i] = finite_score(score, f"observations[{i}].score", "observe")
             if self._logistic and not 0.0 <= scores[i] <= 1.0:
                 raise invalid_parameter(f"observations[{i}].score", "observe", "a label in [0, 1] for a logistic model", score)
-        return users, rows, scores, decisions
+        return users, rows, scores, decisions, keys
 
     def _catalog_key(self, row: int) -> str:
         return str(self._catalog.external(row))

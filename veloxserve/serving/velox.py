@@ -21,7 +21,9 @@ from veloxserve.models.version import ModelVersion
 from veloxserve.models.attributes import EMPTY, ItemAttributes, read_attribute_table
 from veloxserve.serving.exploration import Policy
 from veloxserve.serving.feature_cache import FeatureCache
-from veloxserve.serving.model_server import ModelServer, Observation, Recommendation, ServerRetired
+from veloxserve.serving.decisions import RecentDecisions
+from veloxserve.serving.idempotency import LocalWindow
+from veloxserve.serving.model_server import ModelServer, Observation, Receipt, Recommendation, ServerRetired
 from veloxserve.storage.atomic import replace_atomically
 from veloxserve.storage.decision_log import DecisionLog, new_decision_id
 from veloxserve.serving.retraining import Retrainer, RetrainJob, RetrainPolicy
@@ -68,6 +70,8 @@ class Velox:
             self._servers: dict[str, ModelServer] = {}
             self._catalogs: dict[str, VersionCatalog] = {}
             self._decision_logs: dict[str, DecisionLog] = {}
+            self._windows: dict[str, LocalWindow] = {}  # per model, across versions: serving/idempotency.py
+            self._recent_decisions: dict[str, RecentDecisions] = {}  # per model: serving/decisions.py
             self._swap_lock = threading.Lock()
             self.feature_cache = FeatureCache(self.config.feature_cache_bytes)  # shared by every model
             self.retrainer = Retrainer(self)
@@ -188,9 +192,11 @@ class Velox:
                                policy=Policy.parse(policy, epsilon, alpha))
         rec.decision = new_decision_id()
         rec.model_version = server.version_id
+        items = [str(i) for i in rec.items]
+        self._recent_decisions[model].remember(rec.decision, rec.user, items)
         self._decision_log(model).append({
             "decision": rec.decision, "ts": time.time(), "model_version": server.version_id, "user": rec.user,
-            "policy": rec.policy.describe(), "items": [str(i) for i in rec.items], "scores": rec.scores,
+            "policy": rec.policy.describe(), "items": items, "scores": rec.scores,
             "propensities": rec.propensities,
         })
         return rec
@@ -220,21 +226,24 @@ class Velox:
         server.attributes = attributes
         return {"model": model, "attributes": sorted(attributes.columns), "items": table.num_rows}
 
-    def submit(self, model: str, observations: Sequence[Observation]) -> int:
+    def submit(self, model: str, observations: Sequence[Observation]) -> Receipt:
         """Learn a batch now and return its last LSN; it is durable once `observation_log(model)`
-        says so. The HTTP layer awaits that; `observe` blocks on it."""
+        says so. The HTTP layer awaits that; `observe` blocks on it. Rows with an idempotency key
+        already logged are not learned again (the receipt counts them: serving/idempotency.py)."""
         while True:
             try:
                 return self.server(model).observe_many(observations)
             except ServerRetired:  # a swap happened between looking the server up and its lock
                 continue
 
-    def observe(self, model: str, user: Id, item: Id, score: float, *, decision: str | None = None) -> int:
+    def observe(self, model: str, user: Id, item: Id, score: float, *, decision: str | None = None,
+                id: str | None = None) -> Receipt:
         """Learn one observation and return once it is durable (its log sequence number).
-        `decision`: the id of the served list this answers, from `recommend`."""
-        return self.observe_many(model, [(user, item, score, decision)])
+        `decision`: the id of the served list this answers, from `recommend`. `id`: an idempotency
+        key; a retry with the same key is acknowledged (`.duplicates == 1`) without being learned again."""
+        return self.observe_many(model, [(user, item, score, decision, id)])
 
-    def observe_many(self, model: str, observations: Sequence[Observation]) -> int:
+    def observe_many(self, model: str, observations: Sequence[Observation]) -> Receipt:
         lsn = self.submit(model, observations)
         self.acknowledger(model).wait_durable(lsn, DURABLE_TIMEOUT_S)
         return lsn
@@ -316,6 +325,11 @@ class Velox:
                     self.layout.instance_log_dir(model, self.instance), fsync=self.config.fsync,
                     commit_delay=self.config.commit_delay,
                 )
+            if model not in self._windows:
+                self._windows[model] = LocalWindow.from_log(
+                    obs_log.directory, seconds=self.config.idempotency_seconds, max_keys=self.config.idempotency_keys,
+                    instance=self.instance or MAIN_INSTANCE).attach(obs_log)
+                self._recent_decisions[model] = RecentDecisions(self.config.decision_memory)
             old = self._servers.get(model)
             if old is not None:
                 old.retire_checkpoints()  # the new server's state replaces the old one's in the store
@@ -331,7 +345,8 @@ class Velox:
                 new = (SharedModelServer if self.shared else ModelServer)(
                     version, self._store, obs_log, self.config, upto_lsn=obs_log.sync(),
                     on_feedback=None if self.shared else self.retrainer.on_feedback,  # no retraining when shared
-                    feature_cache=self.feature_cache,
+                    feature_cache=self.feature_cache, window=self._windows[model],
+                    decisions=self._recent_decisions[model],
                     attributes=ItemAttributes.load(items_file, version.catalog) if items_file.is_file() else EMPTY,
                     **shared,
                 )

@@ -54,12 +54,16 @@ class ObservationRecord:
     version: str
     erased: bool = False  # a forgotten user's record: only its LSN is kept, so positions stay valid
     decision: str | None = None  # the served list (decision log) this observation answers, if any
+    id: str | None = None  # the client's idempotency key: rebuilds serving/idempotency's window at start
 
 
-def _encode(lsn: int, ts: float, user: str, item: str, score: float, version: str, decision: str | None = None) -> bytes:
+def _encode(lsn: int, ts: float, user: str, item: str, score: float, version: str, decision: str | None = None,
+            key: str | None = None) -> bytes:
     record = {"lsn": lsn, "ts": ts, "user": user, "item": item, "score": score, "version": version}
     if decision is not None:
         record["decision"] = decision
+    if key is not None:
+        record["id"] = key
     return frames.encode(orjson.dumps(record))
 
 
@@ -74,7 +78,7 @@ def _record(body: bytes) -> ObservationRecord | None:
         if d.get("erased"):
             return ObservationRecord(int(d["lsn"]), 0.0, "", "", 0.0, "", True)
         return ObservationRecord(int(d["lsn"]), d["ts"], d["user"], d["item"], d["score"], d["version"], False,
-                                 d.get("decision"))
+                                 d.get("decision"), d.get("id"))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -293,7 +297,7 @@ class ObservationLog:
         return self._durable_lsn
 
     def append(self, rows: Sequence[tuple]) -> int:
-        """Queue (user, item, score, version[, decision]) rows and return their last LSN at once.
+        """Queue (user, item, score, version[, decision[, id]]) rows and return their last LSN at once.
 
         The rows are durable once `durable_lsn` reaches that LSN: wait with `wait_durable`, or
         `subscribe` to be told after every group commit. While the disk refuses writes, appends
@@ -307,9 +311,9 @@ class ObservationLog:
                 raise StoreUnavailable(f"The observation log in {self.directory} is closed.")
             first = lsn = self._last_lsn
             chunks = []
-            for user, item, score, version, *decision in rows:
+            for user, item, score, version, *optional in rows:
                 lsn += 1
-                chunks.append(_encode(lsn, ts, user, item, score, version, decision[0] if decision else None))
+                chunks.append(_encode(lsn, ts, user, item, score, version, *optional))
             self._last_lsn = lsn
             self._pending.append((b"".join(chunks), first + 1, lsn))
             self._wake.notify()
