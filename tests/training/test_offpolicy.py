@@ -41,4 +41,25 @@ def test_ips_recovers_the_value_of_policies_the_logger_did_not_follow() -> None:
 def test_decisions_without_propensities_are_skipped_and_counted() -> None:
     decisions = [{"decision": "a", "items": ["1"], "propensities": None}]
     assert ips_estimate(decisions, [], lambda *_: 1.0) == {
-        "decisions": 0, "skipped_without_propensity": 1, "ips": None, "snips": None}
+        "decisions": 0, "skipped_without_propensity": 1, "ips": None, "snips": None, "unmatched_observations": 0}
+
+
+def test_ips_estimate_leaves_out_observations_that_do_not_match_their_decision() -> None:
+    """Unknown decision ids, another user's decision and items the list did not show used to be
+    joined as rewards (the last two on the (decision, item) key alone); now only observations of
+    the decision's own user on an item it showed count, and the others are counted as unmatched."""
+    decisions = [{"decision": "a", "user": "u", "items": ["1", "2"], "propensities": [0.5, 0.5]},
+                 {"decision": "b", "user": "v", "items": ["3"], "propensities": [1.0]}]
+    honest = [ObservationRecord(1, 0.0, "u", "1", 1.0, "v1", False, "a")]
+    forged = [
+        ObservationRecord(2, 0.0, "u", "3", 1.0, "v1", False, "b"),  # v's decision, observed for u
+        ObservationRecord(3, 0.0, "u", "9", 1.0, "v1", False, "a"),  # an item "a" did not show
+        ObservationRecord(4, 0.0, "u", "1", 1.0, "v1", False, "zz"),  # a decision never served
+    ]
+    uniform = lambda d, slot, item: 1.0 / len(d["items"])  # noqa: E731
+    clean = ips_estimate(decisions, honest, uniform)
+    polluted = ips_estimate(decisions, honest + forged, uniform)
+    # independent: decision a, slot "1": π = 1/2, μ = 1/2, reward 1; everything else reward 0
+    assert clean["ips"] == pytest.approx(1.0 / 2) and clean["unmatched_observations"] == 0
+    assert polluted["ips"] == clean["ips"] and polluted["snips"] == clean["snips"]
+    assert polluted["unmatched_observations"] == 3
