@@ -89,6 +89,8 @@ class LocalWindow:
                 window._keys.pop(key, None)
                 window._keys[key] = (lsn, user)
                 window._times.append((ts, lsn))
+        while len(window._keys) > max_keys:
+            window._keys.popitem(last=False)
         window._evict(time.time() if now is None else now)
         return window
 
