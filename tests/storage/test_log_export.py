@@ -46,3 +46,14 @@ def test_cli_export(tmp_path: Path) -> None:
     assert done.returncode == 0 and '"rows": 4' in done.stdout
     missing = subprocess.run(cli + ["--model", "nope", "--out", str(tmp_path / "o2")], capture_output=True, text=True)
     assert missing.returncode == 2 and "no observation log" in missing.stderr
+
+
+def test_export_carries_each_observations_decision_and_idempotency_id(tmp_path: Path) -> None:
+    with ObservationLog(tmp_path / "log") as log:
+        log.append_and_wait([("u", "i", 1.0, "v1"), ("u", "j", 0.0, "v1", "d1"), ("u", "k", 1.0, "v1", None, "key-3"),
+                             ("u", "l", 1.0, "v1", "d2", "key-4")])
+    export_parquet(tmp_path / "log", tmp_path / "out")
+    table = ds.dataset(tmp_path / "out", format="parquet", partitioning="hive").to_table().sort_by("lsn")
+    assert table["decision"].to_pylist() == [None, "d1", None, "d2"]
+    assert table["id"].to_pylist() == [None, None, "key-3", "key-4"]
+    assert [r.id for r in read_log(tmp_path / "log")] == [None, None, "key-3", "key-4"]

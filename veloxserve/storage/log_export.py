@@ -21,6 +21,7 @@ SCHEMA = pa.schema([
     ("lsn", pa.int64()), ("user", pa.string()), ("item", pa.string()), ("score", pa.float64()),
     ("timestamp", pa.timestamp("us", tz="UTC")), ("model_version", pa.string()),
     ("decision", pa.string()),  # serving context: the decision-log id of the list this answers, if any
+    ("id", pa.string()),  # the client's idempotency key, if it sent one
     ("date", pa.string()),
 ])
 
@@ -41,6 +42,7 @@ def export_parquet(log_dir: Path, out_dir: Path, *, after_lsn: int = 0) -> dict[
         "timestamp": pa.array(stamps, type=pa.timestamp("us", tz="UTC")),
         "model_version": [r.version for r in records],
         "decision": [r.decision for r in records],
+        "id": [r.id for r in records],
         "date": stamps.astype("datetime64[D]").astype(str),
     }, schema=SCHEMA)
     first, last = int(lsn[0]), int(lsn[-1])
