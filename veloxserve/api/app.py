@@ -315,6 +315,9 @@ class VeloxApp:
             rows = [_entry(body, ("user", "item", "score"), "body", "observe", ("decision", "id"))]
         receipt = self.velox.submit(name, rows)
         await self._waiter(name).wait(receipt, DURABLE_TIMEOUT_S)  # 200 only once durable (or the original is)
+        if receipt.foreign:  # retries of observations another process logged (state shared in Redis)
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.velox.wait_originals, name, receipt.foreign, DURABLE_TIMEOUT_S)
         self.metrics.observations.labels(name).inc(len(rows) - receipt.duplicates)
         answer = {"observed": len(rows), "duplicates": receipt.duplicates, "lsn": int(receipt),
                   "model_version": self.velox.server(name).version_id}

@@ -177,6 +177,15 @@ class SharedUserTable:
         return done, errors[np.fromiter((users[i] in written for i in keep), dtype=bool, count=len(keep))]
 
     # ---- how far each instance's log is learned ---------------------------------------------
+    def learned(self, instance: str, user: str, lsn: int) -> bool:
+        """Is `instance`'s observation `lsn` of `user` learned: the user's mark for that instance, or
+        the instance's hint, has reached it (serving/idempotency: a retry answered at another process)."""
+        with self.store.unavailable("reading a log position"):
+            mark, generation = self._client.hmget(self._key(user), f"@{instance}", "g")
+        if generation == self.generation and mark is not None and int(mark) >= lsn:
+            return True
+        return self.hints().get(instance, 0) >= lsn
+
     def hints(self) -> dict[str, int]:
         """instance -> an LSN such that all of its log up to it is learned (a lower bound)."""
         with self.store.unavailable("reading log positions"):

@@ -151,3 +151,112 @@ class LocalWindow:
             if keys[key][0] > boundary:
                 break
             keys.popitem(last=False)
+
+
+_CLAIM = """
+local lsn = tonumber(ARGV[1]) - 1
+local instance, ttl, pending = ARGV[2], tonumber(ARGV[3]), KEYS[1]
+redis.call('ZREMRANGEBYSCORE', pending, '-inf', ARGV[4])  -- durable: in the log for good
+for _, stale in ipairs(redis.call('ZRANGEBYSCORE', pending, ARGV[1], '+inf')) do
+  redis.call('DEL', stale)  -- claimed by a call whose append never happened (LSNs not used yet)
+end
+redis.call('ZREMRANGEBYSCORE', pending, ARGV[1], '+inf')
+local out, k = {}, 2
+for i = 5, #ARGV, 2 do
+  local answer = ''
+  if ARGV[i] == '1' then
+    local key = KEYS[k]
+    k = k + 1
+    local known = redis.call('GET', key)
+    if known then
+      answer = known
+    else
+      lsn = lsn + 1
+      redis.call('SET', key, instance .. ' ' .. lsn .. ' ' .. ARGV[i + 1], 'EX', ttl)
+      redis.call('ZADD', pending, lsn, key)
+    end
+  else
+    lsn = lsn + 1
+  end
+  out[#out + 1] = answer
+end
+return out
+"""
+
+
+class RedisWindow:
+    """The window of one model served by several processes over one Redis (serving/shared_server.py).
+
+    A retry may reach another process than its original, so the keys live in Redis: one string
+    per key, `SET` with a TTL of `seconds` (Redis bounds them by time, not count), claimed for a
+    whole batch by one Lua script, so two processes racing with the same key cannot both learn it.
+    The value names the instance and LSN of the original; a process that finds another instance's
+    key waits until Redis shows it learned (Receipt.foreign). Claims not yet durable are also kept
+    in a sorted set per instance: a failed log releases them, and an instance restarting after a
+    crash releases those beyond its recovered log (their records never reached it), and every claim
+    releases those of an earlier call that failed before its append, so their retries are learned. A crashed instance that never restarts leaves such keys until their TTL:
+    retries of them are refused (503) meanwhile, never acknowledged without being learned.
+    """
+
+    def __init__(self, store, model: str, *, seconds: float, instance: str, obs_log: ObservationLog) -> None:
+        self.instance = instance
+        self._store = store
+        self._namespace = f"{model}/idempotency"
+        self._pending = store.key(self._namespace, f"pending:{instance}")
+        self._ttl = max(1, int(seconds + 0.999))
+        self._log = obs_log
+        self._script = store.client.register_script(_CLAIM)
+        self.release_after(obs_log.last_lsn)  # claims a crash left beyond what the log recovered
+        obs_log.subscribe(lambda lsn: self.release_after(obs_log.durable_lsn) if lsn < 0 else None)
+
+    def _key(self, key: str) -> str:
+        return self._store.key(self._namespace, f"k:{key}")
+
+    def attach(self, obs_log: ObservationLog) -> RedisWindow:
+        return self  # subscribed in __init__
+
+    def claim(self, keys: Sequence[str | None], users: Sequence[str], next_lsn: int) -> list[Original | None]:
+        """As LocalWindow.claim, atomically in Redis (StoreUnavailable, 503, if Redis fails)."""
+        args: list[object] = [next_lsn, self.instance, self._ttl, self._log.durable_lsn]
+        for key, user in zip(keys, users):
+            args += ("1" if key is not None else "0", user)
+        redis_keys = [self._pending] + [self._key(k) for k in keys if k is not None]
+        with self._store.unavailable("claiming idempotency keys"):
+            found = self._script(keys=redis_keys, args=args)
+        out: list[Original | None] = []
+        for raw in found:
+            if not raw:
+                out.append(None)
+                continue
+            instance, lsn, user = raw.decode().split(" ", 2)
+            out.append(Original(instance, int(lsn), user))
+        return out
+
+    def release(self, keys: Sequence[str]) -> None:
+        """Forget keys whose records were not appended (best effort: the next claim releases them
+        anyway, as every claim releases this instance's claims for LSNs the log has not used)."""
+        names = [self._key(k) for k in keys]
+        if not names:
+            return
+        try:
+            with self._store.unavailable("releasing idempotency keys"):
+                pipe = self._store.client.pipeline(transaction=False)
+                pipe.delete(*names)
+                pipe.zrem(self._pending, *names)
+                pipe.execute()
+        except Exception:  # Redis is failing: the next claim releases them
+            pass
+
+    def release_after(self, lsn: int) -> None:
+        """Release this instance's claims for LSNs after `lsn`: their records are not in its log."""
+        try:
+            with self._store.unavailable("releasing idempotency keys"):
+                client = self._store.client
+                names = client.zrangebyscore(self._pending, f"({lsn}", "+inf")
+                pipe = client.pipeline(transaction=True)
+                if names:
+                    pipe.delete(*names)
+                pipe.zremrangebyscore(self._pending, f"({lsn}", "+inf")
+                pipe.execute()
+        except Exception:  # Redis is failing too: the next start of this instance releases them
+            pass

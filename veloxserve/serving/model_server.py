@@ -30,7 +30,7 @@ from veloxserve.models.attributes import EMPTY, ItemAttributes
 from veloxserve.serving.evaluation import PrequentialError
 from veloxserve.serving.decisions import RecentDecisions
 from veloxserve.serving.feature_cache import FeatureCache
-from veloxserve.serving.idempotency import LocalWindow, Original, check_key
+from veloxserve.serving.idempotency import LocalWindow, Original, RedisWindow, check_key
 from veloxserve.serving.exploration import Policy, epsilon_greedy_slate, posterior_draw, uncertainty
 from veloxserve.serving.item_index import ItemIndex
 from veloxserve.serving.validation import batch_size, finite_score, int_in_range, item_text
@@ -96,7 +96,7 @@ class ModelServer:
         self, version: ModelVersion, store: UserStore, obs_log: ObservationLog, config: ServingConfig,
         *, upto_lsn: int | None = None, on_feedback: FeedbackListener | None = None,
         attributes: ItemAttributes = EMPTY, feature_cache: FeatureCache | None = None,
-        window: LocalWindow | None = None, decisions: RecentDecisions | None = None,
+        window: LocalWindow | RedisWindow | None = None, decisions: RecentDecisions | None = None,
     ) -> None:
         """Rebuild every user's state for `version` from the log up to `upto_lsn` (default: all of it).
 

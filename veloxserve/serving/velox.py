@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from veloxserve.config import HomeLayout, ServingConfig
-from veloxserve.errors import Conflict, ModelNotFound, invalid_parameter
+from veloxserve.errors import Conflict, ModelNotFound, StoreUnavailable, invalid_parameter
 from veloxserve.ids import Id, canonical_id
 from veloxserve.models.version import ModelVersion
 from veloxserve.models.attributes import EMPTY, ItemAttributes, read_attribute_table
 from veloxserve.serving.exploration import Policy
 from veloxserve.serving.feature_cache import FeatureCache
 from veloxserve.serving.decisions import RecentDecisions
-from veloxserve.serving.idempotency import LocalWindow
+from veloxserve.serving.idempotency import LocalWindow, Original, RedisWindow
 from veloxserve.serving.model_server import ModelServer, Observation, Receipt, Recommendation, ServerRetired
 from veloxserve.storage.atomic import replace_atomically
 from veloxserve.storage.decision_log import DecisionLog, new_decision_id
@@ -70,7 +70,7 @@ class Velox:
             self._servers: dict[str, ModelServer] = {}
             self._catalogs: dict[str, VersionCatalog] = {}
             self._decision_logs: dict[str, DecisionLog] = {}
-            self._windows: dict[str, LocalWindow] = {}  # per model, across versions: serving/idempotency.py
+            self._windows: dict[str, LocalWindow | RedisWindow] = {}  # per model, across versions: serving/idempotency.py
             self._recent_decisions: dict[str, RecentDecisions] = {}  # per model: serving/decisions.py
             self._swap_lock = threading.Lock()
             self.feature_cache = FeatureCache(self.config.feature_cache_bytes)  # shared by every model
@@ -246,7 +246,23 @@ class Velox:
     def observe_many(self, model: str, observations: Sequence[Observation]) -> Receipt:
         lsn = self.submit(model, observations)
         self.acknowledger(model).wait_durable(lsn, DURABLE_TIMEOUT_S)
+        self.wait_originals(model, lsn.foreign, DURABLE_TIMEOUT_S)
         return lsn
+
+    def wait_originals(self, model: str, originals: Sequence[Original], timeout: float) -> None:
+        """Block until observations that other processes logged (retries answered here, with the
+        state shared in Redis) are learned; StoreUnavailable (503) if not within `timeout`."""
+        if not originals:
+            return
+        users = self.server(model).users
+        deadline = time.monotonic() + timeout
+        pending = list(originals)
+        while pending := [o for o in pending if not users.learned(o.instance, o.user, o.lsn)]:
+            if time.monotonic() >= deadline:
+                first = pending[0]
+                raise StoreUnavailable(f"Observation {first.lsn} of instance {first.instance!r}, which this retry "
+                                       f"repeats, was not learned within {timeout} s; retry later.")
+            time.sleep(0.02)
 
     def observation_log(self, model: str) -> ObservationLog:
         self.server(model)
@@ -326,9 +342,11 @@ class Velox:
                     commit_delay=self.config.commit_delay,
                 )
             if model not in self._windows:
-                self._windows[model] = LocalWindow.from_log(
-                    obs_log.directory, seconds=self.config.idempotency_seconds, max_keys=self.config.idempotency_keys,
-                    instance=self.instance or MAIN_INSTANCE).attach(obs_log)
+                seconds, instance = self.config.idempotency_seconds, self.instance or MAIN_INSTANCE
+                self._windows[model] = RedisWindow(  # a retry may reach another process: keys in Redis
+                    self._store, model, seconds=seconds, instance=instance, obs_log=obs_log) if self.shared else \
+                    LocalWindow.from_log(obs_log.directory, seconds=seconds, max_keys=self.config.idempotency_keys,
+                                         instance=instance).attach(obs_log)
                 self._recent_decisions[model] = RecentDecisions(self.config.decision_memory)
             old = self._servers.get(model)
             if old is not None:
