@@ -250,3 +250,10 @@ def test_a_retry_at_another_server_over_redis_is_learned_once(tmp_path: Path, re
             assert got["score"] == pytest.approx(F[17] @ w, rel=1e-9)
     finally:
         a.stop(), b.stop()
+
+
+def test_keys_of_a_refused_batch_are_forgotten_and_the_others_kept(tmp_path: Path) -> None:
+    window = LocalWindow(seconds=3600, max_keys=100)
+    window.claim(["a", "b", None, "c", "d"], ["u"] * 5, 1)  # LSNs 1, 2, (3), 4, 5
+    window.forget_range(2, 4)  # the log refused the batch of LSNs 2-4
+    assert [o is None for o in window.claim(["a", "b", "c", "d"], ["u"] * 4, 6)] == [False, True, True, False]

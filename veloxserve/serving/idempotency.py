@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,16 +127,23 @@ class LocalWindow:
             for key in keys:
                 self._keys.pop(key, None)
 
-    def forget_after(self, lsn: int) -> None:
-        """Forget keys claimed for LSNs after `lsn`: the log failed before making them durable, so
-        this process will not learn them and their retries must be (from the log a restart reads)."""
+    def forget_range(self, first: int, last: int | None = None) -> None:
+        """Forget keys claimed for LSNs in [first, last] (open-ended without `last`): the log refused
+        those records, so this process will not learn them and their retries must be."""
         with self._lock:
-            for key in [k for k, (claimed, _) in self._keys.items() if claimed > lsn]:
+            doomed = []
+            for key in reversed(self._keys):  # LSN order: the refused ones are at the end
+                lsn = self._keys[key][0]
+                if lsn < first:
+                    break
+                if last is None or lsn <= last:
+                    doomed.append(key)
+            for key in doomed:
                 del self._keys[key]
 
     def attach(self, obs_log: ObservationLog) -> LocalWindow:
-        """Release the claims a failure of `obs_log` leaves undurable."""
-        obs_log.subscribe(lambda lsn: self.forget_after(obs_log.durable_lsn) if lsn < 0 else None)
+        """Release the claims of records `obs_log` refuses."""
+        _on_refused(obs_log, self.forget_range)
         return self
 
     def _evict(self, now: float) -> None:
@@ -151,6 +158,16 @@ class LocalWindow:
             if keys[key][0] > boundary:
                 break
             keys.popitem(last=False)
+
+
+def _on_refused(obs_log: ObservationLog, forget: Callable[[int, int | None], None]) -> None:
+    """Call `forget(first, last)` with the LSNs of each batch the log refuses. A log with commit
+    hooks names the batch; one without fails for good, so everything not yet durable is refused."""
+    hooks = getattr(obs_log, "add_commit_hook", None)
+    if hooks is not None:
+        hooks(lambda lsn: None, forget)
+    else:
+        obs_log.subscribe(lambda lsn: forget(obs_log.durable_lsn + 1, None) if lsn < 0 else None)
 
 
 _CLAIM = """
@@ -206,8 +223,8 @@ class RedisWindow:
         self._ttl = max(1, int(seconds + 0.999))
         self._log = obs_log
         self._script = store.client.register_script(_CLAIM)
-        self.release_after(obs_log.last_lsn)  # claims a crash left beyond what the log recovered
-        obs_log.subscribe(lambda lsn: self.release_after(obs_log.durable_lsn) if lsn < 0 else None)
+        self.forget_range(obs_log.last_lsn + 1)  # claims a crash left beyond what the log recovered
+        _on_refused(obs_log, self.forget_range)
 
     def _key(self, key: str) -> str:
         return self._store.key(self._namespace, f"k:{key}")
@@ -247,16 +264,17 @@ class RedisWindow:
         except Exception:  # Redis is failing: the next claim releases them
             pass
 
-    def release_after(self, lsn: int) -> None:
-        """Release this instance's claims for LSNs after `lsn`: their records are not in its log."""
+    def forget_range(self, first: int, last: int | None = None) -> None:
+        """Release this instance's claims for LSNs in [first, last]: their records are not in its log."""
+        low, high = str(first), "+inf" if last is None else str(last)
         try:
             with self._store.unavailable("releasing idempotency keys"):
                 client = self._store.client
-                names = client.zrangebyscore(self._pending, f"({lsn}", "+inf")
+                names = client.zrangebyscore(self._pending, low, high)
                 pipe = client.pipeline(transaction=True)
                 if names:
                     pipe.delete(*names)
-                pipe.zremrangebyscore(self._pending, f"({lsn}", "+inf")
+                pipe.zremrangebyscore(self._pending, low, high)
                 pipe.execute()
-        except Exception:  # Redis is failing too: the next start of this instance releases them
+        except Exception:  # Redis is failing too: the next claim (or start) of this instance releases them
             pass

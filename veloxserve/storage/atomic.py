@@ -4,6 +4,7 @@ fsync the directory. A reader (or a restart after a crash) sees the old file or 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -20,8 +21,10 @@ def fsync_dir(directory: Path) -> None:
 
 
 def temporary_name(path: Path) -> Path:
-    """Hidden, beside the target (same filesystem, so the rename is atomic)."""
-    return path.with_name(f".{path.name}.tmp")
+    """Hidden, beside the target (same filesystem, so the rename is atomic), and of this process
+    and thread: two writers replacing one file at once (two servers starting over one home both
+    write ACTIVE) must not rename each other's temporary away."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
 
 
 def write_synced(path: Path, write: Writer) -> None:
