@@ -63,6 +63,8 @@ def test_client_commands_talk_to_a_running_server(tmp_path: Path) -> None:
         assert '"score"' in run("predict", "--user", "1", "--item", "2").stdout
         assert '"items"' in run("top-k", "--user", "1", "-k", "3").stdout
         assert '"observed": 1' in run("observe", "--user", "1", "--item", "2", "--score", "4.5").stdout
+        once = ("observe", "--user", "1", "--item", "3", "--score", "2.0", "--id", "cli-once")
+        assert '"duplicate": false' in run(*once).stdout and '"duplicate": true' in run(*once).stdout
         missing = run("predict", "--user", "1", "--item", "no-such-song")
         assert missing.returncode == 1 and "ItemNotFound" in missing.stdout
         refused = run("policy", "--every-observations", "50")

@@ -257,3 +257,22 @@ def test_keys_of_a_refused_batch_are_forgotten_and_the_others_kept(tmp_path: Pat
     window.claim(["a", "b", None, "c", "d"], ["u"] * 5, 1)  # LSNs 1, 2, (3), 4, 5
     window.forget_range(2, 4)  # the log refused the batch of LSNs 2-4
     assert [o is None for o in window.claim(["a", "b", "c", "d"], ["u"] * 4, 6)] == [False, True, True, False]
+
+
+def test_over_http_a_decision_of_another_user_is_a_400_naming_the_field(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from tests.helpers import admin_headers
+    from veloxserve.api.app import create_app
+
+    home = _home(tmp_path)
+    with Velox(home, config=FAST) as velox, TestClient(create_app(velox), headers=admin_headers(home)) as http:
+        answer = http.get("/models/songs/top_k", params={"user": "0", "k": 2}).json()
+        item = answer["items"][0]["item"]
+        wrong = http.post("/models/songs/observe", json={"user": "1", "item": item, "score": 1.0,
+                                                         "decision": answer["decision"]})
+        assert wrong.status_code == 400 and wrong.json()["field"] == "observations[0].decision"
+        assert "served to user '1'" in wrong.json()["message"]
+        right = http.post("/models/songs/observe", json={"user": "0", "item": item, "score": 1.0,
+                                                         "decision": answer["decision"]})
+        assert right.status_code == 200 and right.json()["lsn"] == 1  # the refused one logged nothing
