@@ -276,3 +276,13 @@ def test_over_http_a_decision_of_another_user_is_a_400_naming_the_field(tmp_path
         right = http.post("/models/songs/observe", json={"user": "0", "item": item, "score": 1.0,
                                                          "decision": answer["decision"]})
         assert right.status_code == 200 and right.json()["lsn"] == 1  # the refused one logged nothing
+
+
+def test_a_busy_window_keeps_one_expiry_entry_per_second_and_expires_old_keys(tmp_path: Path) -> None:
+    window = LocalWindow(seconds=2.0, max_keys=1_000_000)
+    for n in range(1000):
+        window.claim([f"k{n}"], ["u"], n + 1)
+    assert len(window._times) <= 2  # claims within a second share one entry
+    time.sleep(3.2)
+    assert window.claim(["k0", "fresh"], ["u", "u"], 1001) == [None, None]  # expired: learnable again
+    assert len(window) == 2

@@ -55,7 +55,7 @@ class LocalWindow:
         self.max_keys = max_keys
         self.instance = instance
         self._keys: OrderedDict[str, tuple[int, str]] = OrderedDict()  # LSN order: oldest first
-        self._times: deque[tuple[float, int]] = deque()  # (time, last LSN) of each claim, for expiry
+        self._times: deque[tuple[float, int]] = deque()  # (second, last LSN claimed in it), for expiry
         self._lock = threading.Lock()  # claims come under the model lock; failures from the log's writer
 
     def __len__(self) -> int:
@@ -88,7 +88,7 @@ class LocalWindow:
             for ts, lsn, key, user in keyed:
                 window._keys.pop(key, None)
                 window._keys[key] = (lsn, user)
-                window._times.append((ts, lsn))
+                window._stamp(ts, lsn)
         while len(window._keys) > max_keys:
             window._keys.popitem(last=False)
         window._evict(time.time() if now is None else now)
@@ -116,7 +116,7 @@ class LocalWindow:
                     entries[key] = (lsn, user)
                 out.append(None)
             if lsn >= next_lsn:
-                self._times.append((now, lsn))
+                self._stamp(now, lsn)
             while len(entries) > self.max_keys:
                 entries.popitem(last=False)
         return out
@@ -145,6 +145,15 @@ class LocalWindow:
         """Release the claims of records `obs_log` refuses."""
         _on_refused(obs_log, self.forget_range)
         return self
+
+    def _stamp(self, ts: float, lsn: int) -> None:
+        """Note that LSNs up to `lsn` were claimed by the end of the second holding `ts`: one entry
+        per second, so a day of traffic costs 86,400 entries, and keys expire at most a second late."""
+        second = float(int(ts) + 1)
+        if self._times and self._times[-1][0] >= second:
+            self._times[-1] = (self._times[-1][0], lsn)
+        else:
+            self._times.append((second, lsn))
 
     def _evict(self, now: float) -> None:
         cutoff, boundary = now - self.seconds, None
