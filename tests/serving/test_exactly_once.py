@@ -286,3 +286,37 @@ def test_a_busy_window_keeps_one_expiry_entry_per_second_and_expires_old_keys(tm
     time.sleep(3.2)
     assert window.claim(["k0", "fresh"], ["u", "u"], 1001) == [None, None]  # expired: learnable again
     assert len(window) == 2
+
+
+def test_an_id_whose_batch_the_full_disk_refused_is_learned_on_retry(tmp_path: Path, monkeypatch) -> None:
+    """The log refuses the batch (507) and carries on; the id's claim goes with it, so the retry
+    once the disk has room is logged and learned — once — instead of repeating a refused LSN."""
+    import os
+
+    import veloxserve.storage.observation_log as log_module
+
+    real, failing = os.fdatasync, {"on": True}
+
+    def full_disk(fd: int) -> None:
+        if failing["on"]:
+            raise OSError(28, "No space left on device")
+        real(fd)
+
+    home = _home(tmp_path)
+    with Velox(home, config=ServingConfig(commit_delay=0.0)) as velox:
+        monkeypatch.setattr(log_module.os, "fdatasync", full_disk)
+        with pytest.raises(StoreUnavailable):
+            velox.observe("songs", "fresh", 101, 4.0, id="full")
+        failing["on"] = False
+        deadline = time.monotonic() + 30
+        while True:  # refused at once while the log still counts the disk as failing, then a probe heals it
+            try:
+                retry = velox.observe("songs", "fresh", 101, 4.0, id="full")
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert retry.duplicates == 0  # learned now: its original never was
+        assert velox.observe("songs", "fresh", 101, 4.0, id="full").duplicates == 1
+        np.testing.assert_allclose(_weights(velox, "fresh"), expected_weights("fresh", [("fresh", 101, 4.0)]))
+    assert [(r.user, r.id) for r in read_log(HomeLayout(home).log_dir("songs"))] == [("fresh", "full")]
