@@ -70,14 +70,16 @@ def test_the_window_rebuilt_from_the_log_keeps_only_the_newest_keys_within_its_t
         velox.observe_many("songs", [("u", 100, 1.0, None, f"k{n}") for n in range(5)])
     log_dir = HomeLayout(home).log_dir("songs")
     window = LocalWindow.from_log(log_dir, seconds=3600, max_keys=3)
-    assert [o is None for o in window.claim([f"k{n}" for n in range(5)], ["u"] * 5, 6)] == [True, True, False, False, False]
+    claimed = window.claim([f"k{n}" for n in range(5)], ["u"] * 5, 6)
+    assert [o is None for o in claimed] == [True, True, False, False, False]  # k0, k1: beyond the newest 3
     later = LocalWindow.from_log(log_dir, seconds=3600, max_keys=10, now=time.time() + 7200)
     assert len(later) == 0
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.lists(st.tuples(st.sampled_from(["0", "fresh"]), st.integers(100, 149),
-                                   st.floats(-5, 5, allow_nan=False), st.one_of(st.none(), st.sampled_from("abcdefgh"))),
+                                   st.floats(-5, 5, allow_nan=False),
+                                   st.one_of(st.none(), st.sampled_from("abcdefgh"))),
                          min_size=1, max_size=8), min_size=1, max_size=6))
 def test_batches_with_repeated_ids_learn_what_a_reference_dedupe_keeps(tmp_path_factory, batches) -> None:
     home = _home(tmp_path_factory.mktemp("once"))
@@ -183,7 +185,8 @@ def test_a_retry_after_a_503_during_a_redis_outage_is_learned_once(tmp_path: Pat
         body = r.json()  # the first claim needs Redis too, so the 503 came before logging: nothing to repeat
         assert body["duplicate"] is False and body["duplicates"] == 0 and body["lsn"] == 1
         assert http.post("/models/songs/observe", json=obs).json()["duplicate"] is True
-        logged = [(rec.user, int(rec.item), rec.score, rec.id) for _, rec in read_merged(HomeLayout(home).log_dir("songs"))]
+        logged = [(rec.user, int(rec.item), rec.score, rec.id)
+                  for _, rec in read_merged(HomeLayout(home).log_dir("songs"))]
         assert logged == [("fresh-once", 101, 4.0, "retry-me")]
         w = expected_weights("fresh-once", [("fresh-once", 101, 4.0)])
         got = http.get("/models/songs/predict", params={"user": "fresh-once", "item": 117}).json()["score"]

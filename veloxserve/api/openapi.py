@@ -240,7 +240,8 @@ def openapi_schema() -> dict[str, Any]:
                 ]}),
                 "responses": {**_ok({"type": "object", "required": ["observed", "lsn"], "properties": {
                     "observed": {"type": "integer"}, "lsn": {"type": "integer"},
-                    "duplicates": {"type": "integer", "description": "rows whose id was already logged: not learned again"},
+                    "duplicates": {"type": "integer",
+                                   "description": "rows whose id was already logged: not learned again"},
                     "duplicate": {"type": "boolean", "description": "a single observation: its id was already logged"},
                     **version_field}}),
                     **_errors(400, 404, 503)},

@@ -220,8 +220,9 @@ class RedisWindow:
     key waits until Redis shows it learned (Receipt.foreign). Claims not yet durable are also kept
     in a sorted set per instance: a failed log releases them, and an instance restarting after a
     crash releases those beyond its recovered log (their records never reached it), and every claim
-    releases those of an earlier call that failed before its append, so their retries are learned. A crashed instance that never restarts leaves such keys until their TTL:
-    retries of them are refused (503) meanwhile, never acknowledged without being learned.
+    releases those of an earlier call that failed before its append, so their retries are learned.
+    A crashed instance that never restarts leaves such keys until their TTL: retries of them are
+    refused (503) meanwhile, never acknowledged without being learned.
     """
 
     def __init__(self, store, model: str, *, seconds: float, instance: str, obs_log: ObservationLog) -> None:

@@ -70,7 +70,7 @@ class Velox:
             self._servers: dict[str, ModelServer] = {}
             self._catalogs: dict[str, VersionCatalog] = {}
             self._decision_logs: dict[str, DecisionLog] = {}
-            self._windows: dict[str, LocalWindow | RedisWindow] = {}  # per model, across versions: serving/idempotency.py
+            self._windows: dict[str, LocalWindow | RedisWindow] = {}  # per model, across versions (idempotency.py)
             self._recent_decisions: dict[str, RecentDecisions] = {}  # per model: serving/decisions.py
             self._swap_lock = threading.Lock()
             self.feature_cache = FeatureCache(self.config.feature_cache_bytes)  # shared by every model

@@ -11,9 +11,11 @@ with reward 0 for a shown item nobody answered. An observation counts only when 
 decision: the decision is in the log, it was served to the observation's user, and it showed the
 item. Others (unknown ids, another user's decision, an item not in the list: serve-time checks in
 serving/decisions.py catch those the server still remembers) are left out and counted as
-`unmatched_observations`, rather than putting a reward where nothing was shown. It is unbiased when μ > 0 wherever π > 0, which
-is why greedy-only logs (μ = 1 on one item, 0 elsewhere) cannot evaluate anything else, and why
-Thompson decisions (no closed-form μ) are skipped and counted.
+`unmatched_observations`, rather than putting a reward where nothing was shown.
+
+The estimate is unbiased when μ > 0 wherever π > 0, which is why greedy-only logs (μ = 1 on one
+item, 0 elsewhere) cannot evaluate anything else, and why Thompson decisions (no closed-form μ)
+are skipped and counted.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ def ips_estimate(
         user = decision.get("user")  # None in logs older than the user field: not checked
         if propensities is None:
             skipped += 1
-            matched.update(key for item in decision["items"] if (answer := rewards.get(key := (decision["decision"], item)))
-                           is not None and (user is None or answer[0] == user))  # matched, though not usable
+            for item in decision["items"]:  # matched, though not usable
+                answer = rewards.get(key := (decision["decision"], item))
+                if answer is not None and (user is None or answer[0] == user):
+                    matched.add(key)
             continue
         used += 1
         for slot, (item, mu) in enumerate(zip(decision["items"], propensities)):
