@@ -171,7 +171,8 @@ class MethodNotAllowed(VeloxError):
         self.allowed = allowed
 
     def headers(self) -> dict[str, str]:
-        return {"allow": ", ".join(self.allowed)}  # RFC 9110: a 405 lists the methods that work
+        allowed = self.allowed + ["HEAD"] if "GET" in self.allowed and "HEAD" not in self.allowed else self.allowed
+        return {"allow": ", ".join(allowed)}  # RFC 9110: a 405 lists the methods that work (HEAD with GET)
 
 
 def no_route(path: str, method: str, allowed: list[str]) -> VeloxError:
