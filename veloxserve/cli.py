@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--link", choices=["identity", "logistic"], default="identity",
                        help="σ: identity for ratings (default), logistic for 0/1 labels")
     train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--score-range", type=float, nargs=2, metavar=("LO", "HI"),
+                       help="scores observe accepts (default: the ratings' min and max widened by 10%% of their span)")
     train.add_argument("--engine", choices=["local", "spark"], default="local",
                        help="local: compiled ALS on this machine (default); spark: Spark MLlib ALS")
     train.add_argument("--master", default="local[2]",
@@ -204,7 +206,7 @@ def _train(args: argparse.Namespace) -> int:
         meta = train_version_spark(layout, name, args.ratings, config_from(overrides), master=args.master)
     else:
         meta = train_version(layout, name, args.ratings, config_from(overrides), link=args.link, items=args.items,
-                             progress=True)
+                             progress=True, score_range=args.score_range)
     VersionCatalog(layout.model_dir(name)).activate(meta["version"])
     print(json.dumps(meta, indent=2))
     return 0

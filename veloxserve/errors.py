@@ -15,6 +15,7 @@
     ├── ContainerUnavailable (503)  a model container crashed, hung or failed on a batch
     ├── DeadlineExceeded (504)      a query's latency objective passed before it was computed
     ├── Overloaded (503)            shed at once: the model's queue is full or the deadline cannot be met
+    ├── ModelStateInvalid (500)     the model computed a non-finite score (never answered as null)
     └── TrainingFailed (500)        offline training could not produce a version
 
 Messages say which field, what was expected, what was got, and what to do, in the style of
@@ -122,6 +123,10 @@ class Overloaded(VeloxError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(self.retry_after)}
+
+
+class ModelStateInvalid(VeloxError):
+    status = 500
 
 
 class TrainingFailed(VeloxError):

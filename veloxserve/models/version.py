@@ -13,6 +13,11 @@ from veloxserve.models.content import HashedTextFeatures
 from veloxserve.models.features import MatrixFactorizationFeatures
 
 
+# The accepted |score| of versions whose meta.json predates `score_range`: generous for any rating
+# or value scale in use, and far from where w_u's ridge updates lose precision or overflow.
+DEFAULT_SCORE_LIMIT = 1e6
+
+
 class Link(str, enum.Enum):
     """σ in score = σ(w · f(x)): identity for regression, logistic for classification."""
 
@@ -67,6 +72,17 @@ class ModelVersion:
     @property
     def dim(self) -> int:
         return self.features.dim
+
+    @property
+    def score_range(self) -> tuple[float, float]:
+        """[lo, hi] of the scores this version accepts from observations: meta.json `score_range`
+        (set at training from the data, or overridden). Versions trained before it was recorded
+        accept |score| <= DEFAULT_SCORE_LIMIT, or [0, 1] under the logistic link."""
+        if self.link is Link.LOGISTIC:
+            lo, hi = self.meta.get("score_range", (0.0, 1.0))
+            return max(0.0, float(lo)), min(1.0, float(hi))
+        lo, hi = self.meta.get("score_range", (-DEFAULT_SCORE_LIMIT, DEFAULT_SCORE_LIMIT))
+        return float(lo), float(hi)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> ModelVersion:
