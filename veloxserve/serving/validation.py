@@ -13,7 +13,10 @@ from veloxserve.errors import ModelStateInvalid, invalid_parameter
 def finite_score(value: Any, field: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise invalid_parameter(field, where, "a finite number", value)
-    score = float(value)
+    try:
+        score = float(value)
+    except OverflowError:  # an int beyond any float (the Python API; JSON parsing refuses those)
+        score = math.inf
     if not math.isfinite(score):
         raise invalid_parameter(field, where, "a finite number", value)
     return score
