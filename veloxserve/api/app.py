@@ -28,11 +28,11 @@ from veloxserve.errors import (
 )
 from veloxserve.serving.admission import Admission, AdmissionConfig
 from veloxserve.serving.durability import DurableWaiter
+from veloxserve.serving.validation import MAX_BODY_BYTES
 from veloxserve.storage.tokens import TokenStore
 from veloxserve.serving.velox import DURABLE_TIMEOUT_S, Velox
 
 log = logging.getLogger(__name__)
-MAX_BODY_BYTES = 8 << 20
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _ADMITTED = frozenset({"predict", "top_k", "observe"})  # the data plane: shed under overload, see admission.py
 
