@@ -125,3 +125,15 @@ def test_score_in_range_accepts_exactly_the_finite_numbers_inside(value, low: fl
         assert len(exc.message) < 500
     else:
         assert expected and got == as_float
+
+
+def test_a_retrain_over_a_log_holding_1e308_trains_on_the_rest(tmp_path: Path) -> None:
+    layout = HomeLayout(tmp_path)
+    meta = train_version(layout, "stars", _ratings(np.random.default_rng(2)), SMALL)
+    log = ObservationLog(layout.log_dir("stars"))
+    lsn = log.append_and_wait([("0", "1", 4.0, meta["version"], None), ("0", "2", 1e308, meta["version"], None),
+                               ("1", "3", -1e308, meta["version"], None)])
+    log.close()
+    child = retrain_version(layout, "stars", "v2", parent=meta["version"], upto_lsn=lsn, reason="test")
+    assert child["score_range"] == meta["score_range"]  # the data's range: the bad rows were left out
+    assert math.isfinite(child["train_rmse"]) and child["rows_trained"] == len(_ratings(np.random.default_rng(2))) + 1

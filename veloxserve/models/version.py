@@ -75,14 +75,9 @@ class ModelVersion:
 
     @property
     def score_range(self) -> tuple[float, float]:
-        """[lo, hi] of the scores this version accepts from observations: meta.json `score_range`
-        (set at training from the data, or overridden). Versions trained before it was recorded
-        accept |score| <= DEFAULT_SCORE_LIMIT, or [0, 1] under the logistic link."""
-        if self.link is Link.LOGISTIC:
-            lo, hi = self.meta.get("score_range", (0.0, 1.0))
-            return max(0.0, float(lo)), min(1.0, float(hi))
-        lo, hi = self.meta.get("score_range", (-DEFAULT_SCORE_LIMIT, DEFAULT_SCORE_LIMIT))
-        return float(lo), float(hi)
+        """[lo, hi] of the scores this version accepts from observations (see `score_range_of`)."""
+        return score_range_of(self.meta)
+
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> ModelVersion:
@@ -115,3 +110,14 @@ class ModelVersion:
             meta=dict(meta),
             content=HashedTextFeatures.from_version(arrays, meta),
         )
+
+
+def score_range_of(meta: dict[str, Any]) -> tuple[float, float]:
+    """[lo, hi] of the scores a version accepts: meta.json `score_range` (set at training from the
+    data, or overridden). Versions trained before it was recorded accept |score| <=
+    DEFAULT_SCORE_LIMIT, or [0, 1] under the logistic link."""
+    if Link(meta.get("link", Link.IDENTITY.value)) is Link.LOGISTIC:
+        lo, hi = meta.get("score_range", (0.0, 1.0))
+        return max(0.0, float(lo)), min(1.0, float(hi))
+    lo, hi = meta.get("score_range", (-DEFAULT_SCORE_LIMIT, DEFAULT_SCORE_LIMIT))
+    return float(lo), float(hi)

@@ -17,7 +17,7 @@ import numpy as np
 
 from veloxserve.config import HomeLayout
 from veloxserve.errors import InvalidInput
-from veloxserve.models.version import Link
+from veloxserve.models.version import Link, score_range_of
 from veloxserve.storage.atomic import replace_atomically
 from veloxserve.storage.observation_log import MAIN_INSTANCE, read_merged
 from veloxserve.storage.versions import VersionStore
@@ -132,6 +132,9 @@ def retrain_version(
     config = config_from({**{k: parent_meta[k] for k in _INHERITED if k in parent_meta}, **(overrides or {})})
     link = Link(parent_meta.get("link", Link.IDENTITY.value))
     data, window = training_data(layout, model, upto_lsn)
+    low, high = score_range_of(parent_meta)  # rows logged before scores were bounded (1e308) train nothing
+    if not ((data.scores >= low) & (data.scores <= high)).all():
+        data = data.take(np.flatnonzero((data.scores >= low) & (data.scores <= high)))
     n_log = window["log_rows"]
     if n_log >= MIN_RECENT_HOLDOUT and config.heldout_fraction > 0:
         n_hold = max(1, int(round(config.heldout_fraction * n_log)))
