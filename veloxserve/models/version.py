@@ -78,7 +78,6 @@ class ModelVersion:
         """[lo, hi] of the scores this version accepts from observations (see `score_range_of`)."""
         return score_range_of(self.meta)
 
-
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> ModelVersion:
         """Assemble a version from the arrays and meta.json of the version-directory contract."""
