@@ -88,6 +88,9 @@ class PayloadTooLarge(VeloxError):
 
     status = 413
 
+    def headers(self) -> dict[str, str]:
+        return {"connection": "close"}  # the unread body is not swallowed to keep the connection
+
 
 class StoreUnavailable(VeloxError):
     """Nothing was acknowledged and nothing learned: retrying after Retry-After is safe."""
