@@ -137,3 +137,19 @@ def test_a_retrain_over_a_log_holding_1e308_trains_on_the_rest(tmp_path: Path) -
     child = retrain_version(layout, "stars", "v2", parent=meta["version"], upto_lsn=lsn, reason="test")
     assert child["score_range"] == meta["score_range"]  # the data's range: the bad rows were left out
     assert math.isfinite(child["train_rmse"]) and child["rows_trained"] == len(_ratings(np.random.default_rng(2))) + 1
+
+
+def test_train_cli_score_range_overrides_the_data_range(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from veloxserve.training.ratings import write_ratings_csv
+
+    write_ratings_csv(_ratings(np.random.default_rng(3)), tmp_path / "r.csv")
+    result = subprocess.run([sys.executable, "-m", "veloxserve.cli", "train", "--home", str(tmp_path), "--model", "stars",
+                             "--ratings", str(tmp_path / "r.csv"), "--rank", "2", "--iterations", "2",
+                             "--score-range", "-3", "9"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    meta = json.loads(result.stdout[result.stdout.index("{"):])
+    assert meta["score_range"] == [-3.0, 9.0] and meta["score_range_source"] == "override"
