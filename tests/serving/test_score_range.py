@@ -99,7 +99,8 @@ def test_a_non_finite_score_is_a_500_never_a_null(tmp_path: Path) -> None:
         server = velox.server("songs")
         server.users.W[server.users.rows["3"]] = np.inf  # a state broken by whatever means
         for r in (client.get("/models/songs/predict", params={"user": 3, "item": 101}),
-                  client.post("/models/songs/predict", json={"queries": [{"user": 3, "item": 101}, {"user": 4, "item": 101}]}),
+                  client.post("/models/songs/predict",
+                              json={"queries": [{"user": 3, "item": 101}, {"user": 4, "item": 101}]}),
                   client.get("/models/songs/top_k", params={"user": 3, "k": 2})):
             assert r.status_code == 500 and r.json()["error"] == ModelStateInvalid.__name__, r.text
             assert b"null" not in r.content
@@ -107,7 +108,8 @@ def test_a_non_finite_score_is_a_500_never_a_null(tmp_path: Path) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-10**400, max_value=10**400),
+@given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                       st.integers(min_value=-10**400, max_value=10**400),
                        st.text(max_size=5), st.none(), st.booleans()),
        low=st.floats(-1e9, 1e9), width=st.floats(1e-6, 1e9))
 def test_score_in_range_accepts_exactly_the_finite_numbers_inside(value, low: float, width: float) -> None:
@@ -147,8 +149,8 @@ def test_train_cli_score_range_overrides_the_data_range(tmp_path: Path) -> None:
     from veloxserve.training.ratings import write_ratings_csv
 
     write_ratings_csv(_ratings(np.random.default_rng(3)), tmp_path / "r.csv")
-    result = subprocess.run([sys.executable, "-m", "veloxserve.cli", "train", "--home", str(tmp_path), "--model", "stars",
-                             "--ratings", str(tmp_path / "r.csv"), "--rank", "2", "--iterations", "2",
+    result = subprocess.run([sys.executable, "-m", "veloxserve.cli", "train", "--home", str(tmp_path),
+                             "--model", "stars", "--ratings", str(tmp_path / "r.csv"), "--rank", "2", "--iterations", "2",
                              "--score-range", "-3", "9"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     meta = json.loads(result.stdout[result.stdout.index("{"):])
