@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--link", choices=["identity", "logistic"], default="identity",
                        help="σ: identity for ratings (default), logistic for 0/1 labels")
     train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--score-range", type=float, nargs=2, metavar=("LO", "HI"),
+                       help="scores observe accepts (default: the ratings' min and max widened by 10%% of their span)")
     train.add_argument("--engine", choices=["local", "spark"], default="local",
                        help="local: compiled ALS on this machine (default); spark: Spark MLlib ALS")
     train.add_argument("--master", default="local[2]",
@@ -89,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-auth", action="store_true",
                        help="DANGEROUS, local development only: admin routes (retrain, activate, policy, forget, "
                             "and Clipper's deploy, which runs model code) need no token")
+        p.add_argument("--allow-remote-no-auth", action="store_true",
+                       help="with --no-auth, listen on a non-loopback --host anyway (refused without this)")
         p.add_argument("--require-key", action="append", default=[], metavar="MODEL",
                        help="predict/top_k/observe on MODEL need a key (`token create --model MODEL`) or an admin "
                             "token; repeat for several models, '*' for all (default: open)")
@@ -204,10 +208,33 @@ def _train(args: argparse.Namespace) -> int:
         meta = train_version_spark(layout, name, args.ratings, config_from(overrides), master=args.master)
     else:
         meta = train_version(layout, name, args.ratings, config_from(overrides), link=args.link, items=args.items,
-                             progress=True)
+                             progress=True, score_range=args.score_range)
     VersionCatalog(layout.model_dir(name)).activate(meta["version"])
     print(json.dumps(meta, indent=2))
     return 0
+
+
+def _refuse_remote_no_auth(args: argparse.Namespace) -> bool:
+    """--no-auth on a non-loopback --host opens the admin routes to the network: refuse unless forced."""
+    if not args.no_auth or args.allow_remote_no_auth or _is_loopback(args.host):
+        return False
+    print(f"error: --no-auth on --host {args.host} would let anyone who can reach it retrain, activate, change "
+          "policies and erase users. Serve on 127.0.0.1 (the default), drop --no-auth and use tokens "
+          "(`veloxserve token create`), or add --allow-remote-no-auth if you really mean it.",
+          file=sys.stderr, flush=True)
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether `host` only listens on this machine: a loopback address or "localhost"."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -218,6 +245,8 @@ def _serve(args: argparse.Namespace) -> int:
     from veloxserve.serving.admission import AdmissionConfig
     from veloxserve.serving.velox import Velox
 
+    if _refuse_remote_no_auth(args):
+        return 2
     objectives = dict(args.objective_ms)
     admission = AdmissionConfig(max_in_flight=args.max_in_flight, default_objective_ms=objectives.pop(None, None),
                                 objectives_ms=objectives)
@@ -261,6 +290,8 @@ def _demo(args: argparse.Namespace) -> int:
     from veloxserve.training.ratings import write_ratings_csv
     from veloxserve.training.trainer import train_version
 
+    if _refuse_remote_no_auth(args):  # before training, not after
+        return 2
     # Catify is denser and less noisy than MovieLens: lighter regularisation fits it best.
     catify_config = ALSConfig(rank=8, reg=1.0, prior_precision=1.0, iterations=10)
     layout = HomeLayout(Path(args.home))

@@ -9,11 +9,13 @@
     ├── Forbidden (403)             a valid token without the right for this route
     ├── MethodNotAllowed (405)      the route exists but not with this method (Allow lists those that do)
     ├── Conflict (409)              the request clashes with the current state
+    ├── PayloadTooLarge (413)       the request body is over the server's limit
     ├── StoreUnavailable (503)      a backing store (SQLite, Redis, the log) cannot be reached; Retry-After
     │   └── InsufficientStorage (507)  the disk refused the write (full); nothing was learned; Retry-After
     ├── ContainerUnavailable (503)  a model container crashed, hung or failed on a batch
     ├── DeadlineExceeded (504)      a query's latency objective passed before it was computed
     ├── Overloaded (503)            shed at once: the model's queue is full or the deadline cannot be met
+    ├── ModelStateInvalid (500)     the model computed a non-finite score (never answered as null)
     └── TrainingFailed (500)        offline training could not produce a version
 
 Messages say which field, what was expected, what was got, and what to do, in the style of
@@ -23,7 +25,10 @@ Got 0 instead."
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
+
+MAX_QUOTED_CHARS = 80  # an error message quotes at most this much of a bad value (ids can be 1 MB)
 
 
 class VeloxError(Exception):
@@ -78,6 +83,15 @@ class Conflict(VeloxError):
     status = 409
 
 
+class PayloadTooLarge(VeloxError):
+    """Decided from Content-Length before the body is read (or as soon as a chunked body passes the limit)."""
+
+    status = 413
+
+    def headers(self) -> dict[str, str]:
+        return {"connection": "close"}  # the unread body is not swallowed to keep the connection
+
+
 class StoreUnavailable(VeloxError):
     """Nothing was acknowledged and nothing learned: retrying after Retry-After is safe."""
 
@@ -114,29 +128,48 @@ class Overloaded(VeloxError):
         return {"retry-after": str(self.retry_after)}
 
 
+class ModelStateInvalid(VeloxError):
+    status = 500
+
+
 class TrainingFailed(VeloxError):
     status = 500
 
 
-QUOTE_CHARS = 80  # how much of a bad value an error message echoes back
+class _Quote(reprlib.Repr):
+    """repr() bounded in depth and width: a value nested 1,000 deep or a 1 MB string is quoted
+    as a short prefix, never recursed into or echoed back whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxlist, self.maxdict, self.maxtuple, self.maxset = 3, 4, 4, 4, 4
+        self.maxother = self.maxlong = MAX_QUOTED_CHARS
+
+    def repr_str(self, value: str, level: int) -> str:
+        if len(value) <= MAX_QUOTED_CHARS // 2:
+            return repr(value)
+        return repr(value[: MAX_QUOTED_CHARS // 2])[:-1] + f"...' ({len(value)} characters)"
+
+
+_QUOTE = _Quote()
 
 
 def quote(value: Any) -> str:
-    """A bad value as an error message shows it: its repr, cut to a short prefix (a 1 MB id is not
-    echoed back whole), and never a RecursionError for JSON nested a thousand deep."""
-    if isinstance(value, (str, bytes)) and len(value) > QUOTE_CHARS:
-        value = value[:QUOTE_CHARS]
-        return f"{value!r}... ({QUOTE_CHARS} characters shown)"
+    """A short, safe rendering of a client's value for an error message."""
     try:
-        text = repr(value)
-    except RecursionError:
-        return f"a {type(value).__name__} nested too deeply to show"
-    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text)} characters in all)"
+        text = _QUOTE.repr(value)
+    except Exception:  # a value whose repr fails still gets a 400, not a 500
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 2 * MAX_QUOTED_CHARS else text[: 2 * MAX_QUOTED_CHARS] + "..."
 
 
 def invalid_parameter(field: str, where: str, expected: str, got: Any) -> InvalidInput:
-    """Build the one error template for a bad parameter."""
-    return InvalidInput(f"The {field!r} parameter of {where} must be {expected}. Got {quote(got)} instead.", field=field)
+    """Build the one error template for a bad parameter. The value is quoted by `quote` (a short
+    prefix), and so is the field when it came from the client (an unknown key)."""
+    if len(field) > MAX_QUOTED_CHARS:
+        field = field[:MAX_QUOTED_CHARS] + "..."
+    return InvalidInput(f"The {field!r} parameter of {where} must be {expected}. Got {quote(got)} instead.",
+                        field=field)
 
 
 class MethodNotAllowed(VeloxError):
@@ -147,7 +180,8 @@ class MethodNotAllowed(VeloxError):
         self.allowed = allowed
 
     def headers(self) -> dict[str, str]:
-        return {"allow": ", ".join(self.allowed)}  # RFC 9110: a 405 lists the methods that work
+        allowed = self.allowed + ["HEAD"] if "GET" in self.allowed and "HEAD" not in self.allowed else self.allowed
+        return {"allow": ", ".join(allowed)}  # RFC 9110: a 405 lists the methods that work (HEAD with GET)
 
 
 def no_route(path: str, method: str, allowed: list[str]) -> VeloxError:

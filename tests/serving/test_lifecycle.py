@@ -161,7 +161,8 @@ def test_schedule_and_drift_trigger_retrains(tmp_path: Path, catify) -> None:
         truth = {u: velox.predict("songs", u, 1) for u in map(str, range(40))}
         velox.observe_many("songs", [(u, 1, s) for u, s in truth.items()])  # small errors: no drift
         assert velox.retrainer.job("songs") is job
-        velox.observe_many("songs", [(str(rng.integers(0, 120)), int(rng.integers(0, 80)), 40.0) for _ in range(30)])
+        top = velox.server("songs").version.score_range[1]  # far off, yet a score the model accepts
+        velox.observe_many("songs", [(str(rng.integers(0, 120)), int(rng.integers(0, 80)), top) for _ in range(30)])
         job = velox.retrainer.wait("songs", timeout=120)
         assert job.reason == "drift"
         assert velox.version("songs", job.version)["reason"] == "drift"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 import numpy as np
 import orjson
@@ -23,14 +23,16 @@ from veloxserve.api import clipper_routes
 from veloxserve.api.auth import AuthConfig, Guard
 from veloxserve.api.metrics import CONTENT_TYPE, Metrics
 from veloxserve.api.openapi import openapi_schema
-from veloxserve.errors import InvalidInput, MethodNotAllowed, NotFound, VeloxError, invalid_parameter, no_route
+from veloxserve.errors import (
+    InvalidInput, MethodNotAllowed, NotFound, PayloadTooLarge, VeloxError, invalid_parameter, no_route,
+)
 from veloxserve.serving.admission import Admission, AdmissionConfig
 from veloxserve.serving.durability import DurableWaiter
+from veloxserve.serving.validation import MAX_BODY_BYTES
 from veloxserve.storage.tokens import TokenStore
 from veloxserve.serving.velox import DURABLE_TIMEOUT_S, Velox
 
 log = logging.getLogger(__name__)
-MAX_BODY_BYTES = 8 << 20
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _ADMITTED = frozenset({"predict", "top_k", "observe"})  # the data plane: shed under overload, see admission.py
 
@@ -121,14 +123,19 @@ class VeloxApp:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
-        if scope["path"] == "/metrics" and scope["method"] == "GET":
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", CONTENT_TYPE)]})
-            await send({"type": "http.response.body", "body": self.metrics.render()})
+        head = scope["method"] == "HEAD"  # HEAD is GET without the body (RFC 9110 9.3.2), on every GET route
+        method = "GET" if head else scope["method"]
+        if scope["path"] == "/metrics" and method == "GET":
+            body = self.metrics.render()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", CONTENT_TYPE), (b"content-length", b"%d" % len(body))]})
+            await send({"type": "http.response.body", "body": b"" if head else body})
             return
-        label, headers = _route_label(scope["path"]), _JSON_HEADERS
+        parts = _path_parts(scope)
+        label, headers = _route_label(scope["path"], parts), _JSON_HEADERS
         try:
-            self.guard.check(scope["method"], label, scope["path"], scope["headers"])
-            payload = await self._dispatch(scope, receive, started)
+            self.guard.check(method, label, scope["path"], scope["headers"])
+            payload = await self._dispatch(scope, method, parts, receive, started)
             status = 202 if isinstance(payload, Accepted) else 200
         except VeloxError as exc:
             status, payload = exc.status, exc.to_dict()
@@ -139,8 +146,9 @@ class VeloxApp:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             status, payload = 500, {"error": "InternalError", "message": "The server failed on this request; see its log."}
         body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        headers = headers + [(b"content-length", b"%d" % len(body))]  # a HEAD answer carries the GET's
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": b"" if head else body})
         self.metrics.record(label, status, time.perf_counter() - started)
 
     async def _lifespan(self, receive: Callable, send: Callable) -> None:
@@ -154,14 +162,14 @@ class VeloxApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _dispatch(self, scope: dict[str, Any], receive: Callable, started: float) -> Any:
-        method, path = scope["method"], scope["path"]
+    async def _dispatch(self, scope: dict[str, Any], method: str, parts: list[str], receive: Callable,
+                        started: float) -> Any:
+        path = scope["path"]
         if path.startswith(clipper_routes.PREFIXES):
-            return await self.clipper.dispatch(method, path, lambda: self._read_json(receive, path))
+            return await self.clipper.dispatch(method, path, lambda: self._read_json(scope, receive, path))
         if path in self._top or path == "/metrics":  # GET /metrics is answered before dispatch
             _only(method, "GET", path)
             return self._top[path]()
-        parts = path.split("/")
         if len(parts) == 6 and parts[1] == "models" and parts[3] == "versions" and parts[5] == "activate":
             _only(method, "POST", path)
             return await self._activate_version(parts[2], parts[4])
@@ -181,36 +189,45 @@ class VeloxApp:
         if handler is None:
             raise no_route(path, method, sorted(m for m, a in self._model_routes if a == action))
         query = dict(parse_qsl(scope["query_string"].decode("latin-1"))) if scope["query_string"] else {}
-        body = await self._read_json(receive, action) if method in ("POST", "PUT") else None
+        body = await self._read_json(scope, receive, action) if method in ("POST", "PUT") else None
         if action not in _ADMITTED:
             return await handler(name, query, body)
+        # The request is complete only now: time spent waiting for a slow client's bytes is neither
+        # a wait in the loop's queue nor service, so both are measured from here (see admission.py).
+        ready = started if body is None else time.perf_counter()
         self.velox.server(name)  # an unknown model is a 404, not a place in a queue
-        service = self.admission.admit(name, action, self._waited(started), _deadline_s(scope["headers"]))
+        service = self.admission.admit(name, action, self._waited(ready), _deadline_s(scope["headers"]))
         try:
             result = await handler(name, query, body)
         except BaseException:
             self.admission.release(service, None)
             raise
         now = time.perf_counter()
-        self.admission.release(service, now - started, now)
+        self.admission.release(service, now - ready, now)
         return result
 
     def _waited(self, started: float) -> float:
-        """An upper bound of how long this request waited for the event loop (see admission.py)."""
+        """An upper bound of how long this request, complete at `started`, waited for the event
+        loop (see admission.py)."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # first request, or a new loop (in-process test clients)
             self._loop = loop
             self.admission.clock.start(loop)
         return started - self.admission.clock.earlier
 
-    async def _read_json(self, receive: Callable, where: str) -> Any:
+    async def _read_json(self, scope: dict[str, Any], receive: Callable, where: str) -> Any:
+        """The body as JSON. Over MAX_BODY_BYTES is a 413, decided from Content-Length before a
+        byte is read, or, for a chunked body, as soon as the bytes read pass the limit."""
+        declared = _content_length(scope["headers"])
+        if declared is not None and declared > MAX_BODY_BYTES:
+            raise _too_large(where, f"{declared} bytes (Content-Length)")
         chunks, size = [], 0
         while True:
             message = await receive()
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY_BYTES:
-                raise InvalidInput(f"The request body of {where} must be at most {MAX_BODY_BYTES} bytes; split the batch.")
+                raise _too_large(where, f"more than that ({size} bytes read so far)")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -394,18 +411,44 @@ def _deadline_s(headers: list[tuple[bytes, bytes]]) -> float | None:
     return None
 
 
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:  # the HTTP server rejects these first; a lenient one gets a clear 400
+                raise invalid_parameter("Content-Length", "the request headers", "a number of bytes",
+                                        value.decode("latin-1")) from None
+    return None
+
+
+def _too_large(where: str, got: str) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body of {where} must be at most {MAX_BODY_BYTES} bytes. Got {got}; "
+                           "split the batch into smaller requests.", field="body")
+
+
+def _path_parts(scope: dict[str, Any]) -> list[str]:
+    """The path's segments, each percent-decoded once: `/users/a%2Fb` names the user "a/b" on every
+    route (the ASGI `path` is decoded already, so a `/` inside an id would split it)."""
+    raw = scope.get("raw_path")
+    if not raw or b"%" not in raw:
+        return scope["path"].split("/")
+    raw = raw.split(b"?", 1)[0]  # some clients (httpx's ASGI transport) include the query string
+    return [unquote(segment) for segment in raw.decode("latin-1").split("/")]
+
+
 def _only(method: str, allowed: str, path: str) -> None:
     if method != allowed:
         raise MethodNotAllowed(path, method, [allowed])
 
 
-def _route_label(path: str) -> str:
+def _route_label(path: str, parts: list[str] | None = None) -> str:
     """A bounded label per route: never a model name, id or arbitrary path."""
     if path in ("/healthz", "/openapi.json", "/models"):
         return path
     if path.startswith(clipper_routes.PREFIXES):
         return clipper_routes.route_label(path)
-    parts = path.split("/")
+    parts = path.split("/") if parts is None else parts
     if len(parts) == 3 and parts[1] == "users":
         return "forget"
     if len(parts) < 3 or parts[1] != "models":

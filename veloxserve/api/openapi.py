@@ -15,6 +15,8 @@ from veloxserve.api.clipper_openapi import clipper_paths
 from veloxserve.api.clipper_routes import route_label as clipper_route_label
 from veloxserve.config import ServingConfig
 from veloxserve.ids import MAX_ID_LENGTH
+from veloxserve.models.version import DEFAULT_SCORE_LIMIT
+from veloxserve.serving.validation import MAX_BODY_BYTES
 
 _ID = {
     "oneOf": [
@@ -40,7 +42,12 @@ _POLICY_FIELDS = {
 }
 _POLICY_QUERY = [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in _POLICY_FIELDS.items()]
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
-_USER = {"name": "user", "in": "path", "required": True, "schema": _ID_TEXT}
+_USER = {"name": "user", "in": "path", "required": True, "schema": _ID_TEXT,
+         "description": "percent-encoded like every path parameter (the user `a/b` is `a%2Fb`); decoded once"}
+_SCORE = {"type": "number", "description": (
+    "a finite number inside the model version's score range: meta.json `score_range`, set at training from the "
+    "data (min and max widened by 10% of the span) or by `train --score-range LO HI`; [0, 1] under the logistic "
+    f"link; |score| <= {DEFAULT_SCORE_LIMIT:g} for versions trained before it was recorded. Outside it: 400")}
 _POLICY = {"type": "object", "additionalProperties": False, "properties": {
     "every_observations": {"type": ["integer", "null"], "minimum": 1},
     "every_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0},
@@ -63,6 +70,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Invalid input: the message names the field", 401: "No API token, or an invalid one",
             403: "The token lacks the right for this route", 404: "Unknown model, version or item",
             409: "Conflict: a retrain is already running, or the version cannot serve",
+            413: f"The request body is over {MAX_BODY_BYTES} bytes (decided from Content-Length before reading)",
             503: "Overloaded (refused at once, see Retry-After) or a store is unavailable"}
     return {
         str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -73,7 +81,13 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 def _admin(operation: dict[str, Any]) -> dict[str, Any]:
     """An admin route (veloxserve.api.auth.ADMIN_ROUTES): an admin token is required."""
-    return {**operation, "security": [{"bearer": []}], "responses": {**operation["responses"], **_errors(401, 403)}}
+    return {**operation, "security": [{"bearer": []}],
+            "responses": {**operation["responses"], **_errors(401, 403, *_body_errors(operation))}}
+
+
+def _body_errors(operation: dict[str, Any]) -> tuple[int, ...]:
+    """413 where a request body is read: over MAX_BODY_BYTES it is refused before reading."""
+    return (413,) if "requestBody" in operation else ()
 
 
 def _secured(paths: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +101,7 @@ def _secured(paths: dict[str, Any]) -> dict[str, Any]:
                 operation = _admin(operation)
             elif route in MODEL_ROUTES:
                 operation = {**operation, "security": [{}, {"bearer": []}],
-                             "responses": {**operation["responses"], **_errors(401, 403)}}
+                             "responses": {**operation["responses"], **_errors(401, 403, *_body_errors(operation))}}
             marked[path][method] = operation
     return marked
 
@@ -95,7 +109,7 @@ def _secured(paths: dict[str, Any]) -> dict[str, Any]:
 def _data_plane(operation: dict[str, Any]) -> dict[str, Any]:
     """predict, top_k, observe: a key when the model requires one; shed under overload."""
     return {**operation, "security": [{}, {"bearer": []}], "parameters": [*operation["parameters"], _DEADLINE],
-            "responses": {**operation["responses"], **_errors(401, 403, 503)}}
+            "responses": {**operation["responses"], **_errors(401, 403, 503, *_body_errors(operation))}}
 
 
 def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
@@ -119,7 +133,7 @@ def openapi_schema() -> dict[str, Any]:
     observation = {
         "type": "object",
         "required": ["user", "item", "score"],
-        "properties": {"user": _ID, "item": _ID, "score": {"type": "number"},
+        "properties": {"user": _ID, "item": _ID, "score": _SCORE,
                        "decision": {"type": "string", "minLength": 1, "maxLength": 64,
                                     "description": "the `decision` id of the top_k answer this observation answers; "
                                                    "400 if that list went to another user or did not show the item"},
@@ -130,7 +144,9 @@ def openapi_schema() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "veloxserve", "version": __version__,
-                 "description": "Personalised predictions that learn online: score = σ(w_u · f(x; θ))."},
+                 "description": "Personalised predictions that learn online: score = σ(w_u · f(x; θ)). "
+                                f"Request bodies: at most {MAX_BODY_BYTES} bytes (413). Every GET route answers "
+                                "HEAD. Path parameters are percent-decoded once."},
         "components": {"schemas": {"Id": _ID, "Error": _ERROR, "Observation": observation},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "`veloxserve token create` on the server"}}},

@@ -13,6 +13,11 @@ from veloxserve.models.content import HashedTextFeatures
 from veloxserve.models.features import MatrixFactorizationFeatures
 
 
+# The accepted |score| of versions whose meta.json predates `score_range`: generous for any rating
+# or value scale in use, and far from where w_u's ridge updates lose precision or overflow.
+DEFAULT_SCORE_LIMIT = 1e6
+
+
 class Link(str, enum.Enum):
     """σ in score = σ(w · f(x)): identity for regression, logistic for classification."""
 
@@ -68,6 +73,11 @@ class ModelVersion:
     def dim(self) -> int:
         return self.features.dim
 
+    @property
+    def score_range(self) -> tuple[float, float]:
+        """[lo, hi] of the scores this version accepts from observations (see `score_range_of`)."""
+        return score_range_of(self.meta)
+
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> ModelVersion:
         """Assemble a version from the arrays and meta.json of the version-directory contract."""
@@ -99,3 +109,14 @@ class ModelVersion:
             meta=dict(meta),
             content=HashedTextFeatures.from_version(arrays, meta),
         )
+
+
+def score_range_of(meta: dict[str, Any]) -> tuple[float, float]:
+    """[lo, hi] of the scores a version accepts: meta.json `score_range` (set at training from the
+    data, or overridden). Versions trained before it was recorded accept |score| <=
+    DEFAULT_SCORE_LIMIT, or [0, 1] under the logistic link."""
+    if Link(meta.get("link", Link.IDENTITY.value)) is Link.LOGISTIC:
+        lo, hi = meta.get("score_range", (0.0, 1.0))
+        return max(0.0, float(lo)), min(1.0, float(hi))
+    lo, hi = meta.get("score_range", (-DEFAULT_SCORE_LIMIT, DEFAULT_SCORE_LIMIT))
+    return float(lo), float(hi)

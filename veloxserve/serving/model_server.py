@@ -33,7 +33,7 @@ from veloxserve.serving.feature_cache import FeatureCache
 from veloxserve.serving.idempotency import LocalWindow, Original, RedisWindow, check_key
 from veloxserve.serving.exploration import Policy, epsilon_greedy_slate, posterior_draw, uncertainty
 from veloxserve.serving.item_index import ItemIndex
-from veloxserve.serving.validation import batch_size, finite_score, int_in_range, item_text
+from veloxserve.serving.validation import batch_size, finite_outputs, int_in_range, item_text, score_in_range
 from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.user_store import Checkpoint, UserStore
 
@@ -147,8 +147,8 @@ class ModelServer:
     def predict(self, user: Any, item: Any) -> float:
         """σ(w_u · f(x)) for one user and item."""
         row = self._catalog.row(item, "item", "predict")
-        w = self.users.weights(canonical_id(user, "user", "predict"))
-        return self._link(float(self._features[row] @ w))
+        key = canonical_id(user, "user", "predict")
+        return finite_outputs(self._link(float(self._features[row] @ self.users.weights(key))), f"user {key!r}")
 
     def predict_many(self, queries: Sequence[tuple[Any, Any]]) -> np.ndarray:
         """Scores of a batch of (user, item) queries; every query is checked before any is scored."""
@@ -158,7 +158,7 @@ class ModelServer:
             (self._catalog.row(x, f"queries[{i}].item", "predict") for i, (_, x) in enumerate(queries)),
             dtype=np.int64, count=len(queries),
         )
-        return self._link_array(self._inner(self._features[rows], users))
+        return finite_outputs(self._link_array(self._inner(self._features[rows], users)), "a user of this batch")
 
     def predict_text(self, queries: Sequence[tuple[Any, Any]]) -> np.ndarray:
         """Scores of (user, text) queries: items known by their text instead of a catalogue id.
@@ -174,7 +174,7 @@ class ModelServer:
         users = [canonical_id(u, f"queries[{i}].user", "predict") for i, (u, _) in enumerate(queries)]
         texts = [item_text(x, f"queries[{i}].text", "predict") for i, (_, x) in enumerate(queries)]
         features = self.feature_cache.features((self.name, self.version_id), texts, content.transform)
-        return self._link_array(self._inner(features, users))
+        return finite_outputs(self._link_array(self._inner(features, users)), "a user of this batch")
 
     def _inner(self, features: np.ndarray, users: list[str]) -> np.ndarray:
         """w_u · f row by row: row i's features with user i's weights (one query skips the gather)."""
@@ -236,7 +236,7 @@ class ModelServer:
         else:
             rows = rows[:k]
             propensities = np.ones(k) if policy.deterministic else None
-        scores = self._link_array(self._features[rows] @ w)
+        scores = finite_outputs(self._link_array(self._features[rows] @ w), f"user {key!r}")
         return Recommendation(
             self._catalog.externals(rows), scores.tolist(), None if propensities is None else propensities.tolist(),
             policy, key,
@@ -362,6 +362,7 @@ class ModelServer:
         self, observations: Sequence[Observation]
     ) -> tuple[list[str], np.ndarray, np.ndarray, list[str | None], list[str | None]]:
         catalog = self._catalog
+        low, high = self.version.score_range
         users: list[str] = []
         decisions: list[str | None] = []
         keys: list[str | None] = []
@@ -377,9 +378,7 @@ class ModelServer:
             decisions.append(decision)
             users.append(canonical_id(user, f"observations[{i}].user", "observe"))
             rows[i] = catalog.row(item, f"observations[{i}].item", "observe")
-            scores[i] = finite_score(score, f"observations[{i}].score", "observe")
-            if self._logistic and not 0.0 <= scores[i] <= 1.0:
-                raise invalid_parameter(f"observations[{i}].score", "observe", "a label in [0, 1] for a logistic model", score)
+            scores[i] = score_in_range(score, f"observations[{i}].score", "observe", low, high)
         return users, rows, scores, decisions, keys
 
     def _catalog_key(self, row: int) -> str:
@@ -475,9 +474,12 @@ class ModelServer:
         scores: list[float] = []
         skipped = replayed = 0
         lookup = self._catalog.lookup
+        low, high = self.version.score_range
         for record in self._log.replay(after_lsn, upto_lsn):
             row = lookup(record.item)
-            if row is None:  # an item this version does not know: nothing to learn from it
+            # An item this version does not know: nothing to learn from it. A score outside the
+            # range (logged before scores were bounded, e.g. 1e308): learning it would poison the user.
+            if row is None or not low <= record.score <= high:
                 skipped += 1
                 continue
             users.append(record.user)
@@ -487,7 +489,8 @@ class ModelServer:
                 replayed += self._apply_chunk(users, rows, scores)
         replayed += self._apply_chunk(users, rows, scores)
         if skipped:
-            log.warning("%s: %d logged observations name items unknown to %s; skipped", self.name, skipped, self.version_id)
+            log.warning("%s: %d logged observations name items unknown to %s or scores outside its range; skipped",
+                        self.name, skipped, self.version_id)
         return replayed
 
     def _apply_chunk(self, users: list[str], rows: list[int], scores: list[float]) -> int:

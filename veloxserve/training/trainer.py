@@ -17,7 +17,7 @@ import numpy as np
 
 from veloxserve.config import HomeLayout
 from veloxserve.errors import InvalidInput
-from veloxserve.models.version import Link
+from veloxserve.models.version import Link, score_range_of
 from veloxserve.storage.atomic import replace_atomically
 from veloxserve.storage.observation_log import MAIN_INSTANCE, read_merged
 from veloxserve.storage.versions import VersionStore
@@ -33,6 +33,28 @@ _INHERITED = ("rank", "reg", "prior_precision", "baseline_precision", "iteration
 # Fewer logged observations than this and the "recent" comparison slice would be noise:
 # a retrain then holds out a random slice of everything instead.
 MIN_RECENT_HOLDOUT = 50
+# The served score range is the training scores' [min, max] widened by this fraction of its span
+# on each side: observations outside it are rejected (one 1e308 would poison a user for good).
+SCORE_RANGE_MARGIN = 0.1
+
+
+def accepted_score_range(scores: np.ndarray, link: Link, override: tuple[float, float] | None = None) -> list[float]:
+    """[lo, hi] of the scores a version accepts: `override`, else [0, 1] for a logistic link, else
+    the training scores' range widened by SCORE_RANGE_MARGIN (at least 1.0 when they are all equal)."""
+    if override is not None:
+        lo, hi = (float(x) for x in override)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise InvalidInput(f"The score range must be two finite numbers LO < HI. Got {lo} {hi} instead.",
+                               field="score_range")
+        return [lo, hi]
+    if link is Link.LOGISTIC:
+        return [0.0, 1.0]
+    finite = scores[np.isfinite(scores)]
+    if finite.size == 0:
+        raise InvalidInput("The ratings have no finite score to set the model's score range from.", field="score_range")
+    lo, hi = float(finite.min()), float(finite.max())
+    margin = SCORE_RANGE_MARGIN * (hi - lo) if hi > lo else max(1.0, SCORE_RANGE_MARGIN * abs(hi))
+    return [lo - margin, hi + margin]
 
 
 def config_from(overrides: dict[str, Any]) -> ALSConfig:
@@ -57,6 +79,7 @@ def train_version(
     heldout: str | Path | Ratings | None = None,
     items: str | Path | None = None,
     progress: bool = False,
+    score_range: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Train f(x; θ) and every user's statistics from a ratings file, write the model's next version.
 
@@ -68,6 +91,9 @@ def train_version(
     `items` (CSV or Parquet with an `item` column) becomes the model's item table: attribute
     columns serve top-k filters, and a `text` column trains content features (models/content.py),
     which let the model score items it has never seen from their text.
+
+    `score_range` (lo, hi) overrides the range of scores the version accepts (meta.json
+    `score_range`; default: the ratings' range widened, see `accepted_score_range`).
     """
     config = config or ALSConfig()
     if items is not None:
@@ -81,7 +107,7 @@ def train_version(
         train, test = data, heldout if isinstance(heldout, Ratings) else load_ratings(heldout)
     started = time.perf_counter()
     factors = _fit(train, test, config, link, progress=progress)
-    meta = version_meta(model, config, link, factors, train, test, started)
+    meta = version_meta(model, config, link, factors, train, test, started, score_range=score_range)
     meta.update(source=source, log_position=0, reason="manual", heldout_fraction=config.heldout_fraction if heldout is None else None)
     add_content_features(layout, model, factors.arrays, meta, config.seed)
     version = VersionStore(layout.versions_dir(model)).write(factors.arrays, meta)
@@ -106,6 +132,9 @@ def retrain_version(
     config = config_from({**{k: parent_meta[k] for k in _INHERITED if k in parent_meta}, **(overrides or {})})
     link = Link(parent_meta.get("link", Link.IDENTITY.value))
     data, window = training_data(layout, model, upto_lsn)
+    low, high = score_range_of(parent_meta)  # rows logged before scores were bounded (1e308) train nothing
+    if not ((data.scores >= low) & (data.scores <= high)).all():
+        data = data.take(np.flatnonzero((data.scores >= low) & (data.scores <= high)))
     n_log = window["log_rows"]
     if n_log >= MIN_RECENT_HOLDOUT and config.heldout_fraction > 0:
         n_hold = max(1, int(round(config.heldout_fraction * n_log)))
@@ -121,7 +150,8 @@ def retrain_version(
     fit_train = _as_log_odds(train) if link is Link.LOGISTIC else train
     parent_rmse, known = theta_rmse(parent_arrays, parent_meta["global_mean"], fit_train, test, scoring_link)
     candidate_rmse, _ = theta_rmse(factors.arrays, factors.global_mean, fit_train, test.take(known), scoring_link)
-    meta = version_meta(model, config, link, factors, data, test, started)
+    inherited = parent_meta.get("score_range") if parent_meta.get("score_range_source") == "override" else None
+    meta = version_meta(model, config, link, factors, data, test, started, score_range=inherited)
     meta.update(
         source="base data + observation log", reason=reason, parent=parent, log_position=upto_lsn,
         log_positions=window["log_positions"],  # instance logs' positions (serving/shared_server.py)
@@ -145,9 +175,12 @@ def _fit(train: Ratings, test: Ratings, config: ALSConfig, link: Link, *, progre
 
 
 def version_meta(model: str, config: ALSConfig, link: Link, factors: TrainedFactors, train: Ratings,
-                 test: Ratings, started: float) -> dict[str, Any]:
-    """The meta.json fields every trained version carries, whatever trained it."""
+                 test: Ratings, started: float, *, score_range: tuple[float, float] | None = None) -> dict[str, Any]:
+    """The meta.json fields every trained version carries, whatever trained it. `score_range`
+    overrides the accepted scores' range (kept by retrains as `score_range_source: override`)."""
     return {
+        "score_range": accepted_score_range(train.scores, link, score_range),
+        "score_range_source": "data" if score_range is None else "override",
         "model": model,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kind": "matrix_factorization",
