@@ -59,3 +59,47 @@ def test_a_running_server_sees_tokens_created_and_revoked_elsewhere(tmp_path: Pa
     assert serving.verify(token) is not None
     cli.revoke(token.split("_")[1])
     assert serving.verify(token) is None
+
+
+def test_concurrent_token_creates_from_several_processes_and_threads_keep_every_token(tmp_path: Path) -> None:
+    """Before the lock and the unique temporary name, two writers shared `.tokens.json.tmp` and
+    each re-read the file before the other's rename: tokens were lost (or a write failed)."""
+    import subprocess
+    import sys
+    import threading
+
+    path = tmp_path / "auth" / "tokens.json"
+    script = (
+        "import sys, threading\n"
+        "from pathlib import Path\n"
+        "from veloxserve.storage.tokens import TokenStore\n"
+        "path, n = Path(sys.argv[1]), int(sys.argv[2])\n"
+        "made = []\n"
+        "def make():\n"
+        "    store = TokenStore(path)\n"
+        "    made.extend(store.create(name=f't{i}') for i in range(n))\n"
+        "threads = [threading.Thread(target=make) for _ in range(2)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "print('\\n'.join(made))\n"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), "15"], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    here: list[str] = []
+
+    def make_here() -> None:
+        store = TokenStore(path)
+        here.extend(store.create(name="local") for _ in range(15))
+
+    threads = [threading.Thread(target=make_here) for _ in range(2)]
+    for t in threads:
+        t.start()
+    outputs = [proc.communicate()[0] for proc in procs]
+    for t in threads:
+        t.join()
+    assert all(proc.returncode == 0 for proc in procs)
+    created = here + [line for out in outputs for line in out.split()]
+    assert len(created) == 4 * 2 * 15 + 2 * 15
+    store = TokenStore(path)
+    assert all(store.verify(token) is not None for token in created)  # every one of them, from the file
+    assert len(store.records()) == len(created)
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []

@@ -4,6 +4,7 @@ fsync the directory. A reader (or a restart after a crash) sees the old file or 
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -21,10 +22,11 @@ def fsync_dir(directory: Path) -> None:
 
 
 def temporary_name(path: Path) -> Path:
-    """Hidden, beside the target (same filesystem, so the rename is atomic), and of this process
-    and thread: two writers replacing one file at once (two servers starting over one home both
-    write ACTIVE) must not rename each other's temporary away."""
-    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    """Hidden, beside the target (same filesystem, so the rename is atomic), and unique to this
+    process, thread and call: two writers replacing one file at once (two servers starting over
+    one home both write ACTIVE; two `token create`) never write into or rename away each other's
+    temporary. Call it once per write and keep the name."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}-{secrets.token_hex(4)}.tmp")
 
 
 def write_synced(path: Path, write: Writer) -> None:

@@ -58,8 +58,9 @@ def drop_user_from_version(directory: Path, user: str) -> int:
     try:
         for name in [*sorted(set(updated) - {"user_ids"}), "user_ids"]:
             path = directory / f"{name}.npy"
-            write_synced(temporary_name(path), lambda fh, a=updated[name]: np.save(fh, a, allow_pickle=False))
-            staged.append((temporary_name(path), path))
+            tmp = temporary_name(path)
+            staged.append((tmp, path))
+            write_synced(tmp, lambda fh, a=updated[name]: np.save(fh, a, allow_pickle=False))
         for tmp, path in staged:
             os.replace(tmp, path)
         fsync_dir(directory)

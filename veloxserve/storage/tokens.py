@@ -8,16 +8,23 @@ is what scrypt or bcrypt slow down — and it keeps a per-model key check cheap 
 A scope is `admin` (every route) or `model:<name>` (predict, top_k and observe on one model).
 The server re-reads the file when it changes (checked at most every `RELOAD_S` seconds), so
 tokens created or revoked by `veloxserve token` take effect within a second, without a restart.
+
+Every change is a read-modify-write of the whole file, so changes are serialised across processes
+by an exclusive flock on `tokens.json.lock` held from the re-read to the rename: two `token create`
+at once (or one while the demo revokes its old token) both end up in the file.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,8 +83,21 @@ class TokenStore:
         st = self.path.stat()
         return st.st_ino, st.st_mtime_ns, st.st_size
 
-    def _save(self) -> None:
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Hold the store's lock and start from the file as it is now (another process may have
+        changed it since this one last read it)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._version = None  # re-read even if the stat looks unchanged
+            self._reload()
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _save(self) -> None:
         data = json.dumps({"tokens": [asdict(r) for r in self._records.values()]}, indent=1).encode()
         replace_atomically(self.path, lambda fh: fh.write(data))
         os.chmod(self.path, 0o600)
@@ -87,11 +107,14 @@ class TokenStore:
         """A new token; returns the only copy of its secret."""
         if scope != ADMIN and not (scope.startswith("model:") and len(scope) > len("model:")):
             raise InvalidInput(f"A token scope must be 'admin' or 'model:<name>'. Got {scope!r} instead.", field="scope")
-        self._reload()
-        token_id, secret, salt = secrets.token_hex(4), secrets.token_urlsafe(32), secrets.token_hex(16)
+        secret, salt = secrets.token_urlsafe(32), secrets.token_hex(16)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self._records[token_id] = TokenRecord(token_id, name, scope, salt, _digest(salt, secret), created)
-        self._save()
+        with self._changing():
+            token_id = secrets.token_hex(4)
+            while token_id in self._records:  # 32-bit ids: a collision would overwrite a token
+                token_id = secrets.token_hex(4)
+            self._records[token_id] = TokenRecord(token_id, name, scope, salt, _digest(salt, secret), created)
+            self._save()
         return f"vx_{token_id}_{secret}"
 
     def records(self) -> list[TokenRecord]:
@@ -100,12 +123,12 @@ class TokenStore:
 
     def revoke(self, token_id_or_name: str) -> list[str]:
         """Revoke the token with this id, or every token with this name; returns the ids revoked."""
-        self._reload()
-        gone = [r.id for r in self._records.values() if token_id_or_name in (r.id, r.name)]
-        for token_id in gone:
-            del self._records[token_id]
-        if gone:
-            self._save()
+        with self._changing():
+            gone = [r.id for r in self._records.values() if token_id_or_name in (r.id, r.name)]
+            for token_id in gone:
+                del self._records[token_id]
+            if gone:
+                self._save()
         return gone
 
     def verify(self, token: str) -> TokenRecord | None:
