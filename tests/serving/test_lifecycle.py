@@ -231,3 +231,86 @@ def test_closing_stops_a_running_retrain_and_a_crash_mid_training_is_marked_fail
     with Velox(tmp_path) as velox:
         entry = velox.versions("songs")[-1]
         assert entry["status"] == "failed" and "interrupted" in entry["error"]
+
+
+# The trainer process, paused at one stage until the test says go: before it reads the base data
+# and the log, after it trained but before it wrote the version, or after it wrote it (the server
+# has not yet marked it ready or promoted it). The spec is the last argument, as for the worker.
+_PAUSING_WORKER = """
+import sys, time
+from pathlib import Path
+from veloxserve.storage import versions
+from veloxserve.training import trainer, worker
+gate, stage = Path(sys.argv[1]), sys.argv[2]
+def pause():
+    (gate / "paused").write_text(stage)
+    while not (gate / "go").exists():
+        time.sleep(0.01)
+def around(owner, name, before):
+    original = getattr(owner, name)
+    def wrapped(*args, **kwargs):
+        if before:
+            pause()
+        result = original(*args, **kwargs)
+        if not before:
+            pause()
+        return result
+    setattr(owner, name, wrapped)
+if stage == "before_reading":
+    around(trainer, "training_data", True)
+elif stage == "before_writing":
+    around(versions.VersionStore, "write", True)
+else:
+    around(trainer, "retrain_version", False)
+sys.exit(worker.main([sys.argv[-1]]))
+"""
+
+
+def _assert_version_holds_no(directory: Path, user: str) -> None:
+    ids = np.load(directory / "user_ids.npy")
+    indptr, seen = np.load(directory / "seen_indptr.npy"), np.load(directory / "seen_items.npy")
+    counts = np.load(directory / "user_counts.npy")
+    assert user not in set(ids)
+    assert len(indptr) == len(ids) + 1 and seen.size == indptr[-1]  # seen items still line up with users
+    np.testing.assert_array_equal(np.diff(indptr), counts)
+    for name in ("user_weights", "user_gram", "user_rhs"):
+        assert len(np.load(directory / f"{name}.npy")) == len(ids)
+
+
+@pytest.mark.parametrize("stage", ["before_reading", "before_writing", "after_writing"])
+def test_a_user_forgotten_during_a_retrain_is_in_no_version_trained_or_promoted_after_the_receipt(
+    tmp_path: Path, catify, stage: str
+) -> None:
+    import sys
+
+    from tests.helpers import eventually
+
+    target = "5"
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    with Velox(tmp_path / "home") as velox:
+        velox.train("songs", catify.ratings, CONFIG)
+        velox.observe_many("songs", [(target, 3, 5.0), (target, 4, 1.0), ("6", 4, 2.0)])
+        velox.retrainer.worker_command = [sys.executable, "-c", _PAUSING_WORKER, str(gate), stage]
+        job = velox.retrain("songs", promote="always")
+        assert eventually(lambda: (gate / "paused").exists(), within=120)
+        receipt = velox.forget_user(target)
+        assert receipt["models"]["songs"]["base_rows_removed"] > 0
+        (gate / "go").touch()
+        velox.retrainer.wait("songs", timeout=120)
+        assert job.state == "promoted", job.detail
+
+        server = velox.server("songs")
+        assert server.version_id == job.version
+        assert target not in server.users.rows and velox._store.get("songs", target) is None
+        for version in velox.catalog("songs").versions.versions():
+            _assert_version_holds_no(velox.layout.versions_dir("songs") / version, target)
+        # Independent: the new version summarises exactly the rows of everyone else in the files
+        # as they are now (base data and log up to the retrain's position; every item is known).
+        base = load_ratings(velox.layout.base_data("songs"))
+        logged = [r for r in read_log(velox.layout.log_dir("songs")) if r.lsn <= job.upto_lsn]
+        assert target not in set(base.users) and target not in {r.user for r in logged}
+        counts = np.load(velox.layout.versions_dir("songs") / job.version / "user_counts.npy")
+        assert int(counts.sum()) == len(base) + len(logged)
+    with Velox(tmp_path / "home") as velox:  # and nothing brings them back on restart
+        assert target not in velox.server("songs").users.rows

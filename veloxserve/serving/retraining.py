@@ -5,6 +5,15 @@ A retrain snapshots the log position, trains θ in a separate process (veloxserv
 from the base data plus the log up to that position, then — if it wins the comparison on the
 most recent held-out observations, or if asked to always promote — the Velox swap rebuilds every
 user against the new θ, replays what arrived after the snapshot and switches atomically.
+
+Forgetting a user while a retrain runs patches the retrain's output rather than waiting for it
+(a forget would block for minutes, and hold the swap lock meanwhile) or cancelling it (a steady
+trickle of erasure requests would starve retraining): the trainer may have read the user's rows
+before the forget erased them, so every user forgotten since the job started is removed from the
+new version's per-user statistics (ids, weights, Gram, seen items) under the swap lock, after the
+trainer wrote the version and before it is marked ready or promoted. A forget after that point
+finds the version on disk and patches it itself. θ keeps what it learned, as for every version
+already trained when a user is forgotten (θ holds no per-user data; the next retrain drops them).
 """
 
 from __future__ import annotations
@@ -131,7 +140,10 @@ class Retrainer:
         self._threads: dict[str, threading.Thread] = {}
         self._triggers: dict[str, _Trigger] = {}
         self._processes: dict[str, subprocess.Popen] = {}
+        self._forgotten: dict[str, set[str]] = {}  # model: users forgotten while its retrain runs
         self._closing = False
+        # The trainer process; the spec is appended as its last argument (tests wrap it to pause it).
+        self.worker_command: list[str] = [sys.executable, "-m", "veloxserve.training.worker"]
 
     def close(self) -> None:
         """Stop every running trainer (their versions end `failed`, reason: shutdown) and wait."""
@@ -212,12 +224,24 @@ class Retrainer:
             catalog = self._velox.catalog(model)
             version = catalog.reserve(reason=reason, parent=server.version_id, log_position=upto)
             job = self._running[model] = RetrainJob(model, version, server.version_id, reason, promote, upto)
+            self._forgotten[model] = set()
             if model in self._triggers:
                 self._triggers[model].observations, self._triggers[model].since = 0, time.monotonic()
         thread = threading.Thread(target=self._run, args=(job, overrides or {}), name=f"retrain-{model}", daemon=True)
         self._threads[model] = thread
         thread.start()
         return job
+
+    def forgotten(self, model: str, user: str) -> None:
+        """A user was just forgotten (Velox holds its swap lock): a retrain of `model` running now
+        scrubs them from its version before the version can be marked ready or served."""
+        with self._lock:
+            if model in self._forgotten:
+                self._forgotten[model].add(user)
+
+    def _forgotten_now(self, model: str) -> set[str]:
+        with self._lock:
+            return set(self._forgotten.get(model, ()))
 
     def job(self, model: str) -> RetrainJob | None:
         """The running retrain of a model, else its last finished one (this process only)."""
@@ -235,6 +259,9 @@ class Retrainer:
         started = time.perf_counter()
         try:
             meta = self._train(job, overrides)
+            scrubbed = self._velox.scrub_forgotten(job.model, job.version, lambda: self._forgotten_now(job.model))
+            if scrubbed:
+                log.info("%s: removed %d user(s) forgotten during retrain %s", job.model, len(scrubbed), job.version)
             comparison = meta.get("comparison", {})
             candidate, parent = comparison.get("candidate_rmse"), comparison.get("parent_rmse")
             better = candidate is not None and (parent is None or candidate < parent)
@@ -260,6 +287,7 @@ class Retrainer:
             job.finished_at, job.seconds = now(), round(time.perf_counter() - started, 3)
             with self._lock:
                 self._running.pop(job.model, None)
+                self._forgotten.pop(job.model, None)
                 self._last[job.model] = job
 
     def _train(self, job: RetrainJob, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -271,7 +299,7 @@ class Retrainer:
             if self._closing:
                 raise RuntimeError("the server shut down before training started")
             proc = self._processes[job.model] = subprocess.Popen(
-                [sys.executable, "-m", "veloxserve.training.worker", json.dumps(spec)],
+                [*self.worker_command, json.dumps(spec)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )
         try:

@@ -331,10 +331,23 @@ class Velox:
             raise Conflict(f"Version {version!r} of {model!r} is {entry['status']} and cannot serve: {why}.", field="version")
         self._swap(model, version)
 
+    def scrub_forgotten(self, model: str, version_id: str, users: Any) -> dict[str, int]:
+        """Remove `users` (forgotten while `version_id` was being trained) from its trained
+        statistics; under the swap lock, so no forget and no swap runs in between. Returns the
+        ratings removed per user."""
+        from veloxserve.storage.forget import drop_user_from_version
+
+        with self._swap_lock:
+            directory = self.catalog(model).versions.directory / version_id
+            return {user: n for user in sorted(users()) if (n := drop_user_from_version(directory, user))}
+
     def _swap(self, model: str, version_id: str) -> None:
         catalog = self.catalog(model)
-        version = ModelVersion.from_arrays(catalog.versions.read_arrays(version_id), catalog.versions.read_meta(version_id))
         with self._swap_lock:  # one swap at a time; serving goes on until the last step
+            # Read under the lock a forget holds while it rewrites version files: a version read
+            # before a forget and served after it would bring the forgotten user back.
+            version = ModelVersion.from_arrays(catalog.versions.read_arrays(version_id),
+                                               catalog.versions.read_meta(version_id))
             obs_log = self._logs.get(model)
             if obs_log is None:
                 obs_log = self._logs[model] = ObservationLog(
@@ -391,7 +404,10 @@ class Velox:
         base training data and in every version's trained statistics. Returns a receipt.
 
         θ of versions already trained stays as it is (it holds no per-user data); the next
-        retrain trains θ without the user, because neither the base data nor the log holds them."""
+        retrain trains θ without the user, because neither the base data nor the log holds them.
+        A retrain running at the time of the forget is patched, not waited for or cancelled: its
+        version's per-user statistics lose the user before it is marked ready or promoted (see
+        Retrainer), so no version trained or served after the receipt holds them."""
         self._refuse_when_shared("Forgetting a user")
         key = canonical_id(user, "user", "forget")
         models = [model] if model is not None else self.model_names()
@@ -403,16 +419,21 @@ class Velox:
     def _forget_in(self, model: str, user: str) -> dict[str, Any]:
         from veloxserve.storage.forget import drop_user_from_base_data, drop_user_from_version
 
-        server = self.server(model)
-        with self._swap_lock, server.serving_lock():
-            erased = self._logs[model].erase_users({user})  # syncs: nothing of theirs is left to learn
-            in_memory = server.remove_user(user)
-            stored = self._store.delete(model, user)
-            base_rows = drop_user_from_base_data(self.layout.base_data(model), user)
-            version_rows = {
-                v: n for v in self.catalog(model).versions.versions()
-                if (n := drop_user_from_version(self.catalog(model).versions.directory / v, user))
-            }
+        self.server(model)  # ModelNotFound before anything changes
+        with self._swap_lock:
+            server = self._servers[model]  # under the lock: a swap may have replaced the one looked up
+            with server.serving_lock():
+                erased = self._logs[model].erase_users({user})  # syncs: nothing of theirs is left to learn
+                in_memory = server.remove_user(user)
+                stored = self._store.delete(model, user)
+                base_rows = drop_user_from_base_data(self.layout.base_data(model), user)
+                version_rows = {
+                    v: n for v in self.catalog(model).versions.versions()
+                    if (n := drop_user_from_version(self.catalog(model).versions.directory / v, user))
+                }
+            # A retrain running now may have read the user's rows before they were erased: it
+            # scrubs them from its version before that version is marked ready or promoted.
+            self.retrainer.forgotten(model, user)
         return {
             "weights_removed": bool(in_memory), "state_removed": bool(stored), "log_records_erased": erased,
             "base_rows_removed": base_rows, "trained_statistics_removed": version_rows,
