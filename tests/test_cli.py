@@ -115,3 +115,53 @@ def test_serve_without_auth_warns_loudly(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert "WARNING: --no-auth" in server.proc.stdout.read()
+
+
+def _snapshot(home: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(home.rglob("*")) if p.is_file()}
+
+
+def test_a_second_demo_on_a_taken_port_or_a_locked_home_changes_nothing_and_says_what_to_do(tmp_path: Path) -> None:
+    import socket
+
+    from tests.helpers import free_port
+    from veloxserve.storage.home_lock import HomeLock
+    from veloxserve.storage.tokens import TokenStore
+    from veloxserve.training.catify import generate_catify
+    from veloxserve.training.ratings import write_ratings_csv
+
+    home = tmp_path / "home"
+    write_ratings_csv(generate_catify(60, 40, n_ratings=1500, seed=2).ratings, tmp_path / "r.csv")
+    cli = [sys.executable, "-m", "veloxserve.cli"]
+    trained = subprocess.run(cli + ["train", "--home", str(home), "--ratings", str(tmp_path / "r.csv"),
+                                    "--model", "catify", "--rank", "3", "--iterations", "2"],
+                             capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr
+    token = TokenStore(home / "auth" / "tokens.json").create(name="demo")  # the running demo's token
+    demo = cli + ["demo", "--home", str(home), "--users", "50", "--songs", "40", "--ratings", "1000"]
+
+    with socket.socket() as taken:  # anything on the port, here a plain socket
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        before = _snapshot(home)
+        result = subprocess.run(demo + ["--port", str(taken.getsockname()[1])], capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode != 0
+        assert "--port" in result.stderr and str(taken.getsockname()[1]) in result.stderr, result.stderr
+        assert "serving" not in result.stdout
+        assert _snapshot(home) == before
+
+    lock = HomeLock(home / ".lock")  # what a running demo or server holds
+    try:
+        before = _snapshot(home)
+        result = subprocess.run(demo + ["--port", str(free_port())], capture_output=True, text=True, timeout=300)
+        assert result.returncode != 0
+        assert "--home" in result.stderr and "in use" in result.stderr, result.stderr
+        assert "serving" not in result.stdout and "Catify:" not in result.stdout
+        assert _snapshot(home) == before
+    finally:
+        lock.release()
+    assert TokenStore(home / "auth" / "tokens.json").verify(token) is not None  # its token was not revoked

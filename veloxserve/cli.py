@@ -273,7 +273,8 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"note: no admin token yet; admin routes answer 401 until you run "
                   f"`veloxserve token create --home {args.home}`", file=sys.stderr, flush=True)
         print(f"serving {', '.join(velox.model_names()) or 'no models'} on http://{args.host}:{args.port}", flush=True)
-        server.run()
+        listen = getattr(args, "listen_socket", None)  # `demo` bound the port before changing anything
+        server.run(sockets=[listen] if listen is not None else None)
     finally:
         velox.close()
     return 0
@@ -282,19 +283,71 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from veloxserve.config import HomeLayout
     from veloxserve.training.als import ALSConfig
-    from veloxserve.storage.version_catalog import VersionCatalog
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    from veloxserve.training.catify import catify_items, generate_catify
-    from veloxserve.training.ratings import write_ratings_csv
-    from veloxserve.training.trainer import train_version
 
     if _refuse_remote_no_auth(args):  # before training, not after
         return 2
     # Catify is denser and less noisy than MovieLens: lighter regularisation fits it best.
     catify_config = ALSConfig(rank=8, reg=1.0, prior_precision=1.0, iterations=10)
     layout = HomeLayout(Path(args.home))
+    # Before changing anything: a demo already serving this home (or anything on the port) must
+    # keep its data, versions and token. The port stays bound and is handed to the server.
+    args.listen_socket = _bind(args.host, args.port)
+    try:
+        lock = _lock_home(layout)
+    except BaseException:
+        args.listen_socket.close()
+        raise
+    try:
+        _prepare_demo(args, layout, catify_config)
+    except BaseException:
+        args.listen_socket.close()
+        raise
+    finally:
+        lock.release()  # Velox takes it again to serve
+    return _serve(args)
+
+
+def _bind(host: str, port: int) -> Any:
+    """A listening socket on host:port, or a Conflict that says what to do."""
+    import socket
+
+    from veloxserve.errors import Conflict
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no owner
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise Conflict(f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Another process (perhaps a "
+                       f"running demo) has the port; stop it, or pass another --port. Nothing was changed.",
+                       field="port") from None
+    return sock
+
+
+def _lock_home(layout: Any) -> Any:
+    from veloxserve.errors import Conflict
+    from veloxserve.storage.home_lock import HomeLock
+
+    layout.root.mkdir(parents=True, exist_ok=True)
+    try:
+        return HomeLock(layout.root / ".lock")
+    except Conflict as exc:
+        raise Conflict(f"{exc.message} A second demo needs its own --home (and --port). Nothing was changed.",
+                       field="home") from None
+
+
+def _prepare_demo(args: argparse.Namespace, layout: Any, catify_config: Any) -> None:
+    """Generate Catify, train and activate it, print the commands to try (and a demo token)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from veloxserve.storage.version_catalog import VersionCatalog
+    from veloxserve.training.catify import catify_items, generate_catify
+    from veloxserve.training.ratings import write_ratings_csv
+    from veloxserve.training.trainer import train_version
+
     data_path = layout.root / "data" / f"catify-seed{args.seed}.csv"
     data = generate_catify(n_users=args.users, n_items=args.songs, n_ratings=args.ratings, seed=args.seed)
     data_path.parent.mkdir(parents=True, exist_ok=True)
@@ -326,7 +379,6 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  export VELOXSERVE_TOKEN={token}")
         print("  .venv/bin/veloxserve retrain --model catify --wait")
         print(f"  # or: curl -X POST {base}/retrain -H 'authorization: Bearer {token}'\n")
-    return _serve(args)
 
 
 def _client(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> int:
