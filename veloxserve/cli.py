@@ -53,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ratings", type=int, default=200_000, help="Catify ratings (default 200000)")
     demo.add_argument("--seed", type=int, default=0, help="Catify seed (default 0)")
 
-    train = sub.add_parser("train", help="train a new model version from a ratings file and make it active")
+    train = sub.add_parser(
+        "train", help="train a new model version from a ratings file and make it active",
+        description="Train a new version from every rating in the file and make it active. The held-out RMSE it "
+                    "reports comes from a separate fit without a random 10% of the ratings; the served version (θ "
+                    "and every user) is then fitted on all of them, so every user and item in the file is served "
+                    "(meta.json 'evaluation' says so). --engine spark still serves its 90% training split.")
     home(train)
     train.add_argument("--ratings", required=True, type=Path,
                        help="CSV or Parquet (user,item,score[,timestamp]) or MovieLens u.data / ratings.dat")

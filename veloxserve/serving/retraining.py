@@ -3,7 +3,7 @@ on drift, and promoted only if it beats the active version.
 
 A retrain snapshots the log position, trains θ in a separate process (veloxserve.training.worker)
 from the base data plus the log up to that position, then — if it wins the comparison on the
-most recent held-out observations, or if asked to always promote — the Velox swap rebuilds every
+most recent logged observations neither version was fitted on, or if asked to always promote — the Velox swap rebuilds every
 user against the new θ, replays what arrived after the snapshot and switches atomically.
 
 Forgetting a user while a retrain runs patches the retrain's output rather than waiting for it
@@ -265,9 +265,13 @@ class Retrainer:
             comparison = meta.get("comparison", {})
             candidate, parent = comparison.get("candidate_rmse"), comparison.get("parent_rmse")
             better = candidate is not None and (parent is None or candidate < parent)
-            slice_kind = "most recent logged" if meta.get("holdout") == "recent" else "randomly held-out"
-            verdict = (f"held-out RMSE on the {comparison.get('rows', 0)} {slice_kind} rows: "
-                       f"{_fmt(candidate)} (candidate) vs {_fmt(parent)} ({job.parent})")
+            if comparison.get("rows"):
+                verdict = (f"held-out RMSE on the {comparison['rows']} most recent logged rows neither version was "
+                           f"fitted on: {_fmt(candidate)} (candidate) vs {_fmt(parent)} ({job.parent})")
+            else:
+                verdict = (f"nothing to compare on: {comparison.get('rows_unfitted_by_parent', 0)} logged rows "
+                           f"{job.parent} was not fitted on, {comparison.get('rows_needed')} needed; promote='always' to "
+                           "promote anyway")
             if self._closing:
                 raise RuntimeError("the server shut down before the new version could be promoted")
             if job.promote == "always" or (job.promote == "if_better" and better):

@@ -1,8 +1,13 @@
 """Offline training: ratings in, a new model version on disk out.
 
-`train_version` trains from a ratings file (the model's base data); `retrain_version` trains
-from the base data plus the observation log up to a position, holding out the most recent slice
-of the log to compare the new θ with its parent's on the same users and rows.
+`train_version` trains from a ratings file (the model's base data): it holds a random slice out
+of a first fit only to report held-out RMSE, then fits the served version on every row.
+`retrain_version` trains from the base data plus the observation log up to a position, holding
+out the most recent logged rows that neither the parent's θ nor the new one is fitted on, to
+compare the two on the same users and rows.
+
+Each version records, in `theta_unfitted_from` ({log instance: LSN}), from which log record on
+its θ was fitted on nothing: that is how a later retrain finds rows its parent never saw.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from veloxserve.training.ratings import Ratings, load_ratings, split_holdout, wr
 _LABEL_CLIP = 0.05
 # The hyper-parameters a retrain inherits from its parent version unless told otherwise.
 _INHERITED = ("rank", "reg", "prior_precision", "baseline_precision", "iterations", "weighted_reg", "seed")
-# Fewer logged observations than this and the "recent" comparison slice would be noise:
-# a retrain then holds out a random slice of everything instead.
+# Fewer logged observations the parent's θ was not fitted on than this and a comparison would be
+# noise: a retrain then compares nothing (and fits θ on every row).
 MIN_RECENT_HOLDOUT = 50
 # The served score range is the training scores' [min, max] widened by this fraction of its span
 # on each side: observations outside it are rejected (one 1e308 would poison a user for good).
@@ -83,8 +88,10 @@ def train_version(
 ) -> dict[str, Any]:
     """Train f(x; θ) and every user's statistics from a ratings file, write the model's next version.
 
-    Without `heldout`, `config.heldout_fraction` of the ratings is held out at random to report
-    held-out RMSE; the version is trained on the rest. The ratings become the model's base data,
+    Without `heldout`, `config.heldout_fraction` of the ratings is held out at random of a first
+    fit, only to report its held-out RMSE; the served version (θ and users) is then fitted on
+    every row, so every user and item in the file is served (meta["evaluation"] says so). With
+    `heldout`, the version is fitted on all the ratings and scored on it. The ratings become the model's base data,
     which later retrains extend with the observation log. The version's log position is 0: a
     server replays the whole log on top of it, so no feedback already logged is lost.
 
@@ -107,8 +114,21 @@ def train_version(
         train, test = data, heldout if isinstance(heldout, Ratings) else load_ratings(heldout)
     started = time.perf_counter()
     factors = _fit(train, test, config, link, progress=progress)
-    meta = version_meta(model, config, link, factors, train, test, started, score_range=score_range)
-    meta.update(source=source, log_position=0, reason="manual", heldout_fraction=config.heldout_fraction if heldout is None else None)
+    if len(train) < len(data):  # the figure came from a fit without the held-out rows: refit on all of them
+        figure = factors
+        factors = _fit(data, None, config, link, progress=progress)
+        factors.heldout_rmse, factors.heldout_rows, factors.heldout_skipped = (
+            figure.heldout_rmse, figure.heldout_rows, figure.heldout_skipped)
+        evaluation = (f"heldout_rmse computed on a {config.heldout_fraction:.0%} split ({len(test)} rows) fitted "
+                      f"separately; the served version is fitted on all {len(data)} rows")
+    elif heldout is not None:
+        evaluation = f"heldout_rmse computed on {len(test)} rows of {heldout}; the served version is fitted on all {len(data)} rows"
+    else:
+        evaluation = f"no rows held out (heldout_fraction 0); the served version is fitted on all {len(data)} rows"
+    meta = version_meta(model, config, link, factors, data, test, started, score_range=score_range)
+    meta.update(source=source, log_position=0, reason="manual", evaluation=evaluation,
+                heldout_fraction=config.heldout_fraction if heldout is None else None,
+                theta_unfitted_from={MAIN_INSTANCE: 0})  # θ is fitted on no logged observation
     add_content_features(layout, model, factors.arrays, meta, config.seed)
     version = VersionStore(layout.versions_dir(model)).write(factors.arrays, meta)
     save_base_data(layout, model, data)
@@ -121,42 +141,56 @@ def retrain_version(
 ) -> dict[str, Any]:
     """Train the reserved `version` from the base data plus the log up to `upto_lsn`.
 
-    The newest `heldout_fraction` of the logged rows is held out of θ's training; both the new θ
-    and the parent's are scored on it with users re-solved on the rest (the parent's decision
-    figure and the candidate's). The served user statistics then use every row, held-out ones
-    included, so the swap loses no observation. Items the parent serves stay in the catalogue.
+    The comparison rows are the newest `heldout_fraction` of the logged rows, taken only among
+    rows the parent's θ was not fitted on (after its `theta_unfitted_from`; never base rows,
+    which a `train` version is fitted on in full): they are held out of the new θ's training, and
+    both θs are scored on them with users re-solved on the rest. With fewer than
+    MIN_RECENT_HOLDOUT such rows there is nothing fair to compare on: θ is fitted on every row
+    and the comparison is empty (an `if_better` retrain is then not promoted). The served user
+    statistics use every row, held-out ones included, so the swap loses no observation. Items
+    the parent serves stay in the catalogue.
     """
     versions = VersionStore(layout.versions_dir(model))
     parent_meta = versions.read_meta(parent)
     parent_arrays = versions.read_arrays(parent)
     config = config_from({**{k: parent_meta[k] for k in _INHERITED if k in parent_meta}, **(overrides or {})})
     link = Link(parent_meta.get("link", Link.IDENTITY.value))
-    data, window = training_data(layout, model, upto_lsn)
+    data, window, origin = training_data(layout, model, upto_lsn, origin=True)
     low, high = score_range_of(parent_meta)  # rows logged before scores were bounded (1e308) train nothing
-    if not ((data.scores >= low) & (data.scores <= high)).all():
-        data = data.take(np.flatnonzero((data.scores >= low) & (data.scores <= high)))
-    n_log = window["log_rows"]
-    if n_log >= MIN_RECENT_HOLDOUT and config.heldout_fraction > 0:
-        n_hold = max(1, int(round(config.heldout_fraction * n_log)))
-        train, test = data.take(np.arange(len(data) - n_hold)), data.take(np.arange(len(data) - n_hold, len(data)))
+    in_range = (data.scores >= low) & (data.scores <= high)
+    if not in_range.all():
+        data = data.take(np.flatnonzero(in_range))
+        origin = {name: column[in_range] for name, column in origin.items()}
+    unfitted = unfitted_by(parent_meta, origin)
+    n_log, n_unfitted = window["log_rows"], int(unfitted.sum())
+    held = np.zeros(len(data), dtype=bool)
+    if n_unfitted >= MIN_RECENT_HOLDOUT and config.heldout_fraction > 0:
+        n_hold = min(n_unfitted, max(1, int(round(config.heldout_fraction * n_log))))
+        held[np.flatnonzero(unfitted)[-n_hold:]] = True
         holdout_kind = "recent"
     else:
-        train, test = split_holdout(data, config.heldout_fraction, config.seed)
-        holdout_kind = "random"
+        holdout_kind = "none"
+    train, test = data.take(np.flatnonzero(~held)), data.take(np.flatnonzero(held))
     started = time.perf_counter()
     factors = _fit(train, test, config, link, items=parent_arrays["item_ids"], final_users=data)
     # Both θs on the same rows: held-out rows whose item the parent knows (the candidate knows them all).
     scoring_link = _sigmoid if link is Link.LOGISTIC else None
     fit_train = _as_log_odds(train) if link is Link.LOGISTIC else train
-    parent_rmse, known = theta_rmse(parent_arrays, parent_meta["global_mean"], fit_train, test, scoring_link)
-    candidate_rmse, _ = theta_rmse(factors.arrays, factors.global_mean, fit_train, test.take(known), scoring_link)
+    if len(test):
+        parent_rmse, known = theta_rmse(parent_arrays, parent_meta["global_mean"], fit_train, test, scoring_link)
+        candidate_rmse, _ = theta_rmse(factors.arrays, factors.global_mean, fit_train, test.take(known), scoring_link)
+    else:
+        parent_rmse, candidate_rmse, known = None, None, np.zeros(0, dtype=bool)
     inherited = parent_meta.get("score_range") if parent_meta.get("score_range_source") == "override" else None
     meta = version_meta(model, config, link, factors, data, test, started, score_range=inherited)
     meta.update(
         source="base data + observation log", reason=reason, parent=parent, log_position=upto_lsn,
         log_positions=window["log_positions"],  # instance logs' positions (serving/shared_server.py)
-        data=window, holdout=holdout_kind, comparison={
+        data=window, holdout=holdout_kind, theta_unfitted_from=_unfitted_from(origin, held, upto_lsn),
+        comparison={
             "rows": int(known.sum()), "candidate_rmse": candidate_rmse, "parent_rmse": parent_rmse,
+            "rows_unfitted_by_parent": n_unfitted, "rows_needed": MIN_RECENT_HOLDOUT,
+            "first_lsn": int(origin["lsns"][held].min()) if held.any() else None,
         },
     )
     add_content_features(layout, model, factors.arrays, meta, config.seed, like=parent_meta.get("content"))
@@ -238,10 +272,11 @@ def save_base_data(layout: HomeLayout, model: str, ratings: Ratings) -> Path:
     return path
 
 
-def training_data(layout: HomeLayout, model: str, upto_lsn: int) -> tuple[Ratings, dict[str, Any]]:
+def training_data(layout: HomeLayout, model: str, upto_lsn: int, *, origin: bool = False) -> Any:
     """Base data, then the logged observations, newest last: the main log up to `upto_lsn` and
     the logs of server instances that shared the home over Redis (each up to its end now, recorded
-    in `log_positions`), merged by time."""
+    in `log_positions`), merged by time. Returns (ratings, window); with `origin`, also where each
+    row came from ({"instances": log instance or "" for base rows, "lsns": LSN or -1})."""
     base_path = layout.base_data(model)
     base = load_ratings(base_path) if base_path.is_file() else None
     merged = list(read_merged(layout.log_dir(model), {MAIN_INSTANCE: upto_lsn}))
@@ -266,7 +301,47 @@ def training_data(layout: HomeLayout, model: str, upto_lsn: int) -> tuple[Rating
         )
     if len(data) == 0:
         raise InvalidInput(f"Model {model!r} has no training data: no base ratings and no logged observations.")
-    return data, window
+    if not origin:
+        return data, window
+    n_base = window["base_rows"]
+    rows = {
+        "instances": np.concatenate([np.full(n_base, ""), np.array([i for i, _ in merged], dtype=str)]).astype(str),
+        "lsns": np.concatenate([np.full(n_base, -1, dtype=np.int64), np.array([r.lsn for r in records], dtype=np.int64)]),
+    }
+    return data, window, rows
+
+
+def unfitted_by(meta: dict[str, Any], origin: dict[str, np.ndarray]) -> np.ndarray:
+    """Which rows of `training_data(..., origin=True)` a version's θ was never fitted on: log
+    records at or after its `theta_unfitted_from` LSN of their instance. Base rows never count
+    (a `train` version is fitted on all of them). A version from before that field counts as
+    fitted on every record up to the log positions it was trained to."""
+    spec = meta.get("theta_unfitted_from")
+    if spec is None:
+        spec = {MAIN_INSTANCE: int(meta.get("log_position", 0)) + 1,
+                **{name: int(lsn) + 1 for name, lsn in (meta.get("log_positions") or {}).items()}}
+    instances, lsns = origin["instances"], origin["lsns"]
+    threshold = np.zeros(len(lsns), dtype=np.int64)  # an instance it never read: all of it unfitted
+    for name, lsn in spec.items():
+        threshold[instances == name] = int(lsn)
+    return (instances != "") & (lsns >= threshold)
+
+
+def _unfitted_from(origin: dict[str, np.ndarray], held: np.ndarray, upto_lsn: int) -> dict[str, int]:
+    """Per log instance, the first LSN from which a θ fitted on the rows not `held` saw nothing:
+    the first held-out LSN when every later record of the instance is held out too, else one past
+    the last record read."""
+    instances, lsns = origin["instances"], origin["lsns"]
+    out = {MAIN_INSTANCE: upto_lsn + 1}
+    for name in np.unique(instances[instances != ""]):
+        mine = instances == name
+        last = int(lsns[mine].max()) + 1 if name != MAIN_INSTANCE else upto_lsn + 1
+        if (mine & held).any():
+            first = int(lsns[mine & held].min())
+            out[str(name)] = first if held[mine & (lsns >= first)].all() else last
+        else:
+            out[str(name)] = last
+    return out
 
 
 def _iso(ts: float) -> str:
