@@ -3,8 +3,9 @@ on drift, and promoted only if it beats the active version.
 
 A retrain snapshots the log position, trains θ in a separate process (veloxserve.training.worker)
 from the base data plus the log up to that position, then — if it wins the comparison on the
-most recent logged observations neither version was fitted on, or if asked to always promote — the Velox swap rebuilds every
-user against the new θ, replays what arrived after the snapshot and switches atomically.
+most recent logged observations neither version was fitted on, or if asked to always promote —
+the Velox swap rebuilds every user against the new θ, replays what arrived after the snapshot and
+switches atomically.
 
 Forgetting a user while a retrain runs patches the retrain's output rather than waiting for it
 (a forget would block for minutes, and hold the swap lock meanwhile) or cancelling it (a steady
@@ -270,8 +271,9 @@ class Retrainer:
                            f"fitted on: {_fmt(candidate)} (candidate) vs {_fmt(parent)} ({job.parent})")
             else:
                 verdict = (f"nothing to compare on: {comparison.get('rows_unfitted_by_parent', 0)} logged rows "
-                           f"{job.parent} was not fitted on, {comparison.get('rows_needed')} needed; promote='always' to "
-                           "promote anyway")
+                           f"{job.parent} was not fitted on, {comparison.get('rows_needed')} needed")
+                if job.promote == "if_better":
+                    verdict += "; promote='always' promotes it anyway"
             if self._closing:
                 raise RuntimeError("the server shut down before the new version could be promoted")
             if job.promote == "always" or (job.promote == "if_better" and better):

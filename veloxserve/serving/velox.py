@@ -298,8 +298,8 @@ class Velox:
         """Retrain θ from the base data and the log in a background process; 409 if one runs.
 
         Serving and online learning go on meanwhile; the new version is promoted when it beats
-        the active one on the most recent logged observations neither was fitted on (`promote="always"|"never"`
-        overrides that). With `wait`, return once the job has finished."""
+        the active one on the most recent logged observations neither was fitted on
+        (`promote="always"|"never"` overrides that). With `wait`, return once the job has finished."""
         self._refuse_when_shared("Retraining")
         job = self.retrainer.start(model, reason=reason, promote=promote, overrides=overrides)
         if wait:
