@@ -1,11 +1,20 @@
-"""Retraining reads every server instance's log, merged, and records how far it read each."""
+"""Training data and holdouts: every instance's log merged; `train` serves all it was given; a retrain
+compares only on rows neither version was fitted on."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from veloxserve.config import HomeLayout
 from veloxserve.storage.observation_log import ObservationLog
+from veloxserve.training.als import ALSConfig, train_als
+from veloxserve.training.catify import generate_catify
+from veloxserve.training.ratings import Ratings, load_ratings, split_holdout
 from veloxserve.training.trainer import training_data
 
 
@@ -19,13 +28,6 @@ def test_training_data_merges_the_main_log_and_instance_logs(tmp_path: Path) -> 
     assert data.users.tolist() == ["u1", "u2", "u3"] and data.scores.tolist() == [1.0, 2.0, 3.0]
     assert window["log_rows"] == 3 and window["log_positions"] == {"b": 2}
 
-
-import numpy as np
-import pytest
-
-from veloxserve.training.als import ALSConfig, train_als
-from veloxserve.training.catify import generate_catify
-from veloxserve.training.ratings import Ratings, load_ratings, split_holdout
 
 CONFIG = ALSConfig(rank=4, iterations=4, reg=1.0, prior_precision=1.0)
 
@@ -126,3 +128,33 @@ def test_a_retrain_after_a_forget_compares_only_on_rows_neither_version_was_fitt
             arrays, meta = versions.read_arrays(name), versions.read_meta(name)
             assert comparison[key] == pytest.approx(_independent_rmse(arrays, meta["global_mean"], train, test),
                                                     rel=1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(n_base=st.integers(0, 20), n_main=st.integers(0, 60), hold=st.integers(0, 60), n_new=st.integers(0, 30),
+       n_other=st.integers(0, 10), erase=st.sets(st.integers(1, 90)), data=st.data())
+def test_the_rows_a_retrain_may_compare_on_are_exactly_those_its_parent_was_not_fitted_on(
+    n_base: int, n_main: int, hold: int, n_new: int, n_other: int, erase: set[int], data
+) -> None:
+    """A parent fitted on every row it read except the newest `hold` logged ones; later some of
+    its rows are forgotten (erased) and new ones logged. The next retrain's eligible rows must be
+    exactly the parent's held-out rows still there plus the new ones, never a base row or one it
+    was fitted on."""
+    from veloxserve.training.trainer import _unfitted_from, unfitted_by
+
+    def origin(main_lsns: list[int], other_lsns: list[int]) -> dict[str, np.ndarray]:
+        return {"instances": np.array([""] * n_base + ["main"] * len(main_lsns) + ["b"] * len(other_lsns)),
+                "lsns": np.array([-1] * n_base + main_lsns + other_lsns, dtype=np.int64)}
+
+    read_main = [lsn for lsn in range(1, n_main + 1) if lsn not in erase]
+    before = origin(read_main, list(range(1, n_other + 1)))
+    held_lsns = set(read_main[len(read_main) - min(hold, len(read_main)):])
+    held = (before["instances"] == "main") & np.isin(before["lsns"], list(held_lsns))
+    spec = _unfitted_from(before, held, upto_lsn=n_main)
+    later_erase = data.draw(st.sets(st.integers(1, n_main + n_new + 1)))
+    now_main = [lsn for lsn in range(1, n_main + n_new + 1) if lsn not in erase and lsn not in later_erase]
+    new_other = data.draw(st.integers(0, 5))
+    after = origin(now_main, list(range(1, n_other + new_other + 1)))
+    expected = [(i == "main" and (lsn in held_lsns or lsn > n_main)) or (i == "b" and lsn > n_other)
+                for i, lsn in zip(after["instances"], after["lsns"])]
+    assert unfitted_by({"theta_unfitted_from": spec}, after).tolist() == expected
