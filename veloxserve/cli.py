@@ -262,7 +262,8 @@ def _serve(args: argparse.Namespace) -> int:
         from veloxserve.storage.redis_store import RedisUserStore
 
         store = RedisUserStore(RedisSettings.from_url(args.store))
-    velox = Velox(args.home, store=store, instance=getattr(args, "instance", None))
+    velox = Velox(args.home, store=store, instance=getattr(args, "instance", None),
+                  home_lock=getattr(args, "home_lock", None))
     try:
         app = create_app(velox, auth=auth, admission=admission, model_dirs=getattr(args, "model_dir", []))
         config = uvicorn.Config(
@@ -295,10 +296,11 @@ def _demo(args: argparse.Namespace) -> int:
     catify_config = ALSConfig(rank=8, reg=1.0, prior_precision=1.0, iterations=10)
     layout = HomeLayout(Path(args.home))
     # Before changing anything: a demo already serving this home (or anything on the port) must
-    # keep its data, versions and token. The port stays bound and is handed to the server.
+    # keep its data, versions and token.
+    # Both stay held and are handed to the server: no window for another process to take them.
     args.listen_socket = _bind(args.host, args.port)
     try:
-        lock = _lock_home(layout)
+        args.home_lock = _lock_home(layout)
     except BaseException:
         args.listen_socket.close()
         raise
@@ -306,9 +308,8 @@ def _demo(args: argparse.Namespace) -> int:
         _prepare_demo(args, layout, catify_config)
     except BaseException:
         args.listen_socket.close()
+        args.home_lock.release()
         raise
-    finally:
-        lock.release()  # Velox takes it again to serve
     return _serve(args)
 
 

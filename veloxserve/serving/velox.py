@@ -50,10 +50,11 @@ class Velox:
     """Serve, learn and train every model under `home`."""
 
     def __init__(self, home: str | Path, *, config: ServingConfig | None = None, store: UserStore | None = None,
-                 instance: str | None = None) -> None:
+                 instance: str | None = None, home_lock: HomeLock | None = None) -> None:
         """`store`: where users' state lives (default: LMDB in the home). A shared store
         (RedisUserStore) makes Redis the state shared by several processes serving this home, each with its own
-        `instance` id (its own observation log and lock); see serving/shared_server.py."""
+        `instance` id (its own observation log and lock); see serving/shared_server.py. `home_lock`:
+        the home's lock, already taken by the caller (the demo takes it before preparing the home)."""
         self.shared = store is not None and store.shared
         if instance is not None and (not self.shared or not _MODEL_NAME.fullmatch(instance) or instance == MAIN_INSTANCE):
             raise invalid_parameter("instance", "serve", "1-64 letters, digits, '_', '.' or '-', other than 'main', "
@@ -61,7 +62,7 @@ class Velox:
         self.instance = instance
         self.layout = HomeLayout(Path(home))
         self.layout.root.mkdir(parents=True, exist_ok=True)
-        self._home_lock = HomeLock(self.layout.root / (".lock" if instance is None else f".lock-{instance}"))
+        self._home_lock = home_lock or HomeLock(self.layout.root / (".lock" if instance is None else f".lock-{instance}"))
         try:
             self.config = config or ServingConfig()
             self._store = store if store is not None else LMDBUserStore(self.layout.state_db)
