@@ -53,7 +53,10 @@ class SharedUserTable:
         self.dim = baseline.dim
         self._client = store.client
         self.generation = b""
+        self.lost: StoreUnavailable | None = None  # set once Redis is found to have lost this generation
         self._open_generation()
+        self._count = 0
+        self.refresh_count()
 
     def _open_generation(self) -> None:
         """Join the namespace's generation, or start one if Redis has none (a new namespace, or
@@ -69,26 +72,41 @@ class SharedUserTable:
         with self.store.unavailable("checking the users' state"):
             current = self._client.get(self.store.key(self.namespace, "generation"))
         if current != self.generation:
-            raise StoreUnavailable(
+            self.lost = StoreUnavailable(
                 f"Redis at {self.store.settings.where} lost the users' state of {self.namespace} (restarted without "
                 "persistence, or flushed). Restart every server: they rebuild users from the observation logs. "
                 "Run Redis with appendonly yes."
             )
+            raise self.lost
+
+    def _check_kept(self) -> None:
+        """Once the state is known lost, answer 503 saying so: never the trained defaults as if
+        they were the users' state."""
+        if self.lost is not None:
+            raise self.lost
 
     def _key(self, user: str) -> str:
         return self.store.user_key(self.namespace, user)
 
     def __len__(self) -> int:
+        """Users with a state, as last known (no Redis call: /models and /metrics must not wait
+        for it): this process's new users at once, other processes' after `refresh_count`."""
+        return len(self.baseline) + self._count
+
+    def refresh_count(self) -> None:
+        """Re-read how many users other than the trained ones Redis holds (serving/redis_watch.py)."""
         with self.store.unavailable("counting users"):
-            return len(self.baseline) + int(self._client.scard(self.store.key(self.namespace, "new_users")))
+            self._count = int(self._client.scard(self.store.key(self.namespace, "new_users")))
 
     # ---- reading -------------------------------------------------------------------------
     def weights(self, user: str) -> np.ndarray:
+        self._check_kept()
         with self.store.unavailable("reading a user's weights"):
             raw, generation = self._client.hmget(self._key(user), "w", "g")
         return self.baseline.weights(user) if generation != self.generation else np.frombuffer(raw, dtype=np.float64)
 
     def weights_many(self, users: Sequence[str]) -> np.ndarray:
+        self._check_kept()
         with self.store.unavailable("reading users' weights"):
             pipe = self._client.pipeline(transaction=False)
             for user in users:
@@ -101,6 +119,7 @@ class SharedUserTable:
         return out
 
     def _state(self, user: str) -> bytes | None:
+        self._check_kept()
         with self.store.unavailable("reading a user's state"):
             state, generation = self._client.hmget(self._key(user), STATE, "g")
         return state if generation == self.generation else None
@@ -120,6 +139,7 @@ class SharedUserTable:
         (y minus the prediction before learning the batch) of those that were new: a replay of
         already learned ones returns none. Two round trips per batch unless another process
         changed one of its users meanwhile. StoreUnavailable if Redis fails."""
+        self._check_kept()
         pending = np.arange(len(users))
         errors = []
         for _ in range(MAX_ATTEMPTS):
@@ -172,7 +192,7 @@ class SharedUserTable:
         written = {u for u, ok in zip(changed, results) if ok == 1}
         fresh = [u for u in fresh if u in written]
         if fresh:
-            self.store.add_to_set(self.store.key(self.namespace, "new_users"), fresh)
+            self._count += self.store.add_to_set(self.store.key(self.namespace, "new_users"), fresh)
         done = written | (set(distinct) - set(changed))
         return done, errors[np.fromiter((users[i] in written for i in keep), dtype=bool, count=len(keep))]
 

@@ -107,13 +107,19 @@ class Applier:
     fsynced and learned, with the log's `subscribe` / `failure` / `wait_durable` protocol, so
     serving.durability.DurableWaiter works on it unchanged. While Redis fails, waiting requests
     get StoreUnavailable (503) and the batch is retried with the shared RetryPolicy's backoff;
-    the observations are in the log, so they are learned once Redis is back.
+    the observations are in the log, so they are learned once Redis is back. A hung Redis (one
+    that never answers) fails them too once an attempt has lasted `deadline` seconds: a watchdog
+    thread notices, since the applier's own thread is the one waiting for Redis.
     """
 
-    def __init__(self, obs_log: ObservationLog, instance: str, policy: RetryPolicy) -> None:
+    def __init__(self, obs_log: ObservationLog, instance: str, policy: RetryPolicy, *,
+                 deadline: float | None = None, where: str = "Redis") -> None:
         self._log = obs_log
         self._instance = instance
         self._policy = policy
+        self._deadline = deadline
+        self._where = where
+        self._attempt_started: float | None = None  # monotonic time the current learn began
         self._cond = threading.Condition()
         self._queue: deque[tuple] = deque()
         self._listeners: list[Callable[[int], None]] = []
@@ -123,6 +129,8 @@ class Applier:
         obs_log.subscribe(self._on_commit)
         self._thread = threading.Thread(target=self._run, name=f"applier-{instance}", daemon=True)
         self._thread.start()
+        if deadline is not None:
+            threading.Thread(target=self._watchdog, name=f"applier-watchdog-{instance}", daemon=True).start()
 
     @property
     def durable_lsn(self) -> int:
@@ -182,6 +190,7 @@ class Applier:
                     break
             if not batch:
                 continue
+            self._attempt_started = time.monotonic()
             try:
                 hint = time.monotonic() - last_hint >= _HINT_SECONDS
                 if hint:
@@ -191,6 +200,7 @@ class Applier:
                     batch[-1][4].users.raise_hint(self._instance, batch[-1][0])
                     last_hint = time.monotonic()
             except StoreUnavailable as exc:
+                self._attempt_started = None
                 failures += 1
                 if failures == 1:
                     log.error("%s", exc.message)
@@ -202,6 +212,7 @@ class Applier:
             if failures:
                 log.info("Redis is back: learning resumed after %d failed attempts", failures)
             failures = 0
+            self._attempt_started = None
             with self._cond:
                 for _ in batch:
                     self._queue.popleft()
@@ -211,6 +222,27 @@ class Applier:
         if self._queue:
             log.warning("%d observation batches not learned into Redis at shutdown; they are in the log and "
                         "will be learned at the next start", len(self._queue))
+
+    def _watchdog(self) -> None:
+        """Fail the waiters of an attempt that has waited for Redis past the deadline (they get
+        503 at the documented bound, not after every timeout and retry of every command)."""
+        assert self._deadline is not None
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                self._cond.wait(self._deadline / 8)
+                started = self._attempt_started
+                overdue = (started is not None and self._failure is None
+                           and time.monotonic() - started > self._deadline)
+                if overdue:
+                    self._failure = StoreUnavailable(
+                        f"{self._where} did not answer within {self._deadline} s while learning observations. "
+                        "They are logged, not acknowledged, and learned once it answers; retry after Retry-After.")
+                    self._cond.notify_all()  # synchronous wait_durable callers
+            if overdue:
+                log.error("%s", self._failure.message)
+                self._publish(-1)
 
     def _learn(self, batch: list[tuple]) -> None:
         """One learn per server (a swap may leave batches for two versions in the queue)."""
