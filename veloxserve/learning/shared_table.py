@@ -19,6 +19,7 @@ read from the version's trained statistics (`baseline`), and start from them on 
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -29,7 +30,13 @@ from veloxserve.learning.user_table import UserTable, state_covariance, state_se
 from veloxserve.models.version import Link
 from veloxserve.storage.redis_store import STATE, RedisUserStore
 
+# -1: the user holds a state of a newer generation (its "<ns time>-<id>" sorts later): the caller's
+# generation was lost and another process rebuilt; never overwrite the rebuilt state with an old one.
 _COMPARE_AND_SET = """
+local g = redis.call('HGET', KEYS[1], 'g')
+if g and g ~= ARGV[6] and string.find(g, '-', 1, true) and string.find(ARGV[6], '-', 1, true) and g > ARGV[6] then
+  return -1
+end
 local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if version ~= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 's', ARGV[2], 'w', ARGV[3], 'v', version + 1, ARGV[4], ARGV[5], 'g', ARGV[6])
@@ -63,8 +70,8 @@ class SharedUserTable:
         Redis lost its data). States and marks of another generation count as absent, so after
         a loss the servers rebuild every user from the logs instead of trusting what is left."""
         key = self.store.key(self.namespace, "generation")
-        with self.store.unavailable("opening the users' state"):
-            self._client.set(key, uuid.uuid4().hex, nx=True)
+        with self.store.unavailable("opening the users' state"):  # ordered by time: see _COMPARE_AND_SET
+            self._client.set(key, f"{time.time_ns():020d}-{uuid.uuid4().hex}", nx=True)
             self.generation = self._client.get(key)
 
     def check_generation(self) -> None:
@@ -72,12 +79,15 @@ class SharedUserTable:
         with self.store.unavailable("checking the users' state"):
             current = self._client.get(self.store.key(self.namespace, "generation"))
         if current != self.generation:
-            self.lost = StoreUnavailable(
-                f"Redis at {self.store.settings.where} lost the users' state of {self.namespace} (restarted without "
-                "persistence, or flushed). Restart every server: they rebuild users from the observation logs. "
-                "Run Redis with appendonly yes."
-            )
-            raise self.lost
+            self._mark_lost()
+
+    def _mark_lost(self) -> None:
+        self.lost = StoreUnavailable(
+            f"Redis at {self.store.settings.where} lost the users' state of {self.namespace} (restarted without "
+            "persistence, or flushed). The server rebuilds every user from the trained statistics and the "
+            "observation logs and answers 503 meanwhile. Run Redis with appendonly yes."
+        )
+        raise self.lost
 
     def _check_kept(self) -> None:
         """Once the state is known lost, answer 503 saying so: never the trained defaults as if
@@ -189,6 +199,8 @@ class SharedUserTable:
              self.generation)
             for u in changed
         ], "learning observations") if changed else []
+        if any(ok == -1 for ok in results):
+            self._mark_lost()
         written = {u for u, ok in zip(changed, results) if ok == 1}
         fresh = [u for u in fresh if u in written]
         if fresh:
@@ -200,9 +212,12 @@ class SharedUserTable:
     def hints(self) -> dict[str, int]:
         """instance -> an LSN such that all of its log up to it is learned (a lower bound)."""
         with self.store.unavailable("reading log positions"):
-            raw = self._client.hgetall(self.store.key(self.namespace, "learned"))
+            raw = self._client.hgetall(self._hints_key())
         return {k.decode(): int(v) for k, v in raw.items()}
 
     def raise_hint(self, instance: str, lsn: int) -> None:
-        self.store.run_script(_RAISE_HINT, [(self.store.key(self.namespace, "learned"), instance, lsn)],
-                              "recording a log position")
+        self.store.run_script(_RAISE_HINT, [(self._hints_key(), instance, lsn)], "recording a log position")
+
+    def _hints_key(self) -> str:
+        """Per generation: a position learned into a lost generation says nothing about the new one."""
+        return self.store.key(self.namespace, f"learned:{self.generation.decode()}")

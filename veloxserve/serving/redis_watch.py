@@ -7,7 +7,9 @@ such call froze every route for seconds, /healthz included. So, with state share
 - `RedisWatch`, a thread, pings Redis every `interval` seconds with a client that does not
   retry, checks that Redis still holds each model's generation of users' state (a FLUSHALL or a
   restart without persistence loses it, see learning/shared_table.py) and refreshes the user
-  counts. /healthz, /metrics and GET /models read what it found, never Redis.
+  counts. /healthz, /metrics and GET /models read what it found, never Redis. A lost state is
+  said (an ERROR, /healthz degraded, predictions 503 instead of the trained defaults) and
+  rebuilt from the logs (`rebuild`, SharedModelServer.rebuild_lost_state), counted in `rebuilds`.
 - `StoreCalls.run` runs each Redis-bound piece of a request (a prediction, a ranking) in a
   bounded thread pool and answers 503 StoreUnavailable with Retry-After once
   `RedisSettings.deadline` has passed, whether the call is still waiting for Redis or still
@@ -45,9 +47,11 @@ class RedisWatch:
     """What /healthz says about Redis, found by a thread so that no request waits for it."""
 
     def __init__(self, settings: RedisSettings, tables: Callable[[], dict[str, SharedUserTable]],
-                 interval: float = 0.5) -> None:
+                 rebuild: Callable[[str], object] | None = None, interval: float = 0.5) -> None:
         self.settings = settings
         self._tables = tables
+        self._rebuild = rebuild
+        self.rebuilds: dict[str, int] = {}  # model -> times its lost state was rebuilt from the logs
         self._interval = interval
         self._client = redis.Redis.from_url(  # one attempt per ping: the watch itself is the retry
             settings.url, socket_timeout=settings.socket_timeout, socket_connect_timeout=settings.connect_timeout,
@@ -85,12 +89,24 @@ class RedisWatch:
         if self.unreachable is not None:
             log.info("Redis at %s answers again", self.settings.where)
         self.unreachable = None
-        for table in self._tables().values():
+        for name, table in self._tables().items():
             try:
-                table.check_generation()  # marks the table lost if Redis no longer holds its state
-                table.refresh_count()
+                if table.lost is None:
+                    table.check_generation()  # marks the table lost if Redis no longer holds its state
+                    table.refresh_count()
             except StoreUnavailable:
                 pass  # lost (the table says so) or Redis failed meanwhile (the next ping says so)
+            if table.lost is not None and self._rebuild is not None:
+                self._rebuild_lost(name, table)
+
+    def _rebuild_lost(self, name: str, table: SharedUserTable) -> None:
+        log.error("%s", table.lost.message)
+        try:
+            self._rebuild(name)
+        except StoreUnavailable as exc:  # Redis failed meanwhile: the next round tries again
+            log.error("rebuilding the users' state of %s failed: %s", name, exc.message)
+            return
+        self.rebuilds[name] = self.rebuilds.get(name, 0) + 1
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

@@ -48,33 +48,49 @@ class SharedModelServer(ModelServer):
         """Trained statistics as the baseline, then every instance's log after what Redis holds."""
         self.users.load_trained(self.version.users)
         self.users = SharedUserTable(self._store, f"{self.name}/{self.version_id}", self.users)
+        return self._learn_logs(self.users, self.applied_lsn)
+
+    def rebuild_lost_state(self) -> int:
+        """Redis lost this namespace's state (serving/redis_watch.py found it): join or start a
+        new generation and learn every instance's log into it, as a restart would. No lock is
+        held (an observation takes the serving lock on the event loop): meanwhile predictions
+        answer 503 from the lost table and the applier cannot learn into it, so its batches wait;
+        once the new table is in place they go there, and the replay's marks skip what it learned."""
+        table = SharedUserTable(self._store, self.users.namespace, self.users.baseline)
+        replayed = self._learn_logs(table, self._log.sync())
+        self.users = table
+        log.warning("%s: rebuilt users' state in Redis from the logs after it was lost (%d observations)",
+                    self.name, replayed)
+        return replayed
+
+    def _learn_logs(self, table: SharedUserTable, own_upto: int) -> int:
         meta = self.version.meta
         trained_upto = {**meta.get("log_positions", {}), MAIN_INSTANCE: int(meta.get("log_position", 0))}
-        learned = self.users.hints()
+        learned = table.hints()
         replayed = 0
         for instance, directory in instance_logs(self._log_root):
             after = max(trained_upto.get(instance, 0), learned.get(instance, 0))
-            upto = self.applied_lsn if instance == self.instance else None
-            replayed += self._replay_into_redis(instance, read_log(directory, after, upto))
+            upto = own_upto if instance == self.instance else None
+            replayed += self._replay_into_redis(table, instance, read_log(directory, after, upto))
         return replayed
 
-    def _replay_into_redis(self, instance: str, records: Iterable[ObservationRecord]) -> int:
+    def _replay_into_redis(self, table: SharedUserTable, instance: str, records: Iterable[ObservationRecord]) -> int:
         learned, chunk = 0, []
         for record in records:
             chunk.append(record)
             if len(chunk) >= _REPLAY_CHUNK:
-                learned += self._learn_records(instance, chunk)
+                learned += self._learn_records(table, instance, chunk)
                 chunk = []
-        return learned + (self._learn_records(instance, chunk) if chunk else 0)
+        return learned + (self._learn_records(table, instance, chunk) if chunk else 0)
 
-    def _learn_records(self, instance: str, records: list[ObservationRecord]) -> int:
+    def _learn_records(self, table: SharedUserTable, instance: str, records: list[ObservationRecord]) -> int:
         lookup = self._catalog.lookup
         known = [(r, row) for r in records if (row := lookup(r.item)) is not None]  # unknown items: nothing to learn
-        learned = self.users.learn(
+        learned = table.learn(
             instance, [r.lsn for r, _ in known], [r.user for r, _ in known],
             np.array([row for _, row in known], dtype=np.int64), np.array([r.score for r, _ in known]), self._features,
         ).size if known else 0
-        self.users.raise_hint(instance, records[-1].lsn)
+        table.raise_hint(instance, records[-1].lsn)
         return learned
 
     def _prequential_errors(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:

@@ -80,7 +80,8 @@ class Velox:
                 if catalog.active() is not None:
                     self._swap(name, catalog.active())
             if self.shared:  # /healthz's view of Redis, found off the event loop
-                self.redis_watch = RedisWatch(self._store.settings, self._shared_tables)
+                self.redis_watch = RedisWatch(self._store.settings, self._shared_tables,
+                                              rebuild=lambda name: self._servers[name].rebuild_lost_state())
         except BaseException:
             self._home_lock.release()  # a failed open must not keep the home locked
             raise
