@@ -19,7 +19,6 @@ read from the version's trained statistics (`baseline`), and start from them on 
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Sequence
 
@@ -30,7 +29,7 @@ from veloxserve.learning.user_table import UserTable, state_covariance, state_se
 from veloxserve.models.version import Link
 from veloxserve.storage.redis_store import STATE, RedisUserStore
 
-# -1: the user holds a state of a newer generation (its "<ns time>-<id>" sorts later): the caller's
+# -1: the user holds a state of a newer generation (its "<Redis time, µs>-<id>" sorts later): the caller's
 # generation was lost and another process rebuilt; never overwrite the rebuilt state with an old one.
 _COMPARE_AND_SET = """
 local g = redis.call('HGET', KEYS[1], 'g')
@@ -39,6 +38,7 @@ if g and g ~= ARGV[6] and string.find(g, '-', 1, true) and string.find(ARGV[6], 
 end
 local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if version ~= tonumber(ARGV[1]) then return 0 end
+if g ~= ARGV[6] then redis.call('DEL', KEYS[1]) end  -- another generation's log marks say nothing of this one
 redis.call('HSET', KEYS[1], 's', ARGV[2], 'w', ARGV[3], 'v', version + 1, ARGV[4], ARGV[5], 'g', ARGV[6])
 return 1
 """
@@ -68,10 +68,14 @@ class SharedUserTable:
     def _open_generation(self) -> None:
         """Join the namespace's generation, or start one if Redis has none (a new namespace, or
         Redis lost its data). States and marks of another generation count as absent, so after
-        a loss the servers rebuild every user from the logs instead of trusting what is left."""
+        a loss the servers rebuild every user from the logs instead of trusting what is left.
+        Generations sort by Redis's clock: a process still on a lost one cannot overwrite a
+        rebuilt user (its compare-and-set answers -1 and it finds itself lost), and the first
+        write of a generation to a user drops the old generation's log marks."""
         key = self.store.key(self.namespace, "generation")
-        with self.store.unavailable("opening the users' state"):  # ordered by time: see _COMPARE_AND_SET
-            self._client.set(key, f"{time.time_ns():020d}-{uuid.uuid4().hex}", nx=True)
+        with self.store.unavailable("opening the users' state"):
+            seconds, micros = self._client.time()  # Redis's clock, one for every process: see _COMPARE_AND_SET
+            self._client.set(key, f"{seconds * 1_000_000 + micros:020d}-{uuid.uuid4().hex}", nx=True)
             self.generation = self._client.get(key)
 
     def check_generation(self) -> None:
