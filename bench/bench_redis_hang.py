@@ -6,8 +6,11 @@ requests take to fail, and how long routes that need no Redis take meanwhile.
 Starts its own redis-server (tests/helpers.RedisServer) and a server over a synthetic model
 (tests/conftest.synthetic_version_arrays), warms it up, then stops Redis with SIGSTOP for
 `--seconds`: `--workers` threads send predictions and observations in a loop (each one's
-status and latency recorded) while one thread polls /healthz and GET /models. Then SIGCONT and
-the time until a prediction succeeds again. Prints one JSON document: per route, the count,
+status and latency recorded) while one thread polls /healthz and GET /models (before that,
+with Redis up, 5 s of wrk on one prediction URL: the cost of the thread pool). Then SIGCONT and
+the time until a prediction succeeds again; then FLUSHALL, and the time until the server has
+noticed and rebuilt users from its log (predictions meanwhile: 200 are the trained statistics
+before the loss is noticed, 503 after). Prints one JSON document: per route, the count,
 the statuses, median and p99 latency in ms. Redis is always continued and stopped in `finally`.
 """
 
@@ -15,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,13 +48,29 @@ def _figures(samples: list[tuple[int, float]]) -> dict:
             "max_ms": round(ms[-1], 1)}
 
 
-def _timed(client: httpx.Client, method: str, path: str, **kwargs) -> tuple[int, float]:
+def _timed(client: httpx.Client, method: str, path: str, **kwargs) -> tuple[int | str, float]:
     started = time.perf_counter()
     try:
-        code = client.request(method, path, **kwargs).status_code
+        r = client.request(method, path, **kwargs)
+        code = f"{r.status_code} {r.json()['status']}" if path == "/healthz" else r.status_code
     except httpx.HTTPError:
         code = 0  # a client timeout: the request hung
     return code, time.perf_counter() - started
+
+
+def _rebuilds(client: httpx.Client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith('veloxserve_redis_state_rebuilds_total{model="songs"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _wrk(url: str, seconds: int = 5) -> dict:
+    """Predictions/s and latency with Redis up: what keeping Redis calls off the loop costs."""
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", url], capture_output=True, text=True).stdout
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p99 = re.search(r"99%\s+(\S+)", out)
+    return {"requests_per_s": float(rate.group(1)) if rate else None, "p99": p99.group(1) if p99 else None}
 
 
 def main() -> None:
@@ -69,6 +91,7 @@ def main() -> None:
                 for n in range(50):  # warm up: connections, scripts, the users' state
                     http.post("/models/songs/observe", json={"user": str(n % 7), "item": 100 + n % 50, "score": 3.0})
                     http.get("/models/songs/predict", params={"user": str(n % 7), "item": 100 + n % 50})
+            healthy = _wrk(f"{server.url}/models/songs/predict?user=1&item=101") if shutil.which("wrk") else None
             results: dict[str, list[tuple[int, float]]] = {"predict": [], "observe": [], "healthz": [], "models": []}
             lock = threading.Lock()
             stop = threading.Event()
@@ -111,10 +134,24 @@ def main() -> None:
                 while http.get("/models/songs/predict", params={"user": "1", "item": 101}).status_code != 200:
                     time.sleep(0.01)
             recovered = time.perf_counter() - continued
+            # FLUSHALL: how long until the server has noticed and rebuilt, and what predictions said meanwhile.
+            flushed: list[tuple[int | str, float]] = []
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                import redis
+
+                client = redis.Redis.from_url(redis_server.url)
+                client.flushall()
+                client.close()
+                lost = time.perf_counter()
+                while _rebuilds(http) < 1:
+                    flushed.append(_timed(http, "GET", "/models/songs/predict", params={"user": "1", "item": 101}))
+                rebuilt = time.perf_counter() - lost
             print(json.dumps({
+                "healthy_predict_wrk_32_connections": healthy,
                 "redis_stopped_s": args.seconds, "workers": args.workers,
                 "while_redis_is_stopped": {route: _figures(samples) for route, samples in results.items()},
                 "recovery_after_sigcont_ms": round(recovered * 1000, 1),
+                "flushall": {"rebuilt_after_ms": round(rebuilt * 1000, 1), "predict_meanwhile": _figures(flushed)},
             }, indent=2))
         finally:
             if redis_server.proc is not None:
