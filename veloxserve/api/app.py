@@ -28,6 +28,7 @@ from veloxserve.errors import (
 )
 from veloxserve.serving.admission import Admission, AdmissionConfig
 from veloxserve.serving.durability import DurableWaiter
+from veloxserve.serving.redis_watch import StoreCalls
 from veloxserve.serving.validation import MAX_BODY_BYTES
 from veloxserve.storage.tokens import TokenStore
 from veloxserve.serving.velox import DURABLE_TIMEOUT_S, Velox
@@ -94,6 +95,7 @@ class VeloxApp:
         self.velox = velox
         self.guard = Guard(TokenStore(velox.layout.tokens_file), auth)
         self.admission = Admission(admission)
+        self.store_calls = StoreCalls(velox.redis_settings)  # Redis-bound work: off the loop, within a deadline
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, DurableWaiter] = {}
         self.metrics = Metrics(velox)
@@ -159,6 +161,7 @@ class VeloxApp:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.clipper.close()
+                self.store_calls.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -262,10 +265,11 @@ class VeloxApp:
         user = _query(query, "user", "predict")
         if "item" not in query and "text" in query:  # an item known by its text (content features)
             text = query["text"]
-            return {"user": user, "text": text, "score": float(server.predict_text([(user, text)])[0]),
-                    "model_version": server.version_id}
+            score = (await self.store_calls.run(server.predict_text, [(user, text)]))[0]
+            return {"user": user, "text": text, "score": float(score), "model_version": server.version_id}
         item = _query(query, "item", "predict")
-        return {"user": user, "item": item, "score": server.predict(user, item), "model_version": server.version_id}
+        score = await self.store_calls.run(server.predict, user, item)
+        return {"user": user, "item": item, "score": score, "model_version": server.version_id}
 
     async def _predict_batch(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         server = self.velox.server(name)
@@ -273,17 +277,21 @@ class VeloxApp:
         by_text = [isinstance(q, dict) and "item" not in q and "text" in q for q in queries]
         if not any(by_text):
             pairs = [_entry(q, ("user", "item"), f"queries[{i}]", "predict") for i, q in enumerate(queries)]
-            return {"scores": server.predict_many(pairs), "model_version": server.version_id}
+            return {"scores": await self.store_calls.run(server.predict_many, pairs), "model_version": server.version_id}
         # Items by id and by text in one batch: predictions change no state, so score each half.
         text_at = [i for i, t in enumerate(by_text) if t]
         item_at = [i for i, t in enumerate(by_text) if not t]
         texts = [_entry(queries[i], ("user", "text"), f"queries[{i}]", "predict") for i in text_at]
         items = [_entry(queries[i], ("user", "item"), f"queries[{i}]", "predict") for i in item_at]
-        scores = np.empty(len(queries))
-        scores[text_at] = server.predict_text(texts)
-        if items:
-            scores[item_at] = server.predict_many(items)
-        return {"scores": scores, "model_version": server.version_id}
+
+        def score() -> np.ndarray:  # one call, so one deadline for the whole batch
+            scores = np.empty(len(queries))
+            scores[text_at] = server.predict_text(texts)
+            if items:
+                scores[item_at] = server.predict_many(items)
+            return scores
+
+        return {"scores": await self.store_calls.run(score), "model_version": server.version_id}
 
     def _ranked(self, name: str, user: Any, k: Any, candidates: Any, exclude_seen: bool, options: dict[str, Any]) -> dict[str, Any]:
         rec = self.velox.recommend(name, user, k, candidates=candidates, exclude_seen=exclude_seen, **options)
@@ -306,7 +314,7 @@ class VeloxApp:
                     options[field] = float(query[field])
                 except ValueError:
                     raise invalid_parameter(field, "top_k", "a number", query[field]) from None
-        return self._ranked(name, user, k, None, exclude, options)
+        return await self.store_calls.run(self._ranked, name, user, k, None, exclude, options)
 
     async def _top_k_post(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         self.velox.server(name)
@@ -319,7 +327,7 @@ class VeloxApp:
             raise invalid_parameter("candidates", "top_k", "a JSON list of item ids", candidates)
         exclude = _as_bool(body.get("exclude_seen", False), "exclude_seen", "top_k")
         options = {field: body.get(field) for field in ("policy", "epsilon", "alpha", "filter")}
-        return self._ranked(name, body["user"], body["k"], candidates, exclude, options)
+        return await self.store_calls.run(self._ranked, name, body["user"], body["k"], candidates, exclude, options)
 
     async def _observe(self, name: str, query: Query, body: Any) -> dict[str, Any]:
         self.velox.server(name)

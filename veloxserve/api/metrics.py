@@ -51,7 +51,12 @@ class _ModelState(Collector):
             damaged.add_metric([name], len(obs_log.damage))
             refused.add_metric([name], obs_log.write_failures)
             degraded.add_metric([name], 1.0 if name in health else 0.0)
-        yield from (version, users, rmse, seen, damaged, refused, degraded)
+        rebuilt = CounterMetricFamily("veloxserve_redis_state_rebuilds", "Times Redis lost the users' state and "
+                                      "it was rebuilt from the logs", labels=["model"])
+        watch = self._velox.redis_watch
+        for name, times in ({} if watch is None else watch.rebuilds).items():
+            rebuilt.add_metric([name], times)
+        yield from (version, users, rmse, seen, damaged, refused, degraded, rebuilt)
         cache = self._velox.feature_cache.stats()
         lookups = CounterMetricFamily("veloxserve_feature_cache_lookups", "Content feature lookups by outcome",
                                       labels=["outcome"])

@@ -29,9 +29,16 @@ from veloxserve.learning.user_table import UserTable, state_covariance, state_se
 from veloxserve.models.version import Link
 from veloxserve.storage.redis_store import STATE, RedisUserStore
 
+# -1: the user holds a state of a newer generation (its "<Redis time, µs>-<id>" sorts later): the caller's
+# generation was lost and another process rebuilt; never overwrite the rebuilt state with an old one.
 _COMPARE_AND_SET = """
+local g = redis.call('HGET', KEYS[1], 'g')
+if g and g ~= ARGV[6] and string.find(g, '-', 1, true) and string.find(ARGV[6], '-', 1, true) and g > ARGV[6] then
+  return -1
+end
 local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if version ~= tonumber(ARGV[1]) then return 0 end
+if g ~= ARGV[6] then redis.call('DEL', KEYS[1]) end  -- another generation's log marks say nothing of this one
 redis.call('HSET', KEYS[1], 's', ARGV[2], 'w', ARGV[3], 'v', version + 1, ARGV[4], ARGV[5], 'g', ARGV[6])
 return 1
 """
@@ -53,15 +60,22 @@ class SharedUserTable:
         self.dim = baseline.dim
         self._client = store.client
         self.generation = b""
+        self.lost: StoreUnavailable | None = None  # set once Redis is found to have lost this generation
         self._open_generation()
+        self._count = 0
+        self.refresh_count()
 
     def _open_generation(self) -> None:
         """Join the namespace's generation, or start one if Redis has none (a new namespace, or
         Redis lost its data). States and marks of another generation count as absent, so after
-        a loss the servers rebuild every user from the logs instead of trusting what is left."""
+        a loss the servers rebuild every user from the logs instead of trusting what is left.
+        Generations sort by Redis's clock: a process still on a lost one cannot overwrite a
+        rebuilt user (its compare-and-set answers -1 and it finds itself lost), and the first
+        write of a generation to a user drops the old generation's log marks."""
         key = self.store.key(self.namespace, "generation")
         with self.store.unavailable("opening the users' state"):
-            self._client.set(key, uuid.uuid4().hex, nx=True)
+            seconds, micros = self._client.time()  # Redis's clock, one for every process: see _COMPARE_AND_SET
+            self._client.set(key, f"{seconds * 1_000_000 + micros:020d}-{uuid.uuid4().hex}", nx=True)
             self.generation = self._client.get(key)
 
     def check_generation(self) -> None:
@@ -69,26 +83,44 @@ class SharedUserTable:
         with self.store.unavailable("checking the users' state"):
             current = self._client.get(self.store.key(self.namespace, "generation"))
         if current != self.generation:
-            raise StoreUnavailable(
-                f"Redis at {self.store.settings.where} lost the users' state of {self.namespace} (restarted without "
-                "persistence, or flushed). Restart every server: they rebuild users from the observation logs. "
-                "Run Redis with appendonly yes."
-            )
+            self._mark_lost()
+
+    def _mark_lost(self) -> None:
+        self.lost = StoreUnavailable(
+            f"Redis at {self.store.settings.where} lost the users' state of {self.namespace} (restarted without "
+            "persistence, or flushed). The server rebuilds every user from the trained statistics and the "
+            "observation logs and answers 503 meanwhile. Run Redis with appendonly yes."
+        )
+        raise self.lost
+
+    def _check_kept(self) -> None:
+        """Once the state is known lost, answer 503 saying so: never the trained defaults as if
+        they were the users' state."""
+        if self.lost is not None:
+            raise self.lost
 
     def _key(self, user: str) -> str:
         return self.store.user_key(self.namespace, user)
 
     def __len__(self) -> int:
+        """Users with a state, as last known (no Redis call: /models and /metrics must not wait
+        for it): this process's new users at once, other processes' after `refresh_count`."""
+        return len(self.baseline) + self._count
+
+    def refresh_count(self) -> None:
+        """Re-read how many users other than the trained ones Redis holds (serving/redis_watch.py)."""
         with self.store.unavailable("counting users"):
-            return len(self.baseline) + int(self._client.scard(self.store.key(self.namespace, "new_users")))
+            self._count = int(self._client.scard(self.store.key(self.namespace, "new_users")))
 
     # ---- reading -------------------------------------------------------------------------
     def weights(self, user: str) -> np.ndarray:
+        self._check_kept()
         with self.store.unavailable("reading a user's weights"):
             raw, generation = self._client.hmget(self._key(user), "w", "g")
         return self.baseline.weights(user) if generation != self.generation else np.frombuffer(raw, dtype=np.float64)
 
     def weights_many(self, users: Sequence[str]) -> np.ndarray:
+        self._check_kept()
         with self.store.unavailable("reading users' weights"):
             pipe = self._client.pipeline(transaction=False)
             for user in users:
@@ -101,6 +133,7 @@ class SharedUserTable:
         return out
 
     def _state(self, user: str) -> bytes | None:
+        self._check_kept()
         with self.store.unavailable("reading a user's state"):
             state, generation = self._client.hmget(self._key(user), STATE, "g")
         return state if generation == self.generation else None
@@ -120,6 +153,7 @@ class SharedUserTable:
         (y minus the prediction before learning the batch) of those that were new: a replay of
         already learned ones returns none. Two round trips per batch unless another process
         changed one of its users meanwhile. StoreUnavailable if Redis fails."""
+        self._check_kept()
         pending = np.arange(len(users))
         errors = []
         for _ in range(MAX_ATTEMPTS):
@@ -169,10 +203,12 @@ class SharedUserTable:
              self.generation)
             for u in changed
         ], "learning observations") if changed else []
+        if any(ok == -1 for ok in results):
+            self._mark_lost()
         written = {u for u, ok in zip(changed, results) if ok == 1}
         fresh = [u for u in fresh if u in written]
         if fresh:
-            self.store.add_to_set(self.store.key(self.namespace, "new_users"), fresh)
+            self._count += self.store.add_to_set(self.store.key(self.namespace, "new_users"), fresh)
         done = written | (set(distinct) - set(changed))
         return done, errors[np.fromiter((users[i] in written for i in keep), dtype=bool, count=len(keep))]
 
@@ -189,9 +225,12 @@ class SharedUserTable:
     def hints(self) -> dict[str, int]:
         """instance -> an LSN such that all of its log up to it is learned (a lower bound)."""
         with self.store.unavailable("reading log positions"):
-            raw = self._client.hgetall(self.store.key(self.namespace, "learned"))
+            raw = self._client.hgetall(self._hints_key())
         return {k.decode(): int(v) for k, v in raw.items()}
 
     def raise_hint(self, instance: str, lsn: int) -> None:
-        self.store.run_script(_RAISE_HINT, [(self.store.key(self.namespace, "learned"), instance, lsn)],
-                              "recording a log position")
+        self.store.run_script(_RAISE_HINT, [(self._hints_key(), instance, lsn)], "recording a log position")
+
+    def _hints_key(self) -> str:
+        """Per generation: a position learned into a lost generation says nothing about the new one."""
+        return self.store.key(self.namespace, f"learned:{self.generation.decode()}")

@@ -48,33 +48,49 @@ class SharedModelServer(ModelServer):
         """Trained statistics as the baseline, then every instance's log after what Redis holds."""
         self.users.load_trained(self.version.users)
         self.users = SharedUserTable(self._store, f"{self.name}/{self.version_id}", self.users)
+        return self._learn_logs(self.users, self.applied_lsn)
+
+    def rebuild_lost_state(self) -> int:
+        """Redis lost this namespace's state (serving/redis_watch.py found it): join or start a
+        new generation and learn every instance's log into it, as a restart would. No lock is
+        held (an observation takes the serving lock on the event loop): meanwhile predictions
+        answer 503 from the lost table and the applier cannot learn into it, so its batches wait;
+        once the new table is in place they go there, and the replay's marks skip what it learned."""
+        table = SharedUserTable(self._store, self.users.namespace, self.users.baseline)
+        replayed = self._learn_logs(table, self._log.sync())
+        self.users = table
+        log.warning("%s: rebuilt users' state in Redis from the logs after it was lost (%d observations)",
+                    self.name, replayed)
+        return replayed
+
+    def _learn_logs(self, table: SharedUserTable, own_upto: int) -> int:
         meta = self.version.meta
         trained_upto = {**meta.get("log_positions", {}), MAIN_INSTANCE: int(meta.get("log_position", 0))}
-        learned = self.users.hints()
+        learned = table.hints()
         replayed = 0
         for instance, directory in instance_logs(self._log_root):
             after = max(trained_upto.get(instance, 0), learned.get(instance, 0))
-            upto = self.applied_lsn if instance == self.instance else None
-            replayed += self._replay_into_redis(instance, read_log(directory, after, upto))
+            upto = own_upto if instance == self.instance else None
+            replayed += self._replay_into_redis(table, instance, read_log(directory, after, upto))
         return replayed
 
-    def _replay_into_redis(self, instance: str, records: Iterable[ObservationRecord]) -> int:
+    def _replay_into_redis(self, table: SharedUserTable, instance: str, records: Iterable[ObservationRecord]) -> int:
         learned, chunk = 0, []
         for record in records:
             chunk.append(record)
             if len(chunk) >= _REPLAY_CHUNK:
-                learned += self._learn_records(instance, chunk)
+                learned += self._learn_records(table, instance, chunk)
                 chunk = []
-        return learned + (self._learn_records(instance, chunk) if chunk else 0)
+        return learned + (self._learn_records(table, instance, chunk) if chunk else 0)
 
-    def _learn_records(self, instance: str, records: list[ObservationRecord]) -> int:
+    def _learn_records(self, table: SharedUserTable, instance: str, records: list[ObservationRecord]) -> int:
         lookup = self._catalog.lookup
         known = [(r, row) for r in records if (row := lookup(r.item)) is not None]  # unknown items: nothing to learn
-        learned = self.users.learn(
+        learned = table.learn(
             instance, [r.lsn for r, _ in known], [r.user for r, _ in known],
             np.array([row for _, row in known], dtype=np.int64), np.array([r.score for r, _ in known]), self._features,
         ).size if known else 0
-        self.users.raise_hint(instance, records[-1].lsn)
+        table.raise_hint(instance, records[-1].lsn)
         return learned
 
     def _prequential_errors(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
@@ -107,13 +123,19 @@ class Applier:
     fsynced and learned, with the log's `subscribe` / `failure` / `wait_durable` protocol, so
     serving.durability.DurableWaiter works on it unchanged. While Redis fails, waiting requests
     get StoreUnavailable (503) and the batch is retried with the shared RetryPolicy's backoff;
-    the observations are in the log, so they are learned once Redis is back.
+    the observations are in the log, so they are learned once Redis is back. A hung Redis (one
+    that never answers) fails them too once an attempt has lasted `deadline` seconds: a watchdog
+    thread notices, since the applier's own thread is the one waiting for Redis.
     """
 
-    def __init__(self, obs_log: ObservationLog, instance: str, policy: RetryPolicy) -> None:
+    def __init__(self, obs_log: ObservationLog, instance: str, policy: RetryPolicy, *,
+                 deadline: float | None = None, where: str = "Redis") -> None:
         self._log = obs_log
         self._instance = instance
         self._policy = policy
+        self._deadline = deadline
+        self._where = where
+        self._attempt_started: float | None = None  # monotonic time the current learn began
         self._cond = threading.Condition()
         self._queue: deque[tuple] = deque()
         self._listeners: list[Callable[[int], None]] = []
@@ -123,6 +145,8 @@ class Applier:
         obs_log.subscribe(self._on_commit)
         self._thread = threading.Thread(target=self._run, name=f"applier-{instance}", daemon=True)
         self._thread.start()
+        if deadline is not None:
+            threading.Thread(target=self._watchdog, name=f"applier-watchdog-{instance}", daemon=True).start()
 
     @property
     def durable_lsn(self) -> int:
@@ -182,6 +206,7 @@ class Applier:
                     break
             if not batch:
                 continue
+            self._attempt_started = time.monotonic()
             try:
                 hint = time.monotonic() - last_hint >= _HINT_SECONDS
                 if hint:
@@ -191,6 +216,7 @@ class Applier:
                     batch[-1][4].users.raise_hint(self._instance, batch[-1][0])
                     last_hint = time.monotonic()
             except StoreUnavailable as exc:
+                self._attempt_started = None
                 failures += 1
                 if failures == 1:
                     log.error("%s", exc.message)
@@ -202,6 +228,7 @@ class Applier:
             if failures:
                 log.info("Redis is back: learning resumed after %d failed attempts", failures)
             failures = 0
+            self._attempt_started = None
             with self._cond:
                 for _ in batch:
                     self._queue.popleft()
@@ -211,6 +238,27 @@ class Applier:
         if self._queue:
             log.warning("%d observation batches not learned into Redis at shutdown; they are in the log and "
                         "will be learned at the next start", len(self._queue))
+
+    def _watchdog(self) -> None:
+        """Fail the waiters of an attempt that has waited for Redis past the deadline (they get
+        503 at the documented bound, not after every timeout and retry of every command)."""
+        assert self._deadline is not None
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                self._cond.wait(self._deadline / 8)
+                started = self._attempt_started
+                overdue = (started is not None and self._failure is None
+                           and time.monotonic() - started > self._deadline)
+                if overdue:
+                    self._failure = StoreUnavailable(
+                        f"{self._where} did not answer within {self._deadline} s while learning observations. "
+                        "They are logged, not acknowledged, and learned once it answers; retry after Retry-After.")
+                    self._cond.notify_all()  # synchronous wait_durable callers
+            if overdue:
+                log.error("%s", self._failure.message)
+                self._publish(-1)
 
     def _learn(self, batch: list[tuple]) -> None:
         """One learn per server (a swap may leave batches for two versions in the queue)."""

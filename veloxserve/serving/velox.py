@@ -29,6 +29,8 @@ from veloxserve.storage.decision_log import DecisionLog, new_decision_id
 from veloxserve.serving.retraining import Retrainer, RetrainJob, RetrainPolicy
 from veloxserve.storage.home_lock import HomeLock
 from veloxserve.storage.lmdb_store import LMDBUserStore
+from veloxserve.storage.redis_client import RedisSettings
+from veloxserve.serving.redis_watch import RedisWatch
 from veloxserve.serving.shared_server import Applier, SharedModelServer
 from veloxserve.storage.observation_log import MAIN_INSTANCE, ObservationLog
 from veloxserve.storage.user_store import UserStore
@@ -76,11 +78,15 @@ class Velox:
             self._swap_lock = threading.Lock()
             self.feature_cache = FeatureCache(self.config.feature_cache_bytes)  # shared by every model
             self.retrainer = Retrainer(self)
+            self.redis_watch: RedisWatch | None = None
             for name in self.layout.model_names():
                 catalog = self.catalog(name)
                 self.retrainer.recover(name)
                 if catalog.active() is not None:
                     self._swap(name, catalog.active())
+            if self.shared:  # /healthz's view of Redis, found off the event loop
+                self.redis_watch = RedisWatch(self._store.settings, self._shared_tables,
+                                              rebuild=lambda name: self._servers[name].rebuild_lost_state())
         except BaseException:
             self._home_lock.release()  # a failed open must not keep the home locked
             raise
@@ -102,6 +108,8 @@ class Velox:
         self._decision_logs.clear()
         self._servers.clear()
         self._logs.clear()
+        if self.redis_watch is not None:
+            self.redis_watch.close()
         self._store.close()
         self._home_lock.release()
 
@@ -117,11 +125,23 @@ class Velox:
 
     def health(self) -> dict[str, list[str]]:
         """Per model, why it is degraded: damaged log records skipped on open, a disk refusing
-        writes (observe answers 507/503 meanwhile; predictions are still served). Empty when healthy."""
+        writes (observe answers 507/503 meanwhile; predictions are still served), Redis not
+        answering or having lost the users' state (serving/redis_watch.py). Empty when healthy."""
         reasons = {name: obs_log.health() for name, obs_log in sorted(self._logs.items())}
         for name, decisions in sorted(self._decision_logs.items()):
             reasons.setdefault(name, []).extend(decisions.health())
+        if self.redis_watch is not None:  # what the watch last found: no Redis call here
+            for name, why in self.redis_watch.health().items():
+                reasons.setdefault(name, []).extend(why)
         return {name: why for name, why in reasons.items() if why}
+
+    @property
+    def redis_settings(self) -> RedisSettings | None:
+        """How to reach the shared Redis (its deadline bounds each request's Redis work), or None."""
+        return self._store.settings if self.shared else None
+
+    def _shared_tables(self) -> dict:
+        return {name: server.users for name, server in self._servers.items() if isinstance(server, SharedModelServer)}
 
     def server(self, model: str) -> ModelServer:
         try:
@@ -370,8 +390,9 @@ class Velox:
                 shared = {}
                 if self.shared:
                     if model not in self._appliers:
-                        self._appliers[model] = Applier(obs_log, self.instance or MAIN_INSTANCE,
-                                                        self._store.settings.policy)
+                        settings = self._store.settings
+                        self._appliers[model] = Applier(obs_log, self.instance or MAIN_INSTANCE, settings.policy,
+                                                        deadline=settings.deadline, where=f"Redis at {settings.where}")
                     shared = {"instance": self.instance or MAIN_INSTANCE, "applier": self._appliers[model],
                               "log_root": self.layout.log_dir(model)}
                 new = (SharedModelServer if self.shared else ModelServer)(

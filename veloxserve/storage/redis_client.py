@@ -53,6 +53,9 @@ class RedisSettings:
     socket_timeout: float = 0.5
     connect_timeout: float = 0.5
     policy: RetryPolicy = RetryPolicy()
+    # The bound on the Redis work of one request (docs/deployment.md): past it, 503 + Retry-After.
+    # Above one command's worst case, (retries + 1) socket timeouts plus backoffs, ~1.5 s.
+    deadline: float = 2.0
 
     @classmethod
     def from_url(cls, url: str) -> RedisSettings:

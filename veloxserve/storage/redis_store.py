@@ -66,9 +66,10 @@ class RedisUserStore(UserStore):
                 raise errors[0]
         raise AssertionError("unreachable")
 
-    def add_to_set(self, key: str, members: Sequence[str]) -> None:
+    def add_to_set(self, key: str, members: Sequence[str]) -> int:
+        """SADD; how many members were new."""
         with self.unavailable("indexing users"):
-            self.client.sadd(key, *members)
+            return int(self.client.sadd(key, *members))
 
     # ---- the UserStore contract --------------------------------------------------------------
     def get(self, namespace: str, user: str) -> bytes | None:

@@ -1,0 +1,146 @@
+"""Keeping a hung Redis off the event loop: a background watch for /healthz, a deadline for requests.
+
+A stopped (SIGSTOP) or partitioned Redis does not refuse connections, it just never answers:
+every command waits for its socket timeout, then for its retries. Run on the event loop, one
+such call froze every route for seconds, /healthz included. So, with state shared in Redis:
+
+- `RedisWatch`, a thread, pings Redis every `interval` seconds with a client that does not
+  retry, checks that Redis still holds each model's generation of users' state (a FLUSHALL or a
+  restart without persistence loses it, see learning/shared_table.py) and refreshes the user
+  counts. /healthz, /metrics and GET /models read what it found, never Redis. A lost state is
+  said (an ERROR, /healthz degraded, predictions 503 instead of the trained defaults) and
+  rebuilt from the logs (`rebuild`, SharedModelServer.rebuild_lost_state), counted in `rebuilds`.
+- `StoreCalls.run` runs each Redis-bound piece of a request (a prediction, a ranking) in a
+  bounded thread pool and answers 503 StoreUnavailable with Retry-After once
+  `RedisSettings.deadline` has passed, whether the call is still waiting for Redis or still
+  queued behind calls that are. The thread finishes on its own socket timeout; its result is
+  dropped. Such calls only read, so dropping one changes nothing.
+
+Without a shared store every call runs inline: LMDB and memory are not network services, and
+the embedded hot path keeps its speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from veloxserve.errors import StoreUnavailable
+from veloxserve.learning.shared_table import SharedUserTable
+from veloxserve.storage.redis_client import RedisSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_POOL_THREADS = 8  # Redis-bound calls in flight at once; the rest queue (and time out) behind them
+
+
+class RedisWatch:
+    """What /healthz says about Redis, found by a thread so that no request waits for it."""
+
+    def __init__(self, settings: RedisSettings, tables: Callable[[], dict[str, SharedUserTable]],
+                 rebuild: Callable[[str], object] | None = None, interval: float = 0.5) -> None:
+        self.settings = settings
+        self._tables = tables
+        self._rebuild = rebuild
+        self.rebuilds: dict[str, int] = {}  # model -> times its lost state was rebuilt from the logs
+        self._interval = interval
+        self._client = redis.Redis.from_url(  # one attempt per ping: the watch itself is the retry
+            settings.url, socket_timeout=settings.socket_timeout, socket_connect_timeout=settings.connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.unreachable: str | None = None  # why the last ping failed, None while Redis answers
+        self._since = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="redis-watch", daemon=True)
+        self._thread.start()
+
+    def health(self) -> dict[str, list[str]]:
+        """Per model, what is wrong with its state in Redis: unreachable, or its data lost."""
+        reasons: dict[str, list[str]] = {}
+        for name, table in self._tables().items():
+            why = reasons[name] = []
+            if self.unreachable is not None:
+                why.append(f"Redis at {self.settings.where} has not answered for {time.monotonic() - self._since:.1f} s "
+                           f"({self.unreachable}): predictions and observations answer 503 until it does; the server "
+                           "reconnects by itself.")
+            if table.lost is not None:
+                why.append(table.lost.message)
+        return {name: why for name, why in reasons.items() if why}
+
+    def check(self) -> None:
+        """One round: ping, then each model's generation and user count."""
+        try:
+            self._client.ping()
+        except redis.RedisError as exc:
+            if self.unreachable is None:
+                self._since = time.monotonic()
+                log.error("Redis at %s does not answer: %s: %s", self.settings.where, type(exc).__name__, exc)
+            self.unreachable = f"{type(exc).__name__}: {exc}"
+            return
+        if self.unreachable is not None:
+            log.info("Redis at %s answers again", self.settings.where)
+        self.unreachable = None
+        for name, table in self._tables().items():
+            try:
+                if table.lost is None:
+                    table.check_generation()  # marks the table lost if Redis no longer holds its state
+                    table.refresh_count()
+            except StoreUnavailable:
+                pass  # lost (the table says so) or Redis failed meanwhile (the next ping says so)
+            if table.lost is not None and self._rebuild is not None:
+                self._rebuild_lost(name, table)
+
+    def _rebuild_lost(self, name: str, table: SharedUserTable) -> None:
+        log.error("%s", table.lost.message)
+        try:
+            self._rebuild(name)
+        except StoreUnavailable as exc:  # Redis failed meanwhile: the next round tries again
+            log.error("rebuilding the users' state of %s failed: %s", name, exc.message)
+            return
+        self.rebuilds[name] = self.rebuilds.get(name, 0) + 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.check()
+            except Exception:  # the watch must outlive anything one round does
+                log.exception("checking Redis failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(self.settings.deadline + self._interval)
+        self._client.close()
+
+
+class StoreCalls:
+    """Runs calls that need Redis off the event loop, each answered within the deadline."""
+
+    def __init__(self, settings: RedisSettings | None) -> None:
+        self.settings = settings
+        self._pool = None if settings is None else ThreadPoolExecutor(_POOL_THREADS, thread_name_prefix="redis-call")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)`: inline without Redis, else in the pool, StoreUnavailable at the deadline."""
+        if self._pool is None:
+            return fn(*args)
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), self.settings.deadline)
+        except asyncio.TimeoutError:
+            raise StoreUnavailable(
+                f"Redis at {self.settings.where} did not answer within {self.settings.deadline} s. Requests that need "
+                "user state fail with 503 until it answers; retry after Retry-After (the server reconnects by itself)."
+            ) from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
