@@ -98,7 +98,7 @@ def main() -> None:
                         help="the smallest setting, for the CI smoke run (tests/test_bench_scripts.py): figures mean nothing")
     args = parser.parse_args()
     if args.quick:
-        args.slice, args.stream = 20, 30
+        args.stream = 30
     report = run(stream(args))
     write_report(f"clipper_ensemble_{args.dataset}", report, keep=not args.quick)
 
