@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--slice", type=int, default=60, help="training rows per model (default 60)")
     parser.add_argument("--stream", type=int, default=None, help="stream only this many rows (default: the other half)")
     parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for the CI smoke run (tests/test_bench_scripts.py): figures mean nothing")
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
     if args.quick:
         args.stream = 30

@@ -122,7 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for the CI smoke run (tests/test_bench_scripts.py): figures mean nothing")
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
     if args.quick:
         args.n = 20

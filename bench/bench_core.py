@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--calls", type=int, default=20_000, help="calls per latency figure")
     parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for the CI smoke run (tests/test_bench_scripts.py): figures mean nothing")
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
     if args.quick:
         args.ranks, args.calls = [4], 250

@@ -156,7 +156,7 @@ def main() -> int:
     parser.add_argument("--skip-spark", action="store_true")
     parser.add_argument("--skip-training", action="store_true", help="only the drift measurement")
     parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for the CI smoke run (tests/test_bench_scripts.py): figures mean nothing")
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
     if args.quick:  # no Spark (its session alone takes 20-90 s here; tests/training/test_spark_als.py runs it)
         args.catify_ratings, args.data, args.skip_spark = 20_000, Path("/nonexistent"), True
@@ -171,7 +171,8 @@ def main() -> int:
     else:
         print(f"no MovieLens data at {args.data}; skipping it", file=sys.stderr)
     if not args.skip_training:
-        catify = generate_catify(*((500, 300) if args.quick else (20_000, 10_000)), n_ratings=args.catify_ratings, seed=0)
+        users, songs = (500, 300) if args.quick else (20_000, 10_000)
+        catify = generate_catify(users, songs, n_ratings=args.catify_ratings, seed=0)
         train, test = split_holdout(catify.ratings, 0.1, 0)
         report["training"].append(local_vs_spark(
             f"catify {len(catify.ratings)} ratings", train, test, ALSConfig(rank=8, reg=1.0, prior_precision=1.0), master))

@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--objective-ms", type=float, default=100.0)
     parser.add_argument("--items", type=int, default=50_000)
     parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for the CI smoke run (tests/test_bench_scripts.py): figures mean nothing")
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.items = 1.0, 2000

@@ -230,7 +230,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for the CI smoke run (tests/test_bench_scripts.py): figures mean nothing")
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.processes = 1, [2]

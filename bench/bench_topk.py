@@ -78,7 +78,7 @@ def main() -> int:
     parser.add_argument("--ef", type=int, nargs="+", default=[100, 200, 400])
     parser.add_argument("--skip-hnswlib", action="store_true")
     parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for the CI smoke run (tests/test_bench_scripts.py): figures mean nothing")
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
     if args.quick:
         args.items, args.rank, args.k, args.queries, args.ef = 5000, 16, 10, 20, [50]

@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for the CI smoke run (tests/test_bench_scripts.py): figures mean nothing")
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
     if args.quick:
         args.users, args.rank, args.repeats = 200, 8, 1

@@ -143,7 +143,8 @@ def test_cli_export_exits_zero_on_every_run(tmp_path: Path) -> None:
     exception") in some runs, after writing correct files: Arrow's threads held a Python callback."""
     with ObservationLog(tmp_path / "home" / "models" / "songs" / "log") as log:
         log.append_and_wait([("u", "i", 1.0, "v1")] * 4)
-    cli = [sys.executable, "-m", "veloxserve.cli", "log", "export", "--home", str(tmp_path / "home"), "--model", "songs"]
+    cli = [sys.executable, "-m", "veloxserve.cli", "log", "export", "--home", str(tmp_path / "home"),
+           "--model", "songs"]
     runs = [subprocess.run(cli + ["--out", str(tmp_path / f"out{n}")], capture_output=True, text=True, timeout=120)
             for n in range(8)]
     assert [(r.returncode, "terminate called" in r.stderr) for r in runs] == [(0, False)] * len(runs)
