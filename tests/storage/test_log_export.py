@@ -137,6 +137,23 @@ def test_a_damaged_manifest_is_refused_naming_the_file_and_what_to_do(tmp_path: 
     assert raised.value.field == "out" and not list((tmp_path / "out").rglob("*.parquet"))
 
 
+def test_a_second_export_into_a_directory_being_exported_to_is_refused(tmp_path: Path) -> None:
+    from veloxserve.errors import Conflict
+    from veloxserve.storage.home_lock import HomeLock
+
+    with ObservationLog(tmp_path / "log") as log:
+        log.append_and_wait([("u", "i", 1.0, "v1")] * 3)
+    (tmp_path / "out").mkdir()
+    running = HomeLock(tmp_path / "out" / log_export.LOCK)  # as an export in progress holds it
+    try:
+        with pytest.raises(Conflict, match="another --out"):
+            export_parquet(tmp_path / "log", tmp_path / "out")
+        assert not list((tmp_path / "out").rglob("*.parquet"))
+    finally:
+        running.release()
+    assert export_parquet(tmp_path / "log", tmp_path / "out")["rows"] == 3
+
+
 @pytest.mark.slow
 def test_cli_export_exits_zero_on_every_run(tmp_path: Path) -> None:
     """The export used to abort at interpreter exit (exit 134, "terminate called without an active

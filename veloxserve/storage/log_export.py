@@ -9,6 +9,7 @@ into the same directory writes only observations it does not hold yet, and panda
 LSN once. Each file is written under a hidden temporary name and renamed into place; the
 manifest is replaced last, so an export that died half-way claims nothing, and the next one
 removes the files it left and writes them again. Nothing acknowledged is lost, nothing is doubled.
+One export at a time per directory (`_veloxserve_export.lock`); a second one is refused (409).
 
 Files are written by `pq.write_table` on the calling thread. `pq.write_to_dataset` with a Python
 `file_visitor` aborted the process at exit in some runs ("terminate called without an active
@@ -31,6 +32,7 @@ import pyarrow.parquet as pq
 
 from veloxserve.errors import Conflict, StoreUnavailable
 from veloxserve.storage.atomic import fsync_dir, replace_atomically
+from veloxserve.storage.home_lock import HomeLock
 from veloxserve.storage.observation_log import read_log
 
 SCHEMA = pa.schema([
@@ -40,6 +42,7 @@ SCHEMA = pa.schema([
     ("date", pa.string()),
 ])
 MANIFEST = "_veloxserve_export.json"
+LOCK = "_veloxserve_export.lock"
 _FILE = re.compile(r"lsn-(\d{20})-(\d{20})-\d+\.parquet")
 
 
@@ -48,13 +51,18 @@ def export_parquet(log_dir: Path, out_dir: Path, *, after_lsn: int = 0) -> dict[
     Parquet; returns what was written (0 rows when the directory already holds them all)."""
     out_dir = Path(out_dir)
     try:
-        return _export(Path(log_dir), out_dir, after_lsn)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # One export at a time per directory: another would take this one's unlisted files for leftovers.
+        lock = HomeLock(out_dir / LOCK, advice="Wait for that export to finish, or export into another --out.")
+        try:
+            return _export(Path(log_dir), out_dir, after_lsn)
+        finally:
+            lock.release()
     except (OSError, pa.ArrowException) as exc:
         raise StoreUnavailable(f"Cannot write Parquet under {out_dir}: {exc}.") from exc
 
 
 def _export(log_dir: Path, out_dir: Path, after_lsn: int) -> dict[str, Any]:
-    out_dir.mkdir(parents=True, exist_ok=True)
     ranges, files = _committed(out_dir)
     records = list(read_log(log_dir, _first_missing(ranges, after_lsn)))
     lsn = np.fromiter((r.lsn for r in records), dtype=np.int64, count=len(records))
