@@ -1,6 +1,6 @@
 """Throughput and p99 of scikit-learn models in containers: batches of one vs adaptive batching.
 
-    .venv/bin/python bench/bench_clipper_batching.py [--seconds 5] [--concurrency 128]
+    .venv/bin/python -m bench.bench_clipper_batching [--seconds 5] [--concurrency 128] [--quick]
 
 A linear model (logistic regression) and a random forest trained on scikit-learn's bundled digits
 data, each deployed in one container with a 20 ms batch latency objective; closed-loop clients in
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from sklearn.datasets import load_digits
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 
-from bench.clipper_load import closed_loop, run, write_report
-from veloxserve.clipper import ClipperRuntime
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/x.py` as well as `-m bench.x`
+
+from bench.clipper_load import closed_loop, run, write_report  # noqa: E402
+from veloxserve.clipper import ClipperRuntime  # noqa: E402
 
 
 async def measure(home: Path, path: Path, X: np.ndarray, adaptive: bool, args: argparse.Namespace) -> dict:
@@ -54,12 +57,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=128)
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.concurrency = 0.5, 8
     X, y = load_digits(return_X_y=True)
     tmp = Path(tempfile.mkdtemp(prefix="clipper-bench-"))
     models = {
         "linear": LogisticRegression(max_iter=2000).fit(X, y),
-        "random_forest": RandomForestClassifier(n_estimators=50, random_state=0, n_jobs=1).fit(X, y),
+        "random_forest": RandomForestClassifier(n_estimators=5 if args.quick else 50, random_state=0,
+                                                n_jobs=1).fit(X, y),
     }
     report: dict = {"objective_ms": 20.0, "concurrency": args.concurrency, "seconds": args.seconds,
                     "paper_linear_batching_speedup": 25.0}
@@ -71,7 +79,7 @@ def main() -> None:
         report[kind] = {"no_batching": single, "adaptive": adaptive,
                         "throughput_ratio": round(adaptive["throughput_qps"] / single["throughput_qps"], 2)}
     shutil.rmtree(tmp, ignore_errors=True)
-    write_report("clipper_batching", report)
+    write_report("clipper_batching", report, keep=not args.quick)
 
 
 if __name__ == "__main__":

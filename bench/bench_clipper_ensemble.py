@@ -1,6 +1,6 @@
 """Ensemble accuracy vs the best single model, with feedback arriving online.
 
-    .venv/bin/python bench/bench_clipper_ensemble.py [--dataset digits|breast_cancer]
+    .venv/bin/python -m bench.bench_clipper_ensemble [--dataset digits|breast_cancer]
 
 Four scikit-learn classifiers (logistic regression, Gaussian naive Bayes, a depth-limited tree,
 3-nearest neighbours), each trained on its own small slice of the training half so that they are
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -27,8 +28,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
-from bench.clipper_load import run, write_report
-from veloxserve.clipper import ClipperRuntime
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/x.py` as well as `-m bench.x`
+
+from bench.clipper_load import run, write_report  # noqa: E402
+from veloxserve.clipper import ClipperRuntime  # noqa: E402
 
 POLICIES = ("exp3", "exp4", "personalised")
 
@@ -59,7 +62,7 @@ async def stream(args: argparse.Namespace) -> dict:
             await runtime.create_app(policy, list(models), policy=policy, objective_ms=10_000, loss="zero_one")
         correct = {name: 0 for name in [*models, *POLICIES]}
         curve = []
-        for step, row in enumerate(stream):
+        for step, row in enumerate(stream[: args.stream]):
             x, label = X[row], int(y[row])
             for name in models:
                 output = (await runtime.predict(f"only-{name}", "user", x))["output"]
@@ -70,7 +73,7 @@ async def stream(args: argparse.Namespace) -> dict:
                 await runtime.observe(policy, "user", x, label)
             if (step + 1) % 100 == 0:
                 curve.append({"seen": step + 1, **{k: round(v / (step + 1), 4) for k, v in correct.items()}})
-        n = len(stream)
+        n = len(stream[: args.stream])
         accuracy = {k: round(v / n, 4) for k, v in correct.items()}
         best = max(models, key=lambda m: accuracy[m])
         return {
@@ -90,9 +93,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", choices=["digits", "breast_cancer"], default="digits")
     parser.add_argument("--slice", type=int, default=60, help="training rows per model (default 60)")
+    parser.add_argument("--stream", type=int, default=None, help="stream only this many rows (default: the other half)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
+    if args.quick:
+        args.stream = 30
     report = run(stream(args))
-    write_report(f"clipper_ensemble_{args.dataset}", report)
+    write_report(f"clipper_ensemble_{args.dataset}", report, keep=not args.quick)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Overhead: a no-op model through the whole path vs calling it in-process, and the RPC alone.
 
-    .venv/bin/python bench/bench_clipper_overhead.py [--n 2000]
+    .venv/bin/python -m bench.bench_clipper_overhead [--n 2000]
 
 1. in-process: the no-op function called on a batch of one;
 2. ZeroMQ RPC alone, per batch: this process's ROUTER socket to a real container process (DEALER),
@@ -28,9 +28,11 @@ import numpy as np
 import orjson
 import zmq
 
-from bench.clipper_load import run, summary, write_report
-from tests.helpers import ServerProcess
-from veloxserve.clipper import ClipperRuntime, protocol
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/x.py` as well as `-m bench.x`
+
+from bench.clipper_load import run, summary, write_report  # noqa: E402
+from tests.helpers import ServerProcess  # noqa: E402
+from veloxserve.clipper import ClipperRuntime, protocol  # noqa: E402
 
 
 def noop(batch):
@@ -119,7 +121,11 @@ def http_path(home: Path, model: Path, n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
+    if args.quick:
+        args.n = 20
     tmp = Path(tempfile.mkdtemp(prefix="clipper-overhead-"))
     model = tmp / "noop.pkl"
     model.write_bytes(cloudpickle.dumps(noop))
@@ -130,7 +136,7 @@ def main() -> None:
         "http_whole_path": http_path(tmp / "home-http", model, args.n),
     }
     shutil.rmtree(tmp, ignore_errors=True)
-    write_report("clipper_overhead", report)
+    write_report("clipper_overhead", report, keep=not args.quick)
 
 
 if __name__ == "__main__":

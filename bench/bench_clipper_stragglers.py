@@ -1,7 +1,7 @@
 """Straggler mitigation: an Exp4 ensemble of 8 containers, one of them slow, answered at a 20 ms
 deadline (late models replaced by their mean output) vs waiting for all 8.
 
-    .venv/bin/python bench/bench_clipper_stragglers.py [--seconds 5] [--concurrency 8]
+    .venv/bin/python -m bench.bench_clipper_stragglers [--seconds 5] [--concurrency 8]
 
 Seven models answer in well under a millisecond; the straggler takes 10 ms, and 100 ms on one batch
 in ten (a tail, as a GC pause or a noisy neighbour gives). Prints one JSON document (also written to
@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import cloudpickle
 import numpy as np
 
-from bench.clipper_load import closed_loop, run, write_report
-from veloxserve.clipper import ClipperRuntime
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/x.py` as well as `-m bench.x`
+
+from bench.clipper_load import closed_loop, run, write_report  # noqa: E402
+from veloxserve.clipper import ClipperRuntime  # noqa: E402
 
 
 def fast(batch):
@@ -67,7 +70,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.concurrency = 0.5, 4
     tmp = Path(tempfile.mkdtemp(prefix="clipper-stragglers-"))
     deadline = run(measure(tmp, 20.0, args))
     wait_all = run(measure(tmp, 60_000.0, args))
@@ -75,7 +82,7 @@ def main() -> None:
               "deadline_20ms": deadline, "wait_for_all": wait_all,
               "p99_ratio_wait_over_deadline": round(wait_all["p99_ms"] / deadline["p99_ms"], 2)}
     shutil.rmtree(tmp, ignore_errors=True)
-    write_report("clipper_stragglers", report)
+    write_report("clipper_stragglers", report, keep=not args.quick)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Core benchmark: ALS training time and RMSE, in-process predict / observe / top-k latency.
 
     .venv/bin/python bench/bench_core.py [--data ../shared/data/ml-100k] [--ranks 10 50 100]
+    .venv/bin/python bench/bench_core.py --quick   # a small Catify only: checks the script runs
 
 Prints one JSON document. Latencies are per call, median and p99 over many calls, measured with
 perf_counter_ns around each call (this machine is shared and noisy: trust medians). Also times
@@ -32,7 +33,7 @@ DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def latency(fn: Callable[[int], Any], n: int, warmup: int = 200) -> dict[str, float]:
-    for i in range(warmup):
+    for i in range(min(warmup, n)):
         fn(i)
     samples = np.empty(n)
     clock = time.perf_counter_ns
@@ -130,16 +131,24 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MovieLens 100K directory")
     parser.add_argument("--ranks", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--calls", type=int, default=20_000, help="calls per latency figure")
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
-    report: dict[str, Any] = {"update_methods": {f"rank_{r}": update_methods(r) for r in args.ranks}}
-    if (args.data / "u1.base").exists():
+    if args.quick:
+        args.ranks, args.calls = [4], 250
+    report: dict[str, Any] = {"update_methods": {f"rank_{r}": update_methods(r, 500 if args.quick else 20_000)
+                                                for r in args.ranks}}
+    if args.quick:
+        report["ml-100k"] = "skipped: --quick"
+    elif (args.data / "u1.base").exists():
         report["ml-100k"] = run_dataset("ml100k", args.data / "u1.base", args.data / "u1.test", args.ranks, args.calls, {})
     else:
         report["ml-100k"] = f"skipped: {args.data}/u1.base not found (pass --data)"
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "catify.csv"
-        write_ratings_csv(generate_catify(n_items=2000, seed=0).ratings, path)  # the demo's shape
-        catify = {"reg": 1.0, "prior_precision": 1.0, "iterations": 10}  # as `veloxserve demo` trains it
+        shape = {"n_users": 200, "n_items": 300, "n_ratings": 5000} if args.quick else {"n_items": 2000}
+        write_ratings_csv(generate_catify(**shape, seed=0).ratings, path)  # the demo's shape
+        catify = {"reg": 1.0, "prior_precision": 1.0, "iterations": 2 if args.quick else 10}  # as `demo` trains it
         report["catify"] = run_dataset("catify", path, None, args.ranks, args.calls, catify)
     print(json.dumps(report, indent=2))
 

@@ -1,6 +1,7 @@
 """Exploration on a simulated Catify stream: cumulative regret per policy, and an IPS check.
 
     .venv/bin/python bench/bench_exploration.py [--rounds 5000] [--out bench/results/regret.png]
+    .venv/bin/python bench/bench_exploration.py --quick   # 200 rounds: checks the script runs
 
 A model is trained on a thin slice of a Catify world (so it starts biased by what it has seen);
 then users arrive at random, each policy recommends one song through `Velox.recommend` (the
@@ -9,7 +10,7 @@ it (true preference + noise) and the rating goes back through `observe` with the
 Regret = the user's best true rating − the true rating of the song served. Each policy runs on
 its own copy of the same model and the same arrival sequence. Then the epsilon-greedy run's logs
 estimate (IPS, SNIPS) the value of the uniform-random policy, compared with its true value.
-Writes a PNG of the regret curves and prints JSON.
+Writes a PNG of the regret curves (with matplotlib, from the bench extra) and prints JSON.
 """
 
 from __future__ import annotations
@@ -66,19 +67,12 @@ def run(policy: dict[str, Any], world, train, arrivals: np.ndarray, noise_draws:
         return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=20_000)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "regret.png")
-    args = parser.parse_args()
-    world = generate_catify(300, 400, n_ratings=3000, seed=3)  # thin history: the model starts biased
-    rng = np.random.default_rng(0)
-    arrivals = rng.integers(0, 300, size=args.rounds)
-    noise = rng.normal(scale=world.noise, size=args.rounds)
-    results = {name: run(policy, world, world.ratings, arrivals, noise) for name, policy in POLICIES.items()}
-
-    import matplotlib
-
+def plot(results: dict[str, dict[str, Any]], rounds: int, out: Path) -> str:
+    """The regret curves as a PNG; where it is, or why there is none."""
+    try:
+        import matplotlib
+    except ImportError:
+        return "skipped: matplotlib not installed (.venv/bin/pip install -e '.[bench]')"
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -87,12 +81,33 @@ def main() -> int:
         ax.plot(result["cumulative_regret"], label=name)
     ax.set_xlabel("round (one recommendation, one rating)")
     ax.set_ylabel("cumulative regret (true rating points)")
-    ax.set_title(f"Catify, 300 users × 400 songs, {args.rounds} rounds")
+    ax.set_title(f"Catify, 300 users × 400 songs, {rounds} rounds")
     ax.legend()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=120, bbox_inches="tight")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    return str(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20_000)
+    parser.add_argument("--out", type=Path, default=None, help="the PNG (default bench/results/regret.png)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds = 200
+    if args.out is None:  # a quick run does not replace the figure the README shows
+        results_dir = Path(tempfile.mkdtemp()) if args.quick else Path(__file__).resolve().parent / "results"
+        args.out = results_dir / "regret.png"
+    world = generate_catify(300, 400, n_ratings=3000, seed=3)  # thin history: the model starts biased
+    rng = np.random.default_rng(0)
+    arrivals = rng.integers(0, 300, size=args.rounds)
+    noise = rng.normal(scale=world.noise, size=args.rounds)
+    results = {name: run(policy, world, world.ratings, arrivals, noise) for name, policy in POLICIES.items()}
+
     report = {
-        "rounds": args.rounds, "plot": str(args.out),
+        "rounds": args.rounds, "plot": plot(results, args.rounds, args.out),
         "policies": {
             name: {
                 "cumulative_regret": round(float(r["cumulative_regret"][-1]), 1),

@@ -1,6 +1,7 @@
 """Feature cache and prediction cache: do they pay, and by how much?
 
     .venv/bin/python bench/bench_features.py [--users 2000] [--songs 3000] [--queries 20000]
+    .venv/bin/python bench/bench_features.py --quick   # 100 users, 200 songs: checks the script runs
 
 Catify with song descriptions; the model is trained with content features (hashed word 1-3-grams
 projected onto a learned basis), so a song can be scored from its text alone. Queries are
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -71,7 +73,11 @@ def main() -> None:
     parser.add_argument("--songs", type=int, default=3000)
     parser.add_argument("--queries", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
+    if args.quick:
+        args.users, args.songs, args.queries = 100, 200, 300
     rng = np.random.default_rng(args.seed)
     data = generate_catify(n_users=args.users, n_items=args.songs, rank=8, n_ratings=40 * args.users, seed=args.seed)
     items = catify_items(data, seed=args.seed)
@@ -95,8 +101,8 @@ def main() -> None:
             server = velox.server("songs")
             one = latency(lambda i: server.predict_text([(users[i], doc_stream[i])]), args.queries, warmup=0)
             hit_rate = velox.feature_cache.stats().hit_rate
-            batch = latency(lambda i: server.predict_text([(str(u), documents[i % 1000]) for u in range(100)]),
-                            300, warmup=0)
+            batch = latency(lambda i: server.predict_text([(str(u), documents[i % len(documents)])
+                                                           for u in range(100)]), min(300, args.queries), warmup=0)
             result[label] = {"predict_text": one, "one_document_100_users": batch,
                              "hit_rate": round(hit_rate, 4)}
     off, on = result["feature_cache_off"], result["feature_cache_on"]
@@ -133,6 +139,7 @@ def main() -> None:
             "text_with_feature_cache": {"without": text_plain, "with": text_cached,
                                         "hit_rate": round(cache.hits / max(cache.lookups, 1), 4)},
         }
+    shutil.rmtree(home, ignore_errors=True)
     print(json.dumps(result, indent=2))
 
 

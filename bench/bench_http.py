@@ -138,23 +138,28 @@ def pinned(cpu: int) -> list[str]:
     return ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
 
 
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 180) -> None:
+    """Until `url` answers 200; fails at once if `proc` (the server) has exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(url)
+
+
 def start(server: Server, timeout: float = 180) -> None:
     server.port = free_port()
     server.proc = subprocess.Popen(
         [*pinned(0), *server.command, str(server.port)], env={**os.environ, **server.env},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,  # its own process group
     )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.command} exited with {server.proc.returncode}")
-        try:
-            if httpx.get(server.url + server.ready_path, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(server.url + server.ready_path)
+    wait_ready(server.url + server.ready_path, server.proc, timeout)
 
 
 def signal_all(servers: list[Server], signum: int) -> None:

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_lifecycle.py [--data ../shared/data/ml-100k] [--catify-ratings 1000000]
                                               [--master local[2]] [--skip-spark]
+    .venv/bin/python bench/bench_lifecycle.py --quick   # small Catify worlds: checks the script runs
 
 Prints one JSON document.
 - Training: the same train/test split for both engines (ml-100k u1.base/u1.test when --data has
@@ -65,9 +66,13 @@ def local_vs_spark(name: str, train: Ratings, test: Ratings, config: ALSConfig, 
     return out
 
 
-def drift_to_active(seed: int = 0, batch: int = 100, rate: float = 5_000.0, follow: int = 60_000) -> dict[str, Any]:
-    before = generate_catify(1000, 800, n_ratings=100_000, seed=seed)
-    after = generate_catify(1000, 800, n_ratings=60_000, seed=seed + 1)  # other θ, same ids
+def drift_to_active(seed: int = 0, batch: int = 100, rate: float = 5_000.0, follow: int = 60_000,
+                    world: tuple[int, int, int] = (1000, 800, 100_000), give_up: int = 500_000) -> dict[str, Any]:
+    """`world`: users, songs, ratings before the drift (0.6 of them after). `give_up`: drifted
+    observations after which the measurement stops even if no retrain has ended."""
+    users, songs, ratings = world
+    before = generate_catify(users, songs, n_ratings=ratings, seed=seed)
+    after = generate_catify(users, songs, n_ratings=int(0.6 * ratings), seed=seed + 1)  # other θ, same ids
     config = ALSConfig(rank=8, reg=1.0, prior_precision=1.0, iterations=10)
     cut = int(0.8 * len(before.ratings))  # Catify drops duplicate (user, song) pairs: use fractions
     stream_before = before.ratings.take(np.arange(cut, len(before.ratings)))
@@ -100,6 +105,9 @@ def drift_to_active(seed: int = 0, batch: int = 100, rate: float = 5_000.0, foll
             if detected_at is None and job is not jobs_before:
                 detected_at, detected_seconds = sent, time.perf_counter() - drift_started
             if velox.server("catify").version_id != first_version or (job is not jobs_before and job.state != "running"):
+                break
+            if sent >= give_up:
+                print(f"no retrain ended after {sent} drifted observations: stopping", file=sys.stderr)
                 break
             rmse_at_swap = live_rmse()
             time.sleep(max(0.0, drift_started + sent / rate - time.perf_counter()))
@@ -147,7 +155,11 @@ def main() -> int:
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--skip-spark", action="store_true")
     parser.add_argument("--skip-training", action="store_true", help="only the drift measurement")
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
+    if args.quick:  # no Spark (its session alone takes 20-90 s here; tests/training/test_spark_als.py runs it)
+        args.catify_ratings, args.data, args.skip_spark = 20_000, Path("/nonexistent"), True
     master = None if args.skip_spark else args.master
     report: dict[str, Any] = {"training": []}
     if args.skip_training:
@@ -159,12 +171,14 @@ def main() -> int:
     else:
         print(f"no MovieLens data at {args.data}; skipping it", file=sys.stderr)
     if not args.skip_training:
-        catify = generate_catify(20_000, 10_000, n_ratings=args.catify_ratings, seed=0)
+        users, songs = (500, 300) if args.quick else (20_000, 10_000)
+        catify = generate_catify(users, songs, n_ratings=args.catify_ratings, seed=0)
         train, test = split_holdout(catify.ratings, 0.1, 0)
         report["training"].append(local_vs_spark(
             f"catify {len(catify.ratings)} ratings", train, test, ALSConfig(rank=8, reg=1.0, prior_precision=1.0), master))
         print(json.dumps(report["training"]), file=sys.stderr)  # keep the figures if the drift part fails
-    report["drift"] = drift_to_active()
+    report["drift"] = (drift_to_active(rate=50_000.0, follow=2_000, world=(300, 200, 20_000), give_up=20_000)
+                       if args.quick else drift_to_active())
     print(json.dumps(report, indent=2))
     return 0
 

@@ -1,6 +1,7 @@
 """Load shedding under 2x overload: latency of served requests with and without a latency objective.
 
     .venv/bin/python bench/bench_overload.py [--duration 10] [--objective-ms 100] [--items 50000]
+    .venv/bin/python bench/bench_overload.py --quick   # 1 s runs over 2,000 items: checks the script runs
 
 One `veloxserve serve` process (pinned to CPU 0 when taskset exists; the load generator here, CPU 1)
 serves a model whose exact top-k over --items items costs a few milliseconds. The capacity is
@@ -43,13 +44,14 @@ def make_home(root: Path, items: int) -> Path:
     return root
 
 
-def measure_capacity(url: str) -> float:
+def measure_capacity(url: str, seconds: int = 3) -> float:
     """Requests/s the server answers when always busy: wrk, 8 connections (else a Python closed loop)."""
     if shutil.which("wrk"):
-        out = subprocess.run(["wrk", "-t1", "-c8", "-d3s", url + PATH], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", url + PATH], capture_output=True, text=True,
+                             check=True).stdout
         assert "Non-2xx" not in out, out
         return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return asyncio.run(closed_loop_rate("127.0.0.1", int(url.rsplit(":", 1)[1]), PATH, 3.0, connections=8))
+    return asyncio.run(closed_loop_rate("127.0.0.1", int(url.rsplit(":", 1)[1]), PATH, float(seconds), connections=8))
 
 
 def run(home: Path, rate: float | None, duration: float, server_args: list[str]) -> dict:
@@ -60,7 +62,7 @@ def run(home: Path, rate: float | None, duration: float, server_args: list[str])
         subprocess.run(["taskset", "-cp", "0", str(server.proc.pid)], check=True, capture_output=True)
         os.sched_setaffinity(0, {1})
     try:
-        capacity = measure_capacity(server.url) if rate is None else None
+        capacity = measure_capacity(server.url, 1 if duration < 3 else 3) if rate is None else None
         offered = rate or 2 * capacity
         outcomes = asyncio.run(open_loop("127.0.0.1", server.port, PATH, offered, duration))
         estimates = httpx.get(f"{server.url}/models/big/metrics").json()["admission"]
@@ -90,7 +92,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--objective-ms", type=float, default=100.0)
     parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
+    if args.quick:
+        args.duration, args.items = 1.0, 2000
     with tempfile.TemporaryDirectory() as tmp:
         home = make_home(Path(tmp), args.items)
         unshed = run(home, None, args.duration, [])

@@ -1,6 +1,7 @@
 """Scale-out benchmark: N server processes over Redis vs one embedded process, and the cost of durability.
 
     .venv/bin/python bench/bench_scaleout.py [--duration 5] [--processes 1 2 4]
+    .venv/bin/python bench/bench_scaleout.py --quick   # 1 s runs, 2 processes: checks the script runs
 
 Catify, rank 50, 2,000 users x 1,000 songs (as bench/bench_http.py). 32 wrk connections in total,
 split evenly over the servers (one wrk per server). Configurations:
@@ -39,12 +40,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_http import LUA, wait_ready  # noqa: E402
+from bench_http import LOADS, wait_ready  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.helpers import RedisServer, free_port  # noqa: E402
 
 CONNECTIONS = 32
+LUA = {"predict": LOADS["predict_get"], "observe": LOADS["observe"]}  # bench_http's requests: a random trained user
 NO_FSYNC_SERVER = """
 import sys, uvicorn
 from veloxserve.api.app import create_app
@@ -79,7 +81,7 @@ def owner_lua(route: str, part: int, n: int) -> str:
     return LUA[route].replace("math.random(0, 1999)", user)
 
 
-def train(home: Path) -> None:
+def train(home: Path, iterations: int = 5) -> None:
     from veloxserve.config import HomeLayout
     from veloxserve.storage.pointer import write_pointer
     from veloxserve.training.als import ALSConfig
@@ -88,7 +90,7 @@ def train(home: Path) -> None:
 
     layout = HomeLayout(home)
     meta = train_version(layout, "catify", generate_catify(2000, 1000, n_ratings=100_000).ratings,
-                         ALSConfig(rank=50, reg=1.0, prior_precision=1.0, iterations=5))
+                         ALSConfig(rank=50, reg=1.0, prior_precision=1.0, iterations=iterations))
     write_pointer(layout.active_file("catify"), meta["version"])
 
 
@@ -97,7 +99,7 @@ def start(command: list[str]) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([*command[:-1], str(port)] if command[-1] == "PORT" else [*command, "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    wait_ready(f"{url}/healthz")
+    wait_ready(f"{url}/healthz", proc)
     return proc, url
 
 
@@ -137,7 +139,7 @@ def run_config(label: str, procs_urls: list[tuple[subprocess.Popen, str]], scrip
             proc.wait(60)
 
 
-def update_cost(redis_url: str) -> dict[str, dict[str, float]]:
+def update_cost(redis_url: str, evals: int = 300, batches: int = 30) -> dict[str, dict[str, float]]:
     """Per observation, at k = 10 and 52: Redis CPU (its own commandstats) of the whole update as a
     Lua script (bench/lua_update.lua) and of compare-and-set with the update computed in the
     server (the design used), and the server's wall time for the latter, in batches of 100."""
@@ -167,15 +169,15 @@ def update_cost(redis_url: str) -> dict[str, dict[str, float]]:
             empty = UserTable(version.dim, version.prior, version.link, capacity=1)
             init = empty.encode(empty.ensure("u"))
             client.config_resetstat()
-            for lsn in range(1, 301):
+            for lsn in range(1, evals + 1):
                 item = int(rng.integers(0, 500))
                 client.evalsha(lua, 1, f"lua{k}:{{u}}", "@b", lsn, item, np.float64(3.0).tobytes(), F[item].tobytes(),
                                init, "i", "0.05", b"", b"")
-            lua_us = redis_usec() / 300
+            lua_us = redis_usec() / evals
             table = SharedUserTable(store, f"k{k}", UserTable(version.dim, version.prior, version.link))
             client.config_resetstat()
             wall, lsn = [], 0
-            for _ in range(30):
+            for _ in range(batches):
                 users = [str(u) for u in rng.integers(0, 100, 100)]
                 started = time.perf_counter()
                 table.learn("b", list(range(lsn + 1, lsn + 101)), users, rng.integers(0, 500, 100),
@@ -183,7 +185,7 @@ def update_cost(redis_url: str) -> dict[str, dict[str, float]]:
                 wall.append((time.perf_counter() - started) / 100 * 1e6)
                 lsn += 100
             out[f"k{k}"] = {"lua_update_redis_us": round(lua_us, 1),
-                            "compare_and_set_redis_us": round(redis_usec() / 3000, 1),
+                            "compare_and_set_redis_us": round(redis_usec() / (100 * batches), 1),
                             "compare_and_set_server_wall_us": round(statistics.median(wall[5:]), 1)}
     client.close()
     return out
@@ -227,7 +229,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
+    if args.quick:
+        args.duration, args.processes = 1, [2]
     if not shutil.which("wrk") or not shutil.which("redis-server"):
         sys.exit("needs wrk and redis-server (apt-get install wrk redis-server)")
     report: dict[str, object] = {"machine": {"cpus": os.cpu_count()}, "connections": CONNECTIONS,
@@ -239,10 +245,10 @@ def main() -> None:
         subprocess.run(["redis-cli", "-p", str(redis_server.port), "config", "set", "appendonly", "no"],
                        check=True, capture_output=True)
         try:
-            report["update_cost_per_observation"] = update_cost(redis_server.url)
-            report["log_durability_32_writers"] = log_durability(tmp / "logs")
+            report["update_cost_per_observation"] = update_cost(redis_server.url, *((20, 6) if args.quick else ()))
+            report["log_durability_32_writers"] = log_durability(tmp / "logs", per_writer=5 if args.quick else 100)
             home = tmp / "home"
-            train(home)
+            train(home, iterations=1 if args.quick else 5)
             plain = {}
             for route in ("predict", "observe"):
                 plain[route] = tmp / f"{route}.lua"

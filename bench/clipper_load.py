@@ -20,10 +20,13 @@ def run(coroutine: Any) -> Any:
     return uvloop.run(coroutine)
 
 
-def write_report(name: str, figures: dict[str, Any]) -> None:
-    """Print a benchmark's JSON document and keep a copy as bench/results/<name>.json."""
+def write_report(name: str, figures: dict[str, Any], keep: bool = True) -> None:
+    """Print a benchmark's JSON document and keep a copy as bench/results/<name>.json (not for a
+    --quick run: its figures mean nothing and must not replace the ones the README cites)."""
     out = json.dumps(figures, indent=2)
     print(out)
+    if not keep:
+        return
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     Path(f"bench/results/{name}.json").write_text(out)
 
@@ -35,8 +38,10 @@ def summary(latencies_s: list[float] | np.ndarray) -> dict[str, float]:
 
 
 async def closed_loop(call: Callable[[int], Any], concurrency: int, seconds: float,
-                      warmup: float = 1.0) -> dict[str, Any]:
-    """`concurrency` clients each awaiting `call(i)` back to back; figures after `warmup` seconds."""
+                      warmup: float | None = None) -> dict[str, Any]:
+    """`concurrency` clients each awaiting `call(i)` back to back; figures after `warmup` seconds
+    (default 1 s, or a fifth of `seconds` when that is shorter)."""
+    warmup = min(1.0, seconds / 5) if warmup is None else warmup
     latencies: list[float] = []
     answers: list[Any] = []
     counter = iter(range(1 << 62))

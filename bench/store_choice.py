@@ -1,6 +1,7 @@
 """SQLite vs LMDB as the embedded user store: checkpoint, point read, scan.
 
     .venv/bin/python bench/store_choice.py [--users 10000] [--rank 50]
+    .venv/bin/python bench/store_choice.py --quick   # 200 users: checks the script runs
 
 A checkpoint writes every changed user's state (P, r, w at rank 50: ~22 KB) in one transaction.
 Prints JSON medians over --repeats runs. docs/storage.md records the result and the choice.
@@ -33,7 +34,11 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--rank", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
+    if args.quick:
+        args.users, args.rank, args.repeats = 200, 8, 1
     k = args.rank + 2
     rng = np.random.default_rng(0)
     blob = rng.normal(size=k * k + 2 * k).tobytes()

@@ -156,3 +156,24 @@ def test_queue_take_skips_queries_whose_caller_gave_up() -> None:
         return [q.input for q in await queue.take(5, 0.0)]
 
     assert _run(scenario()) == ["b"]
+
+
+@pytest.mark.parametrize("ticks", [0, 1, 2, 3])
+def test_a_take_cancelled_as_a_query_arrives_is_cancelled_not_left_waiting(ticks: int) -> None:
+    """Replica.stop cancels the dispatcher and awaits it: a cancel that came just as a lingering
+    take was woken by a new query was swallowed (asyncio.wait_for on 3.11) and stop hung."""
+    async def scenario() -> str:
+        queue = BatchQueue()
+        loop = asyncio.get_running_loop()
+        queue.put(Query("a", time.monotonic() + 60, loop.create_future()))
+        taker = asyncio.ensure_future(queue.take(5, 30.0))  # one query: it lingers for more
+        for _ in range(3):
+            await asyncio.sleep(0)
+        queue.put(Query("b", time.monotonic() + 60, loop.create_future()))  # the linger ends...
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        taker.cancel()  # ...as the replica is stopped
+        done, _ = await asyncio.wait([taker], timeout=10)  # a generous bound that only stops a hang
+        return "cancelled" if taker in done and taker.cancelled() else "still waiting" if not done else "returned"
+
+    assert _run(scenario()) == "cancelled"

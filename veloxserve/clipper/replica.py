@@ -228,7 +228,8 @@ class Replica:
             try:
                 frames = protocol.encode_batch(protocol.stack_inputs([q.input for q in batch]))
                 await self._socket.send_multipart([self._peer, protocol.PREDICT, protocol.pack_id(request), *frames])
-                outputs = await asyncio.wait_for(reply, self.spec.hang_timeout)
+                async with asyncio.timeout(self.spec.hang_timeout):  # not wait_for: see BatchQueue.take
+                    outputs = await reply
                 results = protocol.split_outputs(outputs, len(batch))
             except asyncio.CancelledError:  # stopped: the batch in flight is answered, not abandoned
                 _fail(batch, _stopped())

@@ -12,7 +12,7 @@ from veloxserve.errors import Conflict
 class HomeLock:
     """An exclusive advisory lock, released by the OS even if the process is killed with -9."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, advice: str = "Stop it, or use another --home.") -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -20,8 +20,7 @@ class HomeLock:
             owner = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(self._fd)
             raise Conflict(
-                f"{path.parent} is in use by another veloxserve process (pid {owner}). "
-                "Stop it, or use another --home."
+                f"{path.parent} is in use by another veloxserve process (pid {owner}). {advice}"
             ) from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, str(os.getpid()).encode(), 0)
