@@ -2,6 +2,7 @@
 requests take to fail, and how long routes that need no Redis take meanwhile.
 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_redis_hang.py [--seconds 20] [--workers 4]
+    PYTHONPATH=$PWD .venv/bin/python bench/bench_redis_hang.py --quick   # 1 s stopped: checks it runs
 
 Starts its own redis-server (tests/helpers.RedisServer) and a server over a synthetic model
 (tests/conftest.synthetic_version_arrays), warms it up, then stops Redis with SIGSTOP for
@@ -77,7 +78,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20.0, help="how long Redis stays stopped")
     parser.add_argument("--workers", type=int, default=4, help="threads sending Redis-bound requests")
+    parser.add_argument("--quick", action="store_true",
+                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.workers = 1.0, 2
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         arrays, meta = synthetic_version_arrays(name="songs")
@@ -91,7 +96,8 @@ def main() -> None:
                 for n in range(50):  # warm up: connections, scripts, the users' state
                     http.post("/models/songs/observe", json={"user": str(n % 7), "item": 100 + n % 50, "score": 3.0})
                     http.get("/models/songs/predict", params={"user": str(n % 7), "item": 100 + n % 50})
-            healthy = _wrk(f"{server.url}/models/songs/predict?user=1&item=101") if shutil.which("wrk") else None
+            healthy = (_wrk(f"{server.url}/models/songs/predict?user=1&item=101", 1 if args.quick else 5)
+                       if shutil.which("wrk") else None)
             results: dict[str, list[tuple[int, float]]] = {"predict": [], "observe": [], "healthz": [], "models": []}
             lock = threading.Lock()
             stop = threading.Event()

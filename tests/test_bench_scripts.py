@@ -20,7 +20,8 @@ HELPERS = {  # modules in bench/ that are not benchmarks themselves
     "peer_bentoml_service.py": "BentoML's service, started by bench_http.py from its own venv",
 }
 EXTRA_ARGS = {"bench_http.py": ["--no-peer"]}  # the peer's venv is pip-installed on first use: not in CI
-NEEDS = {"bench_http.py": ["wrk"], "bench_scaleout.py": ["wrk", "redis-server", "redis-cli"]}
+NEEDS = {"bench_http.py": ["wrk"], "bench_scaleout.py": ["wrk", "redis-server", "redis-cli"],
+         "bench_redis_hang.py": ["redis-server"]}
 
 
 def _scripts() -> list[str]:
