@@ -10,11 +10,12 @@ such call froze every route for seconds, /healthz included. So, with state share
   counts. /healthz, /metrics and GET /models read what it found, never Redis. A lost state is
   said (an ERROR, /healthz degraded, predictions 503 instead of the trained defaults) and
   rebuilt from the logs (`rebuild`, SharedModelServer.rebuild_lost_state), counted in `rebuilds`.
-- `StoreCalls.run` runs each Redis-bound piece of a request (a prediction, a ranking) in a
-  bounded thread pool and answers 503 StoreUnavailable with Retry-After once
+- `StoreCalls.run` runs each Redis-bound piece of a request (a prediction, a ranking) on a
+  few worker threads and answers 503 StoreUnavailable with Retry-After once
   `RedisSettings.deadline` has passed, whether the call is still waiting for Redis or still
-  queued behind calls that are. The thread finishes on its own socket timeout; its result is
-  dropped. Such calls only read, so dropping one changes nothing.
+  queued behind calls that are. A running call finishes on its own socket timeout and its
+  result is dropped. Such calls change no user state (a ranking that finishes late leaves
+  at most a decision-log record nobody was given).
 
 Without a shared store every call runs inline: LMDB and memory are not network services, and
 the embedded hot path keeps its speed.
