@@ -10,11 +10,12 @@ such call froze every route for seconds, /healthz included. So, with state share
   counts. /healthz, /metrics and GET /models read what it found, never Redis. A lost state is
   said (an ERROR, /healthz degraded, predictions 503 instead of the trained defaults) and
   rebuilt from the logs (`rebuild`, SharedModelServer.rebuild_lost_state), counted in `rebuilds`.
-- `StoreCalls.run` runs each Redis-bound piece of a request (a prediction, a ranking) in a
-  bounded thread pool and answers 503 StoreUnavailable with Retry-After once
+- `StoreCalls.run` runs each Redis-bound piece of a request (a prediction, a ranking) on a
+  few worker threads and answers 503 StoreUnavailable with Retry-After once
   `RedisSettings.deadline` has passed, whether the call is still waiting for Redis or still
-  queued behind calls that are. The thread finishes on its own socket timeout; its result is
-  dropped. Such calls only read, so dropping one changes nothing.
+  queued behind calls that are. A running call finishes on its own socket timeout and its
+  result is dropped. Such calls change no user state (a ranking that finishes late leaves
+  at most a decision-log record nobody was given).
 
 Without a shared store every call runs inline: LMDB and memory are not network services, and
 the embedded hot path keeps its speed.
@@ -27,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from typing import Any, TypeVar
 
 import redis
@@ -40,7 +41,7 @@ from veloxserve.storage.redis_client import RedisSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_POOL_THREADS = 8  # Redis-bound calls in flight at once; the rest queue (and time out) behind them
+_POOL_THREADS = 2  # Redis-bound calls in flight at once; the rest queue (and time out) behind them
 
 
 class RedisWatch:
@@ -122,25 +123,79 @@ class RedisWatch:
 
 
 class StoreCalls:
-    """Runs calls that need Redis off the event loop, each answered within the deadline."""
+    """Runs calls that need Redis off the event loop, each answered within the deadline.
+
+    Not a ThreadPoolExecutor: bench/bench_redis_hang.py measured one event-loop wake-up and one
+    asyncio.wait_for per call costing about a third of the predictions/s over Redis. Here each of
+    `_POOL_THREADS` workers takes every call queued so far, runs them, and resolves them all
+    with one wake-up of the loop; a timer per call answers 503 at the deadline."""
 
     def __init__(self, settings: RedisSettings | None) -> None:
         self.settings = settings
-        self._pool = None if settings is None else ThreadPoolExecutor(_POOL_THREADS, thread_name_prefix="redis-call")
+        self._queue: deque[tuple] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._threads = [] if settings is None else [
+            threading.Thread(target=self._work, name=f"redis-call-{n}", daemon=True) for n in range(_POOL_THREADS)]
+        for thread in self._threads:
+            thread.start()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)`: inline without Redis, else in the pool, StoreUnavailable at the deadline."""
-        if self._pool is None:
+        """`fn(*args)`: inline without Redis, else on a worker, StoreUnavailable at the deadline."""
+        if not self._threads:
             return fn(*args)
         loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        with self._cond:
+            self._queue.append((fn, args, future, loop))
+            self._cond.notify()
+        timer = loop.call_later(self.settings.deadline, self._expire, future)
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), self.settings.deadline)
-        except asyncio.TimeoutError:
-            raise StoreUnavailable(
+            return await future
+        finally:
+            timer.cancel()
+
+    def _expire(self, future: asyncio.Future) -> None:
+        if not future.done():  # still queued (never runs) or running (finishes on its socket timeout, unheard)
+            future.set_exception(StoreUnavailable(
                 f"Redis at {self.settings.where} did not answer within {self.settings.deadline} s. Requests that need "
                 "user state fail with 503 until it answers; retry after Retry-After (the server reconnects by itself)."
-            ) from None
+            ))
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closed)
+                if not self._queue:
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+            done: dict[asyncio.AbstractEventLoop, list[tuple]] = {}
+            for fn, args, future, loop in batch:
+                if future.done():  # expired while queued
+                    continue
+                try:
+                    outcome = (future, fn(*args), None)
+                except Exception as exc:  # handed to the request, which answers it
+                    outcome = (future, None, exc)
+                done.setdefault(loop, []).append(outcome)
+            for loop, outcomes in done.items():
+                try:
+                    loop.call_soon_threadsafe(_resolve, outcomes)
+                except RuntimeError:  # the loop has closed: nobody is waiting any more
+                    pass
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _resolve(outcomes: list[tuple]) -> None:
+    for future, result, exc in outcomes:
+        if future.done():  # answered 503 at the deadline meanwhile
+            continue
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)

@@ -95,6 +95,8 @@ class Velox:
     def close(self) -> None:
         """Checkpoint every model and close logs and store. Safe to call twice. A retrain still
         running is stopped and its version marked `failed`."""
+        if self.redis_watch is not None:  # first: it may rebuild a server's state
+            self.redis_watch.close()
         self.retrainer.close()
         for server in list(self._servers.values()):
             server.checkpoint()
@@ -108,8 +110,6 @@ class Velox:
         self._decision_logs.clear()
         self._servers.clear()
         self._logs.clear()
-        if self.redis_watch is not None:
-            self.redis_watch.close()
         self._store.close()
         self._home_lock.release()
 
