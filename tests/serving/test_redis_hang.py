@@ -60,11 +60,15 @@ def test_a_hung_redis_leaves_unrelated_routes_answering_while_a_prediction_waits
     # (a) The prediction is in the server, waiting for Redis, and meanwhile the routes that need no
     # Redis answer: on the event loop-blocking code, this poll itself waited until the prediction ended.
     assert eventually(lambda: _in_flight(http) >= 1, within=30), "the prediction never showed as in flight"
-    answered = {path: http.get(path) for path in ("/healthz", "/metrics", "/models", "/models/songs")}
-    still_waiting = waiting.is_alive()
+    answered, while_waiting = {}, []
+    for path in ("/healthz", "/metrics", "/models", "/models/songs"):
+        answered[path] = http.get(path)
+        while_waiting.append(waiting.is_alive())
     waiting.join(60)
     assert all(r.status_code == 200 for r in answered.values()), {p: r.status_code for p, r in answered.items()}
-    assert still_waiting, "the unrelated routes were answered only after the prediction had failed"
+    # The shape, robust to a loaded machine: at least the first answers came while the prediction
+    # still waited (with a blocked loop, none would have: each waited for the prediction to end).
+    assert while_waiting[0], "the unrelated routes were answered only after the prediction had failed"
 
     # (b) The Redis-bound request fails with 503 + Retry-After, naming Redis, instead of hanging.
     r = hung["response"]
