@@ -73,6 +73,10 @@ def drift_to_active(seed: int = 0, batch: int = 100, rate: float = 5_000.0, foll
     users, songs, ratings = world
     before = generate_catify(users, songs, n_ratings=ratings, seed=seed)
     after = generate_catify(users, songs, n_ratings=int(0.6 * ratings), seed=seed + 1)  # other θ, same ids
+    # The same rating scale after the drift: a version accepts only scores near its training range.
+    scale = (float(before.ratings.scores.min()), float(before.ratings.scores.max()))
+    drifted = Ratings(after.ratings.users, after.ratings.items, np.clip(after.ratings.scores, *scale),
+                      after.ratings.timestamps)
     config = ALSConfig(rank=8, reg=1.0, prior_precision=1.0, iterations=10)
     cut = int(0.8 * len(before.ratings))  # Catify drops duplicate (user, song) pairs: use fractions
     stream_before = before.ratings.take(np.arange(cut, len(before.ratings)))
@@ -96,10 +100,10 @@ def drift_to_active(seed: int = 0, batch: int = 100, rate: float = 5_000.0, foll
         jobs_before = velox.retrainer.job("catify")
         drift_started = time.perf_counter()
         detected_at = detected_seconds = rmse_at_swap = None
-        sent, n_after = 0, len(after.ratings)
+        sent, n_after = 0, len(drifted)
         while True:  # the drifted stream, paced at `rate` observations/s, until the retrain ends
             rows = np.arange(sent, sent + batch) % n_after
-            feed(after.ratings.take(rows))
+            feed(drifted.take(rows))
             sent += batch
             job = velox.retrainer.job("catify")
             if detected_at is None and job is not jobs_before:
@@ -114,7 +118,7 @@ def drift_to_active(seed: int = 0, batch: int = 100, rate: float = 5_000.0, foll
         active_seconds, active_at = time.perf_counter() - drift_started, sent
         job = velox.retrainer.wait("catify")
         promoted = velox.server("catify").version_id != first_version
-        feed(after.ratings.take(np.arange(sent, sent + 2000) % n_after))
+        feed(drifted.take(np.arange(sent, sent + 2000) % n_after))
         sent += 2000
         rmse_after_first = live_rmse()
         # Keep streaming: the detector watches the new version too, so drift retrains continue
@@ -123,14 +127,14 @@ def drift_to_active(seed: int = 0, batch: int = 100, rate: float = 5_000.0, foll
                      "observations": sent, "prequential_rmse_last_1000": rmse_after_first}]
         stop = sent + follow
         while sent < stop:
-            feed(after.ratings.take(np.arange(sent, sent + batch) % n_after))
+            feed(drifted.take(np.arange(sent, sent + batch) % n_after))
             sent += batch
             if velox.server("catify").version_id != timeline[-1]["version"]:
                 timeline.append({"version": velox.server("catify").version_id, "observations": sent,
                                  "seconds": round(time.perf_counter() - drift_started, 2)})
             time.sleep(max(0.0, drift_started + sent / rate - time.perf_counter()))
         velox.retrainer.wait("catify")
-        feed(after.ratings.take(np.arange(sent, sent + 1000) % n_after))  # a full window on the last version
+        feed(drifted.take(np.arange(sent, sent + 1000) % n_after))  # a full window on the last version
         sent += 1000
         timeline.append({"end": True, "observations": sent, "prequential_rmse_last_1000": live_rmse(),
                          "version": velox.server("catify").version_id})
