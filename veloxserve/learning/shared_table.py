@@ -93,6 +93,16 @@ class SharedUserTable:
         )
         raise self.lost
 
+    def _check_absent_is_new(self) -> None:
+        """A user without a state of this generation is served its trained statistics, unless Redis
+        lost the generation: then every user looks absent. One more round trip, only for such users,
+        so that the trained defaults are never served as if they were state (no window until the
+        watch notices)."""
+        with self.store.unavailable("checking the users' state"):
+            current = self._client.get(self.store.key(self.namespace, "generation"))
+        if current != self.generation:
+            self._mark_lost()
+
     def _check_kept(self) -> None:
         """Once the state is known lost, answer 503 saying so: never the trained defaults as if
         they were the users' state."""
@@ -117,7 +127,10 @@ class SharedUserTable:
         self._check_kept()
         with self.store.unavailable("reading a user's weights"):
             raw, generation = self._client.hmget(self._key(user), "w", "g")
-        return self.baseline.weights(user) if generation != self.generation else np.frombuffer(raw, dtype=np.float64)
+        if generation != self.generation:
+            self._check_absent_is_new()
+            return self.baseline.weights(user)
+        return np.frombuffer(raw, dtype=np.float64)
 
     def weights_many(self, users: Sequence[str]) -> np.ndarray:
         self._check_kept()
@@ -127,16 +140,22 @@ class SharedUserTable:
                 pipe.hmget(self._key(user), "w", "g")
             found = pipe.execute()
         out = self.baseline.weights_many(users)
+        mine = self.generation
         for i, (raw, generation) in enumerate(found):
-            if generation == self.generation:
+            if generation == mine:
                 out[i] = np.frombuffer(raw, dtype=np.float64)
+        if any(generation != mine for _, generation in found):
+            self._check_absent_is_new()
         return out
 
     def _state(self, user: str) -> bytes | None:
         self._check_kept()
         with self.store.unavailable("reading a user's state"):
             state, generation = self._client.hmget(self._key(user), STATE, "g")
-        return state if generation == self.generation else None
+        if generation != self.generation:
+            self._check_absent_is_new()
+            return None
+        return state
 
     def covariance(self, user: str) -> np.ndarray:
         state = self._state(user)
