@@ -201,6 +201,7 @@ class ObservationLog:
     """Append-only, crash-safe log of one model's observations."""
 
     _REFUSED_KEPT = 4096  # refused batches remembered, so a late waiter still learns it was refused
+    _PROBE_S = 0.2  # while the disk refuses writes, let one batch through this often to notice it healed
 
     def __init__(
         self, directory: Path, *, fsync: bool = True, segment_bytes: int = 64 << 20, commit_delay: float = 0.0
@@ -220,6 +221,7 @@ class ObservationLog:
         self._closed = False
         self._failure: StoreUnavailable | None = None  # the last write failed: refusing until one succeeds
         self._refused: list[tuple[int, int, StoreUnavailable]] = []  # (first, last, why), ascending
+        self._next_probe = 0.0
         self.damage: list[frames.Damage] = []  # damaged runs found on open, reported once each
         self.write_failures = 0
         try:
@@ -323,11 +325,9 @@ class ObservationLog:
         """While failing, let one batch through now and then: it is how the log notices the disk healed."""
         now = time.monotonic()
         if now >= self._next_probe and not self._pending:
-            self._next_probe = now + 0.2
+            self._next_probe = now + self._PROBE_S
             return True
         return False
-
-    _next_probe = 0.0
 
     def refused(self, lsn: int) -> StoreUnavailable | None:
         """Why the batch holding `lsn` was refused, or None if it was not (or is not known)."""
@@ -423,7 +423,7 @@ class ObservationLog:
             log.error("%s", error.message)
         with self._lock:
             self._failure = error
-            self._next_probe = time.monotonic() + 0.2
+            self._next_probe = time.monotonic() + self._PROBE_S
             refused, self._pending = self._pending, []  # queued behind the failure: refused too
         ranges = [(first, last)] + [(f, l) for _, f, l in refused]
         with self._durable:
