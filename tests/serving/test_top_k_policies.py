@@ -16,7 +16,7 @@ from veloxserve import Velox
 from veloxserve.config import HomeLayout, ServingConfig
 from veloxserve.errors import InvalidInput
 from veloxserve.models.version import ModelVersion
-from veloxserve.serving.exploration import Policy, epsilon_greedy_slate
+from veloxserve.serving.exploration import EpsilonGreedy, ExplorationPolicy, LinUCB, Thompson, epsilon_greedy_slate
 from veloxserve.serving.model_server import ModelServer
 from veloxserve.storage.decision_log import read_decisions
 from veloxserve.storage.observation_log import ObservationLog, read_log
@@ -72,18 +72,18 @@ def test_greedy_linucb_and_thompson_against_independent_computations(tmp_path: P
         user = "4"
         w, P = server.users.weights(user).copy(), server.users.covariance(user).copy()
         ucb = F @ w + 2.0 * np.sqrt(np.einsum("ij,jk,ik->i", F, P, F))
-        rec = server.recommend(user, 10, policy=Policy("linucb", alpha=2.0))
+        rec = server.recommend(user, 10, policy=LinUCB(alpha=2.0))
         assert [server.version.catalog.lookup(str(i)) for i in rec.items] == np.argsort(-ucb)[:10].tolist()
         assert rec.propensities == [1.0] * 10
         np.testing.assert_allclose(rec.scores, F[np.argsort(-ucb)[:10]] @ w)  # scores stay the model's
 
         rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
-        rec = server.recommend(user, 10, policy=Policy("thompson", alpha=0.5), rng=rng_a)
+        rec = server.recommend(user, 10, policy=Thompson(alpha=0.5), rng=rng_a)
         draw = w + 0.5 * np.linalg.cholesky(0.5 * (P + P.T) + 1e-12 * np.eye(len(w))) @ rng_b.standard_normal(len(w))
         assert [server.version.catalog.lookup(str(i)) for i in rec.items] == np.argsort(-(F @ draw))[:10].tolist()
         assert rec.propensities is None
 
-        greedy = server.recommend(user, 10, policy=Policy("epsilon_greedy", epsilon=0.0))
+        greedy = server.recommend(user, 10, policy=EpsilonGreedy(epsilon=0.0))
         assert greedy.items == server.recommend(user, 10).items and greedy.propensities == [1.0] * 10
     finally:
         obs_log.close()
@@ -162,4 +162,4 @@ def test_http_policies_filters_decisions_and_bad_input(tmp_path: Path) -> None:
 def test_bad_policy_values_in_process(tmp_path: Path) -> None:
     for args in (("nope", None, None), ("epsilon_greedy", -0.1, None), ("linucb", None, -1.0), ("linucb", None, True)):
         with pytest.raises(InvalidInput):
-            Policy.parse(*args)
+            ExplorationPolicy.parse(*args)

@@ -1,7 +1,8 @@
 """Selection and ensemble policies: which linked models answer a query, and how they combine.
 
 Every policy answers three questions, in the manner of river's bandits (the base class does the
-bookkeeping, a policy writes its rule):
+bookkeeping, a policy writes its rule; the base of every policy, top-k exploration's too, is
+learning/policy.py):
 
     select(user)                  which models to evaluate for a query
     combine(user, chosen, F)      one output from their outputs F (one row per chosen model)
@@ -20,10 +21,12 @@ bookkeeping, a policy writes its rule):
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from veloxserve.learning.policy import Parameter, PolicyRegistry
+from veloxserve.learning.policy import Policy as BasePolicy
 from veloxserve.learning.user_table import UserTable
 from veloxserve.models.version import UserPrior
 
@@ -70,12 +73,16 @@ def losses(outputs: np.ndarray, target: np.ndarray, kind: Loss) -> np.ndarray:
     return np.minimum(1.0, error.mean(axis=1))
 
 
-class Policy:
-    """Base: evaluates every model, answers model 0, learns nothing. Subclasses override."""
+class CorrectionPolicy(BasePolicy):
+    """Base: evaluates model 0, answers its output, learns nothing; a policy overrides the rule it
+    changes. The base keeps what every policy shares: the number of models, the loss, the seeded
+    random generator (the application's: a replayed feedback log draws the same arms again), the
+    declared parameters, and the description's common part."""
 
-    kind = PolicyKind.SINGLE
+    kind: ClassVar[PolicyKind]
 
-    def __init__(self, n_models: int, loss: Loss, rng: np.random.Generator) -> None:
+    def __init__(self, n_models: int, loss: Loss, rng: np.random.Generator, **params: Any) -> None:
+        super().__init__(**params)
         self.n_models = n_models
         self.loss = loss
         self.rng = rng
@@ -90,17 +97,27 @@ class Policy:
         pass
 
     def describe(self) -> dict[str, Any]:
-        return {"policy": self.kind.value, "loss": self.loss.value}
+        return {"policy": self.name, "loss": self.loss.value}
 
 
-class Single(Policy):
-    pass
+Policy = CorrectionPolicy  # the name application.py imports (kept so that this change leaves it alone)
+CORRECTION_POLICIES: PolicyRegistry[CorrectionPolicy] = PolicyRegistry("policy")
+_POSITIVE = "a number > 0"
 
 
-class _Weighted(Policy):
-    def __init__(self, n_models: int, loss: Loss, rng: np.random.Generator, eta: float) -> None:
-        super().__init__(n_models, loss, rng)
-        self.eta = eta
+@CORRECTION_POLICIES.register
+class Single(CorrectionPolicy):
+    kind = PolicyKind.SINGLE
+    name = kind.value
+
+
+class _Weighted(CorrectionPolicy):
+    """A weight per model, kept as log-weights; `eta` is the learning rate."""
+
+    eta: float
+
+    def __init__(self, n_models: int, loss: Loss, rng: np.random.Generator, **params: Any) -> None:
+        super().__init__(n_models, loss, rng, **params)
         self.log_weights = np.zeros(n_models)
 
     def weights(self) -> np.ndarray:
@@ -111,13 +128,13 @@ class _Weighted(Policy):
         return {**super().describe(), "eta": self.eta, "weights": self.weights().tolist()}
 
 
+@CORRECTION_POLICIES.register
 class Exp3(_Weighted):
     kind = PolicyKind.EXP3
-
-    def __init__(self, n_models: int, loss: Loss, rng: np.random.Generator, eta: float = 0.1,
-                 gamma: float = 0.1) -> None:
-        super().__init__(n_models, loss, rng, eta)
-        self.gamma = gamma
+    name = kind.value
+    parameters = (Parameter("eta", 0.1, low_open=True, expected=_POSITIVE),
+                  Parameter("gamma", 0.1, 0.0, 1.0, low_open=True, high_open=False, expected="a number in (0, 1]"))
+    gamma: float
 
     def probabilities(self) -> np.ndarray:
         return (1 - self.gamma) * self.weights() + self.gamma / self.n_models
@@ -134,11 +151,11 @@ class Exp3(_Weighted):
         return {**super().describe(), "gamma": self.gamma, "probabilities": self.probabilities().tolist()}
 
 
+@CORRECTION_POLICIES.register
 class Exp4(_Weighted):
     kind = PolicyKind.EXP4
-
-    def __init__(self, n_models: int, loss: Loss, rng: np.random.Generator, eta: float = 0.5) -> None:
-        super().__init__(n_models, loss, rng, eta)
+    name = kind.value
+    parameters = (Parameter("eta", 0.5, low_open=True, expected=_POSITIVE),)
 
     def select(self, user: str) -> np.ndarray:
         return np.arange(self.n_models)
@@ -151,12 +168,16 @@ class Exp4(_Weighted):
         self.log_weights -= self.eta * losses(outputs, target, self.loss)
 
 
-class Personalised(Policy):
+@CORRECTION_POLICIES.register
+class Personalised(CorrectionPolicy):
     kind = PolicyKind.PERSONALISED
+    name = kind.value
+    parameters = (Parameter("prior_precision", 1.0, low_open=True, expected=_POSITIVE),)
+    prior_precision: float
 
-    def __init__(self, n_models: int, loss: Loss, rng: np.random.Generator, prior_precision: float = 1.0) -> None:
-        super().__init__(n_models, loss, rng)
-        prior = UserPrior.isotropic(np.full(n_models, 1.0 / n_models), prior_precision)
+    def __init__(self, n_models: int, loss: Loss, rng: np.random.Generator, **params: Any) -> None:
+        super().__init__(n_models, loss, rng, **params)
+        prior = UserPrior.isotropic(np.full(n_models, 1.0 / n_models), self.prior_precision)
         self.users = UserTable(n_models, prior)
 
     def select(self, user: str) -> np.ndarray:
@@ -179,6 +200,4 @@ class Personalised(Policy):
                 "prior_precision": float(self.users.prior.precision[0])}
 
 
-POLICIES: dict[PolicyKind, type[Policy]] = {
-    PolicyKind.SINGLE: Single, PolicyKind.EXP3: Exp3, PolicyKind.EXP4: Exp4, PolicyKind.PERSONALISED: Personalised,
-}
+POLICIES: dict[PolicyKind, type[CorrectionPolicy]] = {PolicyKind(cls.name): cls for cls in CORRECTION_POLICIES}

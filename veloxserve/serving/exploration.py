@@ -16,48 +16,122 @@ each user's ridge covariance P_u = A_u⁻¹ (no extra state).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from veloxserve.errors import invalid_parameter
+from veloxserve.learning.policy import Parameter, PolicyRegistry
+from veloxserve.learning.policy import Policy as BasePolicy
 
-POLICIES = ("greedy", "epsilon_greedy", "linucb", "thompson")
+Slate = tuple[np.ndarray, np.ndarray | None]  # (item rows in slot order, each slot's propensity or None)
 
 
 @dataclass(frozen=True)
-class Policy:
-    name: str = "greedy"
-    epsilon: float = 0.1
-    alpha: float = 1.0
+class Candidates:
+    """What a server offers a policy for one top-k request: the user's state and the eligible items.
 
-    @classmethod
-    def parse(cls, name: Any = None, epsilon: Any = None, alpha: Any = None, where: str = "top_k") -> Policy:
-        name = "greedy" if name is None else name
-        if name not in POLICIES:
-            raise invalid_parameter("policy", where, " or ".join(POLICIES), name)
-        fields: dict[str, float] = {}
-        if epsilon is not None:
-            if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0.0 <= epsilon <= 1.0:
-                raise invalid_parameter("epsilon", where, "a number in [0, 1]", epsilon)
-            fields["epsilon"] = float(epsilon)
-        if alpha is not None:
-            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha < 1e6:
-                raise invalid_parameter("alpha", where, "a number >= 0", alpha)
-            fields["alpha"] = float(alpha)
-        return cls(name, **fields)
+    `ranked(query, n)` is up to n eligible rows with the largest query·f, best first, and those
+    inner products (the server's index or exact scoring); `sample(n, rng)` draws n rows uniformly
+    from the `n_eligible` eligible items; `covariance()` is P_u, computed only if a policy asks."""
+
+    weights: np.ndarray
+    covariance: Callable[[], np.ndarray]
+    features: Callable[[np.ndarray], np.ndarray]
+    ranked: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+    sample: Callable[[int, np.random.Generator], np.ndarray]
+    n_eligible: int
+
+
+class ExplorationPolicy(BasePolicy):
+    """A top-k policy: a value (its name and parameters) that writes one method, `slate`.
+
+    Described as `{"name": ..., <parameters>}` in top-k answers and decision logs; two policies
+    with the same name and parameters are equal."""
+
+    deterministic: ClassVar[bool] = True  # the same state always gives the same list (propensities 1)
+
+    def slate(self, offer: Candidates, k: int, rng: np.random.Generator) -> Slate:
+        """k distinct eligible rows in slot order and the probability of each slot's choice."""
+        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        if self.name == "greedy":
-            return {"name": self.name}
-        if self.name == "epsilon_greedy":
-            return {"name": self.name, "epsilon": self.epsilon}
-        return {"name": self.name, "alpha": self.alpha}
+        return {"name": self.name, **self.parameter_values()}
 
-    @property
-    def deterministic(self) -> bool:
-        return self.name in ("greedy", "linucb")
+    @classmethod
+    def parse(cls, name: Any = None, epsilon: Any = None, alpha: Any = None, where: str = "top_k") -> ExplorationPolicy:
+        """The policy a top-k request names (`policy`, `epsilon`, `alpha`; absent: greedy)."""
+        return EXPLORATION_POLICIES.parse(name, {"epsilon": epsilon, "alpha": alpha}, where)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ExplorationPolicy) and type(other) is type(self) and other.describe() == self.describe()
+
+    def __hash__(self) -> int:
+        return hash((self.name, *self.parameter_values().values()))
+
+
+Policy = ExplorationPolicy  # the name velox.py imports (kept so that this change leaves velox.py alone)
+EXPLORATION_POLICIES: PolicyRegistry[ExplorationPolicy] = PolicyRegistry("policy", default="greedy")
+_ALPHA = Parameter("alpha", 1.0, 0.0, 1e6, expected="a number >= 0")
+
+
+@EXPLORATION_POLICIES.register
+class Greedy(ExplorationPolicy):
+    """The k highest scores."""
+
+    name = "greedy"
+
+    def slate(self, offer: Candidates, k: int, rng: np.random.Generator) -> Slate:
+        rows, _ = offer.ranked(offer.weights, k)
+        return rows[:k], np.ones(k)
+
+
+@EXPLORATION_POLICIES.register
+class EpsilonGreedy(ExplorationPolicy):
+    """Slot by slot, the best remaining item with probability 1 − ε, else a uniformly random one."""
+
+    name = "epsilon_greedy"
+    parameters = (Parameter("epsilon", 0.1, 0.0, 1.0, high_open=False, expected="a number in [0, 1]"),)
+    deterministic = False
+    epsilon: float
+
+    def slate(self, offer: Candidates, k: int, rng: np.random.Generator) -> Slate:
+        rows, _ = offer.ranked(offer.weights, 2 * k)
+        return epsilon_greedy_slate(rows, k, self.epsilon, offer.n_eligible, lambda n: offer.sample(n, rng), rng)
+
+
+@EXPLORATION_POLICIES.register
+class LinUCB(ExplorationPolicy):
+    """Rank by w·f + α √(fᵀ P f): optimism under uncertainty."""
+
+    name = "linucb"
+    parameters = (_ALPHA,)
+    alpha: float
+
+    def slate(self, offer: Candidates, k: int, rng: np.random.Generator) -> Slate:
+        rows, ranking = offer.ranked(offer.weights, max(10 * k, 1000))  # the bonus reorders beyond the top k
+        ranking = ranking + self.alpha * uncertainty(offer.features(rows), offer.covariance())
+        return rows[np.argsort(-ranking, kind="stable")][:k], np.ones(k)
+
+
+@EXPLORATION_POLICIES.register
+class Thompson(ExplorationPolicy):
+    """Rank by w̃·f with w̃ ~ N(w, α² P); its propensities have no closed form (logged as null)."""
+
+    name = "thompson"
+    parameters = (_ALPHA,)
+    deterministic = False
+    alpha: float
+
+    def slate(self, offer: Candidates, k: int, rng: np.random.Generator) -> Slate:
+        query = posterior_draw(offer.weights, offer.covariance(), self.alpha, rng)
+        rows, _ = offer.ranked(query, 2 * k)
+        return rows[:k], None
+
+
+GREEDY = Greedy()
+POLICIES = EXPLORATION_POLICIES.names()  # ("greedy", "epsilon_greedy", "linucb", "thompson")
 
 
 def uncertainty(F: np.ndarray, P: np.ndarray) -> np.ndarray:
@@ -72,7 +146,8 @@ def posterior_draw(w: np.ndarray, P: np.ndarray, scale: float, rng: np.random.Ge
 
 
 def epsilon_greedy_slate(
-    ranked: np.ndarray, k: int, epsilon: float, eligible: int, sample_eligible, rng: np.random.Generator
+    ranked: np.ndarray, k: int, epsilon: float, eligible: int, sample_eligible: Callable[[int], np.ndarray],
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Build k slots from `ranked` (candidate rows, best first) and random eligible rows.
 

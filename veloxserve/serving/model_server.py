@@ -31,7 +31,7 @@ from veloxserve.serving.evaluation import PrequentialError
 from veloxserve.serving.decisions import RecentDecisions
 from veloxserve.serving.feature_cache import FeatureCache
 from veloxserve.serving.idempotency import LocalWindow, Original, RedisWindow, check_key
-from veloxserve.serving.exploration import Policy, epsilon_greedy_slate, posterior_draw, uncertainty
+from veloxserve.serving.exploration import GREEDY, Candidates, ExplorationPolicy
 from veloxserve.serving.item_index import ItemIndex
 from veloxserve.serving.validation import batch_size, finite_outputs, int_in_range, item_text, score_in_range
 from veloxserve.storage.observation_log import ObservationLog
@@ -45,9 +45,6 @@ FeedbackListener = Callable[[str, np.ndarray], None]  # (model, squared prequent
 _REPLAY_CHUNK = 100_000
 
 
-GREEDY = Policy()
-
-
 @dataclass
 class Recommendation:
     """A served list: items best first, their scores, and the probability with which the policy
@@ -56,17 +53,18 @@ class Recommendation:
     items: list[Id]
     scores: list[float]
     propensities: list[float] | None
-    policy: Policy
+    policy: ExplorationPolicy
     user: str
     decision: str | None = None
     model_version: str | None = None
 
 
-def _rejecting(sample, excluded: set[int]):
-    def draw(n: int) -> np.ndarray:
+def _rejecting(sample: Callable[[int, np.random.Generator], np.ndarray],
+               excluded: np.ndarray) -> Callable[[int, np.random.Generator], np.ndarray]:
+    def draw(n: int, rng: np.random.Generator) -> np.ndarray:
         while True:
-            rows = sample(n)
-            if not excluded.intersection(rows.tolist()):
+            rows = sample(n, rng)
+            if not np.isin(rows, excluded).any():
                 return rows
     return draw
 
@@ -192,7 +190,7 @@ class ModelServer:
 
     def recommend(
         self, user: Any, k: Any, *, candidates: Sequence[Any] | None = None, exclude_seen: bool = False,
-        filter: str | None = None, policy: Policy = GREEDY, rng: np.random.Generator | None = None,
+        filter: str | None = None, policy: ExplorationPolicy = GREEDY, rng: np.random.Generator | None = None,
     ) -> Recommendation:
         """A list of up to k items for a user under an exploration policy, with propensities.
 
@@ -217,25 +215,15 @@ class ModelServer:
         k = min(k, n_eligible)
         if k == 0:
             return Recommendation([], [], [], policy, key)
-        rng = rng or np.random.default_rng()
-        query = w
-        if policy.name == "thompson":
-            query = posterior_draw(w, self.users.covariance(key), policy.alpha, rng)
-        pool_size = k if policy.name == "greedy" else (2 * k if policy.name != "linucb" else max(10 * k, 1000))
-        rows, ranking = self._ranked_pool(query, pool_size, eligible, seen)
-        if policy.name == "linucb":
-            ranking = ranking + policy.alpha * uncertainty(self._features[rows], self.users.covariance(key))
-            order = np.argsort(-ranking, kind="stable")
-            rows = rows[order]
-        if policy.name == "epsilon_greedy":
-            sample = (lambda n: rng.integers(0, len(self._catalog), n)) if eligible is None else (
-                lambda n: eligible[rng.integers(0, eligible.size, n)])
-            if eligible is None and seen.size:
-                sample = _rejecting(sample, set(seen.tolist()))
-            rows, propensities = epsilon_greedy_slate(rows, k, policy.epsilon, n_eligible, sample, rng)
-        else:
-            rows = rows[:k]
-            propensities = np.ones(k) if policy.deterministic else None
+        n_items = len(self._catalog)
+        sample: Callable[[int, np.random.Generator], np.ndarray] = (
+            (lambda n, rng: rng.integers(0, n_items, n)) if eligible is None
+            else (lambda n, rng: eligible[rng.integers(0, eligible.size, n)]))
+        if eligible is None and seen.size:
+            sample = _rejecting(sample, seen)
+        offer = Candidates(w, lambda: self.users.covariance(key), lambda rows: self._features[rows],
+                           lambda query, n: self._ranked_pool(query, n, eligible, seen), sample, n_eligible)
+        rows, propensities = policy.slate(offer, k, rng or np.random.default_rng())
         scores = finite_outputs(self._link_array(self._features[rows] @ w), f"user {key!r}")
         return Recommendation(
             self._catalog.externals(rows), scores.tolist(), None if propensities is None else propensities.tolist(),
