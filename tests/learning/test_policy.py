@@ -333,3 +333,14 @@ def test_the_single_policy_answers_model_0_and_learns_nothing() -> None:
     outputs, targets = _stream(8, 20, 1)
     assert all(chosen == [0] for chosen in _run(policy, outputs[:, :1], targets))
     assert policy.describe() == before
+
+
+def test_a_correction_policy_takes_only_its_own_parameters() -> None:
+    args = (2, Loss.ABSOLUTE, np.random.default_rng(0))
+    assert CORRECTION_POLICIES.parse("exp3", {"eta": 0.3, "gamma": 0.2}, "create_app", *args).describe()["gamma"] == 0.2
+    with pytest.raises(InvalidInput) as error:
+        CORRECTION_POLICIES.parse(PolicyKind.EXP4, {"gamma": 0.2}, "create_app", *args)
+    assert error.value.field == "gamma" and "['eta']" in str(error.value)
+    with pytest.raises(InvalidInput) as error:
+        CORRECTION_POLICIES.parse("single", {"eta": 0.2}, "create_app", *args)
+    assert error.value.field == "eta" and "takes no parameters" in str(error.value)

@@ -15,6 +15,7 @@ It lives in learning/ so that both serving/ and clipper/ can import it (both sit
 
 from __future__ import annotations
 
+import abc
 import enum
 import math
 from collections.abc import Iterator, Mapping
@@ -56,7 +57,7 @@ class Parameter:
                 f"{')' if self.high_open else ']'}")
 
 
-class Policy:
+class Policy(abc.ABC):
     """Base of every policy: its `name` (the registry key and its JSON name) and its declared
     `parameters`, checked once in the constructor and kept as attributes of the same names."""
 
@@ -95,13 +96,15 @@ class PolicyRegistry(Generic[P]):
     """One family's policies by name: registration, lookup, and parsing from JSON.
 
     `field` is the request field naming the policy ("policy"), `default` the policy an absent
-    name means. A parameter that another policy of the family declares is checked and then left
-    out (`epsilon` with LinUCB is well formed, and unused); one that no policy declares is an error.
+    name means. A parameter the named policy does not declare is an error, unless `lenient`: then
+    one that another policy of the family declares is checked and left out (a top-k request's
+    `epsilon` with LinUCB is well formed, and unused). A null parameter means its default.
     """
 
-    def __init__(self, field: str = "policy", default: str | None = None) -> None:
+    def __init__(self, field: str = "policy", default: str | None = None, lenient: bool = False) -> None:
         self.field = field
         self.default = default
+        self.lenient = lenient
         self._classes: dict[str, type[P]] = {}
 
     def register(self, cls: type[P]) -> type[P]:
@@ -138,14 +141,16 @@ class PolicyRegistry(Generic[P]):
         """The policy `name` with `params` (JSON values), checked; `args` go first to its constructor."""
         cls = self.lookup(name, where)
         params = {} if params is None else params
-        family = {p.name: p for policy in self._classes.values() for p in policy.parameters}
+        known = {p.name: p for p in cls.parameters}
+        if self.lenient:
+            known = {p.name: p for policy in self._classes.values() for p in policy.parameters} | known
         for key, value in params.items():
-            if key not in family:
-                raise invalid_parameter(key, where, f"one of {sorted(family)}", value)
+            if key not in known:
+                expected = f"one of {sorted(known)}" if known else f"absent (the {cls.name} policy takes no parameters)"
+                raise invalid_parameter(key, where, expected, value)
             if value is not None:
-                family[key].check(value, where)
-        own = cls.check_parameters({k: v for k, v in params.items() if v is not None}, where)
-        return cls(*args, **own)
+                known[key].check(value, where)
+        return cls(*args, **cls.check_parameters({k: v for k, v in params.items() if v is not None}, where))
 
     def from_dict(self, data: Any, where: str = "policy", key: str = "name", *args: Any) -> P:
         """A policy from its JSON object: `data[key]` names it, the other entries are parameters."""

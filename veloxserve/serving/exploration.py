@@ -16,6 +16,7 @@ each user's ridge covariance P_u = A_u⁻¹ (no extra state).
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -52,9 +53,10 @@ class ExplorationPolicy(BasePolicy):
 
     deterministic: ClassVar[bool] = True  # the same state always gives the same list (propensities 1)
 
+    @abc.abstractmethod
     def slate(self, offer: Candidates, k: int, rng: np.random.Generator) -> Slate:
-        """k distinct eligible rows in slot order and the probability of each slot's choice."""
-        raise NotImplementedError
+        """k distinct eligible rows in slot order and the probability of each slot's choice
+        (None when it has no closed form). k is at most `offer.n_eligible`."""
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **self.parameter_values()}
@@ -72,7 +74,7 @@ class ExplorationPolicy(BasePolicy):
 
 
 Policy = ExplorationPolicy  # the name velox.py imports (kept so that this change leaves velox.py alone)
-EXPLORATION_POLICIES: PolicyRegistry[ExplorationPolicy] = PolicyRegistry("policy", default="greedy")
+EXPLORATION_POLICIES: PolicyRegistry[ExplorationPolicy] = PolicyRegistry("policy", default="greedy", lenient=True)
 _ALPHA = Parameter("alpha", 1.0, 0.0, 1e6, expected="a number >= 0")
 
 
