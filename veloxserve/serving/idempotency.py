@@ -21,6 +21,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from veloxserve.errors import invalid_parameter
 from veloxserve.storage.observation_log import ObservationLog, _segments, read_log
@@ -45,6 +46,16 @@ class Original:
     instance: str
     lsn: int
     user: str
+
+
+class IdempotencyWindow(Protocol):
+    """The keys of one model already logged: LocalWindow (one process) or RedisWindow (several)."""
+
+    instance: str  # whose log the keys claimed here go to
+
+    def claim(self, keys: Sequence[str | None], users: Sequence[str], next_lsn: int) -> list[Original | None]: ...
+
+    def release(self, keys: Sequence[str]) -> None: ...
 
 
 class LocalWindow:

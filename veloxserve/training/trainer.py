@@ -242,14 +242,12 @@ def version_meta(model: str, config: ALSConfig, link: Link, factors: TrainedFact
 
 def save_item_table(layout: HomeLayout, model: str, items: str | Path) -> Path:
     """Keep an item table (attributes, texts) as the model's Parquet item file, checked first."""
-    import pyarrow.parquet as pq
+    from veloxserve.storage.item_tables import read_item_table, write_item_table
 
-    from veloxserve.models.attributes import read_attribute_table
-
-    table = read_attribute_table(Path(items))
+    table = read_item_table(Path(items))
     path = layout.items_file(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomically(path, lambda fh: pq.write_table(table, fh))
+    write_item_table(path, table)
     return path
 
 
