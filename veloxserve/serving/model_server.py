@@ -317,8 +317,8 @@ class ModelServer:
                 repeated = [o for o in originals if o is not None]
                 if repeated:
                     keep = [i for i, o in enumerate(originals) if o is None]
-                    users, items, decisions, keys = (
-                        [column[i] for i in keep] for column in (users, items, decisions, keys))
+                    users, items = [users[i] for i in keep], [items[i] for i in keep]
+                    decisions, keys = [decisions[i] for i in keep], [keys[i] for i in keep]
                     rows, scores = rows[keep], scores[keep]
                     if not keep:
                         return self._receipt(0, repeated)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from veloxserve.storage.redis_client import RedisSettings
 
@@ -105,11 +105,11 @@ class RedisStateSpace:
     # ---- reading -------------------------------------------------------------------------
     def weights(self, users: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
         """(weights, generation) of each user, in one round trip."""
-        return self._fields(users, (_WEIGHTS, _GENERATION), "reading users' weights")
+        return [(w, g) for w, g in self._fields(users, (_WEIGHTS, _GENERATION), "reading users' weights")]
 
     def states(self, users: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
         """(state, generation) of each user, in one round trip."""
-        return self._fields(users, (STATE, _GENERATION), "reading users' state")
+        return [(s, g) for s, g in self._fields(users, (STATE, _GENERATION), "reading users' state")]
 
     def mark(self, user: str, instance: str) -> tuple[int | None, bytes | None]:
         """(the last LSN of `instance` learned for the user, generation)."""
@@ -153,7 +153,7 @@ class RedisStateSpace:
     def hints(self, generation: bytes) -> dict[str, int]:
         """instance -> an LSN such that all of its log up to it is learned (a lower bound)."""
         with self._store.unavailable("reading log positions"):
-            raw = self._client.hgetall(self._hints_key(generation))
+            raw = cast("dict[bytes, bytes]", self._client.hgetall(self._hints_key(generation)))
         return {k.decode(): int(v) for k, v in raw.items()}
 
     def raise_hint(self, generation: bytes, instance: str, lsn: int) -> None:
