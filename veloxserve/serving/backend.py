@@ -78,9 +78,11 @@ class Backend(ABC):
     def user_state(self, model: str, obs_log: ObservationLog) -> UserStateFactory:
         """How a served version of `model` keeps its users' state."""
 
+    @abstractmethod
     def start(self) -> None:
         """Every model is open and served: start what watches them."""
 
+    @abstractmethod
     def stop(self) -> None:
         """First of all at close: stop what watches the models (it may rebuild a server's state)."""
 
@@ -113,6 +115,12 @@ class EmbeddedBackend(Backend):
 
     def user_state(self, model: str, obs_log: ObservationLog) -> UserStateFactory:
         return LocalUserState
+
+    def start(self) -> None:
+        pass  # nothing to watch: no network service behind the state
+
+    def stop(self) -> None:
+        pass
 
 
 class SharedBackend(Backend):

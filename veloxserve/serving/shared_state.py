@@ -79,6 +79,19 @@ class SharedUserState(UserState):
     def learned(self, instance: str, user: str, lsn: int) -> bool:
         return self.table.learned(instance, user, lsn)
 
+    # Redis holds the state: nothing to checkpoint.
+    def after_observe(self, added: int) -> None:
+        pass
+
+    def checkpoint(self) -> int:
+        return 0
+
+    def freeze_checkpoints(self) -> None:
+        pass
+
+    def resume_checkpoints(self) -> None:
+        pass
+
     # ---- recovery ------------------------------------------------------------------------
     def catch_up(self, upto_lsn: int) -> int:
         """Redis already holds what other servers learned; a swap is refused while shared."""

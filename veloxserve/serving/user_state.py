@@ -50,6 +50,7 @@ class UserState(ABC):
         """Log the batch with `append()` (returns its last LSN) and have it learned once durable,
         in LSN order. Called under the serving lock."""
 
+    @abstractmethod
     def after_observe(self, added: int) -> None:
         """After a batch was logged, outside the serving lock (a checkpoint may be due)."""
 
@@ -66,13 +67,15 @@ class UserState(ABC):
     def remove_user(self, user: str) -> bool:
         """Forget a user's state here (the log has erased their records already)."""
 
+    @abstractmethod
     def checkpoint(self) -> int:
         """Persist what changed since the last checkpoint; returns how many users were written."""
-        return 0
 
+    @abstractmethod
     def freeze_checkpoints(self) -> None:
         """Stop checkpointing (a newer version's server is about to own the stored state)."""
 
+    @abstractmethod
     def resume_checkpoints(self) -> None:
         """Undo `freeze_checkpoints` (the swap failed)."""
 
