@@ -27,8 +27,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
 from collections import deque
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from veloxserve.errors import StoreUnavailable

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-
 from typing import Any, cast
 
 from redis.exceptions import NoScriptError
