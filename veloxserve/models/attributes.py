@@ -1,7 +1,8 @@
 """Item attributes for candidate filters (`?filter=genre:jazz`), aligned to catalogue rows.
 
 Built from a table with an `item` column and any attribute columns (values are compared as
-strings; storage/item_tables.py reads and writes the files). A filter is `name:value[|value…][,name:value…]`: values of one attribute
+strings; storage/item_tables.py reads and writes the files).
+A filter is `name:value[|value…][,name:value…]`: values of one attribute
 are alternatives (OR), attributes combine with AND. Evaluating one is a few vectorised
 comparisons over the catalogue, never a loop over items.
 """

@@ -112,7 +112,7 @@ class ModelServer:
         self.retired = False
         self.on_feedback = on_feedback
         self.attributes = attributes
-        self.window: IdempotencyWindow = window if window is not None else LocalWindow.from_log(  # the model's, kept across swaps
+        self.window: IdempotencyWindow = window if window is not None else LocalWindow.from_log(  # kept across swaps
             obs_log.directory, seconds=config.idempotency_seconds, max_keys=config.idempotency_keys).attach(obs_log)
         self.decisions = decisions if decisions is not None else RecentDecisions(config.decision_memory)
         self.feature_cache = feature_cache if feature_cache is not None else FeatureCache(0)

@@ -36,7 +36,8 @@ from veloxserve.storage.version_catalog import Status, VersionCatalog
 class ModelSet:
     """Every model's serving version, its per-model resources, and swaps between versions."""
 
-    def __init__(self, layout: HomeLayout, config: ServingConfig, backend: Backend, feature_cache: FeatureCache) -> None:
+    def __init__(self, layout: HomeLayout, config: ServingConfig, backend: Backend,
+                 feature_cache: FeatureCache) -> None:
         self.layout = layout
         self.config = config
         self._backend = backend
@@ -112,7 +113,8 @@ class ModelSet:
         entry = catalog.entry(version)  # NotFound for an unknown version
         if entry["status"] in (Status.FAILED.value, Status.TRAINING.value) or not catalog.versions.exists(version):
             why = entry.get("error") or "it has not finished training"
-            raise Conflict(f"Version {version!r} of {model!r} is {entry['status']} and cannot serve: {why}.", field="version")
+            raise Conflict(f"Version {version!r} of {model!r} is {entry['status']} and cannot serve: {why}.",
+                           field="version")
         self.swap(model, version)
 
     def _open_model(self, model: str) -> ObservationLog:
@@ -131,7 +133,9 @@ class ModelSet:
 
     def _attributes(self, model: str, version: ModelVersion) -> ItemAttributes:
         items_file = self.layout.items_file(model)
-        return ItemAttributes.from_table(read_item_table(items_file), version.catalog) if items_file.is_file() else EMPTY
+        if not items_file.is_file():
+            return EMPTY
+        return ItemAttributes.from_table(read_item_table(items_file), version.catalog)
 
     def swap(self, model: str, version_id: str) -> None:
         catalog = self.catalog(model)

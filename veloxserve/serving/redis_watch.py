@@ -37,6 +37,7 @@ from veloxserve.storage.redis_client import RedisProbe, RedisSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_Call = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 _POOL_THREADS = 2  # Redis-bound calls in flight at once; the rest queue (and time out) behind them
 
 
@@ -126,7 +127,7 @@ class StoreCalls:
         self.settings = settings
         self._deadline = 0.0 if settings is None else settings.deadline
         self._where = "" if settings is None else settings.where
-        self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop]] = deque()
+        self._queue: deque[_Call] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [] if settings is None else [

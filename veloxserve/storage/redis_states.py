@@ -92,7 +92,8 @@ class RedisStateSpace:
         Redis's clock, one for every process, so generations sort by when they began)."""
         with self._store.unavailable("opening the users' state"):
             seconds, micros = self._client.time()
-            self._client.set(self._key("generation"), f"{seconds * 1_000_000 + micros:020d}-{uuid.uuid4().hex}", nx=True)
+            started = f"{seconds * 1_000_000 + micros:020d}-{uuid.uuid4().hex}"
+            self._client.set(self._key("generation"), started, nx=True)
             generation = _bytes(self._client.get(self._key("generation")))
         assert generation is not None  # just set if absent
         return generation

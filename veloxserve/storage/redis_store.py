@@ -93,7 +93,8 @@ class RedisUserStore(UserStore):
         check_states(states)
         index = self.key(namespace, "users")
         with self.unavailable("writing a checkpoint"):
-            dropped = [bytes(m).decode() for m in cast("set[bytes]", self.client.smembers(index))] if replace_all else []
+            members = cast("set[bytes]", self.client.smembers(index)) if replace_all else set()
+            dropped = [m.decode() for m in members]
             pipe = self.client.pipeline(transaction=True)  # MULTI/EXEC: all or nothing
             if replace_all:
                 for user in dropped:
