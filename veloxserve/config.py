@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from veloxserve.errors import invalid_parameter
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME_RULE = "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def is_name(name: object) -> bool:
+    """Whether `name` may name a model or a server instance in a home (it becomes a directory)."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None
+
+
+def check_model_name(name: Any, where: str = "train") -> str:
+    if not is_name(name):
+        raise invalid_parameter("model", where, NAME_RULE, name)
+    return str(name)
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,15 @@ class HomeLayout:
 
     def log_dir(self, name: str) -> Path:
         return self.model_dir(name) / "log"
+
+    def lock_file(self, instance: str | None) -> Path:
+        """The home's lock: one process per home, or per instance when several share it over Redis."""
+        return self.root / (".lock" if instance is None else f".lock-{instance}")
+
+    def decision_log_dir(self, name: str, instance: str | None) -> Path:
+        """The served lists one server process logs (storage/decision_log.py)."""
+        directory = self.model_dir(name) / "decisions"
+        return directory if instance is None else directory / "instances" / instance
 
     def instance_log_dir(self, name: str, instance: str | None) -> Path:
         """The log one server process writes: the model's log, or its own beside it when several

@@ -19,46 +19,34 @@ read from the version's trained statistics (`baseline`), and start from them on 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 
 from veloxserve.errors import StoreUnavailable
 from veloxserve.learning.user_table import UserTable, state_covariance, state_seen
 from veloxserve.models.version import Link
-from veloxserve.storage.redis_store import STATE, RedisUserStore
+from veloxserve.storage.redis_states import GENERATION_LOST, WRITTEN, RedisStateSpace, UserWrite
 
-# -1: the user holds a state of a newer generation (its "<Redis time, µs>-<id>" sorts later): the caller's
-# generation was lost and another process rebuilt; never overwrite the rebuilt state with an old one.
-_COMPARE_AND_SET = """
-local g = redis.call('HGET', KEYS[1], 'g')
-if g and g ~= ARGV[6] and string.find(g, '-', 1, true) and string.find(ARGV[6], '-', 1, true) and g > ARGV[6] then
-  return -1
-end
-local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-if version ~= tonumber(ARGV[1]) then return 0 end
-if g ~= ARGV[6] then redis.call('DEL', KEYS[1]) end  -- another generation's log marks say nothing of this one
-redis.call('HSET', KEYS[1], 's', ARGV[2], 'w', ARGV[3], 'v', version + 1, ARGV[4], ARGV[5], 'g', ARGV[6])
-return 1
-"""
-_RAISE_HINT = """
-local current = redis.call('HGET', KEYS[1], ARGV[1])
-if (not current) or tonumber(current) < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-return 1
-"""
 MAX_ATTEMPTS = 1000  # compare-and-set rounds before giving up on a user someone updates non-stop
+
+
+class StateSpaces(Protocol):
+    """Where shared states live: storage.redis_store.RedisUserStore."""
+
+    def state_space(self, namespace: str) -> RedisStateSpace: ...
 
 
 class SharedUserTable:
     """The read side of UserTable (weights, covariance, seen items) over Redis, plus `learn`."""
 
-    def __init__(self, store: RedisUserStore, namespace: str, baseline: UserTable) -> None:
+    def __init__(self, store: StateSpaces, namespace: str, baseline: UserTable) -> None:
         self.store = store
         self.namespace = namespace
         self.baseline = baseline  # the version's trained statistics; never changed here
         self.dim = baseline.dim
-        self._client = store.client
+        self._space = store.state_space(namespace)
         self.generation = b""
         self.lost: StoreUnavailable | None = None  # set once Redis is found to have lost this generation
         self._open_generation()
@@ -70,24 +58,18 @@ class SharedUserTable:
         Redis lost its data). States and marks of another generation count as absent, so after
         a loss the servers rebuild every user from the logs instead of trusting what is left.
         Generations sort by Redis's clock: a process still on a lost one cannot overwrite a
-        rebuilt user (its compare-and-set answers -1 and it finds itself lost), and the first
-        write of a generation to a user drops the old generation's log marks."""
-        key = self.store.key(self.namespace, "generation")
-        with self.store.unavailable("opening the users' state"):
-            seconds, micros = self._client.time()  # Redis's clock, one for every process: see _COMPARE_AND_SET
-            self._client.set(key, f"{seconds * 1_000_000 + micros:020d}-{uuid.uuid4().hex}", nx=True)
-            self.generation = self._client.get(key)
+        rebuilt user (its compare-and-set answers GENERATION_LOST and it finds itself lost), and
+        the first write of a generation to a user drops the old generation's log marks."""
+        self.generation = self._space.open_generation()
 
     def check_generation(self) -> None:
         """StoreUnavailable if Redis no longer holds this generation: it lost its data."""
-        with self.store.unavailable("checking the users' state"):
-            current = self._client.get(self.store.key(self.namespace, "generation"))
-        if current != self.generation:
+        if self._space.generation() != self.generation:
             self._mark_lost()
 
     def _mark_lost(self) -> None:
         self.lost = StoreUnavailable(
-            f"Redis at {self.store.settings.where} lost the users' state of {self.namespace} (restarted without "
+            f"Redis at {self._space.settings.where} lost the users' state of {self.namespace} (restarted without "
             "persistence, or flushed). The server rebuilds every user from the trained statistics and the "
             "observation logs and answers 503 meanwhile. Run Redis with appendonly yes."
         )
@@ -98,19 +80,13 @@ class SharedUserTable:
         lost the generation: then every user looks absent. One more round trip, only for such users,
         so that the trained defaults are never served as if they were state (no window until the
         watch notices)."""
-        with self.store.unavailable("checking the users' state"):
-            current = self._client.get(self.store.key(self.namespace, "generation"))
-        if current != self.generation:
-            self._mark_lost()
+        self.check_generation()
 
     def _check_kept(self) -> None:
         """Once the state is known lost, answer 503 saying so: never the trained defaults as if
         they were the users' state."""
         if self.lost is not None:
             raise self.lost
-
-    def _key(self, user: str) -> str:
-        return self.store.user_key(self.namespace, user)
 
     def __len__(self) -> int:
         """Users with a state, as last known (no Redis call: /models and /metrics must not wait
@@ -119,30 +95,24 @@ class SharedUserTable:
 
     def refresh_count(self) -> None:
         """Re-read how many users other than the trained ones Redis holds (serving/redis_watch.py)."""
-        with self.store.unavailable("counting users"):
-            self._count = int(self._client.scard(self.store.key(self.namespace, "new_users")))
+        self._count = self._space.count_new_users()
 
     # ---- reading -------------------------------------------------------------------------
     def weights(self, user: str) -> np.ndarray:
         self._check_kept()
-        with self.store.unavailable("reading a user's weights"):
-            raw, generation = self._client.hmget(self._key(user), "w", "g")
-        if generation != self.generation:
+        ((raw, generation),) = self._space.weights([user])
+        if generation != self.generation or raw is None:
             self._check_absent_is_new()
             return self.baseline.weights(user)
         return np.frombuffer(raw, dtype=np.float64)
 
     def weights_many(self, users: Sequence[str]) -> np.ndarray:
         self._check_kept()
-        with self.store.unavailable("reading users' weights"):
-            pipe = self._client.pipeline(transaction=False)
-            for user in users:
-                pipe.hmget(self._key(user), "w", "g")
-            found = pipe.execute()
+        found = self._space.weights(users)
         out = self.baseline.weights_many(users)
         mine = self.generation
         for i, (raw, generation) in enumerate(found):
-            if generation == mine:
+            if generation == mine and raw is not None:
                 out[i] = np.frombuffer(raw, dtype=np.float64)
         if any(generation != mine for _, generation in found):
             self._check_absent_is_new()
@@ -150,8 +120,7 @@ class SharedUserTable:
 
     def _state(self, user: str) -> bytes | None:
         self._check_kept()
-        with self.store.unavailable("reading a user's state"):
-            state, generation = self._client.hmget(self._key(user), STATE, "g")
+        ((state, generation),) = self._space.states([user])
         if generation != self.generation:
             self._check_absent_is_new()
             return None
@@ -178,38 +147,32 @@ class SharedUserTable:
         for _ in range(MAX_ATTEMPTS):
             done, learned = self._learn_once(instance, lsns, users, rows, scores, features, pending)
             errors.append(learned)
-            pending = pending[~np.isin([users[i] for i in pending], list(done))]
+            pending = pending[~np.isin([users[int(i)] for i in pending], list(done))]
             if pending.size == 0:
                 return np.concatenate(errors)
-        raise StoreUnavailable(f"Could not update user {users[pending[0]]!r} in Redis after {MAX_ATTEMPTS} "
+        raise StoreUnavailable(f"Could not update user {users[int(pending[0])]!r} in Redis after {MAX_ATTEMPTS} "
                                "attempts: other processes change it continuously.")
 
-    def _learn_once(self, instance: str, lsns, users, rows, scores, features,
-                    todo: np.ndarray) -> tuple[set[str], np.ndarray]:
+    def _learn_once(self, instance: str, lsns: Sequence[int], users: Sequence[str], rows: np.ndarray,
+                    scores: np.ndarray, features: np.ndarray, todo: np.ndarray) -> tuple[set[str], np.ndarray]:
         """Read, learn locally, compare-and-set; returns the users done (written, or nothing to
         learn) and the prequential errors of the observations written."""
-        mark = f"@{instance}"
-        distinct = list(dict.fromkeys(users[i] for i in todo))
-        with self.store.unavailable("reading users' state"):
-            pipe = self._client.pipeline(transaction=False)
-            for user in distinct:
-                pipe.hmget(self._key(user), STATE, "v", mark, "g")
-            found = pipe.execute()
+        distinct = list(dict.fromkeys(users[i] for i in todo.tolist()))
+        found = self._space.for_update(distinct, instance)
         local = UserTable(self.dim, self.baseline.prior, self.baseline.link,
                           learning_rate=self.baseline.learning_rate, capacity=len(distinct))
         versions, marks = {}, {}
-        for user, (state, version, last, generation) in zip(distinct, found):
-            if generation != self.generation:  # absent, or left from a generation Redis lost
-                state, last = None, None
-            if state is not None:
-                local.restore(user, state)
+        for user, stored in zip(distinct, found):
+            current = stored.generation == self.generation  # else absent, or left from a generation Redis lost
+            if current and stored.state is not None:
+                local.restore(user, stored.state)
             elif user in self.baseline.rows:  # first update of a trained user: from its trained statistics
                 local.restore(user, self.baseline.encode(self.baseline.rows[user]))
             else:  # a new user: from the prior
                 local.ensure(user)
-            versions[user], marks[user] = int(version or 0), int(last or 0)
+            versions[user], marks[user] = stored.version, stored.mark if current else 0
         fresh = [u for u in distinct if versions[u] == 0 and u not in self.baseline.rows]
-        keep = [i for i in todo if lsns[i] > marks[users[i]]]  # the rest are already learned
+        keep = [i for i in todo.tolist() if lsns[i] > marks[users[i]]]  # the rest are already learned
         new_marks = {users[i]: lsns[i] for i in keep}
         local_rows = np.fromiter((local.rows[users[i]] for i in keep), dtype=np.int64, count=len(keep))
         z = np.einsum("ij,ij->i", features[rows[keep]], local.W[local_rows])
@@ -217,17 +180,16 @@ class SharedUserTable:
         if keep:
             local.observe_many(local_rows, features, rows[keep], scores[keep])
         changed = list(new_marks)
-        results = self.store.run_script(_COMPARE_AND_SET, [
-            (self._key(u), versions[u], local.encode(local.rows[u]), local.W[local.rows[u]].tobytes(), mark, new_marks[u],
-             self.generation)
+        results = self._space.compare_and_set([
+            UserWrite(u, versions[u], local.encode(local.rows[u]), local.W[local.rows[u]].tobytes(), new_marks[u])
             for u in changed
-        ], "learning observations") if changed else []
-        if any(ok == -1 for ok in results):
+        ], instance, self.generation)
+        if any(ok == GENERATION_LOST for ok in results):
             self._mark_lost()
-        written = {u for u, ok in zip(changed, results) if ok == 1}
+        written = {u for u, ok in zip(changed, results) if ok == WRITTEN}
         fresh = [u for u in fresh if u in written]
         if fresh:
-            self._count += self.store.add_to_set(self.store.key(self.namespace, "new_users"), fresh)
+            self._count += self._space.add_new_users(fresh)
         done = written | (set(distinct) - set(changed))
         return done, errors[np.fromiter((users[i] in written for i in keep), dtype=bool, count=len(keep))]
 
@@ -235,21 +197,14 @@ class SharedUserTable:
     def learned(self, instance: str, user: str, lsn: int) -> bool:
         """Is `instance`'s observation `lsn` of `user` learned: the user's mark for that instance, or
         the instance's hint, has reached it (serving/idempotency: a retry answered at another process)."""
-        with self.store.unavailable("reading a log position"):
-            mark, generation = self._client.hmget(self._key(user), f"@{instance}", "g")
-        if generation == self.generation and mark is not None and int(mark) >= lsn:
+        mark, generation = self._space.mark(user, instance)
+        if generation == self.generation and mark is not None and mark >= lsn:
             return True
         return self.hints().get(instance, 0) >= lsn
 
     def hints(self) -> dict[str, int]:
         """instance -> an LSN such that all of its log up to it is learned (a lower bound)."""
-        with self.store.unavailable("reading log positions"):
-            raw = self._client.hgetall(self._hints_key())
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return self._space.hints(self.generation)
 
     def raise_hint(self, instance: str, lsn: int) -> None:
-        self.store.run_script(_RAISE_HINT, [(self._hints_key(), instance, lsn)], "recording a log position")
-
-    def _hints_key(self) -> str:
-        """Per generation: a position learned into a lost generation says nothing about the new one."""
-        return self.store.key(self.namespace, f"learned:{self.generation.decode()}")
+        self._space.raise_hint(self.generation, instance, lsn)

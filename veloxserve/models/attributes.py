@@ -1,31 +1,24 @@
 """Item attributes for candidate filters (`?filter=genre:jazz`), aligned to catalogue rows.
 
-Loaded from a CSV or Parquet file with an `item` column and any attribute columns (values are
-compared as strings). A filter is `name:value[|value…][,name:value…]`: values of one attribute
+Built from a table with an `item` column and any attribute columns (values are compared as
+strings; storage/item_tables.py reads and writes the files).
+A filter is `name:value[|value…][,name:value…]`: values of one attribute
 are alternatives (OR), attributes combine with AND. Evaluating one is a few vectorised
 comparisons over the catalogue, never a loop over items.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
-from veloxserve.errors import InvalidInput, invalid_parameter
+from veloxserve.errors import invalid_parameter
 from veloxserve.models.catalog import ItemCatalog
 
 
 class ItemAttributes:
     def __init__(self, columns: dict[str, np.ndarray]) -> None:
         self.columns = columns
-
-    @classmethod
-    def load(cls, path: Path, catalog: ItemCatalog) -> ItemAttributes:
-        return cls.from_table(read_attribute_table(path), catalog)
 
     @classmethod
     def from_table(cls, table: pa.Table, catalog: ItemCatalog) -> ItemAttributes:
@@ -47,7 +40,7 @@ class ItemAttributes:
         clauses = [c for c in expression.split(",") if c]
         if not clauses:
             raise invalid_parameter("filter", where, "name:value[|value][,name:value]", expression)
-        mask = None
+        mask: np.ndarray | None = None
         for clause in clauses:
             name, sep, values = clause.partition(":")
             if not sep or not name or not values:
@@ -58,20 +51,8 @@ class ItemAttributes:
                 raise invalid_parameter("filter", where, f"an attribute among: {known}", name)
             admitted = np.isin(column, values.split("|"))
             mask = admitted if mask is None else mask & admitted
+        assert mask is not None  # at least one clause
         return mask
-
-
-def read_attribute_table(path: Path) -> pa.Table:
-    """An attributes file (CSV or Parquet) as a table with an `item` column; InvalidInput if not."""
-    path = Path(path)
-    try:
-        table = pq.read_table(path) if path.suffix == ".parquet" else pacsv.read_csv(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise InvalidInput(f"Cannot read item attributes from {path}: {exc}.", field="attributes") from None
-    if "item" not in table.column_names:
-        raise InvalidInput(f"Item attributes in {path} need an 'item' column (found {table.column_names}).",
-                           field="attributes")
-    return table
 
 
 EMPTY = ItemAttributes({})

@@ -111,6 +111,27 @@ class ModelVersion:
         )
 
 
+# The arrays of the version-directory contract that hold per-user data (one row per trained user,
+# plus the CSR of the item rows each user rated): what forgetting a user rewrites.
+USER_ARRAYS = ("user_ids", "user_weights", "user_gram", "user_rhs", "user_counts", "seen_indptr", "seen_items")
+
+
+def without_user(arrays: dict[str, np.ndarray], user: str) -> tuple[dict[str, np.ndarray], int] | None:
+    """`arrays` (the USER_ARRAYS of a version) with `user`'s trained statistics and rated items
+    removed, and the number of ratings those summarised; None if the user is not in them."""
+    matches = np.flatnonzero(arrays["user_ids"] == user)
+    if matches.size == 0:
+        return None
+    index = int(matches[0])
+    indptr, seen = arrays["seen_indptr"], arrays["seen_items"]
+    start, stop = int(indptr[index]), int(indptr[index + 1])
+    updated = {name: np.delete(arrays[name], index, axis=0)
+               for name in ("user_ids", "user_weights", "user_gram", "user_rhs", "user_counts")}
+    updated["seen_items"] = np.concatenate([seen[:start], seen[stop:]])
+    updated["seen_indptr"] = np.concatenate([indptr[: index + 1], indptr[index + 2 :] - (stop - start)])
+    return updated, int(arrays["user_counts"][index])
+
+
 def score_range_of(meta: dict[str, Any]) -> tuple[float, float]:
     """[lo, hi] of the scores a version accepts: meta.json `score_range` (set at training from the
     data, or overridden). Versions trained before it was recorded accept |score| <=

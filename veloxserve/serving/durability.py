@@ -1,4 +1,9 @@
-"""Coroutines waiting for their observations to become durable, woken once per group commit.
+"""The acknowledgement path, and coroutines waiting on it, woken once per group commit.
+
+`Acknowledgement` is what an observation waits on before it is acknowledged: the observation
+log's group commit (storage/observation_log.py) when this process holds the users' state, or the
+log followed by the Applier that learns it into Redis (serving/applier.py) when several
+processes share it. The backend (serving/backend.py) picks one per model.
 
 Resolving one thread-safe future per request would cost one event-loop wake-up (a self-pipe
 write) per request; here the log's writer thread schedules a single callback per fsync batch,
@@ -10,16 +15,41 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+from collections.abc import Callable
+from typing import Protocol
 
 from veloxserve.errors import StoreUnavailable
-from veloxserve.storage.observation_log import ObservationLog
+
+
+class Acknowledgement(Protocol):
+    """When an observation may be acknowledged: every LSN up to `durable_lsn` may."""
+
+    @property
+    def durable_lsn(self) -> int: ...
+
+    @property
+    def failure(self) -> StoreUnavailable | None:
+        """Why nothing more is acknowledged for now (a failed disk, an unreachable Redis), or None."""
+        ...
+
+    def refused(self, lsn: int) -> StoreUnavailable | None:
+        """Why `lsn` will not be acknowledged (its batch was refused), or None."""
+        ...
+
+    def subscribe(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(lsn)` from a background thread each time `durable_lsn` advances to
+        `lsn`, and `listener(-1)` when some batch was refused."""
+        ...
+
+    def wait_durable(self, lsn: int, timeout: float | None = None) -> int:
+        """Block until `lsn` may be acknowledged; its refusal, or StoreUnavailable on timeout."""
+        ...
 
 
 class DurableWaiter:
-    """Await `wait(lsn)` on one event loop until the log has fsynced `lsn` (or, with state shared
-    in Redis, until the serving.shared_server.Applier has also learned it: the same protocol)."""
+    """Await `wait(lsn)` on one event loop until the acknowledgement path has reached `lsn`."""
 
-    def __init__(self, obs_log: ObservationLog, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, obs_log: Acknowledgement, loop: asyncio.AbstractEventLoop) -> None:
         self._log = obs_log
         self._loop = loop
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []

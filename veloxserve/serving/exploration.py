@@ -73,7 +73,6 @@ class ExplorationPolicy(BasePolicy):
         return hash((self.name, *self.parameter_values().values()))
 
 
-Policy = ExplorationPolicy  # the name velox.py imports (kept so that this change leaves velox.py alone)
 EXPLORATION_POLICIES: PolicyRegistry[ExplorationPolicy] = PolicyRegistry("policy", default="greedy", lenient=True)
 _ALPHA = Parameter("alpha", 1.0, 0.0, 1e6, expected="a number >= 0")
 

@@ -21,9 +21,12 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from veloxserve.errors import invalid_parameter
 from veloxserve.storage.observation_log import ObservationLog, _segments, read_log
+from veloxserve.storage.redis_claims import RedisKeyClaims
+from veloxserve.storage.redis_store import RedisUserStore
 
 MAX_ID = 128  # characters of an idempotency key
 
@@ -45,6 +48,16 @@ class Original:
     instance: str
     lsn: int
     user: str
+
+
+class IdempotencyWindow(Protocol):
+    """The keys of one model already logged: LocalWindow (one process) or RedisWindow (several)."""
+
+    instance: str  # whose log the keys claimed here go to
+
+    def claim(self, keys: Sequence[str | None], users: Sequence[str], next_lsn: int) -> list[Original | None]: ...
+
+    def release(self, keys: Sequence[str]) -> None: ...
 
 
 class LocalWindow:
@@ -179,39 +192,8 @@ def _on_refused(obs_log: ObservationLog, forget: Callable[[int, int | None], Non
         obs_log.subscribe(lambda lsn: forget(obs_log.durable_lsn + 1, None) if lsn < 0 else None)
 
 
-_CLAIM = """
-local lsn = tonumber(ARGV[1]) - 1
-local instance, ttl, pending = ARGV[2], tonumber(ARGV[3]), KEYS[1]
-redis.call('ZREMRANGEBYSCORE', pending, '-inf', ARGV[4])  -- durable: in the log for good
-for _, stale in ipairs(redis.call('ZRANGEBYSCORE', pending, ARGV[1], '+inf')) do
-  redis.call('DEL', stale)  -- claimed by a call whose append never happened (LSNs not used yet)
-end
-redis.call('ZREMRANGEBYSCORE', pending, ARGV[1], '+inf')
-local out, k = {}, 2
-for i = 5, #ARGV, 2 do
-  local answer = ''
-  if ARGV[i] == '1' then
-    local key = KEYS[k]
-    k = k + 1
-    local known = redis.call('GET', key)
-    if known then
-      answer = known
-    else
-      lsn = lsn + 1
-      redis.call('SET', key, instance .. ' ' .. lsn .. ' ' .. ARGV[i + 1], 'EX', ttl)
-      redis.call('ZADD', pending, lsn, key)
-    end
-  else
-    lsn = lsn + 1
-  end
-  out[#out + 1] = answer
-end
-return out
-"""
-
-
 class RedisWindow:
-    """The window of one model served by several processes over one Redis (serving/shared_server.py).
+    """The window of one model served by several processes over one Redis (storage/redis_claims.py).
 
     A retry may reach another process than its original, so the keys live in Redis: one string
     per key, `SET` with a TTL of `seconds` (Redis bounds them by time, not count), claimed for a
@@ -225,66 +207,34 @@ class RedisWindow:
     refused (503) meanwhile, never acknowledged without being learned.
     """
 
-    def __init__(self, store, model: str, *, seconds: float, instance: str, obs_log: ObservationLog) -> None:
+    def __init__(self, store: RedisUserStore, model: str, *, seconds: float, instance: str,
+                 obs_log: ObservationLog) -> None:
         self.instance = instance
-        self._store = store
-        self._namespace = f"{model}/idempotency"
-        self._pending = store.key(self._namespace, f"pending:{instance}")
+        self._claims = RedisKeyClaims(store, f"{model}/idempotency", instance)
         self._ttl = max(1, int(seconds + 0.999))
         self._log = obs_log
-        self._script = store.client.register_script(_CLAIM)
         self.forget_range(obs_log.last_lsn + 1)  # claims a crash left beyond what the log recovered
         _on_refused(obs_log, self.forget_range)
-
-    def _key(self, key: str) -> str:
-        return self._store.key(self._namespace, f"k:{key}")
 
     def attach(self, obs_log: ObservationLog) -> RedisWindow:
         return self  # subscribed in __init__
 
     def claim(self, keys: Sequence[str | None], users: Sequence[str], next_lsn: int) -> list[Original | None]:
         """As LocalWindow.claim, atomically in Redis (StoreUnavailable, 503, if Redis fails)."""
-        args: list[object] = [next_lsn, self.instance, self._ttl, self._log.durable_lsn]
-        for key, user in zip(keys, users):
-            args += ("1" if key is not None else "0", user)
-        redis_keys = [self._pending] + [self._key(k) for k in keys if k is not None]
-        with self._store.unavailable("claiming idempotency keys"):
-            found = self._script(keys=redis_keys, args=args)
-        out: list[Original | None] = []
-        for raw in found:
-            if not raw:
-                out.append(None)
-                continue
-            instance, lsn, user = raw.decode().split(" ", 2)
-            out.append(Original(instance, int(lsn), user))
-        return out
+        found = self._claims.claim(keys, users, next_lsn, ttl=self._ttl, durable_lsn=self._log.durable_lsn)
+        return [None if claimed is None else Original(*claimed) for claimed in found]
 
     def release(self, keys: Sequence[str]) -> None:
         """Forget keys whose records were not appended (best effort: the next claim releases them
         anyway, as every claim releases this instance's claims for LSNs the log has not used)."""
-        names = [self._key(k) for k in keys]
-        if not names:
-            return
         try:
-            with self._store.unavailable("releasing idempotency keys"):
-                pipe = self._store.client.pipeline(transaction=False)
-                pipe.delete(*names)
-                pipe.zrem(self._pending, *names)
-                pipe.execute()
+            self._claims.release(keys)
         except Exception:  # Redis is failing: the next claim releases them
             pass
 
     def forget_range(self, first: int, last: int | None = None) -> None:
         """Release this instance's claims for LSNs in [first, last]: their records are not in its log."""
-        low, high = str(first), "+inf" if last is None else str(last)
         try:
-            with self._store.unavailable("releasing idempotency keys"):
-                client = self._store.client
-                names = client.zrangebyscore(self._pending, low, high)
-                pipe = client.pipeline(transaction=True)
-                if names:
-                    pipe.delete(*names)
-                pipe.zremrangebyscore(self._pending, low, high)
-                pipe.execute()
+            self._claims.release_range(first, last)
         except Exception:  # Redis is failing too: the next claim (or start) of this instance releases them
             pass

@@ -1,11 +1,10 @@
-"""One served model version: predict, top-k and observe, with recovery and checkpoints.
+"""One served model version: predict, top-k and observe.
 
-Observations are appended to the durable log in LSN order under the serving lock, and learned
-into the in-memory user table by the log's commit hook once their group commit made them durable,
-in the same order: log order is learning order, a batch the disk refuses is never learned, and a
-checkpoint taken under the learning lock reflects exactly the log prefix up to its LSN. The caller
-gets the batch's LSN and waits until the log says it is durable (by then it is learned) before
-acknowledging the observations.
+Observations are validated, their idempotency keys claimed and the batch appended to the durable
+log in LSN order under the serving lock; what happens after the append — learning once durable,
+recovery, checkpoints — belongs to the version's user state (serving/user_state.py: in this
+process's memory, or shared in Redis). The caller gets the batch's LSN and waits on the model's
+acknowledgement path (serving/durability.py) before acknowledging the observations.
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,25 +21,26 @@ import numpy as np
 from veloxserve.config import ServingConfig
 from veloxserve.errors import invalid_parameter
 from veloxserve.ids import Id, canonical_id
-from veloxserve.learning.user_table import UserTable
+from veloxserve.learning.states import UserStates
 from veloxserve.models.version import Link, ModelVersion
 from veloxserve.models.attributes import EMPTY, ItemAttributes
 from veloxserve.serving.evaluation import PrequentialError
 from veloxserve.serving.decisions import RecentDecisions
 from veloxserve.serving.feature_cache import FeatureCache
-from veloxserve.serving.idempotency import LocalWindow, Original, RedisWindow, check_key
+from veloxserve.serving.idempotency import IdempotencyWindow, LocalWindow, Original, check_key
 from veloxserve.serving.exploration import GREEDY, Candidates, ExplorationPolicy
 from veloxserve.serving.item_index import ItemIndex
+from veloxserve.serving.local_state import LocalUserState
+from veloxserve.serving.user_state import UserState, UserStateFactory
 from veloxserve.serving.validation import batch_size, finite_outputs, int_in_range, item_text, score_in_range
 from veloxserve.storage.observation_log import ObservationLog
-from veloxserve.storage.user_store import Checkpoint, UserStore
+from veloxserve.storage.user_store import UserStore
 
 log = logging.getLogger(__name__)
 
 Observation = tuple  # (user, item, score[, decision id[, idempotency key]]) as the client sent them
 MAX_DECISION_ID = 64
 FeedbackListener = Callable[[str, np.ndarray], None]  # (model, squared prequential errors of a batch)
-_REPLAY_CHUNK = 100_000
 
 
 @dataclass
@@ -94,30 +92,25 @@ class ModelServer:
         self, version: ModelVersion, store: UserStore, obs_log: ObservationLog, config: ServingConfig,
         *, upto_lsn: int | None = None, on_feedback: FeedbackListener | None = None,
         attributes: ItemAttributes = EMPTY, feature_cache: FeatureCache | None = None,
-        window: LocalWindow | RedisWindow | None = None, decisions: RecentDecisions | None = None,
+        window: IdempotencyWindow | None = None, decisions: RecentDecisions | None = None,
+        user_state: UserStateFactory = LocalUserState,
     ) -> None:
-        """Rebuild every user's state for `version` from the log up to `upto_lsn` (default: all of it).
+        """Rebuild every user's state for `version` from the log up to `upto_lsn` (default: all of it),
+        as `user_state` keeps it (default: in this process, checkpointed to `store`).
 
         A swap builds the new server while the old one still serves, then calls `catch_up` under
         the old server's lock for what arrived meanwhile."""
         self.version = version
         self.config = config
-        self._store = store
         self._log = obs_log
         self._features = version.features.matrix
         self._catalog = version.catalog
         self._logistic = version.link is Link.LOGISTIC
         self._lock = threading.Lock()  # the serving lock: appends (in LSN order), swaps and forgets
-        self._learn_lock = threading.Lock()  # the user table, what is logged but not yet learned, applied_lsn
-        self._unlearned: deque[tuple[int, list[str], np.ndarray, np.ndarray]] = deque()
-        self._checkpoint_lock = threading.Lock()
-        self._since_checkpoint = 0
-        self._last_checkpoint = time.monotonic()
-        self._checkpoints_frozen = False
         self.retired = False
         self.on_feedback = on_feedback
         self.attributes = attributes
-        self.window = window if window is not None else LocalWindow.from_log(  # the model's, kept across swaps
+        self.window: IdempotencyWindow = window if window is not None else LocalWindow.from_log(  # kept across swaps
             obs_log.directory, seconds=config.idempotency_seconds, max_keys=config.idempotency_keys).attach(obs_log)
         self.decisions = decisions if decisions is not None else RecentDecisions(config.decision_memory)
         self.feature_cache = feature_cache if feature_cache is not None else FeatureCache(0)
@@ -125,13 +118,16 @@ class ModelServer:
         if len(self._catalog) >= config.index_min_items:
             threading.Thread(target=self._build_index, name=f"index-{version.name}", daemon=True).start()
         self.prequential = PrequentialError()
-        self.users = UserTable(
-            version.dim, version.prior, version.link, learning_rate=config.learning_rate,
-            capacity=len(version.users.ids) + 1024,
+        self.state: UserState = user_state(
+            version, store, obs_log, config, upto_lsn=obs_log.last_lsn if upto_lsn is None else upto_lsn,
+            on_errors=self.record_feedback,
         )
-        self.applied_lsn = obs_log.last_lsn if upto_lsn is None else upto_lsn  # the log prefix this state reflects
-        self.replayed = self._recover()
-        obs_log.add_commit_hook(self._on_durable, self._on_refused)
+        self.replayed = self.state.replayed
+
+    @property
+    def users(self) -> UserStates:
+        """The users' state predictions read (learning/states.py)."""
+        return self.state.table
 
     @property
     def name(self) -> str:
@@ -309,23 +305,21 @@ class ModelServer:
                 repeated = [o for o in originals if o is not None]
                 if repeated:
                     keep = [i for i, o in enumerate(originals) if o is None]
-                    users, items, decisions, keys = (
-                        [column[i] for i in keep] for column in (users, items, decisions, keys))
+                    users, items = [users[i] for i in keep], [items[i] for i in keep]
+                    decisions, keys = [decisions[i] for i in keep], [keys[i] for i in keep]
                     rows, scores = rows[keep], scores[keep]
                     if not keep:
                         return self._receipt(0, repeated)
             try:
-                errors = self._prequential_errors(users, rows, scores)  # shared state: refuses while Redis fails
+                errors = self.state.before_append(users, rows, scores)  # shared state: refuses while Redis fails
                 entries = [(u, x, y, self.version_id, d, *((k,) if k is not None else ()))
                            for u, x, y, d, k in zip(users, items, scores.tolist(), decisions, keys)]
-                with self._learn_lock:  # queued before the writer's commit hook can look for it
-                    lsn = self._log.append(entries)
-                    self._learn(lsn, users, rows, scores)
+                lsn = self.state.append(lambda: self._log.append(entries), users, rows, scores)
             except BaseException:
                 if keyed:  # nothing was appended: a retry must be learned
                     self.window.release([k for k in keys if k is not None])
                 raise
-        self._maybe_checkpoint(len(users))
+        self.state.after_observe(len(users))
         if errors is not None:
             self.record_feedback(errors)
         return self._receipt(lsn, repeated) if originals is not None and repeated else Receipt(lsn)
@@ -335,10 +329,6 @@ class ModelServer:
         own = [o.lsn for o in repeated if o.instance == self.window.instance]
         foreign = tuple(o for o in repeated if o.instance != self.window.instance)
         return Receipt(max([lsn, *own]), len(repeated), foreign)
-
-    def _prequential_errors(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> np.ndarray | None:
-        """Prediction errors of a batch with the weights as they are before it is learned."""
-        return scores - self._link_array(self._inner(self._features[rows], users))
 
     def record_feedback(self, errors: np.ndarray) -> None:
         """Count prequential errors in the windows and tell the listener (retraining triggers)."""
@@ -372,76 +362,23 @@ class ModelServer:
     def _catalog_key(self, row: int) -> str:
         return str(self._catalog.external(row))
 
-    def _learn(self, lsn: int, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
-        """Learn a batch just logged (its last LSN `lsn`) once the log has made it durable: a batch
-        the disk refuses is never learned, and the acknowledgement (sent after the commit hooks)
-        already reflects it. Called under both locks, in LSN order."""
-        self._unlearned.append((lsn, users, rows, scores))
-
-    def _on_durable(self, durable_lsn: int) -> None:  # the log's writer thread, after each fsync
-        with self._learn_lock:
-            unlearned = self._unlearned
-            while unlearned and unlearned[0][0] <= durable_lsn:
-                lsn, users, rows, scores = unlearned.popleft()
-                self._apply(users, rows, scores)
-                self.applied_lsn = lsn
-
-    def _on_refused(self, first: int, last: int) -> None:  # the log's writer thread: never learned
-        with self._learn_lock:
-            self._unlearned = deque(entry for entry in self._unlearned if not first <= entry[0] <= last)
-
     def retire(self) -> None:
         """A newer version's server took over (under this one's serving lock, after a log sync, so
-        nothing is left unlearned): refuse observations and stop listening to the log."""
+        nothing is left unlearned): refuse observations and stop learning from the log."""
         self.retired = True
-        self._log.remove_commit_hook(self._on_durable)
+        self.state.retire()
 
     def remove_user(self, user: str) -> bool:
         """Forget a user's weights in memory. Call it after the log has erased the user's records
         (which syncs the log, so nothing of theirs is still waiting to be learned)."""
-        with self._learn_lock:
-            return self.users.remove(user)
+        return self.state.remove_user(user)
 
-    def _apply(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
-        table = self.users
-        if len(users) == 1:
-            table.observe(table.ensure(users[0]), self._features, int(rows[0]), float(scores[0]))
-        else:
-            user_rows = np.fromiter((table.ensure(u) for u in users), dtype=np.int64, count=len(users))
-            table.observe_many(user_rows, self._features, rows, scores)
-        self._since_checkpoint += len(users)
-
-    # ---- persistence ---------------------------------------------------------------------
-    def _recover(self) -> int:
-        """Rebuild every user's state: trained statistics, then the checkpoint, then the log tail."""
-        self.users.load_trained(self.version.users)
-        saved = self._store.checkpoint(self.name)
-        same_version = saved is not None and saved.version == self.version_id
-        if same_version:
-            for user, state in self._store.scan(self.name):
-                self.users.restore(user, state)
-            after = saved.lsn
-        else:
-            after = int(self.version.meta.get("log_position", 0))
-        if after > self._log.last_lsn:  # the log lost its tail: never reuse the LSNs that state claims
-            self._log.reserve_above(after)
-            self.applied_lsn = max(self.applied_lsn, after)
-        self.users.dirty.clear()
-        replayed = self._replay(after, self.applied_lsn)
-        states = self.users.take_dirty()
-        if not same_version or states:
-            self._store.write_checkpoint(
-                self.name, states, Checkpoint(self.version_id, self.applied_lsn), replace_all=not same_version
-            )
-        return replayed
-
+    # ---- swaps and persistence -----------------------------------------------------------
     def catch_up(self, upto_lsn: int) -> int:
-        """Learn the logged observations after `applied_lsn` up to `upto_lsn` (must be durable).
+        """Learn the logged observations not learned yet up to `upto_lsn` (must be durable).
         Called under the serving server's lock during a swap, so nothing arrives meanwhile."""
-        with self._lock, self._learn_lock:
-            replayed = self._replay(self.applied_lsn, upto_lsn)
-            self.applied_lsn = max(self.applied_lsn, upto_lsn)
-            return replayed
+        with self._lock:
+            return self.state.catch_up(upto_lsn)
 
     def serving_lock(self) -> threading.Lock:
         """The lock observations take: hold it to stop learning for a moment (swap, forget)."""
@@ -450,79 +387,11 @@ class ModelServer:
     def retire_checkpoints(self) -> None:
         """Stop writing checkpoints (waiting for one in progress): a newer version's server is
         about to own the users' state in the store. Learning goes on until `retired` is set."""
-        with self._checkpoint_lock:
-            self._checkpoints_frozen = True
+        self.state.freeze_checkpoints()
 
     def resume_checkpoints(self) -> None:
-        self._checkpoints_frozen = False
-
-    def _replay(self, after_lsn: int, upto_lsn: int) -> int:
-        users: list[str] = []
-        rows: list[int] = []
-        scores: list[float] = []
-        skipped = replayed = 0
-        lookup = self._catalog.lookup
-        low, high = self.version.score_range
-        for record in self._log.replay(after_lsn, upto_lsn):
-            row = lookup(record.item)
-            # An item this version does not know: nothing to learn from it. A score outside the
-            # range (logged before scores were bounded, e.g. 1e308): learning it would poison the user.
-            if row is None or not low <= record.score <= high:
-                skipped += 1
-                continue
-            users.append(record.user)
-            rows.append(row)
-            scores.append(record.score)
-            if len(users) >= _REPLAY_CHUNK:
-                replayed += self._apply_chunk(users, rows, scores)
-        replayed += self._apply_chunk(users, rows, scores)
-        if skipped:
-            log.warning("%s: %d logged observations name items unknown to %s or scores outside its range; skipped",
-                        self.name, skipped, self.version_id)
-        return replayed
-
-    def _apply_chunk(self, users: list[str], rows: list[int], scores: list[float]) -> int:
-        n = len(users)
-        if n:
-            self._apply(list(users), np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float64))
-            users.clear(), rows.clear(), scores.clear()
-        return n
-
-    def _maybe_checkpoint(self, added: int) -> None:
-        due = self._since_checkpoint >= self.config.checkpoint_every or (
-            time.monotonic() - self._last_checkpoint >= self.config.checkpoint_seconds and self._since_checkpoint
-        )
-        if due and self._checkpoint_lock.acquire(blocking=False):
-            threading.Thread(target=self._checkpoint_locked, name=f"checkpoint-{self.name}", daemon=True).start()
+        self.state.resume_checkpoints()
 
     def checkpoint(self) -> int:
         """Write every user changed since the last checkpoint, with the LSN they reflect."""
-        with self._checkpoint_lock:
-            return self._write_checkpoint()
-
-    def _checkpoint_locked(self) -> None:
-        try:
-            self._write_checkpoint()
-        except Exception:  # a failed checkpoint loses nothing: the log still holds every observation
-            log.exception("%s: checkpoint failed; will retry at the next one", self.name)
-        finally:
-            self._checkpoint_lock.release()
-
-    def _write_checkpoint(self) -> int:
-        if self._checkpoints_frozen:
-            return 0
-        with self._learn_lock:
-            states = self.users.take_dirty()
-            lsn = self.applied_lsn
-            self._since_checkpoint = 0
-            self._last_checkpoint = time.monotonic()
-        if not states:
-            return 0
-        self._log.sync()  # never record a position the log has not made durable
-        try:
-            self._store.write_checkpoint(self.name, states, Checkpoint(self.version_id, lsn))
-        except Exception:
-            with self._learn_lock:  # put them back so the next checkpoint writes them
-                self.users.dirty.update(self.users.rows[u] for u in states if u in self.users.rows)
-            raise
-        return len(states)
+        return self.state.checkpoint()

@@ -9,7 +9,7 @@ such call froze every route for seconds, /healthz included. So, with state share
   restart without persistence loses it, see learning/shared_table.py) and refreshes the user
   counts. /healthz, /metrics and GET /models read what it found, never Redis. A lost state is
   said (an ERROR, /healthz degraded, predictions 503 instead of the trained defaults) and
-  rebuilt from the logs (`rebuild`, SharedModelServer.rebuild_lost_state), counted in `rebuilds`.
+  rebuilt from the logs (`rebuild`, SharedUserState.rebuild_lost_state), counted in `rebuilds`.
 - `StoreCalls.run` runs each Redis-bound piece of a request (a prediction, a ranking) on a
   few worker threads and answers 503 StoreUnavailable with Retry-After once
   `RedisSettings.deadline` has passed, whether the call is still waiting for Redis or still
@@ -27,20 +27,17 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
 from collections import deque
+from collections.abc import Callable
 from typing import Any, TypeVar
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from veloxserve.errors import StoreUnavailable
 from veloxserve.learning.shared_table import SharedUserTable
-from veloxserve.storage.redis_client import RedisSettings
+from veloxserve.storage.redis_client import RedisProbe, RedisSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_Call = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
 _POOL_THREADS = 2  # Redis-bound calls in flight at once; the rest queue (and time out) behind them
 
 
@@ -54,10 +51,7 @@ class RedisWatch:
         self._rebuild = rebuild
         self.rebuilds: dict[str, int] = {}  # model -> times its lost state was rebuilt from the logs
         self._interval = interval
-        self._client = redis.Redis.from_url(  # one attempt per ping: the watch itself is the retry
-            settings.url, socket_timeout=settings.socket_timeout, socket_connect_timeout=settings.connect_timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._probe = RedisProbe(settings)  # one attempt per ping: the watch itself is the retry
         self.unreachable: str | None = None  # why the last ping failed, None while Redis answers
         self._since = 0.0
         self._stop = threading.Event()
@@ -79,13 +73,12 @@ class RedisWatch:
 
     def check(self) -> None:
         """One round: ping, then each model's generation and user count."""
-        try:
-            self._client.ping()
-        except redis.RedisError as exc:
+        why = self._probe.ping()
+        if why is not None:
             if self.unreachable is None:
                 self._since = time.monotonic()
-                log.error("Redis at %s does not answer: %s: %s", self.settings.where, type(exc).__name__, exc)
-            self.unreachable = f"{type(exc).__name__}: {exc}"
+                log.error("Redis at %s does not answer: %s", self.settings.where, why)
+            self.unreachable = why
             return
         if self.unreachable is not None:
             log.info("Redis at %s answers again", self.settings.where)
@@ -98,12 +91,12 @@ class RedisWatch:
             except StoreUnavailable:
                 pass  # lost (the table says so) or Redis failed meanwhile (the next ping says so)
             if table.lost is not None and self._rebuild is not None:
-                self._rebuild_lost(name, table)
+                self._rebuild_lost(name, table.lost, self._rebuild)
 
-    def _rebuild_lost(self, name: str, table: SharedUserTable) -> None:
-        log.error("%s", table.lost.message)
+    def _rebuild_lost(self, name: str, lost: StoreUnavailable, rebuild: Callable[[str], object]) -> None:
+        log.error("%s", lost.message)
         try:
-            self._rebuild(name)
+            rebuild(name)
         except StoreUnavailable as exc:  # Redis failed meanwhile: the next round tries again
             log.error("rebuilding the users' state of %s failed: %s", name, exc.message)
             return
@@ -119,7 +112,7 @@ class RedisWatch:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(self.settings.deadline + self._interval)
-        self._client.close()
+        self._probe.close()
 
 
 class StoreCalls:
@@ -132,7 +125,9 @@ class StoreCalls:
 
     def __init__(self, settings: RedisSettings | None) -> None:
         self.settings = settings
-        self._queue: deque[tuple] = deque()
+        self._deadline = 0.0 if settings is None else settings.deadline
+        self._where = "" if settings is None else settings.where
+        self._queue: deque[_Call] = deque()
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [] if settings is None else [
@@ -149,16 +144,16 @@ class StoreCalls:
         with self._cond:
             self._queue.append((fn, args, future, loop))
             self._cond.notify()
-        timer = loop.call_later(self.settings.deadline, self._expire, future)
+        timer = loop.call_later(self._deadline, self._expire, future)
         try:
             return await future
         finally:
             timer.cancel()
 
-    def _expire(self, future: asyncio.Future) -> None:
+    def _expire(self, future: asyncio.Future[Any]) -> None:
         if not future.done():  # still queued (never runs) or running (finishes on its socket timeout, unheard)
             future.set_exception(StoreUnavailable(
-                f"Redis at {self.settings.where} did not answer within {self.settings.deadline} s. Requests that need "
+                f"Redis at {self._where} did not answer within {self._deadline} s. Requests that need "
                 "user state fail with 503 until it answers; retry after Retry-After (the server reconnects by itself)."
             ))
 
@@ -170,10 +165,11 @@ class StoreCalls:
                     return
                 batch = list(self._queue)
                 self._queue.clear()
-            done: dict[asyncio.AbstractEventLoop, list[tuple]] = {}
+            done: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
             for fn, args, future, loop in batch:
                 if future.done():  # expired while queued
                     continue
+                outcome: _Outcome
                 try:
                     outcome = (future, fn(*args), None)
                 except Exception as exc:  # handed to the request, which answers it
@@ -191,7 +187,10 @@ class StoreCalls:
             self._cond.notify_all()
 
 
-def _resolve(outcomes: list[tuple]) -> None:
+_Outcome = tuple["asyncio.Future[Any]", Any, "Exception | None"]
+
+
+def _resolve(outcomes: list[_Outcome]) -> None:
     for future, result, exc in outcomes:
         if future.done():  # answered 503 at the deadline meanwhile
             continue

@@ -4,8 +4,10 @@ on drift, and promoted only if it beats the active version.
 A retrain snapshots the log position, trains θ in a separate process (veloxserve.training.worker)
 from the base data plus the log up to that position, then — if it wins the comparison on the
 most recent logged observations neither version was fitted on, or if asked to always promote —
-the Velox swap rebuilds every user against the new θ, replays what arrived after the snapshot and
-switches atomically.
+the swap (serving/model_set.py) rebuilds every user against the new θ, replays what arrived after
+the snapshot and switches atomically. The retrainer reaches the served models through the narrow
+`RetrainModels` protocol (catalogue, active version, log position, activate) and the forgetting
+module through one callable (`scrub`), never through Velox.
 
 Forgetting a user while a retrain runs patches the retrain's output rather than waiting for it
 (a forget would block for minutes, and hold the swap lock meanwhile) or cancelling it (a steady
@@ -25,19 +27,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from veloxserve.config import HomeLayout
 from veloxserve.errors import Conflict, invalid_parameter
 from veloxserve.serving.drift import PageHinkley, PageHinkleyConfig
 from veloxserve.storage.pointer import read_pointer, write_pointer
-from veloxserve.storage.version_catalog import Status, now
-
-if TYPE_CHECKING:
-    from veloxserve.serving.velox import Velox
+from veloxserve.storage.version_catalog import Status, VersionCatalog, now
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,29 @@ class RetrainJob:
         return asdict(self)
 
 
+class RetrainModels(Protocol):
+    """What a retrain needs of the served models (serving.model_set.ModelSet)."""
+
+    def catalog(self, model: str) -> VersionCatalog: ...
+
+    def active_version(self, model: str) -> str:
+        """The version `model` serves; ModelNotFound (404) for an unknown model."""
+        ...
+
+    def sync_log(self, model: str) -> int:
+        """The model's durable log position, once everything appended so far is durable."""
+        ...
+
+    def activate(self, model: str, version: str) -> None:
+        """Serve `version` from now on (the swap)."""
+        ...
+
+
+# Removes the users that `users()` names from a version's trained statistics (serving/forgetting.py);
+# ratings removed per user.
+Scrub = Callable[[str, str, Callable[[], Iterable[str]]], dict[str, int]]
+
+
 @dataclass
 class _Trigger:
     policy: RetrainPolicy
@@ -133,14 +157,16 @@ class _Trigger:
 class Retrainer:
     """Runs at most one trainer per model and applies each model's retraining policy."""
 
-    def __init__(self, velox: Velox) -> None:
-        self._velox = velox
+    def __init__(self, models: RetrainModels, layout: HomeLayout, scrub: Scrub) -> None:
+        self._models = models
+        self._layout = layout
+        self._scrub = scrub
         self._lock = threading.Lock()
         self._running: dict[str, RetrainJob] = {}
         self._last: dict[str, RetrainJob] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._triggers: dict[str, _Trigger] = {}
-        self._processes: dict[str, subprocess.Popen] = {}
+        self._processes: dict[str, subprocess.Popen[str]] = {}
         self._forgotten: dict[str, set[str]] = {}  # model: users forgotten while its retrain runs
         self._closing = False
         # The trainer process; the spec is appended as its last argument (tests wrap it to pause it).
@@ -158,7 +184,7 @@ class Retrainer:
 
     def recover(self, model: str) -> None:
         """A version still `training` when the server starts was cut off by a crash: mark it failed."""
-        catalog = self._velox.catalog(model)
+        catalog = self._models.catalog(model)
         for entry in catalog.list():
             if entry["status"] == Status.TRAINING.value:
                 catalog.mark(entry["version"], Status.FAILED, error="interrupted: the server stopped during training")
@@ -166,11 +192,11 @@ class Retrainer:
 
     # ---- policy --------------------------------------------------------------------------
     def policy(self, model: str) -> RetrainPolicy:
-        text = read_pointer(self._velox.layout.policy_file(model))
+        text = read_pointer(self._layout.policy_file(model))
         return RetrainPolicy(**json.loads(text)) if text else RetrainPolicy()
 
     def set_policy(self, model: str, policy: RetrainPolicy) -> RetrainPolicy:
-        write_pointer(self._velox.layout.policy_file(model), json.dumps(asdict(policy)))
+        write_pointer(self._layout.policy_file(model), json.dumps(asdict(policy)))
         with self._lock:
             self._triggers[model] = _Trigger(policy, policy.detector())
         return policy
@@ -211,7 +237,7 @@ class Retrainer:
             raise invalid_parameter("promote", "retrain", " or ".join(PROMOTE), promote)
         if reason not in REASONS:
             raise invalid_parameter("reason", "retrain", " or ".join(REASONS), reason)
-        server = self._velox.server(model)
+        parent = self._models.active_version(model)
         with self._lock:
             if self._closing:
                 raise Conflict(f"The server is shutting down; retrain {model!r} after it restarts.")
@@ -221,10 +247,10 @@ class Retrainer:
                     f"A retrain of {model!r} is already running (version {running.version}, started "
                     f"{running.started_at}, reason {running.reason}). Wait for it: GET /models/{model}/retrain."
                 )
-            upto = self._velox.observation_log(model).sync()
-            catalog = self._velox.catalog(model)
-            version = catalog.reserve(reason=reason, parent=server.version_id, log_position=upto)
-            job = self._running[model] = RetrainJob(model, version, server.version_id, reason, promote, upto)
+            upto = self._models.sync_log(model)
+            catalog = self._models.catalog(model)
+            version = catalog.reserve(reason=reason, parent=parent, log_position=upto)
+            job = self._running[model] = RetrainJob(model, version, parent, reason, promote, upto)
             self._forgotten[model] = set()
             if model in self._triggers:
                 self._triggers[model].observations, self._triggers[model].since = 0, time.monotonic()
@@ -234,7 +260,7 @@ class Retrainer:
         return job
 
     def forgotten(self, model: str, user: str) -> None:
-        """A user was just forgotten (Velox holds its swap lock): a retrain of `model` running now
+        """A user was just forgotten (under the swap lock): a retrain of `model` running now
         scrubs them from its version before the version can be marked ready or served."""
         with self._lock:
             if model in self._forgotten:
@@ -256,11 +282,11 @@ class Retrainer:
         return self.job(model)
 
     def _run(self, job: RetrainJob, overrides: dict[str, Any]) -> None:
-        catalog = self._velox.catalog(job.model)
+        catalog = self._models.catalog(job.model)
         started = time.perf_counter()
         try:
             meta = self._train(job, overrides)
-            scrubbed = self._velox.scrub_forgotten(job.model, job.version, lambda: self._forgotten_now(job.model))
+            scrubbed = self._scrub(job.model, job.version, lambda: self._forgotten_now(job.model))
             if scrubbed:
                 log.info("%s: removed %d user(s) forgotten during retrain %s", job.model, len(scrubbed), job.version)
             comparison = meta.get("comparison", {})
@@ -278,7 +304,7 @@ class Retrainer:
                 raise RuntimeError("the server shut down before the new version could be promoted")
             if job.promote == "always" or (job.promote == "if_better" and better):
                 catalog.mark(job.version, Status.READY, decision=f"promoted: {verdict}")
-                self._velox.activate(job.model, job.version)
+                self._models.activate(job.model, job.version)
                 job.state, job.detail = "promoted", verdict
             else:
                 why = "promotion not requested" if job.promote == "never" else "not better than the active version"
@@ -298,7 +324,7 @@ class Retrainer:
 
     def _train(self, job: RetrainJob, overrides: dict[str, Any]) -> dict[str, Any]:
         spec = {
-            "home": str(Path(self._velox.layout.root).resolve()), "model": job.model, "version": job.version,
+            "home": str(Path(self._layout.root).resolve()), "model": job.model, "version": job.version,
             "parent": job.parent, "upto_lsn": job.upto_lsn, "reason": job.reason, "overrides": overrides,
         }
         with self._lock:

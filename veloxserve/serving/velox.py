@@ -1,51 +1,49 @@
 """Velox: the in-process API over every model in a home directory.
 
 A notebook or a test uses this class directly; the HTTP app and the CLI are thin translations of
-it. It owns the concrete backends (the user store and one observation log per model), chosen
-here and in the CLI and nowhere else.
+it. It is a facade over small parts, each the one owner of its idea:
+
+    backend.py     where users' state lives and what an observation waits on (embedded or shared)
+    model_set.py   the served version of every model, its log, and the swap between versions
+    retraining.py  background retrains, policies and promotion
+    forgetting.py  removing a user from everything a model keeps
+    config.py      the home layout
+
+The concrete backends are chosen by `open_backend` from the store, here and in the CLI only.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from veloxserve.config import HomeLayout, ServingConfig
-from veloxserve.errors import Conflict, ModelNotFound, StoreUnavailable, invalid_parameter
+from veloxserve.config import HomeLayout, ServingConfig, check_model_name
+from veloxserve.errors import StoreUnavailable
 from veloxserve.ids import Id, canonical_id
-from veloxserve.models.version import ModelVersion
-from veloxserve.models.attributes import EMPTY, ItemAttributes, read_attribute_table
-from veloxserve.serving.exploration import Policy
+from veloxserve.models.attributes import ItemAttributes
+from veloxserve.serving.backend import Backend, check_instance, open_backend
+from veloxserve.serving.durability import Acknowledgement
+from veloxserve.serving.exploration import ExplorationPolicy
 from veloxserve.serving.feature_cache import FeatureCache
-from veloxserve.serving.decisions import RecentDecisions
-from veloxserve.serving.idempotency import LocalWindow, Original, RedisWindow
+from veloxserve.serving.forgetting import Forgetting
+from veloxserve.serving.idempotency import Original
 from veloxserve.serving.model_server import ModelServer, Observation, Receipt, Recommendation, ServerRetired
-from veloxserve.storage.atomic import replace_atomically
-from veloxserve.storage.decision_log import DecisionLog, new_decision_id
-from veloxserve.serving.retraining import Retrainer, RetrainJob, RetrainPolicy
-from veloxserve.storage.home_lock import HomeLock
-from veloxserve.storage.lmdb_store import LMDBUserStore
-from veloxserve.storage.redis_client import RedisSettings
+from veloxserve.serving.model_set import ModelSet
 from veloxserve.serving.redis_watch import RedisWatch
-from veloxserve.serving.shared_server import Applier, SharedModelServer
-from veloxserve.storage.observation_log import MAIN_INSTANCE, ObservationLog
+from veloxserve.serving.retraining import Retrainer, RetrainJob, RetrainPolicy
+from veloxserve.storage.decision_log import DecisionLog, new_decision_id
+from veloxserve.storage.home_lock import HomeLock
+from veloxserve.storage.item_tables import read_item_table, write_item_table
+from veloxserve.storage.observation_log import ObservationLog
+from veloxserve.storage.redis_client import RedisSettings
 from veloxserve.storage.user_store import UserStore
-from veloxserve.storage.version_catalog import Status, VersionCatalog
+from veloxserve.storage.version_catalog import VersionCatalog
 
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 DURABLE_TIMEOUT_S = 30.0
-
-
-def check_model_name(name: Any, where: str = "train") -> str:
-    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
-        raise invalid_parameter(
-            "model", where, "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit", name
-        )
-    return name
+__all__ = ["DURABLE_TIMEOUT_S", "Velox", "check_model_name"]
 
 
 class Velox:
@@ -55,38 +53,28 @@ class Velox:
                  instance: str | None = None, home_lock: HomeLock | None = None) -> None:
         """`store`: where users' state lives (default: LMDB in the home). A shared store
         (RedisUserStore) makes Redis the state shared by several processes serving this home, each with its own
-        `instance` id (its own observation log and lock); see serving/shared_server.py. `home_lock`:
+        `instance` id (its own observation log and lock); see serving/backend.py. `home_lock`:
         the home's lock, already taken by the caller (the demo takes it before preparing the home)."""
-        self.shared = store is not None and store.shared
-        if instance is not None and (not self.shared or not _MODEL_NAME.fullmatch(instance) or instance == MAIN_INSTANCE):
-            raise invalid_parameter("instance", "serve", "1-64 letters, digits, '_', '.' or '-', other than 'main', "
-                                    "with a shared store (--store redis://...)", instance)
+        check_instance(store, instance)
         self.instance = instance
         self.layout = HomeLayout(Path(home))
         self.layout.root.mkdir(parents=True, exist_ok=True)
-        self._home_lock = home_lock or HomeLock(self.layout.root / (".lock" if instance is None else f".lock-{instance}"))
+        self._home_lock = home_lock or HomeLock(self.layout.lock_file(instance))
         try:
             self.config = config or ServingConfig()
-            self._store = store if store is not None else LMDBUserStore(self.layout.state_db)
-            self._logs: dict[str, ObservationLog] = {}
-            self._appliers: dict[str, Applier] = {}
-            self._servers: dict[str, ModelServer] = {}
-            self._catalogs: dict[str, VersionCatalog] = {}
-            self._decision_logs: dict[str, DecisionLog] = {}
-            self._windows: dict[str, LocalWindow | RedisWindow] = {}  # per model, across versions (idempotency.py)
-            self._recent_decisions: dict[str, RecentDecisions] = {}  # per model: serving/decisions.py
-            self._swap_lock = threading.Lock()
+            self._backend: Backend = open_backend(self.layout, self.config, store, instance)
             self.feature_cache = FeatureCache(self.config.feature_cache_bytes)  # shared by every model
-            self.retrainer = Retrainer(self)
-            self.redis_watch: RedisWatch | None = None
+            self._models = ModelSet(self.layout, self.config, self._backend, self.feature_cache)
+            self._forgetting = Forgetting(self._models, self._backend.store, self.layout,
+                                          forgotten=lambda model, user: self.retrainer.forgotten(model, user))
+            self.retrainer = Retrainer(self._models, self.layout, scrub=self._forgetting.scrub)
+            self._models.on_feedback = self.retrainer.on_feedback
+            self._decision_logs: dict[str, DecisionLog] = {}
+            self._decision_lock = threading.Lock()
             for name in self.layout.model_names():
-                catalog = self.catalog(name)
                 self.retrainer.recover(name)
-                if catalog.active() is not None:
-                    self._swap(name, catalog.active())
-            if self.shared:  # /healthz's view of Redis, found off the event loop
-                self.redis_watch = RedisWatch(self._store.settings, self._shared_tables,
-                                              rebuild=lambda name: self._servers[name].rebuild_lost_state())
+            self._models.open_all()
+            self._backend.start()
         except BaseException:
             self._home_lock.release()  # a failed open must not keep the home locked
             raise
@@ -95,22 +83,13 @@ class Velox:
     def close(self) -> None:
         """Checkpoint every model and close logs and store. Safe to call twice. A retrain still
         running is stopped and its version marked `failed`."""
-        if self.redis_watch is not None:  # first: it may rebuild a server's state
-            self.redis_watch.close()
+        self._backend.stop()  # first: the Redis watch may rebuild a server's state
         self.retrainer.close()
-        for server in list(self._servers.values()):
-            server.checkpoint()
-        for obs_log in self._logs.values():
-            obs_log.close()
-        for applier in self._appliers.values():
-            applier.close()
-        self._appliers.clear()
+        self._models.close()
         for decision_log in self._decision_logs.values():
             decision_log.close()
         self._decision_logs.clear()
-        self._servers.clear()
-        self._logs.clear()
-        self._store.close()
+        self._backend.close()
         self._home_lock.release()
 
     def __enter__(self) -> Velox:
@@ -121,13 +100,13 @@ class Velox:
 
     # ---- catalogue -----------------------------------------------------------------------
     def model_names(self) -> list[str]:
-        return sorted(self._servers)
+        return self._models.names()
 
     def health(self) -> dict[str, list[str]]:
         """Per model, why it is degraded: damaged log records skipped on open, a disk refusing
         writes (observe answers 507/503 meanwhile; predictions are still served), Redis not
         answering or having lost the users' state (serving/redis_watch.py). Empty when healthy."""
-        reasons = {name: obs_log.health() for name, obs_log in sorted(self._logs.items())}
+        reasons = {name: obs_log.health() for name, obs_log in self._models.logs()}
         for name, decisions in sorted(self._decision_logs.items()):
             reasons.setdefault(name, []).extend(decisions.health())
         if self.redis_watch is not None:  # what the watch last found: no Redis call here
@@ -138,23 +117,22 @@ class Velox:
     @property
     def redis_settings(self) -> RedisSettings | None:
         """How to reach the shared Redis (its deadline bounds each request's Redis work), or None."""
-        return self._store.settings if self.shared else None
+        return self._backend.redis_settings
 
-    def _shared_tables(self) -> dict:
-        return {name: server.users for name, server in self._servers.items() if isinstance(server, SharedModelServer)}
+    @property
+    def redis_watch(self) -> RedisWatch | None:
+        """What /healthz knows of the shared Redis (None without one)."""
+        return self._backend.redis_watch
+
+    @property
+    def _store(self) -> UserStore:
+        return self._backend.store
 
     def server(self, model: str) -> ModelServer:
-        try:
-            return self._servers[model]
-        except KeyError:
-            known = ", ".join(self.model_names()) or "none yet: train one with `veloxserve train`"
-            raise ModelNotFound(f"No model named {model!r}. Models: {known}.", field="model") from None
+        return self._models.server(model)
 
     def catalog(self, model: str) -> VersionCatalog:
-        catalog = self._catalogs.get(model)
-        if catalog is None:
-            catalog = self._catalogs[model] = VersionCatalog(self.layout.model_dir(model))
-        return catalog
+        return self._models.catalog(model)
 
     def describe(self, model: str) -> dict[str, Any]:
         server = self.server(model)
@@ -210,11 +188,11 @@ class Velox:
         so off-policy estimates can join what was shown with what users did."""
         server = self.server(model)
         rec = server.recommend(user, k, candidates=candidates, exclude_seen=exclude_seen, filter=filter,
-                               policy=Policy.parse(policy, epsilon, alpha))
+                               policy=ExplorationPolicy.parse(policy, epsilon, alpha))
         rec.decision = new_decision_id()
         rec.model_version = server.version_id
         items = [str(i) for i in rec.items]
-        self._recent_decisions[model].remember(rec.decision, rec.user, items)
+        self._models.recent_decisions(model).remember(rec.decision, rec.user, items)
         self._decision_log(model).append({
             "decision": rec.decision, "ts": time.time(), "model_version": server.version_id, "user": rec.user,
             "policy": rec.policy.describe(), "items": items, "scores": rec.scores,
@@ -223,13 +201,12 @@ class Velox:
         return rec
 
     def decision_log_dir(self, model: str) -> Path:
-        directory = self.layout.model_dir(model) / "decisions"
-        return directory if self.instance is None else directory / "instances" / self.instance
+        return self.layout.decision_log_dir(model, self.instance)
 
     def _decision_log(self, model: str) -> DecisionLog:
         log = self._decision_logs.get(model)
         if log is None:
-            with self._swap_lock:
+            with self._decision_lock:
                 log = self._decision_logs.get(model)
                 if log is None:
                     log = self._decision_logs[model] = DecisionLog(self.decision_log_dir(model))
@@ -238,12 +215,10 @@ class Velox:
     def set_item_attributes(self, model: str, path: str | Path) -> dict[str, Any]:
         """Load item attributes (CSV or Parquet with an `item` column) for `filter=` in top-k;
         kept in the home as Parquet and reloaded with every version."""
-        import pyarrow.parquet as pq
-
         server = self.server(model)
-        table = read_attribute_table(Path(path))
+        table = read_item_table(Path(path))
         attributes = ItemAttributes.from_table(table, server.version.catalog)  # validates before keeping it
-        replace_atomically(self.layout.items_file(model), lambda fh: pq.write_table(table, fh))
+        write_item_table(self.layout.items_file(model), table)
         server.attributes = attributes
         return {"model": model, "attributes": sorted(attributes.columns), "items": table.num_rows}
 
@@ -275,10 +250,10 @@ class Velox:
         state shared in Redis) are learned; StoreUnavailable (503) if not within `timeout`."""
         if not originals:
             return
-        users = self.server(model).users
+        state = self.server(model).state
         deadline = time.monotonic() + timeout
         pending = list(originals)
-        while pending := [o for o in pending if not users.learned(o.instance, o.user, o.lsn)]:
+        while pending := [o for o in pending if not state.learned(o.instance, o.user, o.lsn)]:
             if time.monotonic() >= deadline:
                 first = pending[0]
                 raise StoreUnavailable(f"Observation {first.lsn} of instance {first.instance!r}, which this retry "
@@ -286,20 +261,12 @@ class Velox:
             time.sleep(0.02)
 
     def observation_log(self, model: str) -> ObservationLog:
-        self.server(model)
-        return self._logs[model]
+        return self._models.observation_log(model)
 
-    def acknowledger(self, model: str) -> ObservationLog | Applier:
+    def acknowledger(self, model: str) -> Acknowledgement:
         """What an observation waits on before it is acknowledged: the log's group commit, and
-        with a shared store also its update in Redis (`durable_lsn`, `wait_durable`, `subscribe`)."""
-        self.server(model)
-        return self._appliers.get(model) or self._logs[model]
-
-    def _refuse_when_shared(self, what: str) -> None:
-        if self.shared:
-            raise Conflict(f"{what} is not available while several processes share the state in Redis: stop the "
-                           "servers, do it with one `veloxserve serve` (or train a new version offline), and restart "
-                           "them (docs/storage.md, 'Several servers over Redis').")
+        with a shared store also its update in Redis (serving/durability.py)."""
+        return self._models.acknowledgement(model)
 
     # ---- versions ------------------------------------------------------------------------
     def train(self, model: str, ratings: Any, config: Any = None, *, items: str | Path | None = None,
@@ -321,7 +288,7 @@ class Velox:
         Serving and online learning go on meanwhile; the new version is promoted when it beats
         the active one on the most recent logged observations neither was fitted on
         (`promote="always"|"never"` overrides that). With `wait`, return once the job has finished."""
-        self._refuse_when_shared("Retraining")
+        self._backend.allow("Retraining")
         job = self.retrainer.start(model, reason=reason, promote=promote, overrides=overrides)
         if wait:
             self.retrainer.wait(model)
@@ -343,81 +310,9 @@ class Velox:
         Every user's state is rebuilt against its θ from the version's trained statistics plus
         every logged observation after its log position, so feedback that arrived since that
         version was trained is not lost, then the swap is atomic: a request sees the old or the
-        new version, never a mix."""
-        self._refuse_when_shared("Switching versions")
-        catalog = self.catalog(model)
-        entry = catalog.entry(version)  # NotFound for an unknown version
-        if entry["status"] in (Status.FAILED.value, Status.TRAINING.value) or not catalog.versions.exists(version):
-            why = entry.get("error") or "it has not finished training"
-            raise Conflict(f"Version {version!r} of {model!r} is {entry['status']} and cannot serve: {why}.", field="version")
-        self._swap(model, version)
-
-    def scrub_forgotten(self, model: str, version_id: str, users: Any) -> dict[str, int]:
-        """Remove `users` (forgotten while `version_id` was being trained) from its trained
-        statistics; under the swap lock, so no forget and no swap runs in between. Returns the
-        ratings removed per user."""
-        from veloxserve.storage.forget import drop_user_from_version
-
-        with self._swap_lock:
-            directory = self.catalog(model).versions.directory / version_id
-            return {user: n for user in sorted(users()) if (n := drop_user_from_version(directory, user))}
-
-    def _swap(self, model: str, version_id: str) -> None:
-        catalog = self.catalog(model)
-        with self._swap_lock:  # one swap at a time; serving goes on until the last step
-            # Read under the lock a forget holds while it rewrites version files: a version read
-            # before a forget and served after it would bring the forgotten user back.
-            version = ModelVersion.from_arrays(catalog.versions.read_arrays(version_id),
-                                               catalog.versions.read_meta(version_id))
-            obs_log = self._logs.get(model)
-            if obs_log is None:
-                obs_log = self._logs[model] = ObservationLog(
-                    self.layout.instance_log_dir(model, self.instance), fsync=self.config.fsync,
-                    commit_delay=self.config.commit_delay,
-                )
-            if model not in self._windows:
-                seconds, instance = self.config.idempotency_seconds, self.instance or MAIN_INSTANCE
-                self._windows[model] = RedisWindow(  # a retry may reach another process: keys in Redis
-                    self._store, model, seconds=seconds, instance=instance, obs_log=obs_log) if self.shared else \
-                    LocalWindow.from_log(obs_log.directory, seconds=seconds, max_keys=self.config.idempotency_keys,
-                                         instance=instance).attach(obs_log)
-                self._recent_decisions[model] = RecentDecisions(self.config.decision_memory)
-            old = self._servers.get(model)
-            if old is not None:
-                old.retire_checkpoints()  # the new server's state replaces the old one's in the store
-            try:
-                items_file = self.layout.items_file(model)
-                shared = {}
-                if self.shared:
-                    if model not in self._appliers:
-                        settings = self._store.settings
-                        self._appliers[model] = Applier(obs_log, self.instance or MAIN_INSTANCE, settings.policy,
-                                                        deadline=settings.deadline, where=f"Redis at {settings.where}")
-                    shared = {"instance": self.instance or MAIN_INSTANCE, "applier": self._appliers[model],
-                              "log_root": self.layout.log_dir(model)}
-                new = (SharedModelServer if self.shared else ModelServer)(
-                    version, self._store, obs_log, self.config, upto_lsn=obs_log.sync(),
-                    on_feedback=None if self.shared else self.retrainer.on_feedback,  # no retraining when shared
-                    feature_cache=self.feature_cache, window=self._windows[model],
-                    decisions=self._recent_decisions[model],
-                    attributes=ItemAttributes.load(items_file, version.catalog) if items_file.is_file() else EMPTY,
-                    **shared,
-                )
-            except BaseException:
-                if old is not None:
-                    old.resume_checkpoints()
-                raise
-            if old is None:
-                catalog.activate(version_id)
-                self._servers[model] = new
-                return
-            with old.serving_lock():  # observations wait here for the last few milliseconds
-                new.catch_up(obs_log.sync())  # what the old server learned while the new one was built
-                catalog.activate(version_id)
-                self._servers[model] = new
-                old.retire()
-            self.feature_cache.drop((model, old.version_id))
-            new.checkpoint()
+        new version, never a mix (serving/model_set.py)."""
+        self._backend.allow("Switching versions")
+        self._models.activate(model, version)
 
     # ---- forgetting ----------------------------------------------------------------------
     def forget_user(self, user: Id, model: str | None = None) -> dict[str, Any]:
@@ -429,34 +324,11 @@ class Velox:
         retrain trains θ without the user, because neither the base data nor the log holds them.
         A retrain running at the time of the forget is patched, not waited for or cancelled: its
         version's per-user statistics lose the user before it is marked ready or promoted (see
-        Retrainer), so no version trained or served after the receipt holds them."""
-        self._refuse_when_shared("Forgetting a user")
+        serving/forgetting.py), so no version trained or served after the receipt holds them."""
+        self._backend.allow("Forgetting a user")
         key = canonical_id(user, "user", "forget")
         models = [model] if model is not None else self.model_names()
         receipt: dict[str, Any] = {"user": key, "models": {}}
         for name in models:
-            receipt["models"][name] = self._forget_in(name, key)
+            receipt["models"][name] = self._forgetting.forget(name, key)
         return receipt
-
-    def _forget_in(self, model: str, user: str) -> dict[str, Any]:
-        from veloxserve.storage.forget import drop_user_from_base_data, drop_user_from_version
-
-        self.server(model)  # ModelNotFound before anything changes
-        with self._swap_lock:
-            server = self._servers[model]  # under the lock: a swap may have replaced the one looked up
-            with server.serving_lock():
-                erased = self._logs[model].erase_users({user})  # syncs: nothing of theirs is left to learn
-                in_memory = server.remove_user(user)
-                stored = self._store.delete(model, user)
-                base_rows = drop_user_from_base_data(self.layout.base_data(model), user)
-                version_rows = {
-                    v: n for v in self.catalog(model).versions.versions()
-                    if (n := drop_user_from_version(self.catalog(model).versions.directory / v, user))
-                }
-            # A retrain running now may have read the user's rows before they were erased: it
-            # scrubs them from its version before that version is marked ready or promoted.
-            self.retrainer.forgotten(model, user)
-        return {
-            "weights_removed": bool(in_memory), "state_removed": bool(stored), "log_records_erased": erased,
-            "base_rows_removed": base_rows, "trained_statistics_removed": version_rows,
-        }

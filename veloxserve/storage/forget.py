@@ -1,14 +1,17 @@
-"""Removing one user's data from the files a model keeps: base training data and versions.
+"""Rewriting files when a user is forgotten: base training data, and arrays of a version directory.
 
 Each file is rewritten to a temporary name, fsynced and renamed over the original, so a crash
-leaves either the old file or the new one. (The log erases records in place of its own; the user
-stores delete keys.)
+leaves either the old file or the new one. Which arrays hold a user's data, and how to cut them,
+is the version contract's (models/version.py `without_user`); here they are only arrays. (The log
+erases records in place of its own; the user stores delete keys.)
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -16,8 +19,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from veloxserve.storage.atomic import fsync_dir, replace_atomically, temporary_name, write_synced
-
-_USER_ARRAYS = ("user_ids", "user_weights", "user_gram", "user_rhs", "user_counts")
 
 
 def drop_user_from_base_data(path: Path, user: str) -> int:
@@ -29,38 +30,39 @@ def drop_user_from_base_data(path: Path, user: str) -> int:
     removed = table.num_rows - pc.sum(keep.cast(pa.int64())).as_py() if table.num_rows else 0
     if removed:
         kept = table.filter(keep)
-        replace_atomically(path, lambda fh: pq.write_table(kept, fh))
+
+        def write(fh: BinaryIO) -> None:
+            pq.write_table(kept, fh)
+
+        replace_atomically(path, write)
     return int(removed)
 
 
-def drop_user_from_version(directory: Path, user: str) -> int:
-    """Remove `user`'s trained statistics (and the items they rated) from a version directory;
-    returns the number of ratings their statistics summarised (0 if the user was not in it)."""
-    ids_path = directory / "user_ids.npy"
-    if not ids_path.is_file():
-        return 0
-    ids = np.load(ids_path, allow_pickle=False)
-    matches = np.flatnonzero(ids == user)
-    if matches.size == 0:
-        return 0
-    index = int(matches[0])
-    arrays = {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in _USER_ARRAYS}
-    indptr = np.load(directory / "seen_indptr.npy", allow_pickle=False)
-    seen = np.load(directory / "seen_items.npy", allow_pickle=False)
-    start, stop = int(indptr[index]), int(indptr[index + 1])
-    updated = {name: np.delete(array, index, axis=0) for name, array in arrays.items()}
-    updated["seen_items"] = np.concatenate([seen[:start], seen[stop:]])
-    updated["seen_indptr"] = np.concatenate([indptr[: index + 1], indptr[index + 2 :] - (stop - start)])
-    # Every new file is written and fsynced before the first rename, so the window in which a
-    # crash could leave the arrays mismatched is a handful of renames (a known, documented gap:
-    # a version directory has no multi-file atomic replace). user_ids goes last.
+def read_arrays(directory: Path, names: Sequence[str]) -> dict[str, np.ndarray] | None:
+    """The named `.npy` arrays of a directory; None if the first of them is absent."""
+    if not (directory / f"{names[0]}.npy").is_file():
+        return None
+    return {name: np.load(directory / f"{name}.npy", allow_pickle=False) for name in names}
+
+
+def replace_arrays(directory: Path, arrays: Mapping[str, np.ndarray], last: str) -> None:
+    """Replace `.npy` arrays of a directory, `last` renamed last.
+
+    Every new file is written and fsynced before the first rename, so the window in which a
+    crash could leave the arrays mismatched is a handful of renames (a known, documented gap:
+    a version directory has no multi-file atomic replace)."""
     staged = []
     try:
-        for name in [*sorted(set(updated) - {"user_ids"}), "user_ids"]:
+        for name in [*sorted(set(arrays) - {last}), last]:
             path = directory / f"{name}.npy"
             tmp = temporary_name(path)
             staged.append((tmp, path))
-            write_synced(tmp, lambda fh, a=updated[name]: np.save(fh, a, allow_pickle=False))
+            array = arrays[name]
+
+            def write(fh: BinaryIO, array: np.ndarray = array) -> None:
+                np.save(fh, array, allow_pickle=False)
+
+            write_synced(tmp, write)
         for tmp, path in staged:
             os.replace(tmp, path)
         fsync_dir(directory)
@@ -68,4 +70,3 @@ def drop_user_from_version(directory: Path, user: str) -> int:
         for tmp, _ in staged:
             if tmp.exists():
                 tmp.unlink()
-    return int(arrays["user_counts"][index])

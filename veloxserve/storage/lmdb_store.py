@@ -76,7 +76,7 @@ class LMDBUserStore(UserStore):
         cursor = txn.cursor(db=self._states)
         removed = 0
         if cursor.set_range(prefix):
-            while cursor.key().startswith(prefix):
+            while bytes(cursor.key()).startswith(prefix):
                 removed += 1
                 if not cursor.delete():
                     break

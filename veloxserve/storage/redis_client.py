@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from veloxserve.errors import InvalidInput, StoreUnavailable
@@ -93,3 +93,24 @@ def unavailable_as_503(settings: RedisSettings, doing: str) -> Iterator[None]:
             f"Redis at {settings.where} is unavailable while {doing} ({type(exc).__name__}: {exc}). Requests that "
             f"need user state fail with 503 until it is back; the server reconnects by itself."
         ) from exc
+
+
+class RedisProbe:
+    """Is Redis answering? One attempt per ping, no retry: for a watch that is itself the retry."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self._client = redis.Redis.from_url(
+            settings.url, socket_timeout=settings.socket_timeout, socket_connect_timeout=settings.connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    def ping(self) -> str | None:
+        """None if Redis answered, else why not ("<error type>: <message>")."""
+        try:
+            self._client.ping()
+        except redis.RedisError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def close(self) -> None:
+        self._client.close()

@@ -9,42 +9,46 @@ Keys (prefix `p`, namespace `ns`):
 The user id is the hash tag (`{...}`), so Redis Cluster places each user's keys by user and a
 script over one user's keys (the shared learner's compare-and-set) stays on one shard. A checkpoint is one MULTI/EXEC transaction,
 all or nothing on a single Redis node (the server processes sharing Redis do not checkpoint:
-they update users in place, see veloxserve/learning/shared_table.py). Every driver error becomes
+they update users in place, see storage/redis_states.py and learning/shared_table.py). Every driver error becomes
 StoreUnavailable (503) here; nothing redis-py raises leaves this package.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, cast
 
 from redis.exceptions import NoScriptError
 
 from veloxserve.storage.redis_client import RedisSettings, unavailable_as_503
+from veloxserve.storage.redis_states import STATE, RedisStateSpace
 from veloxserve.storage.user_store import Checkpoint, UserStore, check_states
 
-STATE = "s"  # the hash field holding a user's state bytes
 _SCAN_CHUNK = 500
 
 
 class RedisUserStore(UserStore):
-    shared = True
-
     def __init__(self, settings: RedisSettings | str) -> None:
         self.settings = RedisSettings.from_url(settings) if isinstance(settings, str) else settings
         self.client = self.settings.connect()
         self._scripts: dict[str, str] = {}  # Lua source -> its SHA1 on the server
 
-    # ---- keys (public: the shared learner uses the same layout) ------------------------------
+    def state_space(self, namespace: str) -> RedisStateSpace:
+        """The users' state of `namespace` as several processes share it (learning/shared_table.py)."""
+        return RedisStateSpace(self, namespace)
+
+    # ---- keys (public: the shared state uses the same layout) -------------------------------
     def user_key(self, namespace: str, user: str) -> str:
         return f"{self.settings.prefix}:{namespace}:u:{{{user}}}"
 
     def key(self, namespace: str, name: str) -> str:
         return f"{self.settings.prefix}:{namespace}:{name}"
 
-    def unavailable(self, doing: str):
+    def unavailable(self, doing: str) -> contextlib.AbstractContextManager[None]:
         return unavailable_as_503(self.settings, doing)
 
-    def run_script(self, source: str, calls: Sequence[tuple], doing: str) -> list:
+    def run_script(self, source: str, calls: Sequence[tuple[Any, ...]], doing: str) -> list[Any]:
         """Run a Lua script once per call `(key, *args)`, in order, in one round trip. A script
         Redis has forgotten (it restarted) is loaded and the batch run again, so scripts run this
         way must be idempotent."""
@@ -74,7 +78,7 @@ class RedisUserStore(UserStore):
     # ---- the UserStore contract --------------------------------------------------------------
     def get(self, namespace: str, user: str) -> bytes | None:
         with self.unavailable("reading a user's state"):
-            return self.client.hget(self.user_key(namespace, user), STATE)
+            return cast("bytes | None", self.client.hget(self.user_key(namespace, user), STATE))
 
     def get_many(self, namespace: str, users: Sequence[str]) -> list[bytes | None]:
         with self.unavailable("reading users' states"):
@@ -89,7 +93,8 @@ class RedisUserStore(UserStore):
         check_states(states)
         index = self.key(namespace, "users")
         with self.unavailable("writing a checkpoint"):
-            dropped = [m.decode() for m in self.client.smembers(index)] if replace_all else []
+            members = cast("set[bytes]", self.client.smembers(index)) if replace_all else set()
+            dropped = [m.decode() for m in members]
             pipe = self.client.pipeline(transaction=True)  # MULTI/EXEC: all or nothing
             if replace_all:
                 for user in dropped:
@@ -104,7 +109,7 @@ class RedisUserStore(UserStore):
 
     def checkpoint(self, namespace: str) -> Checkpoint | None:
         with self.unavailable("reading the checkpoint"):
-            value = self.client.get(self.key(namespace, "checkpoint"))
+            value = cast("bytes | None", self.client.get(self.key(namespace, "checkpoint")))
         if value is None:
             return None
         version, lsn = value.decode().split("\n")

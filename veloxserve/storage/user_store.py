@@ -23,10 +23,6 @@ class Checkpoint:
 class UserStore(ABC):
     """Contract every user store passes (tests/storage/test_user_store.py runs it on each)."""
 
-    # True when several server processes share the state through this store, so that it, not a
-    # process's memory, is the truth (serving/shared_server.py); such a store has `settings.policy`.
-    shared: bool = False
-
     @abstractmethod
     def get(self, namespace: str, user: str) -> bytes | None: ...
 

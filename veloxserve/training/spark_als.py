@@ -129,13 +129,16 @@ def fit_spark(
     fitted = als.fit(residual)
     native = fitted.transform(test_df.join(bias_df.select("i", "b"), "i")).withColumn(
         "prediction", sf.col("prediction") + mu + sf.col("b"))
-    native_rmse = native.agg(sf.sqrt(sf.avg((sf.col("prediction") - sf.col("score")) ** 2))).first()[0]
+    row = native.agg(sf.sqrt(sf.avg((sf.col("prediction") - sf.col("score")) ** 2))).first()
+    assert row is not None  # an aggregate has one row
+    native_rmse = row[0]
 
-    items = bias_df.join(fitted.itemFactors.withColumnRenamed("id", "i"), "i").orderBy("item").toPandas()
+    items: Any = bias_df.join(fitted.itemFactors.withColumnRenamed("id", "i"), "i").orderBy("item").toPandas()
     item_ids = items["item"].to_numpy().astype(str)
     V = np.stack(items["features"].to_numpy()).astype(np.float64)
     b = items["b"].to_numpy().astype(np.float64)
-    user_factors = np.stack(fitted.userFactors.toPandas()["features"].to_numpy()).astype(np.float64)
+    spark_users: Any = fitted.userFactors.toPandas()
+    user_factors = np.stack(spark_users["features"].to_numpy()).astype(np.float64)
     w0 = np.concatenate([user_factors.mean(axis=0), [1.0, 0.0]])
     lam = prior_precision_vector(config)
 

@@ -185,7 +185,7 @@ def retrain_version(
     meta = version_meta(model, config, link, factors, data, test, started, score_range=inherited)
     meta.update(
         source="base data + observation log", reason=reason, parent=parent, log_position=upto_lsn,
-        log_positions=window["log_positions"],  # instance logs' positions (serving/shared_server.py)
+        log_positions=window["log_positions"],  # instance logs' positions (serving/shared_state.py)
         data=window, holdout=holdout_kind, theta_unfitted_from=_unfitted_from(origin, held, upto_lsn),
         comparison={
             "rows": int(known.sum()), "candidate_rmse": candidate_rmse, "parent_rmse": parent_rmse,
@@ -198,7 +198,7 @@ def retrain_version(
     return {**meta, "version": version}
 
 
-def _fit(train: Ratings, test: Ratings, config: ALSConfig, link: Link, *, progress: bool = False,
+def _fit(train: Ratings, test: Ratings | None, config: ALSConfig, link: Link, *, progress: bool = False,
          items: np.ndarray | None = None, final_users: Ratings | None = None) -> TrainedFactors:
     logistic = link is Link.LOGISTIC
     prepare = _as_log_odds if logistic else (lambda r: r)
@@ -242,14 +242,12 @@ def version_meta(model: str, config: ALSConfig, link: Link, factors: TrainedFact
 
 def save_item_table(layout: HomeLayout, model: str, items: str | Path) -> Path:
     """Keep an item table (attributes, texts) as the model's Parquet item file, checked first."""
-    import pyarrow.parquet as pq
+    from veloxserve.storage.item_tables import read_item_table, write_item_table
 
-    from veloxserve.models.attributes import read_attribute_table
-
-    table = read_attribute_table(Path(items))
+    table = read_item_table(Path(items))
     path = layout.items_file(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_atomically(path, lambda fh: pq.write_table(table, fh))
+    write_item_table(path, table)
     return path
 
 
@@ -286,7 +284,7 @@ def training_data(layout: HomeLayout, model: str, upto_lsn: int, *, origin: bool
         np.array([r.user for r in records], dtype=str), np.array([r.item for r in records], dtype=str),
         np.array([r.score for r in records], dtype=np.float64),
     )
-    window = {
+    window: dict[str, Any] = {
         "base_rows": 0 if base is None else len(base), "log_rows": len(records),
         "first_lsn": records[0].lsn if records else None, "last_lsn": upto_lsn, "log_positions": positions,
         "first_observed_at": _iso(records[0].timestamp) if records else None,

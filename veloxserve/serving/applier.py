@@ -1,4 +1,5 @@
-"""Serving one model from several processes over one Redis: the state lives in Redis, not here.
+"""The acknowledgement path with state shared in Redis: acknowledge an observation once it is
+fsynced in this instance's log *and* learned into Redis.
 
 Each process (a server *instance*) logs its observations to its own durable log, then learns
 them into Redis in log order by compare-and-set (learning/shared_table.py), and only then
@@ -9,8 +10,8 @@ acknowledges them. So an acknowledged observation is both durable and visible to
                the compiled kernel, compare-and-set (two pipelined round trips) -> 200
 
 A process killed between the fsync and the update acknowledged nothing; on start every process
-replays every instance's log after what Redis says is learned, and the per-user, per-instance
-log positions kept with each user's state make that replay idempotent.
+replays every instance's log after what Redis says is learned (serving/shared_state.py), and the
+per-user, per-instance log positions kept with each user's state make that replay idempotent.
 """
 
 from __future__ import annotations
@@ -19,101 +20,37 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from veloxserve.errors import StoreUnavailable
-from veloxserve.learning.shared_table import SharedUserTable
-from veloxserve.serving.model_server import ModelServer
-from veloxserve.storage.observation_log import MAIN_INSTANCE, ObservationLog, ObservationRecord, instance_logs, read_log
+from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.redis_client import RetryPolicy
 
 log = logging.getLogger(__name__)
-_REPLAY_CHUNK = 2_000
 _HINT_SECONDS = 0.5  # how often the applier records how far its log is learned (a lower bound)
 
 
-class SharedModelServer(ModelServer):
-    """A ModelServer whose users' state is a SharedUserTable; learning goes through the Applier."""
+class LearnTarget(Protocol):
+    """Where the Applier learns a batch: a served version's shared state (serving/shared_state.py)."""
 
-    def __init__(self, *args, instance: str, applier: Applier, log_root: Path, **kwargs) -> None:
-        self.instance = instance
-        self._log_root = log_root  # the model's log directory, holding every instance's log
-        self._applier = applier
-        super().__init__(*args, **kwargs)
+    def learn_now(self, lsns: list[int], users: list[str], rows: np.ndarray, scores: np.ndarray) -> None: ...
 
-    def _recover(self) -> int:
-        """Trained statistics as the baseline, then every instance's log after what Redis holds."""
-        self.users.load_trained(self.version.users)
-        self.users = SharedUserTable(self._store, f"{self.name}/{self.version_id}", self.users)
-        return self._learn_logs(self.users, self.applied_lsn)
+    def check_generation(self) -> None: ...
 
-    def rebuild_lost_state(self) -> int:
-        """Redis lost this namespace's state (serving/redis_watch.py found it): join or start a
-        new generation and learn every instance's log into it, as a restart would. No lock is
-        held (an observation takes the serving lock on the event loop): meanwhile predictions
-        answer 503 from the lost table and the applier cannot learn into it, so its batches wait;
-        once the new table is in place they go there, and the replay's marks skip what it learned."""
-        table = SharedUserTable(self._store, self.users.namespace, self.users.baseline)
-        replayed = self._learn_logs(table, self._log.sync())
-        self.users = table
-        log.warning("%s: rebuilt users' state in Redis from the logs after it was lost (%d observations)",
-                    self.name, replayed)
-        return replayed
+    def raise_hint(self, instance: str, lsn: int) -> None: ...
 
-    def _learn_logs(self, table: SharedUserTable, own_upto: int) -> int:
-        meta = self.version.meta
-        trained_upto = {**meta.get("log_positions", {}), MAIN_INSTANCE: int(meta.get("log_position", 0))}
-        learned = table.hints()
-        replayed = 0
-        for instance, directory in instance_logs(self._log_root):
-            after = max(trained_upto.get(instance, 0), learned.get(instance, 0))
-            upto = own_upto if instance == self.instance else None
-            replayed += self._replay_into_redis(table, instance, read_log(directory, after, upto))
-        return replayed
 
-    def _replay_into_redis(self, table: SharedUserTable, instance: str, records: Iterable[ObservationRecord]) -> int:
-        learned, chunk = 0, []
-        for record in records:
-            chunk.append(record)
-            if len(chunk) >= _REPLAY_CHUNK:
-                learned += self._learn_records(table, instance, chunk)
-                chunk = []
-        return learned + (self._learn_records(table, instance, chunk) if chunk else 0)
-
-    def _learn_records(self, table: SharedUserTable, instance: str, records: list[ObservationRecord]) -> int:
-        lookup = self._catalog.lookup
-        known = [(r, row) for r in records if (row := lookup(r.item)) is not None]  # unknown items: nothing to learn
-        learned = table.learn(
-            instance, [r.lsn for r, _ in known], [r.user for r, _ in known],
-            np.array([row for _, row in known], dtype=np.int64), np.array([r.score for r, _ in known]), self._features,
-        ).size if known else 0
-        table.raise_hint(instance, records[-1].lsn)
-        return learned
-
-    def _prequential_errors(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
-        """Computed by the Applier as it learns (it holds the states before the batch); here only
-        refuse, before logging, while Redis is known to be failing."""
-        if self._applier.redis_failure is not None:  # the log refuses for itself, and notices when it heals
-            raise self._applier.redis_failure
-
-    def _learn(self, lsn: int, users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
-        self._applier.enqueue(lsn, users, rows, scores, self)
-
-    def learn_now(self, lsns: list[int], users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
-        """Learn logged observations of this instance into Redis (the Applier's thread)."""
-        errors = self.users.learn(self.instance, lsns, users, rows, scores, self._features)
-        if errors.size:
-            self.record_feedback(errors)
-
-    # Redis holds the state: nothing to checkpoint.
-    def _maybe_checkpoint(self, added: int) -> None:
-        pass
-
-    def checkpoint(self) -> int:
-        return 0
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    lsn: int  # the batch's last LSN
+    users: list[str]
+    rows: np.ndarray
+    scores: np.ndarray
+    target: LearnTarget
 
 
 class Applier:
@@ -137,7 +74,7 @@ class Applier:
         self._where = where
         self._attempt_started: float | None = None  # monotonic time the current learn began
         self._cond = threading.Condition()
-        self._queue: deque[tuple] = deque()
+        self._queue: deque[_Batch] = deque()
         self._listeners: list[Callable[[int], None]] = []
         self._applied = obs_log.last_lsn  # recovery learned the whole log before serving
         self._failure: StoreUnavailable | None = None
@@ -163,11 +100,11 @@ class Applier:
     def subscribe(self, listener: Callable[[int], None]) -> None:
         self._listeners.append(listener)
 
-    def enqueue(self, lsn: int, users: list[str], rows: np.ndarray, scores: np.ndarray,
-                server: SharedModelServer) -> None:
-        """A batch just appended to the log (called in LSN order, under the model's lock)."""
+    def enqueue(self, lsn: int, users: list[str], rows: np.ndarray, scores: np.ndarray, target: LearnTarget) -> None:
+        """A batch just appended to the log (called in LSN order, under the model's lock), to be
+        learned into `target` (the served version's shared state) once durable."""
         with self._cond:
-            self._queue.append((lsn, users, rows, scores, server))
+            self._queue.append(_Batch(lsn, users, rows, scores, target))
             self._cond.notify()
 
     def refused(self, lsn: int) -> StoreUnavailable | None:
@@ -179,9 +116,10 @@ class Applier:
             done = self._cond.wait_for(lambda: self._applied >= lsn or self.refused(lsn) is not None, timeout)
         if self._applied >= lsn:
             return self._applied
-        if not done:
+        refused = self.refused(lsn)
+        if not done or refused is None:
             raise StoreUnavailable(f"Observation {lsn} was not learned into Redis within {timeout} s.")
-        raise self.refused(lsn)  # type: ignore[misc]
+        raise refused
 
     def _on_commit(self, lsn: int) -> None:  # the log's writer thread, after each fsync
         if lsn < 0:
@@ -189,12 +127,12 @@ class Applier:
         with self._cond:
             self._cond.notify()
 
-    def _ready(self) -> list[tuple]:
+    def _ready(self) -> list[_Batch]:
         if self._log.write_failures:  # a batch the disk refused is never learned (its waiters got 503/507)
             refused = self._log.refused
-            self._queue = deque(entry for entry in self._queue if refused(entry[0]) is None)
+            self._queue = deque(entry for entry in self._queue if refused(entry.lsn) is None)
         durable = self._log.durable_lsn
-        return [entry for entry in self._queue if entry[0] <= durable]
+        return [entry for entry in self._queue if entry.lsn <= durable]
 
     def _run(self) -> None:
         failures, last_hint = 0, 0.0
@@ -210,10 +148,10 @@ class Applier:
             try:
                 hint = time.monotonic() - last_hint >= _HINT_SECONDS
                 if hint:
-                    batch[-1][4].users.check_generation()  # does Redis still hold what was learned?
+                    batch[-1].target.check_generation()  # does Redis still hold what was learned?
                 self._learn(batch)
                 if hint:
-                    batch[-1][4].users.raise_hint(self._instance, batch[-1][0])
+                    batch[-1].target.raise_hint(self._instance, batch[-1].lsn)
                     last_hint = time.monotonic()
             except StoreUnavailable as exc:
                 self._attempt_started = None
@@ -232,9 +170,9 @@ class Applier:
             with self._cond:
                 for _ in batch:
                     self._queue.popleft()
-                self._applied, self._failure = batch[-1][0], None
+                self._applied, self._failure = batch[-1].lsn, None
                 self._cond.notify_all()
-            self._publish(batch[-1][0])
+            self._publish(batch[-1].lsn)
         if self._queue:
             log.warning("%d observation batches not learned into Redis at shutdown; they are in the log and "
                         "will be learned at the next start", len(self._queue))
@@ -251,28 +189,34 @@ class Applier:
                 started = self._attempt_started
                 overdue = (started is not None and self._failure is None
                            and time.monotonic() - started > self._deadline)
+                failure = None
                 if overdue:
-                    self._failure = StoreUnavailable(
+                    failure = self._failure = StoreUnavailable(
                         f"{self._where} did not answer within {self._deadline} s while learning observations. "
                         "They are logged, not acknowledged, and learned once it answers; retry after Retry-After.")
                     self._cond.notify_all()  # synchronous wait_durable callers
-            if overdue:
-                log.error("%s", self._failure.message)
+            if failure is not None:
+                log.error("%s", failure.message)
                 self._publish(-1)
 
-    def _learn(self, batch: list[tuple]) -> None:
-        """One learn per server (a swap may leave batches for two versions in the queue)."""
+    def _learn(self, batch: list[_Batch]) -> None:
+        """One learn per target (a swap may leave batches for two versions in the queue)."""
         start = 0
         while start < len(batch):
-            server = batch[start][4]
+            target = batch[start].target
             end = start
-            lsns, users, rows, scores = [], [], [], []
-            while end < len(batch) and batch[end][4] is server:
-                lsn, u, r, s = batch[end][:4]
-                lsns.extend(range(lsn - len(u) + 1, lsn + 1))
-                users.extend(u), rows.append(r), scores.append(s)
+            lsns: list[int] = []
+            users: list[str] = []
+            rows: list[np.ndarray] = []
+            scores: list[np.ndarray] = []
+            while end < len(batch) and batch[end].target is target:
+                entry = batch[end]
+                lsns.extend(range(entry.lsn - len(entry.users) + 1, entry.lsn + 1))
+                users.extend(entry.users)
+                rows.append(entry.rows)
+                scores.append(entry.scores)
                 end += 1
-            server.learn_now(lsns, users, np.concatenate(rows), np.concatenate(scores))
+            target.learn_now(lsns, users, np.concatenate(rows), np.concatenate(scores))
             start = end
 
     def _publish(self, lsn: int) -> None:

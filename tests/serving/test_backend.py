@@ -1,0 +1,144 @@
+"""The contract both backends pass: the in-process user state acknowledged by the log's group
+commit, and the state shared in Redis acknowledged once the Applier learned it. Adding a backend
+is one entry in BACKENDS; every test here then runs on it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.serving.test_shared_server import ARRAYS, F, _home, expected_weights
+from veloxserve.errors import Conflict
+from veloxserve.serving.backend import EmbeddedBackend, SharedBackend
+from veloxserve.serving.local_state import LocalUserState
+from veloxserve.serving.shared_state import SharedUserState
+from veloxserve.serving.velox import Velox
+from veloxserve.storage.observation_log import ObservationLog
+from veloxserve.storage.redis_store import RedisUserStore
+
+OpenVelox = Callable[[], Velox]
+BACKENDS: dict[str, tuple[type, type, Callable[[Path, str], OpenVelox]]] = {
+    # name: (backend, user state, how to open a Velox over the home)
+    "embedded": (EmbeddedBackend, LocalUserState, lambda home, url: lambda: Velox(home)),
+    "shared": (SharedBackend, SharedUserState,
+               lambda home, url: lambda: Velox(home, store=RedisUserStore(url), instance="a")),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request, tmp_path: Path) -> Iterator[tuple[str, OpenVelox]]:
+    url = request.getfixturevalue("redis_url") if request.param == "shared" else ""
+    yield request.param, BACKENDS[request.param][2](_home(tmp_path), url)
+
+
+def _weights(velox: Velox, user: str) -> np.ndarray:
+    return np.asarray(velox.server("songs").users.weights(user))
+
+
+def test_each_backend_injects_its_own_user_state_and_acknowledgement(backend) -> None:
+    name, open_velox = backend
+    backend_type, state_type, _ = BACKENDS[name]
+    with open_velox() as velox:
+        assert isinstance(velox._backend, backend_type)
+        assert isinstance(velox.server("songs").state, state_type)
+        ack = velox.acknowledger("songs")
+        assert (ack is velox.observation_log("songs")) == (name == "embedded")  # shared: the Applier
+
+
+def test_an_acknowledged_observation_is_learned_and_served(backend) -> None:
+    _, open_velox = backend
+    observed = [("0", 101, 4.0), ("0", 117, 2.0), ("newcomer", 103, 5.0)]
+    with open_velox() as velox:
+        receipt = velox.observe_many("songs", observed)
+        assert velox.acknowledger("songs").durable_lsn >= receipt == 3
+        for user in ("0", "newcomer", "1"):
+            np.testing.assert_allclose(_weights(velox, user), expected_weights(user, observed), atol=1e-9)
+        assert velox.predict("songs", "0", 117) == pytest.approx(F[17] @ expected_weights("0", observed))
+        assert velox.server("songs").state.learned("main" if velox.instance is None else velox.instance, "0", receipt)
+
+
+def test_the_read_side_agrees_with_itself(backend) -> None:
+    _, open_velox = backend
+    observed = [("2", 110, 5.0), ("fresh", 111, 1.0)]
+    with open_velox() as velox:
+        velox.observe_many("songs", observed)
+        users = velox.server("songs").users
+        batch = users.weights_many(["2", "fresh", "stranger"])
+        for i, user in enumerate(["2", "fresh", "stranger"]):
+            np.testing.assert_allclose(batch[i], users.weights(user), atol=1e-12)
+        assert 10 in set(users.seen_rows("2").tolist()) and 11 in set(users.seen_rows("fresh").tolist())
+        ids = list(ARRAYS["user_ids"])
+        A = ARRAYS["user_gram"][ids.index("2")] + np.outer(F[10], F[10])
+        np.testing.assert_allclose(users.covariance("2"), np.linalg.inv(A), atol=1e-9)
+        assert len(users) >= len(ids) + 1
+
+
+def test_a_restart_serves_what_was_acknowledged(backend) -> None:
+    _, open_velox = backend
+    observed = [("3", 120, 4.5), ("later", 121, 2.5)]
+    with open_velox() as velox:
+        velox.observe_many("songs", observed)
+    with open_velox() as velox:  # from the checkpoint and the log, or from Redis and the logs
+        for user in ("3", "later"):
+            np.testing.assert_allclose(_weights(velox, user), expected_weights(user, observed), atol=1e-9)
+
+
+def test_a_retry_with_the_same_id_is_acknowledged_without_being_learned_again(backend) -> None:
+    _, open_velox = backend
+    with open_velox() as velox:
+        first = velox.observe("songs", "4", 130, 3.0, id="once")
+        again = velox.observe("songs", "4", 130, 3.0, id="once")
+        assert int(again) == int(first) and again.duplicates == 1 and first.duplicates == 0
+        np.testing.assert_allclose(_weights(velox, "4"), expected_weights("4", [("4", 130, 3.0)]), atol=1e-9)
+
+
+def test_the_acknowledgement_tells_its_subscribers_and_waiters(backend) -> None:
+    _, open_velox = backend
+    with open_velox() as velox:
+        ack = velox.acknowledger("songs")
+        heard: list[int] = []
+        got = threading.Event()
+
+        def listener(lsn: int) -> None:
+            heard.append(lsn)
+            got.set()
+
+        ack.subscribe(listener)
+        receipt = velox.submit("songs", [("5", 140, 1.0)])
+        assert ack.wait_durable(receipt, 10.0) >= receipt
+        assert got.wait(10.0) and max(heard) >= receipt
+        assert ack.failure is None and ack.refused(receipt) is None
+
+
+def test_prequential_errors_are_counted_once_learned(backend) -> None:
+    _, open_velox = backend
+    with open_velox() as velox:
+        velox.observe_many("songs", [("6", 100, 5.0), ("6", 101, 1.0)])
+        assert velox.server("songs").prequential.report()["observations"] == 2
+
+
+def test_what_a_shared_backend_cannot_do_yet_is_refused_by_its_capability(backend) -> None:
+    name, open_velox = backend
+    with open_velox() as velox:
+        if name == "shared":
+            for attempt in (lambda: velox.retrain("songs"), lambda: velox.activate("songs", "v1"),
+                            lambda: velox.forget_user("0")):
+                with pytest.raises(Conflict, match="several processes share the state in Redis"):
+                    attempt()
+            assert velox.redis_settings is not None and velox.redis_watch is not None
+        else:
+            velox.observe("songs", "0", 101, 4.0)
+            receipt = velox.forget_user("0", "songs")
+            assert receipt["models"]["songs"]["log_records_erased"] == 1
+            assert velox.redis_settings is None and velox.redis_watch is None
+
+
+def test_observation_log_interface_is_the_embedded_acknowledgement(tmp_path: Path) -> None:
+    """The log satisfies the acknowledgement protocol by itself (serving/durability.py)."""
+    with ObservationLog(tmp_path / "log") as obs_log:
+        lsn = obs_log.append([("u", "i", 1.0, "v1")])
+        assert obs_log.wait_durable(lsn, 10.0) >= lsn and obs_log.durable_lsn >= lsn

@@ -1,0 +1,212 @@
+"""Backend: where users' state lives and what an observation waits on, chosen once per home.
+
+Two deployments, one class each, built by `open_backend` (the one place that picks them):
+
+- EmbeddedBackend: one process per home. Users' state in this process's memory
+  (serving/local_state.py), checkpointed to the user store (LMDB by default); an observation is
+  acknowledged once the log's group commit made it durable; idempotency keys in memory.
+- SharedBackend: several processes over one Redis (`serve --store redis://… --instance ID`).
+  Users' state in Redis (serving/shared_state.py); an observation is acknowledged once fsynced and
+  learned into Redis (serving/applier.py); idempotency keys in Redis; a watch thread keeps Redis's
+  health off the event loop (serving/redis_watch.py). Retraining, switching versions and
+  forgetting are refused (409) until they can be coordinated across the processes.
+
+Velox asks its backend; it never checks which one it has.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+from veloxserve.config import HomeLayout, ServingConfig, is_name
+from veloxserve.errors import Conflict, invalid_parameter
+from veloxserve.models.version import ModelVersion
+from veloxserve.serving.applier import Applier
+from veloxserve.serving.durability import Acknowledgement
+from veloxserve.serving.idempotency import IdempotencyWindow, LocalWindow, RedisWindow
+from veloxserve.serving.local_state import LocalUserState
+from veloxserve.serving.model_server import FeedbackListener
+from veloxserve.serving.redis_watch import RedisWatch
+from veloxserve.serving.shared_state import SharedUserState
+from veloxserve.serving.user_state import ErrorsListener, UserStateFactory
+from veloxserve.storage.lmdb_store import LMDBUserStore
+from veloxserve.storage.observation_log import MAIN_INSTANCE, ObservationLog
+from veloxserve.storage.redis_client import RedisSettings
+from veloxserve.storage.redis_store import RedisUserStore
+from veloxserve.storage.user_store import UserStore
+
+
+class Backend(ABC):
+    """The deployment-specific parts of serving a home."""
+
+    store: UserStore
+    instance: str | None  # this process's instance id when several share the home, else None
+    redis_watch: RedisWatch | None = None
+
+    def __init__(self, layout: HomeLayout, config: ServingConfig) -> None:
+        self.layout = layout
+        self.config = config
+
+    @property
+    def redis_settings(self) -> RedisSettings | None:
+        """How to reach the shared Redis (its deadline bounds each request's Redis work), or None."""
+        return None
+
+    def log_dir(self, model: str) -> Path:
+        """The observation log this process writes for `model`."""
+        return self.layout.instance_log_dir(model, self.instance)
+
+    @abstractmethod
+    def allow(self, what: str) -> None:
+        """Conflict (409) if this deployment cannot do `what` (retraining, switching versions, forgetting)."""
+
+    @abstractmethod
+    def feedback(self, listener: FeedbackListener) -> FeedbackListener | None:
+        """Who hears each learned batch's prequential errors: the retrainer's triggers where this
+        deployment retrains, nobody where it does not."""
+
+    @abstractmethod
+    def window(self, model: str, obs_log: ObservationLog) -> IdempotencyWindow:
+        """The model's idempotency keys (serving/idempotency.py), kept across versions."""
+
+    @abstractmethod
+    def acknowledgement(self, model: str, obs_log: ObservationLog) -> Acknowledgement:
+        """What an observation of `model` waits on before it is acknowledged."""
+
+    @abstractmethod
+    def user_state(self, model: str, obs_log: ObservationLog) -> UserStateFactory:
+        """How a served version of `model` keeps its users' state."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Every model is open and served: start what watches them."""
+
+    @abstractmethod
+    def stop(self) -> None:
+        """First of all at close: stop what watches the models (it may rebuild a server's state)."""
+
+    def close(self) -> None:
+        """After the servers were checkpointed and the logs closed: close the store."""
+        self.store.close()
+
+
+class EmbeddedBackend(Backend):
+    """One process per home: state in memory, checkpointed to `store`; acknowledged by the log."""
+
+    def __init__(self, layout: HomeLayout, config: ServingConfig, store: UserStore | None = None) -> None:
+        super().__init__(layout, config)
+        self.instance = None
+        self.store = store if store is not None else LMDBUserStore(layout.state_db)
+
+    def allow(self, what: str) -> None:
+        pass
+
+    def feedback(self, listener: FeedbackListener) -> FeedbackListener | None:
+        return listener
+
+    def window(self, model: str, obs_log: ObservationLog) -> IdempotencyWindow:
+        config = self.config
+        return LocalWindow.from_log(obs_log.directory, seconds=config.idempotency_seconds,
+                                    max_keys=config.idempotency_keys, instance=MAIN_INSTANCE).attach(obs_log)
+
+    def acknowledgement(self, model: str, obs_log: ObservationLog) -> Acknowledgement:
+        return obs_log  # its commit hooks learn a batch before its waiters are told
+
+    def user_state(self, model: str, obs_log: ObservationLog) -> UserStateFactory:
+        return LocalUserState
+
+    def start(self) -> None:
+        pass  # nothing to watch: no network service behind the state
+
+    def stop(self) -> None:
+        pass
+
+
+class SharedBackend(Backend):
+    """Several processes over one Redis: state in Redis, acknowledged once learned there."""
+
+    def __init__(self, layout: HomeLayout, config: ServingConfig, store: RedisUserStore,
+                 instance: str | None = None) -> None:
+        super().__init__(layout, config)
+        self.store: RedisUserStore = store
+        self.instance = instance
+        self._appliers: dict[str, Applier] = {}
+        self._states: dict[str, SharedUserState] = {}  # per model, the serving version's
+
+    @property
+    def redis_settings(self) -> RedisSettings:
+        return self.store.settings
+
+    @property
+    def _name(self) -> str:
+        return self.instance or MAIN_INSTANCE
+
+    def allow(self, what: str) -> None:
+        raise Conflict(f"{what} is not available while several processes share the state in Redis: stop the "
+                       "servers, do it with one `veloxserve serve` (or train a new version offline), and restart "
+                       "them (docs/storage.md, 'Several servers over Redis').")
+
+    def feedback(self, listener: FeedbackListener) -> FeedbackListener | None:
+        return None  # no retraining while shared
+
+    def window(self, model: str, obs_log: ObservationLog) -> IdempotencyWindow:
+        # A retry may reach another process: the keys live in Redis.
+        return RedisWindow(self.store, model, seconds=self.config.idempotency_seconds, instance=self._name,
+                           obs_log=obs_log)
+
+    def acknowledgement(self, model: str, obs_log: ObservationLog) -> Acknowledgement:
+        return self._applier(model, obs_log)
+
+    def _applier(self, model: str, obs_log: ObservationLog) -> Applier:
+        if model not in self._appliers:
+            settings = self.store.settings
+            self._appliers[model] = Applier(obs_log, self._name, settings.policy, deadline=settings.deadline,
+                                            where=f"Redis at {settings.where}")
+        return self._appliers[model]
+
+    def user_state(self, model: str, obs_log: ObservationLog) -> UserStateFactory:
+        applier = self._applier(model, obs_log)
+
+        def shared_state(version: ModelVersion, store: UserStore, obs_log: ObservationLog, config: ServingConfig,
+                         *, upto_lsn: int, on_errors: ErrorsListener) -> SharedUserState:
+            state = SharedUserState(version, self.store, obs_log, config, upto_lsn=upto_lsn, on_errors=on_errors,
+                                    instance=self._name, applier=applier, log_root=self.layout.log_dir(model))
+            self._states[model] = state  # the one the watch checks and rebuilds
+            return state
+
+        return shared_state
+
+    def start(self) -> None:
+        """/healthz's view of Redis, found off the event loop; a lost state rebuilt from the logs."""
+        self.redis_watch = RedisWatch(self.store.settings, lambda: {m: s.table for m, s in self._states.items()},
+                                      rebuild=lambda model: self._states[model].rebuild_lost_state())
+
+    def stop(self) -> None:
+        if self.redis_watch is not None:
+            self.redis_watch.close()
+
+    def close(self) -> None:
+        for applier in self._appliers.values():
+            applier.close()
+        self._appliers.clear()
+        super().close()
+
+
+def check_instance(store: UserStore | None, instance: str | None) -> None:
+    """An instance id names one of several processes sharing a home over Redis, and nothing else."""
+    shared = isinstance(store, RedisUserStore)
+    if instance is not None and (not shared or not is_name(instance) or instance == MAIN_INSTANCE):
+        raise invalid_parameter("instance", "serve", "1-64 letters, digits, '_', '.' or '-', other than 'main', "
+                                "with a shared store (--store redis://...)", instance)
+
+
+def open_backend(layout: HomeLayout, config: ServingConfig, store: UserStore | None = None,
+                 instance: str | None = None) -> Backend:
+    """The backend `store` implies: shared over Redis for a RedisUserStore (each process with its
+    own `instance` id, its own log and lock), embedded otherwise (LMDB in the home by default)."""
+    check_instance(store, instance)
+    if isinstance(store, RedisUserStore):
+        return SharedBackend(layout, config, store, instance)
+    return EmbeddedBackend(layout, config, store)
+
