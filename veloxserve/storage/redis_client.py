@@ -2,7 +2,7 @@
 
 Requests must fail fast when Redis is gone, never hang: every socket operation has a short
 timeout, a failed command is retried a couple of times with exponential backoff (redis-py's
-`Retry` + `ExponentialBackoff`, the strategy objects shared by every connection), and what still
+`Retry` over veloxserve.backoff.RetryPolicy, the one policy shared by every connection), and what still
 fails becomes `StoreUnavailable` (503) with a message that says what to do. The connection pool
 reconnects by itself on the next command once Redis is back. Background loops (the applier) wait
 between attempts with the same policy's backoff, so there is one place to tune retries.
