@@ -144,9 +144,11 @@ def scan(path: Path, last_file: bool, previous: int = 0) -> Iterator[Entry | fra
             yield Entry(lsn, record, found.offset)
 
 
-def read(layout: Layout, after_lsn: int = 0, upto_lsn: int | None = None) -> Iterator[Entry]:
+def read(layout: Layout, after_lsn: int = 0, upto_lsn: int | None = None, *, report: str | None = None
+         ) -> Iterator[Entry]:
     """Records with after_lsn < lsn <= upto_lsn, in order, read-only: safe while a writer
-    appends. Damage is skipped (it was reported when the log was opened); a torn tail ends it."""
+    appends. Damage is skipped (reported when the log was opened, or here as `report` says, for
+    readers of a log no process opens); a torn tail ends it."""
     if not layout.directory.is_dir():
         return
     segments = layout.segments()
@@ -160,6 +162,8 @@ def read(layout: Layout, after_lsn: int = 0, upto_lsn: int | None = None) -> Ite
             if isinstance(entry, frames.Torn):  # a write in progress, or a tail cut on the next open
                 return
             if isinstance(entry, frames.Damage):
+                if report is not None:
+                    frames.report(entry, report)
                 continue
             previous = entry.lsn
             if upto_lsn is not None and entry.lsn > upto_lsn:
