@@ -9,8 +9,9 @@
     clipper/apps/<name>.json                       an application's configuration
     clipper/apps/<name>.feedback                   its feedback log (veloxserve/clipper/feedback_log.py)
 
-Versions are `v1`, `v2`, … and are never overwritten; a version directory is written under a
-temporary name and renamed into place.
+Versions are `v1`, `v2`, … and are never overwritten: storage/versions.py's VersionStore, which
+stores the core's model versions too, writes each under a temporary name, fsyncs its files and
+renames it into place; ACTIVE and REPLICAS are storage/pointer.py's atomic, fsynced pointers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -29,6 +30,7 @@ from veloxserve.clipper.replica import ContainerSpec
 from veloxserve.errors import ModelNotFound, NotFound
 from veloxserve.storage.atomic import replace_atomically
 from veloxserve.storage.pointer import read_pointer, write_pointer
+from veloxserve.storage.versions import VersionStore
 
 
 class ModelRegistry:
@@ -45,35 +47,35 @@ class ModelRegistry:
             return []
         return sorted(p.name for p in self.models.iterdir() if (p / "ACTIVE").exists())
 
+    def _store(self, name: str) -> VersionStore:
+        return VersionStore(self.models / name / "versions")
+
     def add_version(self, name: str, framework: Framework, source: Path, method: str | None,
                     batching: BatchingConfig, hang_timeout: float, **extra: Any) -> dict[str, Any]:
-        """Copy `source` in as the next version; `extra` goes into its meta.json (method_from, sample)."""
-        versions = self.models / name / "versions"
-        versions.mkdir(parents=True, exist_ok=True)
-        number = 1 + max((int(p.name[1:]) for p in versions.iterdir() if p.name[1:].isdigit()), default=0)
-        version = f"v{number}"
-        tmp = versions / f".{version}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        """Copy `source` in as the next version; `extra` goes into its meta.json (method_from, sample).
+        The version store writes it (fsynced, renamed into place), as it writes the core's versions."""
         source = Path(source)
-        shutil.copy2(source, tmp / source.name)
         meta = {
-            "model": name, "version": version, "framework": Framework(framework).value, "file": source.name,
+            "model": name, "framework": Framework(framework).value, "file": source.name,
             "source": str(source.resolve()), "method": method, "hang_timeout": hang_timeout,
             "batching": {"objective": batching.objective, "delay": batching.delay, "adaptive": batching.adaptive,
                          "initial_size": batching.initial_size, "max_size": batching.max_size},
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             **{key: value for key, value in extra.items() if value is not None},
         }
-        (tmp / "meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-        tmp.rename(versions / version)
-        return meta
+
+        def copy(fh: BinaryIO) -> None:
+            with open(source, "rb") as original:
+                shutil.copyfileobj(original, fh)
+
+        version = self._store(name).write({}, meta, files={source.name: copy})
+        return {**meta, "version": version}
 
     def meta(self, name: str, version: str) -> dict[str, Any]:
-        path = self.models / name / "versions" / version / "meta.json"
-        if not path.is_file():
+        store = self._store(name)
+        if not store.exists(version):
             raise NotFound(f"Model {name!r} has no version {version!r}; see GET /containers/{name}.")
-        return orjson.loads(path.read_bytes())
+        return store.read_meta(version)
 
     def update_meta(self, name: str, version: str, **fields: Any) -> dict[str, Any]:
         """Add what was learned about a version once it ran (its probed input and output shapes)."""
@@ -83,9 +85,7 @@ class ModelRegistry:
         return meta
 
     def versions(self, name: str) -> list[str]:
-        versions = self.models / name / "versions"
-        found = [p.name for p in versions.iterdir() if p.name[1:].isdigit()] if versions.is_dir() else []
-        return sorted(found, key=lambda v: int(v[1:]))
+        return self._store(name).versions()
 
     def spec(self, name: str, version: str) -> tuple[ContainerSpec, BatchingConfig]:
         meta = self.meta(name, version)

@@ -10,13 +10,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from veloxserve.errors import NotFound, StoreUnavailable
-from veloxserve.storage.atomic import fsync_dir, write_synced
+from veloxserve.storage.atomic import Writer, fsync_dir, write_synced
 
 META = "meta.json"
 
@@ -66,15 +67,19 @@ class VersionStore:
             shutil.rmtree(path, ignore_errors=True)
         return len(stale)
 
-    def write(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], *, version: str | None = None) -> str:
+    def write(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], *, version: str | None = None,
+              files: Mapping[str, Writer] | None = None) -> str:
         """Store a new version; returns its id (v1, v2, …). With `version` (from `reserve`), fill
-        that reserved id instead of taking the next one."""
+        that reserved id instead of taking the next one. `files` are other files of the version
+        (name → what writes it: a Clipper model file), written and fsynced like the arrays."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.directory))
             try:
                 for name, array in arrays.items():
                     write_synced(tmp / f"{name}.npy", lambda fh, a=array: np.save(fh, np.ascontiguousarray(a), allow_pickle=False))
+                for name, writer in (files or {}).items():
+                    write_synced(tmp / name, writer)
                 existing = [_number(p.name) or 0 for p in self.directory.iterdir()]
                 number = max(existing, default=0) + 1
                 reserved = version
