@@ -6,13 +6,14 @@ a whole version or none; an existing version is never overwritten.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -77,7 +78,7 @@ class VersionStore:
             tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.directory))
             try:
                 for name, array in arrays.items():
-                    write_synced(tmp / f"{name}.npy", lambda fh, a=array: np.save(fh, np.ascontiguousarray(a), allow_pickle=False))
+                    write_synced(tmp / f"{name}.npy", functools.partial(_save_array, array=array))
                 for name, writer in (files or {}).items():
                     write_synced(tmp / name, writer)
                 existing = [_number(p.name) or 0 for p in self.directory.iterdir()]
@@ -86,7 +87,7 @@ class VersionStore:
                 while True:
                     version = reserved or f"v{number}"
                     text = json.dumps({**meta, "version": version}, indent=2, default=_jsonable)
-                    write_synced(tmp / META, lambda fh, t=text: fh.write(t.encode("utf-8")))
+                    write_synced(tmp / META, functools.partial(_write_text, text=text))
                     try:
                         # Replaces an empty (reserved) directory; fails if the target holds a version.
                         os.rename(tmp, self.directory / version)
@@ -115,6 +116,14 @@ class VersionStore:
     def read_arrays(self, version: str) -> dict[str, np.ndarray]:
         path = self._require(version)
         return {p.stem: np.load(p, allow_pickle=False) for p in sorted(path.glob("*.npy"))}
+
+
+def _save_array(fh: BinaryIO, array: np.ndarray) -> None:
+    np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _write_text(fh: BinaryIO, text: str) -> None:
+    fh.write(text.encode("utf-8"))
 
 
 def _jsonable(value: Any) -> Any:
