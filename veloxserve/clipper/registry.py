@@ -60,7 +60,7 @@ class ModelRegistry:
             "source": str(source.resolve()), "method": method, "hang_timeout": hang_timeout,
             "batching": {"objective": batching.objective, "delay": batching.delay, "adaptive": batching.adaptive,
                          "initial_size": batching.initial_size, "max_size": batching.max_size},
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             **{key: value for key, value in extra.items() if value is not None},
         }
 

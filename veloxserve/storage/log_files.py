@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -89,7 +89,7 @@ class FilesByDay:
         return [(0, path) for path in sorted(self.directory.glob(f"{self.prefix}*{self.suffix}"))]
 
     def target(self, first_lsn: int, current: Path | None, current_size: int) -> Path:
-        day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        day = datetime.now(UTC).strftime("%Y-%m-%d")
         return self.directory / f"{self.prefix}{day}{self.suffix}"
 
 
