@@ -1,17 +1,19 @@
 """What is deployed, persisted under `<home>/clipper/`, so a restart serves the same thing.
 
-    clipper/models/<name>/versions/<v>/meta.json   framework, method, batching, created_at, and
-                                                   the probed input_shape and output_shape
+    clipper/models/<name>/versions/<v>/meta.json   framework, method, batching, created_at
     clipper/models/<name>/versions/<v>/<file>      the model file, copied in (rollback never
                                                    depends on the original still existing)
     clipper/models/<name>/ACTIVE                   the serving version
+    clipper/models/<name>/status.json              each version's history and its probed
+                                                   input_shape and output_shape
     clipper/models/<name>/REPLICAS                 how many container processes serve it
     clipper/apps/<name>.json                       an application's configuration
     clipper/apps/<name>.feedback                   its feedback log (veloxserve/clipper/feedback_log.py)
 
-Versions are `v1`, `v2`, … and are never overwritten: storage/versions.py's VersionStore, which
-stores the core's model versions too, writes each under a temporary name, fsyncs its files and
-renames it into place; ACTIVE and REPLICAS are storage/pointer.py's atomic, fsynced pointers.
+A model's versions are the core's version catalogue (storage/version_catalog.py over
+storage/versions.py), as for Velox models: `v1`, `v2`, … never overwritten, each written under a
+temporary name, fsynced and renamed into place; ACTIVE, REPLICAS and status.json are replaced
+atomically and fsynced (storage/pointer.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from veloxserve.clipper.replica import ContainerSpec
 from veloxserve.errors import ModelNotFound, NotFound
 from veloxserve.storage.atomic import replace_atomically
 from veloxserve.storage.pointer import read_pointer, write_pointer
-from veloxserve.storage.versions import VersionStore
+from veloxserve.storage.version_catalog import VersionCatalog
 
 
 class ModelRegistry:
@@ -47,8 +49,8 @@ class ModelRegistry:
             return []
         return sorted(p.name for p in self.models.iterdir() if (p / "ACTIVE").exists())
 
-    def _store(self, name: str) -> VersionStore:
-        return VersionStore(self.models / name / "versions")
+    def _catalog(self, name: str) -> VersionCatalog:
+        return VersionCatalog(self.models / name)
 
     def add_version(self, name: str, framework: Framework, source: Path, method: str | None,
                     batching: BatchingConfig, hang_timeout: float, **extra: Any) -> dict[str, Any]:
@@ -68,24 +70,23 @@ class ModelRegistry:
             with open(source, "rb") as original:
                 shutil.copyfileobj(original, fh)
 
-        version = self._store(name).write({}, meta, files={source.name: copy})
+        version = self._catalog(name).versions.write({}, meta, files={source.name: copy})
         return {**meta, "version": version}
 
     def meta(self, name: str, version: str) -> dict[str, Any]:
-        store = self._store(name)
-        if not store.exists(version):
+        """meta.json with what the catalogue learned since (probed shapes) and its status."""
+        catalog = self._catalog(name)
+        if not catalog.versions.exists(version):
             raise NotFound(f"Model {name!r} has no version {version!r}; see GET /containers/{name}.")
-        return store.read_meta(version)
+        return catalog.entry(version)
 
     def update_meta(self, name: str, version: str, **fields: Any) -> dict[str, Any]:
         """Add what was learned about a version once it ran (its probed input and output shapes)."""
-        meta = {**self.meta(name, version), **fields}
-        body = orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
-        replace_atomically(self.models / name / "versions" / version / "meta.json", lambda fh: fh.write(body))
-        return meta
+        self._catalog(name).annotate(version, **fields)
+        return self.meta(name, version)
 
     def versions(self, name: str) -> list[str]:
-        return self._store(name).versions()
+        return self._catalog(name).versions.versions()
 
     def spec(self, name: str, version: str) -> tuple[ContainerSpec, BatchingConfig]:
         meta = self.meta(name, version)
@@ -94,13 +95,13 @@ class ModelRegistry:
         return spec, BatchingConfig(**meta["batching"])
 
     def active(self, name: str) -> str:
-        version = read_pointer(self.models / name / "ACTIVE")
+        version = self._catalog(name).pointed()
         if version is None:
             raise ModelNotFound(f"No model {name!r} is deployed; deploy it with POST /containers.")
         return version
 
     def activate(self, name: str, version: str) -> None:
-        write_pointer(self.models / name / "ACTIVE", version)
+        self._catalog(name).activate(version)
 
     def replicas(self, name: str) -> int:
         return int(read_pointer(self.models / name / "REPLICAS") or 1)
@@ -110,7 +111,7 @@ class ModelRegistry:
 
     def discard_version(self, name: str, version: str) -> None:
         """Remove a version that never served (its containers failed to start)."""
-        shutil.rmtree(self.models / name / "versions" / version, ignore_errors=True)
+        self._catalog(name).discard(version)
         if not self.versions(name) and not (self.models / name / "ACTIVE").exists():
             shutil.rmtree(self.models / name, ignore_errors=True)
 
