@@ -178,7 +178,10 @@ class DurableLog:
                 raise StoreUnavailable(f"The {self.name} is closed.")
             first = self._last_lsn + 1
             self._last_lsn += len(bodies)
-            data = b"".join([number(lsn, body) for lsn, body in enumerate(bodies, first)])
+            if len(bodies) == 1:  # the common case (one observation, one decision) without a join
+                data = number(first, bodies[0])
+            else:
+                data = b"".join([number(lsn, body) for lsn, body in enumerate(bodies, first)])
             self._pending.append((data, first, self._last_lsn))
             self._wake.notify()
             return self._last_lsn

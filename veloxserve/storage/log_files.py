@@ -104,7 +104,8 @@ class Entry:
 
 def number(lsn: int, body: bytes) -> bytes:
     """The frame of one JSON object with `lsn` written first into it."""
-    return frames.encode(b'{"lsn":%d%s%s' % (lsn, b"," if len(body) > 2 else b"", body[1:]))
+    numbered = b'{"lsn":%d,' % lsn + body[1:] if len(body) > 2 else b'{"lsn":%d}' % lsn
+    return frames.encode(numbered)
 
 
 def parse(body: bytes) -> dict[str, Any] | None:
