@@ -11,6 +11,7 @@ skipped and reported and every other record kept. The file is read once, as a st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,17 +68,23 @@ class FeedbackLog:
             done = [lsn for lsn in self._waiting if lsn <= durable]
             settled = [(lsn, *self._waiting.pop(lsn)) for lsn in done]
         for lsn, loop, future in settled:
-            loop.call_soon_threadsafe(_settle, future, lsn, None)
+            _tell(loop, future, lsn, None)
 
     def _refused(self, first: int, last: int) -> None:  # the writer thread
         with self._lock:
             done = [lsn for lsn in self._waiting if first <= lsn <= last]
             settled = [(lsn, *self._waiting.pop(lsn)) for lsn in done]
         for lsn, loop, future in settled:
-            loop.call_soon_threadsafe(_settle, future, lsn, self._log.refused(lsn))
+            _tell(loop, future, lsn, self._log.refused(lsn))
 
     def close(self) -> None:
         self._log.close()
+
+
+def _tell(loop: asyncio.AbstractEventLoop, future: asyncio.Future[int], lsn: int, error: BaseException | None) -> None:
+    """Settle an appender's future on its own loop; a loop already closed has nobody left to tell."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_settle, future, lsn, error)
 
 
 def _settle(future: asyncio.Future[int], lsn: int, error: BaseException | None) -> None:
