@@ -32,7 +32,8 @@ def test_a_torn_last_line_is_cut_off_and_appends_go_on(tmp_path: Path) -> None:
     assert [r["i"] for r in log.replay()] == [0, 1]
     asyncio.run(log.append({"i": 3}))
     log.close()
-    assert path.read_bytes() == b'{"i": 0}\n{"i": 1}\n' + frames.encode(b'{"i":3}')
+    # records written before logs numbered theirs count by position, so the next one is LSN 3
+    assert path.read_bytes() == b'{"i": 0}\n{"i": 1}\n' + frames.encode(b'{"lsn":3,"i":3}')
 
 
 def test_a_flipped_byte_loses_only_that_record_loudly(tmp_path: Path, caplog) -> None:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veloxserve.errors import StoreUnavailable
+from veloxserve.errors import InsufficientStorage, StoreUnavailable
 from veloxserve.storage import observation_log as module
 from veloxserve.storage.observation_log import ObservationLog
 
@@ -103,7 +103,7 @@ def test_acknowledgement_follows_fsync_and_fsyncs_are_batched(tmp_path: Path, mo
         real(fd)
         synced_upto.append(log.last_lsn)
 
-    monkeypatch.setattr(module.os, "fdatasync", slow_fdatasync)
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
     log = ObservationLog(tmp_path)
     try:
         commits: list[int] = []
@@ -131,7 +131,7 @@ def test_acknowledgement_follows_fsync_and_fsyncs_are_batched(tmp_path: Path, mo
 def test_nothing_is_durable_before_the_fsync_returns(tmp_path: Path, monkeypatch) -> None:
     gate = threading.Event()
     real = os.fdatasync
-    monkeypatch.setattr(module.os, "fdatasync", lambda fd: (gate.wait(5), real(fd)))
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (gate.wait(5), real(fd)))
     with ObservationLog(tmp_path) as log:
         lsn = log.append([("u", "i", 1.0, "v1")])
         with pytest.raises(StoreUnavailable, match="did not make LSN 1 durable"):
@@ -272,9 +272,9 @@ def test_a_refused_write_is_cut_back_refused_to_its_waiters_only_and_the_writer_
                 raise OSError(28, "No space left on device")
             real(fd)
 
-        monkeypatch.setattr(module.os, "fdatasync", full_disk)
+        monkeypatch.setattr(os, "fdatasync", full_disk)
         lsn = log.append([("refused", "i", 2.0, "v1")] * 3)
-        with pytest.raises(module.InsufficientStorage) as refused:
+        with pytest.raises(InsufficientStorage) as refused:
             log.wait_durable(lsn, 30)
         assert refused.value.status == 507 and refused.value.headers()["retry-after"]
         assert log.refused(lsn) is not None and log.health()

@@ -30,3 +30,25 @@ def test_unknown_version_lists_the_known_ones(tmp_path: Path) -> None:
         store.read_meta("v9")
     with pytest.raises(NotFound):
         store.read_arrays("../etc")
+
+
+def test_a_version_can_hold_other_files_written_like_its_arrays(tmp_path: Path) -> None:
+    store = VersionStore(tmp_path)
+    version = store.write({}, {"file": "model.pkl"}, files={"model.pkl": lambda fh: fh.write(b"weights")})
+    assert (tmp_path / version / "model.pkl").read_bytes() == b"weights"
+    assert store.read_meta(version) == {"file": "model.pkl", "version": "v1"}
+
+
+def test_the_catalogue_annotates_without_touching_meta_and_forgets_a_discarded_version(tmp_path: Path) -> None:
+    from veloxserve.storage.version_catalog import VersionCatalog
+
+    catalog = VersionCatalog(tmp_path)
+    version = catalog.versions.write({}, {"what": "m"})
+    meta = (tmp_path / "versions" / version / "meta.json").read_bytes()
+    assert catalog.pointed() is None and catalog.active() == version  # active() falls back to the latest
+    catalog.annotate(version, input_shape=[3])
+    assert catalog.entry(version)["input_shape"] == [3]
+    assert (tmp_path / "versions" / version / "meta.json").read_bytes() == meta
+    catalog.discard(version)
+    again = catalog.versions.write({}, {"what": "m2"})
+    assert again == version and "input_shape" not in catalog.entry(again)  # nothing inherited

@@ -1,7 +1,7 @@
 """A prediction cache keyed by (model, version, input hash), bounded in bytes, with coalescing.
 
-Eviction is LRU (an OrderedDict moved on every hit: O(1), and exact where CLOCK approximates).
-Identical queries in flight share one computation: the second caller awaits the first caller's
+The entries are veloxserve/lru.py's ByteLRU, the LRU the feature cache uses; what is Clipper's
+is the layer on top: identical queries in flight share one computation: the second caller awaits the first caller's
 future instead of enqueueing again, so a burst of one popular input costs one model evaluation.
 Failures (a dropped deadline, a crashed container) are shared by the waiters but never cached.
 """
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import orjson
+
+from veloxserve.lru import ByteLRU
 
 Key = tuple[str, str, bytes]
 _ENTRY_OVERHEAD = 200  # bytes of dict entry, key tuple and digest around each value
@@ -33,7 +34,7 @@ def input_digest(value: Any) -> bytes:
     return h.digest()
 
 
-def _size(value: Any) -> int:
+def _size(key: Key, value: Any) -> int:
     if isinstance(value, np.ndarray):
         return value.nbytes + _ENTRY_OVERHEAD
     if isinstance(value, (int, float)):
@@ -45,35 +46,31 @@ class PredictionCache:
     """Bounded LRU of model outputs plus the computations in flight."""
 
     def __init__(self, max_bytes: int = 64 << 20) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._entries: OrderedDict[Key, tuple[Any, int]] = OrderedDict()
+        self._entries: ByteLRU[Key, tuple[Any]] = ByteLRU(max_bytes, lambda key, held: _size(key, held[0]))
         self._in_flight: dict[Key, asyncio.Future] = {}
-        self.hits = self.misses = self.coalesced = self.evictions = 0
+        self.hits = self.misses = self.coalesced = 0
+
+    @property
+    def max_bytes(self) -> int:
+        return self._entries.max_bytes
+
+    @property
+    def bytes(self) -> int:
+        return self._entries.bytes
+
+    @property
+    def evictions(self) -> int:
+        return self._entries.evictions
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: Key) -> tuple[bool, Any]:
-        entry = self._entries.get(key)
-        if entry is None:
-            return False, None
-        self._entries.move_to_end(key)
-        return True, entry[0]
+        held = self._entries.get(key)  # a 1-tuple, so that a None output is a hit too
+        return (False, None) if held is None else (True, held[0])
 
     def put(self, key: Key, value: Any) -> None:
-        size = _size(value)
-        if size > self.max_bytes:
-            return
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.bytes -= old[1]
-        self._entries[key] = (value, size)
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            _, (_, evicted) = self._entries.popitem(last=False)
-            self.bytes -= evicted
-            self.evictions += 1
+        self._entries.put(key, (value,))
 
     def fetch(self, key: Key, compute: Callable[[], asyncio.Future]) -> asyncio.Future:
         """A future of the output for `key`: cached, shared with an identical query in flight, or

@@ -17,6 +17,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -72,8 +73,8 @@ def serve_container(framework: Framework, model: Path, connect: str, method: str
         context.term()
 
 
-def _as_batch(outputs: object) -> object:
-    """Numeric outputs travel as raw array bytes; anything else as JSON."""
+def _as_batch(outputs: Any) -> object:
+    """Numeric outputs travel as raw array bytes; anything else (a model's sequence of outputs) as JSON."""
     if isinstance(outputs, np.ndarray):
         return outputs
     try:

@@ -2,93 +2,95 @@
 
 Each record holds what the policy learned from (user, the models evaluated, their outputs, the
 target), so replaying it rebuilds Exp3/Exp4 weights and every user's ridge state exactly, with no
-model evaluated again. Appends are group-committed: concurrent observations share one write and
-one fsync, done off the event loop. Records are frames of storage/frames.py, the framing of every
-log: a torn last line (a crash mid-write, never acknowledged) is cut off on open, a damaged record
-is skipped and reported and every other record kept. The file is read once, as a stream, at open.
+model evaluated again. It is storage/durable_log.py's log in one file: concurrent observations
+share one write and one fsync on the log's writer thread (group commit), off the event loop; a
+torn last line (a crash mid-write, never acknowledged) is cut off on open, a damaged record is
+skipped and reported and every other record kept. The file is read once, as a stream, at open.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from veloxserve.errors import StoreUnavailable
 from veloxserve.storage import frames
+from veloxserve.storage.durable_log import DurableLog
+from veloxserve.storage.log_files import Entry, SingleFile
 
 
 class FeedbackLog:
-    """Append-only JSON lines under one path."""
+    """Append-only records under one path; `append` returns once its record is fsynced."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.damage: list[frames.Damage] = []
-        self._records = self._read_and_repair()
-        self._file = open(self.path, "ab", buffering=0)
-        self._pending: list[tuple[bytes, asyncio.Future]] = []
-        self._writer: asyncio.Task | None = None
+        self._records: list[dict[str, Any]] = []
+        self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[int]]] = {}
+        self._lock = threading.Lock()  # _waiting: filled by appends, settled by the log's writer
+        self._log = DurableLog(SingleFile(self.path), f"Clipper feedback log {self.path}",
+                               refusal="nothing was acknowledged or learned", resumes="feedback is accepted again",
+                               on_recovered=self._recovered, thread_name=f"feedback-{self.path.stem}")
+        self._log.add_commit_hook(self._durable, self._refused)
 
-    def _read_and_repair(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        records: list[dict[str, Any]] = []
-        with open(self.path, "rb") as fh:
-            for entry in frames.scan(fh, self.path):
-                if isinstance(entry, frames.Frame):
-                    records.append(orjson.loads(entry.body))
-                elif isinstance(entry, frames.Damage):
-                    frames.report(entry, "Clipper feedback log")
-                    self.damage.append(entry)
-                else:  # torn: never acknowledged
-                    with open(self.path, "r+b") as out:
-                        out.truncate(entry.offset)
-                        os.fsync(out.fileno())
-        return records
+    def _recovered(self, entry: Entry) -> None:
+        entry.record.pop("lsn", None)
+        self._records.append(entry.record)
+
+    @property
+    def damage(self) -> list[frames.Damage]:
+        return self._log.damage
+
+    def health(self) -> list[str]:
+        return self._log.health()
 
     def replay(self) -> Iterator[dict[str, Any]]:
         """The records found on open, oldest first (once)."""
         records, self._records = self._records, []
         return iter(records)
 
-    async def append(self, record: dict[str, Any]) -> None:
-        """Return once `record` is on disk (fsynced)."""
+    async def append(self, record: dict[str, Any]) -> int:
+        """Return `record`'s LSN once it is on disk (fsynced); StoreUnavailable if the disk refused it."""
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._pending.append((frames.encode(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)), future))
-        if self._writer is None or self._writer.done():
-            self._writer = loop.create_task(self._write())
-        await future
+        future: asyncio.Future[int] = loop.create_future()
+        body = orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY)
+        with self._lock:
+            lsn = self._log.append_records([body])
+            self._waiting[lsn] = (loop, future)
+        return await future
 
-    async def _write(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await loop.run_in_executor(None, self._write_synced, b"".join(line for line, _ in batch))
-            except OSError as exc:
-                error = StoreUnavailable(f"Cannot write the feedback log {self.path}: {exc}.")
-                for _, future in batch:
-                    future.set_exception(error)
-                continue
-            for _, future in batch:
-                future.set_result(None)
+    def _durable(self, durable: int) -> None:  # the writer thread
+        with self._lock:
+            done = [lsn for lsn in self._waiting if lsn <= durable]
+            settled = [(lsn, *self._waiting.pop(lsn)) for lsn in done]
+        for lsn, loop, future in settled:
+            _tell(loop, future, lsn, None)
 
-    def _write_synced(self, data: bytes) -> None:
-        size = os.fstat(self._file.fileno()).st_size
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[self._file.write(view):]
-            os.fsync(self._file.fileno())
-        except OSError:
-            os.ftruncate(self._file.fileno(), size)  # a refused batch leaves nothing to replay
-            raise
+    def _refused(self, first: int, last: int) -> None:  # the writer thread
+        with self._lock:
+            done = [lsn for lsn in self._waiting if first <= lsn <= last]
+            settled = [(lsn, *self._waiting.pop(lsn)) for lsn in done]
+        for lsn, loop, future in settled:
+            _tell(loop, future, lsn, self._log.refused(lsn))
 
     def close(self) -> None:
-        self._file.close()
+        self._log.close()
+
+
+def _tell(loop: asyncio.AbstractEventLoop, future: asyncio.Future[int], lsn: int, error: BaseException | None) -> None:
+    """Settle an appender's future on its own loop; a loop already closed has nobody left to tell."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_settle, future, lsn, error)
+
+
+def _settle(future: asyncio.Future[int], lsn: int, error: BaseException | None) -> None:
+    if future.done():  # the caller went away (cancelled)
+        return
+    if error is None:
+        future.set_result(lsn)
+    else:
+        future.set_exception(error)

@@ -1,16 +1,19 @@
 """What is deployed, persisted under `<home>/clipper/`, so a restart serves the same thing.
 
-    clipper/models/<name>/versions/<v>/meta.json   framework, method, batching, created_at, and
-                                                   the probed input_shape and output_shape
+    clipper/models/<name>/versions/<v>/meta.json   framework, method, batching, created_at
     clipper/models/<name>/versions/<v>/<file>      the model file, copied in (rollback never
                                                    depends on the original still existing)
     clipper/models/<name>/ACTIVE                   the serving version
+    clipper/models/<name>/status.json              each version's history and its probed
+                                                   input_shape and output_shape
     clipper/models/<name>/REPLICAS                 how many container processes serve it
     clipper/apps/<name>.json                       an application's configuration
     clipper/apps/<name>.feedback                   its feedback log (veloxserve/clipper/feedback_log.py)
 
-Versions are `v1`, `v2`, … and are never overwritten; a version directory is written under a
-temporary name and renamed into place.
+A model's versions are the core's version catalogue (storage/version_catalog.py over
+storage/versions.py), as for Velox models: `v1`, `v2`, … never overwritten, each written under a
+temporary name, fsynced and renamed into place; ACTIVE, REPLICAS and status.json are replaced
+atomically and fsynced (storage/pointer.py).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -29,6 +32,7 @@ from veloxserve.clipper.replica import ContainerSpec
 from veloxserve.errors import ModelNotFound, NotFound
 from veloxserve.storage.atomic import replace_atomically
 from veloxserve.storage.pointer import read_pointer, write_pointer
+from veloxserve.storage.version_catalog import VersionCatalog
 
 
 class ModelRegistry:
@@ -45,47 +49,44 @@ class ModelRegistry:
             return []
         return sorted(p.name for p in self.models.iterdir() if (p / "ACTIVE").exists())
 
+    def _catalog(self, name: str) -> VersionCatalog:
+        return VersionCatalog(self.models / name)
+
     def add_version(self, name: str, framework: Framework, source: Path, method: str | None,
                     batching: BatchingConfig, hang_timeout: float, **extra: Any) -> dict[str, Any]:
-        """Copy `source` in as the next version; `extra` goes into its meta.json (method_from, sample)."""
-        versions = self.models / name / "versions"
-        versions.mkdir(parents=True, exist_ok=True)
-        number = 1 + max((int(p.name[1:]) for p in versions.iterdir() if p.name[1:].isdigit()), default=0)
-        version = f"v{number}"
-        tmp = versions / f".{version}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        """Copy `source` in as the next version; `extra` goes into its meta.json (method_from, sample).
+        The version store writes it (fsynced, renamed into place), as it writes the core's versions."""
         source = Path(source)
-        shutil.copy2(source, tmp / source.name)
         meta = {
-            "model": name, "version": version, "framework": Framework(framework).value, "file": source.name,
+            "model": name, "framework": Framework(framework).value, "file": source.name,
             "source": str(source.resolve()), "method": method, "hang_timeout": hang_timeout,
             "batching": {"objective": batching.objective, "delay": batching.delay, "adaptive": batching.adaptive,
                          "initial_size": batching.initial_size, "max_size": batching.max_size},
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             **{key: value for key, value in extra.items() if value is not None},
         }
-        (tmp / "meta.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-        tmp.rename(versions / version)
-        return meta
+
+        def copy(fh: BinaryIO) -> None:
+            with open(source, "rb") as original:
+                shutil.copyfileobj(original, fh)
+
+        version = self._catalog(name).versions.write({}, meta, files={source.name: copy})
+        return {**meta, "version": version}
 
     def meta(self, name: str, version: str) -> dict[str, Any]:
-        path = self.models / name / "versions" / version / "meta.json"
-        if not path.is_file():
+        """meta.json with what the catalogue learned since (probed shapes) and its status."""
+        catalog = self._catalog(name)
+        if not catalog.versions.exists(version):
             raise NotFound(f"Model {name!r} has no version {version!r}; see GET /containers/{name}.")
-        return orjson.loads(path.read_bytes())
+        return catalog.entry(version)
 
     def update_meta(self, name: str, version: str, **fields: Any) -> dict[str, Any]:
         """Add what was learned about a version once it ran (its probed input and output shapes)."""
-        meta = {**self.meta(name, version), **fields}
-        body = orjson.dumps(meta, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
-        replace_atomically(self.models / name / "versions" / version / "meta.json", lambda fh: fh.write(body))
-        return meta
+        self._catalog(name).annotate(version, **fields)
+        return self.meta(name, version)
 
     def versions(self, name: str) -> list[str]:
-        versions = self.models / name / "versions"
-        found = [p.name for p in versions.iterdir() if p.name[1:].isdigit()] if versions.is_dir() else []
-        return sorted(found, key=lambda v: int(v[1:]))
+        return self._catalog(name).versions.versions()
 
     def spec(self, name: str, version: str) -> tuple[ContainerSpec, BatchingConfig]:
         meta = self.meta(name, version)
@@ -94,13 +95,13 @@ class ModelRegistry:
         return spec, BatchingConfig(**meta["batching"])
 
     def active(self, name: str) -> str:
-        version = read_pointer(self.models / name / "ACTIVE")
+        version = self._catalog(name).pointed()
         if version is None:
             raise ModelNotFound(f"No model {name!r} is deployed; deploy it with POST /containers.")
         return version
 
     def activate(self, name: str, version: str) -> None:
-        write_pointer(self.models / name / "ACTIVE", version)
+        self._catalog(name).activate(version)
 
     def replicas(self, name: str) -> int:
         return int(read_pointer(self.models / name / "REPLICAS") or 1)
@@ -110,7 +111,7 @@ class ModelRegistry:
 
     def discard_version(self, name: str, version: str) -> None:
         """Remove a version that never served (its containers failed to start)."""
-        shutil.rmtree(self.models / name / "versions" / version, ignore_errors=True)
+        self._catalog(name).discard(version)
         if not self.versions(name) and not (self.models / name / "ACTIVE").exists():
             shutil.rmtree(self.models / name, ignore_errors=True)
 

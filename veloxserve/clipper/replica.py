@@ -27,12 +27,17 @@ import orjson
 import zmq
 import zmq.asyncio
 
+from veloxserve.backoff import RetryPolicy
 from veloxserve.clipper import protocol
 from veloxserve.clipper.adapters import Framework
 from veloxserve.clipper.batching import AIMDController, BatchingConfig, BatchQueue, Query
 from veloxserve.errors import ContainerUnavailable
 
 log = logging.getLogger(__name__)
+
+# A container that keeps exiting before it says hello is restarted at once, then after 0.05, 0.1, …
+# up to 2 s: the project's one backoff formula.
+_RESTART_BACKOFF = RetryPolicy(retries=0, base=0.025, cap=2.0)
 
 
 def _stopped() -> ContainerUnavailable:
@@ -175,7 +180,7 @@ class Replica:
                 self.last_failure = f"exited with code {code} before it said hello"
                 self._exited_before_hello.set()
                 return
-            await asyncio.sleep(min(2.0, 0.05 * (2 ** self._crash_loop) - 0.05))
+            await asyncio.sleep(_RESTART_BACKOFF.delay(self._crash_loop) if self._crash_loop else 0.0)
             self._crash_loop += 0 if self._ready.is_set() else 1
             self._restart(f"exited with code {code}")
 

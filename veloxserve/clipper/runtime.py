@@ -15,6 +15,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,14 @@ def check_name(name: Any, field: str, where: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class _LoopState:
+    """What belongs to the event loop that serves: made by `start`, on that loop."""
+
+    context: zmq.asyncio.Context
+    lock: asyncio.Lock  # serialises admin operations
+
+
 class ClipperRuntime:
     """Model deployments and applications under `<home>/clipper`. Call `start` on the loop first.
     Model files are deployed only from `<home>/models-in/` and `model_dirs` (model_files.py)."""
@@ -57,13 +66,16 @@ class ClipperRuntime:
         self.cache = PredictionCache(cache_bytes)
         self.deployments: dict[str, ModelDeployment] = {}
         self.apps: dict[str, Application] = {}
-        self._context: zmq.asyncio.Context | None = None
-        self._lock: asyncio.Lock | None = None
+        self._loop_state: _LoopState | None = None  # set by start(), on the loop that serves
+
+    def _started(self) -> _LoopState:
+        if self._loop_state is None:
+            raise RuntimeError("ClipperRuntime.start() must be awaited (on the serving loop) first.")
+        return self._loop_state
 
     async def start(self) -> None:
         """Serve what the registry says: each model's active version with its replicas, every app."""
-        self._context = zmq.asyncio.Context()
-        self._lock = asyncio.Lock()
+        self._loop_state = _LoopState(zmq.asyncio.Context(), asyncio.Lock())
         self.model_files.ensure_incoming()
         for name in self.registry.model_names():
             try:
@@ -80,8 +92,8 @@ class ClipperRuntime:
         for app in self.apps.values():
             app.log.close()
         self.apps.clear()
-        if self._context is not None:
-            self._context.term()
+        if self._loop_state is not None:
+            self._loop_state.context.term()
 
     # ---- models --------------------------------------------------------------------------
     def deployment(self, name: str) -> ModelDeployment:
@@ -112,8 +124,8 @@ class ClipperRuntime:
                 raise invalid_parameter(field, "deploy", "a number > 0", value)
         if not _is_number(delay_ms) or not delay_ms >= 0:
             raise invalid_parameter("delay_ms", "deploy", "a number >= 0", delay_ms)
-        max_batch = _integer(max_batch)
-        if max_batch is None or not 1 <= max_batch <= 1 << 16:
+        batch_limit = _integer(max_batch)
+        if batch_limit is None or not 1 <= batch_limit <= 1 << 16:
             raise invalid_parameter("max_batch", "deploy", "an integer in [1, 65536]", max_batch)
         if not isinstance(adaptive, bool):
             raise invalid_parameter("adaptive", "deploy", "true or false", adaptive)
@@ -126,9 +138,9 @@ class ClipperRuntime:
         if sample is not None:
             sample = normalise_input(sample)
         batching = BatchingConfig(objective=objective_ms / 1e3, delay=delay_ms / 1e3, adaptive=adaptive,
-                                  max_size=max_batch)
+                                  max_size=batch_limit)
         loop = asyncio.get_running_loop()
-        async with self._lock:  # copying a large model file must not stall the event loop
+        async with self._started().lock:  # copying a large model file must not stall the event loop
             serving = self._serving_meta(name)
             method_from = None
             if method is None and serving is not None and serving["framework"] == framework and serving["method"]:
@@ -146,7 +158,7 @@ class ClipperRuntime:
 
     async def rollback(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Serve `version`, or the version before the active one."""
-        async with self._lock:
+        async with self._started().lock:
             active = self.deployment(name).version
             versions = self.registry.versions(name)
             if version is None:
@@ -166,13 +178,13 @@ class ClipperRuntime:
 
     async def scale(self, name: str, replicas: int) -> dict[str, Any]:
         replicas = _replicas(replicas, "scale")
-        async with self._lock:
+        async with self._started().lock:
             await self.deployment(name).scale(replicas)
             self.registry.set_replicas(name, replicas)
             return self.describe_model(name)
 
     async def remove(self, name: str) -> dict[str, Any]:
-        async with self._lock:
+        async with self._started().lock:
             deployment = self.deployment(name)
             users = self._linked_apps(name)
             if users:
@@ -196,7 +208,7 @@ class ClipperRuntime:
         the failure logged."""
         spec, batching = self.registry.spec(name, version)
         meta = self.registry.meta(name, version)
-        deployment = ModelDeployment(name, version, spec, batching, self.cache, self._context)
+        deployment = ModelDeployment(name, version, spec, batching, self.cache, self._started().context)
         await deployment.scale(replicas)
         declared = deployment.replicas[0].hello.get("input_shape")
         example = example_input(meta.get("sample"), declared, meta if meta.get("input_shape") else fallback)
@@ -260,7 +272,7 @@ class ClipperRuntime:
                          default: Any = 0.0, loss: str = "zero_one", params: dict[str, float] | None = None,
                          seed: int = 0) -> dict[str, Any]:
         config = self._app_config(name, models, policy, objective_ms, default, loss, params or {}, seed)
-        async with self._lock:
+        async with self._started().lock:
             if name in self.apps:
                 raise Conflict(f"Application {name!r} exists; remove it first (DELETE /apps/{name}).")
             self.registry.remove_app(name)  # a stale feedback log of an earlier app of this name
@@ -269,7 +281,7 @@ class ClipperRuntime:
             return self.apps[name].describe()
 
     async def remove_app(self, name: str) -> dict[str, Any]:
-        async with self._lock:
+        async with self._started().lock:
             self.apps.pop(self.app(name).config.name).log.close()
             self.registry.remove_app(name)
             return {"removed": name}

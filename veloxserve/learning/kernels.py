@@ -10,10 +10,12 @@ The arrays are the whole user table and `row` selects the user, so no slice obje
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
+
+from veloxserve.models.version import sigmoid
+
+_sigmoid = njit(cache=True, nogil=True)(sigmoid)  # the one σ, compiled so the kernels below can call it
 
 
 @njit(cache=True, nogil=True)
@@ -57,7 +59,7 @@ def logistic_sgd_update(
     z = 0.0
     for j in range(k):
         z += W[row, j] * F[item, j]
-    p = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+    p = _sigmoid(z)
     g = p - y
     for j in range(k):
         W[row, j] -= rate * (g * F[item, j] + reg[j] * (W[row, j] - prior[j]))

@@ -26,7 +26,7 @@ import numpy as np
 
 from veloxserve.errors import StoreUnavailable
 from veloxserve.learning.user_table import UserTable, state_covariance, state_seen
-from veloxserve.models.version import Link
+from veloxserve.models.version import Link, sigmoid
 from veloxserve.storage.redis_states import GENERATION_LOST, WRITTEN, RedisStateSpace, UserWrite
 
 MAX_ATTEMPTS = 1000  # compare-and-set rounds before giving up on a user someone updates non-stop
@@ -176,7 +176,7 @@ class SharedUserTable:
         new_marks = {users[i]: lsns[i] for i in keep}
         local_rows = np.fromiter((local.rows[users[i]] for i in keep), dtype=np.int64, count=len(keep))
         z = np.einsum("ij,ij->i", features[rows[keep]], local.W[local_rows])
-        errors = scores[keep] - (z if self.baseline.link is Link.IDENTITY else 0.5 * (1.0 + np.tanh(0.5 * z)))
+        errors = scores[keep] - (z if self.baseline.link is Link.IDENTITY else sigmoid(z))
         if keep:
             local.observe_many(local_rows, features, rows[keep], scores[keep])
         changed = list(new_marks)

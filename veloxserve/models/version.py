@@ -25,6 +25,13 @@ class Link(str, enum.Enum):
     LOGISTIC = "logistic"
 
 
+def sigmoid(z: Any) -> Any:
+    """σ(z) = 1 / (1 + e^-z) of a float or an array, written as ½(1 + tanh(z/2)), which never
+    overflows for large |z|. The one copy: serving, learning (compiled by numba in kernels.py)
+    and training all call it."""
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
 @dataclass(frozen=True)
 class UserPrior:
     """Where a new user starts: the mean trained weights w0, held with diagonal precision Λ0."""

@@ -10,7 +10,6 @@ acknowledgement path (serving/durability.py) before acknowledging the observatio
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from veloxserve.config import ServingConfig
 from veloxserve.errors import invalid_parameter
 from veloxserve.ids import Id, canonical_id
 from veloxserve.learning.states import UserStates
-from veloxserve.models.version import Link, ModelVersion
+from veloxserve.models.version import Link, ModelVersion, sigmoid
 from veloxserve.models.attributes import EMPTY, ItemAttributes
 from veloxserve.serving.evaluation import PrequentialError
 from veloxserve.serving.decisions import RecentDecisions
@@ -277,12 +276,12 @@ class ModelServer:
     def _link(self, z: float) -> float:
         if not self._logistic:
             return z
-        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+        return float(sigmoid(z))
 
     def _link_array(self, z: np.ndarray) -> np.ndarray:
         if not self._logistic:
             return z
-        return 0.5 * (1.0 + np.tanh(0.5 * z))
+        return sigmoid(z)
 
     # ---- feedback ------------------------------------------------------------------------
     def observe_many(self, observations: Sequence[Observation]) -> Receipt:

@@ -22,7 +22,7 @@ import numpy as np
 
 from veloxserve.config import ServingConfig
 from veloxserve.learning.states import UserStates
-from veloxserve.models.version import Link, ModelVersion
+from veloxserve.models.version import Link, ModelVersion, sigmoid
 from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.user_store import UserStore
 
@@ -31,7 +31,7 @@ ErrorsListener = Callable[[np.ndarray], None]  # prequential errors of a learned
 
 def link_array(version: ModelVersion, z: np.ndarray) -> np.ndarray:
     """σ(z) of the version's link, elementwise."""
-    return z if version.link is Link.IDENTITY else 0.5 * (1.0 + np.tanh(0.5 * z))
+    return z if version.link is Link.IDENTITY else sigmoid(z)
 
 
 class UserState(ABC):

@@ -2,7 +2,7 @@
 
 Requests must fail fast when Redis is gone, never hang: every socket operation has a short
 timeout, a failed command is retried a couple of times with exponential backoff (redis-py's
-`Retry` + `ExponentialBackoff`, the strategy objects shared by every connection), and what still
+`Retry` over veloxserve.backoff.RetryPolicy, the one policy shared by every connection), and what still
 fails becomes `StoreUnavailable` (503) with a message that says what to do. The connection pool
 reconnects by itself on the next command once Redis is back. Background loops (the applier) wait
 between attempts with the same policy's backoff, so there is one place to tune retries.
@@ -11,36 +11,30 @@ between attempts with the same policy's backoff, so there is one place to tune r
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import AbstractBackoff, NoBackoff
 from redis.retry import Retry
 
+from veloxserve.backoff import RetryPolicy  # re-exported: its home was here
 from veloxserve.errors import InvalidInput, StoreUnavailable
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently to retry Redis. `retries` bounds a request's extra attempts;
-    the backoff between attempts doubles from `base` up to `cap` seconds."""
+class _PolicyBackoff(AbstractBackoff):
+    """redis-py's backoff interface over the project's one RetryPolicy (veloxserve/backoff.py)."""
 
-    retries: int = 2
-    base: float = 0.01
-    cap: float = 0.5
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._policy = policy
 
-    def backoff(self) -> ExponentialBackoff:
-        return ExponentialBackoff(cap=self.cap, base=self.base)
+    def compute(self, failures: int) -> float:
+        return self._policy.delay(failures)
 
-    def retry(self) -> Retry:
-        return Retry(self.backoff(), self.retries)
 
-    def pause(self, failures: int) -> None:
-        """Sleep before the next attempt of a background loop (never a request)."""
-        time.sleep(self.backoff().compute(failures))
+def _retry(policy: RetryPolicy) -> Retry:
+    return Retry(_PolicyBackoff(policy), policy.retries)
 
 
 @dataclass(frozen=True)
@@ -74,7 +68,7 @@ class RedisSettings:
     def connect(self) -> redis.Redis:
         return redis.Redis.from_url(
             self.url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.connect_timeout,
-            retry=self.policy.retry(), health_check_interval=30,
+            retry=_retry(self.policy), health_check_interval=30,
         )
 
     @property

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import enum
 import json
+import shutil
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ class Status(str, enum.Enum):
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class VersionCatalog:
@@ -45,6 +46,10 @@ class VersionCatalog:
     # ---- reading -------------------------------------------------------------------------
     def active(self) -> str | None:
         return read_pointer(self._active_file) or self.versions.latest()
+
+    def pointed(self) -> str | None:
+        """The version ACTIVE names, None before the first activation (no fallback to the latest)."""
+        return read_pointer(self._active_file)
 
     def _statuses(self) -> dict[str, dict[str, Any]]:
         text = read_pointer(self._status_file)
@@ -82,6 +87,21 @@ class VersionCatalog:
     def mark(self, version: str, status: Status, **fields: Any) -> None:
         with self._lock:
             self._update(version, status=status.value, updated_at=now(), **fields)
+
+    def annotate(self, version: str, **fields: Any) -> None:
+        """Record what was learned about a version after it was written (Clipper: its probed
+        shapes); `entry` merges it over meta.json, which never changes."""
+        with self._lock:
+            self._update(version, **fields)
+
+    def discard(self, version: str) -> None:
+        """Forget a version that never served: its directory and its record, so the id can be
+        written afresh without inheriting anything."""
+        with self._lock:
+            shutil.rmtree(self.versions.directory / version, ignore_errors=True)
+            statuses = self._statuses()
+            if statuses.pop(version, None) is not None:
+                write_pointer(self._status_file, json.dumps(statuses, indent=1, sort_keys=True))
 
     def activate(self, version: str) -> str | None:
         """Point ACTIVE at `version` (atomically) and retire the previous one; returns it."""

@@ -6,17 +6,19 @@ a whole version or none; an existing version is never overwritten.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from veloxserve.errors import NotFound, StoreUnavailable
-from veloxserve.storage.atomic import fsync_dir, write_synced
+from veloxserve.storage.atomic import Writer, fsync_dir, write_synced
 
 META = "meta.json"
 
@@ -66,22 +68,26 @@ class VersionStore:
             shutil.rmtree(path, ignore_errors=True)
         return len(stale)
 
-    def write(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], *, version: str | None = None) -> str:
+    def write(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], *, version: str | None = None,
+              files: Mapping[str, Writer] | None = None) -> str:
         """Store a new version; returns its id (v1, v2, …). With `version` (from `reserve`), fill
-        that reserved id instead of taking the next one."""
+        that reserved id instead of taking the next one. `files` are other files of the version
+        (name → what writes it: a Clipper model file), written and fsynced like the arrays."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.directory))
             try:
                 for name, array in arrays.items():
-                    write_synced(tmp / f"{name}.npy", lambda fh, a=array: np.save(fh, np.ascontiguousarray(a), allow_pickle=False))
+                    write_synced(tmp / f"{name}.npy", functools.partial(_save_array, array=array))
+                for name, writer in (files or {}).items():
+                    write_synced(tmp / name, writer)
                 existing = [_number(p.name) or 0 for p in self.directory.iterdir()]
                 number = max(existing, default=0) + 1
                 reserved = version
                 while True:
                     version = reserved or f"v{number}"
                     text = json.dumps({**meta, "version": version}, indent=2, default=_jsonable)
-                    write_synced(tmp / META, lambda fh, t=text: fh.write(t.encode("utf-8")))
+                    write_synced(tmp / META, functools.partial(_write_text, text=text))
                     try:
                         # Replaces an empty (reserved) directory; fails if the target holds a version.
                         os.rename(tmp, self.directory / version)
@@ -110,6 +116,14 @@ class VersionStore:
     def read_arrays(self, version: str) -> dict[str, np.ndarray]:
         path = self._require(version)
         return {p.stem: np.load(p, allow_pickle=False) for p in sorted(path.glob("*.npy"))}
+
+
+def _save_array(fh: BinaryIO, array: np.ndarray) -> None:
+    np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _write_text(fh: BinaryIO, text: str) -> None:
+    fh.write(text.encode("utf-8"))
 
 
 def _jsonable(value: Any) -> Any:

@@ -22,7 +22,7 @@ import numpy as np
 
 from veloxserve.config import HomeLayout
 from veloxserve.errors import InvalidInput
-from veloxserve.models.version import Link, score_range_of
+from veloxserve.models.version import Link, score_range_of, sigmoid
 from veloxserve.storage.atomic import replace_atomically
 from veloxserve.storage.observation_log import MAIN_INSTANCE, read_merged
 from veloxserve.storage.versions import VersionStore
@@ -68,10 +68,6 @@ def config_from(overrides: dict[str, Any]) -> ALSConfig:
         return dataclasses.replace(ALSConfig(), **{k: v for k, v in overrides.items() if v is not None})
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"Bad training parameter: {exc}.") from None
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
 def train_version(
@@ -174,7 +170,7 @@ def retrain_version(
     started = time.perf_counter()
     factors = _fit(train, test, config, link, items=parent_arrays["item_ids"], final_users=data)
     # Both θs on the same rows: held-out rows whose item the parent knows (the candidate knows them all).
-    scoring_link = _sigmoid if link is Link.LOGISTIC else None
+    scoring_link = sigmoid if link is Link.LOGISTIC else None
     fit_train = _as_log_odds(train) if link is Link.LOGISTIC else train
     if len(test):
         parent_rmse, known = theta_rmse(parent_arrays, parent_meta["global_mean"], fit_train, test, scoring_link)
@@ -203,7 +199,7 @@ def _fit(train: Ratings, test: Ratings | None, config: ALSConfig, link: Link, *,
     logistic = link is Link.LOGISTIC
     prepare = _as_log_odds if logistic else (lambda r: r)
     return train_als(
-        prepare(train), config, test, progress=progress, link=_sigmoid if logistic else None, items=items,
+        prepare(train), config, test, progress=progress, link=sigmoid if logistic else None, items=items,
         final_users=None if final_users is None else prepare(final_users),
     )
 
