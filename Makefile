@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean system-tools
+.PHONY: demo test lint bench clean system-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ demo: $(STAMP)
 
 test: $(STAMP) system-tools
 	$(PY) -m pytest
+
+# The habits CI checks (.ci/run runs it before the tests): lint, formatting, zero type errors.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check veloxserve tests bench
+	$(VENV)/bin/ruff format --check veloxserve tests bench
+	$(PY) -m mypy
 
 # What pip cannot install: said up front, not discovered as a skipped (or, under CI=true, failed) test.
 # .ci/run installs them on a fresh CI machine.

@@ -24,7 +24,7 @@ class ItemCatalog:
         if len(self._rows) != len(ids):
             raise ValueError("item ids in a catalogue must be unique")
         integer_ids = all(_is_int_string(item) for item in ids)
-        self._external: list[Id] = [int(x) for x in ids] if integer_ids else ids
+        self._external: list[Id] = [int(x) for x in ids] if integer_ids else list[Id](ids)
 
     def __len__(self) -> int:
         return len(self._external)

@@ -1,7 +1,7 @@
 """The one append-only durable log: numbered records, one writer, group commit, recovery.
 
 The observation log, Clipper's feedback log and the decision log are this log with a record type
-and a file layout (storage/segments.py); what each does with its records is theirs. Here:
+and a file layout (storage/log_files.py); what each does with its records is theirs. Here:
 
 - **Numbering.** Every record gets the next LSN, written into its JSON (`{"lsn": n, …}`). LSNs
   only grow: after damage or a refused batch they may skip numbers, never repeat one.
