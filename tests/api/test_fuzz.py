@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, settings
 
 from tests.conftest import synthetic_version_arrays
 from tests.helpers import admin_headers
-from veloxserve.api.app import create_app
+from veloxserve.api import create_app
 from veloxserve.api.openapi import openapi_schema
 from veloxserve.config import HomeLayout
 from veloxserve.serving.velox import Velox

@@ -24,6 +24,7 @@ import numpy as np
 from veloxserve.errors import invalid_parameter
 
 POLICIES = ("greedy", "epsilon_greedy", "linucb", "thompson")
+MAX_ALPHA = 1e6  # exploration weights beyond this drown the scores (and overflow the posterior draw)
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,8 @@ class Policy:
                 raise invalid_parameter("epsilon", where, "a number in [0, 1]", epsilon)
             fields["epsilon"] = float(epsilon)
         if alpha is not None:
-            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha < 1e6:
-                raise invalid_parameter("alpha", where, "a number >= 0", alpha)
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha < MAX_ALPHA:
+                raise invalid_parameter("alpha", where, f"a number >= 0 and < {MAX_ALPHA:g}", alpha)
             fields["alpha"] = float(alpha)
         return cls(name, **fields)
 
