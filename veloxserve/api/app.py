@@ -138,6 +138,8 @@ class VeloxApp:
         """Decode the route's query and body into its types, then run its handler (admitted when
         the route is on the data plane). A request that fails here has changed nothing."""
         where = _where(route)
+        if route.model_scoped:
+            self.velox.server(args[0])  # an unknown model is a 404 (not a 400 for a body, nor a place in a queue)
         if route.query is not None:
             raw_query = scope["query_string"]
             query = dict(parse_qsl(raw_query.decode("latin-1"))) if raw_query else {}
@@ -159,9 +161,7 @@ class VeloxApp:
         # The request is complete only now: time spent waiting for a slow client's bytes is neither
         # a wait in the loop's queue nor service, so both are measured from here (see admission.py).
         ready = started if decode is None else time.perf_counter()
-        name = args[0]
-        self.velox.server(name)  # an unknown model is a 404, not a place in a queue
-        service = self.admission.admit(name, route.label, self._waited(ready), _deadline_s(scope["headers"]))
+        service = self.admission.admit(args[0], route.label, self._waited(ready), _deadline_s(scope["headers"]))
         try:
             result = await handler(*args)
         except BaseException:

@@ -58,8 +58,10 @@ def _query_parameters(kind: type, components: dict[str, Any]) -> list[dict[str, 
 
 
 def _errors(codes: list[int]) -> dict[str, Any]:
-    return {str(c): {"description": ERROR_TEXT[c],
-                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    # a request the HTTP server itself refuses (a request line over its limit) is answered in plain text
+    malformed = {**error, "text/plain": {"schema": {"type": "string"}}}
+    return {str(c): {"description": ERROR_TEXT[c], "content": malformed if c == 400 else error,
                      **({"headers": RETRY_AFTER} if c == 503 else {})} for c in codes}
 
 
@@ -72,7 +74,7 @@ def _operation(route: Route, components: dict[str, Any], max_batch: int) -> dict
         parameters.append(DEADLINE)
     content = {"text/plain": {}} if route.response == "text" else {
         "application/json": {"schema": RESPONSES[route.response]}}
-    codes = set(route.errors)
+    codes = {400, *route.errors}  # 400 too where nothing is read: the HTTP server refuses a malformed request
     operation: dict[str, Any] = {
         "summary": route.summary + (" (admin)" if route.access is Access.ADMIN else ""),
         "operationId": f"{route.method.lower()}_{route.handler}",
@@ -82,7 +84,7 @@ def _operation(route: Route, components: dict[str, Any], max_batch: int) -> dict
     if route.body is not None:
         batch = rq.batch_types(max_batch)
         schema = ({"oneOf": [{"$ref": _REF.format(name=t.__name__)} for t in (batch.observation, batch.observe_batch)]}
-                  if body is None else {"$ref": _REF.format(name=body.__name__)})
+                  if body is None else _strip(components[body.__name__]))
         operation["requestBody"] = {"required": route.body_required, "content": {"application/json": {"schema": schema}}}
         codes.add(413)
     if route.access is Access.ADMIN:

@@ -32,6 +32,12 @@ IdText = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_
 Id = IdText | int
 Text = Annotated[str, Meta(min_length=1, max_length=MAX_TEXT_CHARS, pattern=TEXT_PATTERN,
                            description="an item's text, scored with the model's content features")]
+# In a query string the text is bounded by what the HTTP server takes in a request line (percent-
+# encoded, a character can take 12 bytes): longer texts go in the body of POST predict.
+MAX_QUERY_TEXT_CHARS = 4096
+QueryText = Annotated[str, Meta(min_length=1, max_length=MAX_QUERY_TEXT_CHARS, pattern=TEXT_PATTERN,
+                                description="an item's text, scored with the model's content features (longer "
+                                            "texts: POST predict)")]
 PolicyName = Literal[POLICIES]  # type: ignore[valid-type]
 Epsilon = Annotated[float, Meta(ge=0, le=1)]
 Alpha = Annotated[float, Meta(ge=0, lt=MAX_ALPHA)]
@@ -46,7 +52,7 @@ class PredictQuery(Struct):
 
     user: IdText
     item: IdText | UnsetType = UNSET
-    text: Text | UnsetType = UNSET
+    text: QueryText | UnsetType = UNSET
 
 
 class TopKQuery(Struct):
@@ -64,15 +70,18 @@ class RetrainRequest(Struct, forbid_unknown_fields=True):
     params: Annotated[dict[str, Any], Meta(description="training parameters: rank, reg, iterations, …")] | None = None
 
 
+MAX_COUNT = 2**53  # counts of observations: beyond this they are not exact in a float (nor in a JSON reader)
+
+
 class RetrainPolicyRequest(Struct, forbid_unknown_fields=True):
     """PUT policy: the fields to change; RetrainPolicy.from_dict checks their values."""
 
-    every_observations: Annotated[int, Meta(ge=1)] | None | UnsetType = UNSET
+    every_observations: Annotated[int, Meta(ge=1, le=MAX_COUNT)] | None | UnsetType = UNSET
     every_seconds: Positive | None | UnsetType = UNSET
     drift: bool | UnsetType = UNSET
     drift_threshold: Positive | UnsetType = UNSET
     drift_delta: Annotated[float, Meta(ge=0)] | UnsetType = UNSET
-    drift_min_instances: Annotated[int, Meta(ge=1)] | UnsetType = UNSET
+    drift_min_instances: Annotated[int, Meta(ge=1, le=MAX_COUNT)] | UnsetType = UNSET
     promote: Literal[PROMOTE] | UnsetType = UNSET  # type: ignore[valid-type]
 
 
@@ -120,7 +129,7 @@ class CreateAppRequest(Struct, forbid_unknown_fields=True):
     default: Any = UNSET
     loss: Literal["zero_one", "absolute", "squared"] | UnsetType = UNSET
     params: AppPolicyParams | UnsetType = UNSET
-    seed: Annotated[int, Meta(ge=0)] | UnsetType = UNSET
+    seed: Annotated[int, Meta(ge=0, le=2**32 - 1)] | UnsetType = UNSET
 
 
 # Which params each Clipper policy takes (single also when no policy is named): the schema says it.
@@ -252,13 +261,17 @@ def invalid(exc: msgspec.ValidationError, where: str, document: Any, source: str
 def convert(value: Any, kind: type, where: str, source: str = "body") -> Any:
     """`value` (decoded JSON, or the query string's dict with `source="query"`) as `kind`."""
     try:
-        return msgspec.convert(value, kind, strict=source != "query")
+        return msgspec.convert(value, kind, strict=False)  # the query's values are strings; 1.0 is an integer
     except msgspec.ValidationError as exc:
         raise invalid(exc, where, value, source) from None
 
 
 class BodyDecoder:
-    """Decodes a request body's bytes straight into its type: no intermediate dicts on success."""
+    """Decodes a request body's bytes straight into its type: no intermediate dicts on success.
+
+    An integral float where an integer is expected is that integer: JSON Schema's "integer" is
+    any number without a fraction (1.0 included), and the schema is the contract. Such a body is
+    decoded a second time (the error path only), its integral floats made integers."""
 
     def __init__(self, kind: type, where: str) -> None:
         self.kind, self.where = kind, where
@@ -268,9 +281,29 @@ class BodyDecoder:
         try:
             return self._decoder.decode(raw)
         except msgspec.ValidationError as exc:
-            raise invalid(exc, self.where, _document(raw)) from None
+            if _INT_GOT_FLOAT.search(str(exc)) is None:
+                raise invalid(exc, self.where, _document(raw)) from None
+            document = _integral(_document(raw))
+            try:
+                return msgspec.convert(document, self.kind)
+            except msgspec.ValidationError as again:
+                raise invalid(again, self.where, document) from None
         except msgspec.DecodeError as exc:
             raise not_json(self.where, exc) from None
+
+
+_INT_GOT_FLOAT = re.compile(r"^Expected `[^`]*\bint\b[^`]*`, got `float`")
+
+
+def _integral(value: Any) -> Any:
+    """`value` with every float that has no fraction made an int (1.0 is the integer 1)."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    return value
 
 
 def _document(raw: bytes) -> Any:

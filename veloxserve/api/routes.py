@@ -52,6 +52,11 @@ class Route:
         return self.path.split("/")
 
     @property
+    def model_scoped(self) -> bool:
+        """A route under /models/{name}: an unknown model is a 404 before anything is read."""
+        return self.path.startswith("/models/{name}")
+
+    @property
     def path_params(self) -> list[str]:
         return [s[1:-1] for s in self.segments if s.startswith("{")]
 
