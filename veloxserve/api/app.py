@@ -24,7 +24,7 @@ from veloxserve.api.auth import AuthConfig, Guard
 from veloxserve.api.clipper_routes import ClipperRoutes
 from veloxserve.api.handlers import Accepted, VeloxHandlers
 from veloxserve.api.metrics import CONTENT_TYPE, Metrics
-from veloxserve.api.openapi import body_type, openapi_schema
+from veloxserve.api.openapi import body_type
 from veloxserve.api.requests import BodyDecoder, convert, parse_json
 from veloxserve.api.routes import ROUTES, Route, Router
 from veloxserve.errors import PayloadTooLarge, VeloxError, invalid_parameter
@@ -44,11 +44,6 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 _TEXT_HEADERS = [(b"content-type", CONTENT_TYPE)]
 
 
-def _where(route: Route) -> str:
-    """How error messages name the operation: `predict`, `top_k`, `deploy`, `create_app`, …"""
-    return route.handler.removeprefix("app_") if route.clipper else route.label
-
-
 class VeloxApp:
     """ASGI app over a Velox. The caller owns `velox` (and closes it); the app starts and closes
     the Clipper runtime with the server's lifespan."""
@@ -64,8 +59,7 @@ class VeloxApp:
         self.clipper = ClipperRoutes(clipper)
         self.metrics.registry.register(self.clipper.collector())
         max_batch = velox.config.max_batch  # the limits of the running configuration, in the types and the schema
-        self.openapi = openapi_schema(max_batch)
-        self.handlers = VeloxHandlers(velox, self.admission, self.metrics, self.store_calls, self.openapi)
+        self.handlers = VeloxHandlers(velox, self.admission, self.metrics, self.store_calls)
         self.router = Router(ROUTES)
         self._handler: dict[Route, Callable[..., Any]] = {}
         self._decode: dict[Route, Callable[[bytes], Any]] = {}
@@ -74,9 +68,9 @@ class VeloxApp:
             self._handler[route] = self._metrics if route.handler == "metrics" else getattr(owner, route.handler)
             kind = body_type(route, max_batch)
             if kind is not None:
-                self._decode[route] = BodyDecoder(kind, _where(route)).decode
+                self._decode[route] = BodyDecoder(kind, route.where).decode
             elif route.body is not None:  # observe: one object or a batch, checked by the handler and Velox
-                self._decode[route] = lambda raw, where=_where(route): parse_json(raw, where)
+                self._decode[route] = lambda raw, where=route.where: parse_json(raw, where)
 
     async def _metrics(self) -> bytes:
         return self.metrics.render()
@@ -137,7 +131,7 @@ class VeloxApp:
                     started: float) -> Any:
         """Decode the route's query and body into its types, then run its handler (admitted when
         the route is on the data plane). A request that fails here has changed nothing."""
-        where = _where(route)
+        where = route.where
         if route.model_scoped:
             self.velox.server(args[0])  # an unknown model is a 404 (not a 400 for a body, nor a place in a queue)
         if route.query is not None:

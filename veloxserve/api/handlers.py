@@ -16,6 +16,7 @@ import numpy as np
 from msgspec import UNSET
 
 from veloxserve.api.metrics import Metrics
+from veloxserve.api.openapi import served_schema
 from veloxserve.api.requests import PredictQuery, RetrainPolicyRequest, RetrainRequest, TopKQuery
 from veloxserve.errors import invalid_parameter
 from veloxserve.serving.admission import Admission
@@ -41,10 +42,8 @@ def _set(value: Any) -> Any:
 class VeloxHandlers:
     """The routes over one Velox (routes.py names them)."""
 
-    def __init__(self, velox: Velox, admission: Admission, metrics: Metrics, store_calls: StoreCalls,
-                 openapi: dict[str, Any]) -> None:
+    def __init__(self, velox: Velox, admission: Admission, metrics: Metrics, store_calls: StoreCalls) -> None:
         self.velox, self.admission, self.metrics, self.store_calls = velox, admission, metrics, store_calls
-        self._openapi = openapi
         self._waiters: dict[str, DurableWaiter] = {}
 
     async def healthz(self) -> dict[str, Any]:
@@ -56,7 +55,11 @@ class VeloxHandlers:
         return answer
 
     async def openapi(self) -> dict[str, Any]:
-        return self._openapi
+        """The document for this server: its configured batch limit and what its catalogues allow."""
+        servers = [self.velox.server(name) for name in self.velox.model_names()]
+        max_k = max((len(server.version.catalog) for server in servers), default=1)
+        attributes = tuple(sorted({name for server in servers for name in server.attributes.columns}))
+        return served_schema(self.velox.config.max_batch, max_k, attributes)
 
     async def list_models(self) -> dict[str, Any]:
         return {"models": [self.velox.describe(name) for name in self.velox.model_names()]}

@@ -8,6 +8,8 @@ server checks and a fuzzer (schemathesis, tests/api/test_fuzz.py) sees the true 
 
 from __future__ import annotations
 
+import copy
+import re
 from functools import cache
 from typing import Any
 
@@ -124,3 +126,25 @@ def openapi_schema(max_batch: int = ServingConfig().max_batch) -> dict[str, Any]
                                                       "description": "`veloxserve token create` on the server"}}},
         "paths": paths,
     }
+
+
+@cache
+def served_schema(max_batch: int, max_k: int, attributes: tuple[str, ...]) -> dict[str, Any]:
+    """The document with what the served catalogues allow: `k` at most `max_k` (the largest
+    catalogue), and filters over the attribute names the models loaded (exact for one model)."""
+    document = copy.deepcopy(openapi_schema(max_batch))
+    names = "|".join(re.escape(name) for name in attributes)
+    clause = f"(?:{names}):[^,]+"
+    filter_pattern = f"^,*{clause}(?:,+{clause})*,*$" if attributes else "^(?!)"  # no attributes: no filter
+    top_k = document["paths"]["/models/{name}/top_k"]
+    for parameter in top_k["get"]["parameters"]:
+        if parameter["name"] == "k":
+            parameter["schema"]["maximum"] = max_k
+        elif parameter["name"] == "filter":
+            parameter["schema"]["pattern"] = filter_pattern
+    body = top_k["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    body["k"]["maximum"] = max_k
+    for option in body["filter"].get("anyOf", [body["filter"]]):
+        if option.get("type") == "string":
+            option["pattern"] = filter_pattern
+    return document

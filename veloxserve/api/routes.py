@@ -12,9 +12,10 @@ literal positions key a dict, so a request costs one or two dict lookups whateve
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from operator import itemgetter
 from typing import Any
 
 from veloxserve.api import requests as rq
@@ -51,10 +52,12 @@ class Route:
     def segments(self) -> list[str]:
         return self.path.split("/")
 
-    @property
-    def model_scoped(self) -> bool:
-        """A route under /models/{name}: an unknown model is a 404 before anything is read."""
-        return self.path.startswith("/models/{name}")
+    model_scoped: bool = field(init=False)  # under /models/{name}: an unknown model is a 404 before anything is read
+    where: str = field(init=False)  # how error messages name the operation: predict, top_k, deploy, create_app, …
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model_scoped", self.path.startswith("/models/{name}"))
+        object.__setattr__(self, "where", self.handler.removeprefix("app_") if self.clipper else self.label)
 
     @property
     def path_params(self) -> list[str]:
@@ -150,27 +153,30 @@ class Router:
     404 (no such path) or 405 (the path exists, not with this method; the error lists the methods)."""
 
     def __init__(self, routes: tuple[Route, ...] = ROUTES) -> None:
-        # by segment count: [(literal positions, {literals at those positions: {method: route}})]
-        self._shapes: dict[int, list[tuple[tuple[int, ...], dict[tuple[str, ...], dict[str, Route]]]]] = {}
-        self._params: dict[Route, tuple[int, ...]] = {}
+        # by segment count: [(key of a path's literal segments, {key: {method: route}})]
+        self._shapes: dict[int, list[tuple[Callable[[list[str]], Any], dict[Any, dict[str, Route]]]]] = {}
+        self._args: dict[Route, Callable[[list[str]], list[str]]] = {}
+        literals: list[tuple[tuple[int, tuple[int, ...]], dict[Any, dict[str, Route]]]] = []
         for route in routes:
             segments = route.segments
             literal = tuple(i for i, s in enumerate(segments) if not s.startswith("{"))
-            self._params[route] = tuple(i for i, s in enumerate(segments) if s.startswith("{"))
+            self._args[route] = _getter([i for i, s in enumerate(segments) if s.startswith("{")])
             shapes = self._shapes.setdefault(len(segments), [])
-            table = next((t for positions, t in shapes if positions == literal), None)
+            key_of = itemgetter(*literal)
+            table = next((t for shape, t in literals if shape == (len(segments), literal)), None)
             if table is None:
                 table = {}
-                shapes.append((literal, table))
-            methods = table.setdefault(tuple(segments[i] for i in literal), {})
+                literals.append(((len(segments), literal), table))
+                shapes.append((key_of, table))
+            methods = table.setdefault(key_of(segments), {})
             if route.method in methods:
                 raise ValueError(f"{route.method} {route.path} is declared twice")
             methods[route.method] = route
 
     def methods(self, parts: list[str]) -> dict[str, Route] | None:
         """The routes of a path (split on "/", segments decoded), by method; None if no template matches."""
-        for positions, table in self._shapes.get(len(parts), ()):
-            methods = table.get(tuple(parts[i] for i in positions))
+        for key_of, table in self._shapes.get(len(parts), ()):
+            methods = table.get(key_of(parts))
             if methods is not None:
                 return methods
         return None
@@ -179,15 +185,27 @@ class Router:
         methods = self.methods(parts)
         if methods is None:
             raise NotFound(f"No route {path}. See /openapi.json for the API.")
-        route = next(iter(methods.values()))
-        args = [parts[i] for i in self._params[route]]
+        route = methods.get(method)
+        if route is None:
+            if not all(self._args[next(iter(methods.values()))](parts)):
+                raise NotFound(f"No route {path}. See /openapi.json for the API.")
+            raise no_route(path, method, sorted(methods))
+        args = self._args[route](parts)
         if not all(args):  # an empty name or id: /models//predict
             raise NotFound(f"No route {path}. See /openapi.json for the API.")
-        route = methods.get(method)  # type: ignore[assignment]
-        if route is None:
-            raise no_route(path, method, sorted(methods))
         return route, args
 
     def label(self, parts: list[str]) -> str:
         methods = self.methods(parts)
         return OTHER if methods is None else next(iter(methods.values())).label
+
+
+def _getter(positions: list[int]) -> Callable[[list[str]], list[str]]:
+    """A function taking a path's segments at `positions`, as a fresh list."""
+    if not positions:
+        return lambda parts: []
+    if len(positions) == 1:
+        only = positions[0]
+        return lambda parts: [parts[only]]
+    get = itemgetter(*positions)
+    return lambda parts: list(get(parts))
