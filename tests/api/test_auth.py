@@ -10,8 +10,8 @@ from starlette.testclient import TestClient
 from tests.conftest import synthetic_version_arrays
 from veloxserve.api import create_app
 from veloxserve.api.auth import ADMIN_ROUTES, MODEL_ROUTES, AuthConfig
-from veloxserve.api.routes import Router
 from veloxserve.api.openapi import openapi_schema
+from veloxserve.api.routes import Router
 from veloxserve.config import HomeLayout
 from veloxserve.serving.velox import Velox
 from veloxserve.storage.tokens import TokenStore

@@ -25,7 +25,7 @@ from veloxserve.api.clipper_routes import ClipperRoutes
 from veloxserve.api.handlers import Accepted, VeloxHandlers
 from veloxserve.api.metrics import CONTENT_TYPE, Metrics
 from veloxserve.api.openapi import body_type
-from veloxserve.api.requests import BodyDecoder, convert, parse_json
+from veloxserve.api.requests import BodyDecoder, convert, json_decoder
 from veloxserve.api.routes import ROUTES, Route, Router
 from veloxserve.errors import PayloadTooLarge, VeloxError, invalid_parameter
 from veloxserve.serving.admission import Admission, AdmissionConfig
@@ -70,7 +70,7 @@ class VeloxApp:
             if kind is not None:
                 self._decode[route] = BodyDecoder(kind, route.where).decode
             elif route.body is not None:  # observe: one object or a batch, checked by the handler and Velox
-                self._decode[route] = lambda raw, where=route.where: parse_json(raw, where)
+                self._decode[route] = json_decoder(route.where)
 
     async def _metrics(self) -> bytes:
         return self.metrics.render()
@@ -87,10 +87,11 @@ class VeloxApp:
         method = "GET" if head else scope["method"]
         parts, path = _path_parts(scope), scope["path"]
         headers = _JSON_HEADERS
+        payload: Any
         try:
             route, args = self.router.match(method, path, parts)
         except VeloxError as exc:
-            route, label, status, payload = None, self.router.label(parts), exc.status, exc.to_dict()
+            label, status, payload = self.router.label(parts), exc.status, exc.to_dict()
             headers = _with(headers, exc)
         else:
             label = route.label

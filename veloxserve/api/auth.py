@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
 from veloxserve.api.routes import ADMIN_ROUTES, MODEL_ROUTES, Access, Route

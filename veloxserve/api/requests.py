@@ -13,6 +13,7 @@ their annotations must be real objects at class creation.
 """
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Annotated, Any, Literal
@@ -275,7 +276,7 @@ class BodyDecoder:
 
     def __init__(self, kind: type, where: str) -> None:
         self.kind, self.where = kind, where
-        self._decoder = msgspec.json.Decoder(kind)
+        self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(kind)
 
     def decode(self, raw: bytes) -> Any:
         try:
@@ -323,3 +324,8 @@ def parse_json(raw: bytes, where: str) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise not_json(where, exc) from None
+
+
+def json_decoder(where: str) -> Callable[[bytes], Any]:
+    """Plain JSON, for a body its handler checks (observe: one observation or a batch)."""
+    return lambda raw: parse_json(raw, where)

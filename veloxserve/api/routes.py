@@ -19,7 +19,6 @@ from operator import itemgetter
 from typing import Any
 
 from veloxserve.api import requests as rq
-from veloxserve.api.schemas import RESPONSES
 from veloxserve.errors import NotFound, no_route
 from veloxserve.ids import ID_PATTERN, MAX_ID_LENGTH
 
@@ -64,11 +63,11 @@ class Route:
         return [s[1:-1] for s in self.segments if s.startswith("{")]
 
 
-_ANY_NAME = {"type": "string"}
-_VELOX = {"name": _ANY_NAME, "version": _ANY_NAME,
+_ANY_NAME: dict[str, Any] = {"type": "string"}
+_VELOX: dict[str, dict[str, Any]] = {"name": _ANY_NAME, "version": _ANY_NAME,
           "user": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": ID_PATTERN,
                    "description": "percent-encoded like every path parameter (the user `a/b` is `a%2Fb`); decoded once"}}
-_CLIPPER = {"name": {"type": "string", "pattern": rq.NAME_PATTERN}, "app": {"type": "string", "pattern": rq.NAME_PATTERN}}
+_CLIPPER: dict[str, dict[str, Any]] = {"name": {"type": "string", "pattern": rq.NAME_PATTERN}, "app": {"type": "string", "pattern": rq.NAME_PATTERN}}
 _OPEN, _KEY, _ADMIN = Access.OPEN, Access.MODEL_KEY, Access.ADMIN
 
 ROUTES: tuple[Route, ...] = (
