@@ -255,7 +255,7 @@ def invalid(exc: msgspec.ValidationError, where: str, document: Any, source: str
         expected = _WORDS.get(kind, " or ".join(_WORDS.get(part, part) for part in kind.split(" | ")))
         rest = match.group("rest").strip()
         if rest:
-            expected += " " + rest.replace("length", "length").replace("matching regex", "matching")
+            expected += " " + rest.replace("matching regex", "matching")
     return invalid_parameter(field, where, expected, _lookup(document, path) if path else document)
 
 
