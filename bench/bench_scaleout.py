@@ -49,7 +49,7 @@ CONNECTIONS = 32
 LUA = {"predict": LOADS["predict_get"], "observe": LOADS["observe"]}  # bench_http's requests: a random trained user
 NO_FSYNC_SERVER = """
 import sys, uvicorn
-from veloxserve.api.app import create_app
+from veloxserve.api import create_app
 from veloxserve.config import ServingConfig
 from veloxserve.serving.velox import Velox
 velox = Velox(sys.argv[1], config=ServingConfig(fsync=False))

@@ -245,7 +245,7 @@ def _is_loopback(host: str) -> bool:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from veloxserve.api.app import create_app
+    from veloxserve.api import create_app
     from veloxserve.api.auth import AuthConfig
     from veloxserve.serving.admission import AdmissionConfig
     from veloxserve.serving.velox import Velox

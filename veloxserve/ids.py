@@ -6,18 +6,24 @@ is its canonical string, which is what stores, logs and catalogues key on.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from veloxserve.errors import invalid_parameter
 
 Id = str | int
 MAX_ID_LENGTH = 256
+# Printable: no control character (C0, DEL, C1). A rule a JSON Schema pattern states exactly, so the
+# OpenAPI document and the server agree on every string (str.isprintable also depends on the
+# Unicode version's unassigned code points, which no schema can list).
+ID_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+_PRINTABLE = re.compile(ID_PATTERN)
 
 
 def canonical_id(value: Any, field: str, where: str) -> str:
     """Return the canonical string for a user or item id, or raise InvalidInput naming the field."""
     if isinstance(value, str):
-        if 0 < len(value) <= MAX_ID_LENGTH and value.isprintable():
+        if 0 < len(value) <= MAX_ID_LENGTH and _PRINTABLE.fullmatch(value):
             return value
     elif isinstance(value, int) and not isinstance(value, bool):
         return str(value)

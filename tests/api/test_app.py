@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from tests.conftest import synthetic_version_arrays
 from tests.helpers import admin_headers
-from veloxserve.api.app import create_app
+from veloxserve.api import create_app
 from veloxserve.config import HomeLayout, ServingConfig
 from veloxserve.serving.velox import Velox
 from veloxserve.storage.versions import VersionStore

@@ -12,7 +12,7 @@ import pytest
 
 from tests.clipper.conftest import constant_model, write_callable
 from tests.helpers import ServerProcess
-from veloxserve.api.clipper_routes import ADMIN_ROUTES, route_label
+from veloxserve.api.routes import ADMIN_ROUTES, Router
 from veloxserve.config import HomeLayout
 from veloxserve.storage.tokens import ADMIN, TokenStore
 
@@ -114,9 +114,10 @@ def test_predict_and_observe_name_their_missing_fields(server, tmp_path: Path) -
 
 
 def test_admin_routes_are_named_by_their_bounded_labels() -> None:
-    assert route_label("/containers/digits/scale") == "/containers/{name}/scale"
-    assert route_label("/apps/shop/predict") == "/apps/{app}/predict"
-    assert {label for _, label in ADMIN_ROUTES} == {"/containers", "/containers/{name}/scale",
+    router = Router()
+    assert router.label("/containers/digits/scale".split("/")) == "/containers/{name}/scale"
+    assert router.label("/apps/shop/predict".split("/")) == "/apps/{app}/predict"
+    assert {label for _, label in ADMIN_ROUTES if label.startswith(("/containers", "/apps"))} == {"/containers", "/containers/{name}/scale",
                                                     "/containers/{name}/rollback", "/containers/{name}", "/apps",
                                                     "/apps/{app}"}
     assert ("POST", "/apps/{app}/predict") not in ADMIN_ROUTES
@@ -125,7 +126,8 @@ def test_admin_routes_are_named_by_their_bounded_labels() -> None:
 def test_openapi_lists_the_clipper_routes_and_marks_the_admin_ones(server) -> None:
     paths = httpx.get(f"{server.url}/openapi.json").json()["paths"]
     for method, label in ADMIN_ROUTES:
-        assert paths[label][method.lower()]["summary"].endswith("(admin)")
+        if label.startswith(("/containers", "/apps")):
+            assert paths[label][method.lower()]["summary"].endswith("(admin)")
     assert "(admin)" not in paths["/apps/{app}/predict"]["post"]["summary"]
 
 

@@ -9,7 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.helpers import admin_headers
-from veloxserve.api.app import create_app
+from veloxserve.api import create_app
 from veloxserve.serving.velox import Velox
 from veloxserve.training.als import ALSConfig
 from veloxserve.training.catify import generate_catify

@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 from tests.conftest import synthetic_version_arrays
 from tests.helpers import ServerProcess
 from tests.loadgen import closed_loop_rate, open_loop, percentile, served_latencies
-from veloxserve.api.app import create_app
+from veloxserve.api import create_app
 from veloxserve.config import HomeLayout
 from veloxserve.serving.velox import Velox
 from veloxserve.storage.versions import VersionStore

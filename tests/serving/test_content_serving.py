@@ -12,7 +12,7 @@ from starlette.testclient import TestClient
 
 from tests.models.test_content import by_hand
 from veloxserve import Velox
-from veloxserve.api.app import create_app
+from veloxserve.api import create_app
 from veloxserve.errors import InvalidInput
 from veloxserve.training.als import ALSConfig
 from veloxserve.training.catify import catify_items, generate_catify

@@ -107,7 +107,7 @@ def _fill(directory: Path) -> Path:
 def test_a_full_disk_refuses_learns_nothing_and_heals_without_a_restart(small_disk: Path) -> None:
     from starlette.testclient import TestClient
 
-    from veloxserve.api.app import create_app
+    from veloxserve.api import create_app
 
     home = small_disk / "home"
     arrays, meta = synthetic_version_arrays(name="songs")

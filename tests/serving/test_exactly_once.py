@@ -206,13 +206,14 @@ def test_a_retry_after_a_503_from_a_stalled_disk_is_acknowledged_once_the_origin
     answered 503 while the disk stalls, then 200 with the original's LSN, and nothing twice."""
     from starlette.testclient import TestClient
 
-    import veloxserve.api.app as app_module
+    import veloxserve.api.handlers as handlers_module
+    from veloxserve.api import create_app
     from tests.helpers import admin_headers
 
-    monkeypatch.setattr(app_module, "DURABLE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(handlers_module, "DURABLE_TIMEOUT_S", 0.3)
     home = _home(tmp_path)
     with Velox(home, config=ServingConfig(commit_delay=0.0)) as velox, TestClient(
-            app_module.create_app(velox), headers=admin_headers(home)) as http:
+            create_app(velox), headers=admin_headers(home)) as http:
         obs = {"user": "fresh", "item": 101, "score": 4.0, "id": "stalled"}
         stall = velox.observation_log("songs")._io_lock  # the writer holds it to write and fsync
         with stall:
@@ -266,7 +267,7 @@ def test_over_http_a_decision_of_another_user_is_a_400_naming_the_field(tmp_path
     from starlette.testclient import TestClient
 
     from tests.helpers import admin_headers
-    from veloxserve.api.app import create_app
+    from veloxserve.api import create_app
 
     home = _home(tmp_path)
     with Velox(home, config=FAST) as velox, TestClient(create_app(velox), headers=admin_headers(home)) as http:

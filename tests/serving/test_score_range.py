@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from starlette.testclient import TestClient
 
 from tests.conftest import synthetic_version_arrays
-from veloxserve.api.app import create_app
+from veloxserve.api import create_app
 from veloxserve.api.auth import AuthConfig
 from veloxserve.config import HomeLayout
 from veloxserve.errors import InvalidInput, ModelStateInvalid

@@ -122,7 +122,7 @@ def test_epsilon_greedy_first_slot_frequencies_match_the_logged_propensity() -> 
 def test_http_policies_filters_decisions_and_bad_input(tmp_path: Path) -> None:
     from starlette.testclient import TestClient
 
-    from veloxserve.api.app import create_app
+    from veloxserve.api import create_app
 
     arrays, meta = synthetic_version_arrays(name="songs")
     VersionStore(HomeLayout(tmp_path).versions_dir("songs")).write(arrays, meta)

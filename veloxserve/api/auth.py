@@ -5,29 +5,23 @@ with `--no-auth`). Prediction and observation routes are open by default; a mode
 `AuthConfig.keyed_models` needs a key for it (a `model:<name>` token) or an admin token. Every
 other route (listing, metadata, metrics, health, the schema) is open.
 
-A new admin route is one line in ADMIN_ROUTES, keyed by the method and the route label the app
-gives it for metrics (`veloxserve.api.app._route_label`).
+Who may call a route is declared with the route, in the route table (routes.py: `Route.access`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from veloxserve.api.clipper_routes import ADMIN_ROUTES as CLIPPER_ADMIN_ROUTES
+from veloxserve.api.routes import ADMIN_ROUTES, MODEL_ROUTES, Access, Route
 from veloxserve.errors import Forbidden, Unauthorized
-from veloxserve.storage.tokens import ADMIN, TokenRecord, TokenStore
+from veloxserve.storage.tokens import ADMIN
 
-ADMIN_ROUTES: frozenset[tuple[str, str]] = frozenset({
-    ("POST", "retrain"),
-    ("POST", "activate"),
-    ("PUT", "policy"),
-    ("DELETE", "forget"),
-}) | CLIPPER_ADMIN_ROUTES  # deploy, scale, roll back and remove containers; create and remove applications
-MODEL_ROUTES: frozenset[tuple[str, str]] = frozenset({
-    ("GET", "predict"), ("POST", "predict"), ("GET", "top_k"), ("POST", "top_k"), ("POST", "observe"),
-    ("POST", "/apps/{app}/predict"), ("POST", "/apps/{app}/observe"),  # keyed by application name
-})
+if TYPE_CHECKING:
+    from veloxserve.storage.tokens import TokenRecord, TokenStore
+
+__all__ = ["ADMIN_ROUTES", "ALL_MODELS", "MODEL_ROUTES", "AuthConfig", "Guard"]
 ALL_MODELS = "*"
 _HOW = ("Send it as 'Authorization: Bearer <token>' (the CLI: --token or VELOXSERVE_TOKEN). "
         "An operator creates one on the server with `veloxserve token create --home <home>`{model}.")
@@ -50,17 +44,18 @@ class Guard:
         self.config = config or AuthConfig()
         self._keyed = self.config.keyed_models
 
-    def check(self, method: str, label: str, path: str, headers: Iterable[tuple[bytes, bytes]]) -> None:
-        if not self.config.enabled:
+    def check(self, route: Route, args: list[str], path: str, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """`args` are the route's path arguments: a keyed route's first names the model (or application)."""
+        if not self.config.enabled or route.access is Access.OPEN:
             return
-        route = (method, label)
-        if route in ADMIN_ROUTES:
+        method = route.method
+        if route.access is Access.ADMIN:
             record = self._authenticate(headers, route, "")
             if record.scope != ADMIN:
                 raise Forbidden(f"The token {record.name or record.id!r} has scope {record.scope!r}; "
                                 f"{method} {path} needs an admin token: `veloxserve token create --home <home>`.")
-        elif self._keyed and route in MODEL_ROUTES:
-            model = path.split("/")[2]
+        elif self._keyed:
+            model = args[0]
             if ALL_MODELS not in self._keyed and model not in self._keyed:
                 return
             hint = f" --model {model}"
@@ -69,7 +64,7 @@ class Guard:
                 raise Forbidden(f"The token {record.name or record.id!r} has scope {record.scope!r}; {method} {path} "
                                 f"needs an admin token or a key for model {model!r}: `veloxserve token create{hint}`.")
 
-    def _authenticate(self, headers: Iterable[tuple[bytes, bytes]], route: tuple[str, str], hint: str) -> TokenRecord:
+    def _authenticate(self, headers: Iterable[tuple[bytes, bytes]], route: Route, hint: str) -> TokenRecord:
         for name, value in headers:
             if name == b"authorization":
                 scheme, _, token = value.decode("latin-1").partition(" ")
@@ -78,4 +73,4 @@ class Guard:
                     raise Unauthorized("The API token is not valid (unknown, revoked or mistyped). "
                                        + _HOW.format(model=hint), field="authorization")
                 return record
-        raise Unauthorized(f"{route[0]} {route[1]} needs an API token. " + _HOW.format(model=hint), field="authorization")
+        raise Unauthorized(f"{route.method} {route.label} needs an API token. " + _HOW.format(model=hint), field="authorization")

@@ -1,79 +1,37 @@
-"""HTTP routes of Clipper's model containers and applications, hooked into the raw ASGI app.
-
-    GET    /containers                    deployed models: versions, replicas, batch sizes, queues
-    POST   /containers                    deploy a model file as a new version          (admin: it runs the
-                                          file's code; files only from <home>/models-in and --model-dir)
-    GET    /containers/{name}             one deployed model
-    POST   /containers/{name}/scale       {"replicas": n}                               (admin)
-    POST   /containers/{name}/rollback    {"version"?}: the previous or a named version (admin)
-    DELETE /containers/{name}             stop and delete a model                       (admin)
-    GET    /apps                          applications and their policies' state
-    POST   /apps                          create an application                         (admin)
-    GET    /apps/{app}                    one application
-    DELETE /apps/{app}                    remove an application                         (admin)
-    POST   /apps/{app}/predict            {"user"?, "input"}: a deadline-bounded answer
-    POST   /apps/{app}/observe            {"user"?, "input", "label"}: feedback
+"""The handlers of Clipper's model containers and applications (their routes are in routes.py).
 
 The runtime lives on the server's event loop and starts there on the first request (or at
-lifespan startup), restoring what the home's registry says is deployed.
+lifespan startup), restoring what the home's registry says is deployed. The app factory builds it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from veloxserve.api import requests as rq
 from veloxserve.clipper.runtime import ClipperRuntime
-from veloxserve.errors import invalid_parameter, no_route
 
-PREFIXES = ("/containers", "/apps")
-# (method, route label) of the routes that change what is deployed: the ones to authenticate.
-ADMIN_ROUTES = frozenset({
-    ("POST", "/containers"), ("POST", "/containers/{name}/scale"), ("POST", "/containers/{name}/rollback"),
-    ("DELETE", "/containers/{name}"), ("POST", "/apps"), ("DELETE", "/apps/{app}"),
-})
-_DEPLOY_FIELDS = {"name", "framework", "model", "method", "replicas", "objective_ms", "delay_ms", "adaptive",
-                  "max_batch", "hang_timeout_s", "sample"}
-_APP_FIELDS = {"name", "models", "policy", "objective_ms", "default", "loss", "params", "seed"}
 DEFAULT_USER = "anonymous"
 
-ReadBody = Callable[[], Awaitable[Any]]
 
-
-def route_label(path: str) -> str:
-    """A bounded label per route: never a model or application name."""
-    parts = path.rstrip("/").split("/")
-    if len(parts) == 2:
-        return parts[0] + "/" + parts[1]
-    name = "{name}" if parts[1] == "containers" else "{app}"
-    return "/".join(["", parts[1], name, *parts[3:4]]) if len(parts) in (3, 4) else "other"
+def _fields(body: msgspec.Struct) -> dict[str, Any]:
+    """The fields a request set (absent ones keep the runtime's defaults)."""
+    return {f: v for f in body.__struct_fields__ if (v := getattr(body, f)) is not msgspec.UNSET}
 
 
 class ClipperRoutes:
-    """Dispatches /containers and /apps requests to a ClipperRuntime on the serving loop."""
+    """The handlers of the /containers and /apps routes (routes.py), over a ClipperRuntime that
+    lives on the serving loop and starts there on the first request or at lifespan startup."""
 
-    def __init__(self, home: Path, model_dirs: Iterable[Path] = ()) -> None:
-        self.runtime = ClipperRuntime(home, model_dirs=model_dirs)
+    def __init__(self, runtime: ClipperRuntime) -> None:
+        self.runtime = runtime
         self._started: asyncio.Task | None = None
-        self._routes: dict[tuple[str, str], Callable[..., Awaitable[Any]]] = {
-            ("GET", "/containers"): self._list_models,
-            ("POST", "/containers"): self._deploy,
-            ("GET", "/containers/{name}"): self._describe_model,
-            ("POST", "/containers/{name}/scale"): self._scale,
-            ("POST", "/containers/{name}/rollback"): self._rollback,
-            ("DELETE", "/containers/{name}"): self._remove,
-            ("GET", "/apps"): self._list_apps,
-            ("POST", "/apps"): self._create_app,
-            ("GET", "/apps/{app}"): self._describe_app,
-            ("DELETE", "/apps/{app}"): self._remove_app,
-            ("POST", "/apps/{app}/predict"): self._predict,
-            ("POST", "/apps/{app}/observe"): self._observe,
-        }
 
     async def start(self) -> None:
         """Start the runtime once (concurrent first requests share the start)."""
@@ -86,89 +44,55 @@ class ClipperRoutes:
             await self.runtime.close()
             self._started = None
 
-    async def dispatch(self, method: str, path: str, read_body: ReadBody) -> Any:
-        label = route_label(path)
-        handler = self._routes.get((method, label))
-        if handler is None:
-            raise no_route(path, method, sorted(m for m, route in self._routes if route == label))
-        await self.start()
-        body = await read_body() if method == "POST" else None
-        name = path.rstrip("/").split("/")[2] if "{" in label else None
-        return await (handler(name, body) if name is not None else handler(body))
-
     def collector(self) -> Collector:
         return _ClipperState(self.runtime)
 
     # ---- models --------------------------------------------------------------------------
-    async def _list_models(self, body: Any) -> dict[str, Any]:
+    async def list_containers(self) -> dict[str, Any]:
         return {"models": self.runtime.list_models()}
 
-    async def _deploy(self, body: Any) -> dict[str, Any]:
-        fields = _object(body, "deploy", _DEPLOY_FIELDS)
-        for field in ("name", "framework", "model"):
-            if field not in fields:
-                raise invalid_parameter(field, "deploy", "present in the body", None)
-        options = {k: v for k, v in fields.items() if k not in ("name", "framework", "model") and v is not None}
-        return await self.runtime.deploy(fields["name"], fields["framework"], fields["model"], **options)
+    async def deploy(self, body: rq.DeployRequest) -> dict[str, Any]:
+        options = {k: v for k, v in _fields(body).items() if k not in ("name", "framework", "model") and v is not None}
+        return await self.runtime.deploy(body.name, body.framework, body.model, **options)
 
-    async def _describe_model(self, name: str, body: Any) -> dict[str, Any]:
+    async def describe_container(self, name: str) -> dict[str, Any]:
         return self.runtime.describe_model(name)
 
-    async def _scale(self, name: str, body: Any) -> dict[str, Any]:
-        fields = _object(body, "scale", {"replicas"})
-        if "replicas" not in fields:
-            raise invalid_parameter("replicas", "scale", "present in the body", None)
-        return await self.runtime.scale(name, fields["replicas"])
+    async def scale(self, name: str, body: rq.ScaleRequest) -> dict[str, Any]:
+        return await self.runtime.scale(name, body.replicas)
 
-    async def _rollback(self, name: str, body: Any) -> dict[str, Any]:
-        fields = _object(body if body is not None else {}, "rollback", {"version"})
-        return await self.runtime.rollback(name, fields.get("version"))
+    async def rollback(self, name: str, body: rq.RollbackRequest | None) -> dict[str, Any]:
+        version = None if body is None or body.version is msgspec.UNSET else body.version
+        return await self.runtime.rollback(name, version)
 
-    async def _remove(self, name: str, body: Any) -> dict[str, Any]:
+    async def remove_container(self, name: str) -> dict[str, Any]:
         return await self.runtime.remove(name)
 
     # ---- applications --------------------------------------------------------------------
-    async def _list_apps(self, body: Any) -> dict[str, Any]:
+    async def list_apps(self) -> dict[str, Any]:
         return {"apps": self.runtime.list_apps()}
 
-    async def _create_app(self, body: Any) -> dict[str, Any]:
-        fields = _object(body, "create_app", _APP_FIELDS)
-        for field in ("name", "models"):
-            if field not in fields:
-                raise invalid_parameter(field, "create_app", "present in the body", None)
+    async def create_app(self, body: rq.CreateAppRequest) -> dict[str, Any]:
+        fields = _fields(body)
+        if "params" in fields:
+            fields["params"] = _fields(fields["params"])
         return await self.runtime.create_app(**fields)
 
-    async def _describe_app(self, name: str, body: Any) -> dict[str, Any]:
+    async def describe_app(self, name: str) -> dict[str, Any]:
         return self.runtime.app(name).describe()
 
-    async def _remove_app(self, name: str, body: Any) -> dict[str, Any]:
+    async def remove_app(self, name: str) -> dict[str, Any]:
         return await self.runtime.remove_app(name)
 
-    async def _predict(self, name: str, body: Any) -> dict[str, Any]:
-        fields = _object(body, "predict", {"user", "input"})
-        if "input" not in fields:
-            raise invalid_parameter("input", "predict", "present in the body", None)
+    async def app_predict(self, name: str, body: rq.AppPredictRequest) -> dict[str, Any]:
         self.runtime.app(name)
-        answer = await self.runtime.predict(name, fields.get("user", DEFAULT_USER), fields["input"])
-        return {"app": name, **answer}
+        user = DEFAULT_USER if body.user is msgspec.UNSET else body.user
+        return {"app": name, **await self.runtime.predict(name, user, body.input)}
 
-    async def _observe(self, name: str, body: Any) -> dict[str, Any]:
-        fields = _object(body, "observe", {"user", "input", "label"})
-        for field in ("input", "label"):
-            if field not in fields:
-                raise invalid_parameter(field, "observe", "present in the body", None)
+    async def app_observe(self, name: str, body: rq.AppObserveRequest) -> dict[str, Any]:
         self.runtime.app(name)
-        return {"app": name, **await self.runtime.observe(name, fields.get("user", DEFAULT_USER), fields["input"],
-                                                          fields["label"])}
-
-
-def _object(body: Any, where: str, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise invalid_parameter("body", where, "a JSON object", type(body).__name__)
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise invalid_parameter(unknown[0], where, f"one of the fields {sorted(allowed)}", body[unknown[0]])
-    return body
+        user = DEFAULT_USER if body.user is msgspec.UNSET else body.user
+        return {"app": name, **await self.runtime.observe(name, user, body.input, body.label)}
 
 
 class _ClipperState(Collector):

@@ -1,267 +1,158 @@
-"""The OpenAPI 3.1 description of the HTTP API, written out rather than inferred.
+"""The OpenAPI 3.1 document, derived from the route table and the request types.
 
-Keeping it explicit means the schema states the real limits (batch size, id shapes) that the
-validation enforces, so a client generator or a fuzzer (schemathesis) sees the true contract.
+Nothing here is written per route: paths, methods, parameters, bodies, security, the deadline
+header, the error answers and the limits all come from `routes.ROUTES` and the msgspec types in
+requests.py (built for the server's configured batch limit), so the document states what the
+server checks and a fuzzer (schemathesis, tests/api/test_fuzz.py) sees the true contract.
 """
 
 from __future__ import annotations
 
+import copy
+import re
 from functools import cache
 from typing import Any
 
+import msgspec
+
 from veloxserve import __version__
-from veloxserve.api.auth import ADMIN_ROUTES, MODEL_ROUTES
-from veloxserve.api.clipper_openapi import clipper_paths
-from veloxserve.api.clipper_routes import route_label as clipper_route_label
+from veloxserve.api import requests as rq
+from veloxserve.api.routes import ROUTES, Access, Route
+from veloxserve.api.schemas import DEADLINE, ERROR, ERROR_TEXT, RESPONSES, RETRY_AFTER
 from veloxserve.config import ServingConfig
-from veloxserve.ids import MAX_ID_LENGTH
-from veloxserve.models.version import DEFAULT_SCORE_LIMIT
 from veloxserve.serving.validation import MAX_BODY_BYTES
 
-_ID = {
-    "oneOf": [
-        {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH},
-        {"type": "integer"},
-    ],
-    "description": "A user or item id: a JSON string or integer. \"22\" and 22 name the same id.",
-}
-# An id in a path or query string. The server takes any printable string; the schema promises the
-# portable subset (printable ASCII), which a fuzzer can generate and every client can send.
-_ID_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": "^[ -~]+$"}
-_ERROR = {
-    "type": "object",
-    "required": ["error", "message"],
-    "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}},
-}
-_MODEL_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-_POLICY_FIELDS = {
-    "policy": {"enum": ["greedy", "epsilon_greedy", "linucb", "thompson"]},
-    "epsilon": {"type": "number", "minimum": 0, "maximum": 1},
-    "alpha": {"type": "number", "minimum": 0},
-    "filter": {"type": "string", "description": "item attributes: name:value[|value][,name:value]"},
-}
-_POLICY_QUERY = [{"name": name, "in": "query", "required": False, "schema": schema} for name, schema in _POLICY_FIELDS.items()]
-_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
-_USER = {"name": "user", "in": "path", "required": True, "schema": _ID_TEXT,
-         "description": "percent-encoded like every path parameter (the user `a/b` is `a%2Fb`); decoded once"}
-_SCORE = {"type": "number", "description": (
-    "a finite number inside the model version's score range: meta.json `score_range`, set at training from the "
-    "data (min and max widened by 10% of the span) or by `train --score-range LO HI`; [0, 1] under the logistic "
-    f"link; |score| <= {DEFAULT_SCORE_LIMIT:g} for versions trained before it was recorded. Outside it: 400")}
-_POLICY = {"type": "object", "additionalProperties": False, "properties": {
-    "every_observations": {"type": ["integer", "null"], "minimum": 1},
-    "every_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0},
-    "drift": {"type": "boolean"},
-    "drift_threshold": {"type": "number", "exclusiveMinimum": 0},
-    "drift_delta": {"type": "number", "minimum": 0},
-    "drift_min_instances": {"type": "integer", "minimum": 1},
-    "promote": {"enum": ["if_better", "always", "never"]},
-}}
+_REF = "#/components/schemas/{name}"
+# A query whose fields are required in alternatives (GET predict: `item` or `text`) is one object
+# parameter (form style, exploded: `?user=1&item=2`), the only way OpenAPI can state the choice.
+_ITEM_OR_TEXT = [{"required": ["item"]}, {"required": ["text"]}]
+_QUERY_ALTERNATIVES: dict[type, list[dict[str, Any]]] = {rq.PredictQuery: _ITEM_OR_TEXT}
 
 
-_DEADLINE = {"name": "X-Deadline-Ms", "in": "header", "required": False,
-             "schema": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1e9},
-             "description": "answer within this many milliseconds or be refused at once (503 + Retry-After)"}
-_RETRY_AFTER = {"Retry-After": {"description": "seconds after which a retry may succeed",
-                                "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+# Example bodies: also what schemathesis's coverage phase pairs with its boundary values of the
+# other parameters (without one it drew an invalid body and judged the request valid).
+_EXAMPLES: dict[str, Any] = {"predict_batch": {"queries": [{"user": "1", "item": "1"}, {"user": 2, "text": "an item"}]}}
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Invalid input: the message names the field", 401: "No API token, or an invalid one",
-            403: "The token lacks the right for this route", 404: "Unknown model, version or item",
-            409: "Conflict: a retrain is already running, or the version cannot serve",
-            413: f"The request body is over {MAX_BODY_BYTES} bytes (decided from Content-Length before reading)",
-            503: "Overloaded (refused at once, see Retry-After) or a store is unavailable"}
-    return {
-        str(c): {"description": text[c], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                 **({"headers": _RETRY_AFTER} if c == 503 else {})}
-        for c in codes
+def body_type(route: Route, max_batch: int) -> type | None:
+    """The msgspec type of a route's body (None: no body). Observe takes one of two: see `observe_types`."""
+    if route.body is None or route.body == "observe":
+        return None
+    if isinstance(route.body, str):
+        return getattr(rq.batch_types(max_batch), route.body)
+    return route.body
+
+
+def _types(max_batch: int) -> list[type]:
+    kinds = {t for r in ROUTES for t in (r.query, body_type(r, max_batch)) if t is not None}
+    batch = rq.batch_types(max_batch)
+    return sorted(kinds | {batch.observation, batch.observe_batch}, key=lambda t: t.__name__)
+
+
+def _strip(schema: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in schema.items() if k not in ("title", "default")}
+
+
+def _query_parameters(kind: type, components: dict[str, Any]) -> list[dict[str, Any]]:
+    schema = components[kind.__name__]
+    if kind in _QUERY_ALTERNATIVES:
+        return [{"name": "query", "in": "query", "required": True, "style": "form", "explode": True,
+                 "schema": {**_strip(schema), "anyOf": _QUERY_ALTERNATIVES[kind]}}]
+    required = set(schema.get("required", ()))
+    return [{"name": name, "in": "query", "required": name in required, "schema": _strip(prop)}
+            for name, prop in schema["properties"].items()]
+
+
+def _errors(codes: list[int]) -> dict[str, Any]:
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    # a request the HTTP server itself refuses (a request line over its limit) is answered in plain text
+    malformed = {**error, "text/plain": {"schema": {"type": "string"}}}
+    return {str(c): {"description": ERROR_TEXT[c], "content": malformed if c == 400 else error,
+                     **({"headers": RETRY_AFTER} if c == 503 else {})} for c in codes}
+
+
+def _operation(route: Route, components: dict[str, Any], max_batch: int) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = [{"name": p, "in": "path", "required": True, "schema": route.params[p]}
+                                        for p in route.path_params]
+    if route.query is not None:
+        parameters += _query_parameters(route.query, components)
+    if route.admitted:
+        parameters.append(DEADLINE)
+    content = {"text/plain": {}} if route.response == "text" else {
+        "application/json": {"schema": RESPONSES[route.response]}}
+    codes = {400, *route.errors}  # 400 too where nothing is read: the HTTP server refuses a malformed request
+    operation: dict[str, Any] = {
+        "summary": route.summary + (" (admin)" if route.access is Access.ADMIN else ""),
+        "operationId": f"{route.method.lower()}_{route.handler}",
+        "parameters": parameters,
     }
-
-
-def _admin(operation: dict[str, Any]) -> dict[str, Any]:
-    """An admin route (veloxserve.api.auth.ADMIN_ROUTES): an admin token is required."""
-    return {**operation, "security": [{"bearer": []}],
-            "responses": {**operation["responses"], **_errors(401, 403, *_body_errors(operation))}}
-
-
-def _body_errors(operation: dict[str, Any]) -> tuple[int, ...]:
-    """413 where a request body is read: over MAX_BODY_BYTES it is refused before reading."""
-    return (413,) if "requestBody" in operation else ()
-
-
-def _secured(paths: dict[str, Any]) -> dict[str, Any]:
-    """Mark Clipper's operations with the security the route table gives them."""
-    marked: dict[str, Any] = {}
-    for path, operations in paths.items():
-        marked[path] = {}
-        for method, operation in operations.items():
-            route = (method.upper(), clipper_route_label(path))
-            if route in ADMIN_ROUTES:
-                operation = _admin(operation)
-            elif route in MODEL_ROUTES:
-                operation = {**operation, "security": [{}, {"bearer": []}],
-                             "responses": {**operation["responses"], **_errors(401, 403, *_body_errors(operation))}}
-            marked[path][method] = operation
-    return marked
-
-
-def _data_plane(operation: dict[str, Any]) -> dict[str, Any]:
-    """predict, top_k, observe: a key when the model requires one; shed under overload."""
-    return {**operation, "security": [{}, {"bearer": []}], "parameters": [*operation["parameters"], _DEADLINE],
-            "responses": {**operation["responses"], **_errors(401, 403, 503, *_body_errors(operation))}}
-
-
-def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
-    return {"200": {"description": description, "content": {"application/json": {"schema": schema}}}}
-
-
-def _body(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"required": True, "content": {"application/json": {"schema": schema}}}
+    body = body_type(route, max_batch)
+    if route.body is not None:
+        batch = rq.batch_types(max_batch)
+        schema = ({"oneOf": [{"$ref": _REF.format(name=t.__name__)} for t in (batch.observation, batch.observe_batch)]}
+                  if body is None else _strip(components[body.__name__]))
+        media: dict[str, Any] = {"schema": schema}
+        if isinstance(route.body, str) and route.body in _EXAMPLES:
+            media["example"] = _EXAMPLES[route.body]
+        operation["requestBody"] = {"required": route.body_required, "content": {"application/json": media}}
+        codes.add(413)
+    if route.access is Access.ADMIN:
+        operation["security"] = [{"bearer": []}]
+        codes |= {401, 403}
+    elif route.access is Access.MODEL_KEY:
+        operation["security"] = [{}, {"bearer": []}]
+        codes |= {401, 403}
+    if route.admitted:
+        codes.add(503)
+    operation["responses"] = {str(route.status): {"description": "Started" if route.status == 202 else "OK",
+                                                  "content": content}, **_errors(sorted(codes))}
+    return operation
 
 
 @cache
-def openapi_schema() -> dict[str, Any]:
-    limit = ServingConfig().max_batch
-    version_field = {"model_version": {"type": "string"}}
-    scored = {"type": "object", "required": ["item", "score"], "properties": {"item": _ID, "score": {"type": "number"}}}
-    top_k_out = {
-        "type": "object",
-        "required": ["items", "model_version"],
-        "properties": {"user": _ID, "items": {"type": "array", "items": scored}, **version_field},
-    }
-    observation = {
-        "type": "object",
-        "required": ["user", "item", "score"],
-        "properties": {"user": _ID, "item": _ID, "score": _SCORE,
-                       "decision": {"type": "string", "minLength": 1, "maxLength": 64,
-                                    "description": "the `decision` id of the top_k answer this observation answers; "
-                                                   "400 if that list went to another user or did not show the item"},
-                       "id": {"type": "string", "minLength": 1, "maxLength": 128,
-                              "description": "idempotency key: a retry with the same id (within the window, 24 h "
-                                             "by default) is acknowledged with the original's lsn, not learned again"}},
-    }
+def openapi_schema(max_batch: int = ServingConfig().max_batch) -> dict[str, Any]:
+    """The document for a server whose batch limit is `max_batch` (its ServingConfig.max_batch)."""
+    _, components = msgspec.json.schema_components(_types(max_batch), ref_template=_REF)
+    components["PredictEntry"]["anyOf"] = _ITEM_OR_TEXT  # each query of a batch: an item, or an item's text
+    components["CreateAppRequest"]["allOf"] = [  # single (also when no policy is named) links one model
+        {"if": {"properties": {"policy": {"const": policy}}, **({} if policy == "single" else {"required": ["policy"]})},
+         "then": {"properties": {"params": {"propertyNames": {"enum": names}} if names else {"maxProperties": 0},
+                                 **({"models": {"maxItems": 1}} if policy == "single" else {})}}}
+        for policy, names in rq.APP_POLICY_PARAMS.items()
+    ]
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, components, max_batch)
     return {
         "openapi": "3.1.0",
         "info": {"title": "veloxserve", "version": __version__,
-                 "description": "Personalised predictions that learn online: score = σ(w_u · f(x; θ)). "
-                                f"Request bodies: at most {MAX_BODY_BYTES} bytes (413). Every GET route answers "
-                                "HEAD. Path parameters are percent-decoded once."},
-        "components": {"schemas": {"Id": _ID, "Error": _ERROR, "Observation": observation},
+                 "description": "Personalised predictions that learn online: score = σ(w_u · f(x; θ)), and Clipper's "
+                                f"model containers and applications. Request bodies: at most {MAX_BODY_BYTES} bytes "
+                                "(413). Every GET route answers HEAD. Path parameters are percent-decoded once."},
+        "components": {"schemas": {"Error": ERROR, **components},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "`veloxserve token create` on the server"}}},
-        "paths": {
-            "/healthz": {"get": {"summary": "Liveness", "responses": _ok({"type": "object"})}},
-            "/models": {"get": {"summary": "Models and their versions", "responses": _ok({"type": "object"})}},
-            "/models/{name}": {"get": {
-                "summary": "One model: active version and all versions' metadata",
-                "parameters": [_MODEL_NAME], "responses": {**_ok({"type": "object"}), **_errors(404)}}},
-            "/models/{name}/predict": {
-                "get": _data_plane({
-                    "summary": "Score one (user, item), or one (user, text) for an item known by its text",
-                    "parameters": [_MODEL_NAME,
-                                   {"name": "user", "in": "query", "required": True, "schema": _ID_TEXT},
-                                   {"name": "item", "in": "query", "required": False, "schema": _ID_TEXT,
-                                    "description": "a catalogue item id (required unless text is given)"},
-                                   {"name": "text", "in": "query", "required": False,
-                                    "schema": {"type": "string", "maxLength": 100_000},
-                                    "description": "an item's text, scored with the model's content features"}],
-                    "responses": {**_ok({"type": "object", "required": ["score", "model_version"], "properties": {
-                        "user": {"type": "string"}, "item": {"type": "string"}, "text": {"type": "string"},
-                        "score": {"type": "number"}, **version_field}}), **_errors(400, 404)},
-                }),
-                "post": _data_plane({
-                    "summary": "Score a batch of (user, item) or (user, text) queries",
-                    "parameters": [_MODEL_NAME],
-                    "requestBody": _body({"type": "object", "required": ["queries"], "properties": {"queries": {
-                        "type": "array", "minItems": 1, "maxItems": limit, "items": {
-                            "type": "object", "required": ["user"],
-                            "description": "an item id, or the text of an item (content features)",
-                            "properties": {"user": _ID, "item": _ID,
-                                           "text": {"type": "string", "minLength": 1, "maxLength": 100_000}}}}}}),
-                    "responses": {**_ok({"type": "object", "required": ["scores", "model_version"], "properties": {
-                        "scores": {"type": "array", "items": {"type": "number"}}, **version_field}}),
-                        **_errors(400, 404)},
-                }),
-            },
-            "/models/{name}/top_k": {
-                "get": _data_plane({
-                    "summary": "The k best items for a user",
-                    "parameters": [_MODEL_NAME,
-                                   {"name": "user", "in": "query", "required": True, "schema": _ID_TEXT},
-                                   {"name": "k", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 1}},
-                                   {"name": "exclude_seen", "in": "query", "required": False, "schema": {"type": "boolean"}},
-                                   *_POLICY_QUERY],
-                    "responses": {**_ok(top_k_out), **_errors(400, 404)},
-                }),
-                "post": _data_plane({
-                    "summary": "The k best items for a user among candidates",
-                    "parameters": [_MODEL_NAME],
-                    "requestBody": _body({"type": "object", "required": ["user", "k"], "properties": {
-                        "user": _ID, "k": {"type": "integer", "minimum": 1},
-                        "candidates": {"type": "array", "items": _ID, "minItems": 1, "maxItems": limit},
-                        "exclude_seen": {"type": "boolean"}, **_POLICY_FIELDS}}),
-                    "responses": {**_ok(top_k_out), **_errors(400, 404)},
-                }),
-            },
-            "/metrics": {"get": {"summary": "Prometheus metrics (text exposition format)",
-                                 "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}}}},
-            "/models/{name}/metrics": {"get": {
-                "summary": "Prequential error of the active version: each observation predicted, then learned",
-                "parameters": [_MODEL_NAME], "responses": {**_ok({"type": "object"}), **_errors(404)}}},
-            "/models/{name}/versions": {"get": {
-                "summary": "All versions of a model and their metadata",
-                "parameters": [_MODEL_NAME], "responses": {**_ok({"type": "object"}), **_errors(404)}}},
-            "/models/{name}/versions/{version}": {"get": {
-                "summary": "One version: metadata, lineage (parent, data range, reason) and status",
-                "parameters": [_MODEL_NAME, _VERSION], "responses": {**_ok({"type": "object"}), **_errors(404)}}},
-            "/models/{name}/versions/{version}/activate": {"post": _admin({
-                "summary": "Serve this version (promote or roll back); users are rebuilt against it, no feedback is lost",
-                "parameters": [_MODEL_NAME, _VERSION],
-                "responses": {**_ok({"type": "object"}), **_errors(404, 409)}})},
-            "/models/{name}/retrain": {
-                "post": _admin({
-                    "summary": "Retrain θ from the base data and the log in the background",
-                    "parameters": [_MODEL_NAME],
-                    "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                        "type": "object", "additionalProperties": False, "properties": {
-                            "promote": {"enum": ["if_better", "always", "never"]},
-                            "params": {"type": "object", "description": "training parameters: rank, reg, iterations, …"},
-                        }}}}},
-                    "responses": {"202": {"description": "Started", "content": {"application/json": {
-                        "schema": {"type": "object"}}}}, **_errors(400, 404, 409)},
-                }),
-                "get": {"summary": "The running or last retrain of this model", "parameters": [_MODEL_NAME],
-                        "responses": {**_ok({"type": "object"}), **_errors(404)}},
-            },
-            "/models/{name}/policy": {
-                "get": {"summary": "When the model retrains by itself", "parameters": [_MODEL_NAME],
-                        "responses": {**_ok({"type": "object"}), **_errors(404)}},
-                "put": _admin({"summary": "Set the retraining policy: schedule and drift detection", "parameters": [_MODEL_NAME],
-                        "requestBody": _body(_POLICY), "responses": {**_ok({"type": "object"}), **_errors(400, 404)}}),
-            },
-            "/users/{user}": {"delete": _admin({
-                "summary": "Forget a user in every model; answers with a receipt of what was removed",
-                "parameters": [_USER], "responses": {**_ok({"type": "object"}), **_errors(400)}})},
-            "/models/{name}/users/{user}": {"delete": _admin({
-                "summary": "Forget a user in one model; answers with a receipt of what was removed",
-                "parameters": [_MODEL_NAME, _USER], "responses": {**_ok({"type": "object"}), **_errors(400, 404)}})},
-            "/models/{name}/observe": {"post": _data_plane({
-                "summary": "Report what users did; 200 only once the observations are durable",
-                "parameters": [_MODEL_NAME],
-                "requestBody": _body({"oneOf": [
-                    observation,
-                    {"type": "object", "required": ["observations"], "properties": {"observations": {
-                        "type": "array", "minItems": 1, "maxItems": limit, "items": observation}}},
-                ]}),
-                "responses": {**_ok({"type": "object", "required": ["observed", "lsn"], "properties": {
-                    "observed": {"type": "integer"}, "lsn": {"type": "integer"},
-                    "duplicates": {"type": "integer",
-                                   "description": "rows whose id was already logged: not learned again"},
-                    "duplicate": {"type": "boolean", "description": "a single observation: its id was already logged"},
-                    **version_field}}),
-                    **_errors(400, 404, 503)},
-            })},
-            **_secured(clipper_paths()),
-        },
+        "paths": paths,
     }
+
+
+@cache
+def served_schema(max_batch: int, max_k: int, attributes: tuple[str, ...]) -> dict[str, Any]:
+    """The document with what the served catalogues allow: `k` at most `max_k` (the largest
+    catalogue), and filters over the attribute names the models loaded (exact for one model)."""
+    document = copy.deepcopy(openapi_schema(max_batch))
+    names = "|".join(re.escape(name) for name in attributes)
+    clause = f"(?:{names}):[^,]+"
+    filter_pattern = f"^,*{clause}(?:,+{clause})*,*$" if attributes else "^(?!)"  # no attributes: no filter
+    top_k = document["paths"]["/models/{name}/top_k"]
+    for parameter in top_k["get"]["parameters"]:
+        if parameter["name"] == "k":
+            parameter["schema"]["maximum"] = max_k
+        elif parameter["name"] == "filter":
+            parameter["schema"]["pattern"] = filter_pattern
+    body = top_k["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    body["k"]["maximum"] = max_k
+    for option in body["filter"].get("anyOf", [body["filter"]]):
+        if option.get("type") == "string":
+            option["pattern"] = filter_pattern
+    return document

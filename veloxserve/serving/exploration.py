@@ -27,6 +27,7 @@ from veloxserve.learning.policy import Parameter, PolicyRegistry
 from veloxserve.learning.policy import Policy as BasePolicy
 
 Slate = tuple[np.ndarray, np.ndarray | None]  # (item rows in slot order, each slot's propensity or None)
+MAX_ALPHA = 1e6  # exploration weights beyond this drown the scores (and overflow the posterior draw)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class ExplorationPolicy(BasePolicy):
 
 
 EXPLORATION_POLICIES: PolicyRegistry[ExplorationPolicy] = PolicyRegistry("policy", default="greedy", lenient=True)
-_ALPHA = Parameter("alpha", 1.0, 0.0, 1e6, expected="a number >= 0")
+_ALPHA = Parameter("alpha", 1.0, 0.0, MAX_ALPHA, expected=f"a number >= 0 and < {MAX_ALPHA:g}")
 
 
 @EXPLORATION_POLICIES.register

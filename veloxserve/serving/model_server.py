@@ -190,8 +190,9 @@ class ModelServer:
         """A list of up to k items for a user under an exploration policy, with propensities.
 
         The eligible items are the catalogue, or `candidates`, narrowed by the attribute `filter`
-        (k beyond what those admit is an error), then by `exclude_seen` (which the client cannot
-        count, so fewer than k come back when fewer are left). Over a large catalogue
+        (k beyond what those admit is an error; nothing admitted is an empty list), then by
+        `exclude_seen` (which the client cannot count, so fewer than k come back when fewer are
+        left). Over a large catalogue
         (an index built, no candidate list or filter) the MIPS index proposes candidates and they
         are re-scored exactly; otherwise every eligible item is scored. Scores are the model's
         (σ(w·f)) whatever the policy; the policy decides order and membership.
@@ -200,7 +201,7 @@ class ModelServer:
         k = int_in_range(k, "k", "top_k", 1, len(self._catalog))
         w = self.users.weights(key)
         eligible = self._eligible_rows(candidates, filter)  # None: the whole catalogue
-        if eligible is not None and k > eligible.size:
+        if eligible is not None and k > eligible.size > 0:  # none admitted: an empty list, not k in [1, 0]
             raise invalid_parameter("k", "top_k", f"an int in [1, {eligible.size}], the number of items the candidates "
                                     "and filter admit (ask for fewer, or widen them)", k)
         seen = self.users.seen_rows(key) if exclude_seen else np.empty(0, dtype=np.int64)

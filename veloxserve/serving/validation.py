@@ -58,6 +58,7 @@ def batch_size(size: int, limit: int, field: str, where: str) -> None:
 
 
 MAX_TEXT_CHARS = 100_000
+TEXT_PATTERN = "\\S"  # at least one character that is not white space (the check below strips the text)
 MAX_BODY_BYTES = 8 << 20  # a request body over this is a 413, decided from Content-Length before reading
 
 
