@@ -7,12 +7,12 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.helpers import ServerProcess, eventually as _eventually
+from tests.helpers import ServerProcess
+from tests.helpers import eventually as _eventually
 
 
 def test_demo_trains_serves_and_its_curl_commands_work(tmp_path: Path) -> None:

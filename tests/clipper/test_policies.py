@@ -35,7 +35,7 @@ def test_exp3_update_is_importance_weighted_on_the_drawn_model() -> None:
     policy = Exp3(3, Loss.ABSOLUTE, np.random.default_rng(1), eta=0.2, gamma=0.3)
     rng = np.random.default_rng(1)
     log_w = np.zeros(3)
-    for step in range(50):
+    for _step in range(50):
         w = np.exp(log_w - log_w.max())
         p = 0.7 * w / w.sum() + 0.1
         expected_arm = rng.choice(3, p=p)
@@ -98,7 +98,7 @@ def test_every_learning_policy_moves_toward_the_better_model_on_a_stream(clipper
     for policy in ("exp3", "exp4", "personalised"):
         clipper.create_app(policy, ["bad", "good"], policy=policy, objective_ms=20_000, loss="zero_one")
     rng = np.random.default_rng(0)
-    for step in range(150):
+    for _step in range(150):
         x = float(rng.normal())
         for policy in ("exp3", "exp4", "personalised"):
             clipper.observe(policy, "user", [x], float(x > 0))
@@ -118,7 +118,7 @@ def test_personalised_policy_learns_different_weights_for_different_users(clippe
     _deploy_good_and_bad(clipper, tmp_path)
     clipper.create_app("p", ["bad", "good"], policy="personalised", objective_ms=20_000, loss="squared")
     rng = np.random.default_rng(1)
-    for step in range(80):
+    for _step in range(80):
         x = float(rng.uniform(-1.5, 1.5))
         clipper.observe("p", "likes-good", [x], float(x > 0))
         clipper.observe("p", "likes-bad", [x], float(x > 0) if abs(x) > 1.5 else float(x < 0))

@@ -207,8 +207,8 @@ def test_a_retry_after_a_503_from_a_stalled_disk_is_acknowledged_once_the_origin
     from starlette.testclient import TestClient
 
     import veloxserve.api.handlers as handlers_module
-    from veloxserve.api import create_app
     from tests.helpers import admin_headers
+    from veloxserve.api import create_app
 
     monkeypatch.setattr(handlers_module, "DURABLE_TIMEOUT_S", 0.3)
     home = _home(tmp_path)

@@ -239,7 +239,7 @@ class Replica:
             except asyncio.CancelledError:  # stopped: the batch in flight is answered, not abandoned
                 _fail(batch, _stopped())
                 raise
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self._pending.pop(request, None)
                 self._restart(f"did not answer a batch of {len(batch)} within {self.spec.hang_timeout} s (hung)")
                 _fail(batch, ContainerUnavailable(

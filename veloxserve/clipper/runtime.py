@@ -31,8 +31,15 @@ from veloxserve.clipper.model_files import ModelDirectories
 from veloxserve.clipper.policies import Loss, PolicyKind
 from veloxserve.clipper.registry import ModelRegistry
 from veloxserve.clipper.shapes import check_replacement, example_input, method_label, shape_of, show
-from veloxserve.errors import (Conflict, ContainerUnavailable, InvalidInput, ModelNotFound, NotFound, VeloxError,
-                               invalid_parameter)
+from veloxserve.errors import (
+    Conflict,
+    ContainerUnavailable,
+    InvalidInput,
+    ModelNotFound,
+    NotFound,
+    VeloxError,
+    invalid_parameter,
+)
 from veloxserve.ids import canonical_id
 
 log = logging.getLogger(__name__)

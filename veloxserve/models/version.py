@@ -12,7 +12,6 @@ from veloxserve.models.catalog import ItemCatalog
 from veloxserve.models.content import HashedTextFeatures
 from veloxserve.models.features import MatrixFactorizationFeatures
 
-
 # The accepted |score| of versions whose meta.json predates `score_range`: generous for any rating
 # or value scale in use, and far from where w_u's ridge updates lose precision or overflow.
 DEFAULT_SCORE_LIMIT = 1e6

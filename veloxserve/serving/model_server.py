@@ -21,13 +21,13 @@ from veloxserve.config import ServingConfig
 from veloxserve.errors import invalid_parameter
 from veloxserve.ids import Id, canonical_id
 from veloxserve.learning.states import UserStates
-from veloxserve.models.version import Link, ModelVersion, sigmoid
 from veloxserve.models.attributes import EMPTY, ItemAttributes
-from veloxserve.serving.evaluation import PrequentialError
+from veloxserve.models.version import Link, ModelVersion, sigmoid
 from veloxserve.serving.decisions import RecentDecisions
+from veloxserve.serving.evaluation import PrequentialError
+from veloxserve.serving.exploration import GREEDY, Candidates, ExplorationPolicy
 from veloxserve.serving.feature_cache import FeatureCache
 from veloxserve.serving.idempotency import IdempotencyWindow, LocalWindow, Original, check_key
-from veloxserve.serving.exploration import GREEDY, Candidates, ExplorationPolicy
 from veloxserve.serving.item_index import ItemIndex
 from veloxserve.serving.local_state import LocalUserState
 from veloxserve.serving.user_state import UserState, UserStateFactory

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from veloxserve.errors import InvalidInput
@@ -108,7 +108,7 @@ class TokenStore:
         if scope != ADMIN and not (scope.startswith("model:") and len(scope) > len("model:")):
             raise InvalidInput(f"A token scope must be 'admin' or 'model:<name>'. Got {scope!r} instead.", field="scope")
         secret, salt = secrets.token_urlsafe(32), secrets.token_hex(16)
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        created = datetime.now(UTC).isoformat(timespec="seconds")
         with self._changing():
             token_id = secrets.token_hex(4)
             while token_id in self._records:  # 32-bit ids: a collision would overwrite a token

@@ -47,7 +47,7 @@ class UserStore(ABC):
     @abstractmethod
     def count(self, namespace: str) -> int: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027  (a store with nothing to release keeps this no-op)
         """Release connections; idempotent."""
 
     def __enter__(self) -> UserStore:

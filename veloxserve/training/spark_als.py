@@ -24,7 +24,14 @@ from veloxserve.config import HomeLayout
 from veloxserve.errors import InvalidInput, TrainingFailed
 from veloxserve.models.version import Link
 from veloxserve.storage.versions import VersionStore
-from veloxserve.training.als import ALSConfig, TrainedFactors, _features, prior_precision_vector, solve_users, theta_rmse
+from veloxserve.training.als import (
+    ALSConfig,
+    TrainedFactors,
+    _features,
+    prior_precision_vector,
+    solve_users,
+    theta_rmse,
+)
 from veloxserve.training.ratings import Ratings, load_ratings, write_ratings_parquet
 from veloxserve.training.trainer import save_base_data, version_meta
 

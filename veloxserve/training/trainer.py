@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,7 @@ def version_meta(model: str, config: ALSConfig, link: Link, factors: TrainedFact
         "score_range": accepted_score_range(train.scores, link, score_range),
         "score_range_source": "data" if score_range is None else "override",
         "model": model,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "kind": "matrix_factorization",
         "engine": "local",
         "link": link.value,
@@ -339,7 +339,7 @@ def _unfitted_from(origin: dict[str, np.ndarray], held: np.ndarray, upto_lsn: in
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def _as_log_odds(ratings: Ratings) -> Ratings:
