@@ -46,8 +46,12 @@ async def measure(home: Path, path: Path, X: np.ndarray, adaptive: bool, args: a
         result = await closed_loop(call, args.concurrency, args.seconds)
         answers = result.pop("answers")
         replica = runtime.describe_model(name)["replicas"][0]
-        result.update(defaults=sum(a["default"] for a in answers), final_batch_size=replica["batch_size"],
-                      batch_latency_ms=replica["batch_latency_ms"], batches=replica["batches"])
+        result.update(
+            defaults=sum(a["default"] for a in answers),
+            final_batch_size=replica["batch_size"],
+            batch_latency_ms=replica["batch_latency_ms"],
+            batches=replica["batches"],
+        )
         return result
     finally:
         await runtime.close()
@@ -57,8 +61,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=128)
-    parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.concurrency = 0.5, 8
@@ -66,18 +73,26 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="clipper-bench-"))
     models = {
         "linear": LogisticRegression(max_iter=2000).fit(X, y),
-        "random_forest": RandomForestClassifier(n_estimators=5 if args.quick else 50, random_state=0,
-                                                n_jobs=1).fit(X, y),
+        "random_forest": RandomForestClassifier(n_estimators=5 if args.quick else 50, random_state=0, n_jobs=1).fit(
+            X, y
+        ),
     }
-    report: dict = {"objective_ms": 20.0, "concurrency": args.concurrency, "seconds": args.seconds,
-                    "paper_linear_batching_speedup": 25.0}
+    report: dict = {
+        "objective_ms": 20.0,
+        "concurrency": args.concurrency,
+        "seconds": args.seconds,
+        "paper_linear_batching_speedup": 25.0,
+    }
     for kind, model in models.items():
         path = tmp / f"{kind}.joblib"
         joblib.dump(model, path)
         single = run(measure(tmp / f"home-{kind}-1", path, X, False, args))
         adaptive = run(measure(tmp / f"home-{kind}-a", path, X, True, args))
-        report[kind] = {"no_batching": single, "adaptive": adaptive,
-                        "throughput_ratio": round(adaptive["throughput_qps"] / single["throughput_qps"], 2)}
+        report[kind] = {
+            "no_batching": single,
+            "adaptive": adaptive,
+            "throughput_ratio": round(adaptive["throughput_qps"] / single["throughput_qps"], 2),
+        }
     shutil.rmtree(tmp, ignore_errors=True)
     write_report("clipper_batching", report, keep=not args.quick)
 

@@ -40,7 +40,7 @@ async def stream(args: argparse.Namespace) -> dict:
     X, y = (load_digits if args.dataset == "digits" else load_breast_cancer)(return_X_y=True)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(y))
-    train, stream = order[: len(y) // 2], order[len(y) // 2:]
+    train, stream = order[: len(y) // 2], order[len(y) // 2 :]
     slices = np.array_split(rng.permutation(train)[: 4 * args.slice], 4)
     models = {
         "logistic": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
@@ -77,7 +77,10 @@ async def stream(args: argparse.Namespace) -> dict:
         accuracy = {k: round(v / n, 4) for k, v in correct.items()}
         best = max(models, key=lambda m: accuracy[m])
         return {
-            "dataset": args.dataset, "stream": n, "train_rows_per_model": args.slice, "accuracy": accuracy,
+            "dataset": args.dataset,
+            "stream": n,
+            "train_rows_per_model": args.slice,
+            "accuracy": accuracy,
             "best_single_model": best,
             "gain_over_best_single": {p: round(accuracy[p] - accuracy[best], 4) for p in POLICIES},
             "final_state": {p: runtime.app(p).policy.describe() for p in ("exp3", "exp4")},
@@ -94,8 +97,11 @@ def main() -> None:
     parser.add_argument("--dataset", choices=["digits", "breast_cancer"], default="digits")
     parser.add_argument("--slice", type=int, default=60, help="training rows per model (default 60)")
     parser.add_argument("--stream", type=int, default=None, help="stream only this many rows (default: the other half)")
-    parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing",
+    )
     args = parser.parse_args()
     if args.quick:
         args.stream = 30

@@ -55,8 +55,20 @@ def rpc_alone(model: Path, n: int) -> dict:
     context = zmq.Context()
     socket = context.socket(zmq.ROUTER)
     port = socket.bind_to_random_port("tcp://127.0.0.1")
-    process = subprocess.Popen([sys.executable, "-m", "veloxserve.cli", "container", "--framework", "callable",
-                                "--model", str(model), "--connect", f"tcp://127.0.0.1:{port}"])
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "veloxserve.cli",
+            "container",
+            "--framework",
+            "callable",
+            "--model",
+            str(model),
+            "--connect",
+            f"tcp://127.0.0.1:{port}",
+        ]
+    )
     try:
         peer, kind, hello = socket.recv_multipart()
         assert kind == protocol.HELLO, orjson.loads(hello)
@@ -121,8 +133,11 @@ def http_path(home: Path, model: Path, n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing",
+    )
     args = parser.parse_args()
     if args.quick:
         args.n = 20

@@ -70,17 +70,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.concurrency = 0.5, 4
     tmp = Path(tempfile.mkdtemp(prefix="clipper-stragglers-"))
     deadline = run(measure(tmp, 20.0, args))
     wait_all = run(measure(tmp, 60_000.0, args))
-    report = {"models": 8, "slow_models": 1, "concurrency": args.concurrency, "seconds": args.seconds,
-              "deadline_20ms": deadline, "wait_for_all": wait_all,
-              "p99_ratio_wait_over_deadline": round(wait_all["p99_ms"] / deadline["p99_ms"], 2)}
+    report = {
+        "models": 8,
+        "slow_models": 1,
+        "concurrency": args.concurrency,
+        "seconds": args.seconds,
+        "deadline_20ms": deadline,
+        "wait_for_all": wait_all,
+        "p99_ratio_wait_over_deadline": round(wait_all["p99_ms"] / deadline["p99_ms"], 2),
+    }
     shutil.rmtree(tmp, ignore_errors=True)
     write_report("clipper_stragglers", report, keep=not args.quick)
 

@@ -88,12 +88,16 @@ def serving_latency(home: Path, model: str, n_items: int, n: int) -> dict[str, A
         item_rows = rng.integers(0, n_items, size=1000)
         out = {
             "predict": latency(lambda i: server.predict(users[i % 200], items[i % 1000]), n),
-            "predict_batch_100_per_query": _per(latency(
-                lambda i: server.predict_many([(users[(i + j) % 200], items[j]) for j in range(100)]), n // 50), 100),
+            "predict_batch_100_per_query": _per(
+                latency(lambda i: server.predict_many([(users[(i + j) % 200], items[j]) for j in range(100)]), n // 50),
+                100,
+            ),
             "observe_state_update": latency(
-                lambda i: table.observe(rows[i % 200], F, int(item_rows[i % 1000]), 3.0), n),
+                lambda i: table.observe(rows[i % 200], F, int(item_rows[i % 1000]), 3.0), n
+            ),
             "observe_logged_not_waiting": latency(
-                lambda i: server.observe_many([(users[i % 200], items[i % 1000], 3.0)]), n),
+                lambda i: server.observe_many([(users[i % 200], items[i % 1000], 3.0)]), n
+            ),
             "observe_durable": latency(lambda i: velox.observe(model, users[i % 200], items[i % 1000], 3.0), n // 20),
             "top_k_100_exact": latency(lambda i: server.top_k(users[i % 200], 100), n // 10),
             "top_k_100_exclude_seen": latency(lambda i: server.top_k(users[i % 200], 100, exclude_seen=True), n // 10),
@@ -132,17 +136,23 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MovieLens 100K directory")
     parser.add_argument("--ranks", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--calls", type=int, default=20_000, help="calls per latency figure")
-    parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing",
+    )
     args = parser.parse_args()
     if args.quick:
         args.ranks, args.calls = [4], 250
-    report: dict[str, Any] = {"update_methods": {f"rank_{r}": update_methods(r, 500 if args.quick else 20_000)
-                                                for r in args.ranks}}
+    report: dict[str, Any] = {
+        "update_methods": {f"rank_{r}": update_methods(r, 500 if args.quick else 20_000) for r in args.ranks}
+    }
     if args.quick:
         report["ml-100k"] = "skipped: --quick"
     elif (args.data / "u1.base").exists():
-        report["ml-100k"] = run_dataset("ml100k", args.data / "u1.base", args.data / "u1.test", args.ranks, args.calls, {})
+        report["ml-100k"] = run_dataset(
+            "ml100k", args.data / "u1.base", args.data / "u1.test", args.ranks, args.calls, {}
+        )
     else:
         report["ml-100k"] = f"skipped: {args.data}/u1.base not found (pass --data)"
     with tempfile.TemporaryDirectory() as tmp:

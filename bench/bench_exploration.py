@@ -92,8 +92,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20_000)
     parser.add_argument("--out", type=Path, default=None, help="the PNG (default bench/results/regret.png)")
-    parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds = 200
@@ -107,12 +110,14 @@ def main() -> int:
     results = {name: run(policy, world, world.ratings, arrivals, noise) for name, policy in POLICIES.items()}
 
     report = {
-        "rounds": args.rounds, "plot": plot(results, args.rounds, args.out),
+        "rounds": args.rounds,
+        "plot": plot(results, args.rounds, args.out),
         "policies": {
             name: {
                 "cumulative_regret": round(float(r["cumulative_regret"][-1]), 1),
                 "regret_last_1000_rounds": round(float(r["cumulative_regret"][-1] - r["cumulative_regret"][-1001]), 1)
-                if args.rounds > 1000 else None,
+                if args.rounds > 1000
+                else None,
                 "ms_per_round": round(1e3 * r["seconds_per_round"], 3),
                 **({"ips_of_uniform_policy": r["ips_of_uniform_policy"]} if "ips_of_uniform_policy" in r else {}),
             }

@@ -73,8 +73,11 @@ def main() -> None:
     parser.add_argument("--songs", type=int, default=3000)
     parser.add_argument("--queries", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing",
+    )
     args = parser.parse_args()
     if args.quick:
         args.users, args.songs, args.queries = 100, 200, 300
@@ -84,29 +87,45 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="bench-features-"))
     pacsv.write_csv(pa.table(items), home / "songs.csv")
     with Velox(home) as velox:
-        meta = velox.train("songs", data.ratings, ALSConfig(rank=8, reg=1.0, prior_precision=1.0, iterations=8),
-                           items=home / "songs.csv")
+        meta = velox.train(
+            "songs",
+            data.ratings,
+            ALSConfig(rank=8, reg=1.0, prior_precision=1.0, iterations=8),
+            items=home / "songs.csv",
+        )
         velox_catalogue = velox.server("songs").version.catalog.externals(np.arange(meta["n_items"]))
     documents = items["text"][:1000]
     users = rng.integers(0, args.users, args.queries).astype(str).tolist()
     doc_stream = [documents[d] for d in zipf_draws(args.queries, len(documents), 1.1, rng)]
     catalogue = np.array(velox_catalogue, dtype=str)
     item_stream = catalogue[zipf_draws(args.queries, catalogue.size, 1.1, rng)].tolist()
-    result = {"data": {"users": args.users, "songs": args.songs, "ratings": len(data.ratings), "rank": 8,
-                       "content": meta["content"], "queries": args.queries,
-                       "words_per_text": float(np.mean([len(t.split()) for t in documents]))}}
+    result = {
+        "data": {
+            "users": args.users,
+            "songs": args.songs,
+            "ratings": len(data.ratings),
+            "rank": 8,
+            "content": meta["content"],
+            "queries": args.queries,
+            "words_per_text": float(np.mean([len(t.split()) for t in documents])),
+        }
+    }
 
     for label, cache_bytes in (("feature_cache_off", 0), ("feature_cache_on", 64 << 20)):
         with Velox(home, config=ServingConfig(feature_cache_bytes=cache_bytes)) as velox:
             server = velox.server("songs")
             one = latency(lambda i: server.predict_text([(users[i], doc_stream[i])]), args.queries, warmup=0)
             hit_rate = velox.feature_cache.stats().hit_rate
-            batch = latency(lambda i: server.predict_text([(str(u), documents[i % len(documents)])
-                                                           for u in range(100)]), min(300, args.queries), warmup=0)
-            result[label] = {"predict_text": one, "one_document_100_users": batch,
-                             "hit_rate": round(hit_rate, 4)}
+            batch = latency(
+                lambda i: server.predict_text([(str(u), documents[i % len(documents)]) for u in range(100)]),
+                min(300, args.queries),
+                warmup=0,
+            )
+            result[label] = {"predict_text": one, "one_document_100_users": batch, "hit_rate": round(hit_rate, 4)}
     off, on = result["feature_cache_off"], result["feature_cache_on"]
-    result["feature_cache_speedup_median"] = round(off["predict_text"]["median_us"] / on["predict_text"]["median_us"], 1)
+    result["feature_cache_speedup_median"] = round(
+        off["predict_text"]["median_us"] / on["predict_text"]["median_us"], 1
+    )
     result["feature_cache_speedup_p99"] = round(off["predict_text"]["p99_us"] / on["predict_text"]["p99_us"], 1)
 
     with Velox(home) as velox:
@@ -120,24 +139,38 @@ def main() -> None:
                     cache.invalidate(users[i])
                 else:
                     predict(i)
+
             return step
 
         cache = PredictionCache()
         catalogue_plain = latency(stream(lambda i: server.predict(users[i], item_stream[i])), args.queries, 0)
-        catalogue_cached = latency(stream(lambda i: cache.get(users[i], item_stream[i],
-                                                              lambda: server.predict(users[i], item_stream[i]))),
-                                   args.queries, 0)
+        catalogue_cached = latency(
+            stream(lambda i: cache.get(users[i], item_stream[i], lambda: server.predict(users[i], item_stream[i]))),
+            args.queries,
+            0,
+        )
         catalogue_hits = cache.hits / max(cache.lookups, 1)
         cache = PredictionCache()
         text_plain = latency(stream(lambda i: server.predict_text([(users[i], doc_stream[i])])), args.queries, 0)
-        text_cached = latency(stream(lambda i: cache.get(users[i], doc_stream[i],
-                                                         lambda: server.predict_text([(users[i], doc_stream[i])]))),
-                              args.queries, 0)
+        text_cached = latency(
+            stream(
+                lambda i: cache.get(users[i], doc_stream[i], lambda: server.predict_text([(users[i], doc_stream[i])]))
+            ),
+            args.queries,
+            0,
+        )
         result["prediction_cache"] = {
             "note": "medians over a stream of which 10% are observations (those also timed)",
-            "catalogue_item": {"without": catalogue_plain, "with": catalogue_cached, "hit_rate": round(catalogue_hits, 4)},
-            "text_with_feature_cache": {"without": text_plain, "with": text_cached,
-                                        "hit_rate": round(cache.hits / max(cache.lookups, 1), 4)},
+            "catalogue_item": {
+                "without": catalogue_plain,
+                "with": catalogue_cached,
+                "hit_rate": round(catalogue_hits, 4),
+            },
+            "text_with_feature_cache": {
+                "without": text_plain,
+                "with": text_cached,
+                "hit_rate": round(cache.hits / max(cache.lookups, 1), 4),
+            },
         }
     shutil.rmtree(home, ignore_errors=True)
     print(json.dumps(result, indent=2))

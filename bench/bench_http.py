@@ -50,7 +50,7 @@ PEER_VENV = BENCH / ".peer-venv"
 PEER_REQUIREMENTS = BENCH / "peer-requirements.txt"
 N_USERS, N_ITEMS = 2000, 1000
 
-HELLO_STARLETTE = '''
+HELLO_STARLETTE = """
 import orjson, uvicorn
 from starlette.applications import Starlette
 from starlette.responses import Response
@@ -62,9 +62,9 @@ async def hello(request):
     return JSON({"user": request.query_params.get("user"), "score": 1.0})
 uvicorn.run(Starlette(routes=[Route("/hello", hello)]), host="127.0.0.1", port=int(__import__("sys").argv[1]),
             access_log=False, log_level="warning", http="httptools", loop="uvloop", lifespan="off")
-'''
+"""
 
-HELLO_RAW_ASGI = '''
+HELLO_RAW_ASGI = """
 import orjson, uvicorn
 from urllib.parse import parse_qs
 async def app(scope, receive, send):
@@ -74,9 +74,9 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 uvicorn.run(app, host="127.0.0.1", port=int(__import__("sys").argv[1]), access_log=False, log_level="warning",
             http="httptools", loop="uvloop", lifespan="off")
-'''
+"""
 
-HELLO_LITESTAR = '''
+HELLO_LITESTAR = """
 import uvicorn
 from litestar import Litestar, get
 @get("/hello", sync_to_thread=False)
@@ -84,7 +84,7 @@ def hello(user: str | None = None) -> dict:
     return {"user": user, "score": 1.0}
 uvicorn.run(Litestar([hello], openapi_config=None), host="127.0.0.1", port=int(__import__("sys").argv[1]),
             access_log=False, log_level="warning", http="httptools", loop="uvloop", lifespan="off")
-'''
+"""
 
 _USER, _ITEM = f"math.random(0, {N_USERS - 1})", f"math.random(0, {N_ITEMS - 1})"
 _OBSERVATION = f"""'{{"user": ' .. {_USER} .. ', "item": ' .. {_ITEM} .. ', "score": 3.5}}'"""
@@ -102,8 +102,9 @@ def _post(path: str, body: str) -> str:
 LOADS = {
     "hello_get": _get(f'"/hello?user=" .. {_USER}'),
     "predict_get": _get(f'"/models/catify/predict?user=" .. {_USER} .. "&item=" .. {_ITEM}'),
-    "predict_post": _post("/models/catify/predict",
-                          f"""'{{"queries": [{{"user": ' .. {_USER} .. ', "item": ' .. {_ITEM} .. '}}]}}'"""),
+    "predict_post": _post(
+        "/models/catify/predict", f"""'{{"queries": [{{"user": ' .. {_USER} .. ', "item": ' .. {_ITEM} .. '}}]}}'"""
+    ),
     "top_k_get": _get(f'"/models/catify/top_k?user=" .. {_USER} .. "&k=100"'),
     "observe": _post("/models/catify/observe", _OBSERVATION),
     "peer_hello": _post("/hello", f"""'{{"user": ' .. {_USER} .. '}}'"""),
@@ -156,8 +157,11 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 
 def start(server: Server, timeout: float = 180) -> None:
     server.port = free_port()
     server.proc = subprocess.Popen(
-        [*pinned(0), *server.command, str(server.port)], env={**os.environ, **server.env},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,  # its own process group
+        [*pinned(0), *server.command, str(server.port)],
+        env={**os.environ, **server.env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group
     )
     wait_ready(server.url + server.ready_path, server.proc, timeout)
 
@@ -187,7 +191,9 @@ def _ms(text: str) -> float:
 def run_wrk(url: str, script: Path, connections: int, duration: int) -> dict[str, float]:
     out = subprocess.run(
         [*pinned(1), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     pct = dict(re.findall(r"^\s+(50|99)(?:\.000)?%\s+(\S+)\s*$", out, re.M))
     if set(pct) != {"50", "99"}:
@@ -196,7 +202,8 @@ def run_wrk(url: str, script: Path, connections: int, duration: int) -> dict[str
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
         "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50_ms": _ms(pct["50"]), "p99_ms": _ms(pct["99"]),
+        "p50_ms": _ms(pct["50"]),
+        "p99_ms": _ms(pct["99"]),
         "non_2xx": int(errors.group(1)) if errors else 0,
         # wrk leaves requests that time out (2 s) out of its latencies: count them beside p99
         "socket_errors": sum(map(int, socket_errors.groups())) if socket_errors else 0,
@@ -211,8 +218,10 @@ def ensure_peer_venv() -> Path:
         print(f"making {PEER_VENV} (BentoML, pinned) ...", file=sys.stderr)
         shutil.rmtree(PEER_VENV, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
-        subprocess.run([str(PEER_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "-r", str(PEER_REQUIREMENTS)],
-                       check=True)
+        subprocess.run(
+            [str(PEER_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet", "-r", str(PEER_REQUIREMENTS)],
+            check=True,
+        )
         stamp.write_text(wanted)
     return PEER_VENV / "bin" / "bentoml"
 
@@ -242,16 +251,20 @@ def check_peer(veloxserve: Server, peer: Server, n_pairs: int = 50) -> dict[str,
     observations = [("peer-check", rng.randrange(N_ITEMS), rng.choice([1.0, 3.0, 5.0])) for _ in range(5)]
     pairs += [("peer-check", item) for _, item, _ in observations]
     with httpx.Client(timeout=10) as http:
+
         def ours(user: object, item: int) -> float:
             answer = http.get(f"{veloxserve.url}/models/catify/predict", params={"user": user, "item": item})
             return answer.raise_for_status().json()["score"]
 
         def theirs(user: object, item: int) -> float:
-            return http.post(f"{peer.url}/predict", json={"user": user, "item": item}).raise_for_status().json()["score"]
+            return (
+                http.post(f"{peer.url}/predict", json={"user": user, "item": item}).raise_for_status().json()["score"]
+            )
 
         for user, item, score in observations:
-            http.post(f"{veloxserve.url}/models/catify/observe",
-                      json={"user": user, "item": item, "score": score}).raise_for_status()
+            http.post(
+                f"{veloxserve.url}/models/catify/observe", json={"user": user, "item": item, "score": score}
+            ).raise_for_status()
             http.post(f"{peer.url}/observe", json={"user": user, "item": item, "score": score}).raise_for_status()
         diff = max(abs(ours(u, i) - theirs(u, i)) for u, i in pairs)
     if diff > 1e-8:
@@ -302,8 +315,14 @@ def main() -> None:
     python = sys.executable
     report: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]},
-        "settings": {"duration_s": args.duration, "repeats": args.repeats, "connections": args.connections,
-                     "model": f"Catify rank 50, {N_USERS} users x {N_ITEMS} songs", "server_cpu": 0, "wrk_cpu": 1},
+        "settings": {
+            "duration_s": args.duration,
+            "repeats": args.repeats,
+            "connections": args.connections,
+            "model": f"Catify rank 50, {N_USERS} users x {N_ITEMS} songs",
+            "server_cpu": 0,
+            "wrk_cpu": 1,
+        },
     }
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -313,18 +332,37 @@ def main() -> None:
             scripts[name] = Path(tmp) / f"{name}.lua"
             scripts[name].write_text(lua)
         servers = {
-            "veloxserve": Server([python, "-m", "veloxserve.cli", "serve", "--home", str(home), "--port"], "/healthz",
-                                 {"predict_get": "predict_get", "predict_post": "predict_post",
-                                  "top_k_get": "top_k_get", "observe_durable": "observe"}),
+            "veloxserve": Server(
+                [python, "-m", "veloxserve.cli", "serve", "--home", str(home), "--port"],
+                "/healthz",
+                {
+                    "predict_get": "predict_get",
+                    "predict_post": "predict_post",
+                    "top_k_get": "top_k_get",
+                    "observe_durable": "observe",
+                },
+            ),
             "veloxserve_floor": Server([python, "-c", HELLO_RAW_ASGI], "/hello?user=1", {"hello_floor": "hello_get"}),
         }
         if not args.no_peer:
             servers["bentoml"] = Server(
-                [str(ensure_peer_venv()), "serve", "peer_bentoml_service:SplitModel", "--working-dir", str(BENCH),
-                 "--host", "127.0.0.1", "--port"], "/readyz",
+                [
+                    str(ensure_peer_venv()),
+                    "serve",
+                    "peer_bentoml_service:SplitModel",
+                    "--working-dir",
+                    str(BENCH),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                ],
+                "/readyz",
                 {"hello_floor": "peer_hello", "predict_post": "peer_predict", "observe_not_durable": "peer_observe"},
-                env={"VELOX_PEER_VERSION_DIR": str(home / "models" / "catify" / "versions" / version),
-                     "BENTOML_HOME": str(Path(tmp) / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"},
+                env={
+                    "VELOX_PEER_VERSION_DIR": str(home / "models" / "catify" / "versions" / version),
+                    "BENTOML_HOME": str(Path(tmp) / "bentoml"),
+                    "BENTOML_DO_NOT_TRACK": "True",
+                },
             )
         frameworks = {} if args.quick else {"starlette": HELLO_STARLETTE, "litestar": HELLO_LITESTAR}
         for framework, app in frameworks.items():
@@ -348,7 +386,9 @@ def main() -> None:
                         try:
                             for route, load in server.loads.items():
                                 stats = run_wrk(server.url, scripts[load], c, args.duration)
-                                runs.setdefault((label.removesuffix("_floor"), route), {}).setdefault(c, []).append(stats)
+                                runs.setdefault((label.removesuffix("_floor"), route), {}).setdefault(c, []).append(
+                                    stats
+                                )
                                 print(f"[{repeat + 1}/{args.repeats}] {label} {route} c={c}: {stats}", file=sys.stderr)
                         finally:
                             signal_all(others, signal.SIGCONT)

@@ -39,8 +39,13 @@ def flipped_bytes(records: int, trials: int, rng: np.random.Generator) -> dict:
             with ObservationLog(Path(scratch), fsync=False) as log:
                 kept.append(sum(1 for _ in log.replay()))
                 reused += log.append_and_wait([("after", "i", 0.0, "v1")]) <= records
-    return {"records": records, "trials": trials, "kept_min": int(min(kept)), "kept_median": float(np.median(kept)),
-            "lsn_reused": reused}
+    return {
+        "records": records,
+        "trials": trials,
+        "kept_min": int(min(kept)),
+        "kept_median": float(np.median(kept)),
+        "lsn_reused": reused,
+    }
 
 
 def full_disk(trials: int) -> dict:
@@ -76,8 +81,12 @@ def full_disk(trials: int) -> dict:
             log.close()
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
-    return {"trials": trials, "refused": refused, "heal_seconds_median": round(float(np.median(heal)), 3),
-            "heal_seconds_p99": round(float(np.percentile(heal, 99)), 3)}
+    return {
+        "trials": trials,
+        "refused": refused,
+        "heal_seconds_median": round(float(np.median(heal)), 3),
+        "heal_seconds_p99": round(float(np.percentile(heal, 99)), 3),
+    }
 
 
 def main() -> None:

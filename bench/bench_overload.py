@@ -47,8 +47,9 @@ def make_home(root: Path, items: int) -> Path:
 def measure_capacity(url: str, seconds: int = 3) -> float:
     """Requests/s the server answers when always busy: wrk, 8 connections (else a Python closed loop)."""
     if shutil.which("wrk"):
-        out = subprocess.run(["wrk", "-t1", "-c8", f"-d{seconds}s", url + PATH], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            ["wrk", "-t1", "-c8", f"-d{seconds}s", url + PATH], capture_output=True, text=True, check=True
+        ).stdout
         assert "Non-2xx" not in out, out
         return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return asyncio.run(closed_loop_rate("127.0.0.1", int(url.rsplit(":", 1)[1]), PATH, float(seconds), connections=8))
@@ -92,8 +93,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--objective-ms", type=float, default=100.0)
     parser.add_argument("--items", type=int, default=50_000)
-    parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing",
+    )
     args = parser.parse_args()
     if args.quick:
         args.duration, args.items = 1.0, 2000
@@ -101,9 +105,15 @@ def main() -> None:
         home = make_home(Path(tmp), args.items)
         unshed = run(home, None, args.duration, [])
         shed = run(home, unshed["offered_per_s"], args.duration, ["--objective-ms", f"big={args.objective_ms}"])
-        report = {"route": PATH, "items": args.items, "duration_s": args.duration, "objective_ms": args.objective_ms,
-                  "without_objective": unshed, "with_objective": shed,
-                  "served_p99_ratio_without_to_with": round(unshed["served_p99_ms"] / shed["served_p99_ms"], 1)}
+        report = {
+            "route": PATH,
+            "items": args.items,
+            "duration_s": args.duration,
+            "objective_ms": args.objective_ms,
+            "without_objective": unshed,
+            "with_objective": shed,
+            "served_p99_ratio_without_to_with": round(unshed["served_p99_ms"] / shed["served_p99_ms"], 1),
+        }
     print(json.dumps(report, indent=2))
 
 

@@ -44,9 +44,13 @@ def _figures(samples: list[tuple[int, float]]) -> dict:
     ms = sorted(s * 1000 for _, s in samples)
     if not ms:
         return {"n": 0}
-    return {"n": len(ms), "statuses": dict(Counter(str(code) for code, _ in samples)),
-            "median_ms": round(statistics.median(ms), 1), "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 1),
-            "max_ms": round(ms[-1], 1)}
+    return {
+        "n": len(ms),
+        "statuses": dict(Counter(str(code) for code, _ in samples)),
+        "median_ms": round(statistics.median(ms), 1),
+        "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 1),
+        "max_ms": round(ms[-1], 1),
+    }
 
 
 def _timed(client: httpx.Client, method: str, path: str, **kwargs) -> tuple[int | str, float]:
@@ -68,7 +72,9 @@ def _rebuilds(client: httpx.Client) -> float:
 
 def _wrk(url: str, seconds: int = 5) -> dict:
     """Predictions/s and latency with Redis up: what keeping Redis calls off the loop costs."""
-    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", url], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t2", "-c32", f"-d{seconds}s", "--latency", url], capture_output=True, text=True
+    ).stdout
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     p99 = re.search(r"99%\s+(\S+)", out)
     return {"requests_per_s": float(rate.group(1)) if rate else None, "p99": p99.group(1) if p99 else None}
@@ -78,8 +84,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20.0, help="how long Redis stays stopped")
     parser.add_argument("--workers", type=int, default=4, help="threads sending Redis-bound requests")
-    parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing",
+    )
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.workers = 1.0, 2
@@ -96,8 +105,11 @@ def main() -> None:
                 for n in range(50):  # warm up: connections, scripts, the users' state
                     http.post("/models/songs/observe", json={"user": str(n % 7), "item": 100 + n % 50, "score": 3.0})
                     http.get("/models/songs/predict", params={"user": str(n % 7), "item": 100 + n % 50})
-            healthy = (_wrk(f"{server.url}/models/songs/predict?user=1&item=101", 1 if args.quick else 5)
-                       if shutil.which("wrk") else None)
+            healthy = (
+                _wrk(f"{server.url}/models/songs/predict?user=1&item=101", 1 if args.quick else 5)
+                if shutil.which("wrk")
+                else None
+            )
             results: dict[str, list[tuple[int, float]]] = {"predict": [], "observe": [], "healthz": [], "models": []}
             lock = threading.Lock()
             stop = threading.Event()
@@ -108,11 +120,25 @@ def main() -> None:
                     while not stop.is_set():
                         n += 1
                         if (worker + n) % 2:
-                            route, sample = "predict", _timed(http, "GET", "/models/songs/predict",
-                                                             params={"user": str(n % 7), "item": 100 + n % 50})
+                            route, sample = (
+                                "predict",
+                                _timed(
+                                    http,
+                                    "GET",
+                                    "/models/songs/predict",
+                                    params={"user": str(n % 7), "item": 100 + n % 50},
+                                ),
+                            )
                         else:
-                            route, sample = "observe", _timed(http, "POST", "/models/songs/observe",
-                                                             json={"user": str(n % 7), "item": 100 + n % 50, "score": 1.0})
+                            route, sample = (
+                                "observe",
+                                _timed(
+                                    http,
+                                    "POST",
+                                    "/models/songs/observe",
+                                    json={"user": str(n % 7), "item": 100 + n % 50, "score": 1.0},
+                                ),
+                            )
                         with lock:
                             results[route].append(sample)
 
@@ -152,13 +178,22 @@ def main() -> None:
                 while _rebuilds(http) < 1 and time.perf_counter() - lost < 30:  # never, before the rebuild existed
                     flushed.append(_timed(http, "GET", "/models/songs/predict", params={"user": "1", "item": 101}))
                 rebuilt = time.perf_counter() - lost if _rebuilds(http) >= 1 else None
-            print(json.dumps({
-                "healthy_predict_wrk_32_connections": healthy,
-                "redis_stopped_s": args.seconds, "workers": args.workers,
-                "while_redis_is_stopped": {route: _figures(samples) for route, samples in results.items()},
-                "recovery_after_sigcont_ms": round(recovered * 1000, 1),
-                "flushall": {"rebuilt_after_ms": None if rebuilt is None else round(rebuilt * 1000, 1), "predict_meanwhile": _figures(flushed)},
-            }, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "healthy_predict_wrk_32_connections": healthy,
+                        "redis_stopped_s": args.seconds,
+                        "workers": args.workers,
+                        "while_redis_is_stopped": {route: _figures(samples) for route, samples in results.items()},
+                        "recovery_after_sigcont_ms": round(recovered * 1000, 1),
+                        "flushall": {
+                            "rebuilt_after_ms": None if rebuilt is None else round(rebuilt * 1000, 1),
+                            "predict_meanwhile": _figures(flushed),
+                        },
+                    },
+                    indent=2,
+                )
+            )
         finally:
             if redis_server.proc is not None:
                 redis_server.proc.send_signal(signal.SIGCONT)

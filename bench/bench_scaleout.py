@@ -63,8 +63,12 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
 
 def run_wrk(url: str, script: Path, connections: int, duration: int) -> dict[str, float]:
     """bench_http's wrk run, with a 10 s request timeout and latencies of seconds parsed too."""
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "--latency",
-                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     result = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
     for pct, value, unit in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M):
         result[f"p{pct}_ms"] = float(value) * _UNITS[unit]
@@ -89,15 +93,22 @@ def train(home: Path, iterations: int = 5) -> None:
     from veloxserve.training.trainer import train_version
 
     layout = HomeLayout(home)
-    meta = train_version(layout, "catify", generate_catify(2000, 1000, n_ratings=100_000).ratings,
-                         ALSConfig(rank=50, reg=1.0, prior_precision=1.0, iterations=iterations))
+    meta = train_version(
+        layout,
+        "catify",
+        generate_catify(2000, 1000, n_ratings=100_000).ratings,
+        ALSConfig(rank=50, reg=1.0, prior_precision=1.0, iterations=iterations),
+    )
     write_pointer(layout.active_file("catify"), meta["version"])
 
 
 def start(command: list[str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([*command[:-1], str(port)] if command[-1] == "PORT" else [*command, "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*command[:-1], str(port)] if command[-1] == "PORT" else [*command, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_ready(f"{url}/healthz", proc)
     return proc, url
@@ -127,8 +138,14 @@ def load(urls: list[str], scripts: list[Path], duration: int) -> dict[str, float
     }
 
 
-def run_config(label: str, procs_urls: list[tuple[subprocess.Popen, str]], scripts: dict[str, list[Path]],
-               duration: int, report: dict, routes=("predict", "observe")) -> None:
+def run_config(
+    label: str,
+    procs_urls: list[tuple[subprocess.Popen, str]],
+    scripts: dict[str, list[Path]],
+    duration: int,
+    report: dict,
+    routes=("predict", "observe"),
+) -> None:
     try:
         for route in routes:
             report[f"{label}_{route}"] = load([u for _, u in procs_urls], scripts[route], duration)
@@ -171,8 +188,21 @@ def update_cost(redis_url: str, evals: int = 300, batches: int = 30) -> dict[str
             client.config_resetstat()
             for lsn in range(1, evals + 1):
                 item = int(rng.integers(0, 500))
-                client.evalsha(lua, 1, f"lua{k}:{{u}}", "@b", lsn, item, np.float64(3.0).tobytes(), F[item].tobytes(),
-                               init, "i", "0.05", b"", b"")
+                client.evalsha(
+                    lua,
+                    1,
+                    f"lua{k}:{{u}}",
+                    "@b",
+                    lsn,
+                    item,
+                    np.float64(3.0).tobytes(),
+                    F[item].tobytes(),
+                    init,
+                    "i",
+                    "0.05",
+                    b"",
+                    b"",
+                )
             lua_us = redis_usec() / evals
             table = SharedUserTable(store, f"k{k}", UserTable(version.dim, version.prior, version.link))
             client.config_resetstat()
@@ -180,13 +210,16 @@ def update_cost(redis_url: str, evals: int = 300, batches: int = 30) -> dict[str
             for _ in range(batches):
                 users = [str(u) for u in rng.integers(0, 100, 100)]
                 started = time.perf_counter()
-                table.learn("b", list(range(lsn + 1, lsn + 101)), users, rng.integers(0, 500, 100),
-                            rng.normal(size=100), F)
+                table.learn(
+                    "b", list(range(lsn + 1, lsn + 101)), users, rng.integers(0, 500, 100), rng.normal(size=100), F
+                )
                 wall.append((time.perf_counter() - started) / 100 * 1e6)
                 lsn += 100
-            out[f"k{k}"] = {"lua_update_redis_us": round(lua_us, 1),
-                            "compare_and_set_redis_us": round(redis_usec() / (100 * batches), 1),
-                            "compare_and_set_server_wall_us": round(statistics.median(wall[5:]), 1)}
+            out[f"k{k}"] = {
+                "lua_update_redis_us": round(lua_us, 1),
+                "compare_and_set_redis_us": round(redis_usec() / (100 * batches), 1),
+                "compare_and_set_server_wall_us": round(statistics.median(wall[5:]), 1),
+            }
     client.close()
     return out
 
@@ -200,6 +233,7 @@ def log_durability(directory: Path, writers: int = 32, per_writer: int = 100) ->
         serial = threading.Lock() if mode == "fsync_per_request" else None
         latencies: list[float] = []
         with ObservationLog(directory / mode, fsync=mode != "no_fsync", commit_delay=0.001) as obs_log:
+
             def writer(w: int) -> None:
                 for n in range(per_writer):
                     started = time.perf_counter()
@@ -217,11 +251,14 @@ def log_durability(directory: Path, writers: int = 32, per_writer: int = 100) ->
             for t in threads:
                 t.join()
             elapsed = time.perf_counter() - started
-        out[mode] = {"observations_per_s": round(writers * per_writer / elapsed),
-                     "p50_ms": round(float(np.percentile(latencies, 50)) * 1e3, 3),
-                     "p99_ms": round(float(np.percentile(latencies, 99)) * 1e3, 3)}
+        out[mode] = {
+            "observations_per_s": round(writers * per_writer / elapsed),
+            "p50_ms": round(float(np.percentile(latencies, 50)) * 1e3, 3),
+            "p99_ms": round(float(np.percentile(latencies, 99)) * 1e3, 3),
+        }
     out["group_commit"]["speedup_over_fsync_per_request"] = round(
-        out["group_commit"]["observations_per_s"] / out["fsync_per_request"]["observations_per_s"], 1)
+        out["group_commit"]["observations_per_s"] / out["fsync_per_request"]["observations_per_s"], 1
+    )
     return out
 
 
@@ -229,21 +266,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing",
+    )
     args = parser.parse_args()
     if args.quick:
         args.duration, args.processes = 2, [2]
     if not shutil.which("wrk") or not shutil.which("redis-server"):
         sys.exit("needs wrk and redis-server (apt-get install wrk redis-server)")
-    report: dict[str, object] = {"machine": {"cpus": os.cpu_count()}, "connections": CONNECTIONS,
-                                 "model": "catify rank 50, 2000 users x 1000 songs", "duration_s": args.duration}
+    report: dict[str, object] = {
+        "machine": {"cpus": os.cpu_count()},
+        "connections": CONNECTIONS,
+        "model": "catify rank 50, 2000 users x 1000 songs",
+        "duration_s": args.duration,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         redis_server = RedisServer(tmp / "redis")
         redis_server.start()
-        subprocess.run(["redis-cli", "-p", str(redis_server.port), "config", "set", "appendonly", "no"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["redis-cli", "-p", str(redis_server.port), "config", "set", "appendonly", "no"],
+            check=True,
+            capture_output=True,
+        )
         try:
             report["update_cost_per_observation"] = update_cost(redis_server.url, *((20, 6) if args.quick else ()))
             report["log_durability_32_writers"] = log_durability(tmp / "logs", per_writer=5 if args.quick else 100)
@@ -258,8 +305,14 @@ def main() -> None:
                 return {route: [plain[route]] * n for route in plain}
 
             run_config("embedded_1", [start(serve_cmd(home))], same(1), args.duration, report)
-            run_config("embedded_1_no_fsync", [start([sys.executable, "-c", NO_FSYNC_SERVER, str(home), "PORT"])],
-                       same(1), args.duration, report, routes=("observe",))
+            run_config(
+                "embedded_1_no_fsync",
+                [start([sys.executable, "-c", NO_FSYNC_SERVER, str(home), "PORT"])],
+                same(1),
+                args.duration,
+                report,
+                routes=("observe",),
+            )
             for n in args.processes:
                 url = f"{redis_server.url}?prefix=bench{n}"
                 servers = [start(serve_cmd(home, "--store", url, "--instance", f"i{k}")) for k in range(n)]

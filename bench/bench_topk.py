@@ -27,7 +27,9 @@ import numpy as np
 from veloxserve.serving.item_index import ItemIndex
 
 
-def synthetic(n_items: int, rank: int, n_queries: int, seed: int = 0, clusters: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+def synthetic(
+    n_items: int, rank: int, n_queries: int, seed: int = 0, clusters: int = 1000
+) -> tuple[np.ndarray, np.ndarray]:
     """Item vectors like trained MF factors: a decaying spectrum (singular values ∝ 1/(1+i)),
     items grouped around `clusters` genre-like centres, popularity in the norms, then the
     baseline columns [μ + b_x, 1]. Queries are user weights from the same spectrum."""
@@ -38,8 +40,13 @@ def synthetic(n_items: int, rank: int, n_queries: int, seed: int = 0, clusters: 
     popularity = rng.lognormal(0.0, 0.3, size=(n_items, 1))
     V = (centres[members] + 0.5 * rng.normal(size=(n_items, rank - 2))) * spectrum * popularity
     F = np.column_stack([V, 3.5 + rng.normal(scale=0.4, size=n_items), np.ones(n_items)])
-    W = np.column_stack([rng.normal(size=(n_queries, rank - 2)) * spectrum * 3, np.ones(n_queries),
-                         rng.normal(scale=0.2, size=n_queries)])
+    W = np.column_stack(
+        [
+            rng.normal(size=(n_queries, rank - 2)) * spectrum * 3,
+            np.ones(n_queries),
+            rng.normal(scale=0.2, size=n_queries),
+        ]
+    )
     return F, W
 
 
@@ -62,8 +69,10 @@ def timed(fn: Callable[[int], np.ndarray], n: int) -> tuple[dict[str, float], li
         t0 = time.perf_counter_ns()
         results.append(fn(i))
         samples[i] = time.perf_counter_ns() - t0
-    return {"median_ms": round(float(np.median(samples)) / 1e6, 3),
-            "p99_ms": round(float(np.percentile(samples, 99)) / 1e6, 3)}, results
+    return {
+        "median_ms": round(float(np.median(samples)) / 1e6, 3),
+        "p99_ms": round(float(np.percentile(samples, 99)) / 1e6, 3),
+    }, results
 
 
 def recall(found: list[np.ndarray], truth: list[np.ndarray]) -> float:
@@ -78,8 +87,11 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ef", type=int, nargs="+", default=[100, 200, 400])
     parser.add_argument("--skip-hnswlib", action="store_true")
-    parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing",
+    )
     args = parser.parse_args()
     if args.quick:
         args.items, args.rank, args.k, args.queries, args.ef = 5000, 16, 10, 20, [50]

@@ -128,17 +128,40 @@ def main() -> None:
     repeats, inner = (20, 50) if args.quick else (400, 500)
     query = {"user": "1234", "item": "5678"}
     raw = orjson.dumps({"queries": [{"user": u, "item": str(100 + u)} for u in range(args.batch)]})
-    candidates = {"msgspec": (msgspec_query, msgspec_batch), "pydantic": (pydantic_query, pydantic_batch),
-                  "orjson+hand": (hand_query, hand_batch)}
+    candidates = {
+        "msgspec": (msgspec_query, msgspec_batch),
+        "pydantic": (pydantic_query, pydantic_batch),
+        "orjson+hand": (hand_query, hand_batch),
+    }
     for q_fn, b_fn in candidates.values():  # every candidate gives the same answer
         assert tuple(map(str, q_fn(query))) == ("1234", "5678") and len(b_fn(raw)) == args.batch
-    results = {name: {"get_predict_query": _measure(q_fn, query, repeats, inner),
-                      f"post_predict_batch_{args.batch}": _measure(b_fn, raw, repeats, inner)}
-               for name, (q_fn, b_fn) in candidates.items()}
-    fastest = min(results, key=lambda n: results[n]["get_predict_query"]["median_us"]
-                  + results[n][f"post_predict_batch_{args.batch}"]["median_us"])
-    print(json.dumps({"bench": "validation", "quick": args.quick, "batch": args.batch, "repeats": repeats,
-                      "calls_per_sample": inner, "results": results, "fastest": fastest}, indent=2))
+    results = {
+        name: {
+            "get_predict_query": _measure(q_fn, query, repeats, inner),
+            f"post_predict_batch_{args.batch}": _measure(b_fn, raw, repeats, inner),
+        }
+        for name, (q_fn, b_fn) in candidates.items()
+    }
+    fastest = min(
+        results,
+        key=lambda n: (
+            results[n]["get_predict_query"]["median_us"] + results[n][f"post_predict_batch_{args.batch}"]["median_us"]
+        ),
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "validation",
+                "quick": args.quick,
+                "batch": args.batch,
+                "repeats": repeats,
+                "calls_per_sample": inner,
+                "results": results,
+                "fastest": fastest,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

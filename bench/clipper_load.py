@@ -33,12 +33,17 @@ def write_report(name: str, figures: dict[str, Any], keep: bool = True) -> None:
 
 def summary(latencies_s: list[float] | np.ndarray) -> dict[str, float]:
     ms = np.asarray(latencies_s) * 1e3
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
-            "mean_ms": round(float(ms.mean()), 4), "n": int(ms.size)}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+        "mean_ms": round(float(ms.mean()), 4),
+        "n": int(ms.size),
+    }
 
 
-async def closed_loop(call: Callable[[int], Any], concurrency: int, seconds: float,
-                      warmup: float | None = None) -> dict[str, Any]:
+async def closed_loop(
+    call: Callable[[int], Any], concurrency: int, seconds: float, warmup: float | None = None
+) -> dict[str, Any]:
     """`concurrency` clients each awaiting `call(i)` back to back; figures after `warmup` seconds
     (default 1 s, or a fifth of `seconds` when that is shorter)."""
     warmup = min(1.0, seconds / 5) if warmup is None else warmup

@@ -34,8 +34,11 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--rank", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quick", action="store_true",
-                        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing",
+    )
     args = parser.parse_args()
     if args.quick:
         args.users, args.rank, args.repeats = 200, 8, 1
@@ -45,7 +48,9 @@ def main() -> None:
     states = {str(u): blob for u in range(args.users)}
     keys = rng.integers(0, args.users, size=2000).astype(str)
     results: dict[str, dict[str, float]] = {"sqlite": {}, "lmdb": {}}
-    samples: dict[str, dict[str, list[float]]] = {name: {"checkpoint_s": [], "read_us": [], "scan_s": []} for name in results}
+    samples: dict[str, dict[str, list[float]]] = {
+        name: {"checkpoint_s": [], "read_us": [], "scan_s": []} for name in results
+    }
     stores = {"sqlite": lambda tmp: SQLiteUserStore(tmp / "s.sqlite"), "lmdb": lambda tmp: LMDBUserStore(tmp / "lmdb")}
     for _ in range(args.repeats):
         for name, open_store in stores.items():

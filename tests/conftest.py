@@ -11,8 +11,14 @@ import pytest
 
 
 def synthetic_version_arrays(
-    n_users: int = 30, n_items: int = 50, rank: int = 4, prior_precision: float = 2.0, seed: int = 0,
-    name: str = "songs", version: str = "v1", link: str = "identity",
+    n_users: int = 30,
+    n_items: int = 50,
+    rank: int = 4,
+    prior_precision: float = 2.0,
+    seed: int = 0,
+    name: str = "songs",
+    version: str = "v1",
+    link: str = "identity",
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """A version that obeys the directory contract, with user statistics computed from scratch."""
     rng = np.random.default_rng(seed)
@@ -47,8 +53,15 @@ def synthetic_version_arrays(
         "prior_precision": np.full(k, prior_precision),
     }
     meta = {
-        "model": name, "version": version, "kind": "matrix_factorization", "link": link, "rank": rank, "k": k,
-        "prior_precision": prior_precision, "global_mean": mu, "log_position": 0,
+        "model": name,
+        "version": version,
+        "kind": "matrix_factorization",
+        "link": link,
+        "rank": rank,
+        "k": k,
+        "prior_precision": prior_precision,
+        "global_mean": mu,
+        "log_position": 0,
     }
     return arrays, meta
 

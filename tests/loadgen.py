@@ -39,8 +39,17 @@ async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
     return status, fields.get("retry-after")
 
 
-async def open_loop(host: str, port: int, path: str, rate: float, duration: float, *, headers: dict[str, str] | None = None,
-                    connections: int = 256, seed: int = 0) -> list[Outcome]:
+async def open_loop(
+    host: str,
+    port: int,
+    path: str,
+    rate: float,
+    duration: float,
+    *,
+    headers: dict[str, str] | None = None,
+    connections: int = 256,
+    seed: int = 0,
+) -> list[Outcome]:
     """GET `path` at `rate` requests/s (Poisson) for `duration` seconds; every request's outcome."""
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     raw = f"GET {path} HTTP/1.1\r\nhost: {host}\r\n{extra}\r\n".encode()
@@ -76,8 +85,9 @@ async def open_loop(host: str, port: int, path: str, rate: float, duration: floa
     return outcomes
 
 
-async def closed_loop_rate(host: str, port: int, path: str, seconds: float, *, connections: int = 4,
-                           headers: dict[str, str] | None = None) -> float:
+async def closed_loop_rate(
+    host: str, port: int, path: str, seconds: float, *, connections: int = 4, headers: dict[str, str] | None = None
+) -> float:
     """Answers per second with `connections` clients each waiting for its answer: the capacity."""
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     raw = f"GET {path} HTTP/1.1\r\nhost: {host}\r\n{extra}\r\n".encode()

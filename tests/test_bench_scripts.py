@@ -20,8 +20,11 @@ HELPERS = {  # modules in bench/ that are not benchmarks themselves
     "peer_bentoml_service.py": "BentoML's service, started by bench_http.py from its own venv",
 }
 EXTRA_ARGS = {"bench_http.py": ["--no-peer"]}  # the peer's venv is pip-installed on first use: not in CI
-NEEDS = {"bench_http.py": ["wrk"], "bench_scaleout.py": ["wrk", "redis-server", "redis-cli"],
-         "bench_redis_hang.py": ["redis-server"]}
+NEEDS = {
+    "bench_http.py": ["wrk"],
+    "bench_scaleout.py": ["wrk", "redis-server", "redis-cli"],
+    "bench_redis_hang.py": ["redis-server"],
+}
 
 
 def _scripts() -> list[str]:
@@ -52,7 +55,11 @@ def test_bench_script_runs_with_its_quickest_setting_and_prints_json(script: str
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     done = subprocess.run(
         [sys.executable, str(BENCH / script), "--quick", *EXTRA_ARGS.get(script, [])],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True, timeout=840,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=840,
     )
     assert done.returncode == 0, f"bench/{script} --quick exited {done.returncode}:\n{done.stderr[-4000:]}"
     try:

@@ -30,14 +30,19 @@ def test_demo_trains_serves_and_its_curl_commands_work(tmp_path: Path) -> None:
     try:
         for command in commands:  # the printed commands, pointed at this test's port
             args = shlex.split(command.replace(f":{demo.port}", f":{restarted.port}"))
-            result = subprocess.run(args + ["--silent", "--show-error", "--fail-with-body"],
-                                    capture_output=True, text=True, timeout=30)
+            result = subprocess.run(
+                args + ["--silent", "--show-error", "--fail-with-body"], capture_output=True, text=True, timeout=30
+            )
             assert result.returncode == 0, (command, result.stdout, result.stderr)
             assert "model_version" in result.stdout
         policy = f"{restarted.url}/models/catify/policy"
         assert httpx.put(policy, json={"every_observations": 100}).status_code == 401
-        assert httpx.put(policy, json={"every_observations": 100},
-                         headers={"authorization": f"Bearer {token}"}).status_code == 200
+        assert (
+            httpx.put(
+                policy, json={"every_observations": 100}, headers={"authorization": f"Bearer {token}"}
+            ).status_code
+            == 200
+        )
     finally:
         restarted.stop()
 
@@ -48,17 +53,35 @@ def test_client_commands_talk_to_a_running_server(tmp_path: Path) -> None:
 
     write_ratings_csv(generate_catify(100, 50, n_ratings=3000, seed=1).ratings, tmp_path / "r.csv")
     cli = [sys.executable, "-m", "veloxserve.cli"]
-    trained = subprocess.run(cli + ["train", "--home", str(tmp_path), "--ratings", str(tmp_path / "r.csv"),
-                                    "--model", "songs", "--rank", "4", "--iterations", "3"],
-                             capture_output=True, text=True, timeout=300)
+    trained = subprocess.run(
+        cli
+        + [
+            "train",
+            "--home",
+            str(tmp_path),
+            "--ratings",
+            str(tmp_path / "r.csv"),
+            "--model",
+            "songs",
+            "--rank",
+            "4",
+            "--iterations",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert trained.returncode == 0, trained.stderr
     assert '"version": "v1"' in trained.stdout
     server = ServerProcess(tmp_path)
     server.wait_ready()
     try:
+
         def run(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run(cli + list(args) + ["--url", server.url, "--model", "songs"],
-                                  capture_output=True, text=True, timeout=60)
+            return subprocess.run(
+                cli + list(args) + ["--url", server.url, "--model", "songs"], capture_output=True, text=True, timeout=60
+            )
 
         assert '"score"' in run("predict", "--user", "1", "--item", "2").stdout
         assert '"items"' in run("top-k", "--user", "1", "-k", "3").stdout
@@ -69,35 +92,65 @@ def test_client_commands_talk_to_a_running_server(tmp_path: Path) -> None:
         assert missing.returncode == 1 and "ItemNotFound" in missing.stdout
         refused = run("policy", "--every-observations", "50")
         assert refused.returncode == 1 and "veloxserve token create" in refused.stdout
-        created = subprocess.run(cli + ["token", "create", "--home", str(tmp_path), "--name", "ops"],
-                                 capture_output=True, text=True, timeout=60)
+        created = subprocess.run(
+            cli + ["token", "create", "--home", str(tmp_path), "--name", "ops"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         token = created.stdout.strip()
         assert created.returncode == 0 and token.startswith("vx_") and "Shown once" in created.stderr
         # the server re-reads its tokens at most twice a second: poll, do not guess how long that takes
-        assert _eventually(lambda: '"every_observations": 50' in run("policy", "--every-observations", "50",
-                                                                      "--token", token).stdout)
+        assert _eventually(
+            lambda: '"every_observations": 50' in run("policy", "--every-observations", "50", "--token", token).stdout
+        )
         env = {**os.environ, "VELOXSERVE_TOKEN": token}
-        via_env = subprocess.run(cli + ["versions", "activate", "v1", "--url", server.url, "--model", "songs"],
-                                 capture_output=True, text=True, timeout=60, env=env)
+        via_env = subprocess.run(
+            cli + ["versions", "activate", "v1", "--url", server.url, "--model", "songs"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
         assert via_env.returncode == 0 and '"active_version": "v1"' in via_env.stdout
         listed = subprocess.run(cli + ["token", "list", "--home", str(tmp_path)], capture_output=True, text=True)
         assert '"name": "ops"' in listed.stdout and token.split("_", 2)[2] not in listed.stdout
-        revoked = subprocess.run(cli + ["token", "revoke", "ops", "--home", str(tmp_path)], capture_output=True, text=True)
+        revoked = subprocess.run(
+            cli + ["token", "revoke", "ops", "--home", str(tmp_path)], capture_output=True, text=True
+        )
         assert revoked.returncode == 0
         assert _eventually(lambda: run("policy", "--every-observations", "60", "--token", token).returncode == 1)
     finally:
         server.stop()
     assert httpx.get  # the server is gone; the CLI reports it clearly
-    down = subprocess.run(cli + ["predict", "--url", server.url, "--model", "songs", "--user", "1", "--item", "2"],
-                          capture_output=True, text=True, timeout=60)
+    down = subprocess.run(
+        cli + ["predict", "--url", server.url, "--model", "songs", "--user", "1", "--item", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert down.returncode == 2 and "cannot reach" in down.stderr
 
 
 def test_train_rejects_a_bad_file_with_a_clear_message(tmp_path: Path) -> None:
     (tmp_path / "bad.csv").write_text("user,item\n1,2\n")
-    result = subprocess.run([sys.executable, "-m", "veloxserve.cli", "train", "--home", str(tmp_path),
-                             "--ratings", str(tmp_path / "bad.csv"), "--model", "m"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "veloxserve.cli",
+            "train",
+            "--home",
+            str(tmp_path),
+            "--ratings",
+            str(tmp_path / "bad.csv"),
+            "--model",
+            "m",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "missing column(s) score" in result.stderr
 
 
@@ -120,8 +173,11 @@ def test_serve_without_auth_warns_loudly(tmp_path: Path) -> None:
 def _snapshot(home: Path) -> dict[str, str]:
     import hashlib
 
-    return {str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(home.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(home)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(home.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_a_second_demo_on_a_taken_port_or_a_locked_home_changes_nothing_and_says_what_to_do(tmp_path: Path) -> None:
@@ -136,9 +192,25 @@ def test_a_second_demo_on_a_taken_port_or_a_locked_home_changes_nothing_and_says
     home = tmp_path / "home"
     write_ratings_csv(generate_catify(60, 40, n_ratings=1500, seed=2).ratings, tmp_path / "r.csv")
     cli = [sys.executable, "-m", "veloxserve.cli"]
-    trained = subprocess.run(cli + ["train", "--home", str(home), "--ratings", str(tmp_path / "r.csv"),
-                                    "--model", "catify", "--rank", "3", "--iterations", "2"],
-                             capture_output=True, text=True, timeout=300)
+    trained = subprocess.run(
+        cli
+        + [
+            "train",
+            "--home",
+            str(home),
+            "--ratings",
+            str(tmp_path / "r.csv"),
+            "--model",
+            "catify",
+            "--rank",
+            "3",
+            "--iterations",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert trained.returncode == 0, trained.stderr
     token = TokenStore(home / "auth" / "tokens.json").create(name="demo")  # the running demo's token
     demo = cli + ["demo", "--home", str(home), "--users", "50", "--songs", "40", "--ratings", "1000"]
@@ -147,8 +219,9 @@ def test_a_second_demo_on_a_taken_port_or_a_locked_home_changes_nothing_and_says
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         before = _snapshot(home)
-        result = subprocess.run(demo + ["--port", str(taken.getsockname()[1])], capture_output=True, text=True,
-                                timeout=300)
+        result = subprocess.run(
+            demo + ["--port", str(taken.getsockname()[1])], capture_output=True, text=True, timeout=300
+        )
         assert result.returncode != 0
         assert "--port" in result.stderr and str(taken.getsockname()[1]) in result.stderr, result.stderr
         assert "serving" not in result.stdout

@@ -76,7 +76,9 @@ def cluster(tmp_path: Path):
 
 def _served(server: ServerProcess) -> float:
     text = httpx.get(f"{server.url}/metrics").text
-    return sum(float(v) for v in re.findall(r'veloxserve_requests_total\{route="predict",status="200"\} ([\d.e+]+)', text))
+    return sum(
+        float(v) for v in re.findall(r'veloxserve_requests_total\{route="predict",status="200"\} ([\d.e+]+)', text)
+    )
 
 
 def test_nginx_spreads_requests_passes_errors_through_and_survives_a_dead_backend(cluster) -> None:

@@ -34,8 +34,12 @@ MAY_IMPORT: dict[str, set[str] | None] = {
     "clipper": None,
     "api": {"serving", "clipper", "models", "storage"},  # storage for types: what api builds is checked below
 }
-STORE_BACKENDS = {"veloxserve.storage.redis_store", "veloxserve.storage.redis_client", "veloxserve.storage.lmdb_store",
-                  "veloxserve.storage.sqlite_store"}
+STORE_BACKENDS = {
+    "veloxserve.storage.redis_store",
+    "veloxserve.storage.redis_client",
+    "veloxserve.storage.lmdb_store",
+    "veloxserve.storage.sqlite_store",
+}
 DRIVERS = {"redis", "lmdb", "sqlite3"}
 # api modules that join Clipper's routes to the rest (the app factory, the OpenAPI document); the
 # others (the guard, metrics) know nothing of Clipper. A route table that composes them belongs here.
@@ -45,16 +49,82 @@ APP_FACTORY = "veloxserve.api.factory"
 # What the entry points build and hand to api/ (STYLE.md: concrete backends are chosen in one place).
 BUILT_BY_ENTRY_POINTS = {"veloxserve.storage", "veloxserve.clipper.runtime", "veloxserve.clipper.sync"}
 # The version directory contract's arrays (docs/architecture.md): models and the trainer know them, stores do not.
-VERSION_ARRAYS = {"item_ids", "item_factors", "item_bias", "user_ids", "user_weights", "user_gram", "user_rhs",
-                  "user_counts", "seen_indptr", "seen_items", "prior_mean", "prior_precision", "content_basis"}
-IO_MODULES = {"pyarrow.parquet", "pyarrow.csv", "pyarrow.feather", "pyarrow.dataset", "pyarrow.ipc", "shutil",
-              "tempfile", "socket", "subprocess", "sqlite3", "lmdb", "redis", "zmq", "urllib.request", "requests",
-              "httpx", "pickle", "cloudpickle", "joblib", "glob"}
-IO_CALLS = {"open", "io.open", "os", "numpy.load", "numpy.save", "numpy.savez", "numpy.savez_compressed",
-            "numpy.loadtxt", "numpy.savetxt", "numpy.genfromtxt", "numpy.fromfile", "numpy.memmap", "numpy.lib.format",
-            "json.load", "json.dump", "pandas.read_csv", "pandas.read_parquet", "pandas.read_json", *IO_MODULES}
-IO_METHODS = {"read_text", "read_bytes", "write_text", "write_bytes", "iterdir", "mkdir", "unlink", "rmdir", "touch",
-              "glob", "rglob", "is_file", "is_dir", "exists", "tofile", "open"}
+VERSION_ARRAYS = {
+    "item_ids",
+    "item_factors",
+    "item_bias",
+    "user_ids",
+    "user_weights",
+    "user_gram",
+    "user_rhs",
+    "user_counts",
+    "seen_indptr",
+    "seen_items",
+    "prior_mean",
+    "prior_precision",
+    "content_basis",
+}
+IO_MODULES = {
+    "pyarrow.parquet",
+    "pyarrow.csv",
+    "pyarrow.feather",
+    "pyarrow.dataset",
+    "pyarrow.ipc",
+    "shutil",
+    "tempfile",
+    "socket",
+    "subprocess",
+    "sqlite3",
+    "lmdb",
+    "redis",
+    "zmq",
+    "urllib.request",
+    "requests",
+    "httpx",
+    "pickle",
+    "cloudpickle",
+    "joblib",
+    "glob",
+}
+IO_CALLS = {
+    "open",
+    "io.open",
+    "os",
+    "numpy.load",
+    "numpy.save",
+    "numpy.savez",
+    "numpy.savez_compressed",
+    "numpy.loadtxt",
+    "numpy.savetxt",
+    "numpy.genfromtxt",
+    "numpy.fromfile",
+    "numpy.memmap",
+    "numpy.lib.format",
+    "json.load",
+    "json.dump",
+    "pandas.read_csv",
+    "pandas.read_parquet",
+    "pandas.read_json",
+    *IO_MODULES,
+}
+IO_METHODS = {
+    "read_text",
+    "read_bytes",
+    "write_text",
+    "write_bytes",
+    "iterdir",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "touch",
+    "glob",
+    "rglob",
+    "is_file",
+    "is_dir",
+    "exists",
+    "tofile",
+    "open",
+}
 
 # Known violations, being removed in issue 12 (the lead empties this list after merging):
 KNOWN: set[tuple[str, str, str]] = set()  # issue 12 removed every violation it listed; keep it empty
@@ -159,8 +229,11 @@ def violations() -> set[tuple[str, str, str]]:
                 elif isinstance(node.func, ast.Attribute) and node.func.attr in IO_METHODS:
                     found.add(("models do no I/O", module.name, f".{node.func.attr}()"))
         if module.layer == "storage" and any(
-                isinstance(node, ast.Constant) and isinstance(node.value, str)
-                and node.value.removesuffix(".npy") in VERSION_ARRAYS for node in ast.walk(module.tree)):
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and node.value.removesuffix(".npy") in VERSION_ARRAYS
+            for node in ast.walk(module.tree)
+        ):
             found.add(("stores know nothing of models", module.name, "version arrays"))
         if module.layer == "api" and module.name != APP_FACTORY:
             for callee, _ in _calls(module):
@@ -183,8 +256,12 @@ def _import_violations(module: Module, target: str) -> set[tuple[str, str, str]]
         found.add((f"{layer} imports nothing above it", module.name, target))
     if layer == "learning" and target in STORE_BACKENDS:
         found.add(("learning reaches stores through their interface", module.name, target))
-    if (layer == "api" and module.name not in CLIPPER_COMPOSERS and not module.name.startswith("veloxserve.api.clipper_")
-            and _under(target, {"veloxserve.clipper"}) | target.startswith("veloxserve.api.clipper_")):
+    if (
+        layer == "api"
+        and module.name not in CLIPPER_COMPOSERS
+        and not module.name.startswith("veloxserve.api.clipper_")
+        and _under(target, {"veloxserve.clipper"}) | target.startswith("veloxserve.api.clipper_")
+    ):
         found.add(("Clipper stays in its api modules", module.name, target))
     return found
 
@@ -192,7 +269,8 @@ def _import_violations(module: Module, target: str) -> set[tuple[str, str, str]]
 def test_no_new_layer_violation() -> None:
     new = violations() - KNOWN
     assert not new, "imports against the layers (docs/architecture.md):\n" + "\n".join(
-        f"  {rule}: {module} -> {what}" for rule, module, what in sorted(new))
+        f"  {rule}: {module} -> {what}" for rule, module, what in sorted(new)
+    )
 
 
 def test_every_known_violation_still_exists() -> None:
@@ -216,34 +294,67 @@ def _pretend(name: str, source: str) -> Iterator[None]:
 M = "veloxserve.models.x"
 
 
-@pytest.mark.parametrize(("module", "source", "expected"), [
-    (M, "from veloxserve.api.app import create_app", ("nothing imports api", M, "veloxserve.api.app")),
-    (M, "def f():\n    from veloxserve.serving import velox",
-     ("models imports nothing above it", M, "veloxserve.serving.velox")),
-    (M, "import numpy as np\ndef f(p):\n    return np.load(p)", ("models do no I/O", M, "numpy.load")),
-    (M, "def f(p):\n    return p.read_text()", ("models do no I/O", M, ".read_text()")),
-    (M, "def f(p):\n    return open(p)", ("models do no I/O", M, "open")),
-    (M, "from json import load\ndef f(fh):\n    return load(fh)", ("models do no I/O", M, "json.load")),
-    (M, "import pyarrow.parquet as pq", ("models do no I/O", M, "pyarrow.parquet")),
-    ("veloxserve.storage.x", "from veloxserve.models.version import ModelVersion",
-     ("storage imports nothing above it", "veloxserve.storage.x", "veloxserve.models.version")),
-    ("veloxserve.storage.x", "NAMES = ('user_gram.npy',)",
-     ("stores know nothing of models", "veloxserve.storage.x", "version arrays")),
-    ("veloxserve.learning.x", "from ..serving import velox",
-     ("learning imports nothing above it", "veloxserve.learning.x", "veloxserve.serving.velox")),
-    ("veloxserve.learning.x", "import redis",
-     ("learning reaches stores through their interface", "veloxserve.learning.x", "redis")),
-    ("veloxserve.training.x", "import veloxserve.serving.velox",
-     ("training imports nothing above it", "veloxserve.training.x", "veloxserve.serving.velox")),
-    ("veloxserve.clipper.x", "from veloxserve.api import metrics",
-     ("nothing imports api", "veloxserve.clipper.x", "veloxserve.api.metrics")),
-    ("veloxserve.serving.x", "from veloxserve.cli import main",
-     ("nothing imports the entry points", "veloxserve.serving.x", "veloxserve.cli")),
-    ("veloxserve.api.x", "from veloxserve.storage import tokens\nstore = tokens.TokenStore('t')",
-     ("api is handed its stores and runtimes", "veloxserve.api.x", "veloxserve.storage.tokens.TokenStore")),
-    ("veloxserve.api.x", "from veloxserve.learning.user_table import UserTable",
-     ("api imports nothing above it", "veloxserve.api.x", "veloxserve.learning.user_table")),
-])
+@pytest.mark.parametrize(
+    ("module", "source", "expected"),
+    [
+        (M, "from veloxserve.api.app import create_app", ("nothing imports api", M, "veloxserve.api.app")),
+        (
+            M,
+            "def f():\n    from veloxserve.serving import velox",
+            ("models imports nothing above it", M, "veloxserve.serving.velox"),
+        ),
+        (M, "import numpy as np\ndef f(p):\n    return np.load(p)", ("models do no I/O", M, "numpy.load")),
+        (M, "def f(p):\n    return p.read_text()", ("models do no I/O", M, ".read_text()")),
+        (M, "def f(p):\n    return open(p)", ("models do no I/O", M, "open")),
+        (M, "from json import load\ndef f(fh):\n    return load(fh)", ("models do no I/O", M, "json.load")),
+        (M, "import pyarrow.parquet as pq", ("models do no I/O", M, "pyarrow.parquet")),
+        (
+            "veloxserve.storage.x",
+            "from veloxserve.models.version import ModelVersion",
+            ("storage imports nothing above it", "veloxserve.storage.x", "veloxserve.models.version"),
+        ),
+        (
+            "veloxserve.storage.x",
+            "NAMES = ('user_gram.npy',)",
+            ("stores know nothing of models", "veloxserve.storage.x", "version arrays"),
+        ),
+        (
+            "veloxserve.learning.x",
+            "from ..serving import velox",
+            ("learning imports nothing above it", "veloxserve.learning.x", "veloxserve.serving.velox"),
+        ),
+        (
+            "veloxserve.learning.x",
+            "import redis",
+            ("learning reaches stores through their interface", "veloxserve.learning.x", "redis"),
+        ),
+        (
+            "veloxserve.training.x",
+            "import veloxserve.serving.velox",
+            ("training imports nothing above it", "veloxserve.training.x", "veloxserve.serving.velox"),
+        ),
+        (
+            "veloxserve.clipper.x",
+            "from veloxserve.api import metrics",
+            ("nothing imports api", "veloxserve.clipper.x", "veloxserve.api.metrics"),
+        ),
+        (
+            "veloxserve.serving.x",
+            "from veloxserve.cli import main",
+            ("nothing imports the entry points", "veloxserve.serving.x", "veloxserve.cli"),
+        ),
+        (
+            "veloxserve.api.x",
+            "from veloxserve.storage import tokens\nstore = tokens.TokenStore('t')",
+            ("api is handed its stores and runtimes", "veloxserve.api.x", "veloxserve.storage.tokens.TokenStore"),
+        ),
+        (
+            "veloxserve.api.x",
+            "from veloxserve.learning.user_table import UserTable",
+            ("api imports nothing above it", "veloxserve.api.x", "veloxserve.learning.user_table"),
+        ),
+    ],
+)
 def test_the_rules_catch_what_they_describe(module: str, source: str, expected: tuple[str, str, str]) -> None:
     """Each rule against a made-up module, so that a rule broken in this file cannot pass silently."""
     with _pretend(module, source):
@@ -251,7 +362,9 @@ def test_the_rules_catch_what_they_describe(module: str, source: str, expected: 
 
 
 def test_json_dumps_pure_numpy_and_a_path_value_are_not_io() -> None:
-    source = "import json\nfrom pathlib import Path\nimport numpy as np\n" \
-             "def f(a):\n    return json.dumps(np.asarray(a).tolist()), Path('x').suffix"
+    source = (
+        "import json\nfrom pathlib import Path\nimport numpy as np\n"
+        "def f(a):\n    return json.dumps(np.asarray(a).tolist()), Path('x').suffix"
+    )
     with _pretend(M, source):
         assert not {v for v in violations() if v[1] == M}

@@ -18,7 +18,9 @@ from tests.helpers import ServerProcess
 def test_no_auth_on_a_non_loopback_host_is_refused_and_says_how(tmp_path: Path, command: str, host: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "veloxserve.cli", command, "--home", str(tmp_path), "--no-auth", "--host", host],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "--allow-remote-no-auth" in result.stderr and host in result.stderr

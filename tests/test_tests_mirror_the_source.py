@@ -17,8 +17,7 @@ def _modules(package: Path) -> set[str]:
 
 def test_every_test_folder_is_a_package_of_the_source() -> None:
     folders = {p.parent for p in TESTS.rglob("test_*.py")} - {TESTS}
-    strays = sorted(str(f.relative_to(TESTS)) for f in folders
-                    if f.parent != TESTS or f.name not in PACKAGES)
+    strays = sorted(str(f.relative_to(TESTS)) for f in folders if f.parent != TESTS or f.name not in PACKAGES)
     assert not strays, f"test folders with no veloxserve package of their name: {strays}"
 
 
@@ -39,6 +38,7 @@ def test_a_test_named_for_a_module_sits_in_that_modules_package() -> None:
 
 
 def test_every_package_folder_is_importable_as_tests_package() -> None:
-    missing = sorted(p.name for p in TESTS.iterdir() if p.is_dir() and p.name in PACKAGES
-                     and not (p / "__init__.py").is_file())
+    missing = sorted(
+        p.name for p in TESTS.iterdir() if p.is_dir() and p.name in PACKAGES and not (p / "__init__.py").is_file()
+    )
     assert not missing, f"test folders without __init__.py (their modules' names would collide): {missing}"

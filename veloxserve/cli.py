@@ -54,57 +54,115 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="Catify seed (default 0)")
 
     train = sub.add_parser(
-        "train", help="train a new model version from a ratings file and make it active",
+        "train",
+        help="train a new model version from a ratings file and make it active",
         description="Train a new version from every rating in the file and make it active. The held-out RMSE it "
-                    "reports comes from a separate fit without a random 10% of the ratings; the served version (θ "
-                    "and every user) is then fitted on all of them, so every user and item in the file is served "
-                    "(meta.json 'evaluation' says so). --engine spark still serves its 90% training split.")
+        "reports comes from a separate fit without a random 10% of the ratings; the served version (θ "
+        "and every user) is then fitted on all of them, so every user and item in the file is served "
+        "(meta.json 'evaluation' says so). --engine spark still serves its 90% training split.",
+    )
     home(train)
-    train.add_argument("--ratings", required=True, type=Path,
-                       help="CSV or Parquet (user,item,score[,timestamp]) or MovieLens u.data / ratings.dat")
+    train.add_argument(
+        "--ratings",
+        required=True,
+        type=Path,
+        help="CSV or Parquet (user,item,score[,timestamp]) or MovieLens u.data / ratings.dat",
+    )
     train.add_argument("--model", required=True, help="model name, e.g. catify")
-    train.add_argument("--items", type=Path,
-                       help="item table (CSV or Parquet, 'item' column): attributes for top-k filters; a 'text' "
-                            "column also trains content features, to score items known only by their text")
+    train.add_argument(
+        "--items",
+        type=Path,
+        help="item table (CSV or Parquet, 'item' column): attributes for top-k filters; a 'text' "
+        "column also trains content features, to score items known only by their text",
+    )
     train.add_argument("--rank", type=int, help="latent dimensions of f(x; θ)")
     train.add_argument("--reg", type=float, help="ridge regularisation of the item factors")
     train.add_argument("--prior-precision", type=float, help="ridge precision λ of the user prior")
     train.add_argument("--iterations", type=int, help="ALS sweeps")
-    train.add_argument("--link", choices=["identity", "logistic"], default="identity",
-                       help="σ: identity for ratings (default), logistic for 0/1 labels")
+    train.add_argument(
+        "--link",
+        choices=["identity", "logistic"],
+        default="identity",
+        help="σ: identity for ratings (default), logistic for 0/1 labels",
+    )
     train.add_argument("--seed", type=int, help="random seed")
-    train.add_argument("--score-range", type=float, nargs=2, metavar=("LO", "HI"),
-                       help="scores observe accepts (default: the ratings' min and max widened by 10%% of their span)")
-    train.add_argument("--engine", choices=["local", "spark"], default="local",
-                       help="local: compiled ALS on this machine (default); spark: Spark MLlib ALS")
-    train.add_argument("--master", default="local[2]",
-                       help="Spark master URL with --engine spark (default local[2]; e.g. spark://host:7077)")
+    train.add_argument(
+        "--score-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="scores observe accepts (default: the ratings' min and max widened by 10%% of their span)",
+    )
+    train.add_argument(
+        "--engine",
+        choices=["local", "spark"],
+        default="local",
+        help="local: compiled ALS on this machine (default); spark: Spark MLlib ALS",
+    )
+    train.add_argument(
+        "--master",
+        default="local[2]",
+        help="Spark master URL with --engine spark (default local[2]; e.g. spark://host:7077)",
+    )
 
     serve = sub.add_parser("serve", help="serve every model under --home over HTTP/JSON")
     home(serve)
     net(serve)
-    serve.add_argument("--store", default="lmdb",
-                       help="users' state: lmdb (embedded, one process per home; default) or "
-                            "redis://host:port/db[?prefix=name] (shared by several processes)")
-    serve.add_argument("--instance", help="this process's id when several serve one home over Redis "
-                                          "(its own log and lock; default: the home's main log)")
-    serve.add_argument("--model-dir", action="append", default=[], type=Path, metavar="DIR",
-                       help="Clipper may deploy model files from DIR (repeatable) besides <home>/models-in/. "
-                            "Deploying a pickle or a torch file runs its code with the server's rights: give only "
-                            "directories that only trusted operators can write")
+    serve.add_argument(
+        "--store",
+        default="lmdb",
+        help="users' state: lmdb (embedded, one process per home; default) or "
+        "redis://host:port/db[?prefix=name] (shared by several processes)",
+    )
+    serve.add_argument(
+        "--instance",
+        help="this process's id when several serve one home over Redis "
+        "(its own log and lock; default: the home's main log)",
+    )
+    serve.add_argument(
+        "--model-dir",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="Clipper may deploy model files from DIR (repeatable) besides <home>/models-in/. "
+        "Deploying a pickle or a torch file runs its code with the server's rights: give only "
+        "directories that only trusted operators can write",
+    )
     for p in (serve, demo):
-        p.add_argument("--no-auth", action="store_true",
-                       help="DANGEROUS, local development only: admin routes (retrain, activate, policy, forget, "
-                            "and Clipper's deploy, which runs model code) need no token")
-        p.add_argument("--allow-remote-no-auth", action="store_true",
-                       help="with --no-auth, listen on a non-loopback --host anyway (refused without this)")
-        p.add_argument("--require-key", action="append", default=[], metavar="MODEL",
-                       help="predict/top_k/observe on MODEL need a key (`token create --model MODEL`) or an admin "
-                            "token; repeat for several models, '*' for all (default: open)")
-        p.add_argument("--objective-ms", action="append", default=[], type=_objective, metavar="[MODEL=]MS",
-                       help="latency objective: requests that cannot be served within it get 503 + Retry-After at once")
-        p.add_argument("--max-in-flight", type=int, default=512,
-                       help="requests per model in flight (e.g. awaiting the log's fsync) before 503 (default 512)")
+        p.add_argument(
+            "--no-auth",
+            action="store_true",
+            help="DANGEROUS, local development only: admin routes (retrain, activate, policy, forget, "
+            "and Clipper's deploy, which runs model code) need no token",
+        )
+        p.add_argument(
+            "--allow-remote-no-auth",
+            action="store_true",
+            help="with --no-auth, listen on a non-loopback --host anyway (refused without this)",
+        )
+        p.add_argument(
+            "--require-key",
+            action="append",
+            default=[],
+            metavar="MODEL",
+            help="predict/top_k/observe on MODEL need a key (`token create --model MODEL`) or an admin "
+            "token; repeat for several models, '*' for all (default: open)",
+        )
+        p.add_argument(
+            "--objective-ms",
+            action="append",
+            default=[],
+            type=_objective,
+            metavar="[MODEL=]MS",
+            help="latency objective: requests that cannot be served within it get 503 + Retry-After at once",
+        )
+        p.add_argument(
+            "--max-in-flight",
+            type=int,
+            default=512,
+            help="requests per model in flight (e.g. awaiting the log's fsync) before 503 (default 512)",
+        )
 
     token = sub.add_parser("token", help="API tokens for admin routes and per-model keys (stored hashed under --home)")
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
@@ -153,13 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("version", help="e.g. v3")
 
     retrain = sub.add_parser("retrain", help="retrain a running server's model from its base data and log")
-    retrain.add_argument("--promote", choices=["if_better", "always", "never"], default="if_better",
-                         help="promote the new version if it beats the active one (default), always, or never")
+    retrain.add_argument(
+        "--promote",
+        choices=["if_better", "always", "never"],
+        default="if_better",
+        help="promote the new version if it beats the active one (default), always, or never",
+    )
     retrain.add_argument("--wait", action="store_true", help="wait for the retrain to finish and print its outcome")
 
     policy = sub.add_parser("policy", help="show or set when a running server's model retrains by itself")
     policy.add_argument("--every-observations", type=int, help="retrain after this many new observations")
-    policy.add_argument("--every-seconds", type=float, help="retrain when this much time has passed (and feedback came)")
+    policy.add_argument(
+        "--every-seconds", type=float, help="retrain when this much time has passed (and feedback came)"
+    )
     policy.add_argument("--drift", choices=["on", "off"], help="retrain when Page-Hinkley sees the live error rise")
     policy.add_argument("--promote", choices=["if_better", "always", "never"])
 
@@ -212,8 +276,16 @@ def _train(args: argparse.Namespace) -> int:
 
         meta = train_version_spark(layout, name, args.ratings, config_from(overrides), master=args.master)
     else:
-        meta = train_version(layout, name, args.ratings, config_from(overrides), link=args.link, items=args.items,
-                             progress=True, score_range=args.score_range)
+        meta = train_version(
+            layout,
+            name,
+            args.ratings,
+            config_from(overrides),
+            link=args.link,
+            items=args.items,
+            progress=True,
+            score_range=args.score_range,
+        )
     VersionCatalog(layout.model_dir(name)).activate(meta["version"])
     print(json.dumps(meta, indent=2))
     return 0
@@ -223,10 +295,13 @@ def _refuse_remote_no_auth(args: argparse.Namespace) -> bool:
     """--no-auth on a non-loopback --host opens the admin routes to the network: refuse unless forced."""
     if not args.no_auth or args.allow_remote_no_auth or _is_loopback(args.host):
         return False
-    print(f"error: --no-auth on --host {args.host} would let anyone who can reach it retrain, activate, change "
-          "policies and erase users. Serve on 127.0.0.1 (the default), drop --no-auth and use tokens "
-          "(`veloxserve token create`), or add --allow-remote-no-auth if you really mean it.",
-          file=sys.stderr, flush=True)
+    print(
+        f"error: --no-auth on --host {args.host} would let anyone who can reach it retrain, activate, change "
+        "policies and erase users. Serve on 127.0.0.1 (the default), drop --no-auth and use tokens "
+        "(`veloxserve token create`), or add --allow-remote-no-auth if you really mean it.",
+        file=sys.stderr,
+        flush=True,
+    )
     return True
 
 
@@ -253,8 +328,9 @@ def _serve(args: argparse.Namespace) -> int:
     if _refuse_remote_no_auth(args):
         return 2
     objectives = dict(args.objective_ms)
-    admission = AdmissionConfig(max_in_flight=args.max_in_flight, default_objective_ms=objectives.pop(None, None),
-                                objectives_ms=objectives)
+    admission = AdmissionConfig(
+        max_in_flight=args.max_in_flight, default_objective_ms=objectives.pop(None, None), objectives_ms=objectives
+    )
     auth = AuthConfig(enabled=not args.no_auth, keyed_models=frozenset(args.require_key))
     store = None
     if getattr(args, "store", "lmdb") != "lmdb":  # `demo` serves the embedded store
@@ -262,22 +338,36 @@ def _serve(args: argparse.Namespace) -> int:
         from veloxserve.storage.redis_store import RedisUserStore
 
         store = RedisUserStore(RedisSettings.from_url(args.store))
-    velox = Velox(args.home, store=store, instance=getattr(args, "instance", None),
-                  home_lock=getattr(args, "home_lock", None))
+    velox = Velox(
+        args.home, store=store, instance=getattr(args, "instance", None), home_lock=getattr(args, "home_lock", None)
+    )
     try:
         app = create_app(velox, auth=auth, admission=admission, model_dirs=getattr(args, "model_dir", []))
         config = uvicorn.Config(
-            app, host=args.host, port=args.port, access_log=False, log_level="warning",
-            http="httptools", loop="uvloop", lifespan="on",  # lifespan starts Clipper's containers
+            app,
+            host=args.host,
+            port=args.port,
+            access_log=False,
+            log_level="warning",
+            http="httptools",
+            loop="uvloop",
+            lifespan="on",  # lifespan starts Clipper's containers
         )
         server = uvicorn.Server(config)
         if args.no_auth:
-            print("WARNING: --no-auth: anyone who can reach this port can retrain, activate, change policies, "
-                  "erase users and deploy model files (running their code). Local development only.",
-                  file=sys.stderr, flush=True)
+            print(
+                "WARNING: --no-auth: anyone who can reach this port can retrain, activate, change policies, "
+                "erase users and deploy model files (running their code). Local development only.",
+                file=sys.stderr,
+                flush=True,
+            )
         elif not app.guard.tokens.has_admin():
-            print(f"note: no admin token yet; admin routes answer 401 until you run "
-                  f"`veloxserve token create --home {args.home}`", file=sys.stderr, flush=True)
+            print(
+                f"note: no admin token yet; admin routes answer 401 until you run "
+                f"`veloxserve token create --home {args.home}`",
+                file=sys.stderr,
+                flush=True,
+            )
         print(f"serving {', '.join(velox.model_names()) or 'no models'} on http://{args.host}:{args.port}", flush=True)
         listen = getattr(args, "listen_socket", None)  # `demo` bound the port before changing anything
         server.run(sockets=[listen] if listen is not None else None)
@@ -326,9 +416,11 @@ def _bind(host: str, port: int) -> Any:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise Conflict(f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Another process (perhaps a "
-                       f"running demo) has the port; stop it, or pass another --port. Nothing was changed.",
-                       field="port") from None
+        raise Conflict(
+            f"Cannot listen on {host}:{port}: {exc.strerror or exc}. Another process (perhaps a "
+            f"running demo) has the port; stop it, or pass another --port. Nothing was changed.",
+            field="port",
+        ) from None
     return sock
 
 
@@ -340,8 +432,9 @@ def _lock_home(layout: Any) -> Any:
     try:
         return HomeLock(layout.root / ".lock")
     except Conflict as exc:
-        raise Conflict(f"{exc.message} A second demo needs its own --home (and --port). Nothing was changed.",
-                       field="home") from None
+        raise Conflict(
+            f"{exc.message} A second demo needs its own --home (and --port). Nothing was changed.", field="home"
+        ) from None
 
 
 def _prepare_demo(args: argparse.Namespace, layout: Any, catify_config: Any) -> None:
@@ -364,8 +457,10 @@ def _prepare_demo(args: argparse.Namespace, layout: Any, catify_config: Any) -> 
     print(f"Catify: {len(data.ratings)} ratings by {args.users} users of {args.songs} songs -> {data_path}")
     meta = train_version(layout, "catify", data_path, catify_config, items=items_path, progress=True)
     VersionCatalog(layout.model_dir("catify")).activate(meta["version"])
-    print(f"trained catify {meta['version']}: held-out RMSE {meta['heldout_rmse']:.3f} "
-          f"(planted noise {data.noise}), {meta['train_seconds']:.2f} s")
+    print(
+        f"trained catify {meta['version']}: held-out RMSE {meta['heldout_rmse']:.3f} "
+        f"(planted noise {data.noise}), {meta['train_seconds']:.2f} s"
+    )
     base = f"http://{args.host}:{args.port}/models/catify"
     user, song = data.ratings.users[0], data.ratings.items[0]
     print("\nTry, in another terminal:\n")
@@ -373,8 +468,10 @@ def _prepare_demo(args: argparse.Namespace, layout: Any, catify_config: Any) -> 
     print(f"  curl '{base}/top_k?user={user}&k=5&exclude_seen=true&filter=genre:jazz|soul'")
     words = "+".join(items["text"][int(song)].split()[:12])
     print(f"  curl '{base}/predict?user={user}&text={words}'")
-    print(f"  curl -X POST {base}/observe -H 'content-type: application/json' "
-          f"-d '{{\"user\": {user}, \"item\": {song}, \"score\": 5.0}}'\n")
+    print(
+        f"  curl -X POST {base}/observe -H 'content-type: application/json' "
+        f'-d \'{{"user": {user}, "item": {song}, "score": 5.0}}\'\n'
+    )
     if not args.no_auth:
         from veloxserve.storage.tokens import TokenStore
 
@@ -412,8 +509,11 @@ def _token(args: argparse.Namespace) -> int:
     tokens = TokenStore(HomeLayout(Path(args.home)).tokens_file)
     if args.token_command == "create":
         print(tokens.create(name=args.name, scope=ADMIN if args.model is None else f"model:{args.model}"))
-        print("Shown once: only its hash is stored. Send it as 'Authorization: Bearer <token>' "
-              "or set VELOXSERVE_TOKEN for the CLI.", file=sys.stderr)
+        print(
+            "Shown once: only its hash is stored. Send it as 'Authorization: Bearer <token>' "
+            "or set VELOXSERVE_TOKEN for the CLI.",
+            file=sys.stderr,
+        )
         return 0
     if args.token_command == "list":
         print(json.dumps([record.public() for record in tokens.records()], indent=2))
@@ -465,8 +565,10 @@ def _retrain(args: argparse.Namespace) -> int:
 
 def _policy(args: argparse.Namespace) -> int:
     changes = {
-        "every_observations": args.every_observations, "every_seconds": args.every_seconds,
-        "drift": None if args.drift is None else args.drift == "on", "promote": args.promote,
+        "every_observations": args.every_observations,
+        "every_seconds": args.every_seconds,
+        "drift": None if args.drift is None else args.drift == "on",
+        "promote": args.promote,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if not changes:
@@ -497,8 +599,17 @@ _COMMANDS = {
     "token": _token,
     "predict": lambda a: _client(a, "GET", "predict", params={"user": a.user, "item": a.item}),
     "top-k": lambda a: _client(a, "GET", "top_k", params={"user": a.user, "k": a.k, "exclude_seen": a.exclude_seen}),
-    "observe": lambda a: _client(a, "POST", "observe", json={"user": a.user, "item": a.item, "score": a.score, **{
-        k: v for k, v in (("id", a.id), ("decision", a.decision)) if v is not None}}),
+    "observe": lambda a: _client(
+        a,
+        "POST",
+        "observe",
+        json={
+            "user": a.user,
+            "item": a.item,
+            "score": a.score,
+            **{k: v for k, v in (("id", a.id), ("decision", a.decision)) if v is not None},
+        },
+    ),
 }
 
 if __name__ == "__main__":

@@ -47,8 +47,10 @@ class ServingConfig:
         if self.feature_cache_bytes < 0:
             raise ValueError(f"feature_cache_bytes must be >= 0, got {self.feature_cache_bytes}")
         if self.idempotency_seconds < 0 or self.idempotency_keys < 0 or self.decision_memory < 0:
-            raise ValueError("idempotency_seconds, idempotency_keys and decision_memory must be >= 0, got "
-                             f"{self.idempotency_seconds}, {self.idempotency_keys}, {self.decision_memory}")
+            raise ValueError(
+                "idempotency_seconds, idempotency_keys and decision_memory must be >= 0, got "
+                f"{self.idempotency_seconds}, {self.idempotency_keys}, {self.decision_memory}"
+            )
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 

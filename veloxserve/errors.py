@@ -168,8 +168,9 @@ def invalid_parameter(field: str, where: str, expected: str, got: Any) -> Invali
     prefix), and so is the field when it came from the client (an unknown key)."""
     if len(field) > MAX_QUOTED_CHARS:
         field = field[:MAX_QUOTED_CHARS] + "..."
-    return InvalidInput(f"The {field!r} parameter of {where} must be {expected}. Got {quote(got)} instead.",
-                        field=field)
+    return InvalidInput(
+        f"The {field!r} parameter of {where} must be {expected}. Got {quote(got)} instead.", field=field
+    )
 
 
 class MethodNotAllowed(VeloxError):

@@ -53,9 +53,13 @@ def test_get_predict(client, velox) -> None:
 
 
 def test_post_predict_batch_mixes_string_and_integer_ids(client, velox) -> None:
-    body = client.post("/models/songs/predict", json={"queries": [{"user": 3, "item": "105"}, {"user": "x", "item": 101}]})
+    body = client.post(
+        "/models/songs/predict", json={"queries": [{"user": 3, "item": "105"}, {"user": "x", "item": 101}]}
+    )
     assert body.status_code == 200
-    np.testing.assert_allclose(body.json()["scores"], [velox.predict("songs", 3, 105), velox.predict("songs", "x", 101)])
+    np.testing.assert_allclose(
+        body.json()["scores"], [velox.predict("songs", 3, 105), velox.predict("songs", "x", 101)]
+    )
 
 
 def test_top_k_get_and_post(client, velox) -> None:
@@ -96,9 +100,27 @@ def test_observe_single_and_batch_are_learned_before_the_next_prediction(client)
         ("POST", "/models/songs/predict", {"json": {"queries": [{"user": 1, "item": 101}] * 51}}, 400, "queries"),
         ("POST", "/models/songs/predict", {"json": [1, 2]}, 400, "body"),
         ("POST", "/models/songs/observe", {"json": {"user": 1, "item": 101}}, 400, "body"),
-        ("POST", "/models/songs/observe", {"json": {"user": 1.5, "item": 101, "score": 1}}, 400, "observations[0].user"),
-        ("POST", "/models/songs/observe", {"json": {"user": 1, "item": 101, "score": "high"}}, 400, "observations[0].score"),
-        ("POST", "/models/songs/observe", {"json": {"user": 1, "item": 101, "score": None}}, 400, "observations[0].score"),
+        (
+            "POST",
+            "/models/songs/observe",
+            {"json": {"user": 1.5, "item": 101, "score": 1}},
+            400,
+            "observations[0].user",
+        ),
+        (
+            "POST",
+            "/models/songs/observe",
+            {"json": {"user": 1, "item": 101, "score": "high"}},
+            400,
+            "observations[0].score",
+        ),
+        (
+            "POST",
+            "/models/songs/observe",
+            {"json": {"user": 1, "item": 101, "score": None}},
+            400,
+            "observations[0].score",
+        ),
         ("POST", "/models/songs/observe", {"json": {"observations": "x"}}, 400, "observations"),
         ("POST", "/models/nope/observe", {"json": {"user": 1, "item": 101, "score": 1}}, 404, "model"),
     ],
@@ -115,8 +137,11 @@ def test_nan_and_infinite_scores_are_rejected_without_changing_state(client, vel
     for raw in (b'{"user": 1, "item": 101, "score": NaN}', b'{"user": 1, "item": 101, "score": Infinity}'):
         r = client.post("/models/songs/observe", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 400
-    r = client.post("/models/songs/observe", content=b'{"observations": [{"user": 1, "item": 101, "score": 5.0}, '
-                    b'{"user": 1, "item": 101, "score": 1e400}]}', headers={"content-type": "application/json"})
+    r = client.post(
+        "/models/songs/observe",
+        content=b'{"observations": [{"user": 1, "item": 101, "score": 5.0}, {"user": 1, "item": 101, "score": 1e400}]}',
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400
     assert velox.predict("songs", 1, 101) == before
 

@@ -45,17 +45,23 @@ def _bearer(token: str) -> dict[str, str]:
 def test_the_schema_and_the_route_table_agree_on_who_needs_a_token() -> None:
     router = Router()
     for path, operations in openapi_schema()["paths"].items():
-        concrete = path.replace("{name}", "songs").replace("{version}", "v1").replace("{user}", "3").replace("{app}", "a")
+        concrete = (
+            path.replace("{name}", "songs").replace("{version}", "v1").replace("{user}", "3").replace("{app}", "a")
+        )
         for method in operations:
             route = (method.upper(), router.label(concrete.split("/")))
             if method != "get":
                 assert route in ADMIN_ROUTES | MODEL_ROUTES, (method, path)
-            expected = [{"bearer": []}] if route in ADMIN_ROUTES else [{}, {"bearer": []}] if route in MODEL_ROUTES else None
+            expected = (
+                [{"bearer": []}] if route in ADMIN_ROUTES else [{}, {"bearer": []}] if route in MODEL_ROUTES else None
+            )
             assert operations[method].get("security") == expected, (method, path)
 
 
 @pytest.mark.parametrize("method, path, body", ADMIN_CALLS)
-def test_admin_routes_refuse_a_missing_invalid_or_underpowered_token_and_change_nothing(home, method, path, body) -> None:
+def test_admin_routes_refuse_a_missing_invalid_or_underpowered_token_and_change_nothing(
+    home, method, path, body
+) -> None:
     tokens = TokenStore(HomeLayout(home).tokens_file)
     key = tokens.create(name="app", scope="model:songs")
     revoked = tokens.create(name="old")
@@ -72,7 +78,11 @@ def test_admin_routes_refuse_a_missing_invalid_or_underpowered_token_and_change_
         forbidden = client.request(method, path, json=body, headers=_bearer(key))
         assert forbidden.status_code == 403 and "admin token" in forbidden.json()["message"]
         assert client.get("/models/songs/retrain").json()["retrain"] is None
-        assert (velox.server("songs").predict("3", "101"), velox.policy("songs"), velox.server("songs").version_id) == before
+        assert (
+            velox.server("songs").predict("3", "101"),
+            velox.policy("songs"),
+            velox.server("songs").version_id,
+        ) == before
         assert client.request(method, path, json=body, headers=_bearer(admin)).status_code in (200, 202)
 
 
@@ -83,12 +93,18 @@ def test_no_auth_opens_admin_routes(home) -> None:
 
 def test_per_model_keys_guard_the_data_plane_of_the_models_that_ask(home) -> None:
     tokens = TokenStore(HomeLayout(home).tokens_file)
-    songs_key, films_key, admin = (tokens.create(scope="model:songs"), tokens.create(scope="model:films"),
-                                   tokens.create())
-    calls = [("GET", "/models/songs/predict?user=1&item=101", None), ("GET", "/models/songs/top_k?user=1&k=2", None),
-             ("POST", "/models/songs/predict", {"queries": [{"user": 1, "item": 101}]}),
-             ("POST", "/models/songs/top_k", {"user": 1, "k": 2}),
-             ("POST", "/models/songs/observe", {"user": 1, "item": 101, "score": 3.0})]
+    songs_key, films_key, admin = (
+        tokens.create(scope="model:songs"),
+        tokens.create(scope="model:films"),
+        tokens.create(),
+    )
+    calls = [
+        ("GET", "/models/songs/predict?user=1&item=101", None),
+        ("GET", "/models/songs/top_k?user=1&k=2", None),
+        ("POST", "/models/songs/predict", {"queries": [{"user": 1, "item": 101}]}),
+        ("POST", "/models/songs/top_k", {"user": 1, "k": 2}),
+        ("POST", "/models/songs/observe", {"user": 1, "item": 101, "score": 3.0}),
+    ]
     with Velox(home) as velox, _client(velox, keyed_models=frozenset({"songs"})) as client:
         for method, path, body in calls:
             assert client.request(method, path, json=body).status_code == 401

@@ -48,9 +48,13 @@ def test_a_body_over_the_limit_is_413_from_content_length_before_it_is_read(serv
     server, _ = served
     declared = 60 << 20
     # Headers only: a server that read the body first would wait for 60 MB that never come.
-    answer = _raw(server.port, (
-        f"POST /models/songs/observe HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-        f"content-length: {declared}\r\n\r\n").encode())
+    answer = _raw(
+        server.port,
+        (
+            f"POST /models/songs/observe HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            f"content-length: {declared}\r\n\r\n"
+        ).encode(),
+    )
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.split()[1] == b"413", answer[:300]
     assert str(MAX_BODY_BYTES).encode() in answer or b"content-length" in rest.lower()
@@ -94,9 +98,18 @@ def test_an_error_quotes_only_a_short_prefix_of_a_huge_value(served) -> None:
 
 
 GET_ROUTES = [
-    "/healthz", "/openapi.json", "/models", "/metrics", "/models/songs", "/models/songs/predict?user=1&item=101",
-    "/models/songs/top_k?user=1&k=3", "/models/songs/versions", "/models/songs/versions/v1",
-    "/models/songs/retrain", "/models/songs/policy", "/models/songs/predict?user=1&item=nope",
+    "/healthz",
+    "/openapi.json",
+    "/models",
+    "/metrics",
+    "/models/songs",
+    "/models/songs/predict?user=1&item=101",
+    "/models/songs/top_k?user=1&k=3",
+    "/models/songs/versions",
+    "/models/songs/versions/v1",
+    "/models/songs/retrain",
+    "/models/songs/policy",
+    "/models/songs/predict?user=1&item=nope",
 ]
 
 

@@ -39,8 +39,12 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 def _cli(server: ServerProcess, *args: str) -> subprocess.CompletedProcess:
     token = server.admin["authorization"].removeprefix("Bearer ")
-    return subprocess.run([sys.executable, "-m", "veloxserve.cli", *args, "--url", server.url, "--token", token],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "veloxserve.cli", *args, "--url", server.url, "--token", token],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_deploy_with_the_cli_then_predict_observe_scale_roll_back_and_remove(server, tmp_path: Path) -> None:
@@ -79,17 +83,20 @@ def test_deploy_with_the_cli_then_predict_observe_scale_roll_back_and_remove(ser
     assert [m["model"] for m in httpx.get(f"{server.url}/containers").json()["models"]] == ["n"]
 
 
-@pytest.mark.parametrize("method, path, body, status, field", [
-    ("POST", "/containers", {"name": "m", "framework": "keras", "model": "/x"}, 400, "framework"),
-    ("POST", "/containers", {"name": "m", "framework": "callable"}, 400, "model"),
-    ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/x", "colour": 1}, 400, "colour"),
-    ("POST", "/containers", [1, 2], 400, "body"),
-    ("POST", "/apps", {"name": "a", "models": ["nope"]}, 404, "models"),
-    ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/no/such/file"}, 403, "model"),
-    ("POST", "/apps/nope/predict", {"input": [1]}, 404, None),
-    ("POST", "/containers/nope/scale", {"replicas": 2}, 404, None),
-    ("GET", "/apps/nope/predict", None, 405, None),
-])
+@pytest.mark.parametrize(
+    "method, path, body, status, field",
+    [
+        ("POST", "/containers", {"name": "m", "framework": "keras", "model": "/x"}, 400, "framework"),
+        ("POST", "/containers", {"name": "m", "framework": "callable"}, 400, "model"),
+        ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/x", "colour": 1}, 400, "colour"),
+        ("POST", "/containers", [1, 2], 400, "body"),
+        ("POST", "/apps", {"name": "a", "models": ["nope"]}, 404, "models"),
+        ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/no/such/file"}, 403, "model"),
+        ("POST", "/apps/nope/predict", {"input": [1]}, 404, None),
+        ("POST", "/containers/nope/scale", {"replicas": 2}, 404, None),
+        ("GET", "/apps/nope/predict", None, 405, None),
+    ],
+)
 def test_bad_requests_are_clear_errors(server, method, path, body, status, field) -> None:
     before = httpx.get(f"{server.url}/containers").json(), httpx.get(f"{server.url}/apps").json()
     response = httpx.request(method, f"{server.url}{path}", json=body, headers=server.admin)
@@ -100,14 +107,24 @@ def test_bad_requests_are_clear_errors(server, method, path, body, status, field
 
 def test_predict_and_observe_name_their_missing_fields(server, tmp_path: Path) -> None:
     model = write_callable(tmp_path / "m.pkl", constant_model(1.0))
-    assert httpx.post(f"{server.url}/containers", json={"name": "k", "framework": "callable", "model": str(model)},
-                      headers=server.admin, timeout=60).status_code == 200
+    assert (
+        httpx.post(
+            f"{server.url}/containers",
+            json={"name": "k", "framework": "callable", "model": str(model)},
+            headers=server.admin,
+            timeout=60,
+        ).status_code
+        == 200
+    )
     created = httpx.post(f"{server.url}/apps", json={"name": "a", "models": ["k"]}, headers=server.admin)
     assert created.status_code == 200
-    for path, body, field in (("predict", {"user": 1}, "input"), ("observe", {"input": [1]}, "label"),
-                              ("observe", {"input": [1], "label": [1, 2]}, "label"),
-                              ("observe", {"input": [1], "label": None}, "label"),
-                              ("predict", {"input": [1], "user": True}, "user")):
+    for path, body, field in (
+        ("predict", {"user": 1}, "input"),
+        ("observe", {"input": [1]}, "label"),
+        ("observe", {"input": [1], "label": [1, 2]}, "label"),
+        ("observe", {"input": [1], "label": None}, "label"),
+        ("predict", {"input": [1], "user": True}, "user"),
+    ):
         response = httpx.post(f"{server.url}/apps/a/{path}", json=body)
         assert response.status_code == 400 and response.json()["field"] == field, response.text
     assert httpx.get(f"{server.url}/apps/a").json()["observed"] == 0
@@ -117,9 +134,14 @@ def test_admin_routes_are_named_by_their_bounded_labels() -> None:
     router = Router()
     assert router.label("/containers/digits/scale".split("/")) == "/containers/{name}/scale"
     assert router.label("/apps/shop/predict".split("/")) == "/apps/{app}/predict"
-    assert {label for _, label in ADMIN_ROUTES if label.startswith(("/containers", "/apps"))} == {"/containers", "/containers/{name}/scale",
-                                                    "/containers/{name}/rollback", "/containers/{name}", "/apps",
-                                                    "/apps/{app}"}
+    assert {label for _, label in ADMIN_ROUTES if label.startswith(("/containers", "/apps"))} == {
+        "/containers",
+        "/containers/{name}/scale",
+        "/containers/{name}/rollback",
+        "/containers/{name}",
+        "/apps",
+        "/apps/{app}",
+    }
     assert ("POST", "/apps/{app}/predict") not in ADMIN_ROUTES
 
 
@@ -138,14 +160,21 @@ def test_acknowledged_feedback_survives_kill_9_of_the_server(tmp_path: Path) -> 
         first.wait_ready()
         for name, value in (("m", 1.0), ("n", 0.0)):
             model = write_callable(tmp_path / f"{name}.pkl", constant_model(value))
-            httpx.post(f"{first.url}/containers", json={"name": name, "framework": "callable", "model": str(model)},
-                       headers=admin, timeout=60).raise_for_status()
-        httpx.post(f"{first.url}/apps", json={"name": "p", "models": ["m", "n"], "policy": "personalised",
-                                              "loss": "squared", "objective_ms": 5000},
-                   headers=admin).raise_for_status()
+            httpx.post(
+                f"{first.url}/containers",
+                json={"name": name, "framework": "callable", "model": str(model)},
+                headers=admin,
+                timeout=60,
+            ).raise_for_status()
+        httpx.post(
+            f"{first.url}/apps",
+            json={"name": "p", "models": ["m", "n"], "policy": "personalised", "loss": "squared", "objective_ms": 5000},
+            headers=admin,
+        ).raise_for_status()
         for i in range(10):
-            httpx.post(f"{first.url}/apps/p/observe", json={"user": "u", "input": [float(i)], "label": 0.9},
-                       timeout=30).raise_for_status()
+            httpx.post(
+                f"{first.url}/apps/p/observe", json={"user": "u", "input": [float(i)], "label": 0.9}, timeout=30
+            ).raise_for_status()
         before = httpx.post(f"{first.url}/apps/p/predict", json={"user": "u", "input": [99.0]}).json()["output"]
         first.kill()
     finally:
@@ -185,8 +214,9 @@ def test_a_model_file_outside_the_model_directories_is_403_and_changes_nothing(s
     before = httpx.get(f"{server.url}/containers").json()
     # --model-dir is the base temporary directory: four levels up from models-in is outside it
     for path in ("/etc/passwd", str(link), str(server.home / "models-in" / "../../../../x.pkl")):
-        response = httpx.post(f"{server.url}/containers", json={"name": "x", "framework": "callable", "model": path},
-                              headers=server.admin)
+        response = httpx.post(
+            f"{server.url}/containers", json={"name": "x", "framework": "callable", "model": path}, headers=server.admin
+        )
         assert response.status_code == 403 and response.json()["field"] == "model", response.text
         assert "models-in" in response.json()["message"] and "--model-dir" in response.json()["message"]
     assert httpx.get(f"{server.url}/containers").json() == before
@@ -194,10 +224,15 @@ def test_a_model_file_outside_the_model_directories_is_403_and_changes_nothing(s
 
 
 def test_deploy_and_serve_help_say_that_deploying_runs_model_code() -> None:
-    for command, words in ((["deploy", "--help"], ("runs its code", "models-in", "--model-dir")),
-                           (["serve", "--help"], ("--model-dir", "runs its code"))):
-        text = " ".join(subprocess.run([sys.executable, "-m", "veloxserve.cli", *command], capture_output=True,
-                                       text=True, timeout=60).stdout.split())
+    for command, words in (
+        (["deploy", "--help"], ("runs its code", "models-in", "--model-dir")),
+        (["serve", "--help"], ("--model-dir", "runs its code")),
+    ):
+        text = " ".join(
+            subprocess.run(
+                [sys.executable, "-m", "veloxserve.cli", *command], capture_output=True, text=True, timeout=60
+            ).stdout.split()
+        )
         for word in words:
             assert word in text, (command, word)
 
@@ -213,23 +248,63 @@ def test_the_readmes_digits_steps_keep_answering_after_lr2(server, tmp_path: Pat
     joblib.dump(LogisticRegression(max_iter=300).fit(X[:300], y[:300]), tmp_path / "lr.joblib")
     joblib.dump(LogisticRegression(max_iter=300, C=0.1).fit(X[:600], y[:600]), tmp_path / "lr2.joblib")
     joblib.dump(RandomForestClassifier(n_estimators=5, random_state=0).fit(X[:300], y[:300]), tmp_path / "rf.joblib")
-    for args in (("deploy", "--name", "digits-lr", "--framework", "sklearn", "--model", str(tmp_path / "lr.joblib"),
-                  "--method", "predict_proba"),
-                 ("deploy", "--name", "digits-rf", "--framework", "sklearn", "--model", str(tmp_path / "rf.joblib"),
-                  "--method", "predict_proba"),
-                 ("app", "--name", "digits", "--models", "digits-lr,digits-rf", "--policy", "personalised",
-                  "--objective-ms", "20000", "--default", "null"),
-                 ("deploy", "--name", "digits-lr", "--framework", "sklearn", "--model", str(tmp_path / "lr2.joblib"))):
+    for args in (
+        (
+            "deploy",
+            "--name",
+            "digits-lr",
+            "--framework",
+            "sklearn",
+            "--model",
+            str(tmp_path / "lr.joblib"),
+            "--method",
+            "predict_proba",
+        ),
+        (
+            "deploy",
+            "--name",
+            "digits-rf",
+            "--framework",
+            "sklearn",
+            "--model",
+            str(tmp_path / "rf.joblib"),
+            "--method",
+            "predict_proba",
+        ),
+        (
+            "app",
+            "--name",
+            "digits",
+            "--models",
+            "digits-lr,digits-rf",
+            "--policy",
+            "personalised",
+            "--objective-ms",
+            "20000",
+            "--default",
+            "null",
+        ),
+        ("deploy", "--name", "digits-lr", "--framework", "sklearn", "--model", str(tmp_path / "lr2.joblib")),
+    ):
         done = _cli(server, *args)
         assert done.returncode == 0, done.stdout + done.stderr
     assert httpx.get(f"{server.url}/containers/digits-lr").json()["method"] == "predict_proba"
-    answer = httpx.post(f"{server.url}/apps/digits/predict", json={"user": "ann", "input": X[700].tolist()},
-                        timeout=60)
+    answer = httpx.post(f"{server.url}/apps/digits/predict", json={"user": "ann", "input": X[700].tolist()}, timeout=60)
     assert answer.status_code == 200 and answer.json()["default"] is False and len(answer.json()["output"]) == 10
     wrong = httpx.post(f"{server.url}/apps/digits/predict", json={"user": "ann", "input": X[700, :10].tolist()})
     assert wrong.status_code == 400 and wrong.json()["field"] == "input" and "[64]" in wrong.json()["message"]
-    labels = _cli(server, "deploy", "--name", "digits-lr", "--framework", "sklearn", "--model",
-                  str(tmp_path / "lr2.joblib"), "--method", "predict")
+    labels = _cli(
+        server,
+        "deploy",
+        "--name",
+        "digits-lr",
+        "--framework",
+        "sklearn",
+        "--model",
+        str(tmp_path / "lr2.joblib"),
+        "--method",
+        "predict",
+    )
     assert labels.returncode != 0 and "Conflict" in labels.stdout and "method predict" in labels.stdout
     assert httpx.get(f"{server.url}/containers/digits-lr").json()["version"] == "v2"
     httpx.delete(f"{server.url}/apps/digits", headers=server.admin).raise_for_status()

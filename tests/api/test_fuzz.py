@@ -35,12 +35,31 @@ def _train_songs(home: Path, tmp: Path) -> None:
         for item in rng.choice(60, size=12, replace=False):
             ratings.append(f"{user},{100 + item},{rng.integers(1, 6)}")
     (tmp / "ratings.csv").write_text("\n".join(ratings) + "\n")
-    songs = ["item,genre,text"] + [f"{100 + i},{'rock' if i % 2 else 'jazz'},{' '.join(rng.choice(words, 4))}"
-                                   for i in range(60)]
+    songs = ["item,genre,text"] + [
+        f"{100 + i},{'rock' if i % 2 else 'jazz'},{' '.join(rng.choice(words, 4))}" for i in range(60)
+    ]
     (tmp / "songs.csv").write_text("\n".join(songs) + "\n")
-    subprocess.run([sys.executable, "-m", "veloxserve.cli", "train", "--home", str(home), "--ratings",
-                    str(tmp / "ratings.csv"), "--items", str(tmp / "songs.csv"), "--model", "songs", "--rank", "4"],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "veloxserve.cli",
+            "train",
+            "--home",
+            str(home),
+            "--ratings",
+            str(tmp / "ratings.csv"),
+            "--items",
+            str(tmp / "songs.csv"),
+            "--model",
+            "songs",
+            "--rank",
+            "4",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +82,30 @@ def test_schemathesis_checks_all_find_no_mismatch_and_no_5xx(live, tmp_path: Pat
     # documented with Retry-After): not a server error to find; every other 5xx is.
     (tmp_path / "schemathesis.toml").write_text(
         '[parameters]\n"path.name" = "songs"\n\n'
-        '[checks.not_a_server_error]\nexpected-statuses = ["2xx", "3xx", "4xx", "503"]\n')
+        '[checks.not_a_server_error]\nexpected-statuses = ["2xx", "3xx", "4xx", "503"]\n'
+    )
     run = subprocess.run(
-        [str(SCHEMATHESIS), "run", f"{server.url}/openapi.json", "--checks", "all", "-H", f"Authorization: {token}",
-         "--max-examples", str(EXAMPLES_PER_OPERATION), "--seed", str(SEED), "--workers", "1",
-         "--request-timeout", "30", "--no-color"],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        [
+            str(SCHEMATHESIS),
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "all",
+            "-H",
+            f"Authorization: {token}",
+            "--max-examples",
+            str(EXAMPLES_PER_OPERATION),
+            "--seed",
+            str(SEED),
+            "--workers",
+            "1",
+            "--request-timeout",
+            "30",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-2000:]

@@ -52,9 +52,15 @@ def test_retrain_is_accepted_conflicts_while_running_and_is_listed(client) -> No
     assert client.delete("/models/songs/versions/v1").status_code == 405
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"promote": "maybe"}, "promote"), ({"colour": "red"}, "colour"), ({"params": [1]}, "params"), ([1], None),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"promote": "maybe"}, "promote"),
+        ({"colour": "red"}, "colour"),
+        ({"params": [1]}, "params"),
+        ([1], None),
+    ],
+)
 def test_bad_retrain_requests_start_nothing(client, body, field) -> None:
     response = client.post("/models/songs/retrain", json=body)
     assert response.status_code == 400

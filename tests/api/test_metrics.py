@@ -14,16 +14,18 @@ from veloxserve.api.metrics import Metrics
 from veloxserve.serving.velox import Velox
 
 _REQUESTS = st.lists(
-    st.tuples(st.sampled_from(["predict", "top_k", "observe"]), st.sampled_from([200, 400, 404]),
-              st.floats(0.0, 2.0)),
+    st.tuples(st.sampled_from(["predict", "top_k", "observe"]), st.sampled_from([200, 400, 404]), st.floats(0.0, 2.0)),
     max_size=40,
 )
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple], float]:
     text = metrics.render().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 @settings(max_examples=30, deadline=None)

@@ -43,8 +43,9 @@ def test_an_impossible_deadline_is_refused_at_once_with_retry_after(client) -> N
     assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"] == "Overloaded" and "deadline" in refused.json()["message"]
     first = client.post("/models/songs/observe", json={"user": 1, "item": 101, "score": 4.0}).json()["lsn"]
-    refused = client.post("/models/songs/observe", json={"user": 1, "item": 101, "score": 4.0},
-                          headers={"x-deadline-ms": "0.000001"})
+    refused = client.post(
+        "/models/songs/observe", json={"user": 1, "item": 101, "score": 4.0}, headers={"x-deadline-ms": "0.000001"}
+    )
     assert refused.status_code == 503
     after = client.post("/models/songs/observe", json={"user": 1, "item": 101, "score": 4.0}).json()["lsn"]
     assert after == first + 1  # the refused observation was never logged
@@ -79,4 +80,8 @@ def test_under_2x_overload_shedding_keeps_served_latency_below_the_unshed_queue(
     assert refused and all(o.retry_after is not None and int(o.retry_after) >= 1 for o in refused)
     assert len(served) >= 0.1 * len(shed)
     assert percentile(served, 99) < percentile(served_latencies(unshed), 99), (
-        percentile(served, 99), percentile(served_latencies(unshed), 99), len(served), len(refused))
+        percentile(served, 99),
+        percentile(served_latencies(unshed), 99),
+        len(served),
+        len(refused),
+    )

@@ -58,9 +58,13 @@ def test_auth_tables_labels_and_security_come_from_the_table() -> None:
     paths = openapi_schema()["paths"]
     for route in ROUTES:
         operation = paths[route.path][route.method.lower()]
-        assert (route.method, route.label) in (ADMIN_ROUTES if route.access is Access.ADMIN else
-                                                MODEL_ROUTES if route.access is Access.MODEL_KEY else
-                                                {(route.method, route.label)})
+        assert (route.method, route.label) in (
+            ADMIN_ROUTES
+            if route.access is Access.ADMIN
+            else MODEL_ROUTES
+            if route.access is Access.MODEL_KEY
+            else {(route.method, route.label)}
+        )
         expected = {Access.ADMIN: [{"bearer": []}], Access.MODEL_KEY: [{}, {"bearer": []}], Access.OPEN: None}
         assert operation.get("security") == expected[route.access]
         assert any(p["name"] == "X-Deadline-Ms" for p in operation["parameters"]) == route.admitted
@@ -70,8 +74,10 @@ def test_auth_tables_labels_and_security_come_from_the_table() -> None:
 def test_the_document_states_the_configured_batch_limit(tmp_path: Path) -> None:
     arrays, meta = synthetic_version_arrays(name="songs")
     VersionStore(HomeLayout(tmp_path).versions_dir("songs")).write(arrays, meta)
-    with Velox(tmp_path, config=ServingConfig(max_batch=7)) as velox, \
-            TestClient(create_app(velox), headers=admin_headers(tmp_path)) as client:
+    with (
+        Velox(tmp_path, config=ServingConfig(max_batch=7)) as velox,
+        TestClient(create_app(velox), headers=admin_headers(tmp_path)) as client,
+    ):
         document = client.get("/openapi.json").json()
         batch = document["paths"]["/models/{name}/predict"]["post"]["requestBody"]["content"]["application/json"]
         assert batch["schema"]["properties"]["queries"]["maxItems"] == 7

@@ -44,21 +44,24 @@ def test_bodies_trickled_by_slow_clients_do_not_shed_the_fast_requests_after_the
             for _ in range(20):  # a served estimate of the fast path first
                 assert client.get("/models/songs/predict", params={"user": 1, "item": 101}).status_code == 200
             body = json.dumps({"queries": [{"user": 1, "item": 101}, {"user": 2, "item": 102}]}).encode()
-            head = (f"POST /models/songs/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                    f"content-length: {len(body)}\r\n\r\n").encode()
+            head = (
+                f"POST /models/songs/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n\r\n"
+            ).encode()
             slow = [socket.create_connection(("127.0.0.1", server.port), timeout=60) for _ in range(3)]
             try:
                 for sock in slow:  # headers and the first half of each body now, the rest much later
                     sock.sendall(head + body[: len(body) // 2])
                 time.sleep(TRICKLE_S)
                 for sock in slow:
-                    sock.sendall(body[len(body) // 2:])
+                    sock.sendall(body[len(body) // 2 :])
                 assert [_read_status(sock) for sock in slow] == [200, 200, 200]
             finally:
                 for sock in slow:
                     sock.close()
-            statuses = [client.get("/models/songs/predict", params={"user": 1, "item": 101}).status_code
-                        for _ in range(50)]
+            statuses = [
+                client.get("/models/songs/predict", params={"user": 1, "item": 101}).status_code for _ in range(50)
+            ]
             assert statuses.count(503) == 0, statuses
             service = client.get("/models/songs/metrics").json()["admission"]["service_ms"]["predict"]
             assert service["samples"] == 20 + 3 + 50

@@ -27,6 +27,7 @@ def write_callable(path: Path, function: Callable[[Any], Any]) -> Path:
 
 def constant_model(value: float, sleep: float = 0.0) -> Callable[[Any], Any]:
     """Answers `value` for every input, after `sleep` seconds per batch."""
+
     def predict(batch: Any) -> Any:
         import time
 

@@ -56,7 +56,8 @@ def _write_onnx(directory: Path) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])], "linear",
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+        "linear",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
         [numpy_helper.from_array(W.astype(np.float32), "W"), numpy_helper.from_array(B.astype(np.float32), "b")],
@@ -68,12 +69,16 @@ def _write_onnx(directory: Path) -> Path:
 
 
 WRITERS: dict[Framework, Callable[[Path], Path]] = {
-    Framework.CALLABLE: _write_callable, Framework.SKLEARN: _write_sklearn,
-    Framework.TORCH: _write_torch, Framework.ONNX: _write_onnx,
+    Framework.CALLABLE: _write_callable,
+    Framework.SKLEARN: _write_sklearn,
+    Framework.TORCH: _write_torch,
+    Framework.ONNX: _write_onnx,
 }
 DECLARED_SHAPE = {Framework.CALLABLE: None, Framework.SKLEARN: (4,), Framework.TORCH: None, Framework.ONNX: (4,)}
 FRAMEWORKS = list(Framework)
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # the eager file is tried as TorchScript first
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:`torch.jit:DeprecationWarning"
+)  # the eager file is tried as TorchScript first
 
 
 @pytest.fixture(scope="module")
@@ -122,8 +127,9 @@ def test_the_declared_input_shape_is_the_models_own(
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS, ids=lambda f: f.value)
-def test_a_batch_of_the_wrong_width_raises(models: dict[Framework, tuple[Path, LoadedModel]],
-                                           framework: Framework) -> None:
+def test_a_batch_of_the_wrong_width_raises(
+    models: dict[Framework, tuple[Path, LoadedModel]], framework: Framework
+) -> None:
     _, model = models[framework]
     with pytest.raises(Exception):  # noqa: B017 - each framework raises its own kind; none may answer
         model.predict(RNG.normal(size=(3, 5)))
@@ -135,8 +141,9 @@ def test_a_missing_file_or_another_frameworks_file_fails_to_load(
 ) -> None:
     with pytest.raises(Exception):  # noqa: B017
         load_model(framework, tmp_path / "absent")
-    other = next(f for f in FRAMEWORKS if f is not framework and not {f, framework} <= {Framework.CALLABLE,
-                                                                                         Framework.SKLEARN})
+    other = next(
+        f for f in FRAMEWORKS if f is not framework and not {f, framework} <= {Framework.CALLABLE, Framework.SKLEARN}
+    )
     with pytest.raises(Exception):  # noqa: B017 - a pickle is not an ONNX graph, nor the reverse
         load_model(framework, models[other][0])
 

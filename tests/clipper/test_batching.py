@@ -107,8 +107,9 @@ def test_batch_size_shrinks_when_batches_are_over_the_objective(tmp_path: Path) 
 
 def test_delayed_batching_lets_a_batch_fill(tmp_path: Path) -> None:
     async def scenario(delay: float):
-        replica = await _replica(tmp_path, _slow_per_item(0.0, 0.0), BatchingConfig(objective=1.0, delay=delay,
-                                                                                      initial_size=8))
+        replica = await _replica(
+            tmp_path, _slow_per_item(0.0, 0.0), BatchingConfig(objective=1.0, delay=delay, initial_size=8)
+        )
         try:
             loop = asyncio.get_running_loop()
             futures = []
@@ -162,6 +163,7 @@ def test_queue_take_skips_queries_whose_caller_gave_up() -> None:
 def test_a_take_cancelled_as_a_query_arrives_is_cancelled_not_left_waiting(ticks: int) -> None:
     """Replica.stop cancels the dispatcher and awaits it: a cancel that came just as a lingering
     take was woken by a new query was swallowed (asyncio.wait_for on 3.11) and stop hung."""
+
     async def scenario() -> str:
         queue = BatchQueue()
         loop = asyncio.get_running_loop()

@@ -17,6 +17,7 @@ from veloxserve.clipper import Clipper
 
 def _sleep_when_flagged(value: float, seconds: float):
     """Answers `value`; sleeps `seconds` first for inputs whose second entry is 1."""
+
     def predict(batch):
         import time
 
@@ -79,8 +80,9 @@ def test_a_killed_container_is_restarted_and_no_query_hangs(clipper: Clipper, tm
 
 
 def test_a_hung_container_is_killed_and_restarted(clipper: Clipper, tmp_path: Path) -> None:
-    clipper.deploy("m", "callable", write_callable(tmp_path / "m.pkl", _sleep_when_flagged(4.0, 3600.0)),
-                   hang_timeout_s=0.5)
+    clipper.deploy(
+        "m", "callable", write_callable(tmp_path / "m.pkl", _sleep_when_flagged(4.0, 3600.0)), hang_timeout_s=0.5
+    )
     clipper.create_app("app", ["m"], objective_ms=100, default=0.0)
     old_pid = clipper.describe_model("m")["replicas"][0]["pid"]
     started = time.perf_counter()

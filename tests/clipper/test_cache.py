@@ -53,8 +53,9 @@ def test_input_digest_separates_values_dtypes_and_shapes() -> None:
 
 
 def test_identical_queries_in_flight_share_one_computation(clipper: Clipper, tmp_path: Path) -> None:
-    clipper.deploy("slow", "callable", write_callable(tmp_path / "m.pkl", constant_model(7.0, sleep=0.3)),
-                   adaptive=False)
+    clipper.deploy(
+        "slow", "callable", write_callable(tmp_path / "m.pkl", constant_model(7.0, sleep=0.3)), adaptive=False
+    )
     clipper.create_app("app", ["slow"], objective_ms=20_000)
 
     async def burst():
@@ -92,5 +93,8 @@ def test_failures_are_shared_but_not_cached(clipper: Clipper, tmp_path: Path) ->
         del os.environ["FLAKY_MARKER"]
     clipper.create_app("app", ["flaky"], objective_ms=20_000, default=-1.0)
     assert clipper.predict("app", "u", [0.0])["default"] is True
-    assert clipper.predict("app", "u", [0.0]) == {"output": 1.0, "default": False,
-                                                  "models": [{"model": "flaky", "status": "ok"}]}
+    assert clipper.predict("app", "u", [0.0]) == {
+        "output": 1.0,
+        "default": False,
+        "models": [{"model": "flaky", "status": "ok"}],
+    }

@@ -25,8 +25,17 @@ def test_losses_zero_one_absolute_and_squared() -> None:
 def test_class_labels_become_one_hot_and_bad_labels_are_rejected() -> None:
     assert as_target(2, 3).tolist() == [0.0, 0.0, 1.0]
     assert as_target(0.5, 1).tolist() == [0.5]
-    for bad, dim in ((3, 3), (1.5, 3), ([1, 2], 1), (None, 1), (float("nan"), 1), ({"a": 1}, 1), ("1", 1),
-                     (True, 1), ([1.0, float("inf")], 2)):
+    for bad, dim in (
+        (3, 3),
+        (1.5, 3),
+        ([1, 2], 1),
+        (None, 1),
+        (float("nan"), 1),
+        ({"a": 1}, 1),
+        ("1", 1),
+        (True, 1),
+        ([1.0, float("inf")], 2),
+    ):
         with pytest.raises(ValueError):
             as_target(bad, dim)
 
@@ -77,6 +86,7 @@ def test_personalised_weights_are_each_users_exact_ridge_solution() -> None:
 
 def _deploy_good_and_bad(clipper: Clipper, tmp_path: Path) -> None:
     """good is right whenever |x| > 0.1, bad is right only when |x| > 1.5; the label is x > 0."""
+
     def good(batch):
         import numpy as np
 

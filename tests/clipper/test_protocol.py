@@ -18,9 +18,11 @@ def test_numeric_batches_round_trip_bit_for_bit(array: np.ndarray) -> None:
     assert decoded.tobytes() == array.tobytes()
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.text(),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-                           max_leaves=10)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=10,
+)
 
 
 @given(st.lists(json_values, max_size=5))

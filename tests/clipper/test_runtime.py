@@ -60,20 +60,27 @@ def test_remove_is_refused_while_an_app_links_the_model(clipper: Clipper, tmp_pa
     assert not (clipper.runtime.registry.models / "m").exists()
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"name": "bad name"}, "name"),
-    ({"framework": "tensorflow"}, "framework"),
-    ({"model": "missing.pkl"}, "model"),  # in an allowed directory, but not there
-    ({"replicas": 0}, "replicas"),
-    ({"objective_ms": -1}, "objective_ms"),
-    ({"delay_ms": "soon"}, "delay_ms"),
-    ({"adaptive": "false"}, "adaptive"),
-    ({"method": "__class__.mro"}, "method"),
-    ({"hang_timeout_s": float("nan")}, "hang_timeout_s"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"name": "bad name"}, "name"),
+        ({"framework": "tensorflow"}, "framework"),
+        ({"model": "missing.pkl"}, "model"),  # in an allowed directory, but not there
+        ({"replicas": 0}, "replicas"),
+        ({"objective_ms": -1}, "objective_ms"),
+        ({"delay_ms": "soon"}, "delay_ms"),
+        ({"adaptive": "false"}, "adaptive"),
+        ({"method": "__class__.mro"}, "method"),
+        ({"hang_timeout_s": float("nan")}, "hang_timeout_s"),
+    ],
+)
 def test_bad_deployments_name_the_field_and_change_nothing(clipper: Clipper, tmp_path: Path, kwargs, field) -> None:
-    args = {"name": "m", "framework": "callable", "model": write_callable(tmp_path / "m.pkl", constant_model(1.0)),
-            **kwargs}
+    args = {
+        "name": "m",
+        "framework": "callable",
+        "model": write_callable(tmp_path / "m.pkl", constant_model(1.0)),
+        **kwargs,
+    }
     if args["model"] == "missing.pkl":
         args["model"] = tmp_path / "missing.pkl"
     with pytest.raises(NotFound if field == "model" else InvalidInput) as error:
@@ -89,16 +96,19 @@ def test_a_model_that_cannot_load_leaves_no_version(clipper: Clipper, tmp_path: 
     assert clipper.list_models() == [] and not (clipper.runtime.registry.models / "junk").exists()
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"models": []}, "models"),
-    ({"models": ["nope"]}, "models"),
-    ({"policy": "ucb"}, "policy"),
-    ({"models": ["m", "n"], "policy": "single"}, "models"),
-    ({"objective_ms": 0}, "objective_ms"),
-    ({"loss": "hinge"}, "loss"),
-    ({"seed": -1}, "seed"),
-    ({"policy": "exp4", "params": {"gamma": 0.1}}, "params"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"models": []}, "models"),
+        ({"models": ["nope"]}, "models"),
+        ({"policy": "ucb"}, "policy"),
+        ({"models": ["m", "n"], "policy": "single"}, "models"),
+        ({"objective_ms": 0}, "objective_ms"),
+        ({"loss": "hinge"}, "loss"),
+        ({"seed": -1}, "seed"),
+        ({"policy": "exp4", "params": {"gamma": 0.1}}, "params"),
+    ],
+)
 def test_bad_applications_name_the_field_and_change_nothing(clipper: Clipper, tmp_path: Path, kwargs, field) -> None:
     for name in ("m", "n"):
         clipper.deploy(name, "callable", write_callable(tmp_path / f"{name}.pkl", constant_model(1.0)))
@@ -109,8 +119,9 @@ def test_bad_applications_name_the_field_and_change_nothing(clipper: Clipper, tm
 
 
 def test_scaling_down_hands_waiting_queries_to_the_replicas_that_stay(clipper: Clipper, tmp_path: Path) -> None:
-    clipper.deploy("m", "callable", write_callable(tmp_path / "m.pkl", constant_model(5.0, sleep=0.2)),
-                   replicas=2, adaptive=False)
+    clipper.deploy(
+        "m", "callable", write_callable(tmp_path / "m.pkl", constant_model(5.0, sleep=0.2)), replicas=2, adaptive=False
+    )
     clipper.create_app("app", ["m"], objective_ms=20_000)
 
     async def burst_then_scale_down():

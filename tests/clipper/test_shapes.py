@@ -28,9 +28,11 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     global X_DIGITS, Y_DIGITS
     X_DIGITS, Y_DIGITS = load_digits(return_X_y=True)
     directory = tmp_path_factory.mktemp("digits")
-    models = {"lr": LogisticRegression(max_iter=300).fit(X_DIGITS[:300], Y_DIGITS[:300]),
-              "lr2": LogisticRegression(max_iter=300, C=0.1).fit(X_DIGITS[:600], Y_DIGITS[:600]),
-              "rf": RandomForestClassifier(n_estimators=5, random_state=0).fit(X_DIGITS[:300], Y_DIGITS[:300])}
+    models = {
+        "lr": LogisticRegression(max_iter=300).fit(X_DIGITS[:300], Y_DIGITS[:300]),
+        "lr2": LogisticRegression(max_iter=300, C=0.1).fit(X_DIGITS[:600], Y_DIGITS[:600]),
+        "rf": RandomForestClassifier(n_estimators=5, random_state=0).fit(X_DIGITS[:300], Y_DIGITS[:300]),
+    }
     for name, model in models.items():
         joblib.dump(model, directory / f"{name}.joblib")
     return {name: directory / f"{name}.joblib" for name in models}
@@ -45,8 +47,7 @@ def clipper(tmp_path: Path, digits: dict[str, Path]):
 def _readme_setup(clipper: Clipper, digits: dict[str, Path]) -> None:
     clipper.deploy("digits-lr", "sklearn", digits["lr"], method="predict_proba")
     clipper.deploy("digits-rf", "sklearn", digits["rf"], method="predict_proba")
-    clipper.create_app("digits", ["digits-lr", "digits-rf"], policy="personalised", objective_ms=20_000,
-                       default=None)
+    clipper.create_app("digits", ["digits-lr", "digits-rf"], policy="personalised", objective_ms=20_000, default=None)
 
 
 def test_a_new_version_without_method_keeps_the_serving_versions_method(clipper: Clipper, digits) -> None:
@@ -60,13 +61,13 @@ def test_a_new_version_without_method_keeps_the_serving_versions_method(clipper:
 
 
 def test_a_version_of_another_output_shape_is_refused_naming_model_version_method_and_shapes(
-        clipper: Clipper, digits) -> None:
+    clipper: Clipper, digits
+) -> None:
     _readme_setup(clipper, digits)
     with pytest.raises(Conflict) as error:
         clipper.deploy("digits-lr", "sklearn", digits["lr2"], method="predict")  # labels, not probabilities
     message = error.value.message
-    for part in ("'digits-lr'", "v2", "method predict", "[] (one number)", "[10]", "v1", "predict_proba",
-                 "['digits']"):
+    for part in ("'digits-lr'", "v2", "method predict", "[] (one number)", "[10]", "v1", "predict_proba", "['digits']"):
         assert part in message, (part, message)
     assert error.value.status == 409 and error.value.field == "method"
     described = clipper.describe_model("digits-lr")  # nothing changed: v1 serves, no v2 is kept
@@ -101,8 +102,7 @@ def test_a_wrong_shape_input_is_a_400_naming_the_shape_and_queues_nothing(clippe
                 call()
             assert error.value.field == "input" and "[64]" in error.value.message
     assert clipper.runtime.app("digits").describe() == before
-    assert [r["queries"] for m in ("digits-lr", "digits-rf")
-            for r in clipper.describe_model(m)["replicas"]] == computed
+    assert [r["queries"] for m in ("digits-lr", "digits-rf") for r in clipper.describe_model(m)["replicas"]] == computed
     assert clipper.runtime.registry.feedback_log("digits").stat().st_size == log_size
 
 
@@ -114,8 +114,9 @@ def test_a_sample_gives_a_callable_its_input_shape(clipper: Clipper, tmp_path: P
     with pytest.raises(InvalidInput, match=r"shape \[2\]"):
         clipper.predict("app", "u", [3.0, 4.0, 5.0])
     # the next version, deployed without a sample, is probed with this one
-    described = clipper.deploy("sum", "callable", write_callable(tmp_path / "sum2.pkl",
-                                                                 lambda batch: np.asarray(batch).sum(axis=1) * 2))
+    described = clipper.deploy(
+        "sum", "callable", write_callable(tmp_path / "sum2.pkl", lambda batch: np.asarray(batch).sum(axis=1) * 2)
+    )
     assert described["version"] == "v2" and described["input_shape"] == [2] and described["output_shape"] == []
 
 
@@ -131,6 +132,7 @@ def test_a_model_that_fails_on_its_sample_is_refused_and_leaves_nothing(clipper:
 
 def _slow_first_batch(seconds: float):
     """Answers 1.0; the first batch a container process computes takes `seconds` (a cold start)."""
+
     def predict(batch, _state=[]):  # noqa: B006 - per container process: its own unpickled copy
         import time
 
@@ -144,8 +146,9 @@ def _slow_first_batch(seconds: float):
 
 def test_the_first_predicts_after_a_deploy_are_answered_by_warm_replicas(clipper: Clipper, tmp_path: Path) -> None:
     """The cold first batch of every replica is paid at deploy (and scale) time, not by a query."""
-    clipper.deploy("cold", "callable", write_callable(tmp_path / "cold.pkl", _slow_first_batch(3.0)),
-                   replicas=2, sample=[0.0])
+    clipper.deploy(
+        "cold", "callable", write_callable(tmp_path / "cold.pkl", _slow_first_batch(3.0)), replicas=2, sample=[0.0]
+    )
     clipper.create_app("app", ["cold"], objective_ms=2000, default=-1.0)
 
     async def concurrently(n: int, offset: float):  # n queries at once: one per replica
@@ -174,8 +177,9 @@ def test_an_application_over_models_of_different_shapes_is_refused(clipper: Clip
     assert error.value.field == "models" and clipper.list_apps() == []
 
 
-def test_a_restarted_container_computes_its_slow_first_batch_before_the_next_query(clipper: Clipper,
-                                                                                   tmp_path: Path) -> None:
+def test_a_restarted_container_computes_its_slow_first_batch_before_the_next_query(
+    clipper: Clipper, tmp_path: Path
+) -> None:
     import os
     import signal
     import time

@@ -114,8 +114,9 @@ class Offer:
         self.covariance_reads = 0
 
     def candidates(self) -> Candidates:
-        return Candidates(self.w, self._covariance, lambda rows: self.F[rows], self._ranked, self._sample,
-                          len(self.eligible))
+        return Candidates(
+            self.w, self._covariance, lambda rows: self.F[rows], self._ranked, self._sample, len(self.eligible)
+        )
 
     def _covariance(self) -> np.ndarray:
         self.covariance_reads += 1
@@ -185,8 +186,10 @@ def test_without_exploration_every_policy_is_greedy(cls: type[ExplorationPolicy]
     offer = Offer(seed=3)
     policy = cls(**{p.name: NO_EXPLORATION[p.name] for p in cls.parameters})
     greedy_rows, _ = GREEDY.slate(offer.candidates(), 10, np.random.default_rng(0))
-    assert greedy_rows.tolist() == np.argsort(-(offer.F @ offer.w))[np.isin(
-        np.argsort(-(offer.F @ offer.w)), offer.eligible)][:10].tolist()
+    assert (
+        greedy_rows.tolist()
+        == np.argsort(-(offer.F @ offer.w))[np.isin(np.argsort(-(offer.F @ offer.w)), offer.eligible)][:10].tolist()
+    )
     for seed in range(5):
         rows, propensities = policy.slate(offer.candidates(), 10, np.random.default_rng(seed))
         assert rows.tolist() == greedy_rows.tolist()

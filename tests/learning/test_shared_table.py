@@ -42,10 +42,17 @@ def store(redis_url: str):
     s.close()
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fresh namespace per example
-@given(st.lists(st.tuples(st.sampled_from(["0", "3", "new-a", "new-b"]), st.integers(0, 19),
-                          st.floats(-5, 5, allow_nan=False)), min_size=1, max_size=30),
-       st.sampled_from(["identity", "logistic"]))
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)  # fresh namespace per example
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["0", "3", "new-a", "new-b"]), st.integers(0, 19), st.floats(-5, 5, allow_nan=False)),
+        min_size=1,
+        max_size=30,
+    ),
+    st.sampled_from(["identity", "logistic"]),
+)
 def test_redis_update_equals_the_compiled_kernel(store, observations, link) -> None:
     version = _version(link)
     if link == "logistic":
@@ -84,8 +91,10 @@ def test_concurrent_learners_of_the_same_users_lose_no_update(store, redis_url) 
     version = _version()
     F = version.features.matrix
     rng = np.random.default_rng(7)
-    streams = {inst: [(str(rng.integers(0, 3)), int(rng.integers(0, 20)), float(rng.normal())) for _ in range(300)]
-               for inst in ("a", "b", "c")}
+    streams = {
+        inst: [(str(rng.integers(0, 3)), int(rng.integers(0, 20)), float(rng.normal())) for _ in range(300)]
+        for inst in ("a", "b", "c")
+    }
 
     def learner(instance: str) -> None:
         own = RedisUserStore(redis_url)  # a process of its own: its own connection and table
@@ -93,8 +102,14 @@ def test_concurrent_learners_of_the_same_users_lose_no_update(store, redis_url) 
         obs = streams[instance]
         for start in range(0, len(obs), 7):
             chunk = obs[start : start + 7]
-            table.learn(instance, range(start + 1, start + 1 + len(chunk)), [u for u, _, _ in chunk],
-                        np.array([i for _, i, _ in chunk]), np.array([y for _, _, y in chunk]), F)
+            table.learn(
+                instance,
+                range(start + 1, start + 1 + len(chunk)),
+                [u for u, _, _ in chunk],
+                np.array([i for _, i, _ in chunk]),
+                np.array([y for _, _, y in chunk]),
+                F,
+            )
         own.close()
 
     threads = [threading.Thread(target=learner, args=(inst,)) for inst in streams]

@@ -23,7 +23,9 @@ def batch_ridge(F: np.ndarray, y: np.ndarray, w0: np.ndarray, lam: np.ndarray) -
     lam=st.floats(0.05, 20.0),
     n_users=st.integers(1, 8),
 )
-def test_online_updates_equal_batch_ridge_after_1000_observations(seed: int, dim: int, lam: float, n_users: int) -> None:
+def test_online_updates_equal_batch_ridge_after_1000_observations(
+    seed: int, dim: int, lam: float, n_users: int
+) -> None:
     rng = np.random.default_rng(seed)
     F = rng.normal(size=(300, dim))
     w0 = rng.normal(size=dim)

@@ -24,8 +24,11 @@ OpenVelox = Callable[[], Velox]
 BACKENDS: dict[str, tuple[type, type, Callable[[Path, str], OpenVelox]]] = {
     # name: (backend, user state, how to open a Velox over the home)
     "embedded": (EmbeddedBackend, LocalUserState, lambda home, url: lambda: Velox(home)),
-    "shared": (SharedBackend, SharedUserState,
-               lambda home, url: lambda: Velox(home, store=RedisUserStore(url), instance="a")),
+    "shared": (
+        SharedBackend,
+        SharedUserState,
+        lambda home, url: lambda: Velox(home, store=RedisUserStore(url), instance="a"),
+    ),
 }
 
 
@@ -125,8 +128,11 @@ def test_what_a_shared_backend_cannot_do_yet_is_refused_by_its_capability(backen
     name, open_velox = backend
     with open_velox() as velox:
         if name == "shared":
-            for attempt in (lambda: velox.retrain("songs"), lambda: velox.activate("songs", "v1"),
-                            lambda: velox.forget_user("0")):
+            for attempt in (
+                lambda: velox.retrain("songs"),
+                lambda: velox.activate("songs", "v1"),
+                lambda: velox.forget_user("0"),
+            ):
                 with pytest.raises(Conflict, match="several processes share the state in Redis"):
                     attempt()
             assert velox.redis_settings is not None and velox.redis_watch is not None

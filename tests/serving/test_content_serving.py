@@ -78,8 +78,10 @@ def test_a_model_without_texts_says_how_to_get_content_features(tmp_path: Path, 
         assert err.value.field == "text"
 
 
-@pytest.mark.parametrize("text, field", [("", "queries[0].text"), ("   ", "queries[0].text"), (42, "queries[0].text"),
-                                         ("x" * 100_001, "queries[0].text")])
+@pytest.mark.parametrize(
+    "text, field",
+    [("", "queries[0].text"), ("   ", "queries[0].text"), (42, "queries[0].text"), ("x" * 100_001, "queries[0].text")],
+)
 def test_bad_texts_are_rejected_naming_the_field(velox, text, field) -> None:
     with pytest.raises(InvalidInput) as err:
         velox.predict_text("songs", [(1, text)])
@@ -91,8 +93,10 @@ def test_http_predict_by_text_single_batch_and_mixed(velox, catify) -> None:
     with TestClient(create_app(velox), raise_server_exceptions=False) as client:
         one = client.get("/models/songs/predict", params={"user": 4, "text": text})
         assert one.status_code == 200 and one.json()["text"] == text
-        batch = client.post("/models/songs/predict", json={"queries": [
-            {"user": 4, "text": text}, {"user": 4, "item": 2}, {"user": 5, "text": text}]})
+        batch = client.post(
+            "/models/songs/predict",
+            json={"queries": [{"user": 4, "text": text}, {"user": 4, "item": 2}, {"user": 5, "text": text}]},
+        )
         assert batch.status_code == 200
         scores = batch.json()["scores"]
         assert scores[0] == pytest.approx(one.json()["score"])

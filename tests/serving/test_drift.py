@@ -12,7 +12,11 @@ from veloxserve.serving.drift import PageHinkley, PageHinkleyConfig
 
 def _river_detections(values: np.ndarray, config: PageHinkleyConfig) -> list[int]:
     detector = RiverPageHinkley(
-        min_instances=config.min_instances, delta=config.delta, threshold=config.threshold, alpha=config.alpha, mode="up"
+        min_instances=config.min_instances,
+        delta=config.delta,
+        threshold=config.threshold,
+        alpha=config.alpha,
+        mode="up",
     )
     hits = []
     for t, x in enumerate(values):
@@ -24,13 +28,21 @@ def _river_detections(values: np.ndarray, config: PageHinkleyConfig) -> list[int
 
 def _our_detections(values: np.ndarray, config: PageHinkleyConfig, batch: int) -> list[int]:
     detector = PageHinkley(config)
-    return [start + int(hit) for start in range(0, len(values), batch) for hit in detector.update(values[start : start + batch])]
+    return [
+        start + int(hit)
+        for start in range(0, len(values), batch)
+        for hit in detector.update(values[start : start + batch])
+    ]
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    seed=st.integers(0, 2**31 - 1), shift_at=st.integers(0, 400), shift=st.floats(0, 5),
-    threshold=st.floats(0.5, 30), delta=st.floats(0, 0.5), min_instances=st.integers(1, 50),
+    seed=st.integers(0, 2**31 - 1),
+    shift_at=st.integers(0, 400),
+    shift=st.floats(0, 5),
+    threshold=st.floats(0.5, 30),
+    delta=st.floats(0, 0.5),
+    min_instances=st.integers(1, 50),
     batch=st.integers(1, 97),
 )
 def test_detections_match_river(seed, shift_at, shift, threshold, delta, min_instances, batch) -> None:

@@ -80,7 +80,9 @@ def small_disk(tmp_path: Path):
     """A real 24 MB file system (tmpfs; CI runs as root), unmounted afterwards."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         message = f"mounting a tmpfs needs root: {done.stderr.strip()}"
         if os.environ.get("CI") == "true":
@@ -125,8 +127,12 @@ def test_a_full_disk_refuses_learns_nothing_and_heals_without_a_restart(small_di
         health = client.get("/healthz").json()
         assert health["status"] == "degraded" and "could not be written" in health["degraded"]["songs"][0]
         filler.unlink()
-        assert eventually(lambda: client.post("/models/songs/observe",
-                                              json={"user": "healed", "item": 102, "score": 3.0}).status_code == 200)
+        assert eventually(
+            lambda: (
+                client.post("/models/songs/observe", json={"user": "healed", "item": 102, "score": 3.0}).status_code
+                == 200
+            )
+        )
         assert client.get("/healthz").json()["status"] == "ok"
         healed = client.get("/models/songs/predict", params={"user": "healed", "item": 102}).json()["score"]
     with Velox(home) as velox:  # after a restart: the refused batch is not there, the healed one is

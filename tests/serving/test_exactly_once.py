@@ -42,8 +42,10 @@ def test_a_batch_mixing_new_and_known_ids_learns_only_the_new_ones_and_repeats_w
     home = _home(tmp_path)
     with Velox(home, config=FAST) as velox:
         velox.observe_many("songs", [("u", 100, 1.0, None, "a")])
-        receipt = velox.observe_many("songs", [
-            ("u", 100, 1.0, None, "a"), ("u", 102, 2.0, None, "b"), ("u", 102, 2.0, None, "b"), ("u", 103, 3.0)])
+        receipt = velox.observe_many(
+            "songs",
+            [("u", 100, 1.0, None, "a"), ("u", 102, 2.0, None, "b"), ("u", 102, 2.0, None, "b"), ("u", 103, 3.0)],
+        )
         assert receipt.duplicates == 2
         logged = [(r.user, int(r.item), r.score, r.id) for r in read_log(HomeLayout(home).log_dir("songs"))]
         assert logged == [("u", 100, 1.0, "a"), ("u", 102, 2.0, "b"), ("u", 103, 3.0, None)]
@@ -77,10 +79,22 @@ def test_the_window_rebuilt_from_the_log_keeps_only_the_newest_keys_within_its_t
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.lists(st.tuples(st.sampled_from(["0", "fresh"]), st.integers(100, 149),
-                                   st.floats(-5, 5, allow_nan=False),
-                                   st.one_of(st.none(), st.sampled_from("abcdefgh"))),
-                         min_size=1, max_size=8), min_size=1, max_size=6))
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["0", "fresh"]),
+                st.integers(100, 149),
+                st.floats(-5, 5, allow_nan=False),
+                st.one_of(st.none(), st.sampled_from("abcdefgh")),
+            ),
+            min_size=1,
+            max_size=8,
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_batches_with_repeated_ids_learn_what_a_reference_dedupe_keeps(tmp_path_factory, batches) -> None:
     home = _home(tmp_path_factory.mktemp("once"))
     seen: set[str] = set()
@@ -118,8 +132,9 @@ def test_concurrent_retries_racing_the_original_learn_it_once(tmp_path: Path) ->
             t.join()
         assert sorted(r.duplicates for r in receipts) == [0] + [20] * 7
         assert len({int(r) for r in receipts}) == 1  # every retry answered with the original's LSN
-        np.testing.assert_allclose(_weights(velox, "fresh"),
-                                   expected_weights("fresh", [(u, i, y) for u, i, y, *_ in batch]), rtol=1e-9)
+        np.testing.assert_allclose(
+            _weights(velox, "fresh"), expected_weights("fresh", [(u, i, y) for u, i, y, *_ in batch]), rtol=1e-9
+        )
     assert len(list(read_log(HomeLayout(home).log_dir("songs")))) == 20
 
 
@@ -146,6 +161,7 @@ def test_bad_ids_are_refused_naming_the_field_and_change_nothing(tmp_path: Path)
 
 # ---- decisions ---------------------------------------------------------------------------------
 
+
 def test_observe_refuses_another_users_decision_and_an_item_it_did_not_show(tmp_path: Path) -> None:
     home = _home(tmp_path)
     with Velox(home, config=FAST) as velox:
@@ -163,6 +179,7 @@ def test_observe_refuses_another_users_decision_and_an_item_it_did_not_show(tmp_
 
 
 # ---- over HTTP, with a real 503 ------------------------------------------------------------------
+
 
 def test_a_retry_after_a_503_during_a_redis_outage_is_learned_once(tmp_path: Path) -> None:
     """Before ids, the original was logged, answered 503 because Redis was down and learned when
@@ -185,8 +202,9 @@ def test_a_retry_after_a_503_during_a_redis_outage_is_learned_once(tmp_path: Pat
         body = r.json()  # the first claim needs Redis too, so the 503 came before logging: nothing to repeat
         assert body["duplicate"] is False and body["duplicates"] == 0 and body["lsn"] == 1
         assert http.post("/models/songs/observe", json=obs).json()["duplicate"] is True
-        logged = [(rec.user, int(rec.item), rec.score, rec.id)
-                  for _, rec in read_merged(HomeLayout(home).log_dir("songs"))]
+        logged = [
+            (rec.user, int(rec.item), rec.score, rec.id) for _, rec in read_merged(HomeLayout(home).log_dir("songs"))
+        ]
         assert logged == [("fresh-once", 101, 4.0, "retry-me")]
         w = expected_weights("fresh-once", [("fresh-once", 101, 4.0)])
         got = http.get("/models/songs/predict", params={"user": "fresh-once", "item": 117}).json()["score"]
@@ -201,7 +219,8 @@ def test_a_retry_after_a_503_during_a_redis_outage_is_learned_once(tmp_path: Pat
 
 
 def test_a_retry_after_a_503_from_a_stalled_disk_is_acknowledged_once_the_original_is_durable(
-        tmp_path: Path, monkeypatch) -> None:
+    tmp_path: Path, monkeypatch
+) -> None:
     """The original is logged but not durable in time (503); it is learned later. Its retry is
     answered 503 while the disk stalls, then 200 with the original's LSN, and nothing twice."""
     from starlette.testclient import TestClient
@@ -212,8 +231,10 @@ def test_a_retry_after_a_503_from_a_stalled_disk_is_acknowledged_once_the_origin
 
     monkeypatch.setattr(handlers_module, "DURABLE_TIMEOUT_S", 0.3)
     home = _home(tmp_path)
-    with Velox(home, config=ServingConfig(commit_delay=0.0)) as velox, TestClient(
-            create_app(velox), headers=admin_headers(home)) as http:
+    with (
+        Velox(home, config=ServingConfig(commit_delay=0.0)) as velox,
+        TestClient(create_app(velox), headers=admin_headers(home)) as http,
+    ):
         obs = {"user": "fresh", "item": 101, "score": 4.0, "id": "stalled"}
         stall = velox.observation_log("songs")._io_lock  # the writer holds it to write and fsync
         with stall:
@@ -232,15 +253,24 @@ def test_a_retry_at_another_server_over_redis_is_learned_once(tmp_path: Path, re
     a, b = (ServerProcess(home, "--store", redis_url, "--instance", name) for name in ("a", "b"))
     try:
         a.wait_ready(), b.wait_ready()
-        obs = {"observations": [{"user": "fresh-ab", "item": 100 + n, "score": float(n), "id": f"ab-{n}"}
-                                for n in range(3)]}
+        obs = {
+            "observations": [
+                {"user": "fresh-ab", "item": 100 + n, "score": float(n), "id": f"ab-{n}"} for n in range(3)
+            ]
+        }
         first = httpx.post(f"{a.url}/models/songs/observe", json=obs, timeout=60).json()
         retry = httpx.post(f"{b.url}/models/songs/observe", json=obs, timeout=60).json()
         assert (first["duplicates"], retry["duplicates"]) == (0, 3)
         racing = {"user": "fresh-ab", "item": 120, "score": 1.0, "id": "ab-race"}
         answers: list = []
-        threads = [threading.Thread(target=lambda s=s: answers.append(
-            httpx.post(f"{s.url}/models/songs/observe", json=racing, timeout=60).json())) for s in (a, b, a, b)]
+        threads = [
+            threading.Thread(
+                target=lambda s=s: answers.append(
+                    httpx.post(f"{s.url}/models/songs/observe", json=racing, timeout=60).json()
+                )
+            )
+            for s in (a, b, a, b)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -273,12 +303,14 @@ def test_over_http_a_decision_of_another_user_is_a_400_naming_the_field(tmp_path
     with Velox(home, config=FAST) as velox, TestClient(create_app(velox), headers=admin_headers(home)) as http:
         answer = http.get("/models/songs/top_k", params={"user": "0", "k": 2}).json()
         item = answer["items"][0]["item"]
-        wrong = http.post("/models/songs/observe", json={"user": "1", "item": item, "score": 1.0,
-                                                         "decision": answer["decision"]})
+        wrong = http.post(
+            "/models/songs/observe", json={"user": "1", "item": item, "score": 1.0, "decision": answer["decision"]}
+        )
         assert wrong.status_code == 400 and wrong.json()["field"] == "observations[0].decision"
         assert "served to user '1'" in wrong.json()["message"]
-        right = http.post("/models/songs/observe", json={"user": "0", "item": item, "score": 1.0,
-                                                         "decision": answer["decision"]})
+        right = http.post(
+            "/models/songs/observe", json={"user": "0", "item": item, "score": 1.0, "decision": answer["decision"]}
+        )
         assert right.status_code == 200 and right.json()["lsn"] == 1  # the refused one logged nothing
 
 

@@ -52,7 +52,9 @@ def test_a_retrain_under_load_reflects_every_observation_after_the_swap(tmp_path
         def client(seed: int) -> None:
             rng = np.random.default_rng(seed)
             while not stop.is_set():
-                batch = [(f"u{rng.integers(0, 30)}", int(rng.integers(0, 80)), float(rng.normal(3, 1))) for _ in range(5)]
+                batch = [
+                    (f"u{rng.integers(0, 30)}", int(rng.integers(0, 80)), float(rng.normal(3, 1))) for _ in range(5)
+                ]
                 acked.append(velox.observe_many("songs", batch))
 
         threads = [threading.Thread(target=client, args=(s,)) for s in range(3)]
@@ -214,7 +216,6 @@ def test_forgetting_a_user_removes_them_from_every_store_and_file(tmp_path: Path
         assert target not in set(np.load(velox.layout.versions_dir("songs") / job.version / "user_ids.npy"))
     with Velox(tmp_path) as velox:  # nothing brings them back on restart
         assert target not in velox.server("songs").users.rows
-
 
 
 def test_closing_stops_a_running_retrain_and_a_crash_mid_training_is_marked_failed(tmp_path: Path, catify) -> None:

@@ -42,11 +42,15 @@ def _in_flight(http: httpx.Client) -> int:
 
 
 def test_a_hung_redis_leaves_unrelated_routes_answering_while_a_prediction_waits_then_fails_with_503(
-        own_redis: RedisServer, served) -> None:
+    own_redis: RedisServer, served
+) -> None:
     home, server = served
     http = httpx.Client(base_url=server.url, timeout=60)  # a hang would be this client's timeout
     for n in range(5):
-        assert http.post("/models/songs/observe", json={"user": "fresh-h", "item": 100 + n, "score": 4.0}).status_code == 200
+        assert (
+            http.post("/models/songs/observe", json={"user": "fresh-h", "item": 100 + n, "score": 4.0}).status_code
+            == 200
+        )
     assert http.get("/models/songs/predict", params={"user": "fresh-h", "item": 101}).status_code == 200
 
     own_redis.proc.send_signal(signal.SIGSTOP)
@@ -83,26 +87,43 @@ def test_a_hung_redis_leaves_unrelated_routes_answering_while_a_prediction_waits
 
     # (c) After SIGCONT it recovers by itself: predictions, observations and /healthz.
     own_redis.proc.send_signal(signal.SIGCONT)
-    assert eventually(lambda: http.get("/models/songs/predict", params={"user": "fresh-h", "item": 102}).status_code == 200,
-                      within=30)
-    assert eventually(lambda: http.post("/models/songs/observe",
-                                        json={"user": "fresh-h", "item": 111, "score": 2.0}).status_code == 200, within=30)
+    assert eventually(
+        lambda: http.get("/models/songs/predict", params={"user": "fresh-h", "item": 102}).status_code == 200, within=30
+    )
+    assert eventually(
+        lambda: (
+            http.post("/models/songs/observe", json={"user": "fresh-h", "item": 111, "score": 2.0}).status_code == 200
+        ),
+        within=30,
+    )
     assert eventually(lambda: http.get("/healthz").json()["status"] == "ok", within=30)
     logged = _logged(home)  # what was refused while Redis hung is logged and learned once it is back
-    assert eventually(lambda: abs(http.get("/models/songs/predict", params={"user": "fresh-h", "item": 117}).json()["score"]
-                                  - F[17] @ expected_weights("fresh-h", logged)) < 1e-7, within=30)
+    assert eventually(
+        lambda: (
+            abs(
+                http.get("/models/songs/predict", params={"user": "fresh-h", "item": 117}).json()["score"]
+                - F[17] @ expected_weights("fresh-h", logged)
+            )
+            < 1e-7
+        ),
+        within=30,
+    )
     http.close()
 
 
 def test_after_flushall_the_server_says_so_and_rebuilds_users_from_the_logs_instead_of_serving_defaults(
-        own_redis: RedisServer, served) -> None:
+    own_redis: RedisServer, served
+) -> None:
     import redis
 
     home, server = served
     http = httpx.Client(base_url=server.url, timeout=60)
     for n in range(10):
         for user in ("3", "fresh-f"):
-            assert http.post("/models/songs/observe", json={"user": user, "item": 100 + n, "score": 5.0}).status_code == 200
+            assert (
+                http.post("/models/songs/observe", json={"user": user, "item": 100 + n, "score": 5.0}).status_code
+                == 200
+            )
     trained = F[17] @ expected_weights("3", [])
     learned = F[17] @ expected_weights("3", _logged(home))
     assert abs(learned - trained) > 1e-3  # so serving the trained weights would show

@@ -46,8 +46,10 @@ def _ratings(rng: np.random.Generator, n: int = 600, low: float = 1.0, high: flo
 
 @pytest.mark.parametrize("score", [1e308, -1e308, DEFAULT_SCORE_LIMIT * 1.5])
 def test_a_score_outside_the_range_is_a_400_naming_the_field_and_changes_nothing(tmp_path: Path, score: float) -> None:
-    with Velox(_synthetic_home(tmp_path)) as velox, \
-            TestClient(create_app(velox, auth=AuthConfig(enabled=False)), raise_server_exceptions=False) as client:
+    with (
+        Velox(_synthetic_home(tmp_path)) as velox,
+        TestClient(create_app(velox, auth=AuthConfig(enabled=False)), raise_server_exceptions=False) as client,
+    ):
         before = client.get("/models/songs/predict", params={"user": 3, "item": 101}).json()["score"]
         lsn = velox.observation_log("songs").last_lsn
         rows = {"observations": [{"user": 3, "item": 101, "score": 4.0}, {"user": 3, "item": 102, "score": score}]}
@@ -95,24 +97,36 @@ def test_an_out_of_range_score_in_an_older_log_is_not_learned_on_recovery(tmp_pa
 
 
 def test_a_non_finite_score_is_a_500_never_a_null(tmp_path: Path) -> None:
-    with Velox(_synthetic_home(tmp_path)) as velox, \
-            TestClient(create_app(velox, auth=AuthConfig(enabled=False)), raise_server_exceptions=False) as client:
+    with (
+        Velox(_synthetic_home(tmp_path)) as velox,
+        TestClient(create_app(velox, auth=AuthConfig(enabled=False)), raise_server_exceptions=False) as client,
+    ):
         server = velox.server("songs")
         server.users.W[server.users.rows["3"]] = np.inf  # a state broken by whatever means
-        for r in (client.get("/models/songs/predict", params={"user": 3, "item": 101}),
-                  client.post("/models/songs/predict",
-                              json={"queries": [{"user": 3, "item": 101}, {"user": 4, "item": 101}]}),
-                  client.get("/models/songs/top_k", params={"user": 3, "k": 2})):
+        for r in (
+            client.get("/models/songs/predict", params={"user": 3, "item": 101}),
+            client.post(
+                "/models/songs/predict", json={"queries": [{"user": 3, "item": 101}, {"user": 4, "item": 101}]}
+            ),
+            client.get("/models/songs/top_k", params={"user": 3, "k": 2}),
+        ):
             assert r.status_code == 500 and r.json()["error"] == ModelStateInvalid.__name__, r.text
             assert b"null" not in r.content
         assert client.get("/models/songs/predict", params={"user": 4, "item": 101}).status_code == 200
 
 
 @settings(max_examples=300, deadline=None)
-@given(value=st.one_of(st.floats(allow_nan=True, allow_infinity=True),
-                       st.integers(min_value=-10**400, max_value=10**400),
-                       st.text(max_size=5), st.none(), st.booleans()),
-       low=st.floats(-1e9, 1e9), width=st.floats(1e-6, 1e9))
+@given(
+    value=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(min_value=-(10**400), max_value=10**400),
+        st.text(max_size=5),
+        st.none(),
+        st.booleans(),
+    ),
+    low=st.floats(-1e9, 1e9),
+    width=st.floats(1e-6, 1e9),
+)
 def test_score_in_range_accepts_exactly_the_finite_numbers_inside(value, low: float, width: float) -> None:
     high = low + width
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -134,8 +148,13 @@ def test_a_retrain_over_a_log_holding_1e308_trains_on_the_rest(tmp_path: Path) -
     layout = HomeLayout(tmp_path)
     meta = train_version(layout, "stars", _ratings(np.random.default_rng(2)), SMALL)
     log = ObservationLog(layout.log_dir("stars"))
-    lsn = log.append_and_wait([("0", "1", 4.0, meta["version"], None), ("0", "2", 1e308, meta["version"], None),
-                               ("1", "3", -1e308, meta["version"], None)])
+    lsn = log.append_and_wait(
+        [
+            ("0", "1", 4.0, meta["version"], None),
+            ("0", "2", 1e308, meta["version"], None),
+            ("1", "3", -1e308, meta["version"], None),
+        ]
+    )
     log.close()
     child = retrain_version(layout, "stars", "v2", parent=meta["version"], upto_lsn=lsn, reason="test")
     assert child["score_range"] == meta["score_range"]  # the data's range: the bad rows were left out
@@ -150,9 +169,30 @@ def test_train_cli_score_range_overrides_the_data_range(tmp_path: Path) -> None:
     from veloxserve.training.ratings import write_ratings_csv
 
     write_ratings_csv(_ratings(np.random.default_rng(3)), tmp_path / "r.csv")
-    result = subprocess.run([sys.executable, "-m", "veloxserve.cli", "train", "--home", str(tmp_path),
-                             "--model", "stars", "--ratings", str(tmp_path / "r.csv"), "--rank", "2", "--iterations", "2",
-                             "--score-range", "-3", "9"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "veloxserve.cli",
+            "train",
+            "--home",
+            str(tmp_path),
+            "--model",
+            "stars",
+            "--ratings",
+            str(tmp_path / "r.csv"),
+            "--rank",
+            "2",
+            "--iterations",
+            "2",
+            "--score-range",
+            "-3",
+            "9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
-    meta = json.loads(result.stdout[result.stdout.index("{"):])
+    meta = json.loads(result.stdout[result.stdout.index("{") :])
     assert meta["score_range"] == [-3.0, 9.0] and meta["score_range_source"] == "override"

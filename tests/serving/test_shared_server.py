@@ -50,8 +50,14 @@ def expected_weights(user: str, observations: list[tuple[str, int, float]]) -> n
     return np.linalg.solve(A, r)
 
 
-def _load(servers: list[ServerProcess], users: list[str], acked: list, stop: threading.Event, workers: int = 6,
-          refused: list | None = None):
+def _load(
+    servers: list[ServerProcess],
+    users: list[str],
+    acked: list,
+    stop: threading.Event,
+    workers: int = 6,
+    refused: list | None = None,
+):
     """Observations of `users` through all servers at once; the 200s go to `acked`, the rest
     (503, timeouts: not acknowledged, maybe learned) to `refused`."""
     lock = threading.Lock()
@@ -62,8 +68,11 @@ def _load(servers: list[ServerProcess], users: list[str], acked: list, stop: thr
         clients = [httpx.Client(base_url=s.url, timeout=10) for s in servers]
         n = 0
         while not stop.is_set():
-            obs = {"user": users[int(rng.integers(len(users)))], "item": int(100 + rng.integers(0, 50)),
-                   "score": float(rng.integers(1, 6))}
+            obs = {
+                "user": users[int(rng.integers(len(users)))],
+                "item": int(100 + rng.integers(0, 50)),
+                "score": float(rng.integers(1, 6)),
+            }
             http = clients[(worker + n) % len(clients)]  # every worker alternates between the servers
             n += 1
             try:
@@ -165,8 +174,10 @@ def test_redis_outage_fails_fast_with_503_and_the_server_recovers_by_itself(tmp_
             assert http.post("/models/songs/observe", json=obs).status_code == 200
             acked.append((obs["user"], obs["item"], obs["score"]))
         redis_server.stop()
-        for request in (lambda: http.post("/models/songs/observe", json={"user": "fresh-o", "item": 101, "score": 1.0}),
-                        lambda: http.get("/models/songs/predict", params={"user": "fresh-o", "item": 101})):
+        for request in (
+            lambda: http.post("/models/songs/observe", json={"user": "fresh-o", "item": 101, "score": 1.0}),
+            lambda: http.get("/models/songs/predict", params={"user": "fresh-o", "item": 101}),
+        ):
             r = request()  # a hang would be the client's 30 s timeout
             assert r.status_code == 503
             assert r.json()["error"] == "StoreUnavailable" and "Redis at redis://127.0.0.1" in r.json()["message"]
@@ -194,7 +205,8 @@ def _rebuilds(server: ServerProcess) -> float:
 
 
 def test_after_redis_loses_its_data_under_load_every_server_rebuilds_users_from_all_logs_by_itself(
-        tmp_path: Path, redis_url: str) -> None:
+    tmp_path: Path, redis_url: str
+) -> None:
     import redis
 
     home = _home(tmp_path)

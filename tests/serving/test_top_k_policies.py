@@ -56,7 +56,9 @@ def test_index_top_k_matches_exact_search_and_scores_are_exact(tmp_path: Path) -
         assert np.mean(recalls) >= 0.95
         if exact_answers is not None:  # answers served before the index existed were exact
             w = server.users.weights("0")
-            assert {server.version.catalog.lookup(str(i)) for i, _ in exact_answers[0]} == set(np.argsort(-(F @ w))[:50].tolist())
+            assert {server.version.catalog.lookup(str(i)) for i, _ in exact_answers[0]} == set(
+                np.argsort(-(F @ w))[:50].tolist()
+            )
         # exclude_seen and filters still hold on the index path
         user = "3"
         seen = set(server.users.seen_rows(user).tolist())
@@ -91,7 +93,9 @@ def test_greedy_linucb_and_thompson_against_independent_computations(tmp_path: P
 
 @settings(max_examples=40, deadline=None)
 @given(n=st.integers(3, 40), k_frac=st.floats(0.1, 1.0), epsilon=st.floats(0.0, 1.0), seed=st.integers(0, 10**6))
-def test_epsilon_greedy_slates_are_distinct_and_propensities_are_the_policy_probabilities(n, k_frac, epsilon, seed) -> None:
+def test_epsilon_greedy_slates_are_distinct_and_propensities_are_the_policy_probabilities(
+    n, k_frac, epsilon, seed
+) -> None:
     rng = np.random.default_rng(seed)
     k = max(1, int(k_frac * n))
     ranked = rng.permutation(n)
@@ -127,25 +131,36 @@ def test_http_policies_filters_decisions_and_bad_input(tmp_path: Path) -> None:
     arrays, meta = synthetic_version_arrays(name="songs")
     VersionStore(HomeLayout(tmp_path).versions_dir("songs")).write(arrays, meta)
     attributes = tmp_path / "items.csv"
-    attributes.write_text("item,genre\n" + "".join(f"{100 + i},{'jazz' if i % 5 == 0 else 'rock'}\n" for i in range(50)))
+    attributes.write_text(
+        "item,genre\n" + "".join(f"{100 + i},{'jazz' if i % 5 == 0 else 'rock'}\n" for i in range(50))
+    )
     with Velox(tmp_path) as velox:
         assert velox.set_item_attributes("songs", attributes)["attributes"] == ["genre"]
         with TestClient(create_app(velox), raise_server_exceptions=False) as client:
             jazz = client.get("/models/songs/top_k", params={"user": 1, "k": 10, "filter": "genre:jazz"}).json()
-            assert len(jazz["items"]) == 10 and all((item - 100) % 5 == 0 for item in (e["item"] for e in jazz["items"]))
+            assert len(jazz["items"]) == 10 and all(
+                (item - 100) % 5 == 0 for item in (e["item"] for e in jazz["items"])
+            )
             beyond = client.get("/models/songs/top_k", params={"user": 1, "k": 11, "filter": "genre:jazz"})
             assert beyond.status_code == 400 and beyond.json()["field"] == "k" and "[1, 10]" in beyond.json()["message"]
             beyond = client.post("/models/songs/top_k", json={"user": 1, "k": 3, "candidates": [101, 102]})
             assert beyond.status_code == 400 and beyond.json()["field"] == "k"
-            body = client.post("/models/songs/top_k", json={"user": 1, "k": 5, "policy": "epsilon_greedy", "epsilon": 0.5}).json()
+            body = client.post(
+                "/models/songs/top_k", json={"user": 1, "k": 5, "policy": "epsilon_greedy", "epsilon": 0.5}
+            ).json()
             assert body["policy"] == {"name": "epsilon_greedy", "epsilon": 0.5}
             assert all(0 < e["propensity"] <= 1 for e in body["items"]) and body["decision"]
-            answered = client.post("/models/songs/observe", json={
-                "user": 1, "item": body["items"][0]["item"], "score": 4.0, "decision": body["decision"]})
+            answered = client.post(
+                "/models/songs/observe",
+                json={"user": 1, "item": body["items"][0]["item"], "score": 4.0, "decision": body["decision"]},
+            )
             assert answered.status_code == 200
             for params, field in (
-                ({"policy": "ucb2"}, "policy"), ({"policy": "epsilon_greedy", "epsilon": "1.5"}, "epsilon"),
-                ({"filter": "genre"}, "filter"), ({"filter": "mood:sad"}, "filter"), ({"epsilon": "x"}, "epsilon"),
+                ({"policy": "ucb2"}, "policy"),
+                ({"policy": "epsilon_greedy", "epsilon": "1.5"}, "epsilon"),
+                ({"filter": "genre"}, "filter"),
+                ({"filter": "mood:sad"}, "filter"),
+                ({"epsilon": "x"}, "epsilon"),
             ):
                 bad = client.get("/models/songs/top_k", params={"user": 1, "k": 3, **params})
                 assert bad.status_code == 400 and bad.json()["field"] == field, params

@@ -62,12 +62,27 @@ def _decision_read(root: Path) -> list[int]:
 
 
 ADAPTERS = [
-    Adapter("observations", ObservationLog, _observation_append, _observation_read,
-            lambda root: sorted(root.glob("segment-*.log"))),
-    Adapter("feedback", lambda root: FeedbackLog(root / "app.feedback"), _feedback_append, _feedback_read,
-            lambda root: [root / "app.feedback"]),
-    Adapter("decisions", lambda root: DecisionLog(root, flush_seconds=0.001), _decision_append, _decision_read,
-            lambda root: sorted(root.glob("decisions-*.jsonl"))),
+    Adapter(
+        "observations",
+        ObservationLog,
+        _observation_append,
+        _observation_read,
+        lambda root: sorted(root.glob("segment-*.log")),
+    ),
+    Adapter(
+        "feedback",
+        lambda root: FeedbackLog(root / "app.feedback"),
+        _feedback_append,
+        _feedback_read,
+        lambda root: [root / "app.feedback"],
+    ),
+    Adapter(
+        "decisions",
+        lambda root: DecisionLog(root, flush_seconds=0.001),
+        _decision_append,
+        _decision_read,
+        lambda root: sorted(root.glob("decisions-*.jsonl")),
+    ),
 ]
 
 
@@ -91,7 +106,8 @@ def test_an_acknowledged_record_survives_a_reopen(adapter: Adapter, tmp_path: Pa
 
 
 def test_a_damaged_record_in_the_middle_is_skipped_and_reported_and_the_rest_kept(
-        adapter: Adapter, tmp_path: Path, caplog) -> None:
+    adapter: Adapter, tmp_path: Path, caplog
+) -> None:
     _write(adapter, tmp_path, range(20))
     (path,) = adapter.files(tmp_path)
     data = bytearray(path.read_bytes())

@@ -29,10 +29,25 @@ def test_export_round_trips_every_record_partitioned_by_date(tmp_path: Path) -> 
     assert first["rows"] == 50 and first["first_lsn"] == 1 and first["last_lsn"] == 50
     table = ds.dataset(tmp_path / "out", format="parquet", partitioning="hive").to_table().sort_by("lsn")
     assert table["lsn"].to_pylist() == list(range(1, 51))
-    assert list(zip(table["user"].to_pylist(), table["item"].to_pylist(), table["score"].to_pylist(),
-                    table["model_version"].to_pylist())) == rows
-    assert set(table["date"].to_pylist()) == {r.timestamp and __import__("datetime").datetime.fromtimestamp(
-        r.timestamp, __import__("datetime").timezone.utc).date().isoformat() for r in read_log(tmp_path / "log")}
+    assert (
+        list(
+            zip(
+                table["user"].to_pylist(),
+                table["item"].to_pylist(),
+                table["score"].to_pylist(),
+                table["model_version"].to_pylist(),
+            )
+        )
+        == rows
+    )
+    assert set(table["date"].to_pylist()) == {
+        r.timestamp
+        and __import__("datetime")
+        .datetime.fromtimestamp(r.timestamp, __import__("datetime").timezone.utc)
+        .date()
+        .isoformat()
+        for r in read_log(tmp_path / "log")
+    }
 
 
 def test_incremental_export_adds_only_new_observations(tmp_path: Path) -> None:
@@ -58,8 +73,14 @@ def test_cli_export(tmp_path: Path) -> None:
 
 def test_export_carries_each_observations_decision_and_idempotency_id(tmp_path: Path) -> None:
     with ObservationLog(tmp_path / "log") as log:
-        log.append_and_wait([("u", "i", 1.0, "v1"), ("u", "j", 0.0, "v1", "d1"), ("u", "k", 1.0, "v1", None, "key-3"),
-                             ("u", "l", 1.0, "v1", "d2", "key-4")])
+        log.append_and_wait(
+            [
+                ("u", "i", 1.0, "v1"),
+                ("u", "j", 0.0, "v1", "d1"),
+                ("u", "k", 1.0, "v1", None, "key-3"),
+                ("u", "l", 1.0, "v1", "d2", "key-4"),
+            ]
+        )
     export_parquet(tmp_path / "log", tmp_path / "out")
     table = ds.dataset(tmp_path / "out", format="parquet", partitioning="hive").to_table().sort_by("lsn")
     assert table["decision"].to_pylist() == [None, "d1", None, "d2"]
@@ -171,8 +192,19 @@ def test_cli_export_exits_zero_on_every_run(tmp_path: Path) -> None:
     exception") in some runs, after writing correct files: Arrow's threads held a Python callback."""
     with ObservationLog(tmp_path / "home" / "models" / "songs" / "log") as log:
         log.append_and_wait([("u", "i", 1.0, "v1")] * 4)
-    cli = [sys.executable, "-m", "veloxserve.cli", "log", "export", "--home", str(tmp_path / "home"),
-           "--model", "songs"]
-    runs = [subprocess.run(cli + ["--out", str(tmp_path / f"out{n}")], capture_output=True, text=True, timeout=120)
-            for n in range(8)]
+    cli = [
+        sys.executable,
+        "-m",
+        "veloxserve.cli",
+        "log",
+        "export",
+        "--home",
+        str(tmp_path / "home"),
+        "--model",
+        "songs",
+    ]
+    runs = [
+        subprocess.run(cli + ["--out", str(tmp_path / f"out{n}")], capture_output=True, text=True, timeout=120)
+        for n in range(8)
+    ]
     assert [(r.returncode, "terminate called" in r.stderr) for r in runs] == [(0, False)] * len(runs)

@@ -26,7 +26,10 @@ def test_appended_records_replay_in_order(tmp_path: Path) -> None:
         assert log.append_and_wait([("u1", "i3", 3.0, "v2")], 5) == 3
         records = list(log.replay())
     assert [(r.lsn, r.user, r.item, r.score, r.version) for r in records] == [
-        (1, "u1", "i1", 1.5, "v1"), (2, "u2", "i2", -2.0, "v1"), (3, "u1", "i3", 3.0, "v2")]
+        (1, "u1", "i1", 1.5, "v1"),
+        (2, "u2", "i2", -2.0, "v1"),
+        (3, "u1", "i3", 3.0, "v2"),
+    ]
     assert all(r.timestamp > 0 for r in records)
 
 
@@ -142,8 +145,17 @@ def test_nothing_is_durable_before_the_fsync_returns(tmp_path: Path, monkeypatch
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20),
-                          st.floats(allow_nan=False, allow_infinity=False)), min_size=1, max_size=20))
+@given(
+    st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=20),
+            st.text(min_size=1, max_size=20),
+            st.floats(allow_nan=False, allow_infinity=False),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
 def test_any_records_round_trip_exactly(tmp_path_factory, rows) -> None:
     directory = tmp_path_factory.mktemp("log")
     with ObservationLog(directory, fsync=False) as log:
@@ -261,7 +273,8 @@ def test_any_single_bit_flip_loses_at_most_one_record(tmp_path_factory, where: f
 
 
 def test_a_refused_write_is_cut_back_refused_to_its_waiters_only_and_the_writer_lives_on(
-        tmp_path: Path, monkeypatch) -> None:
+    tmp_path: Path, monkeypatch
+) -> None:
     with ObservationLog(tmp_path) as log:
         log.append_and_wait([("u", "i", 1.0, "v1")])
         real = os.fdatasync

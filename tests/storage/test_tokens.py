@@ -34,7 +34,7 @@ def test_a_token_is_stored_only_as_a_salted_hash(tmp_path: Path) -> None:
 def test_any_altered_token_is_refused(tmp_path_factory, position: int, replacement: str) -> None:
     store = TokenStore(tmp_path_factory.mktemp("t") / "tokens.json")
     token = store.create()
-    altered = token[:position] + replacement + token[position + 1:]
+    altered = token[:position] + replacement + token[position + 1 :]
     assert (store.verify(altered) is not None) == (altered == token)
 
 
@@ -82,8 +82,10 @@ def test_concurrent_token_creates_from_several_processes_and_threads_keep_every_
         "[t.start() for t in threads]; [t.join() for t in threads]\n"
         "print('\\n'.join(made))\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(path), "15"], stdout=subprocess.PIPE, text=True)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(path), "15"], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     here: list[str] = []
 
     def make_here() -> None:

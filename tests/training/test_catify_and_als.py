@@ -42,8 +42,9 @@ def test_als_recovers_the_planted_structure_to_the_noise_level(catify, trained) 
 def test_user_statistics_are_the_exact_ridge_solve_against_the_final_features(trained) -> None:
     train, _, config, factors = trained
     a = factors.arrays
-    np.testing.assert_allclose(a["user_weights"], np.linalg.solve(a["user_gram"], a["user_rhs"][..., None])[..., 0],
-                               atol=1e-8)
+    np.testing.assert_allclose(
+        a["user_weights"], np.linalg.solve(a["user_gram"], a["user_rhs"][..., None])[..., 0], atol=1e-8
+    )
     F = np.column_stack([a["item_factors"], factors.global_mean + a["item_bias"], np.ones(len(a["item_ids"]))])
     lam = prior_precision_vector(config)
     item_row = {x: n for n, x in enumerate(a["item_ids"].tolist())}

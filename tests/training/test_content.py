@@ -22,8 +22,11 @@ def catify():
 def test_basis_equals_the_dense_ridge_solution(catify) -> None:
     arrays, texts = catify
     basis, report = fit_text_basis(arrays, texts, n_buckets=128, ngram_max=2, alpha=0.5)
-    X = HashingVectorizer(n_features=128, ngram_range=(1, 2), alternate_sign=False, norm="l2").transform(
-        [texts[i] for i in arrays["item_ids"]]).toarray()
+    X = (
+        HashingVectorizer(n_features=128, ngram_range=(1, 2), alternate_sign=False, norm="l2")
+        .transform([texts[i] for i in arrays["item_ids"]])
+        .toarray()
+    )
     Y = np.column_stack([arrays["item_factors"], arrays["item_bias"]])
     expected = np.linalg.solve(X.T @ X + 0.5 * np.eye(128), X.T @ Y)
     np.testing.assert_allclose(basis, expected, atol=1e-5)

@@ -41,15 +41,22 @@ def test_ips_recovers_the_value_of_policies_the_logger_did_not_follow() -> None:
 def test_decisions_without_propensities_are_skipped_and_counted() -> None:
     decisions = [{"decision": "a", "items": ["1"], "propensities": None}]
     assert ips_estimate(decisions, [], lambda *_: 1.0) == {
-        "decisions": 0, "skipped_without_propensity": 1, "ips": None, "snips": None, "unmatched_observations": 0}
+        "decisions": 0,
+        "skipped_without_propensity": 1,
+        "ips": None,
+        "snips": None,
+        "unmatched_observations": 0,
+    }
 
 
 def test_ips_estimate_leaves_out_observations_that_do_not_match_their_decision() -> None:
     """Unknown decision ids, another user's decision and items the list did not show used to be
     joined as rewards (the last two on the (decision, item) key alone); now only observations of
     the decision's own user on an item it showed count, and the others are counted as unmatched."""
-    decisions = [{"decision": "a", "user": "u", "items": ["1", "2"], "propensities": [0.5, 0.5]},
-                 {"decision": "b", "user": "v", "items": ["3"], "propensities": [1.0]}]
+    decisions = [
+        {"decision": "a", "user": "u", "items": ["1", "2"], "propensities": [0.5, 0.5]},
+        {"decision": "b", "user": "v", "items": ["3"], "propensities": [1.0]},
+    ]
     honest = [ObservationRecord(1, 0.0, "u", "1", 1.0, "v1", False, "a")]
     forged = [
         ObservationRecord(2, 0.0, "u", "3", 1.0, "v1", False, "b"),  # v's decision, observed for u

@@ -35,8 +35,12 @@ def test_movielens_ratings_dat_double_colon(tmp_path: Path) -> None:
 
 
 def test_csv_and_parquet_round_trip(tmp_path: Path) -> None:
-    ratings = Ratings(np.array(["1", "2", "1"]), np.array(["10", "10", "20"]), np.array([4.0, 3.5, 1.0]),
-                      np.array([881250949, 881250950, 881250951]))
+    ratings = Ratings(
+        np.array(["1", "2", "1"]),
+        np.array(["10", "10", "20"]),
+        np.array([4.0, 3.5, 1.0]),
+        np.array([881250949, 881250950, 881250951]),
+    )
     write_ratings_csv(ratings, tmp_path / "r.csv")
     write_ratings_parquet(ratings, tmp_path / "r.parquet")
     check(load_ratings(tmp_path / "r.csv"))

@@ -34,7 +34,9 @@ def test_spark_trains_a_version_the_server_serves(tmp_path: Path, catify) -> Non
     assert meta["heldout_rmse"] < _baseline_rmse(catify)
     assert np.isfinite(meta["spark_native_heldout_rmse"])
     # The served user statistics are the exact ridge solve against Spark's θ (independent check).
-    F = np.column_stack([arrays["item_factors"], meta["global_mean"] + arrays["item_bias"], np.ones(len(arrays["item_ids"]))])
+    F = np.column_stack(
+        [arrays["item_factors"], meta["global_mean"] + arrays["item_bias"], np.ones(len(arrays["item_ids"]))]
+    )
     base = catify.ratings
     lam, w0 = arrays["prior_precision"], arrays["prior_mean"]
     for index in (0, 17, len(arrays["user_ids"]) - 1):
@@ -47,7 +49,9 @@ def test_spark_trains_a_version_the_server_serves(tmp_path: Path, catify) -> Non
         y = np.array([score_of[str(arrays["item_ids"][row])] for row in rows])
         np.testing.assert_allclose(arrays["user_gram"][index], A, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(arrays["user_rhs"][index], lam * w0 + F[rows].T @ y, rtol=1e-9, atol=1e-9)
-        np.testing.assert_allclose(arrays["user_weights"][index], np.linalg.solve(A, lam * w0 + F[rows].T @ y), atol=1e-8)
+        np.testing.assert_allclose(
+            arrays["user_weights"][index], np.linalg.solve(A, lam * w0 + F[rows].T @ y), atol=1e-8
+        )
     with Velox(tmp_path) as velox:  # the ordinary server loads and learns on it
         before = velox.predict("songs", "new-user", arrays["item_ids"][0])
         velox.observe("songs", "new-user", arrays["item_ids"][0], 5.0)
@@ -58,13 +62,33 @@ def test_cli_trains_with_spark_from_the_parquet_log(tmp_path: Path, catify) -> N
     home = tmp_path / "home"
     with Velox(home) as velox:  # a model whose observations are in its log
         velox.train("songs", catify.ratings, ALSConfig(rank=3, iterations=3))
-        velox.observe_many("songs", list(zip(catify.ratings.users[:3000], catify.ratings.items[:3000],
-                                             catify.ratings.scores[:3000].tolist())))
+        velox.observe_many(
+            "songs",
+            list(zip(catify.ratings.users[:3000], catify.ratings.items[:3000], catify.ratings.scores[:3000].tolist())),
+        )
     export_parquet(HomeLayout(home).log_dir("songs"), tmp_path / "export")
     done = subprocess.run(
-        [sys.executable, "-m", "veloxserve.cli", "train", "--home", str(home), "--model", "from-log",
-         "--ratings", str(tmp_path / "export"), "--engine", "spark", "--master", "local[2]", "--rank", "3"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "veloxserve.cli",
+            "train",
+            "--home",
+            str(home),
+            "--model",
+            "from-log",
+            "--ratings",
+            str(tmp_path / "export"),
+            "--engine",
+            "spark",
+            "--master",
+            "local[2]",
+            "--rank",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     meta = VersionStore(HomeLayout(home).versions_dir("from-log")).read_meta("v1")

@@ -56,8 +56,10 @@ def test_train_serves_every_user_and_item_it_was_given_and_says_how_the_figure_w
     assert int(arrays["user_counts"].sum()) == len(ratings) == meta["rows_trained"]
     train, test = split_holdout(ratings, CONFIG.heldout_fraction, CONFIG.seed)
     assert 0 < len(test) and meta["heldout_rows"] == len(test)
-    assert meta["evaluation"] == (f"heldout_rmse computed on a 10% split ({len(test)} rows) fitted separately; "
-                                  f"the served version is fitted on all {len(ratings)} rows")
+    assert meta["evaluation"] == (
+        f"heldout_rmse computed on a 10% split ({len(test)} rows) fitted separately; "
+        f"the served version is fitted on all {len(ratings)} rows"
+    )
     # Independent: the figure is the split fit's, θ is the fit on everything.
     assert meta["heldout_rmse"] == pytest.approx(train_als(train, CONFIG, test).heldout_rmse)
     everything = train_als(ratings, CONFIG)
@@ -89,8 +91,9 @@ def test_a_retrain_after_a_forget_compares_only_on_rows_neither_version_was_fitt
     rng = np.random.default_rng(1)
 
     def observe(velox: Velox, n: int) -> None:
-        velox.observe_many("m", [(str(rng.integers(0, 120)), int(rng.integers(0, 80)), float(rng.normal(3, 1)))
-                                 for _ in range(n)])
+        velox.observe_many(
+            "m", [(str(rng.integers(0, 120)), int(rng.integers(0, 80)), float(rng.normal(3, 1))) for _ in range(n)]
+        )
 
     with Velox(tmp_path) as velox:
         velox.train("m", catify.ratings, CONFIG)
@@ -118,21 +121,32 @@ def test_a_retrain_after_a_forget_compares_only_on_rows_neither_version_was_fitt
         assert comparison["rows"] == n_hold and comparison["first_lsn"] == held[0].lsn
         base = load_ratings(velox.layout.base_data("m"))
         kept = records[:-n_hold]
-        train = Ratings(np.concatenate([base.users, [r.user for r in kept]]),
-                        np.concatenate([base.items, [r.item for r in kept]]),
-                        np.concatenate([base.scores, [r.score for r in kept]]))
-        test = Ratings(np.array([r.user for r in held]), np.array([r.item for r in held]),
-                       np.array([r.score for r in held]))
+        train = Ratings(
+            np.concatenate([base.users, [r.user for r in kept]]),
+            np.concatenate([base.items, [r.item for r in kept]]),
+            np.concatenate([base.scores, [r.score for r in kept]]),
+        )
+        test = Ratings(
+            np.array([r.user for r in held]), np.array([r.item for r in held]), np.array([r.score for r in held])
+        )
         versions = VersionStore(velox.layout.versions_dir("m"))
         for name, key in ((job.parent, "parent_rmse"), (job.version, "candidate_rmse")):
             arrays, meta = versions.read_arrays(name), versions.read_meta(name)
-            assert comparison[key] == pytest.approx(_independent_rmse(arrays, meta["global_mean"], train, test),
-                                                    rel=1e-6)
+            assert comparison[key] == pytest.approx(
+                _independent_rmse(arrays, meta["global_mean"], train, test), rel=1e-6
+            )
 
 
 @settings(max_examples=200, deadline=None)
-@given(n_base=st.integers(0, 20), n_main=st.integers(0, 60), hold=st.integers(0, 60), n_new=st.integers(0, 30),
-       n_other=st.integers(0, 10), erase=st.sets(st.integers(1, 90)), data=st.data())
+@given(
+    n_base=st.integers(0, 20),
+    n_main=st.integers(0, 60),
+    hold=st.integers(0, 60),
+    n_new=st.integers(0, 30),
+    n_other=st.integers(0, 10),
+    erase=st.sets(st.integers(1, 90)),
+    data=st.data(),
+)
 def test_the_rows_a_retrain_may_compare_on_are_exactly_those_its_parent_was_not_fitted_on(
     n_base: int, n_main: int, hold: int, n_new: int, n_other: int, erase: set[int], data
 ) -> None:
@@ -143,18 +157,22 @@ def test_the_rows_a_retrain_may_compare_on_are_exactly_those_its_parent_was_not_
     from veloxserve.training.trainer import _unfitted_from, unfitted_by
 
     def origin(main_lsns: list[int], other_lsns: list[int]) -> dict[str, np.ndarray]:
-        return {"instances": np.array([""] * n_base + ["main"] * len(main_lsns) + ["b"] * len(other_lsns)),
-                "lsns": np.array([-1] * n_base + main_lsns + other_lsns, dtype=np.int64)}
+        return {
+            "instances": np.array([""] * n_base + ["main"] * len(main_lsns) + ["b"] * len(other_lsns)),
+            "lsns": np.array([-1] * n_base + main_lsns + other_lsns, dtype=np.int64),
+        }
 
     read_main = [lsn for lsn in range(1, n_main + 1) if lsn not in erase]
     before = origin(read_main, list(range(1, n_other + 1)))
-    held_lsns = set(read_main[len(read_main) - min(hold, len(read_main)):])
+    held_lsns = set(read_main[len(read_main) - min(hold, len(read_main)) :])
     held = (before["instances"] == "main") & np.isin(before["lsns"], list(held_lsns))
     spec = _unfitted_from(before, held, upto_lsn=n_main)
     later_erase = data.draw(st.sets(st.integers(1, n_main + n_new + 1)))
     now_main = [lsn for lsn in range(1, n_main + n_new + 1) if lsn not in erase and lsn not in later_erase]
     new_other = data.draw(st.integers(0, 5))
     after = origin(now_main, list(range(1, n_other + new_other + 1)))
-    expected = [(i == "main" and (lsn in held_lsns or lsn > n_main)) or (i == "b" and lsn > n_other)
-                for i, lsn in zip(after["instances"], after["lsns"])]
+    expected = [
+        (i == "main" and (lsn in held_lsns or lsn > n_main)) or (i == "b" and lsn > n_other)
+        for i, lsn in zip(after["instances"], after["lsns"])
+    ]
     assert unfitted_by({"theta_unfitted_from": spec}, after).tolist() == expected

@@ -48,8 +48,15 @@ class VeloxApp:
     """ASGI app over a Velox. The caller owns `velox` (and closes it); the app starts and closes
     the Clipper runtime with the server's lifespan."""
 
-    def __init__(self, velox: Velox, tokens: TokenStore, clipper: ClipperRuntime, *, auth: AuthConfig | None = None,
-                 admission: AdmissionConfig | None = None) -> None:
+    def __init__(
+        self,
+        velox: Velox,
+        tokens: TokenStore,
+        clipper: ClipperRuntime,
+        *,
+        auth: AuthConfig | None = None,
+        admission: AdmissionConfig | None = None,
+    ) -> None:
         self.velox = velox
         self.guard = Guard(tokens, auth)
         self.admission = Admission(admission)
@@ -104,8 +111,10 @@ class VeloxApp:
                 headers = _with(headers, exc)
             except Exception:  # the server never dies on a request
                 log.exception("unhandled error on %s %s", scope.get("method"), path)
-                status, payload = 500, {"error": "InternalError", "message": "The server failed on this request; "
-                                                                             "see its log."}
+                status, payload = (
+                    500,
+                    {"error": "InternalError", "message": "The server failed on this request; see its log."},
+                )
         if isinstance(payload, bytes):
             body, headers = payload, _TEXT_HEADERS
         else:
@@ -128,8 +137,9 @@ class VeloxApp:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _call(self, route: Route, args: list[Any], scope: dict[str, Any], receive: Callable,
-                    started: float) -> Any:
+    async def _call(
+        self, route: Route, args: list[Any], scope: dict[str, Any], receive: Callable, started: float
+    ) -> Any:
         """Decode the route's query and body into its types, then run its handler (admitted when
         the route is on the data plane). A request that fails here has changed nothing."""
         where = route.where
@@ -208,8 +218,9 @@ def _deadline_s(headers: list[tuple[bytes, bytes]]) -> float | None:
             except ValueError:
                 ms = -1.0
             if not 0 < ms < 1e9:
-                raise invalid_parameter("X-Deadline-Ms", "the request headers", "a positive number of milliseconds",
-                                        value.decode("latin-1"))
+                raise invalid_parameter(
+                    "X-Deadline-Ms", "the request headers", "a positive number of milliseconds", value.decode("latin-1")
+                )
             return ms / 1000.0
     return None
 
@@ -220,14 +231,18 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
             try:
                 return int(value)
             except ValueError:  # the HTTP server rejects these first; a lenient one gets a clear 400
-                raise invalid_parameter("Content-Length", "the request headers", "a number of bytes",
-                                        value.decode("latin-1")) from None
+                raise invalid_parameter(
+                    "Content-Length", "the request headers", "a number of bytes", value.decode("latin-1")
+                ) from None
     return None
 
 
 def _too_large(where: str, got: str) -> PayloadTooLarge:
-    return PayloadTooLarge(f"The request body of {where} must be at most {MAX_BODY_BYTES} bytes. Got {got}; "
-                           "split the batch into smaller requests.", field="body")
+    return PayloadTooLarge(
+        f"The request body of {where} must be at most {MAX_BODY_BYTES} bytes. Got {got}; "
+        "split the batch into smaller requests.",
+        field="body",
+    )
 
 
 def _path_parts(scope: dict[str, Any]) -> list[str]:

@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ADMIN_ROUTES", "ALL_MODELS", "MODEL_ROUTES", "AuthConfig", "Guard"]
 ALL_MODELS = "*"
-_HOW = ("Send it as 'Authorization: Bearer <token>' (the CLI: --token or VELOXSERVE_TOKEN). "
-        "An operator creates one on the server with `veloxserve token create --home <home>`{model}.")
+_HOW = (
+    "Send it as 'Authorization: Bearer <token>' (the CLI: --token or VELOXSERVE_TOKEN). "
+    "An operator creates one on the server with `veloxserve token create --home <home>`{model}."
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,10 @@ class Guard:
         if route.access is Access.ADMIN:
             record = self._authenticate(headers, route, "")
             if record.scope != ADMIN:
-                raise Forbidden(f"The token {record.name or record.id!r} has scope {record.scope!r}; "
-                                f"{method} {path} needs an admin token: `veloxserve token create --home <home>`.")
+                raise Forbidden(
+                    f"The token {record.name or record.id!r} has scope {record.scope!r}; "
+                    f"{method} {path} needs an admin token: `veloxserve token create --home <home>`."
+                )
         elif self._keyed:
             model = args[0]
             if ALL_MODELS not in self._keyed and model not in self._keyed:
@@ -61,8 +65,10 @@ class Guard:
             hint = f" --model {model}"
             record = self._authenticate(headers, route, hint)
             if not record.allows_model(model):
-                raise Forbidden(f"The token {record.name or record.id!r} has scope {record.scope!r}; {method} {path} "
-                                f"needs an admin token or a key for model {model!r}: `veloxserve token create{hint}`.")
+                raise Forbidden(
+                    f"The token {record.name or record.id!r} has scope {record.scope!r}; {method} {path} "
+                    f"needs an admin token or a key for model {model!r}: `veloxserve token create{hint}`."
+                )
 
     def _authenticate(self, headers: Iterable[tuple[bytes, bytes]], route: Route, hint: str) -> TokenRecord:
         for name, value in headers:
@@ -70,7 +76,11 @@ class Guard:
                 scheme, _, token = value.decode("latin-1").partition(" ")
                 record = self.tokens.verify(token.strip()) if scheme.lower() == "bearer" else None
                 if record is None:
-                    raise Unauthorized("The API token is not valid (unknown, revoked or mistyped). "
-                                       + _HOW.format(model=hint), field="authorization")
+                    raise Unauthorized(
+                        "The API token is not valid (unknown, revoked or mistyped). " + _HOW.format(model=hint),
+                        field="authorization",
+                    )
                 return record
-        raise Unauthorized(f"{route.method} {route.label} needs an API token. " + _HOW.format(model=hint), field="authorization")
+        raise Unauthorized(
+            f"{route.method} {route.label} needs an API token. " + _HOW.format(model=hint), field="authorization"
+        )

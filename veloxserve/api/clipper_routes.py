@@ -106,8 +106,11 @@ class _ClipperState(Collector):
         batch = GaugeMetricFamily("veloxserve_clipper_batch_size", "AIMD batch size limit", labels=labels)
         last = GaugeMetricFamily("veloxserve_clipper_last_batch", "Queries in the last batch", labels=labels)
         queue = GaugeMetricFamily("veloxserve_clipper_queue_length", "Queries waiting", labels=labels)
-        latency = GaugeMetricFamily("veloxserve_clipper_batch_latency_seconds", "Batch latency over the last 256 "
-                                    "batches", labels=[*labels, "quantile"])
+        latency = GaugeMetricFamily(
+            "veloxserve_clipper_batch_latency_seconds",
+            "Batch latency over the last 256 batches",
+            labels=[*labels, "quantile"],
+        )
         restarts = GaugeMetricFamily("veloxserve_clipper_restarts", "Container restarts", labels=labels)
         dropped = GaugeMetricFamily("veloxserve_clipper_dropped", "Queries dropped past their deadline", labels=labels)
         cache = GaugeMetricFamily("veloxserve_clipper_cache", "Prediction cache", labels=["figure"])

@@ -14,8 +14,13 @@ from veloxserve.serving.velox import Velox
 from veloxserve.storage.tokens import TokenStore
 
 
-def create_app(velox: Velox, *, auth: AuthConfig | None = None, admission: AdmissionConfig | None = None,
-               model_dirs: Iterable[Path] = ()) -> VeloxApp:
+def create_app(
+    velox: Velox,
+    *,
+    auth: AuthConfig | None = None,
+    admission: AdmissionConfig | None = None,
+    model_dirs: Iterable[Path] = (),
+) -> VeloxApp:
     """An ASGI app serving `velox`. Admin routes need a token from `velox`'s home unless
     `auth=AuthConfig(enabled=False)`; `admission` sets the load-shedding limits; Clipper deploys
     model files from `<home>/models-in/` and `model_dirs` only."""

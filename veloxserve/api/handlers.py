@@ -29,7 +29,9 @@ class Accepted(dict):
     """A payload answered with 202: the work goes on in the background."""
 
 
-def _entry(entry: Any, keys: tuple[str, ...], field: str, where: str, optional: tuple[str, ...] = ()) -> tuple[Any, ...]:
+def _entry(
+    entry: Any, keys: tuple[str, ...], field: str, where: str, optional: tuple[str, ...] = ()
+) -> tuple[Any, ...]:
     if not isinstance(entry, dict) or any(key not in entry for key in keys):
         raise invalid_parameter(field, where, "an object with " + ", ".join(repr(k) for k in keys), entry)
     return tuple(entry[key] for key in keys) + tuple(entry.get(key) for key in optional)
@@ -88,7 +90,10 @@ class VeloxHandlers:
             for i, (_, item) in enumerate(pairs):
                 if item is UNSET:
                     raise invalid_parameter(f"queries[{i}]", "predict", "an object with 'user', 'item'", {"user": _})
-            return {"scores": await self.store_calls.run(server.predict_many, pairs), "model_version": server.version_id}
+            return {
+                "scores": await self.store_calls.run(server.predict_many, pairs),
+                "model_version": server.version_id,
+            }
         # Items by id and by text in one batch: predictions change no state, so score each half.
         text_at = [i for i, t in enumerate(by_text) if t]
         item_at = [i for i, t in enumerate(by_text) if not t]
@@ -107,16 +112,24 @@ class VeloxHandlers:
 
         return {"scores": await self.store_calls.run(score), "model_version": server.version_id}
 
-    def _ranked(self, name: str, user: Any, k: Any, candidates: Any, exclude_seen: bool,
-                options: dict[str, Any]) -> dict[str, Any]:
+    def _ranked(
+        self, name: str, user: Any, k: Any, candidates: Any, exclude_seen: bool, options: dict[str, Any]
+    ) -> dict[str, Any]:
         rec = self.velox.recommend(name, user, k, candidates=candidates, exclude_seen=exclude_seen, **options)
         if rec.propensities is None:
             items = [{"item": item, "score": score} for item, score in zip(rec.items, rec.scores)]
         else:
-            items = [{"item": item, "score": score, "propensity": p}
-                     for item, score, p in zip(rec.items, rec.scores, rec.propensities)]
-        return {"user": user, "items": items, "model_version": rec.model_version, "policy": rec.policy.describe(),
-                "decision": rec.decision}
+            items = [
+                {"item": item, "score": score, "propensity": p}
+                for item, score, p in zip(rec.items, rec.scores, rec.propensities)
+            ]
+        return {
+            "user": user,
+            "items": items,
+            "model_version": rec.model_version,
+            "policy": rec.policy.describe(),
+            "decision": rec.decision,
+        }
 
     async def top_k_get(self, name: str, query: TopKQuery) -> dict[str, Any]:
         self.velox.server(name)
@@ -129,8 +142,9 @@ class VeloxHandlers:
     async def top_k_post(self, name: str, body: Any) -> dict[str, Any]:
         self.velox.server(name)
         options = {field: getattr(body, field) for field in ("policy", "epsilon", "alpha", "filter")}
-        return await self.store_calls.run(self._ranked, name, body.user, body.k, body.candidates, body.exclude_seen,
-                                          options)
+        return await self.store_calls.run(
+            self._ranked, name, body.user, body.k, body.candidates, body.exclude_seen, options
+        )
 
     async def observe(self, name: str, body: Any) -> dict[str, Any]:
         self.velox.server(name)
@@ -140,26 +154,38 @@ class VeloxHandlers:
             entries = body["observations"]
             if not isinstance(entries, list):
                 raise invalid_parameter("observations", "observe", "a JSON list", entries)
-            rows = [_entry(o, ("user", "item", "score"), f"observations[{i}]", "observe", ("decision", "id"))
-                    for i, o in enumerate(entries)]
+            rows = [
+                _entry(o, ("user", "item", "score"), f"observations[{i}]", "observe", ("decision", "id"))
+                for i, o in enumerate(entries)
+            ]
         else:
             rows = [_entry(body, ("user", "item", "score"), "body", "observe", ("decision", "id"))]
         receipt = self.velox.submit(name, rows)
         await self._waiter(name).wait(receipt, DURABLE_TIMEOUT_S)  # 200 only once durable (or the original is)
         if receipt.foreign:  # retries of observations another process logged (state shared in Redis)
             await asyncio.get_running_loop().run_in_executor(
-                None, self.velox.wait_originals, name, receipt.foreign, DURABLE_TIMEOUT_S)
+                None, self.velox.wait_originals, name, receipt.foreign, DURABLE_TIMEOUT_S
+            )
         self.metrics.observations.labels(name).inc(len(rows) - receipt.duplicates)
-        answer = {"observed": len(rows), "duplicates": receipt.duplicates, "lsn": int(receipt),
-                  "model_version": self.velox.server(name).version_id}
+        answer = {
+            "observed": len(rows),
+            "duplicates": receipt.duplicates,
+            "lsn": int(receipt),
+            "model_version": self.velox.server(name).version_id,
+        }
         if "observations" not in body:
             answer["duplicate"] = receipt.duplicates == 1
         return answer
 
     async def model_metrics(self, name: str) -> dict[str, Any]:
         server = self.velox.server(name)
-        return {"model": name, "model_version": server.version_id, "prequential": server.prequential.report(),
-                "feature_cache": self.velox.feature_cache.stats().as_dict(), "admission": self.admission.describe(name)}
+        return {
+            "model": name,
+            "model_version": server.version_id,
+            "prequential": server.prequential.report(),
+            "feature_cache": self.velox.feature_cache.stats().as_dict(),
+            "admission": self.admission.describe(name),
+        }
 
     async def versions(self, name: str) -> dict[str, Any]:
         info = self.velox.describe(name)
@@ -178,7 +204,8 @@ class VeloxHandlers:
         options = body if body is not None else RetrainRequest()
         params = options.params or {}
         job = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.velox.retrain(name, promote=options.promote, overrides=params))
+            None, lambda: self.velox.retrain(name, promote=options.promote, overrides=params)
+        )
         return Accepted({"retrain": job.describe(), "status_url": f"/models/{name}/retrain"})
 
     async def retrain_status(self, name: str) -> dict[str, Any]:
@@ -205,4 +232,3 @@ class VeloxHandlers:
         if waiter is None:
             waiter = self._waiters[model] = DurableWaiter(self.velox.acknowledger(model), asyncio.get_running_loop())
         return waiter
-

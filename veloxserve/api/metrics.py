@@ -26,10 +26,14 @@ class _ModelState(Collector):
     def collect(self) -> Iterator:
         version = InfoMetricFamily("veloxserve_active_version", "The version each model serves", labels=["model"])
         users = GaugeMetricFamily("veloxserve_users", "Users with online state", labels=["model"])
-        rmse = GaugeMetricFamily("veloxserve_prequential_rmse", "RMSE of predictions made before learning",
-                                 labels=["model", "version", "window"])
-        seen = GaugeMetricFamily("veloxserve_prequential_observations", "Observations evaluated",
-                                 labels=["model", "version"])
+        rmse = GaugeMetricFamily(
+            "veloxserve_prequential_rmse",
+            "RMSE of predictions made before learning",
+            labels=["model", "version", "window"],
+        )
+        seen = GaugeMetricFamily(
+            "veloxserve_prequential_observations", "Observations evaluated", labels=["model", "version"]
+        )
         for name in self._velox.model_names():
             server = self._velox.server(name)
             version.add_metric([name], {"version": server.version_id})
@@ -41,8 +45,9 @@ class _ModelState(Collector):
             for window, figures in report["windows"].items():
                 if figures["rmse"] is not None:
                     rmse.add_metric([name, server.version_id, window], figures["rmse"])
-        damaged = CounterMetricFamily("veloxserve_log_damaged_records", "Damaged log records skipped on open",
-                                      labels=["model"])
+        damaged = CounterMetricFamily(
+            "veloxserve_log_damaged_records", "Damaged log records skipped on open", labels=["model"]
+        )
         refused = CounterMetricFamily("veloxserve_log_write_failures", "Log writes the disk refused", labels=["model"])
         degraded = GaugeMetricFamily("veloxserve_degraded", "1 while /healthz says degraded", labels=["model"])
         health = self._velox.health()
@@ -51,20 +56,25 @@ class _ModelState(Collector):
             damaged.add_metric([name], len(obs_log.damage))
             refused.add_metric([name], obs_log.write_failures)
             degraded.add_metric([name], 1.0 if name in health else 0.0)
-        rebuilt = CounterMetricFamily("veloxserve_redis_state_rebuilds", "Times Redis lost the users' state and "
-                                      "it was rebuilt from the logs", labels=["model"])
+        rebuilt = CounterMetricFamily(
+            "veloxserve_redis_state_rebuilds",
+            "Times Redis lost the users' state and it was rebuilt from the logs",
+            labels=["model"],
+        )
         watch = self._velox.redis_watch
         for name, times in ({} if watch is None else watch.rebuilds).items():
             rebuilt.add_metric([name], times)
         yield from (version, users, rmse, seen, damaged, refused, degraded, rebuilt)
         cache = self._velox.feature_cache.stats()
-        lookups = CounterMetricFamily("veloxserve_feature_cache_lookups", "Content feature lookups by outcome",
-                                      labels=["outcome"])
+        lookups = CounterMetricFamily(
+            "veloxserve_feature_cache_lookups", "Content feature lookups by outcome", labels=["outcome"]
+        )
         lookups.add_metric(["hit"], cache.hits)
         lookups.add_metric(["miss"], cache.misses)
         yield lookups
-        yield GaugeMetricFamily("veloxserve_feature_cache_hit_rate", "Share of feature lookups served from the cache",
-                                value=cache.hit_rate)
+        yield GaugeMetricFamily(
+            "veloxserve_feature_cache_hit_rate", "Share of feature lookups served from the cache", value=cache.hit_rate
+        )
         yield GaugeMetricFamily("veloxserve_feature_cache_bytes", "Bytes held by the feature cache", value=cache.bytes)
         yield CounterMetricFamily("veloxserve_feature_cache_evictions", "Feature rows evicted", value=cache.evictions)
 
@@ -72,12 +82,15 @@ class _ModelState(Collector):
 class Metrics:
     def __init__(self, velox: Velox) -> None:
         self.registry = CollectorRegistry()
-        self.latency = Histogram("veloxserve_request_seconds", "Request latency", ["route"],
-                                 buckets=_BUCKETS, registry=self.registry)
-        self.requests = Counter("veloxserve_requests", "Requests by route and status", ["route", "status"],
-                                registry=self.registry)
-        self.observations = Counter("veloxserve_observations", "Acknowledged observations", ["model"],
-                                    registry=self.registry)
+        self.latency = Histogram(
+            "veloxserve_request_seconds", "Request latency", ["route"], buckets=_BUCKETS, registry=self.registry
+        )
+        self.requests = Counter(
+            "veloxserve_requests", "Requests by route and status", ["route", "status"], registry=self.registry
+        )
+        self.observations = Counter(
+            "veloxserve_observations", "Acknowledged observations", ["model"], registry=self.registry
+        )
         self.registry.register(_ModelState(velox))
         self._children: dict[tuple[str, int], tuple] = {}  # bounded: routes and statuses are few
 
@@ -86,8 +99,10 @@ class Metrics:
         # labelled series up once per (route, status) and keep them (bench/bench_http.py).
         children = self._children.get((route, status))
         if children is None:
-            children = self._children[(route, status)] = (self.latency.labels(route),
-                                                          self.requests.labels(route, str(status)))
+            children = self._children[(route, status)] = (
+                self.latency.labels(route),
+                self.requests.labels(route, str(status)),
+            )
         children[0].observe(seconds)
         children[1].inc()
 

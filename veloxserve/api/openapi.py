@@ -56,30 +56,48 @@ def _strip(schema: dict[str, Any]) -> dict[str, Any]:
 def _query_parameters(kind: type, components: dict[str, Any]) -> list[dict[str, Any]]:
     schema = components[kind.__name__]
     if kind in _QUERY_ALTERNATIVES:
-        return [{"name": "query", "in": "query", "required": True, "style": "form", "explode": True,
-                 "schema": {**_strip(schema), "anyOf": _QUERY_ALTERNATIVES[kind]}}]
+        return [
+            {
+                "name": "query",
+                "in": "query",
+                "required": True,
+                "style": "form",
+                "explode": True,
+                "schema": {**_strip(schema), "anyOf": _QUERY_ALTERNATIVES[kind]},
+            }
+        ]
     required = set(schema.get("required", ()))
-    return [{"name": name, "in": "query", "required": name in required, "schema": _strip(prop)}
-            for name, prop in schema["properties"].items()]
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": _strip(prop)}
+        for name, prop in schema["properties"].items()
+    ]
 
 
 def _errors(codes: list[int]) -> dict[str, Any]:
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     # a request the HTTP server itself refuses (a request line over its limit) is answered in plain text
     malformed = {**error, "text/plain": {"schema": {"type": "string"}}}
-    return {str(c): {"description": ERROR_TEXT[c], "content": malformed if c == 400 else error,
-                     **({"headers": RETRY_AFTER} if c == 503 else {})} for c in codes}
+    return {
+        str(c): {
+            "description": ERROR_TEXT[c],
+            "content": malformed if c == 400 else error,
+            **({"headers": RETRY_AFTER} if c == 503 else {}),
+        }
+        for c in codes
+    }
 
 
 def _operation(route: Route, components: dict[str, Any], max_batch: int) -> dict[str, Any]:
-    parameters: list[dict[str, Any]] = [{"name": p, "in": "path", "required": True, "schema": route.params[p]}
-                                        for p in route.path_params]
+    parameters: list[dict[str, Any]] = [
+        {"name": p, "in": "path", "required": True, "schema": route.params[p]} for p in route.path_params
+    ]
     if route.query is not None:
         parameters += _query_parameters(route.query, components)
     if route.admitted:
         parameters.append(DEADLINE)
-    content = {"text/plain": {}} if route.response == "text" else {
-        "application/json": {"schema": RESPONSES[route.response]}}
+    content = (
+        {"text/plain": {}} if route.response == "text" else {"application/json": {"schema": RESPONSES[route.response]}}
+    )
     codes = {400, *route.errors}  # 400 too where nothing is read: the HTTP server refuses a malformed request
     operation: dict[str, Any] = {
         "summary": route.summary + (" (admin)" if route.access is Access.ADMIN else ""),
@@ -89,8 +107,11 @@ def _operation(route: Route, components: dict[str, Any], max_batch: int) -> dict
     body = body_type(route, max_batch)
     if route.body is not None:
         batch = rq.batch_types(max_batch)
-        schema = ({"oneOf": [{"$ref": _REF.format(name=t.__name__)} for t in (batch.observation, batch.observe_batch)]}
-                  if body is None else _strip(components[body.__name__]))
+        schema = (
+            {"oneOf": [{"$ref": _REF.format(name=t.__name__)} for t in (batch.observation, batch.observe_batch)]}
+            if body is None
+            else _strip(components[body.__name__])
+        )
         media: dict[str, Any] = {"schema": schema}
         if isinstance(route.body, str) and route.body in _EXAMPLES:
             media["example"] = _EXAMPLES[route.body]
@@ -104,8 +125,10 @@ def _operation(route: Route, components: dict[str, Any], max_batch: int) -> dict
         codes |= {401, 403}
     if route.admitted:
         codes.add(503)
-    operation["responses"] = {str(route.status): {"description": "Started" if route.status == 202 else "OK",
-                                                  "content": content}, **_errors(sorted(codes))}
+    operation["responses"] = {
+        str(route.status): {"description": "Started" if route.status == 202 else "OK", "content": content},
+        **_errors(sorted(codes)),
+    }
     return operation
 
 
@@ -115,9 +138,18 @@ def openapi_schema(max_batch: int = ServingConfig().max_batch) -> dict[str, Any]
     _, components = msgspec.json.schema_components(_types(max_batch), ref_template=_REF)
     components["PredictEntry"]["anyOf"] = _ITEM_OR_TEXT  # each query of a batch: an item, or an item's text
     components["CreateAppRequest"]["allOf"] = [  # single (also when no policy is named) links one model
-        {"if": {"properties": {"policy": {"const": policy}}, **({} if policy == "single" else {"required": ["policy"]})},
-         "then": {"properties": {"params": {"propertyNames": {"enum": names}} if names else {"maxProperties": 0},
-                                 **({"models": {"maxItems": 1}} if policy == "single" else {})}}}
+        {
+            "if": {
+                "properties": {"policy": {"const": policy}},
+                **({} if policy == "single" else {"required": ["policy"]}),
+            },
+            "then": {
+                "properties": {
+                    "params": {"propertyNames": {"enum": names}} if names else {"maxProperties": 0},
+                    **({"models": {"maxItems": 1}} if policy == "single" else {}),
+                }
+            },
+        }
         for policy, names in rq.APP_POLICY_PARAMS.items()
     ]
     paths: dict[str, dict[str, Any]] = {}
@@ -125,13 +157,19 @@ def openapi_schema(max_batch: int = ServingConfig().max_batch) -> dict[str, Any]
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, components, max_batch)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "veloxserve", "version": __version__,
-                 "description": "Personalised predictions that learn online: score = σ(w_u · f(x; θ)), and Clipper's "
-                                f"model containers and applications. Request bodies: at most {MAX_BODY_BYTES} bytes "
-                                "(413). Every GET route answers HEAD. Path parameters are percent-decoded once."},
-        "components": {"schemas": {"Error": ERROR, **components},
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                                      "description": "`veloxserve token create` on the server"}}},
+        "info": {
+            "title": "veloxserve",
+            "version": __version__,
+            "description": "Personalised predictions that learn online: score = σ(w_u · f(x; θ)), and Clipper's "
+            f"model containers and applications. Request bodies: at most {MAX_BODY_BYTES} bytes "
+            "(413). Every GET route answers HEAD. Path parameters are percent-decoded once.",
+        },
+        "components": {
+            "schemas": {"Error": ERROR, **components},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "`veloxserve token create` on the server"}
+            },
+        },
         "paths": paths,
     }
 

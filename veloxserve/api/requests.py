@@ -31,14 +31,27 @@ from veloxserve.serving.validation import MAX_TEXT_CHARS, TEXT_PATTERN
 # An id as JSON: a non-empty string of printable characters, or an integer. "22" and 22 are one id.
 IdText = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 Id = IdText | int
-Text = Annotated[str, Meta(min_length=1, max_length=MAX_TEXT_CHARS, pattern=TEXT_PATTERN,
-                           description="an item's text, scored with the model's content features")]
+Text = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_TEXT_CHARS,
+        pattern=TEXT_PATTERN,
+        description="an item's text, scored with the model's content features",
+    ),
+]
 # In a query string the text is bounded by what the HTTP server takes in a request line (percent-
 # encoded, a character can take 12 bytes): longer texts go in the body of POST predict.
 MAX_QUERY_TEXT_CHARS = 4096
-QueryText = Annotated[str, Meta(min_length=1, max_length=MAX_QUERY_TEXT_CHARS, pattern=TEXT_PATTERN,
-                                description="an item's text, scored with the model's content features (longer "
-                                            "texts: POST predict)")]
+QueryText = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_QUERY_TEXT_CHARS,
+        pattern=TEXT_PATTERN,
+        description="an item's text, scored with the model's content features (longer texts: POST predict)",
+    ),
+]
 PolicyName = Literal[POLICIES]  # type: ignore[valid-type]
 Epsilon = Annotated[float, Meta(ge=0, le=1)]
 Alpha = Annotated[float, Meta(ge=0, lt=MAX_ALPHA)]
@@ -104,8 +117,13 @@ class DeployRequest(Struct, forbid_unknown_fields=True):
     adaptive: bool | None | UnsetType = UNSET
     max_batch: Annotated[int, Meta(ge=1, le=65536)] | None | UnsetType = UNSET
     hang_timeout_s: Positive | None | UnsetType = UNSET
-    sample: Annotated[Any, Meta(description="an example input: run once per replica at deploy time (warming it); "
-                                            "its shape is the input shape queries are checked against")] = UNSET
+    sample: Annotated[
+        Any,
+        Meta(
+            description="an example input: run once per replica at deploy time (warming it); "
+            "its shape is the input shape queries are checked against"
+        ),
+    ] = UNSET
 
 
 class ScaleRequest(Struct, forbid_unknown_fields=True):
@@ -199,13 +217,19 @@ def batch_types(max_batch: int) -> BatchTypes:
     return BatchTypes(PredictBatch, TopKBody, Observation, ObserveBatch)
 
 
-_SCORE_TEXT = ("a finite number inside the model version's score range: meta.json `score_range`, set at training from "
-               "the data (min and max widened by 10% of the span) or by `train --score-range LO HI`; [0, 1] under the "
-               "logistic link. Outside it: 400")
-_DECISION_TEXT = ("the `decision` id of the top_k answer this observation answers; 400 if that list went to another "
-                  "user or did not show the item")
-_ID_TEXT = ("idempotency key: a retry with the same id (within the window, 24 h by default) is acknowledged with the "
-            "original's lsn, not learned again")
+_SCORE_TEXT = (
+    "a finite number inside the model version's score range: meta.json `score_range`, set at training from "
+    "the data (min and max widened by 10% of the span) or by `train --score-range LO HI`; [0, 1] under the "
+    "logistic link. Outside it: 400"
+)
+_DECISION_TEXT = (
+    "the `decision` id of the top_k answer this observation answers; 400 if that list went to another "
+    "user or did not show the item"
+)
+_ID_TEXT = (
+    "idempotency key: a retry with the same id (within the window, 24 h by default) is acknowledged with the "
+    "original's lsn, not learned again"
+)
 
 
 # ---- decoding, and msgspec's errors in the one error template -----------------------------------
@@ -213,8 +237,17 @@ _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]*)`")
 _UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`")
 _EXPECTED = re.compile(r"^Expected `(?P<type>[^`]*)`(?P<rest>[^,]*)")
-_WORDS = {"int": "an integer", "str": "a string", "float": "a number", "bool": "true or false", "array": "a JSON list",
-          "object": "a JSON object", "null": "null", "int | str": "a string or an integer", "dict": "a JSON object"}
+_WORDS = {
+    "int": "an integer",
+    "str": "a string",
+    "float": "a number",
+    "bool": "true or false",
+    "array": "a JSON list",
+    "object": "a JSON object",
+    "null": "null",
+    "int | str": "a string or an integer",
+    "dict": "a JSON object",
+}
 
 
 def _field_path(path: str) -> str:
@@ -241,13 +274,21 @@ def invalid(exc: msgspec.ValidationError, where: str, document: Any, source: str
         name = missing.group("name")
         field = _field_path(path) if path else name
         where_it_is = "in the query string" if source == "query" else "in the body"
-        return invalid_parameter(field, where, f"present {where_it_is}" if not path else
-                                 f"an object with {name!r}", None if not path else _lookup(document, path))
+        return invalid_parameter(
+            field,
+            where,
+            f"present {where_it_is}" if not path else f"an object with {name!r}",
+            None if not path else _lookup(document, path),
+        )
     if (unknown := _UNKNOWN.match(message)) is not None:
         name = unknown.group("name")
         field = (_field_path(path) + "." if path else "") + name
-        return invalid_parameter(name if not path else field, where, "a known field (see /openapi.json)",
-                                 _lookup(document, path + "." + name))
+        return invalid_parameter(
+            name if not path else field,
+            where,
+            "a known field (see /openapi.json)",
+            _lookup(document, path + "." + name),
+        )
     field = _field_path(path)
     expected = message
     if (match := _EXPECTED.match(message)) is not None:

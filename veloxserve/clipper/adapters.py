@@ -99,5 +99,4 @@ def _onnx(path: Path, method: str | None) -> LoadedModel:
     output = method or session.get_outputs()[0].name
     dims = list(first.shape)[1:]  # the first dimension is the batch
     shape = tuple(dims) if all(isinstance(d, int) and d > 0 for d in dims) else None
-    return LoadedModel(lambda batch: session.run([output], {first.name: np.asarray(batch, dtype=np.float32)})[0],
-                       shape)
+    return LoadedModel(lambda batch: session.run([output], {first.name: np.asarray(batch, dtype=np.float32)})[0], shape)

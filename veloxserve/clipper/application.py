@@ -45,15 +45,29 @@ class AppConfig:
     seed: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "models": list(self.models), "policy": self.policy.value,
-                "objective_ms": self.objective * 1e3, "default": self.default, "loss": self.loss.value,
-                "params": dict(self.params), "seed": self.seed}
+        return {
+            "name": self.name,
+            "models": list(self.models),
+            "policy": self.policy.value,
+            "objective_ms": self.objective * 1e3,
+            "default": self.default,
+            "loss": self.loss.value,
+            "params": dict(self.params),
+            "seed": self.seed,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AppConfig:
-        return cls(name=data["name"], models=tuple(data["models"]), policy=PolicyKind(data["policy"]),
-                   objective=data["objective_ms"] / 1e3, default=data["default"], loss=Loss(data["loss"]),
-                   params=dict(data.get("params") or {}), seed=int(data.get("seed", 0)))
+        return cls(
+            name=data["name"],
+            models=tuple(data["models"]),
+            policy=PolicyKind(data["policy"]),
+            objective=data["objective_ms"] / 1e3,
+            default=data["default"],
+            loss=Loss(data["loss"]),
+            params=dict(data.get("params") or {}),
+            seed=int(data.get("seed", 0)),
+        )
 
 
 def normalise_input(value: Any) -> Any:
@@ -82,8 +96,9 @@ class Application:
         self.answered = self.defaults = self.observed = 0
         self.log = log
         for record in log.replay():  # what was acknowledged before a restart (or kill -9)
-            self.policy.observe(record["user"], np.array(record["chosen"]), np.array(record["outputs"]),
-                                np.array(record["target"]))
+            self.policy.observe(
+                record["user"], np.array(record["chosen"]), np.array(record["outputs"]), np.array(record["target"])
+            )
             self.observed += 1
 
     async def predict(self, user: str, value: Any) -> dict[str, Any]:
@@ -103,18 +118,27 @@ class Application:
         if not arrived:
             self.defaults += 1
             reasons = "; ".join(f"{e['model']}: {e['reason']}" for e in report)
-            return {"output": self.config.default, "default": True,
-                    "reason": f"no model answered within {self.config.objective * 1e3:g} ms ({reasons})",
-                    "models": report}
+            return {
+                "output": self.config.default,
+                "default": True,
+                "reason": f"no model answered within {self.config.objective * 1e3:g} ms ({reasons})",
+                "models": report,
+            }
         if len(chosen) == 1:
             output = outputs[0]
-            return {"output": output.tolist() if isinstance(output, np.ndarray) else output, "default": False,
-                    "models": report}
+            return {
+                "output": output.tolist() if isinstance(output, np.ndarray) else output,
+                "default": False,
+                "models": report,
+            }
         present = np.array([o is not None for o in outputs])
         F = self._matrix([o for o in outputs if o is not None], chosen[present])
         combined = self.policy.combine(user, chosen[present], F)
-        return {"output": combined.item() if combined.size == 1 else combined.tolist(), "default": False,
-                "models": report}
+        return {
+            "output": combined.item() if combined.size == 1 else combined.tolist(),
+            "default": False,
+            "models": report,
+        }
 
     async def observe(self, user: str, value: Any, label: Any) -> dict[str, Any]:
         """Learn from feedback: evaluate the models the policy learns from (all but for Exp3),
@@ -128,8 +152,10 @@ class Application:
         for index, future in zip(chosen, futures):
             entry, output = self._outcome(self.config.models[index], future)
             if entry["status"] != "ok":
-                raise ContainerUnavailable(f"Feedback needs the output of model {entry['model']!r}, which failed: "
-                                           f"{entry['reason']}. Nothing was learned; send it again.")
+                raise ContainerUnavailable(
+                    f"Feedback needs the output of model {entry['model']!r}, which failed: "
+                    f"{entry['reason']}. Nothing was learned; send it again."
+                )
             outputs.append(output)
         F = self._matrix(outputs, chosen)
         if not np.isfinite(F).all():
@@ -168,14 +194,17 @@ class Application:
             try:
                 deployment = self._resolve(name)
                 meta = {"method": deployment.spec.method, "framework": deployment.spec.framework.value}
-                described.append(f"{name!r} {deployment.version} (method {method_label(meta)}) gave "
-                                 f"{show(shape_of(_numeric(output)))}")
+                described.append(
+                    f"{name!r} {deployment.version} (method {method_label(meta)}) gave "
+                    f"{show(shape_of(_numeric(output)))}"
+                )
             except VeloxError:
                 described.append(f"{name!r} gave {show(shape_of(_numeric(output)))}")
         raise ContainerUnavailable(
             f"Application {self.config.name!r} needs numeric outputs of one shape from its models to combine or "
             f"learn from them, but {', '.join(described)}. Deploy versions whose outputs have one shape (e.g. the "
-            "same --method), or roll back the one that changed.")
+            "same --method), or roll back the one that changed."
+        )
 
     def _ask(self, chosen: np.ndarray, value: Any, deadline: float) -> list[asyncio.Future | Exception]:
         futures: list[asyncio.Future | Exception] = []
@@ -216,8 +245,13 @@ class Application:
         return {"model": name, "status": "mean", "reason": reason}, mean
 
     def describe(self) -> dict[str, Any]:
-        return {**self.config.to_json(), "state": self.policy.describe(), "answered": self.answered,
-                "defaults": self.defaults, "observed": self.observed}
+        return {
+            **self.config.to_json(),
+            "state": self.policy.describe(),
+            "answered": self.answered,
+            "defaults": self.defaults,
+            "observed": self.observed,
+        }
 
 
 def _numeric(output: Any) -> Any:

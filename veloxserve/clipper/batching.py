@@ -113,9 +113,12 @@ class BatchQueue:
                 continue
             if query.deadline <= now:
                 self.dropped += 1
-                query.future.set_exception(DeadlineExceeded(
-                    f"The query waited {now - query.enqueued:.3f} s and its deadline passed before a "
-                    "replica was free; it was not computed. Raise the latency objective or add replicas."))
+                query.future.set_exception(
+                    DeadlineExceeded(
+                        f"The query waited {now - query.enqueued:.3f} s and its deadline passed before a "
+                        "replica was free; it was not computed. Raise the latency objective or add replicas."
+                    )
+                )
                 continue
             batch.append(query)
         return batch

@@ -98,5 +98,12 @@ class PredictionCache:
             self.put(key, future.result())
 
     def describe(self) -> dict[str, int]:
-        return {"entries": len(self._entries), "bytes": self.bytes, "max_bytes": self.max_bytes, "hits": self.hits,
-                "misses": self.misses, "coalesced": self.coalesced, "evictions": self.evictions}
+        return {
+            "entries": len(self._entries),
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+            "coalesced": self.coalesced,
+            "evictions": self.evictions,
+        }

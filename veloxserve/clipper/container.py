@@ -48,8 +48,12 @@ def serve_container(framework: Framework, model: Path, connect: str, method: str
     socket = context.socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.connect(connect)
-    hello = {"framework": Framework(framework).value, "model": str(model), "pid": os.getpid(),
-             "input_shape": None if loaded.input_shape is None else list(loaded.input_shape)}
+    hello = {
+        "framework": Framework(framework).value,
+        "model": str(model),
+        "pid": os.getpid(),
+        "input_shape": None if loaded.input_shape is None else list(loaded.input_shape),
+    }
     socket.send_multipart([protocol.HELLO, orjson.dumps(hello)])
     try:
         while True:
@@ -85,11 +89,16 @@ def _as_batch(outputs: Any) -> object:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--framework", required=True, choices=[f.value for f in Framework],
-                        help="how to load --model: callable (cloudpickle), sklearn (joblib), torch, onnx")
+    parser.add_argument(
+        "--framework",
+        required=True,
+        choices=[f.value for f in Framework],
+        help="how to load --model: callable (cloudpickle), sklearn (joblib), torch, onnx",
+    )
     parser.add_argument("--model", required=True, type=Path, help="the model file")
-    parser.add_argument("--connect", required=True,
-                        help="the replica socket to dial, e.g. tcp://127.0.0.1:5555 (the server passes it)")
+    parser.add_argument(
+        "--connect", required=True, help="the replica socket to dial, e.g. tcp://127.0.0.1:5555 (the server passes it)"
+    )
     parser.add_argument("--method", help="the estimator method or ONNX output to call (sklearn: predict by default)")
 
 

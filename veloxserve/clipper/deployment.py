@@ -46,8 +46,15 @@ class RunningMean:
 class ModelDeployment:
     """One version of one model, served by `len(replicas)` container processes."""
 
-    def __init__(self, name: str, version: str, spec: ContainerSpec, batching: BatchingConfig,
-                 cache: PredictionCache, context: zmq.asyncio.Context) -> None:
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        spec: ContainerSpec,
+        batching: BatchingConfig,
+        cache: PredictionCache,
+        context: zmq.asyncio.Context,
+    ) -> None:
         self.name = name
         self.version = version
         self.spec = spec
@@ -135,8 +142,10 @@ class ModelDeployment:
         if not any(r.ready for r in self.replicas):
             return "no answer by the deadline (no replica is ready: its containers are starting or restarting)"
         if not any(r.computed for r in self.replicas):
-            return ("no answer by the deadline (its containers had not answered a query yet: the first batch of a "
-                    "fresh container is slow; deploy with a sample to warm them)")
+            return (
+                "no answer by the deadline (its containers had not answered a query yet: the first batch of a "
+                "fresh container is slow; deploy with a sample to warm them)"
+            )
         return "no answer by the deadline"
 
     def _learn_mean(self, future: asyncio.Future) -> None:
@@ -145,10 +154,15 @@ class ModelDeployment:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "model": self.name, "version": self.version, "framework": self.spec.framework.value,
-            "method": self.spec.method, "input_shape": self.input_shape, "output_shape": self.output_shape,
+            "model": self.name,
+            "version": self.version,
+            "framework": self.spec.framework.value,
+            "method": self.spec.method,
+            "input_shape": self.input_shape,
+            "output_shape": self.output_shape,
             "replicas": [_replica_info(r) for r in self.replicas],
-            "objective_ms": self.batching.objective * 1e3, "delay_ms": self.batching.delay * 1e3,
+            "objective_ms": self.batching.objective * 1e3,
+            "delay_ms": self.batching.delay * 1e3,
             "adaptive": self.batching.adaptive,
             "mean_output": None if self.mean.mean is None else self.mean.mean.tolist(),
         }
@@ -158,10 +172,17 @@ def _replica_info(replica: Replica) -> dict[str, Any]:
     recent = list(replica.recent)
     latencies = np.array([latency for _, latency in recent]) if recent else np.zeros(0)
     return {
-        "pid": replica.pid, "ready": replica.ready, "restarts": replica.restarts, "last_failure": replica.last_failure,
-        "batch_size": replica.controller.size, "queue_length": len(replica.queue), "batches": replica.batches,
-        "queries": replica.computed, "dropped": replica.queue.dropped,
+        "pid": replica.pid,
+        "ready": replica.ready,
+        "restarts": replica.restarts,
+        "last_failure": replica.last_failure,
+        "batch_size": replica.controller.size,
+        "queue_length": len(replica.queue),
+        "batches": replica.batches,
+        "queries": replica.computed,
+        "dropped": replica.queue.dropped,
         "last_batch": recent[-1][0] if recent else None,
-        "batch_latency_ms": None if not recent else {
-            "p50": float(np.percentile(latencies, 50) * 1e3), "p99": float(np.percentile(latencies, 99) * 1e3)},
+        "batch_latency_ms": None
+        if not recent
+        else {"p50": float(np.percentile(latencies, 50) * 1e3), "p99": float(np.percentile(latencies, 99) * 1e3)},
     }

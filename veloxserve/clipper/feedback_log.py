@@ -32,9 +32,14 @@ class FeedbackLog:
         self._records: list[dict[str, Any]] = []
         self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[int]]] = {}
         self._lock = threading.Lock()  # _waiting: filled by appends, settled by the log's writer
-        self._log = DurableLog(SingleFile(self.path), f"Clipper feedback log {self.path}",
-                               refusal="nothing was acknowledged or learned", resumes="feedback is accepted again",
-                               on_recovered=self._recovered, thread_name=f"feedback-{self.path.stem}")
+        self._log = DurableLog(
+            SingleFile(self.path),
+            f"Clipper feedback log {self.path}",
+            refusal="nothing was acknowledged or learned",
+            resumes="feedback is accepted again",
+            on_recovered=self._recovered,
+            thread_name=f"feedback-{self.path.stem}",
+        )
         self._log.add_commit_hook(self._durable, self._refused)
 
     def _recovered(self, entry: Entry) -> None:

@@ -40,4 +40,6 @@ class ModelDirectories:
             f"The model file {shown} is outside the directories this server deploys from: "
             f"{[str(r) for r in self.roots]}. Deploying a model runs its code with the server's rights, so only "
             f"files an operator put there are accepted: copy it into {str(self.incoming)!r}, or start the server "
-            "with `veloxserve serve --model-dir DIR`.", field="model")
+            "with `veloxserve serve --model-dir DIR`.",
+            field="model",
+        )

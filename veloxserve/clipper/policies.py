@@ -132,8 +132,10 @@ class _Weighted(CorrectionPolicy):
 class Exp3(_Weighted):
     kind = PolicyKind.EXP3
     name = kind.value
-    parameters = (Parameter("eta", 0.1, low_open=True, expected=_POSITIVE),
-                  Parameter("gamma", 0.1, 0.0, 1.0, low_open=True, high_open=False, expected="a number in (0, 1]"))
+    parameters = (
+        Parameter("eta", 0.1, low_open=True, expected=_POSITIVE),
+        Parameter("gamma", 0.1, 0.0, 1.0, low_open=True, high_open=False, expected="a number in (0, 1]"),
+    )
     gamma: float
 
     def probabilities(self) -> np.ndarray:
@@ -196,8 +198,7 @@ class Personalised(CorrectionPolicy):
         return self.users.weights(user).copy()
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "users": len(self.users),
-                "prior_precision": float(self.users.prior.precision[0])}
+        return {**super().describe(), "users": len(self.users), "prior_precision": float(self.users.prior.precision[0])}
 
 
 POLICIES: dict[PolicyKind, type[CorrectionPolicy]] = {PolicyKind(cls.name): cls for cls in CORRECTION_POLICIES}

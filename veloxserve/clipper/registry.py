@@ -52,16 +52,33 @@ class ModelRegistry:
     def _catalog(self, name: str) -> VersionCatalog:
         return VersionCatalog(self.models / name)
 
-    def add_version(self, name: str, framework: Framework, source: Path, method: str | None,
-                    batching: BatchingConfig, hang_timeout: float, **extra: Any) -> dict[str, Any]:
+    def add_version(
+        self,
+        name: str,
+        framework: Framework,
+        source: Path,
+        method: str | None,
+        batching: BatchingConfig,
+        hang_timeout: float,
+        **extra: Any,
+    ) -> dict[str, Any]:
         """Copy `source` in as the next version; `extra` goes into its meta.json (method_from, sample).
         The version store writes it (fsynced, renamed into place), as it writes the core's versions."""
         source = Path(source)
         meta = {
-            "model": name, "framework": Framework(framework).value, "file": source.name,
-            "source": str(source.resolve()), "method": method, "hang_timeout": hang_timeout,
-            "batching": {"objective": batching.objective, "delay": batching.delay, "adaptive": batching.adaptive,
-                         "initial_size": batching.initial_size, "max_size": batching.max_size},
+            "model": name,
+            "framework": Framework(framework).value,
+            "file": source.name,
+            "source": str(source.resolve()),
+            "method": method,
+            "hang_timeout": hang_timeout,
+            "batching": {
+                "objective": batching.objective,
+                "delay": batching.delay,
+                "adaptive": batching.adaptive,
+                "initial_size": batching.initial_size,
+                "max_size": batching.max_size,
+            },
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             **{key: value for key, value in extra.items() if value is not None},
         }

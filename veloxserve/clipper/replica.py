@@ -54,8 +54,18 @@ class ContainerSpec:
     hang_timeout: float = 5.0  # seconds a batch may take before the container counts as hung
 
     def command(self, connect: str) -> list[str]:
-        command = [sys.executable, "-m", "veloxserve.cli", "container", "--framework", Framework(self.framework).value,
-                   "--model", str(self.model), "--connect", connect]
+        command = [
+            sys.executable,
+            "-m",
+            "veloxserve.cli",
+            "container",
+            "--framework",
+            Framework(self.framework).value,
+            "--model",
+            str(self.model),
+            "--connect",
+            connect,
+        ]
         return command + (["--method", self.method] if self.method else [])
 
 
@@ -109,7 +119,8 @@ class Replica:
             what = self.last_failure or f"did not say hello within {timeout} s"
             raise ContainerUnavailable(
                 f"The {self.spec.framework.value} container for {self.spec.model.name} {what}; "
-                "see the server's log for the container's error.")
+                "see the server's log for the container's error."
+            )
 
     async def stop(self) -> None:
         self._stopping = True
@@ -144,8 +155,9 @@ class Replica:
         self._ready.clear()
         self._peer = None
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        self._process = subprocess.Popen(self.spec.command(self._address), stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, env=env)
+        self._process = subprocess.Popen(
+            self.spec.command(self._address), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env
+        )
 
     def _kill(self) -> None:
         process = self._process
@@ -242,8 +254,12 @@ class Replica:
             except TimeoutError:
                 self._pending.pop(request, None)
                 self._restart(f"did not answer a batch of {len(batch)} within {self.spec.hang_timeout} s (hung)")
-                _fail(batch, ContainerUnavailable(
-                    f"The model container hung on this batch for {self.spec.hang_timeout} s; it is being restarted."))
+                _fail(
+                    batch,
+                    ContainerUnavailable(
+                        f"The model container hung on this batch for {self.spec.hang_timeout} s; it is being restarted."
+                    ),
+                )
                 continue
             except Exception as exc:  # a failed batch (model error, bad outputs) fails its queries only
                 self._pending.pop(request, None)

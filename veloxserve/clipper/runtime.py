@@ -45,8 +45,12 @@ from veloxserve.ids import canonical_id
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_REPLICAS = 64
-_POLICY_PARAMS = {PolicyKind.SINGLE: set(), PolicyKind.EXP3: {"eta", "gamma"}, PolicyKind.EXP4: {"eta"},
-                  PolicyKind.PERSONALISED: {"prior_precision"}}
+_POLICY_PARAMS = {
+    PolicyKind.SINGLE: set(),
+    PolicyKind.EXP3: {"eta", "gamma"},
+    PolicyKind.EXP4: {"eta"},
+    PolicyKind.PERSONALISED: {"prior_precision"},
+}
 
 
 def check_name(name: Any, field: str, where: str) -> str:
@@ -86,8 +90,9 @@ class ClipperRuntime:
         self.model_files.ensure_incoming()
         for name in self.registry.model_names():
             try:
-                self.deployments[name] = await self._start_version(name, self.registry.active(name),
-                                                                   self.registry.replicas(name))
+                self.deployments[name] = await self._start_version(
+                    name, self.registry.active(name), self.registry.replicas(name)
+                )
             except ContainerUnavailable as exc:  # serve the rest; its apps answer without it
                 log.error("cannot restore model %s: %s", name, exc.message)
         for config in self.registry.app_configs():
@@ -109,9 +114,21 @@ class ClipperRuntime:
             raise ModelNotFound(f"No model {name!r} is deployed; see GET /containers.")
         return deployment
 
-    async def deploy(self, name: str, framework: str, model: str | Path, *, method: str | None = None,
-                     replicas: int = 1, objective_ms: float = 20.0, delay_ms: float = 0.0, adaptive: bool = True,
-                     max_batch: int = 1024, hang_timeout_s: float = 5.0, sample: Any = None) -> dict[str, Any]:
+    async def deploy(
+        self,
+        name: str,
+        framework: str,
+        model: str | Path,
+        *,
+        method: str | None = None,
+        replicas: int = 1,
+        objective_ms: float = 20.0,
+        delay_ms: float = 0.0,
+        adaptive: bool = True,
+        max_batch: int = 1024,
+        hang_timeout_s: float = 5.0,
+        sample: Any = None,
+    ) -> dict[str, Any]:
         """A new version of `name` (v1 for a new model), started, probed and then swapped in.
 
         Without `method`, a new version calls the serving version's method (same framework), so
@@ -140,20 +157,32 @@ class ClipperRuntime:
             raise invalid_parameter("method", "deploy", "a method or output name such as predict_proba", method)
         path = self.model_files.check(model)  # before looking at it: a refused path reveals nothing
         if not path.is_file():
-            raise NotFound(f"There is no model file {str(model)!r} on the server; give the path of a file the "
-                           "server can read.", field="model")
+            raise NotFound(
+                f"There is no model file {str(model)!r} on the server; give the path of a file the server can read.",
+                field="model",
+            )
         if sample is not None:
             sample = normalise_input(sample)
-        batching = BatchingConfig(objective=objective_ms / 1e3, delay=delay_ms / 1e3, adaptive=adaptive,
-                                  max_size=batch_limit)
+        batching = BatchingConfig(
+            objective=objective_ms / 1e3, delay=delay_ms / 1e3, adaptive=adaptive, max_size=batch_limit
+        )
         loop = asyncio.get_running_loop()
         async with self._started().lock:  # copying a large model file must not stall the event loop
             serving = self._serving_meta(name)
             method_from = None
             if method is None and serving is not None and serving["framework"] == framework and serving["method"]:
                 method, method_from = serving["method"], serving["version"]
-            add = functools.partial(self.registry.add_version, name, Framework(framework), path, method, batching,
-                                    hang_timeout_s, method_from=method_from, sample=sample)
+            add = functools.partial(
+                self.registry.add_version,
+                name,
+                Framework(framework),
+                path,
+                method,
+                batching,
+                hang_timeout_s,
+                method_from=method_from,
+                sample=sample,
+            )
             meta = await loop.run_in_executor(None, add)
             try:
                 new = await self._start_version(name, meta["version"], replicas, fallback=serving, strict=True)
@@ -174,13 +203,15 @@ class ClipperRuntime:
                     raise Conflict(f"Model {name!r} serves its first version {active}; nothing to roll back to.")
                 version = older[-1]
             elif version not in versions:
-                raise NotFound(f"Model {name!r} has no version {version!r}; its versions are {versions}.",
-                               field="version")
+                raise NotFound(
+                    f"Model {name!r} has no version {version!r}; its versions are {versions}.", field="version"
+                )
             if version != active:
                 replicas = self.registry.replicas(name)
                 serving = self._serving_meta(name)
-                await self._replace(name, await self._start_version(name, version, replicas, fallback=serving),
-                                    serving, replicas)
+                await self._replace(
+                    name, await self._start_version(name, version, replicas, fallback=serving), serving, replicas
+                )
             return self.describe_model(name)
 
     async def scale(self, name: str, replicas: int) -> dict[str, Any]:
@@ -208,8 +239,9 @@ class ClipperRuntime:
         deployment = self.deployments.get(name)
         return None if deployment is None else self.registry.meta(name, deployment.version)
 
-    async def _start_version(self, name: str, version: str, replicas: int, fallback: dict[str, Any] | None = None,
-                             strict: bool = False) -> ModelDeployment:
+    async def _start_version(
+        self, name: str, version: str, replicas: int, fallback: dict[str, Any] | None = None, strict: bool = False
+    ) -> ModelDeployment:
         """Start a version's replicas and probe them (shapes.py). `strict` (a new deploy): a model
         that fails on its example input is refused; otherwise (restore, rollback) it is served and
         the failure logged."""
@@ -232,15 +264,25 @@ class ClipperRuntime:
             await deployment.stop()
             given = meta.get("sample") is not None  # the caller's sample is a bad input; zeros, a bad model
             error = InvalidInput if given else ContainerUnavailable
-            raise error(f"Version {version} of model {name!r} (method {method_label(meta)}) failed on its example "
-                        f"input of shape {show(shape_of(example))}: {exc.message} Nothing was deployed; give an "
-                        "input it answers as sample.", field="sample" if given else "model") from None
+            raise error(
+                f"Version {version} of model {name!r} (method {method_label(meta)}) failed on its example "
+                f"input of shape {show(shape_of(example))}: {exc.message} Nothing was deployed; give an "
+                "input it answers as sample.",
+                field="sample" if given else "model",
+            ) from None
         deployment.use_example(example)
         deployment.input_shape, deployment.output_shape = shape_of(example), shape_of(output)
         if (meta.get("input_shape"), meta.get("output_shape")) != (deployment.input_shape, deployment.output_shape):
             await asyncio.get_running_loop().run_in_executor(
-                None, functools.partial(self.registry.update_meta, name, version, input_shape=deployment.input_shape,
-                                        output_shape=deployment.output_shape))
+                None,
+                functools.partial(
+                    self.registry.update_meta,
+                    name,
+                    version,
+                    input_shape=deployment.input_shape,
+                    output_shape=deployment.output_shape,
+                ),
+            )
         return deployment
 
     async def _replace(self, name: str, new: ModelDeployment, serving: dict[str, Any] | None, replicas: int) -> None:
@@ -264,8 +306,10 @@ class ClipperRuntime:
 
     def describe_model(self, name: str) -> dict[str, Any]:
         deployment = self.deployment(name)
-        versions = [{**self.registry.meta(name, v), "status": "active" if v == deployment.version else "ready"}
-                    for v in self.registry.versions(name)]
+        versions = [
+            {**self.registry.meta(name, v), "status": "active" if v == deployment.version else "ready"}
+            for v in self.registry.versions(name)
+        ]
         return {**deployment.describe(), "versions": versions, "cache": self.cache.describe()}
 
     # ---- applications --------------------------------------------------------------------
@@ -275,9 +319,17 @@ class ClipperRuntime:
             raise NotFound(f"No application {name!r}; create it with POST /apps.")
         return app
 
-    async def create_app(self, name: str, models: list[str], policy: str = "single", objective_ms: float = 20.0,
-                         default: Any = 0.0, loss: str = "zero_one", params: dict[str, float] | None = None,
-                         seed: int = 0) -> dict[str, Any]:
+    async def create_app(
+        self,
+        name: str,
+        models: list[str],
+        policy: str = "single",
+        objective_ms: float = 20.0,
+        default: Any = 0.0,
+        loss: str = "zero_one",
+        params: dict[str, float] | None = None,
+        seed: int = 0,
+    ) -> dict[str, Any]:
         config = self._app_config(name, models, policy, objective_ms, default, loss, params or {}, seed)
         async with self._started().lock:
             if name in self.apps:
@@ -302,8 +354,9 @@ class ClipperRuntime:
     async def observe(self, app: str, user: Any, value: Any, label: Any) -> dict[str, Any]:
         return await self.app(app).observe(canonical_id(user, "user", "observe"), value, label)
 
-    def _app_config(self, name: Any, models: Any, policy: Any, objective_ms: Any, default: Any, loss: Any,
-                    params: Any, seed: Any) -> AppConfig:
+    def _app_config(
+        self, name: Any, models: Any, policy: Any, objective_ms: Any, default: Any, loss: Any, params: Any, seed: Any
+    ) -> AppConfig:
         check_name(name, "name", "create_app")
         if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
             raise invalid_parameter("models", "create_app", "a non-empty list of deployed model names", models)
@@ -318,10 +371,14 @@ class ClipperRuntime:
             raise invalid_parameter("objective_ms", "create_app", "a number > 0", objective_ms)
         if not _one_of(loss, Loss):
             raise invalid_parameter("loss", "create_app", " or ".join(x.value for x in Loss), loss)
-        if not isinstance(params, dict) or not set(params) <= _POLICY_PARAMS[kind] or not all(
-                _is_number(v) and v > 0 for v in params.values()):
-            raise invalid_parameter("params", "create_app",
-                                    f"an object of positive numbers among {sorted(_POLICY_PARAMS[kind])}", params)
+        if (
+            not isinstance(params, dict)
+            or not set(params) <= _POLICY_PARAMS[kind]
+            or not all(_is_number(v) and v > 0 for v in params.values())
+        ):
+            raise invalid_parameter(
+                "params", "create_app", f"an object of positive numbers among {sorted(_POLICY_PARAMS[kind])}", params
+            )
         if kind is PolicyKind.EXP3 and params.get("gamma", 0.1) > 1:
             raise invalid_parameter("params", "create_app", "gamma in (0, 1]", params)
         seed_value = _integer(seed)
@@ -329,13 +386,18 @@ class ClipperRuntime:
             raise invalid_parameter("seed", "create_app", "an integer >= 0", seed)
         missing = [m for m in models if m not in self.deployments]
         if missing:  # checked last: the request is well formed, what it names does not exist
-            raise ModelNotFound(f"The models {missing} are not deployed; deploy them first (POST /containers).",
-                                field="models")
+            raise ModelNotFound(
+                f"The models {missing} are not deployed; deploy them first (POST /containers).", field="models"
+            )
         for what in ("input_shape", "output_shape"):  # one app: one input shape, outputs it can combine
             shapes = {m: getattr(self.deployments[m], what) for m in models}
             if len({str(v) for v in shapes.values() if v is not None}) > 1:
-                raise invalid_parameter("models", "create_app", f"models of one {what.replace('_', ' ')}",
-                                        {m: show(v) for m, v in shapes.items()})
+                raise invalid_parameter(
+                    "models",
+                    "create_app",
+                    f"models of one {what.replace('_', ' ')}",
+                    {m: show(v) for m, v in shapes.items()},
+                )
         return AppConfig(name, tuple(models), kind, objective_ms / 1e3, default, Loss(loss), dict(params), seed_value)
 
     def list_apps(self) -> list[dict[str, Any]]:

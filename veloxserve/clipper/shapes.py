@@ -47,7 +47,8 @@ def method_label(meta: dict[str, Any]) -> str:
         inherited = meta.get("method_from")
         return f"{meta['method']}" + (f" (inherited from {inherited})" if inherited else "")
     return {"sklearn": "predict (the default)", "onnx": "its first output (the default)"}.get(
-        meta.get("framework", ""), "none")
+        meta.get("framework", ""), "none"
+    )
 
 
 def example_input(sample: Any, declared: list[int] | None, previous: dict[str, Any] | None) -> Any:
@@ -76,9 +77,11 @@ def check_replacement(new: dict[str, Any], old: dict[str, Any] | None, apps: lis
             f"Version {new['version']} of model {new['model']!r} (method {method_label(new)}) takes or gives "
             f"{what} of shape {show(after)}, but the applications {apps} use {show(before)} from "
             f"{old['version']} (method {method_label(old)}). Nothing was deployed. Deploy a version with "
-            f"{what} of shape {show(before)}" + (f" (e.g. --method {old['method']})" if old.get("method") and
-                                                  key == "output_shape" else "")
-            + ", or remove those applications first.", field="method" if key == "output_shape" else "model")
+            f"{what} of shape {show(before)}"
+            + (f" (e.g. --method {old['method']})" if old.get("method") and key == "output_shape" else "")
+            + ", or remove those applications first.",
+            field="method" if key == "output_shape" else "model",
+        )
 
 
 def check_input(value: Any, expected: Shape, model: str, where: str) -> None:
@@ -88,4 +91,6 @@ def check_input(value: Any, expected: Shape, model: str, where: str) -> None:
         return
     raise InvalidInput(
         f"The 'input' parameter of {where} must have shape {show(expected)}, as model {model!r} takes. Got "
-        f"{show(got)} instead. Send one input of that shape; the model would fail on this one.", field="input")
+        f"{show(got)} instead. Send one input of that shape; the model would fail on this one.",
+        field="input",
+    )

@@ -67,8 +67,14 @@ def logistic_sgd_update(
 
 @njit(cache=True, nogil=True)
 def logistic_sgd_update_many(
-    W: np.ndarray, prior: np.ndarray, rows: np.ndarray, F: np.ndarray, items: np.ndarray, ys: np.ndarray,
-    rate: float, reg: np.ndarray,
+    W: np.ndarray,
+    prior: np.ndarray,
+    rows: np.ndarray,
+    F: np.ndarray,
+    items: np.ndarray,
+    ys: np.ndarray,
+    rate: float,
+    reg: np.ndarray,
 ) -> None:
     for t in range(rows.shape[0]):
         logistic_sgd_update(W, prior, rows[t], F, items[t], ys[t], rate, reg)

@@ -53,8 +53,7 @@ class Parameter:
 
     def _interval(self) -> str:
         high = "inf" if math.isinf(self.high) else f"{self.high:g}"
-        return (f"a number in {'(' if self.low_open else '['}{self.low:g}, {high}"
-                f"{')' if self.high_open else ']'}")
+        return f"a number in {'(' if self.low_open else '['}{self.low:g}, {high}{')' if self.high_open else ']'}"
 
 
 class Policy(abc.ABC):
@@ -68,8 +67,12 @@ class Policy(abc.ABC):
         declared = {p.name: p for p in self.parameters}
         for key in params:
             if key not in declared:
-                raise invalid_parameter(key, self.name, f"one of {sorted(declared)}" if declared
-                                        else "absent (this policy takes no parameters)", params[key])
+                raise invalid_parameter(
+                    key,
+                    self.name,
+                    f"one of {sorted(declared)}" if declared else "absent (this policy takes no parameters)",
+                    params[key],
+                )
         for parameter in self.parameters:
             value = params.get(parameter.name, parameter.default)
             setattr(self, parameter.name, parameter.check(value, self.name))

@@ -135,8 +135,15 @@ class SharedUserTable:
         return self.baseline.seen_rows(user) if state is None else state_seen(state, self.dim)
 
     # ---- learning ------------------------------------------------------------------------
-    def learn(self, instance: str, lsns: Sequence[int], users: Sequence[str], rows: np.ndarray,
-              scores: np.ndarray, features: np.ndarray) -> np.ndarray:
+    def learn(
+        self,
+        instance: str,
+        lsns: Sequence[int],
+        users: Sequence[str],
+        rows: np.ndarray,
+        scores: np.ndarray,
+        features: np.ndarray,
+    ) -> np.ndarray:
         """Learn observations of `instance`'s log, in log order. Returns the prequential errors
         (y minus the prediction before learning the batch) of those that were new: a replay of
         already learned ones returns none. Two round trips per batch unless another process
@@ -150,17 +157,32 @@ class SharedUserTable:
             pending = pending[~np.isin([users[int(i)] for i in pending], list(done))]
             if pending.size == 0:
                 return np.concatenate(errors)
-        raise StoreUnavailable(f"Could not update user {users[int(pending[0])]!r} in Redis after {MAX_ATTEMPTS} "
-                               "attempts: other processes change it continuously.")
+        raise StoreUnavailable(
+            f"Could not update user {users[int(pending[0])]!r} in Redis after {MAX_ATTEMPTS} "
+            "attempts: other processes change it continuously."
+        )
 
-    def _learn_once(self, instance: str, lsns: Sequence[int], users: Sequence[str], rows: np.ndarray,
-                    scores: np.ndarray, features: np.ndarray, todo: np.ndarray) -> tuple[set[str], np.ndarray]:
+    def _learn_once(
+        self,
+        instance: str,
+        lsns: Sequence[int],
+        users: Sequence[str],
+        rows: np.ndarray,
+        scores: np.ndarray,
+        features: np.ndarray,
+        todo: np.ndarray,
+    ) -> tuple[set[str], np.ndarray]:
         """Read, learn locally, compare-and-set; returns the users done (written, or nothing to
         learn) and the prequential errors of the observations written."""
         distinct = list(dict.fromkeys(users[i] for i in todo.tolist()))
         found = self._space.for_update(distinct, instance)
-        local = UserTable(self.dim, self.baseline.prior, self.baseline.link,
-                          learning_rate=self.baseline.learning_rate, capacity=len(distinct))
+        local = UserTable(
+            self.dim,
+            self.baseline.prior,
+            self.baseline.link,
+            learning_rate=self.baseline.learning_rate,
+            capacity=len(distinct),
+        )
         versions, marks = {}, {}
         for user, stored in zip(distinct, found):
             current = stored.generation == self.generation  # else absent, or left from a generation Redis lost
@@ -180,10 +202,14 @@ class SharedUserTable:
         if keep:
             local.observe_many(local_rows, features, rows[keep], scores[keep])
         changed = list(new_marks)
-        results = self._space.compare_and_set([
-            UserWrite(u, versions[u], local.encode(local.rows[u]), local.W[local.rows[u]].tobytes(), new_marks[u])
-            for u in changed
-        ], instance, self.generation)
+        results = self._space.compare_and_set(
+            [
+                UserWrite(u, versions[u], local.encode(local.rows[u]), local.W[local.rows[u]].tobytes(), new_marks[u])
+                for u in changed
+            ],
+            instance,
+            self.generation,
+        )
         if any(ok == GENERATION_LOST for ok in results):
             self._mark_lost()
         written = {u for u, ok in zip(changed, results) if ok == WRITTEN}

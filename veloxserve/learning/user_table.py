@@ -120,9 +120,7 @@ class UserTable:
         if self.link is Link.IDENTITY:
             rls_update(self.P, self.r, self.W, row, features, item, y)
         else:
-            logistic_sgd_update(
-                self.W, self.prior.mean, row, features, item, y, self.learning_rate, self._sgd_reg
-            )
+            logistic_sgd_update(self.W, self.prior.mean, row, features, item, y, self.learning_rate, self._sgd_reg)
         self.counts[row] += 1
         self.seen[row].add(item)
         self.dirty.add(row)

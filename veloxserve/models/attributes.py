@@ -23,7 +23,9 @@ class ItemAttributes:
     @classmethod
     def from_table(cls, table: pa.Table, catalog: ItemCatalog) -> ItemAttributes:
         items = np.asarray(table["item"].cast(pa.string()).to_numpy(zero_copy_only=False)).astype(str)
-        rows = np.fromiter((-1 if (r := catalog.lookup(x)) is None else r for x in items), dtype=np.int64, count=len(items))
+        rows = np.fromiter(
+            (-1 if (r := catalog.lookup(x)) is None else r for x in items), dtype=np.int64, count=len(items)
+        )
         known = rows >= 0
         columns = {}
         for name in table.column_names:

@@ -131,8 +131,10 @@ def without_user(arrays: dict[str, np.ndarray], user: str) -> tuple[dict[str, np
     index = int(matches[0])
     indptr, seen = arrays["seen_indptr"], arrays["seen_items"]
     start, stop = int(indptr[index]), int(indptr[index + 1])
-    updated = {name: np.delete(arrays[name], index, axis=0)
-               for name in ("user_ids", "user_weights", "user_gram", "user_rhs", "user_counts")}
+    updated = {
+        name: np.delete(arrays[name], index, axis=0)
+        for name in ("user_ids", "user_weights", "user_gram", "user_rhs", "user_counts")
+    }
     updated["seen_items"] = np.concatenate([seen[:start], seen[stop:]])
     updated["seen_indptr"] = np.concatenate([indptr[: index + 1], indptr[index + 2 :] - (stop - start)])
     return updated, int(arrays["user_counts"][index])

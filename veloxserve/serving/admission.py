@@ -174,10 +174,17 @@ class Admission:
         """The model's in-flight count, objective and service-time estimates, for /models/{name}/metrics."""
         gate = self.gate(model)
         return {
-            "in_flight": gate.in_flight, "max_in_flight": self.config.max_in_flight,
+            "in_flight": gate.in_flight,
+            "max_in_flight": self.config.max_in_flight,
             "objective_ms": None if gate.objective_s == math.inf else gate.objective_s * 1000,
-            "service_ms": {route: {"mean": round(st.mean * 1000, 3), "deviation": round(st.deviation * 1000, 3),
-                                   "samples": st.samples} for route, st in gate.routes.items()},
+            "service_ms": {
+                route: {
+                    "mean": round(st.mean * 1000, 3),
+                    "deviation": round(st.deviation * 1000, 3),
+                    "samples": st.samples,
+                }
+                for route, st in gate.routes.items()
+            },
         }
 
     @staticmethod

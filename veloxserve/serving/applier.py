@@ -65,8 +65,15 @@ class Applier:
     thread notices, since the applier's own thread is the one waiting for Redis.
     """
 
-    def __init__(self, obs_log: ObservationLog, instance: str, policy: RetryPolicy, *,
-                 deadline: float | None = None, where: str = "Redis") -> None:
+    def __init__(
+        self,
+        obs_log: ObservationLog,
+        instance: str,
+        policy: RetryPolicy,
+        *,
+        deadline: float | None = None,
+        where: str = "Redis",
+    ) -> None:
         self._log = obs_log
         self._instance = instance
         self._policy = policy
@@ -174,8 +181,11 @@ class Applier:
                 self._cond.notify_all()
             self._publish(batch[-1].lsn)
         if self._queue:
-            log.warning("%d observation batches not learned into Redis at shutdown; they are in the log and "
-                        "will be learned at the next start", len(self._queue))
+            log.warning(
+                "%d observation batches not learned into Redis at shutdown; they are in the log and "
+                "will be learned at the next start",
+                len(self._queue),
+            )
 
     def _watchdog(self) -> None:
         """Fail the waiters of an attempt that has waited for Redis past the deadline (they get
@@ -187,13 +197,13 @@ class Applier:
                     return
                 self._cond.wait(self._deadline / 8)
                 started = self._attempt_started
-                overdue = (started is not None and self._failure is None
-                           and time.monotonic() - started > self._deadline)
+                overdue = started is not None and self._failure is None and time.monotonic() - started > self._deadline
                 failure = None
                 if overdue:
                     failure = self._failure = StoreUnavailable(
                         f"{self._where} did not answer within {self._deadline} s while learning observations. "
-                        "They are logged, not acknowledged, and learned once it answers; retry after Retry-After.")
+                        "They are logged, not acknowledged, and learned once it answers; retry after Retry-After."
+                    )
                     self._cond.notify_all()  # synchronous wait_durable callers
             if failure is not None:
                 log.error("%s", failure.message)

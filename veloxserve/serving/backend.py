@@ -107,8 +107,12 @@ class EmbeddedBackend(Backend):
 
     def window(self, model: str, obs_log: ObservationLog) -> IdempotencyWindow:
         config = self.config
-        return LocalWindow.from_log(obs_log.directory, seconds=config.idempotency_seconds,
-                                    max_keys=config.idempotency_keys, instance=MAIN_INSTANCE).attach(obs_log)
+        return LocalWindow.from_log(
+            obs_log.directory,
+            seconds=config.idempotency_seconds,
+            max_keys=config.idempotency_keys,
+            instance=MAIN_INSTANCE,
+        ).attach(obs_log)
 
     def acknowledgement(self, model: str, obs_log: ObservationLog) -> Acknowledgement:
         return obs_log  # its commit hooks learn a batch before its waiters are told
@@ -126,8 +130,9 @@ class EmbeddedBackend(Backend):
 class SharedBackend(Backend):
     """Several processes over one Redis: state in Redis, acknowledged once learned there."""
 
-    def __init__(self, layout: HomeLayout, config: ServingConfig, store: RedisUserStore,
-                 instance: str | None = None) -> None:
+    def __init__(
+        self, layout: HomeLayout, config: ServingConfig, store: RedisUserStore, instance: str | None = None
+    ) -> None:
         super().__init__(layout, config)
         self.store: RedisUserStore = store
         self.instance = instance
@@ -143,17 +148,20 @@ class SharedBackend(Backend):
         return self.instance or MAIN_INSTANCE
 
     def allow(self, what: str) -> None:
-        raise Conflict(f"{what} is not available while several processes share the state in Redis: stop the "
-                       "servers, do it with one `veloxserve serve` (or train a new version offline), and restart "
-                       "them (docs/storage.md, 'Several servers over Redis').")
+        raise Conflict(
+            f"{what} is not available while several processes share the state in Redis: stop the "
+            "servers, do it with one `veloxserve serve` (or train a new version offline), and restart "
+            "them (docs/storage.md, 'Several servers over Redis')."
+        )
 
     def feedback(self, listener: FeedbackListener) -> FeedbackListener | None:
         return None  # no retraining while shared
 
     def window(self, model: str, obs_log: ObservationLog) -> IdempotencyWindow:
         # A retry may reach another process: the keys live in Redis.
-        return RedisWindow(self.store, model, seconds=self.config.idempotency_seconds, instance=self._name,
-                           obs_log=obs_log)
+        return RedisWindow(
+            self.store, model, seconds=self.config.idempotency_seconds, instance=self._name, obs_log=obs_log
+        )
 
     def acknowledgement(self, model: str, obs_log: ObservationLog) -> Acknowledgement:
         return self._applier(model, obs_log)
@@ -161,17 +169,34 @@ class SharedBackend(Backend):
     def _applier(self, model: str, obs_log: ObservationLog) -> Applier:
         if model not in self._appliers:
             settings = self.store.settings
-            self._appliers[model] = Applier(obs_log, self._name, settings.policy, deadline=settings.deadline,
-                                            where=f"Redis at {settings.where}")
+            self._appliers[model] = Applier(
+                obs_log, self._name, settings.policy, deadline=settings.deadline, where=f"Redis at {settings.where}"
+            )
         return self._appliers[model]
 
     def user_state(self, model: str, obs_log: ObservationLog) -> UserStateFactory:
         applier = self._applier(model, obs_log)
 
-        def shared_state(version: ModelVersion, store: UserStore, obs_log: ObservationLog, config: ServingConfig,
-                         *, upto_lsn: int, on_errors: ErrorsListener) -> SharedUserState:
-            state = SharedUserState(version, self.store, obs_log, config, upto_lsn=upto_lsn, on_errors=on_errors,
-                                    instance=self._name, applier=applier, log_root=self.layout.log_dir(model))
+        def shared_state(
+            version: ModelVersion,
+            store: UserStore,
+            obs_log: ObservationLog,
+            config: ServingConfig,
+            *,
+            upto_lsn: int,
+            on_errors: ErrorsListener,
+        ) -> SharedUserState:
+            state = SharedUserState(
+                version,
+                self.store,
+                obs_log,
+                config,
+                upto_lsn=upto_lsn,
+                on_errors=on_errors,
+                instance=self._name,
+                applier=applier,
+                log_root=self.layout.log_dir(model),
+            )
             self._states[model] = state  # the one the watch checks and rebuilds
             return state
 
@@ -179,8 +204,11 @@ class SharedBackend(Backend):
 
     def start(self) -> None:
         """/healthz's view of Redis, found off the event loop; a lost state rebuilt from the logs."""
-        self.redis_watch = RedisWatch(self.store.settings, lambda: {m: s.table for m, s in self._states.items()},
-                                      rebuild=lambda model: self._states[model].rebuild_lost_state())
+        self.redis_watch = RedisWatch(
+            self.store.settings,
+            lambda: {m: s.table for m, s in self._states.items()},
+            rebuild=lambda model: self._states[model].rebuild_lost_state(),
+        )
 
     def stop(self) -> None:
         if self.redis_watch is not None:
@@ -197,16 +225,20 @@ def check_instance(store: UserStore | None, instance: str | None) -> None:
     """An instance id names one of several processes sharing a home over Redis, and nothing else."""
     shared = isinstance(store, RedisUserStore)
     if instance is not None and (not shared or not is_name(instance) or instance == MAIN_INSTANCE):
-        raise invalid_parameter("instance", "serve", "1-64 letters, digits, '_', '.' or '-', other than 'main', "
-                                "with a shared store (--store redis://...)", instance)
+        raise invalid_parameter(
+            "instance",
+            "serve",
+            "1-64 letters, digits, '_', '.' or '-', other than 'main', with a shared store (--store redis://...)",
+            instance,
+        )
 
 
-def open_backend(layout: HomeLayout, config: ServingConfig, store: UserStore | None = None,
-                 instance: str | None = None) -> Backend:
+def open_backend(
+    layout: HomeLayout, config: ServingConfig, store: UserStore | None = None, instance: str | None = None
+) -> Backend:
     """The backend `store` implies: shared over Redis for a RedisUserStore (each process with its
     own `instance` id, its own log and lock), embedded otherwise (LMDB in the home by default)."""
     check_instance(store, instance)
     if isinstance(store, RedisUserStore):
         return SharedBackend(layout, config, store, instance)
     return EmbeddedBackend(layout, config, store)
-

@@ -37,8 +37,9 @@ class RecentDecisions:
             if len(self._decisions) > self.capacity:
                 self._decisions.popitem(last=False)
 
-    def check(self, decisions: Sequence[str | None], users: Sequence[str], items: Sequence[str],
-              where: str = "observe") -> None:
+    def check(
+        self, decisions: Sequence[str | None], users: Sequence[str], items: Sequence[str], where: str = "observe"
+    ) -> None:
         """400 naming the first observation whose known decision was served to another user or
         did not show its item. Unknown decisions pass: they count as unmatched (module docstring)."""
         for i, decision in enumerate(decisions):
@@ -50,11 +51,17 @@ class RecentDecisions:
             user, shown = served
             if users[i] != user:
                 raise invalid_parameter(
-                    f"observations[{i}].decision", where,
+                    f"observations[{i}].decision",
+                    where,
                     f"a decision served to user {users[i]!r} (this one was served to another user: send the "
-                    "decision id of the top_k answer this user got, or leave decision out)", decision)
+                    "decision id of the top_k answer this user got, or leave decision out)",
+                    decision,
+                )
             if items[i] not in shown:
                 raise invalid_parameter(
-                    f"observations[{i}].item", where,
+                    f"observations[{i}].item",
+                    where,
                     f"one of the {len(shown)} items decision {decision!r} showed (observe an item outside a served "
-                    "list without decision)", items[i])
+                    "list without decision)",
+                    items[i],
+                )

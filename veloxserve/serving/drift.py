@@ -21,8 +21,9 @@ _N, _MEAN, _SUM, _MIN = range(4)
 
 
 @njit(cache=True, nogil=True)
-def _page_hinkley(state: np.ndarray, xs: np.ndarray, delta: float, alpha: float, threshold: float,
-                  min_instances: int) -> int:
+def _page_hinkley(
+    state: np.ndarray, xs: np.ndarray, delta: float, alpha: float, threshold: float, min_instances: int
+) -> int:
     """Feed xs in order; returns the index at which drift is detected (state then reset), or -1."""
     for t in range(xs.shape[0]):
         x = xs[t]

@@ -97,6 +97,8 @@ class DurableWaiter:
     @staticmethod
     def _expire(future: asyncio.Future[None], lsn: int, timeout: float) -> None:
         if not future.done():
-            future.set_exception(StoreUnavailable(
-                f"The observation log did not make LSN {lsn} durable within {timeout} s; the disk may be stalled."
-            ))
+            future.set_exception(
+                StoreUnavailable(
+                    f"The observation log did not make LSN {lsn} durable within {timeout} s; the disk may be stalled."
+                )
+            )

@@ -68,7 +68,9 @@ class ExplorationPolicy(BasePolicy):
         return EXPLORATION_POLICIES.parse(name, {"epsilon": epsilon, "alpha": alpha}, where)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ExplorationPolicy) and type(other) is type(self) and other.describe() == self.describe()
+        return (
+            isinstance(other, ExplorationPolicy) and type(other) is type(self) and other.describe() == self.describe()
+        )
 
     def __hash__(self) -> int:
         return hash((self.name, *self.parameter_values().values()))
@@ -148,7 +150,11 @@ def posterior_draw(w: np.ndarray, P: np.ndarray, scale: float, rng: np.random.Ge
 
 
 def epsilon_greedy_slate(
-    ranked: np.ndarray, k: int, epsilon: float, eligible: int, sample_eligible: Callable[[int], np.ndarray],
+    ranked: np.ndarray,
+    k: int,
+    epsilon: float,
+    eligible: int,
+    sample_eligible: Callable[[int], np.ndarray],
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Build k slots from `ranked` (candidate rows, best first) and random eligible rows.

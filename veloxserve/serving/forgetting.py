@@ -44,8 +44,9 @@ def drop_user_from_version(directory: Path, user: str) -> int:
 class Forgetting:
     """Removes users from the models of a home."""
 
-    def __init__(self, models: ModelSet, store: UserStore, layout: HomeLayout,
-                 forgotten: Callable[[str, str], None]) -> None:
+    def __init__(
+        self, models: ModelSet, store: UserStore, layout: HomeLayout, forgotten: Callable[[str, str], None]
+    ) -> None:
         """`forgotten(model, user)`: told of each user forgotten (the retrainer's running job)."""
         self._models = models
         self._store = store
@@ -65,15 +66,19 @@ class Forgetting:
                 stored = self._store.delete(model, user)
                 base_rows = drop_user_from_base_data(self._layout.base_data(model), user)
                 version_rows = {
-                    v: n for v in catalog.versions.versions()
+                    v: n
+                    for v in catalog.versions.versions()
                     if (n := drop_user_from_version(catalog.versions.directory / v, user))
                 }
             # A retrain running now may have read the user's rows before they were erased: it
             # scrubs them from its version before that version is marked ready or promoted.
             self._forgotten(model, user)
         return {
-            "weights_removed": bool(in_memory), "state_removed": bool(stored), "log_records_erased": erased,
-            "base_rows_removed": base_rows, "trained_statistics_removed": version_rows,
+            "weights_removed": bool(in_memory),
+            "state_removed": bool(stored),
+            "log_records_erased": erased,
+            "base_rows_removed": base_rows,
+            "trained_statistics_removed": version_rows,
         }
 
     def scrub(self, model: str, version_id: str, users: Callable[[], Iterable[str]]) -> dict[str, int]:

@@ -36,8 +36,13 @@ def check_key(key: object, field: str, where: str = "observe") -> str | None:
     if key is None:
         return None
     if not isinstance(key, str) or not 0 < len(key) <= MAX_ID:
-        raise invalid_parameter(field, where, f"an idempotency key: a string of 1-{MAX_ID} characters, the same on "
-                                "every retry of this observation (or leave it out)", key)
+        raise invalid_parameter(
+            field,
+            where,
+            f"an idempotency key: a string of 1-{MAX_ID} characters, the same on "
+            "every retry of this observation (or leave it out)",
+            key,
+        )
     return key
 
 
@@ -75,8 +80,9 @@ class LocalWindow:
         return len(self._keys)
 
     @classmethod
-    def from_log(cls, log_dir: Path, *, seconds: float, max_keys: int, instance: str = "main",
-                 now: float | None = None) -> LocalWindow:
+    def from_log(
+        cls, log_dir: Path, *, seconds: float, max_keys: int, instance: str = "main", now: float | None = None
+    ) -> LocalWindow:
         """The window as the log's tail says: every key logged in the last `seconds`, the newest `max_keys`."""
         window = cls(seconds=seconds, max_keys=max_keys, instance=instance)
         if max_keys == 0:
@@ -207,8 +213,9 @@ class RedisWindow:
     refused (503) meanwhile, never acknowledged without being learned.
     """
 
-    def __init__(self, store: RedisUserStore, model: str, *, seconds: float, instance: str,
-                 obs_log: ObservationLog) -> None:
+    def __init__(
+        self, store: RedisUserStore, model: str, *, seconds: float, instance: str, obs_log: ObservationLog
+    ) -> None:
         self.instance = instance
         self._claims = RedisKeyClaims(store, f"{model}/idempotency", instance)
         self._ttl = max(1, int(seconds + 0.999))

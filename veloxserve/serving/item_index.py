@@ -48,7 +48,8 @@ class ItemIndex:
         q = np.zeros((1, self.dim + 1), dtype=np.float32)
         q[0, :-1] = query
         params = self._faiss.SearchParametersHNSW(  # type: ignore[attr-defined]  # made by SWIG: no stub names it
-            efSearch=max(ef_search or self.ef_search, n))
+            efSearch=max(ef_search or self.ef_search, n)
+        )
         _, rows = self._index.search(q, n, params=params)
         rows = rows[0]
         return rows[rows >= 0].astype(np.int64)

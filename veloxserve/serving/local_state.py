@@ -34,15 +34,26 @@ _REPLAY_CHUNK = 100_000
 class LocalUserState(UserState):
     """A UserTable learned by the log's commit hook and checkpointed to the user store."""
 
-    def __init__(self, version: ModelVersion, store: UserStore, obs_log: ObservationLog, config: ServingConfig,
-                 *, upto_lsn: int, on_errors: ErrorsListener) -> None:
+    def __init__(
+        self,
+        version: ModelVersion,
+        store: UserStore,
+        obs_log: ObservationLog,
+        config: ServingConfig,
+        *,
+        upto_lsn: int,
+        on_errors: ErrorsListener,
+    ) -> None:
         self.version = version
         self.config = config
         self._store = store
         self._log = obs_log
         self._features = version.features.matrix
         self.table: UserTable = UserTable(
-            version.dim, version.prior, version.link, learning_rate=config.learning_rate,
+            version.dim,
+            version.prior,
+            version.link,
+            learning_rate=config.learning_rate,
             capacity=len(version.users.ids) + 1024,
         )
         self._learn_lock = threading.Lock()  # the user table, what is logged but not yet learned, applied_lsn
@@ -161,8 +172,12 @@ class LocalUserState(UserState):
                 replayed += self._apply_chunk(users, rows, scores)
         replayed += self._apply_chunk(users, rows, scores)
         if skipped:
-            log.warning("%s: %d logged observations name items unknown to %s or scores outside its range; skipped",
-                        self.name, skipped, self.version.version)
+            log.warning(
+                "%s: %d logged observations name items unknown to %s or scores outside its range; skipped",
+                self.name,
+                skipped,
+                self.version.version,
+            )
         return replayed
 
     def _apply_chunk(self, users: list[str], rows: list[int], scores: list[float]) -> int:

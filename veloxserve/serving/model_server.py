@@ -56,13 +56,15 @@ class Recommendation:
     model_version: str | None = None
 
 
-def _rejecting(sample: Callable[[int, np.random.Generator], np.ndarray],
-               excluded: np.ndarray) -> Callable[[int, np.random.Generator], np.ndarray]:
+def _rejecting(
+    sample: Callable[[int, np.random.Generator], np.ndarray], excluded: np.ndarray
+) -> Callable[[int, np.random.Generator], np.ndarray]:
     def draw(n: int, rng: np.random.Generator) -> np.ndarray:
         while True:
             rows = sample(n, rng)
             if not np.isin(rows, excluded).any():
                 return rows
+
     return draw
 
 
@@ -88,10 +90,18 @@ class ModelServer:
     """Serves one version of one model and learns its users online."""
 
     def __init__(
-        self, version: ModelVersion, store: UserStore, obs_log: ObservationLog, config: ServingConfig,
-        *, upto_lsn: int | None = None, on_feedback: FeedbackListener | None = None,
-        attributes: ItemAttributes = EMPTY, feature_cache: FeatureCache | None = None,
-        window: IdempotencyWindow | None = None, decisions: RecentDecisions | None = None,
+        self,
+        version: ModelVersion,
+        store: UserStore,
+        obs_log: ObservationLog,
+        config: ServingConfig,
+        *,
+        upto_lsn: int | None = None,
+        on_feedback: FeedbackListener | None = None,
+        attributes: ItemAttributes = EMPTY,
+        feature_cache: FeatureCache | None = None,
+        window: IdempotencyWindow | None = None,
+        decisions: RecentDecisions | None = None,
         user_state: UserStateFactory = LocalUserState,
     ) -> None:
         """Rebuild every user's state for `version` from the log up to `upto_lsn` (default: all of it),
@@ -109,8 +119,13 @@ class ModelServer:
         self.retired = False
         self.on_feedback = on_feedback
         self.attributes = attributes
-        self.window: IdempotencyWindow = window if window is not None else LocalWindow.from_log(  # kept across swaps
-            obs_log.directory, seconds=config.idempotency_seconds, max_keys=config.idempotency_keys).attach(obs_log)
+        self.window: IdempotencyWindow = (
+            window
+            if window is not None
+            else LocalWindow.from_log(  # kept across swaps
+                obs_log.directory, seconds=config.idempotency_seconds, max_keys=config.idempotency_keys
+            ).attach(obs_log)
+        )
         self.decisions = decisions if decisions is not None else RecentDecisions(config.decision_memory)
         self.feature_cache = feature_cache if feature_cache is not None else FeatureCache(0)
         self.index: ItemIndex | None = None  # set by a background build over large catalogues
@@ -118,7 +133,11 @@ class ModelServer:
             threading.Thread(target=self._build_index, name=f"index-{version.name}", daemon=True).start()
         self.prequential = PrequentialError()
         self.state: UserState = user_state(
-            version, store, obs_log, config, upto_lsn=obs_log.last_lsn if upto_lsn is None else upto_lsn,
+            version,
+            store,
+            obs_log,
+            config,
+            upto_lsn=obs_log.last_lsn if upto_lsn is None else upto_lsn,
             on_errors=self.record_feedback,
         )
         self.replayed = self.state.replayed
@@ -149,7 +168,8 @@ class ModelServer:
         users = [canonical_id(u, f"queries[{i}].user", "predict") for i, (u, _) in enumerate(queries)]
         rows = np.fromiter(
             (self._catalog.row(x, f"queries[{i}].item", "predict") for i, (_, x) in enumerate(queries)),
-            dtype=np.int64, count=len(queries),
+            dtype=np.int64,
+            count=len(queries),
         )
         return finite_outputs(self._link_array(self._inner(self._features[rows], users)), "a user of this batch")
 
@@ -161,8 +181,12 @@ class ModelServer:
         content = self.version.content
         if content is None:
             raise invalid_parameter(
-                "text", "predict", f"an item id instead: {self.name} {self.version_id} has no content features "
-                "(train it with --items FILE holding a 'text' column)", "a text")
+                "text",
+                "predict",
+                f"an item id instead: {self.name} {self.version_id} has no content features "
+                "(train it with --items FILE holding a 'text' column)",
+                "a text",
+            )
         batch_size(len(queries), self.config.max_batch, "queries", "predict")
         users = [canonical_id(u, f"queries[{i}].user", "predict") for i, (u, _) in enumerate(queries)]
         texts = [item_text(x, f"queries[{i}].text", "predict") for i, (_, x) in enumerate(queries)]
@@ -176,7 +200,12 @@ class ModelServer:
         return np.einsum("ij,ij->i", features, self.users.weights_many(users))
 
     def top_k(
-        self, user: Any, k: Any, *, candidates: Sequence[Any] | None = None, exclude_seen: bool = False,
+        self,
+        user: Any,
+        k: Any,
+        *,
+        candidates: Sequence[Any] | None = None,
+        exclude_seen: bool = False,
         filter: str | None = None,
     ) -> list[tuple[Id, float]]:
         """The k best items for a user, best first (greedy; see `recommend` for exploration)."""
@@ -184,8 +213,15 @@ class ModelServer:
         return list(zip(rec.items, rec.scores))
 
     def recommend(
-        self, user: Any, k: Any, *, candidates: Sequence[Any] | None = None, exclude_seen: bool = False,
-        filter: str | None = None, policy: ExplorationPolicy = GREEDY, rng: np.random.Generator | None = None,
+        self,
+        user: Any,
+        k: Any,
+        *,
+        candidates: Sequence[Any] | None = None,
+        exclude_seen: bool = False,
+        filter: str | None = None,
+        policy: ExplorationPolicy = GREEDY,
+        rng: np.random.Generator | None = None,
     ) -> Recommendation:
         """A list of up to k items for a user under an exploration policy, with propensities.
 
@@ -202,8 +238,13 @@ class ModelServer:
         w = self.users.weights(key)
         eligible = self._eligible_rows(candidates, filter)  # None: the whole catalogue
         if eligible is not None and k > eligible.size > 0:  # none admitted: an empty list, not k in [1, 0]
-            raise invalid_parameter("k", "top_k", f"an int in [1, {eligible.size}], the number of items the candidates "
-                                    "and filter admit (ask for fewer, or widen them)", k)
+            raise invalid_parameter(
+                "k",
+                "top_k",
+                f"an int in [1, {eligible.size}], the number of items the candidates "
+                "and filter admit (ask for fewer, or widen them)",
+                k,
+            )
         seen = self.users.seen_rows(key) if exclude_seen else np.empty(0, dtype=np.int64)
         if eligible is not None and seen.size:
             eligible = eligible[~np.isin(eligible, seen)]
@@ -213,17 +254,28 @@ class ModelServer:
             return Recommendation([], [], [], policy, key)
         n_items = len(self._catalog)
         sample: Callable[[int, np.random.Generator], np.ndarray] = (
-            (lambda n, rng: rng.integers(0, n_items, n)) if eligible is None
-            else (lambda n, rng: eligible[rng.integers(0, eligible.size, n)]))
+            (lambda n, rng: rng.integers(0, n_items, n))
+            if eligible is None
+            else (lambda n, rng: eligible[rng.integers(0, eligible.size, n)])
+        )
         if eligible is None and seen.size:
             sample = _rejecting(sample, seen)
-        offer = Candidates(w, lambda: self.users.covariance(key), lambda rows: self._features[rows],
-                           lambda query, n: self._ranked_pool(query, n, eligible, seen), sample, n_eligible)
+        offer = Candidates(
+            w,
+            lambda: self.users.covariance(key),
+            lambda rows: self._features[rows],
+            lambda query, n: self._ranked_pool(query, n, eligible, seen),
+            sample,
+            n_eligible,
+        )
         rows, propensities = policy.slate(offer, k, rng or np.random.default_rng())
         scores = finite_outputs(self._link_array(self._features[rows] @ w), f"user {key!r}")
         return Recommendation(
-            self._catalog.externals(rows), scores.tolist(), None if propensities is None else propensities.tolist(),
-            policy, key,
+            self._catalog.externals(rows),
+            scores.tolist(),
+            None if propensities is None else propensities.tolist(),
+            policy,
+            key,
         )
 
     def _eligible_rows(self, candidates: Sequence[Any] | None, filter: str | None) -> np.ndarray | None:
@@ -271,8 +323,13 @@ class ModelServer:
             log.exception("%s %s: building the MIPS index failed; top-k stays exact", self.name, self.version_id)
             return
         self.index = index
-        log.info("%s %s: MIPS index over %d items built in %.1f s", self.name, self.version_id, index.size,
-                 index.build_seconds)
+        log.info(
+            "%s %s: MIPS index over %d items built in %.1f s",
+            self.name,
+            self.version_id,
+            index.size,
+            index.build_seconds,
+        )
 
     def _link(self, z: float) -> float:
         if not self._logistic:
@@ -312,8 +369,10 @@ class ModelServer:
                         return self._receipt(0, repeated)
             try:
                 errors = self.state.before_append(users, rows, scores)  # shared state: refuses while Redis fails
-                entries = [(u, x, y, self.version_id, d, *((k,) if k is not None else ()))
-                           for u, x, y, d, k in zip(users, items, scores.tolist(), decisions, keys)]
+                entries = [
+                    (u, x, y, self.version_id, d, *((k,) if k is not None else ()))
+                    for u, x, y, d, k in zip(users, items, scores.tolist(), decisions, keys)
+                ]
                 lsn = self.state.append(lambda: self._log.append(entries), users, rows, scores)
             except BaseException:
                 if keyed:  # nothing was appended: a retry must be learned
@@ -351,8 +410,12 @@ class ModelServer:
             decision = rest[0] if rest else None
             keys.append(check_key(rest[1] if len(rest) > 1 else None, f"observations[{i}].id"))
             if decision is not None and (not isinstance(decision, str) or not 0 < len(decision) <= MAX_DECISION_ID):
-                raise invalid_parameter(f"observations[{i}].decision", "observe",
-                                        f"the decision id a top_k answer gave (a string of 1-{MAX_DECISION_ID} characters)", decision)
+                raise invalid_parameter(
+                    f"observations[{i}].decision",
+                    "observe",
+                    f"the decision id a top_k answer gave (a string of 1-{MAX_DECISION_ID} characters)",
+                    decision,
+                )
             decisions.append(decision)
             users.append(canonical_id(user, f"observations[{i}].user", "observe"))
             rows[i] = catalog.row(item, f"observations[{i}].item", "observe")

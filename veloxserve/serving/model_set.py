@@ -36,8 +36,9 @@ from veloxserve.storage.version_catalog import Status, VersionCatalog
 class ModelSet:
     """Every model's serving version, its per-model resources, and swaps between versions."""
 
-    def __init__(self, layout: HomeLayout, config: ServingConfig, backend: Backend,
-                 feature_cache: FeatureCache) -> None:
+    def __init__(
+        self, layout: HomeLayout, config: ServingConfig, backend: Backend, feature_cache: FeatureCache
+    ) -> None:
         self.layout = layout
         self.config = config
         self._backend = backend
@@ -113,8 +114,9 @@ class ModelSet:
         entry = catalog.entry(version)  # NotFound for an unknown version
         if entry["status"] in (Status.FAILED.value, Status.TRAINING.value) or not catalog.versions.exists(version):
             why = entry.get("error") or "it has not finished training"
-            raise Conflict(f"Version {version!r} of {model!r} is {entry['status']} and cannot serve: {why}.",
-                           field="version")
+            raise Conflict(
+                f"Version {version!r} of {model!r} is {entry['status']} and cannot serve: {why}.", field="version"
+            )
         self.swap(model, version)
 
     def _open_model(self, model: str) -> ObservationLog:
@@ -122,7 +124,9 @@ class ModelSet:
         obs_log = self._logs.get(model)
         if obs_log is None:
             obs_log = self._logs[model] = ObservationLog(
-                self._backend.log_dir(model), fsync=self.config.fsync, commit_delay=self.config.commit_delay,
+                self._backend.log_dir(model),
+                fsync=self.config.fsync,
+                commit_delay=self.config.commit_delay,
             )
         if model not in self._windows:
             self._windows[model] = self._backend.window(model, obs_log)
@@ -142,17 +146,24 @@ class ModelSet:
         with self._swap_lock:  # one swap at a time; serving goes on until the last step
             # Read under the lock a forget holds while it rewrites version files: a version read
             # before a forget and served after it would bring the forgotten user back.
-            version = ModelVersion.from_arrays(catalog.versions.read_arrays(version_id),
-                                               catalog.versions.read_meta(version_id))
+            version = ModelVersion.from_arrays(
+                catalog.versions.read_arrays(version_id), catalog.versions.read_meta(version_id)
+            )
             obs_log = self._open_model(model)
             old = self._servers.get(model)
             if old is not None:
                 old.retire_checkpoints()  # the new server's state replaces the old one's in the store
             try:
                 new = ModelServer(
-                    version, self._backend.store, obs_log, self.config, upto_lsn=obs_log.sync(),
+                    version,
+                    self._backend.store,
+                    obs_log,
+                    self.config,
+                    upto_lsn=obs_log.sync(),
                     on_feedback=None if self.on_feedback is None else self._backend.feedback(self.on_feedback),
-                    feature_cache=self.feature_cache, window=self._windows[model], decisions=self._recent[model],
+                    feature_cache=self.feature_cache,
+                    window=self._windows[model],
+                    decisions=self._recent[model],
                     attributes=self._attributes(model, version),
                     user_state=self._backend.user_state(model, obs_log),
                 )

@@ -44,8 +44,13 @@ _POOL_THREADS = 2  # Redis-bound calls in flight at once; the rest queue (and ti
 class RedisWatch:
     """What /healthz says about Redis, found by a thread so that no request waits for it."""
 
-    def __init__(self, settings: RedisSettings, tables: Callable[[], dict[str, SharedUserTable]],
-                 rebuild: Callable[[str], object] | None = None, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        settings: RedisSettings,
+        tables: Callable[[], dict[str, SharedUserTable]],
+        rebuild: Callable[[str], object] | None = None,
+        interval: float = 0.5,
+    ) -> None:
         self.settings = settings
         self._tables = tables
         self._rebuild = rebuild
@@ -64,9 +69,11 @@ class RedisWatch:
         for name, table in self._tables().items():
             why = reasons[name] = []
             if self.unreachable is not None:
-                why.append(f"Redis at {self.settings.where} has not answered for {time.monotonic() - self._since:.1f} s "
-                           f"({self.unreachable}): predictions and observations answer 503 until it does; the server "
-                           "reconnects by itself.")
+                why.append(
+                    f"Redis at {self.settings.where} has not answered for {time.monotonic() - self._since:.1f} s "
+                    f"({self.unreachable}): predictions and observations answer 503 until it does; the server "
+                    "reconnects by itself."
+                )
             if table.lost is not None:
                 why.append(table.lost.message)
         return {name: why for name, why in reasons.items() if why}
@@ -130,8 +137,13 @@ class StoreCalls:
         self._queue: deque[_Call] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._threads = [] if settings is None else [
-            threading.Thread(target=self._work, name=f"redis-call-{n}", daemon=True) for n in range(_POOL_THREADS)]
+        self._threads = (
+            []
+            if settings is None
+            else [
+                threading.Thread(target=self._work, name=f"redis-call-{n}", daemon=True) for n in range(_POOL_THREADS)
+            ]
+        )
         for thread in self._threads:
             thread.start()
 
@@ -152,10 +164,12 @@ class StoreCalls:
 
     def _expire(self, future: asyncio.Future[Any]) -> None:
         if not future.done():  # still queued (never runs) or running (finishes on its socket timeout, unheard)
-            future.set_exception(StoreUnavailable(
-                f"Redis at {self._where} did not answer within {self._deadline} s. Requests that need "
-                "user state fail with 503 until it answers; retry after Retry-After (the server reconnects by itself)."
-            ))
+            future.set_exception(
+                StoreUnavailable(
+                    f"Redis at {self._where} did not answer within {self._deadline} s. Requests that need "
+                    "user state fail with 503 until it answers; retry after Retry-After (the server reconnects by itself)."
+                )
+            )
 
     def _work(self) -> None:
         while True:

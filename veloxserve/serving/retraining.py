@@ -81,9 +81,13 @@ class RetrainPolicy:
     def detector(self) -> PageHinkley | None:
         if not self.drift:
             return None
-        return PageHinkley(PageHinkleyConfig(
-            delta=self.drift_delta, threshold=self.drift_threshold, min_instances=self.drift_min_instances,
-        ))
+        return PageHinkley(
+            PageHinkleyConfig(
+                delta=self.drift_delta,
+                threshold=self.drift_threshold,
+                min_instances=self.drift_min_instances,
+            )
+        )
 
 
 def _int(v: Any) -> bool:
@@ -230,8 +234,9 @@ class Retrainer:
             log.exception("%s: %s retrain could not start", model, reason)
 
     # ---- jobs ----------------------------------------------------------------------------
-    def start(self, model: str, *, reason: str = "manual", promote: str = "if_better",
-              overrides: dict[str, Any] | None = None) -> RetrainJob:
+    def start(
+        self, model: str, *, reason: str = "manual", promote: str = "if_better", overrides: dict[str, Any] | None = None
+    ) -> RetrainJob:
         """Start a background retrain; Conflict (409) if one is already running for the model."""
         if promote not in PROMOTE:
             raise invalid_parameter("promote", "retrain", " or ".join(PROMOTE), promote)
@@ -293,11 +298,15 @@ class Retrainer:
             candidate, parent = comparison.get("candidate_rmse"), comparison.get("parent_rmse")
             better = candidate is not None and (parent is None or candidate < parent)
             if comparison.get("rows"):
-                verdict = (f"held-out RMSE on the {comparison['rows']} most recent logged rows neither version was "
-                           f"fitted on: {_fmt(candidate)} (candidate) vs {_fmt(parent)} ({job.parent})")
+                verdict = (
+                    f"held-out RMSE on the {comparison['rows']} most recent logged rows neither version was "
+                    f"fitted on: {_fmt(candidate)} (candidate) vs {_fmt(parent)} ({job.parent})"
+                )
             else:
-                verdict = (f"nothing to compare on: {comparison.get('rows_unfitted_by_parent', 0)} logged rows "
-                           f"{job.parent} was not fitted on, {comparison.get('rows_needed')} needed")
+                verdict = (
+                    f"nothing to compare on: {comparison.get('rows_unfitted_by_parent', 0)} logged rows "
+                    f"{job.parent} was not fitted on, {comparison.get('rows_needed')} needed"
+                )
                 if job.promote == "if_better":
                     verdict += "; promote='always' promotes it anyway"
             if self._closing:
@@ -324,15 +333,22 @@ class Retrainer:
 
     def _train(self, job: RetrainJob, overrides: dict[str, Any]) -> dict[str, Any]:
         spec = {
-            "home": str(Path(self._layout.root).resolve()), "model": job.model, "version": job.version,
-            "parent": job.parent, "upto_lsn": job.upto_lsn, "reason": job.reason, "overrides": overrides,
+            "home": str(Path(self._layout.root).resolve()),
+            "model": job.model,
+            "version": job.version,
+            "parent": job.parent,
+            "upto_lsn": job.upto_lsn,
+            "reason": job.reason,
+            "overrides": overrides,
         }
         with self._lock:
             if self._closing:
                 raise RuntimeError("the server shut down before training started")
             proc = self._processes[job.model] = subprocess.Popen(
                 [*self.worker_command, json.dumps(spec)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
         try:
             stdout, stderr = proc.communicate()

@@ -30,9 +30,19 @@ _REPLAY_CHUNK = 2_000
 class SharedUserState(UserState):
     """Learned into Redis by the Applier; recovered from every instance's log."""
 
-    def __init__(self, version: ModelVersion, store: StateSpaces, obs_log: ObservationLog, config: ServingConfig,
-                 *, upto_lsn: int, on_errors: ErrorsListener, instance: str, applier: Applier,
-                 log_root: Path) -> None:
+    def __init__(
+        self,
+        version: ModelVersion,
+        store: StateSpaces,
+        obs_log: ObservationLog,
+        config: ServingConfig,
+        *,
+        upto_lsn: int,
+        on_errors: ErrorsListener,
+        instance: str,
+        applier: Applier,
+        log_root: Path,
+    ) -> None:
         """`log_root`: the model's log directory, holding every instance's log."""
         self.version = version
         self.instance = instance
@@ -41,8 +51,13 @@ class SharedUserState(UserState):
         self._applier = applier
         self._on_errors = on_errors
         self._features = version.features.matrix
-        baseline = UserTable(version.dim, version.prior, version.link, learning_rate=config.learning_rate,
-                             capacity=len(version.users.ids) + 1024)
+        baseline = UserTable(
+            version.dim,
+            version.prior,
+            version.link,
+            learning_rate=config.learning_rate,
+            capacity=len(version.users.ids) + 1024,
+        )
         baseline.load_trained(version.users)
         self.table: SharedUserTable = SharedUserTable(store, f"{version.name}/{version.version}", baseline)
         self.replayed = self._learn_logs(self.table, upto_lsn)
@@ -112,8 +127,9 @@ class SharedUserState(UserState):
         table = SharedUserTable(self.table.store, self.table.namespace, self.table.baseline)
         replayed = self._learn_logs(table, self._log.sync())
         self.table = table
-        log.warning("%s: rebuilt users' state in Redis from the logs after it was lost (%d observations)",
-                    self.name, replayed)
+        log.warning(
+            "%s: rebuilt users' state in Redis from the logs after it was lost (%d observations)", self.name, replayed
+        )
         return replayed
 
     def _learn_logs(self, table: SharedUserTable, own_upto: int) -> int:
@@ -139,9 +155,17 @@ class SharedUserState(UserState):
     def _learn_records(self, table: SharedUserTable, instance: str, records: list[ObservationRecord]) -> int:
         lookup = self.version.catalog.lookup
         known = [(r, row) for r in records if (row := lookup(r.item)) is not None]  # unknown items: nothing to learn
-        learned = table.learn(
-            instance, [r.lsn for r, _ in known], [r.user for r, _ in known],
-            np.array([row for _, row in known], dtype=np.int64), np.array([r.score for r, _ in known]), self._features,
-        ).size if known else 0
+        learned = (
+            table.learn(
+                instance,
+                [r.lsn for r, _ in known],
+                [r.user for r, _ in known],
+                np.array([row for _, row in known], dtype=np.int64),
+                np.array([r.score for r, _ in known]),
+                self._features,
+            ).size
+            if known
+            else 0
+        )
         table.raise_hint(instance, records[-1].lsn)
         return learned

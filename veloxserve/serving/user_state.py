@@ -87,5 +87,13 @@ class UserState(ABC):
 class UserStateFactory(Protocol):
     """Builds (and recovers) the user state of a version about to be served."""
 
-    def __call__(self, version: ModelVersion, store: UserStore, obs_log: ObservationLog, config: ServingConfig,
-                 *, upto_lsn: int, on_errors: ErrorsListener) -> UserState: ...
+    def __call__(
+        self,
+        version: ModelVersion,
+        store: UserStore,
+        obs_log: ObservationLog,
+        config: ServingConfig,
+        *,
+        upto_lsn: int,
+        on_errors: ErrorsListener,
+    ) -> UserState: ...

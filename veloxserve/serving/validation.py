@@ -27,8 +27,12 @@ def score_in_range(value: Any, field: str, where: str, low: float, high: float) 
     score = finite_score(value, field, where)
     if not low <= score <= high:
         raise invalid_parameter(
-            field, where, f"a number in [{low:g}, {high:g}], this model version's score range (set at training "
-            "from its data; retrain with `veloxserve train --score-range LO HI` to change it)", value)
+            field,
+            where,
+            f"a number in [{low:g}, {high:g}], this model version's score range (set at training "
+            "from its data; retrain with `veloxserve train --score-range LO HI` to change it)",
+            value,
+        )
     return score
 
 
@@ -38,7 +42,8 @@ def finite_outputs(scores: Any, what: str) -> Any:
     if not np.isfinite(scores).all():
         raise ModelStateInvalid(
             f"The model computed a non-finite score for {what}; its learned state for this user is broken. "
-            "Forget the user (DELETE /users/{user}) or retrain the model; other users are unaffected.")
+            "Forget the user (DELETE /users/{user}) or retrain the model; other users are unaffected."
+        )
     return scores
 
 
@@ -52,9 +57,7 @@ def batch_size(size: int, limit: int, field: str, where: str) -> None:
     if size == 0:
         raise invalid_parameter(field, where, f"a non-empty list of at most {limit} entries", [])
     if size > limit:
-        raise invalid_parameter(
-            field, where, f"a list of at most {limit} entries (split the batch)", f"{size} entries"
-        )
+        raise invalid_parameter(field, where, f"a list of at most {limit} entries (split the batch)", f"{size} entries")
 
 
 MAX_TEXT_CHARS = 100_000
@@ -67,5 +70,7 @@ def item_text(value: Any, field: str, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise invalid_parameter(field, where, "a non-empty string (the item's text)", value)
     if len(value) > MAX_TEXT_CHARS:
-        raise invalid_parameter(field, where, f"a text of at most {MAX_TEXT_CHARS} characters", f"{len(value)} characters")
+        raise invalid_parameter(
+            field, where, f"a text of at most {MAX_TEXT_CHARS} characters", f"{len(value)} characters"
+        )
     return value

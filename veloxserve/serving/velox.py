@@ -49,8 +49,15 @@ __all__ = ["DURABLE_TIMEOUT_S", "Velox", "check_model_name"]
 class Velox:
     """Serve, learn and train every model under `home`."""
 
-    def __init__(self, home: str | Path, *, config: ServingConfig | None = None, store: UserStore | None = None,
-                 instance: str | None = None, home_lock: HomeLock | None = None) -> None:
+    def __init__(
+        self,
+        home: str | Path,
+        *,
+        config: ServingConfig | None = None,
+        store: UserStore | None = None,
+        instance: str | None = None,
+        home_lock: HomeLock | None = None,
+    ) -> None:
         """`store`: where users' state lives (default: LMDB in the home). A shared store
         (RedisUserStore) makes Redis the state shared by several processes serving this home, each with its own
         `instance` id (its own observation log and lock); see serving/backend.py. `home_lock`:
@@ -65,8 +72,12 @@ class Velox:
             self._backend: Backend = open_backend(self.layout, self.config, store, instance)
             self.feature_cache = FeatureCache(self.config.feature_cache_bytes)  # shared by every model
             self._models = ModelSet(self.layout, self.config, self._backend, self.feature_cache)
-            self._forgetting = Forgetting(self._models, self._backend.store, self.layout,
-                                          forgotten=lambda model, user: self.retrainer.forgotten(model, user))
+            self._forgetting = Forgetting(
+                self._models,
+                self._backend.store,
+                self.layout,
+                forgotten=lambda model, user: self.retrainer.forgotten(model, user),
+            )
             self.retrainer = Retrainer(self._models, self.layout, scrub=self._forgetting.scrub)
             self._models.on_feedback = self.retrainer.on_feedback
             self._decision_logs: dict[str, DecisionLog] = {}
@@ -170,7 +181,13 @@ class Velox:
         return self.server(model).predict_text(queries).tolist()
 
     def top_k(
-        self, model: str, user: Id, k: int, *, candidates: Sequence[Id] | None = None, exclude_seen: bool = False,
+        self,
+        model: str,
+        user: Id,
+        k: int,
+        *,
+        candidates: Sequence[Id] | None = None,
+        exclude_seen: bool = False,
         filter: str | None = None,
     ) -> list[tuple[Id, float]]:
         """The k best items for a user, best first (greedy). The list is logged as a decision."""
@@ -178,8 +195,17 @@ class Velox:
         return list(zip(rec.items, rec.scores))
 
     def recommend(
-        self, model: str, user: Id, k: int, *, candidates: Sequence[Id] | None = None, exclude_seen: bool = False,
-        filter: str | None = None, policy: str | None = None, epsilon: float | None = None, alpha: float | None = None,
+        self,
+        model: str,
+        user: Id,
+        k: int,
+        *,
+        candidates: Sequence[Id] | None = None,
+        exclude_seen: bool = False,
+        filter: str | None = None,
+        policy: str | None = None,
+        epsilon: float | None = None,
+        alpha: float | None = None,
     ) -> Recommendation:
         """A top-k list under an exploration policy (greedy, epsilon_greedy, linucb, thompson).
 
@@ -187,17 +213,30 @@ class Velox:
         returned `decision` id with the observations that answer it (`observe(..., decision=)`),
         so off-policy estimates can join what was shown with what users did."""
         server = self.server(model)
-        rec = server.recommend(user, k, candidates=candidates, exclude_seen=exclude_seen, filter=filter,
-                               policy=ExplorationPolicy.parse(policy, epsilon, alpha))
+        rec = server.recommend(
+            user,
+            k,
+            candidates=candidates,
+            exclude_seen=exclude_seen,
+            filter=filter,
+            policy=ExplorationPolicy.parse(policy, epsilon, alpha),
+        )
         rec.decision = new_decision_id()
         rec.model_version = server.version_id
         items = [str(i) for i in rec.items]
         self._models.recent_decisions(model).remember(rec.decision, rec.user, items)
-        self._decision_log(model).append({
-            "decision": rec.decision, "ts": time.time(), "model_version": server.version_id, "user": rec.user,
-            "policy": rec.policy.describe(), "items": items, "scores": rec.scores,
-            "propensities": rec.propensities,
-        })
+        self._decision_log(model).append(
+            {
+                "decision": rec.decision,
+                "ts": time.time(),
+                "model_version": server.version_id,
+                "user": rec.user,
+                "policy": rec.policy.describe(),
+                "items": items,
+                "scores": rec.scores,
+                "propensities": rec.propensities,
+            }
+        )
         return rec
 
     def decision_log_dir(self, model: str) -> Path:
@@ -232,8 +271,9 @@ class Velox:
             except ServerRetired:  # a swap happened between looking the server up and its lock
                 continue
 
-    def observe(self, model: str, user: Id, item: Id, score: float, *, decision: str | None = None,
-                id: str | None = None) -> Receipt:
+    def observe(
+        self, model: str, user: Id, item: Id, score: float, *, decision: str | None = None, id: str | None = None
+    ) -> Receipt:
         """Learn one observation and return once it is durable (its log sequence number).
         `decision`: the id of the served list this answers, from `recommend`. `id`: an idempotency
         key; a retry with the same key is acknowledged (`.duplicates == 1`) without being learned again."""
@@ -256,8 +296,10 @@ class Velox:
         while pending := [o for o in pending if not state.learned(o.instance, o.user, o.lsn)]:
             if time.monotonic() >= deadline:
                 first = pending[0]
-                raise StoreUnavailable(f"Observation {first.lsn} of instance {first.instance!r}, which this retry "
-                                       f"repeats, was not learned within {timeout} s; retry later.")
+                raise StoreUnavailable(
+                    f"Observation {first.lsn} of instance {first.instance!r}, which this retry "
+                    f"repeats, was not learned within {timeout} s; retry later."
+                )
             time.sleep(0.02)
 
     def observation_log(self, model: str) -> ObservationLog:
@@ -269,8 +311,9 @@ class Velox:
         return self._models.acknowledgement(model)
 
     # ---- versions ------------------------------------------------------------------------
-    def train(self, model: str, ratings: Any, config: Any = None, *, items: str | Path | None = None,
-              progress: bool = False) -> dict[str, Any]:
+    def train(
+        self, model: str, ratings: Any, config: Any = None, *, items: str | Path | None = None, progress: bool = False
+    ) -> dict[str, Any]:
         """Train a new version from a ratings file or `Ratings`, make it active and serve it.
         `items`: an item table (CSV/Parquet, `item` column) of filter attributes and, in a `text`
         column, the texts that train content features."""
@@ -281,8 +324,15 @@ class Velox:
         self.activate(model, meta["version"])
         return meta
 
-    def retrain(self, model: str, *, reason: str = "manual", promote: str = "if_better",
-                overrides: dict[str, Any] | None = None, wait: bool = False) -> RetrainJob:
+    def retrain(
+        self,
+        model: str,
+        *,
+        reason: str = "manual",
+        promote: str = "if_better",
+        overrides: dict[str, Any] | None = None,
+        wait: bool = False,
+    ) -> RetrainJob:
         """Retrain θ from the base data and the log in a background process; 409 if one runs.
 
         Serving and online learning go on meanwhile; the new version is promoted when it beats

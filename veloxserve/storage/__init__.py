@@ -5,4 +5,12 @@ from veloxserve.storage.observation_log import ObservationLog, ObservationRecord
 from veloxserve.storage.sqlite_store import SQLiteUserStore
 from veloxserve.storage.user_store import Checkpoint, MemoryUserStore, UserStore
 
-__all__ = ["Checkpoint", "LMDBUserStore", "MemoryUserStore", "ObservationLog", "ObservationRecord", "SQLiteUserStore", "UserStore"]
+__all__ = [
+    "Checkpoint",
+    "LMDBUserStore",
+    "MemoryUserStore",
+    "ObservationLog",
+    "ObservationRecord",
+    "SQLiteUserStore",
+    "UserStore",
+]

@@ -36,9 +36,16 @@ def _layout(directory: Path) -> FilesByDay:
 class DecisionLog(DurableLog):
     def __init__(self, directory: Path, *, flush_seconds: float = 0.2) -> None:
         self.directory = Path(directory)
-        super().__init__(_layout(self.directory), f"decision log in {self.directory}", fsync=False,
-                         commit_delay=flush_seconds, linger_always=True, on_failure=OnFailure.RETRY,
-                         resumes="decisions are written again", thread_name="decision-log")
+        super().__init__(
+            _layout(self.directory),
+            f"decision log in {self.directory}",
+            fsync=False,
+            commit_delay=flush_seconds,
+            linger_always=True,
+            on_failure=OnFailure.RETRY,
+            resumes="decisions are written again",
+            thread_name="decision-log",
+        )
 
     def append(self, record: dict[str, Any]) -> int:
         """Log one decision; returns its LSN. Never waits for the disk."""

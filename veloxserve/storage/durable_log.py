@@ -55,10 +55,20 @@ class DurableLog:
     _PROBE_S = 0.2  # while the disk refuses writes, let one batch through this often to notice it healed
     _RETRY_KEPT = 100_000  # records kept for a retry while the disk refuses them (OnFailure.RETRY)
 
-    def __init__(self, layout: Layout, name: str, *, fsync: bool = True, commit_delay: float = 0.0,
-                 linger_always: bool = False, on_failure: OnFailure = OnFailure.REFUSE,
-                 refusal: str = "nothing was acknowledged", resumes: str = "appends are accepted again",
-                 on_recovered: Callable[[Entry], None] | None = None, thread_name: str = "log") -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        name: str,
+        *,
+        fsync: bool = True,
+        commit_delay: float = 0.0,
+        linger_always: bool = False,
+        on_failure: OnFailure = OnFailure.REFUSE,
+        refusal: str = "nothing was acknowledged",
+        resumes: str = "appends are accepted again",
+        on_recovered: Callable[[Entry], None] | None = None,
+        thread_name: str = "log",
+    ) -> None:
         self.layout = layout
         self.name = name  # "observation log in <directory>": the subject of every message
         self._refusal, self._resumes = refusal, resumes
@@ -137,8 +147,12 @@ class DurableLog:
         (its tail was lost) must never see those numbers reused for new records."""
         with self._lock:
             if lsn > self._last_lsn:
-                log.error("%s: the log ends at LSN %d but state claims LSN %d; new records are numbered above it",
-                          self.name, self._last_lsn, lsn)
+                log.error(
+                    "%s: the log ends at LSN %d but state claims LSN %d; new records are numbered above it",
+                    self.name,
+                    self._last_lsn,
+                    lsn,
+                )
                 self._last_lsn = lsn
                 with self._durable:
                     self._durable_lsn = max(self._durable_lsn, lsn)
@@ -206,8 +220,9 @@ class DurableLog:
         """Block until every record up to `lsn` is fsynced; StoreUnavailable if its batch was refused."""
         with self._durable:
             if not self._durable.wait_for(lambda: self._durable_lsn >= lsn or self.refused(lsn) is not None, timeout):
-                raise StoreUnavailable(f"The {self.name} did not make LSN {lsn} durable "
-                                       f"within {timeout} s; the disk may be stalled.")
+                raise StoreUnavailable(
+                    f"The {self.name} did not make LSN {lsn} durable within {timeout} s; the disk may be stalled."
+                )
         refused = self.refused(lsn)
         if refused is not None:
             raise refused
@@ -277,8 +292,11 @@ class DurableLog:
         kind = InsufficientStorage if full else StoreUnavailable
         retry = self._on_failure is OnFailure.RETRY
         outcome = "its records are kept and written again" if retry else self._refusal
-        error = kind(f"The {self.name} could not be written ({exc.strerror or exc}); {outcome}. "
-                     + ("Free space on that disk; " if full else "") + f"{self._resumes} as soon as a write succeeds.")
+        error = kind(
+            f"The {self.name} could not be written ({exc.strerror or exc}); {outcome}. "
+            + ("Free space on that disk; " if full else "")
+            + f"{self._resumes} as soon as a write succeeds."
+        )
         if self._failure is None:
             log.error("%s", error.message)
         with self._lock:
@@ -320,7 +338,7 @@ class DurableLog:
         view, size = memoryview(data), self._file_size
         try:
             while view:
-                view = view[self._file.write(view):]
+                view = view[self._file.write(view) :]
             if self._fsync:
                 os.fdatasync(self._file.fileno())
         except OSError:

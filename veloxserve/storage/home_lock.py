@@ -19,9 +19,7 @@ class HomeLock:
         except BlockingIOError:
             owner = os.pread(self._fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(self._fd)
-            raise Conflict(
-                f"{path.parent} is in use by another veloxserve process (pid {owner}). {advice}"
-            ) from None
+            raise Conflict(f"{path.parent} is in use by another veloxserve process (pid {owner}). {advice}") from None
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, str(os.getpid()).encode(), 0)
 

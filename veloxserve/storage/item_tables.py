@@ -24,8 +24,9 @@ def read_item_table(path: Path) -> pa.Table:
     except (pa.ArrowException, OSError) as exc:
         raise InvalidInput(f"Cannot read item attributes from {path}: {exc}.", field="attributes") from None
     if "item" not in table.column_names:
-        raise InvalidInput(f"Item attributes in {path} need an 'item' column (found {table.column_names}).",
-                           field="attributes")
+        raise InvalidInput(
+            f"Item attributes in {path} need an 'item' column (found {table.column_names}).", field="attributes"
+        )
     return table
 
 

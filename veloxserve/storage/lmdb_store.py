@@ -103,7 +103,7 @@ class LMDBUserStore(UserStore):
                     for key, value in cursor:
                         if not key.startswith(prefix):
                             break
-                        found.append((key[len(prefix):].decode(), bytes(value)))
+                        found.append((key[len(prefix) :].decode(), bytes(value)))
         except lmdb.Error as exc:
             raise StoreUnavailable(f"User store {self.path} failed: {exc}.") from exc
         yield from found

@@ -35,13 +35,19 @@ from veloxserve.storage.atomic import fsync_dir, replace_atomically
 from veloxserve.storage.home_lock import HomeLock
 from veloxserve.storage.observation_log import read_log
 
-SCHEMA = pa.schema([
-    ("lsn", pa.int64()), ("user", pa.string()), ("item", pa.string()), ("score", pa.float64()),
-    ("timestamp", pa.timestamp("us", tz="UTC")), ("model_version", pa.string()),
-    ("decision", pa.string()),  # serving context: the decision-log id of the list this answers, if any
-    ("id", pa.string()),  # the client's idempotency key, if it sent one
-    ("date", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("lsn", pa.int64()),
+        ("user", pa.string()),
+        ("item", pa.string()),
+        ("score", pa.float64()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("model_version", pa.string()),
+        ("decision", pa.string()),  # serving context: the decision-log id of the list this answers, if any
+        ("id", pa.string()),  # the client's idempotency key, if it sent one
+        ("date", pa.string()),
+    ]
+)
 MANIFEST = "_veloxserve_export.json"
 LOCK = "_veloxserve_export.lock"
 _FILE = re.compile(r"lsn-(\d{20})-(\d{20})-\d+\.parquet")
@@ -75,30 +81,39 @@ def _export(log_dir: Path, out_dir: Path, after_lsn: int) -> dict[str, Any]:
     if not len(keep):
         return {"rows": 0, "first_lsn": None, "last_lsn": last_read, "files": []}
     table = _table([records[i] for i in keep], lsn[keep])
-    written = [_write_partition(out_dir, table.filter(pc.equal(table["date"], day)), day)
-               for day in pc.unique(table["date"]).to_pylist()]
+    written = [
+        _write_partition(out_dir, table.filter(pc.equal(table["date"], day)), day)
+        for day in pc.unique(table["date"]).to_pylist()
+    ]
     # Claimed only now, once every file is in place: (after_lsn, last_read] is held from here on.
     fsync_dir(out_dir)  # new date= directories are durable before the manifest names their files
     ranges.append((after_lsn, last_read))
     _write_manifest(out_dir, ranges, files + [str(path.relative_to(out_dir)) for path in written])
-    return {"rows": int(table.num_rows), "first_lsn": int(lsn[keep[0]]), "last_lsn": int(lsn[keep[-1]]),
-            "files": sorted(str(path) for path in written)}
+    return {
+        "rows": int(table.num_rows),
+        "first_lsn": int(lsn[keep[0]]),
+        "last_lsn": int(lsn[keep[-1]]),
+        "files": sorted(str(path) for path in written),
+    }
 
 
 def _table(records: list, lsn: np.ndarray) -> pa.Table:
     seconds = np.fromiter((r.timestamp for r in records), dtype=np.float64, count=len(records))
     stamps = (seconds * 1e6).astype("datetime64[us]")
-    return pa.table({
-        "lsn": lsn,
-        "user": [r.user for r in records],
-        "item": [r.item for r in records],
-        "score": np.fromiter((r.score for r in records), dtype=np.float64, count=len(records)),
-        "timestamp": pa.array(stamps, type=pa.timestamp("us", tz="UTC")),
-        "model_version": [r.version for r in records],
-        "decision": [r.decision for r in records],
-        "id": [r.id for r in records],
-        "date": stamps.astype("datetime64[D]").astype(str),
-    }, schema=SCHEMA)
+    return pa.table(
+        {
+            "lsn": lsn,
+            "user": [r.user for r in records],
+            "item": [r.item for r in records],
+            "score": np.fromiter((r.score for r in records), dtype=np.float64, count=len(records)),
+            "timestamp": pa.array(stamps, type=pa.timestamp("us", tz="UTC")),
+            "model_version": [r.version for r in records],
+            "decision": [r.decision for r in records],
+            "id": [r.id for r in records],
+            "date": stamps.astype("datetime64[D]").astype(str),
+        },
+        schema=SCHEMA,
+    )
 
 
 def _write_partition(out_dir: Path, part: pa.Table, day: str) -> Path:
@@ -128,8 +143,11 @@ def _committed(out_dir: Path) -> tuple[list[tuple[int, int]], list[str]]:
         ranges = [(int(low), int(high)) for low, high in state["ranges"]]
         listed = [str(name) for name in state["files"]]
     except (ValueError, KeyError, TypeError) as exc:
-        raise Conflict(f"{manifest} is damaged ({exc}): it says which observations {out_dir} holds. "
-                       "Export into a new directory, or delete this one and export again.", field="out") from exc
+        raise Conflict(
+            f"{manifest} is damaged ({exc}): it says which observations {out_dir} holds. "
+            "Export into a new directory, or delete this one and export again.",
+            field="out",
+        ) from exc
     known = set(listed)
     for path in _data_files(out_dir):
         if str(path.relative_to(out_dir)) not in known:

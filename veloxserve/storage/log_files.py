@@ -39,8 +39,9 @@ class Layout(Protocol):
 class SegmentsBySequence:
     """Segments named by their first LSN, a new one started at a batch boundary past `segment_bytes`."""
 
-    def __init__(self, directory: Path, segment_bytes: int = 64 << 20, prefix: str = "segment-",
-                 suffix: str = ".log") -> None:
+    def __init__(
+        self, directory: Path, segment_bytes: int = 64 << 20, prefix: str = "segment-", suffix: str = ".log"
+    ) -> None:
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
         self.prefix, self.suffix = prefix, suffix
@@ -145,8 +146,9 @@ def scan(path: Path, last_file: bool, previous: int = 0) -> Iterator[Entry | fra
             yield Entry(lsn, record, found.offset)
 
 
-def read(layout: Layout, after_lsn: int = 0, upto_lsn: int | None = None, *, report: str | None = None
-         ) -> Iterator[Entry]:
+def read(
+    layout: Layout, after_lsn: int = 0, upto_lsn: int | None = None, *, report: str | None = None
+) -> Iterator[Entry]:
     """Records with after_lsn < lsn <= upto_lsn, in order, read-only: safe while a writer
     appends. Damage is skipped (reported when the log was opened, or here as `report` says, for
     readers of a log no process opens); a torn tail ends it."""

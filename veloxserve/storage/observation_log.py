@@ -42,8 +42,9 @@ class ObservationRecord:
     id: str | None = None  # the client's idempotency key: rebuilds serving/idempotency's window at start
 
 
-def _body(ts: float, user: str, item: str, score: float, version: str, decision: str | None = None,
-          key: str | None = None) -> bytes:
+def _body(
+    ts: float, user: str, item: str, score: float, version: str, decision: str | None = None, key: str | None = None
+) -> bytes:
     """One observation as JSON, without its LSN (the log writes that in)."""
     record: dict[str, Any] = {"ts": ts, "user": user, "item": item, "score": score, "version": version}
     if decision is not None:
@@ -62,8 +63,9 @@ def _record(lsn: int, d: dict[str, Any]) -> ObservationRecord | None:
     if d.get("erased"):
         return ObservationRecord(lsn, 0.0, "", "", 0.0, "", True)
     try:
-        return ObservationRecord(lsn, d["ts"], d["user"], d["item"], d["score"], d["version"], False,
-                                 d.get("decision"), d.get("id"))
+        return ObservationRecord(
+            lsn, d["ts"], d["user"], d["item"], d["score"], d["version"], False, d.get("decision"), d.get("id")
+        )
     except KeyError:
         return None
 
@@ -139,9 +141,15 @@ class ObservationLog(DurableLog):
         self, directory: Path, *, fsync: bool = True, segment_bytes: int = 64 << 20, commit_delay: float = 0.0
     ) -> None:
         self.directory = Path(directory)
-        super().__init__(SegmentsBySequence(self.directory, segment_bytes), f"observation log in {self.directory}",
-                         fsync=fsync, commit_delay=commit_delay, refusal="nothing was acknowledged or learned",
-                         resumes="observe is accepted again", thread_name=f"log-{self.directory.parent.name}")
+        super().__init__(
+            SegmentsBySequence(self.directory, segment_bytes),
+            f"observation log in {self.directory}",
+            fsync=fsync,
+            commit_delay=commit_delay,
+            refusal="nothing was acknowledged or learned",
+            resumes="observe is accepted again",
+            thread_name=f"log-{self.directory.parent.name}",
+        )
 
     def append(self, rows: Sequence[tuple]) -> int:
         """Queue (user, item, score, version[, decision[, id]]) rows and return their last LSN at once.

@@ -14,7 +14,9 @@ def write_pointer(path: Path, value: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         replace_atomically(path, lambda fh: fh.write(value.encode("utf-8")))
     except OSError as exc:
-        raise StoreUnavailable(f"Cannot write {path}: {exc}. Check the home directory's permissions and free space.") from exc
+        raise StoreUnavailable(
+            f"Cannot write {path}: {exc}. Check the home directory's permissions and free space."
+        ) from exc
 
 
 def read_pointer(path: Path) -> str | None:

@@ -46,7 +46,6 @@ return out
 """
 
 
-
 class RedisKeyClaims:
     """The idempotency keys of one namespace, claimed by instance `instance`."""
 
@@ -60,8 +59,9 @@ class RedisKeyClaims:
     def _key(self, key: str) -> str:
         return self._store.key(self._namespace, f"k:{key}")
 
-    def claim(self, keys: Sequence[str | None], users: Sequence[str], next_lsn: int, *, ttl: int,
-              durable_lsn: int) -> list[tuple[str, int, str] | None]:
+    def claim(
+        self, keys: Sequence[str | None], users: Sequence[str], next_lsn: int, *, ttl: int, durable_lsn: int
+    ) -> list[tuple[str, int, str] | None]:
         """Claim a batch's keys in order, as if its rows were logged from `next_lsn` on; per row
         None (to be logged) or the (instance, LSN, user) of the original the key names. Claims up
         to `durable_lsn` are in the log for good; later ones at or after `next_lsn` were never

@@ -56,19 +56,26 @@ class RedisSettings:
         """`redis://host:port/db[?prefix=name]`: the prefix is ours, the rest is redis-py's."""
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
-            raise InvalidInput(f"The 'store' parameter of serve must be a redis:// URL or 'lmdb'. Got {url!r} instead.",
-                               field="store")
+            raise InvalidInput(
+                f"The 'store' parameter of serve must be a redis:// URL or 'lmdb'. Got {url!r} instead.", field="store"
+            )
         query = dict(parse_qsl(parts.query))
         prefix = query.pop("prefix", "vx")
         if not prefix or any(c in prefix for c in "{}: "):
-            raise InvalidInput(f"The 'prefix' of the Redis URL must be a non-empty name without braces, colons or "
-                               f"spaces. Got {prefix!r} instead.", field="store")
+            raise InvalidInput(
+                f"The 'prefix' of the Redis URL must be a non-empty name without braces, colons or "
+                f"spaces. Got {prefix!r} instead.",
+                field="store",
+            )
         return cls(url=urlunsplit(parts._replace(query=urlencode(query))), prefix=prefix)
 
     def connect(self) -> redis.Redis:
         return redis.Redis.from_url(
-            self.url, socket_timeout=self.socket_timeout, socket_connect_timeout=self.connect_timeout,
-            retry=_retry(self.policy), health_check_interval=30,
+            self.url,
+            socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.connect_timeout,
+            retry=_retry(self.policy),
+            health_check_interval=30,
         )
 
     @property
@@ -94,7 +101,9 @@ class RedisProbe:
 
     def __init__(self, settings: RedisSettings) -> None:
         self._client = redis.Redis.from_url(
-            settings.url, socket_timeout=settings.socket_timeout, socket_connect_timeout=settings.connect_timeout,
+            settings.url,
+            socket_timeout=settings.socket_timeout,
+            socket_connect_timeout=settings.connect_timeout,
             retry=Retry(NoBackoff(), 0),
         )
 

@@ -120,8 +120,10 @@ class RedisStateSpace:
     def for_update(self, users: Sequence[str], instance: str) -> list[StoredUser]:
         """What compare-and-set needs of each user: state, version, `instance`'s mark, generation."""
         found = self._fields(users, (STATE, _VERSION, f"@{instance}", _GENERATION), "reading users' state")
-        return [StoredUser(state, int(version or 0), int(mark or 0), generation)
-                for state, version, mark, generation in found]
+        return [
+            StoredUser(state, int(version or 0), int(mark or 0), generation)
+            for state, version, mark, generation in found
+        ]
 
     def _fields(self, users: Sequence[str], fields: tuple[str, ...], doing: str) -> list[tuple[bytes | None, ...]]:
         with self._store.unavailable(doing):
@@ -137,9 +139,14 @@ class RedisStateSpace:
         if not writes:
             return []
         mark = f"@{instance}"
-        return [int(r) for r in self._store.run_script(_COMPARE_AND_SET, [
-            (self._user(w.user), w.version, w.state, w.weights, mark, w.lsn, generation) for w in writes
-        ], "learning observations")]
+        return [
+            int(r)
+            for r in self._store.run_script(
+                _COMPARE_AND_SET,
+                [(self._user(w.user), w.version, w.state, w.weights, mark, w.lsn, generation) for w in writes],
+                "learning observations",
+            )
+        ]
 
     # ---- users beyond the trained ones ---------------------------------------------------
     def add_new_users(self, users: Sequence[str]) -> int:

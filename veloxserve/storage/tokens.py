@@ -106,7 +106,9 @@ class TokenStore:
     def create(self, name: str = "", scope: str = ADMIN) -> str:
         """A new token; returns the only copy of its secret."""
         if scope != ADMIN and not (scope.startswith("model:") and len(scope) > len("model:")):
-            raise InvalidInput(f"A token scope must be 'admin' or 'model:<name>'. Got {scope!r} instead.", field="scope")
+            raise InvalidInput(
+                f"A token scope must be 'admin' or 'model:<name>'. Got {scope!r} instead.", field="scope"
+            )
         secret, salt = secrets.token_urlsafe(32), secrets.token_hex(16)
         created = datetime.now(UTC).isoformat(timespec="seconds")
         with self._changing():

@@ -36,7 +36,9 @@ class VersionStore:
     def versions(self) -> list[str]:
         if not self.directory.is_dir():
             return []
-        found = [(n, p.name) for p in self.directory.iterdir() if (n := _number(p.name)) is not None and (p / META).exists()]
+        found = [
+            (n, p.name) for p in self.directory.iterdir() if (n := _number(p.name)) is not None and (p / META).exists()
+        ]
         return [name for _, name in sorted(found)]
 
     def latest(self) -> str | None:
@@ -68,8 +70,14 @@ class VersionStore:
             shutil.rmtree(path, ignore_errors=True)
         return len(stale)
 
-    def write(self, arrays: dict[str, np.ndarray], meta: dict[str, Any], *, version: str | None = None,
-              files: Mapping[str, Writer] | None = None) -> str:
+    def write(
+        self,
+        arrays: dict[str, np.ndarray],
+        meta: dict[str, Any],
+        *,
+        version: str | None = None,
+        files: Mapping[str, Writer] | None = None,
+    ) -> str:
         """Store a new version; returns its id (v1, v2, …). With `version` (from `reserve`), fill
         that reserved id instead of taking the next one. `files` are other files of the version
         (name → what writes it: a Clipper model file), written and fsynced like the arrays."""

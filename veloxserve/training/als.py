@@ -121,8 +121,12 @@ def _features(V: np.ndarray, b: np.ndarray, mu: float) -> np.ndarray:
 
 
 def train_als(
-    train: Ratings, config: ALSConfig, heldout: Ratings | None = None, progress: bool = False,
-    link: Callable[[np.ndarray], np.ndarray] | None = None, items: np.ndarray | None = None,
+    train: Ratings,
+    config: ALSConfig,
+    heldout: Ratings | None = None,
+    progress: bool = False,
+    link: Callable[[np.ndarray], np.ndarray] | None = None,
+    items: np.ndarray | None = None,
     final_users: Ratings | None = None,
 ) -> TrainedFactors:
     """Fit θ = (V, b) and every trained user's ridge statistics against it.
@@ -167,7 +171,9 @@ def train_als(
         sweeps.set_postfix(loss=f"{loss:.4g}", rmse=f"{np.sqrt(sse.sum() / len(y)):.4f}")
         w0 = W.mean(axis=0)
         target = (y - W[u, r] * mu - W[u, r + 1])[i_order]
-        theta, _, _, _ = _group_ridge(i_ptr, i_users, np.ascontiguousarray(W[:, : r + 1]), target, item_reg, no_prior, False)
+        theta, _, _, _ = _group_ridge(
+            i_ptr, i_users, np.ascontiguousarray(W[:, : r + 1]), target, item_reg, no_prior, False
+        )
         V, b = theta[:, :r], theta[:, r]
 
     F = _features(V, b, mu)
@@ -176,8 +182,9 @@ def train_als(
     heldout_rmse, heldout_rows, skipped = _heldout_rmse(heldout, user_ids, item_ids, W, w0, F, link)
     arrays = {"item_ids": item_ids, "item_factors": V, "item_bias": b, "prior_mean": w0, "prior_precision": lam_u}
     arrays.update(solve_users(train if final_users is None else final_users, item_ids, F, lam_u, w0))
-    return TrainedFactors(arrays, mu, train_rmse, heldout_rmse, heldout_rows, skipped, losses,
-                          time.perf_counter() - started)
+    return TrainedFactors(
+        arrays, mu, train_rmse, heldout_rmse, heldout_rows, skipped, losses, time.perf_counter() - started
+    )
 
 
 def solve_users(
@@ -193,17 +200,30 @@ def solve_users(
     seen = rows[known][order].astype(np.int64)
     reg = np.repeat(prior_precision[None, :], len(user_ids), axis=0)
     W, grams, rhss, _ = _group_ridge(
-        indptr, seen, np.ascontiguousarray(F), ratings.scores[known][order].astype(np.float64), reg,
-        prior_precision * prior_mean, True,
+        indptr,
+        seen,
+        np.ascontiguousarray(F),
+        ratings.scores[known][order].astype(np.float64),
+        reg,
+        prior_precision * prior_mean,
+        True,
     )
     return {
-        "user_ids": user_ids, "user_weights": W, "user_gram": grams, "user_rhs": rhss,
-        "user_counts": np.diff(indptr), "seen_indptr": indptr, "seen_items": seen,
+        "user_ids": user_ids,
+        "user_weights": W,
+        "user_gram": grams,
+        "user_rhs": rhss,
+        "user_counts": np.diff(indptr),
+        "seen_indptr": indptr,
+        "seen_items": seen,
     }
 
 
 def theta_rmse(
-    arrays: dict[str, np.ndarray], global_mean: float, train: Ratings, heldout: Ratings,
+    arrays: dict[str, np.ndarray],
+    global_mean: float,
+    train: Ratings,
+    heldout: Ratings,
     link: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[float | None, np.ndarray]:
     """Held-out RMSE of a version's θ and prior with users re-solved on `train`; the second value
@@ -213,7 +233,9 @@ def theta_rmse(
     users = solve_users(train, item_ids, F, arrays["prior_precision"], arrays["prior_mean"])
     rows = np.searchsorted(item_ids, heldout.items)
     known = (rows < len(item_ids)) & (item_ids[np.minimum(rows, len(item_ids) - 1)] == heldout.items)
-    rmse, _, _ = _heldout_rmse(heldout, users["user_ids"], item_ids, users["user_weights"], arrays["prior_mean"], F, link)
+    rmse, _, _ = _heldout_rmse(
+        heldout, users["user_ids"], item_ids, users["user_weights"], arrays["prior_mean"], F, link
+    )
     return rmse, known
 
 

@@ -36,8 +36,12 @@ def _zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarr
 
 
 def generate_catify(
-    n_users: int = 2000, n_items: int = 5000, rank: int = 8, noise: float = 0.5,
-    n_ratings: int = 200_000, seed: int = 0,
+    n_users: int = 2000,
+    n_items: int = 5000,
+    rank: int = 8,
+    noise: float = 0.5,
+    n_ratings: int = 200_000,
+    seed: int = 0,
 ) -> CatifyData:
     rng = np.random.default_rng(seed)
     user_factors = rng.normal(scale=1.0 / np.sqrt(rank), size=(n_users, rank))
@@ -73,20 +77,27 @@ def catify_items(data: CatifyData, *, words_per_dim: int = 12, filler: int = 20,
     n_items, rank = data.item_factors.shape
     n_topic = 2 * rank + 2  # ± per dimension, then good and bad
     codes = rng.choice(len(_SYLLABLES) ** 3, size=n_topic * words_per_dim + 10 * filler, replace=False)
-    vocab = np.array(["".join(_SYLLABLES[c // 16 ** p % 16] for p in range(3)) for c in codes])
+    vocab = np.array(["".join(_SYLLABLES[c // 16**p % 16] for p in range(3)) for c in codes])
     topics, noise = vocab[: n_topic * words_per_dim].reshape(n_topic, words_per_dim), vocab[n_topic * words_per_dim :]
-    strength = np.concatenate([
-        np.maximum(data.item_factors, 0), np.maximum(-data.item_factors, 0),
-        np.maximum(data.item_bias, 0)[:, None] / 0.4, np.maximum(-data.item_bias, 0)[:, None] / 0.4,
-    ], axis=1)  # (n_items, n_topic), in units of the planted scales
+    strength = np.concatenate(
+        [
+            np.maximum(data.item_factors, 0),
+            np.maximum(-data.item_factors, 0),
+            np.maximum(data.item_bias, 0)[:, None] / 0.4,
+            np.maximum(-data.item_bias, 0)[:, None] / 0.4,
+        ],
+        axis=1,
+    )  # (n_items, n_topic), in units of the planted scales
     counts = rng.poisson(3.0 * strength)
     texts = []
     for item in range(n_items):  # generating a data set, not serving: a loop per song is fine here
         topic_rows = np.repeat(np.arange(n_topic), counts[item])
-        words = np.concatenate([
-            topics[topic_rows, rng.integers(0, words_per_dim, topic_rows.size)],
-            noise[rng.integers(0, noise.size, filler)],
-        ])
+        words = np.concatenate(
+            [
+                topics[topic_rows, rng.integers(0, words_per_dim, topic_rows.size)],
+                noise[rng.integers(0, noise.size, filler)],
+            ]
+        )
         texts.append(" ".join(rng.permutation(words)))
     genre = np.array(GENRES)[np.argmax(data.item_factors[:, : len(GENRES)], axis=1) % len(GENRES)]
     return {"item": [str(i) for i in range(n_items)], "genre": genre.tolist(), "text": texts}

@@ -41,8 +41,13 @@ def read_item_texts(path: Path) -> dict[str, str] | None:
 
 
 def fit_text_basis(
-    arrays: dict[str, np.ndarray], texts: dict[str, str], *, n_buckets: int = DEFAULT_BUCKETS,
-    ngram_max: int = DEFAULT_NGRAM_MAX, alpha: float = DEFAULT_ALPHA, seed: int = 0,
+    arrays: dict[str, np.ndarray],
+    texts: dict[str, str],
+    *,
+    n_buckets: int = DEFAULT_BUCKETS,
+    ngram_max: int = DEFAULT_NGRAM_MAX,
+    alpha: float = DEFAULT_ALPHA,
+    seed: int = 0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The basis B, shape (n_buckets, rank + 1), and a report for the version's meta.json.
 
@@ -70,8 +75,12 @@ def fit_text_basis(
     total = ((target[test] - target[test].mean(axis=0)) ** 2).sum()
     basis = np.ascontiguousarray(_ridge(design, target, alpha).coef_.T)  # (n_buckets, rank + 1)
     report = {
-        "kind": KIND, "n_buckets": n_buckets, "ngram_max": ngram_max, "alpha": alpha,
-        "items_with_text": int(rows.size), "heldout_items": int(n_test),
+        "kind": KIND,
+        "n_buckets": n_buckets,
+        "ngram_max": ngram_max,
+        "alpha": alpha,
+        "items_with_text": int(rows.size),
+        "heldout_items": int(n_test),
         "heldout_r2": float(1.0 - residual / total) if total > 0 else None,
     }
     return basis, report

@@ -64,11 +64,17 @@ def ips_estimate(
             returns.append(w * reward)
     unmatched = len(rewards) - len(matched)
     if used == 0:
-        return {"decisions": 0, "skipped_without_propensity": skipped, "ips": None, "snips": None,
-                "unmatched_observations": unmatched}
+        return {
+            "decisions": 0,
+            "skipped_without_propensity": skipped,
+            "ips": None,
+            "snips": None,
+            "unmatched_observations": unmatched,
+        }
     w, r = np.asarray(weights), np.asarray(returns)
     return {
-        "decisions": used, "skipped_without_propensity": skipped,
+        "decisions": used,
+        "skipped_without_propensity": skipped,
         "ips": float(r.sum() / used),
         "snips": float(r.sum() / w.sum() * (len(w) / used)) if w.sum() > 0 else None,
         "max_weight": float(w.max()) if w.size else None,

@@ -97,7 +97,8 @@ def _read_text(path: Path) -> pa.Table:
         )
     delimiter = "\t" if b"\t" in first else ","
     return pacsv.read_csv(
-        path, parse_options=pacsv.ParseOptions(delimiter=delimiter),
+        path,
+        parse_options=pacsv.ParseOptions(delimiter=delimiter),
         convert_options=pacsv.ConvertOptions(column_types=string_ids),
     )
 

@@ -49,7 +49,8 @@ def spark_session(master: str, app: str = "veloxserve-train"):
             "Spark also needs Java 17 or newer on PATH."
         ) from None
     session = (
-        SparkSession.builder.master(master).appName(app)
+        SparkSession.builder.master(master)
+        .appName(app)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", "8")
@@ -63,8 +64,13 @@ def spark_session(master: str, app: str = "veloxserve-train"):
 
 
 def train_version_spark(
-    layout: HomeLayout, model: str, ratings: str | Path | Ratings, config: ALSConfig | None = None, *,
-    master: str = "local[2]", reg_param: float = DEFAULT_REG_PARAM,
+    layout: HomeLayout,
+    model: str,
+    ratings: str | Path | Ratings,
+    config: ALSConfig | None = None,
+    *,
+    master: str = "local[2]",
+    reg_param: float = DEFAULT_REG_PARAM,
 ) -> dict[str, Any]:
     """Train θ with Spark MLlib ALS from a ratings file or Parquet directory; write the next version."""
     config = config or ALSConfig()
@@ -75,9 +81,16 @@ def train_version_spark(
         factors, data, test, info = fit_spark(spark, str(path), config, reg_param)
     meta = version_meta(model, config, Link.IDENTITY, factors, data, test, started)
     meta.update(
-        engine="spark", spark_master=master, spark_version=spark.version, reg=reg_param, reg_meaning="MLlib regParam",
-        source=str(ratings) if not isinstance(ratings, Ratings) else "in-memory ratings", log_position=0,
-        reason="manual", heldout_fraction=config.heldout_fraction, **info,
+        engine="spark",
+        spark_master=master,
+        spark_version=spark.version,
+        reg=reg_param,
+        reg_meaning="MLlib regParam",
+        source=str(ratings) if not isinstance(ratings, Ratings) else "in-memory ratings",
+        log_position=0,
+        reason="manual",
+        heldout_fraction=config.heldout_fraction,
+        **info,
     )
     version = VersionStore(layout.versions_dir(model)).write(factors.arrays, meta)
     save_base_data(layout, model, data)
@@ -98,7 +111,11 @@ def _as_parquet(ratings: str | Path | Ratings, scratch: Path) -> Path:
 
 
 def fit_spark(
-    spark, path: str, config: ALSConfig, reg_param: float, heldout_path: str | None = None,
+    spark,
+    path: str,
+    config: ALSConfig,
+    reg_param: float,
+    heldout_path: str | None = None,
 ) -> tuple[TrainedFactors, Ratings, Ratings, dict]:
     """θ from Spark, users solved locally; returns (factors, all ratings, held-out slice, info).
     Without `heldout_path`, `config.heldout_fraction` of the rows is held out at random."""
@@ -108,7 +125,8 @@ def fit_spark(
 
     def read(p: str):
         return spark.read.parquet(p).select(
-            sf.col("user").cast("string").alias("user"), sf.col("item").cast("string").alias("item"),
+            sf.col("user").cast("string").alias("user"),
+            sf.col("item").cast("string").alias("item"),
             sf.col("score").cast("double").alias("score"),
         )
 
@@ -120,7 +138,9 @@ def fit_spark(
         return out.withColumn("u", sf.col("u").cast("int")).withColumn("i", sf.col("i").cast("int"))
 
     if heldout_path is None:
-        train_df, test_df = index(frame).randomSplit([1 - config.heldout_fraction, config.heldout_fraction], seed=config.seed)
+        train_df, test_df = index(frame).randomSplit(
+            [1 - config.heldout_fraction, config.heldout_fraction], seed=config.seed
+        )
     else:
         train_df, test_df = index(frame), index(read(heldout_path))
     train_df = train_df.cache()
@@ -130,12 +150,20 @@ def fit_spark(
     )
     residual = train_df.join(bias_df.select("i", "b"), "i").withColumn("residual", sf.col("score") - mu - sf.col("b"))
     als = ALS(
-        rank=config.rank, maxIter=config.iterations, regParam=reg_param, userCol="u", itemCol="i",
-        ratingCol="residual", coldStartStrategy="drop", seed=config.seed, nonnegative=False,
+        rank=config.rank,
+        maxIter=config.iterations,
+        regParam=reg_param,
+        userCol="u",
+        itemCol="i",
+        ratingCol="residual",
+        coldStartStrategy="drop",
+        seed=config.seed,
+        nonnegative=False,
     )
     fitted = als.fit(residual)
     native = fitted.transform(test_df.join(bias_df.select("i", "b"), "i")).withColumn(
-        "prediction", sf.col("prediction") + mu + sf.col("b"))
+        "prediction", sf.col("prediction") + mu + sf.col("b")
+    )
     row = native.agg(sf.sqrt(sf.avg((sf.col("prediction") - sf.col("score")) ** 2))).first()
     assert row is not None  # an aggregate has one row
     native_rmse = row[0]
@@ -152,13 +180,19 @@ def fit_spark(
     train, test = _collect(train_df), _collect(test_df)
     F = _features(V, b, mu)
     arrays = {"item_ids": item_ids, "item_factors": V, "item_bias": b, "prior_mean": w0, "prior_precision": lam}
-    data = Ratings(np.concatenate([train.users, test.users]), np.concatenate([train.items, test.items]),
-                   np.concatenate([train.scores, test.scores]))
+    data = Ratings(
+        np.concatenate([train.users, test.users]),
+        np.concatenate([train.items, test.items]),
+        np.concatenate([train.scores, test.scores]),
+    )
     heldout_rmse, _ = theta_rmse(arrays, mu, train, test)
     users = solve_users(train, item_ids, F, lam, w0)
     arrays.update(users)
-    pred = np.einsum("ij,ij->i", F[np.searchsorted(item_ids, train.items)], users["user_weights"][
-        np.searchsorted(users["user_ids"], train.users)])
+    pred = np.einsum(
+        "ij,ij->i",
+        F[np.searchsorted(item_ids, train.items)],
+        users["user_weights"][np.searchsorted(users["user_ids"], train.users)],
+    )
     train_rmse = float(np.sqrt(np.mean((train.scores - pred) ** 2)))
     factors = TrainedFactors(arrays, mu, train_rmse, heldout_rmse, len(test), 0)
     return factors, data, test, {"spark_native_heldout_rmse": native_rmse, "rows_trained": len(train)}
@@ -166,5 +200,8 @@ def fit_spark(
 
 def _collect(frame) -> Ratings:
     table = frame.select("user", "item", "score").toPandas()
-    return Ratings(table["user"].to_numpy().astype(str), table["item"].to_numpy().astype(str),
-                   table["score"].to_numpy().astype(np.float64))
+    return Ratings(
+        table["user"].to_numpy().astype(str),
+        table["item"].to_numpy().astype(str),
+        table["score"].to_numpy().astype(np.float64),
+    )

@@ -49,8 +49,9 @@ def accepted_score_range(scores: np.ndarray, link: Link, override: tuple[float, 
     if override is not None:
         lo, hi = (float(x) for x in override)
         if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-            raise InvalidInput(f"The score range must be two finite numbers LO < HI. Got {lo} {hi} instead.",
-                               field="score_range")
+            raise InvalidInput(
+                f"The score range must be two finite numbers LO < HI. Got {lo} {hi} instead.", field="score_range"
+            )
         return [lo, hi]
     if link is Link.LOGISTIC:
         return [0.0, 1.0]
@@ -114,17 +115,27 @@ def train_version(
         figure = factors
         factors = _fit(data, None, config, link, progress=progress)
         factors.heldout_rmse, factors.heldout_rows, factors.heldout_skipped = (
-            figure.heldout_rmse, figure.heldout_rows, figure.heldout_skipped)
-        evaluation = (f"heldout_rmse computed on a {config.heldout_fraction:.0%} split ({len(test)} rows) fitted "
-                      f"separately; the served version is fitted on all {len(data)} rows")
+            figure.heldout_rmse,
+            figure.heldout_rows,
+            figure.heldout_skipped,
+        )
+        evaluation = (
+            f"heldout_rmse computed on a {config.heldout_fraction:.0%} split ({len(test)} rows) fitted "
+            f"separately; the served version is fitted on all {len(data)} rows"
+        )
     elif heldout is not None:
         evaluation = f"heldout_rmse computed on {len(test)} rows of {heldout}; the served version is fitted on all {len(data)} rows"
     else:
         evaluation = f"no rows held out (heldout_fraction 0); the served version is fitted on all {len(data)} rows"
     meta = version_meta(model, config, link, factors, data, test, started, score_range=score_range)
-    meta.update(source=source, log_position=0, reason="manual", evaluation=evaluation,
-                heldout_fraction=config.heldout_fraction if heldout is None else None,
-                theta_unfitted_from={MAIN_INSTANCE: 0})  # θ is fitted on no logged observation
+    meta.update(
+        source=source,
+        log_position=0,
+        reason="manual",
+        evaluation=evaluation,
+        heldout_fraction=config.heldout_fraction if heldout is None else None,
+        theta_unfitted_from={MAIN_INSTANCE: 0},
+    )  # θ is fitted on no logged observation
     add_content_features(layout, model, factors.arrays, meta, config.seed)
     version = VersionStore(layout.versions_dir(model)).write(factors.arrays, meta)
     save_base_data(layout, model, data)
@@ -132,7 +143,13 @@ def train_version(
 
 
 def retrain_version(
-    layout: HomeLayout, model: str, version: str, *, parent: str, upto_lsn: int, reason: str,
+    layout: HomeLayout,
+    model: str,
+    version: str,
+    *,
+    parent: str,
+    upto_lsn: int,
+    reason: str,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train the reserved `version` from the base data plus the log up to `upto_lsn`.
@@ -180,12 +197,20 @@ def retrain_version(
     inherited = parent_meta.get("score_range") if parent_meta.get("score_range_source") == "override" else None
     meta = version_meta(model, config, link, factors, data, test, started, score_range=inherited)
     meta.update(
-        source="base data + observation log", reason=reason, parent=parent, log_position=upto_lsn,
+        source="base data + observation log",
+        reason=reason,
+        parent=parent,
+        log_position=upto_lsn,
         log_positions=window["log_positions"],  # instance logs' positions (serving/shared_state.py)
-        data=window, holdout=holdout_kind, theta_unfitted_from=_unfitted_from(origin, held, upto_lsn),
+        data=window,
+        holdout=holdout_kind,
+        theta_unfitted_from=_unfitted_from(origin, held, upto_lsn),
         comparison={
-            "rows": int(known.sum()), "candidate_rmse": candidate_rmse, "parent_rmse": parent_rmse,
-            "rows_unfitted_by_parent": n_unfitted, "rows_needed": MIN_RECENT_HOLDOUT,
+            "rows": int(known.sum()),
+            "candidate_rmse": candidate_rmse,
+            "parent_rmse": parent_rmse,
+            "rows_unfitted_by_parent": n_unfitted,
+            "rows_needed": MIN_RECENT_HOLDOUT,
             "first_lsn": int(origin["lsns"][held].min()) if held.any() else None,
         },
     )
@@ -194,18 +219,40 @@ def retrain_version(
     return {**meta, "version": version}
 
 
-def _fit(train: Ratings, test: Ratings | None, config: ALSConfig, link: Link, *, progress: bool = False,
-         items: np.ndarray | None = None, final_users: Ratings | None = None) -> TrainedFactors:
+def _fit(
+    train: Ratings,
+    test: Ratings | None,
+    config: ALSConfig,
+    link: Link,
+    *,
+    progress: bool = False,
+    items: np.ndarray | None = None,
+    final_users: Ratings | None = None,
+) -> TrainedFactors:
     logistic = link is Link.LOGISTIC
     prepare = _as_log_odds if logistic else (lambda r: r)
     return train_als(
-        prepare(train), config, test, progress=progress, link=sigmoid if logistic else None, items=items,
+        prepare(train),
+        config,
+        test,
+        progress=progress,
+        link=sigmoid if logistic else None,
+        items=items,
         final_users=None if final_users is None else prepare(final_users),
     )
 
 
-def version_meta(model: str, config: ALSConfig, link: Link, factors: TrainedFactors, train: Ratings,
-                 test: Ratings, started: float, *, score_range: tuple[float, float] | None = None) -> dict[str, Any]:
+def version_meta(
+    model: str,
+    config: ALSConfig,
+    link: Link,
+    factors: TrainedFactors,
+    train: Ratings,
+    test: Ratings,
+    started: float,
+    *,
+    score_range: tuple[float, float] | None = None,
+) -> dict[str, Any]:
     """The meta.json fields every trained version carries, whatever trained it. `score_range`
     overrides the accepted scores' range (kept by retrains as `score_range_source: override`)."""
     return {
@@ -247,8 +294,14 @@ def save_item_table(layout: HomeLayout, model: str, items: str | Path) -> Path:
     return path
 
 
-def add_content_features(layout: HomeLayout, model: str, arrays: dict[str, np.ndarray], meta: dict[str, Any],
-                         seed: int, like: dict[str, Any] | None = None) -> None:
+def add_content_features(
+    layout: HomeLayout,
+    model: str,
+    arrays: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    seed: int,
+    like: dict[str, Any] | None = None,
+) -> None:
     """Fit the text basis when the model's item table has texts (same settings as `like`, a
     parent's content report); the version then carries `content_basis` and meta["content"]."""
     texts = read_item_texts(layout.items_file(model))
@@ -277,12 +330,16 @@ def training_data(layout: HomeLayout, model: str, upto_lsn: int, *, origin: bool
     records = [record for _, record in merged]
     positions = {instance: record.lsn for instance, record in merged if instance != MAIN_INSTANCE}
     log_part = Ratings(
-        np.array([r.user for r in records], dtype=str), np.array([r.item for r in records], dtype=str),
+        np.array([r.user for r in records], dtype=str),
+        np.array([r.item for r in records], dtype=str),
         np.array([r.score for r in records], dtype=np.float64),
     )
     window: dict[str, Any] = {
-        "base_rows": 0 if base is None else len(base), "log_rows": len(records),
-        "first_lsn": records[0].lsn if records else None, "last_lsn": upto_lsn, "log_positions": positions,
+        "base_rows": 0 if base is None else len(base),
+        "log_rows": len(records),
+        "first_lsn": records[0].lsn if records else None,
+        "last_lsn": upto_lsn,
+        "log_positions": positions,
         "first_observed_at": _iso(records[0].timestamp) if records else None,
         "last_observed_at": _iso(records[-1].timestamp) if records else None,
     }
@@ -290,7 +347,8 @@ def training_data(layout: HomeLayout, model: str, upto_lsn: int, *, origin: bool
         data = log_part
     else:
         data = Ratings(
-            np.concatenate([base.users, log_part.users]), np.concatenate([base.items, log_part.items]),
+            np.concatenate([base.users, log_part.users]),
+            np.concatenate([base.items, log_part.items]),
             np.concatenate([base.scores, log_part.scores]),
         )
     if len(data) == 0:
@@ -300,7 +358,9 @@ def training_data(layout: HomeLayout, model: str, upto_lsn: int, *, origin: bool
     n_base = window["base_rows"]
     rows = {
         "instances": np.concatenate([np.full(n_base, ""), np.array([i for i, _ in merged], dtype=str)]).astype(str),
-        "lsns": np.concatenate([np.full(n_base, -1, dtype=np.int64), np.array([r.lsn for r in records], dtype=np.int64)]),
+        "lsns": np.concatenate(
+            [np.full(n_base, -1, dtype=np.int64), np.array([r.lsn for r in records], dtype=np.int64)]
+        ),
     }
     return data, window, rows
 
@@ -312,8 +372,10 @@ def unfitted_by(meta: dict[str, Any], origin: dict[str, np.ndarray]) -> np.ndarr
     fitted on every record up to the log positions it was trained to."""
     spec = meta.get("theta_unfitted_from")
     if spec is None:
-        spec = {MAIN_INSTANCE: int(meta.get("log_position", 0)) + 1,
-                **{name: int(lsn) + 1 for name, lsn in (meta.get("log_positions") or {}).items()}}
+        spec = {
+            MAIN_INSTANCE: int(meta.get("log_position", 0)) + 1,
+            **{name: int(lsn) + 1 for name, lsn in (meta.get("log_positions") or {}).items()},
+        }
     instances, lsns = origin["instances"], origin["lsns"]
     threshold = np.zeros(len(lsns), dtype=np.int64)  # an instance it never read: all of it unfitted
     for name, lsn in spec.items():

@@ -22,8 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     from veloxserve.training.trainer import retrain_version  # after argument parsing: numba loads slowly
 
     meta = retrain_version(
-        layout, spec["model"], spec["version"], parent=spec["parent"], upto_lsn=int(spec["upto_lsn"]),
-        reason=spec["reason"], overrides=spec.get("overrides") or {},
+        layout,
+        spec["model"],
+        spec["version"],
+        parent=spec["parent"],
+        upto_lsn=int(spec["upto_lsn"]),
+        reason=spec["reason"],
+        overrides=spec.get("overrides") or {},
     )
     print(json.dumps(meta, default=str))
     return 0
