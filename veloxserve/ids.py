@@ -23,7 +23,8 @@ _PRINTABLE = re.compile(ID_PATTERN)
 def canonical_id(value: Any, field: str, where: str) -> str:
     """Return the canonical string for a user or item id, or raise InvalidInput naming the field."""
     if isinstance(value, str):
-        if 0 < len(value) <= MAX_ID_LENGTH and _PRINTABLE.fullmatch(value):
+        # isprintable() (C, fast) implies no control character; the pattern decides only the rest
+        if 0 < len(value) <= MAX_ID_LENGTH and (value.isprintable() or _PRINTABLE.fullmatch(value)):
             return value
     elif isinstance(value, int) and not isinstance(value, bool):
         return str(value)
