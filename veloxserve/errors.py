@@ -10,11 +10,12 @@
     ├── MethodNotAllowed (405)      the route exists but not with this method (Allow lists those that do)
     ├── Conflict (409)              the request clashes with the current state
     ├── PayloadTooLarge (413)       the request body is over the server's limit
-    ├── StoreUnavailable (503)      a backing store (SQLite, Redis, the log) cannot be reached; Retry-After
-    │   └── InsufficientStorage (507)  the disk refused the write (full); nothing was learned; Retry-After
+    ├── RetryLater (503)            refused before anything changed: retry after Retry-After
+    │   ├── StoreUnavailable (503)  a backing store (SQLite, Redis, the log) cannot be reached
+    │   │   └── InsufficientStorage (507)  the disk refused the write (full); nothing was learned
+    │   └── Overloaded (503)        shed at once: the model's queue is full or the deadline cannot be met
     ├── ContainerUnavailable (503)  a model container crashed, hung or failed on a batch
     ├── DeadlineExceeded (504)      a query's latency objective passed before it was computed
-    ├── Overloaded (503)            shed at once: the model's queue is full or the deadline cannot be met
     ├── ModelStateInvalid (500)     the model computed a non-finite score (never answered as null)
     └── TrainingFailed (500)        offline training could not produce a version
 
@@ -92,14 +93,24 @@ class PayloadTooLarge(VeloxError):
         return {"connection": "close"}  # the unread body is not swallowed to keep the connection
 
 
-class StoreUnavailable(VeloxError):
-    """Nothing was acknowledged and nothing learned: retrying after Retry-After is safe."""
+class RetryLater(VeloxError):
+    """Refused before anything changed, so retrying after `retry_after` seconds (the Retry-After
+    header) is safe. A class default, or per error: `RetryLater(message, retry_after=3)`."""
 
     status = 503
     retry_after = 1
 
+    def __init__(self, message: str = "", *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        if retry_after is not None:
+            self.retry_after = retry_after
+
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(self.retry_after)}
+
+
+class StoreUnavailable(RetryLater):
+    """Nothing was acknowledged and nothing learned: retrying after Retry-After is safe."""
 
 
 class InsufficientStorage(StoreUnavailable):
@@ -115,17 +126,8 @@ class DeadlineExceeded(VeloxError):
     status = 504
 
 
-class Overloaded(VeloxError):
-    """Refused before any work was done, so retrying after `retry_after` seconds is safe."""
-
-    status = 503
-
-    def __init__(self, message: str, *, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    def headers(self) -> dict[str, str]:
-        return {"retry-after": str(self.retry_after)}
+class Overloaded(RetryLater):
+    """Shed by admission control before any work was done (serving/admission.py)."""
 
 
 class ModelStateInvalid(VeloxError):
