@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.serving.test_shared_server import ARRAYS, F, _home, expected_weights
+from tests.serving.test_shared_state import ARRAYS, F, _home, expected_weights
 from veloxserve.errors import Conflict
 from veloxserve.serving.backend import EmbeddedBackend, SharedBackend
 from veloxserve.serving.local_state import LocalUserState

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import RedisServer, ServerProcess
-from tests.serving.test_shared_server import F, _home, expected_weights
+from tests.serving.test_shared_state import F, _home, expected_weights
 from veloxserve import Velox
 from veloxserve.config import HomeLayout, ServingConfig
 from veloxserve.errors import InvalidInput, StoreUnavailable

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.helpers import RedisServer, ServerProcess, eventually
-from tests.serving.test_shared_server import F, _home, _logged, _rebuilds, expected_weights
+from tests.serving.test_shared_state import F, _home, _logged, _rebuilds, expected_weights
 
 
 @pytest.fixture
