@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import numpy as np
 import pytest
 
 from veloxserve.clipper import Clipper
@@ -38,3 +39,22 @@ def constant_model(value: float, sleep: float = 0.0) -> Callable[[Any], Any]:
         return np.full(len(batch), value)
 
     return predict
+
+
+def write_linear_onnx(directory: Path, W: np.ndarray, B: np.ndarray) -> Path:
+    """An ONNX graph y = x·W + b (float32), saved as <directory>/linear.onnx."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n_in, n_out = W.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, n_in])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n_out])],
+        [numpy_helper.from_array(W.astype(np.float32), "W"), numpy_helper.from_array(B.astype(np.float32), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, directory / "linear.onnx")
+    return directory / "linear.onnx"

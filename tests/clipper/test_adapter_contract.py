@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.clipper.conftest import write_callable
+from tests.clipper.conftest import write_callable, write_linear_onnx
 from veloxserve.clipper.adapters import Framework, LoadedModel, load_model, load_predictor
 
 RNG = np.random.default_rng(0)
@@ -52,20 +52,7 @@ def _write_torch(directory: Path) -> Path:
 
 
 def _write_onnx(directory: Path) -> Path:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
-        [numpy_helper.from_array(W.astype(np.float32), "W"), numpy_helper.from_array(B.astype(np.float32), "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, directory / "linear.onnx")
-    return directory / "linear.onnx"
+    return write_linear_onnx(directory, W, B)
 
 
 WRITERS: dict[Framework, Callable[[Path], Path]] = {

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.clipper.conftest import write_callable
+from tests.clipper.conftest import write_callable, write_linear_onnx
 from veloxserve.clipper import Clipper
 
 RNG = np.random.default_rng(0)
@@ -62,19 +62,7 @@ def test_torch_module_in_a_container_matches_numpy(clipper: Clipper, tmp_path: P
 
 
 def test_onnx_graph_in_a_container_matches_numpy(clipper: Clipper, tmp_path: Path) -> None:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["y"])],
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
-        [numpy_helper.from_array(W.astype(np.float32), "W"), numpy_helper.from_array(B.astype(np.float32), "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "linear.onnx")
+    write_linear_onnx(tmp_path, W, B)
     clipper.deploy("onnx-linear", "onnx", tmp_path / "linear.onnx")
     np.testing.assert_allclose(_linear_answers(clipper, "onnx-linear"), X @ W + B, rtol=1e-5, atol=1e-5)
 
