@@ -56,7 +56,12 @@ class BasisInputs:
         return self.n_buckets if self.text is not None else len(self.numeric)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "numeric": list(self.numeric), "n_buckets": self.n_buckets, "ngram_max": self.ngram_max}
+        return {
+            "text": self.text,
+            "numeric": list(self.numeric),
+            "n_buckets": self.n_buckets,
+            "ngram_max": self.ngram_max,
+        }
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> BasisInputs:

@@ -124,7 +124,12 @@ def merge_by_item(items: np.ndarray, targets: np.ndarray, weights: np.ndarray) -
 
 
 def solve_weights(
-    data: IndexedRatings, features: np.ndarray, prior_mean: np.ndarray, prior_precision: np.ndarray, *, stats: bool = False
+    data: IndexedRatings,
+    features: np.ndarray,
+    prior_mean: np.ndarray,
+    prior_precision: np.ndarray,
+    *,
+    stats: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every user's exact ridge solve (W, grams, rhss, sse per user), compiled and parallel."""
     order, indptr = _csr(data.users, data.n_users)
@@ -193,7 +198,7 @@ def basis_loss(module: Any, design: Any, data: IndexedRatings, weights: np.ndarr
     import torch
 
     dtype = next(module.parameters()).dtype
-    X = torch.as_tensor(np.asarray(design.toarray() if hasattr(design, "toarray") else design), dtype=dtype)
+    X = design if isinstance(design, torch.Tensor) else _dense_tensor(design, dtype)
     W = torch.as_tensor(weights[data.users], dtype=dtype)
     y = torch.as_tensor(data.scores, dtype=dtype)
     F = module(X)
@@ -215,8 +220,7 @@ def train_first_order(
     started = time.perf_counter()
     module = copy.deepcopy(module)
     torch.manual_seed(config.seed)
-    dtype = next(module.parameters()).dtype
-    X = torch.as_tensor(np.asarray(design.toarray() if hasattr(design, "toarray") else design), dtype=dtype)
+    X = _dense_tensor(design, next(module.parameters()).dtype)
 
     def raw_now() -> np.ndarray:
         with torch.no_grad():
@@ -245,3 +249,9 @@ def train_first_order(
         losses.append(_loss(sse, W, w0, lam))
         w0 = W.mean(axis=0)
     return FittedBasis([module], raw_now(), W, w0, lam, losses, time.perf_counter() - started)
+
+
+def _dense_tensor(design: Any, dtype: Any) -> Any:
+    import torch
+
+    return torch.as_tensor(np.asarray(design.toarray() if hasattr(design, "toarray") else design), dtype=dtype)
