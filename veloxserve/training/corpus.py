@@ -12,11 +12,13 @@ its `20news-bydate-train` / `20news-bydate-test` folders), latin-1 tolerant, hea
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from veloxserve.errors import invalid_parameter
+from veloxserve.training.ratings import Ratings
 
 _SYLLABLES = ("ba", "ce", "di", "fo", "gu", "ha", "ki", "lo", "mu", "na", "pe", "qui", "ro", "sa", "tu", "vy")
 _HEADER_LINE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*: ")
@@ -154,3 +156,30 @@ def read_corpus(directory: Path | str) -> tuple[list[str], list[str], list[str]]
             "data", "read_corpus", "a folder of topic folders each holding document files", f"no documents in {root}"
         )
     return doc_ids, topics, texts
+
+
+def topic_ratings(
+    doc_ids: Sequence[str],
+    topics: Sequence[str],
+    n_users: int,
+    per_user: int,
+    *,
+    liked: int = 3,
+    noise: float = 0.3,
+    seed: int = 0,
+) -> tuple[Ratings, np.ndarray]:
+    """Synthetic readers who each like `liked` topics: user u rates a document of topic t
+    3 + a_{u,t} + noise, a_{u,t} ≈ 1.5 for liked topics and ≈ -0.5 otherwise, on `per_user`
+    documents drawn uniformly. Returns the ratings and a (n_users, n_topics) preference matrix."""
+    names, topic_of = np.unique(np.asarray(topics, dtype=str), return_inverse=True)
+    rng = np.random.default_rng(seed)
+    prefs = rng.normal(-0.5, 0.2, size=(n_users, names.size))
+    likes = np.argsort(rng.random((n_users, names.size)), axis=1)[:, : min(liked, names.size)]
+    np.put_along_axis(prefs, likes, rng.normal(1.5, 0.3, size=likes.shape), axis=1)
+    per_user = min(per_user, len(doc_ids))
+    docs = np.argsort(rng.random((n_users, len(doc_ids))), axis=1)[:, :per_user]  # without repeats
+    users = np.repeat(np.arange(n_users), per_user)
+    items = docs.ravel()
+    scores = 3.0 + prefs[users, topic_of[items]] + rng.normal(0.0, noise, size=items.size)
+    ids = np.asarray(doc_ids, dtype=str)
+    return Ratings(np.char.add("u", users.astype(str)), ids[items], scores), prefs
