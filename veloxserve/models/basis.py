@@ -210,8 +210,10 @@ class BlackBoxBasis:
         import torch
 
         dense = design.toarray() if sp.issparse(design) else design
+        parameter = next(iter(module.parameters()), None)  # feed the module its own precision
+        dtype = parameter.dtype if parameter is not None else torch.float32
         with torch.no_grad():
-            out = module(torch.as_tensor(np.asarray(dense, dtype=np.float32)))
+            out = module(torch.as_tensor(np.asarray(dense)).to(dtype))
         array = out.detach().cpu().numpy().astype(np.float64)
         return array.reshape(-1, 1) if array.ndim == 1 else array
 
