@@ -185,11 +185,29 @@ def train_oracle(
                 continue  # every user ignores f_i: nothing to fit it to
             rows, mean, total = merge_by_item(items, targets, weights)
             s.fit(design[rows], mean, sample_weight=total)
-            raw[:, i] = np.asarray(s.predict(design), dtype=np.float64).reshape(-1)
+            raw[:, i] = _checked(s.predict(design), i, s, design.shape[0])
         W, _, _, sse = solve_weights(data, layout(raw, config.constant), w0, lam)
         losses.append(_loss(sse, W, w0, lam))
         w0 = W.mean(axis=0)
     return FittedBasis(solvers, raw, W, w0, lam, losses, time.perf_counter() - started)
+
+
+def _checked(output: Any, i: int, solver: Any, n: int) -> np.ndarray:
+    """f_i's predictions on the design, or InvalidInput naming it when they are not n finite floats."""
+    values = np.asarray(output, dtype=np.float64)
+    if values.size != n:
+        raise InvalidInput(
+            f"Feature model f_{i + 1} ({type(solver).__name__}) returned {values.shape} for {n} inputs after "
+            "fitting; a basis function returns one float per input.",
+            field="basis",
+        )
+    if not np.isfinite(values).all():
+        raise InvalidInput(
+            f"Feature model f_{i + 1} ({type(solver).__name__}) returned non-finite values (NaN or inf) after "
+            "fitting on its weighted data set; the oracle stopped before writing a version.",
+            field="basis",
+        )
+    return values.reshape(-1)
 
 
 def basis_loss(module: Any, design: Any, data: IndexedRatings, weights: np.ndarray, constant: bool) -> Any:
@@ -228,6 +246,12 @@ def train_first_order(
         if out.ndim != 2 or out.shape[1] != config.k:
             raise InvalidInput(
                 f"The basis module returns shape {tuple(out.shape)} for {X.shape[0]} inputs; k={config.k} declared.",
+                field="basis",
+            )
+        if not np.isfinite(out).all():
+            raise InvalidInput(
+                f"The basis module {type(module).__name__} returned non-finite values (NaN or inf) during "
+                "training: lower the learning rate or check the inputs.",
                 field="basis",
             )
         return out
