@@ -56,7 +56,9 @@ RECIPE = BasisRecipe("oracle-mtl", BasisInputs(text="text", n_buckets=1024), sol
 def velox(tmp_path: Path, documents):
     table, _, _, ratings = documents
     with Velox(tmp_path / "home") as v:
-        meta = train_basis_version(v.layout, "docs", ratings, items=table, recipe=RECIPE, config=OracleConfig(k=3, iterations=3))
+        meta = train_basis_version(
+            v.layout, "docs", ratings, items=table, recipe=RECIPE, config=OracleConfig(k=3, iterations=3)
+        )
         v.activate("docs", meta["version"])
         yield v
 
