@@ -12,6 +12,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import pickle
+
 import cloudpickle
 
 from veloxserve.errors import ModelStateInvalid
@@ -38,7 +40,7 @@ def load_basis(version_dir: Path, meta: dict[str, Any]) -> BlackBoxBasis:
     try:
         with open(path, "rb") as fh:
             basis = cloudpickle.load(fh)
-    except (OSError, EOFError, ValueError, AttributeError, ImportError) as exc:
+    except (OSError, EOFError, ValueError, AttributeError, ImportError, pickle.UnpicklingError) as exc:
         raise ModelStateInvalid(
             f"Version {meta.get('version')!r} of {meta.get('model')!r} is a black-box version but its "
             f"basis file {path} cannot be loaded ({type(exc).__name__}: {exc}). Retrain the model or restore the file."
