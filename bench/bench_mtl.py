@@ -195,7 +195,8 @@ def update_and_retrain(corpus: Corpus, s: dict[str, Any], quick: bool, seed: int
             )
             velox.activate("docs", meta["version"])
             server = velox.server("docs")
-            table, F = server.users, server.version.features.matrix
+            table: Any = server.users  # the in-process UserTable (embedded backend)
+            F = server.version.features.matrix
             rng = np.random.default_rng(seed)
             users = [f"u{u}" for u in range(100)]
             rows = [table.rows[u] for u in users]
@@ -211,10 +212,10 @@ def update_and_retrain(corpus: Corpus, s: dict[str, Any], quick: bool, seed: int
                 t0 = time.perf_counter_ns()
                 velox.observe("docs", users[i % 100], str(corpus.ids[items[i]]), 3.5)
                 durable[i] = time.perf_counter_ns() - t0
-            retrains = []
+            retrains: list[float] = []
             for _ in range(1 if quick else 3):
                 job = velox.retrain("docs", promote="always", wait=True)
-                retrains.append(job.seconds)
+                retrains.append(float(job.seconds or 0.0))
         update_ms = float(np.median(state)) / 1e6
         retrain_s = float(np.median(retrains))
         return {
@@ -233,7 +234,7 @@ def approximate(corpus_dir: Path, quick: bool) -> dict[str, Any]:
     """bench_approximate_cache.measure, a sibling module (built on another branch; merged by the lead)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     try:
-        from bench_approximate_cache import measure  # type: ignore[import-not-found]
+        from bench_approximate_cache import measure
     except ImportError as exc:
         return {
             "latency_us_by_cache": None,

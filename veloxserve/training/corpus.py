@@ -159,8 +159,8 @@ def read_corpus(directory: Path | str) -> tuple[list[str], list[str], list[str]]
 
 
 def topic_ratings(
-    doc_ids: Sequence[str],
-    topics: Sequence[str],
+    doc_ids: Sequence[str] | np.ndarray,
+    topics: Sequence[str] | np.ndarray,
     n_users: int,
     per_user: int,
     *,
