@@ -116,3 +116,35 @@ def test_recipe_from_the_command_line_spec() -> None:
         recipe_from_spec("oracle-mtl:sklearn.linear_model.Nope", "text")
     with pytest.raises(InvalidInput, match="METHOD:WHAT"):
         recipe_from_spec("als:whatever", "text")
+
+
+@pytest.mark.parametrize("method", ["fixed", "first-order", "oracle-mtl"])
+def test_retrain_version_dispatches_on_the_parents_kind_and_keeps_its_recipe(tmp_path: Path, table, method) -> None:
+    from veloxserve.training.trainer import retrain_version
+
+    path, x, ratings = table
+    layout = HomeLayout(tmp_path / "home")
+    if method == "fixed":
+        onnx = write_linear_onnx(tmp_path, np.eye(3)[:, :2], np.zeros(2)).read_bytes()
+        recipe = BasisRecipe(method, INPUTS, basis=BlackBoxBasis(onnx, framework="onnx", inputs=INPUTS, outputs=2))
+    elif method == "first-order":
+        torch = pytest.importorskip("torch")
+        recipe = BasisRecipe(method, INPUTS, module=torch.nn.Linear(3, 2))
+    else:
+        recipe = BasisRecipe(method, INPUTS, solver=Ridge(alpha=0.3))
+    config = OracleConfig(k=2, iterations=2, steps=5)
+    train_basis_version(layout, "m", ratings, items=path, recipe=recipe, config=config, heldout_fraction=0)
+    store = VersionStore(layout.versions_dir("m"))
+    child = store.reserve()
+    meta = retrain_version(layout, "m", child, parent="v1", upto_lsn=0, reason="manual")
+    assert meta["kind"] == "black_box" and meta["parent"] == "v1" and meta["basis"]["training"] == method
+    assert meta["holdout"] == "none" and meta["rows_trained"] == len(ratings)
+    arrays = store.read_arrays(child)
+    assert arrays["item_features"].shape == (25, 3) and np.isfinite(arrays["user_weights"]).all()
+    if method == "fixed":  # the same basis: the same features
+        np.testing.assert_allclose(arrays["item_features"], store.read_arrays("v1")["item_features"])
+    if method == "oracle-mtl":
+        from veloxserve.training.basis_files import load_basis
+
+        solver = load_basis(store.directory / child, store.read_meta(child)).models[0]
+        assert isinstance(solver, Ridge) and solver.alpha == 0.3
