@@ -9,10 +9,9 @@ a version read by serving or by a retrain gets its basis attached again.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
 from typing import Any, BinaryIO
-
-import pickle
 
 import cloudpickle
 
