@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD:WHAT",
         help="a Shared Basis of black-box feature models instead of ALS (docs/personalise-any-model.md): "
         "oracle-mtl:sklearn.linear_model.Ridge (any estimator class with sample weights), "
-        "multilevel:CLASS, first-order:module.pt (torch.save of a module) or fixed:basis.pkl; needs --items",
+        "multilevel:CLASS, first-order:module.pt (torch.save of a module) or fixed:model.onnx|model.pkl; needs --items",
     )
     train.add_argument(
         "--basis-inputs", default="text", help="item-table columns f reads: text, or COL,COL,... numeric"

@@ -54,3 +54,25 @@ def test_other_versions_are_left_alone(tmp_path: Path) -> None:
     arrays, meta = synthetic_version_arrays()
     version = ModelVersion.from_arrays(arrays, meta)
     assert attach_basis(version, tmp_path) is version
+
+
+def test_a_fixed_basis_from_a_file_is_probed_for_its_width(tmp_path: Path) -> None:
+    import cloudpickle
+
+    from tests.clipper.conftest import write_linear_onnx
+    from veloxserve.errors import InvalidInput
+    from veloxserve.training.basis_files import fixed_basis
+
+    inputs = BasisInputs(numeric=("a", "b"))
+    W = np.arange(6.0).reshape(2, 3)
+    onnx = fixed_basis(write_linear_onnx(tmp_path, W, np.zeros(3)), inputs, "lin")
+    assert onnx.framework == "onnx" and onnx.outputs == 3
+    np.testing.assert_allclose(onnx.transform(X)[:, :3], X @ W, rtol=1e-5, atol=1e-5)
+    multi = Ridge().fit(X, X @ W)
+    (tmp_path / "ridge.pkl").write_bytes(cloudpickle.dumps(multi))
+    sklearn_basis = fixed_basis(tmp_path / "ridge.pkl", inputs, "ridge")
+    assert sklearn_basis.outputs == 3 and sklearn_basis.dim == 4
+    with pytest.raises(InvalidInput, match="does not run on the declared inputs"):
+        fixed_basis(tmp_path / "ridge.pkl", BasisInputs(numeric=("a",)), "ridge")
+    with pytest.raises(InvalidInput, match="Cannot read the feature model"):
+        fixed_basis(tmp_path / "missing.pkl", inputs, "x")

@@ -140,17 +140,21 @@ class BlackBoxBasis:
         return array
 
     # ---- outputs ------------------------------------------------------------------------
+    def raw_unchecked(self, design: Any) -> list[np.ndarray]:
+        """Each model's outputs on a design matrix, as they came (a 1-D output as one column)."""
+        n = design.shape[0]
+        if self.framework == "sklearn" or self.framework == "callable":
+            parts = [np.asarray(self._call(m, design), dtype=np.float64) for m in self.models]
+            return [p.reshape(n, 1) if p.ndim == 1 and p.size == n else p for p in parts]
+        if self.framework == "torch":
+            return [self._torch(m, design) for m in self.models]
+        return [self._onnx(design)]
+
     def raw(self, design: Any) -> np.ndarray:
         """[f_1(x) .. f_k(x)] of a design matrix, shape (n, k), checked: InvalidInput naming the
         model when an output is not finite or not of the declared width."""
         n = design.shape[0]
-        if self.framework == "sklearn" or self.framework == "callable":
-            parts = [np.asarray(self._call(m, design), dtype=np.float64) for m in self.models]
-            parts = [p.reshape(n, 1) if p.ndim == 1 and p.size == n else p for p in parts]
-        elif self.framework == "torch":
-            parts = [self._torch(m, design) for m in self.models]
-        else:
-            parts = [self._onnx(design)]
+        parts = self.raw_unchecked(design)
         for i, part in enumerate(parts):
             if part.ndim != 2 or part.shape[0] != n:
                 raise self._bad(f"returned shape {part.shape} for {n} inputs", i)

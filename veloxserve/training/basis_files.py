@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import cloudpickle
+import numpy as np
 
-from veloxserve.errors import ModelStateInvalid
-from veloxserve.models.basis import KIND, BlackBoxBasis
+from veloxserve.errors import InvalidInput, ModelStateInvalid
+from veloxserve.models.basis import KIND, BasisInputs, BlackBoxBasis
 from veloxserve.models.version import ModelVersion
 
 BASIS_FILE = "basis.pkl"
@@ -48,6 +49,38 @@ def load_basis(version_dir: Path, meta: dict[str, Any]) -> BlackBoxBasis:
     if not isinstance(basis, BlackBoxBasis) or (described is not None and basis.outputs != int(described)):
         raise ModelStateInvalid(f"{path} does not hold the basis meta.json describes ({meta.get('basis')}).")
     return basis
+
+
+def fixed_basis(path: Path, inputs: BasisInputs, name: str) -> BlackBoxBasis:
+    """A pre-fitted feature model from a file, for `train --basis fixed:PATH`: an ONNX graph
+    (.onnx), or a cloudpickle/joblib file holding a BlackBoxBasis or any object with `predict`
+    (one multi-output estimator). Its width is probed on one all-zero input; InvalidInput if
+    the file cannot be read or the model cannot run on the declared inputs."""
+    path = Path(path)
+    try:
+        if path.suffix == ".onnx":
+            model, framework = path.read_bytes(), "onnx"
+        else:
+            with open(path, "rb") as fh:
+                model = cloudpickle.load(fh)
+            if isinstance(model, BlackBoxBasis):
+                return model
+            framework = "sklearn"
+    except (OSError, EOFError, ValueError, AttributeError, ImportError, pickle.UnpicklingError) as exc:
+        raise InvalidInput(
+            f"Cannot read the feature model {path}: {type(exc).__name__}: {exc}.", field="basis"
+        ) from None
+    probe = BlackBoxBasis(model, framework=framework, inputs=inputs, outputs=0, name=name)
+    zero = [""] if inputs.text is not None else np.zeros((1, len(inputs.numeric)))
+    try:
+        width = sum(part.shape[1] for part in probe.raw_unchecked(probe.design(zero)))
+    except Exception as exc:  # a model that cannot run on the declared inputs: say which and why
+        raise InvalidInput(
+            f"The feature model {path} does not run on the declared inputs {list(inputs.columns)} "
+            f"({type(exc).__name__}: {exc}).",
+            field="basis",
+        ) from None
+    return BlackBoxBasis(model, framework=framework, inputs=inputs, outputs=int(width), name=name)
 
 
 def attach_basis(version: ModelVersion, version_dir: Path) -> ModelVersion:

@@ -33,7 +33,7 @@ from veloxserve.storage.item_tables import read_item_table
 from veloxserve.storage.observation_log import MAIN_INSTANCE
 from veloxserve.storage.versions import VersionStore
 from veloxserve.training.als import solve_users
-from veloxserve.training.basis_files import basis_files, load_basis
+from veloxserve.training.basis_files import basis_files, fixed_basis, load_basis
 from veloxserve.training.multilevel import MultilevelConfig, train_multilevel
 from veloxserve.training.oracle_mtl import (
     FittedBasis,
@@ -99,7 +99,7 @@ def recipe_from_spec(spec: str, inputs: str, *, name: str = "basis", params: str
 
         return BasisRecipe(method, basis_inputs, module=torch.load(what, weights_only=False), name=name)
     if method == "fixed":
-        return BasisRecipe(method, basis_inputs, basis=load_basis(Path(what).parent, {}), name=name)
+        return BasisRecipe(method, basis_inputs, basis=fixed_basis(Path(what), basis_inputs, name), name=name)
     raise InvalidInput(
         f"--basis must be METHOD:WHAT with METHOD one of {', '.join(METHODS)}; got {spec!r}.", field="basis"
     )
