@@ -165,3 +165,24 @@ def test_http_predict_by_text_and_id(velox, documents) -> None:
         by_id = client.get("/models/docs/predict", params={"user": "u5", "item": ids[0]})
         assert by_text.status_code == by_id.status_code == 200
         assert by_text.json()["score"] == pytest.approx(by_id.json()["score"])
+
+
+def test_shared_redis_state_learns_a_basis_version_the_same_way(tmp_path: Path, documents, redis_url) -> None:
+    from veloxserve.config import HomeLayout
+    from veloxserve.storage.redis_store import RedisUserStore
+    from veloxserve.storage.version_catalog import VersionCatalog
+
+    table, ids, texts, ratings = documents
+    layout = HomeLayout(tmp_path / "home")
+    meta = train_basis_version(
+        layout, "docs", ratings, items=table, recipe=RECIPE, config=OracleConfig(k=3, iterations=2)
+    )
+    VersionCatalog(layout.model_dir("docs")).activate(meta["version"])
+    with Velox(tmp_path / "home", store=RedisUserStore(redis_url), instance="a") as v:
+        a = v.catalog("docs").versions.read_arrays(meta["version"])
+        F, row = a["item_features"], int(np.flatnonzero(a["user_ids"] == "u2")[0])
+        v.observe_many("docs", [("u2", ids[4], 4.5), ("u2", ids[8], 2.0)])
+        A = a["user_gram"][row] + np.outer(F[4], F[4]) + np.outer(F[8], F[8])
+        r = a["user_rhs"][row] + 4.5 * F[4] + 2.0 * F[8]
+        np.testing.assert_allclose(v.server("docs").users.weights("u2"), np.linalg.solve(A, r), atol=1e-9)
+        assert v.predict_text("docs", [("u2", texts[4])])[0] == pytest.approx(v.predict("docs", "u2", ids[4]))
