@@ -281,7 +281,7 @@ def retrain_basis_version(
     """Refit the parent's basis (same recipe: its solver re-cloned, its module warm-started) on
     the base data plus the log, holding out the newest logged rows the parent was not fitted on
     to compare both (as trainer.retrain_version); the served users see every row."""
-    from veloxserve.training.trainer import training_data, unfitted_by
+    from veloxserve.training.trainer import _unfitted_from, training_data, unfitted_by
 
     versions = VersionStore(layout.versions_dir(model))
     parent_meta = versions.read_meta(parent)
@@ -348,7 +348,7 @@ def retrain_basis_version(
         log_positions=window["log_positions"],
         data=window,
         holdout="recent" if held.any() else "none",
-        theta_unfitted_from={MAIN_INSTANCE: int(origin["lsns"][held].min()) if held.any() else upto_lsn + 1},
+        theta_unfitted_from=_unfitted_from(origin, held, upto_lsn),  # per log instance, as ALS retrains
         comparison=comparison,
         heldout_rmse=comparison.get("candidate_rmse"),
         heldout_rows=int(held.sum()),
