@@ -106,8 +106,9 @@ class ApproximateCache(Generic[V]):
         self.put_many(namespace, settings, np.asarray(vector).reshape(1, -1), [value])
 
     def drop(self, namespace: Hashable) -> int:
-        """Forget every entry of `namespace` (a retired version); returns how many keys went."""
-        stale = [key for key in self._entries if key[0] == namespace]
+        """Forget every entry of `namespace` (a retired version), or of every namespace it is a
+        prefix of when both are tuples ((model,) drops every version); returns how many keys went."""
+        stale = [key for key in self._entries if _within(key[0], namespace)]
         for key in stale:
             self._entries.remove(key)
         return len(stale)
@@ -116,6 +117,12 @@ class ApproximateCache(Generic[V]):
         value, representative = entry
         held = 0 if representative is None else representative.nbytes
         return self._value_size(value) + held + sys.getsizeof(key[0]) + _ENTRY_OVERHEAD
+
+
+def _within(held: Hashable, namespace: Hashable) -> bool:
+    if isinstance(held, tuple) and isinstance(namespace, tuple):
+        return held[: len(namespace)] == namespace
+    return held == namespace
 
 
 def _rows(vectors: np.ndarray) -> np.ndarray:

@@ -71,6 +71,7 @@ class _ModelState(Collector):
         )
         lookups.add_metric(["hit"], cache.hits)
         lookups.add_metric(["miss"], cache.misses)
+        lookups.add_metric(["approximate_hit"], cache.approximate_hits)  # f(z) of the input's class
         yield lookups
         yield GaugeMetricFamily(
             "veloxserve_feature_cache_hit_rate", "Share of feature lookups served from the cache", value=cache.hit_rate

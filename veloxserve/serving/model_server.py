@@ -22,11 +22,12 @@ from veloxserve.errors import invalid_parameter
 from veloxserve.ids import Id, canonical_id
 from veloxserve.learning.states import UserStates
 from veloxserve.models.attributes import EMPTY, ItemAttributes
+from veloxserve.models.content import text_signature
 from veloxserve.models.version import Link, ModelVersion, sigmoid
 from veloxserve.serving.decisions import RecentDecisions
 from veloxserve.serving.evaluation import PrequentialError
 from veloxserve.serving.exploration import GREEDY, Candidates, ExplorationPolicy
-from veloxserve.serving.feature_cache import FeatureCache
+from veloxserve.serving.feature_cache import Coarsening, FeatureCache
 from veloxserve.serving.idempotency import IdempotencyWindow, LocalWindow, Original, check_key
 from veloxserve.serving.item_index import ItemIndex
 from veloxserve.serving.local_state import LocalUserState
@@ -128,6 +129,8 @@ class ModelServer:
         )
         self.decisions = decisions if decisions is not None else RecentDecisions(config.decision_memory)
         self.feature_cache = feature_cache if feature_cache is not None else FeatureCache(0)
+        approximate = config.approximate_features  # texts of one class share f (docs/approximate-caching.md)
+        self._coarsening = None if approximate is None else Coarsening(approximate, text_signature)
         self.index: ItemIndex | None = None  # set by a background build over large catalogues
         if len(self._catalog) >= config.index_min_items:
             threading.Thread(target=self._build_index, name=f"index-{version.name}", daemon=True).start()
@@ -190,7 +193,9 @@ class ModelServer:
         batch_size(len(queries), self.config.max_batch, "queries", "predict")
         users = [canonical_id(u, f"queries[{i}].user", "predict") for i, (u, _) in enumerate(queries)]
         texts = [item_text(x, f"queries[{i}].text", "predict") for i, (_, x) in enumerate(queries)]
-        features = self.feature_cache.features((self.name, self.version_id), texts, content.transform)
+        features = self.feature_cache.features(
+            (self.name, self.version_id), texts, content.transform, coarsening=self._coarsening
+        )
         return finite_outputs(self._link_array(self._inner(features, users)), "a user of this batch")
 
     def _inner(self, features: np.ndarray, users: list[str]) -> np.ndarray:
