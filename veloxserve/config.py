@@ -100,6 +100,7 @@ class ServingConfig:
     idempotency_keys: int = 1_000_000  # and at most this many ids per model (the newest); 0 turns it off
     decision_memory: int = 100_000  # recent top-k lists per model that observe checks `decision` against
     approximate_features: ApproximateSettings | None = None  # feature coarsening of content inputs; None: exact
+    feature_deadline_ms: float | None = None  # content features later than this: E[f(x)] instead (anytime); None: wait
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -111,6 +112,8 @@ class ServingConfig:
                 "idempotency_seconds, idempotency_keys and decision_memory must be >= 0, got "
                 f"{self.idempotency_seconds}, {self.idempotency_keys}, {self.decision_memory}"
             )
+        if self.feature_deadline_ms is not None and not _positive(self.feature_deadline_ms):
+            raise ValueError(f"feature_deadline_ms must be a number > 0 or None, got {self.feature_deadline_ms}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 

@@ -43,14 +43,10 @@ class LSH:
         self.tables = 1 if settings.family == "grid" else settings.tables
         rng = np.random.default_rng([settings.seed, dim])
         width = self.tables * settings.bits
-        if settings.family == "grid":
-            self._project = None
-            self._offsets = None
-            n_values = dim
-        else:
-            self._project = rng.standard_normal((dim, width))
-            self._offsets = rng.uniform(0.0, settings.width, width) if settings.family == "euclidean" else None
-            n_values = settings.bits
+        grid = settings.family == "grid"
+        self._project = np.empty((dim, 0)) if grid else rng.standard_normal((dim, width))
+        self._offsets = rng.uniform(0.0, settings.width, width) if settings.family == "euclidean" else np.zeros(0)
+        n_values = dim if grid else settings.bits
         self._multipliers = (rng.integers(1, 1 << 62, n_values, dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
         self._shifts = np.arange(settings.bits, dtype=np.uint64)
 

@@ -135,7 +135,8 @@ def test_approximate_features_serve_a_near_duplicate_text_the_originals_features
         assert (stats.misses, stats.approximate_hits) == (2, 1)
         with TestClient(create_app(v), raise_server_exceptions=False) as client:
             assert client.get("/models/songs/metrics").json()["feature_cache"]["approximate_hits"] == 1
-            assert 'veloxserve_feature_cache_lookups_total{outcome="approximate_hit"} 1.0' in client.get("/metrics").text
+            metrics = client.get("/metrics").text
+            assert 'veloxserve_feature_cache_lookups_total{outcome="approximate_hit"} 1.0' in metrics
 
 
 def test_without_approximate_features_a_near_duplicate_is_computed_exactly(velox, catify) -> None:

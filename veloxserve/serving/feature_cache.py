@@ -29,6 +29,7 @@ import numpy as np
 from veloxserve.approximate_cache import ApproximateCache
 from veloxserve.config import ApproximateSettings
 from veloxserve.lru import ByteLRU
+from veloxserve.serving.anytime import AnytimeRows
 
 _ENTRY_OVERHEAD = 160  # bytes of an OrderedDict slot, key tuple and array header, measured with sys.getsizeof
 
@@ -77,7 +78,7 @@ class FeatureCache:
         self,
         namespace: tuple[str, str],
         inputs: Sequence[Any],
-        compute: Callable[[Sequence[Any]], np.ndarray],
+        compute: Callable[[Sequence[Any]], np.ndarray | AnytimeRows],
         *,
         keys: Sequence[Hashable] | None = None,
         coarsening: Coarsening | None = None,
@@ -87,7 +88,8 @@ class FeatureCache:
 
         `keys` identify the inputs for the exact rows (default: the inputs, e.g. texts; give
         digests for arrays). With `coarsening`, an exact miss whose class holds a row gets that
-        row (f of the class's representative) and is not computed."""
+        row (f of the class's representative) and is not computed. Rows `compute` answers as
+        AnytimeRows with a basis substituted by its mean (serving/anytime.py) are returned, not cached."""
         keys = inputs if keys is None else keys
         full = [(*namespace, key) for key in keys]
         with self._lock:
@@ -103,14 +105,17 @@ class FeatureCache:
             rows = {keys[i]: cast(np.ndarray, row) for i, (hit, row) in zip(distinct, answers) if hit}
             todo = [i for i, (hit, _) in zip(distinct, answers) if not hit]
             signatures = signatures[[not hit for hit, _ in answers]]
+        cacheable = True
         if todo:
             computed = compute([inputs[i] for i in todo])
+            if isinstance(computed, AnytimeRows):
+                cacheable, computed = computed.exact, computed.features
             rows.update(zip((keys[i] for i in todo), computed))
         with self._lock:
             self._hits += len(full) - len(distinct)  # a repeat within the batch is computed once: a hit
             self._approximate_hits += len(distinct) - len(todo)
             self._misses += len(todo)
-            if self.max_bytes:
+            if self.max_bytes and cacheable:
                 for key, row in rows.items():
                     if (*namespace, key) not in self._rows:  # another batch computed it meanwhile: keep that
                         self._rows.put((*namespace, key), np.array(row))  # a copy: never a view of a batch
