@@ -63,6 +63,7 @@ VERSION_ARRAYS = {
     "prior_mean",
     "prior_precision",
     "content_basis",
+    "item_features",
 }
 IO_MODULES = {
     "pyarrow.parquet",
