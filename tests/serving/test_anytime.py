@@ -167,3 +167,15 @@ def test_content_features_under_a_deadline_fall_back_to_the_mean_item(tmp_path: 
         assert score == pytest.approx(float(typical_item @ server.users.weights("1")))
         assert server.anytime.late.tolist() == [1] and v.feature_cache.stats().entries == 0
         gate.open.set()
+
+
+def test_bases_can_share_one_sparse_design() -> None:
+    """The bases read one design matrix (e.g. hashed n-grams, computed once): rows are its rows."""
+    import scipy.sparse as sp
+
+    design = sp.csr_matrix(np.array([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]]))
+    weights = [np.array([[1.0], [1.0], [1.0]]), np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])]
+    anytime = AnytimeFeatures([lambda D, W=W: D @ W for W in weights], deadline_s=5.0)
+    rows = anytime.transform(design)
+    np.testing.assert_array_equal(rows.features, np.hstack([design @ W for W in weights]))
+    anytime.close()

@@ -29,7 +29,7 @@ import numpy as np
 
 from veloxserve.errors import ModelStateInvalid
 
-Basis = Callable[[Sequence[Any]], np.ndarray]  # inputs -> (n,) or (n, width) outputs
+Basis = Callable[[Any], np.ndarray]  # inputs (a sequence, an array, a sparse design) -> (n,) or (n, width)
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,11 @@ class AnytimeFeatures:
         self.calls = 0
         self.late = np.zeros(k, dtype=np.int64)  # substitutions per basis
 
-    def transform(self, inputs: Sequence[Any], deadline_s: float | None = None) -> AnytimeRows:
-        """Every basis on `inputs`, waiting until the deadline; substitutes and flags the late ones."""
+    def transform(self, inputs: Any, deadline_s: float | None = None) -> AnytimeRows:
+        """Every basis on `inputs` (a sequence, or a matrix of rows such as a sparse design shared by
+        the bases), waiting until the deadline; substitutes and flags the late ones."""
         until = time.monotonic() + (self.deadline_s if deadline_s is None else deadline_s)
-        n = len(inputs)
+        n = _count(inputs)
         futures: list[Future[np.ndarray] | None] = []
         for i, basis in enumerate(self._bases):
             with self._lock:
@@ -117,7 +118,7 @@ class AnytimeFeatures:
         columns = tuple(slice(int(a), int(b)) for a, b in zip(widths[:-1], widths[1:]))
         return AnytimeRows(np.hstack(blocks) if blocks else np.empty((n, 0)), approximated, columns)
 
-    def __call__(self, inputs: Sequence[Any]) -> AnytimeRows:
+    def __call__(self, inputs: Any) -> AnytimeRows:
         return self.transform(inputs)
 
     def means(self) -> list[np.ndarray | None]:
@@ -133,9 +134,9 @@ class AnytimeFeatures:
         with self._lock:
             return self._means[i]
 
-    def _run(self, i: int, basis: Basis, inputs: Sequence[Any]) -> np.ndarray:
+    def _run(self, i: int, basis: Basis, inputs: Any) -> np.ndarray:
         try:
-            block = self._checked(i, basis(inputs), len(inputs))
+            block = self._checked(i, basis(inputs), _count(inputs))
             with self._lock:
                 mean, count = self._means[i], self._counts[i]
                 if mean is not None and mean.shape != block.shape[1:]:
@@ -163,3 +164,9 @@ class AnytimeFeatures:
         if not np.isfinite(block).all():
             raise ModelStateInvalid(f"Basis {self.names[i]!r} answered non-finite outputs; nothing was served from it.")
         return block
+
+
+def _count(inputs: Any) -> int:
+    """Rows of a batch: a matrix's first dimension (sparse matrices have no len), else its length."""
+    shape = getattr(inputs, "shape", None)
+    return int(shape[0]) if shape is not None else len(inputs)
