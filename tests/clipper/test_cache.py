@@ -166,3 +166,7 @@ def test_a_deployment_with_lsh_settings_answers_near_queries_from_the_cache(clip
     assert approx["replicas"][0]["queries"] == 1 and exact["replicas"][0]["queries"] == 2
     assert approx["approximate"]["bits"] == 16 and exact["approximate"] is None
     assert approx["cache"]["approximate_hits"] == 1
+    clipper.deploy("approx", "callable", model, adaptive=False, approximate={"tables": 4, "bits": 16, "seed": 1})
+    assert clipper.predict("a", "u", nudged)["output"] == pytest.approx(3.0 + 1e-6)  # v2 never sees v1's entries
+    assert clipper.describe_model("approx")["version"] == "v2"
+    assert clipper.describe_model("approx")["replicas"][0]["queries"] == 1

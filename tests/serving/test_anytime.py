@@ -11,8 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
+from starlette.testclient import TestClient
 
 from veloxserve import Velox
+from veloxserve.api import create_app
 from veloxserve.config import ServingConfig
 from veloxserve.errors import ModelStateInvalid
 from veloxserve.serving.anytime import AnytimeFeatures
@@ -166,6 +168,9 @@ def test_content_features_under_a_deadline_fall_back_to_the_mean_item(tmp_path: 
         typical_item = server.version.features.matrix.mean(axis=0)
         assert score == pytest.approx(float(typical_item @ server.users.weights("1")))
         assert server.anytime.late.tolist() == [1] and v.feature_cache.stats().entries == 0
+        with TestClient(create_app(v), raise_server_exceptions=False) as client:
+            metrics = client.get("/metrics").text
+        assert 'veloxserve_feature_substitutions_total{model="docs",version="v1"} 1.0' in metrics
         gate.open.set()
 
 
