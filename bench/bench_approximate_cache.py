@@ -145,7 +145,7 @@ def measure(corpus_dir: Path, quick: bool) -> dict[str, Any]:
             sweep.append(_tradeoff(settings, timing, approx, figures, scores["none"], targets, exact_rmse))
         chosen = stats["approximate"]
         return {
-            "data": {
+            "approximate_setup": {
                 "documents": len(texts),
                 "topics": int(topic_of.max()) + 1,
                 "users": n_users,
