@@ -170,3 +170,37 @@ def test_arrays_are_cached_by_the_keys_given() -> None:
     out = cache.features(("m", "v1"), list(X), compute, keys=[row.tobytes() for row in X])
     np.testing.assert_array_equal(out, X * 2)
     assert calls == [2]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    batches=st.lists(
+        st.lists(
+            st.tuples(st.integers(0, 7), st.integers(0, 7)).map(lambda p: (p[0] / 4, p[1] / 4)), min_size=1, max_size=5
+        ),
+        max_size=15,
+    ),
+    max_bytes=st.sampled_from([0, 400, 2_000, 1 << 20]),
+    width=st.sampled_from([0.25, 0.5, 1.0]),
+)
+def test_a_coarsened_row_is_always_f_of_an_input_of_the_same_class(batches, max_bytes, width) -> None:
+    """Against an independent model of the classes: every row is f(x) or f(z) for a z seen before
+    in x's grid cell; both byte bounds hold; lookups are hits, approximate hits or misses."""
+    cache = FeatureCache(max_bytes)
+    compute, _ = _numeric_f()
+    reference, _ = _numeric_f()
+    seen: set[tuple] = set()
+    lookups = 0
+    for batch in batches:
+        rows = cache.features(("m", "v1"), batch, compute, coarsening=_grid(width))
+        for x, row in zip(batch, rows):
+            cell = tuple(int(np.floor(c / width)) for c in x)
+            candidates = [x] + [z for z in seen if tuple(int(np.floor(c / width)) for c in z) == cell]
+            assert any(np.array_equal(row, reference([z])[0]) for z in candidates), (x, row)
+        seen.update(batch)
+        lookups += len(batch)
+        stats = cache.stats()
+        assert stats.bytes <= max_bytes and stats.approximate_bytes <= max_bytes
+        assert stats.hits + stats.approximate_hits + stats.misses == lookups
+    if max_bytes == 0:
+        assert cache.stats().approximate_hits == 0

@@ -12,8 +12,8 @@ Feature coarsening (the paper's cache equivalence classes, docs/approximate-cach
 word counts, a numeric input itself) whose LSH bucket is its class; a class already holding a row
 answers f(z) of its representative z — the first input that filled it — in place of f(x), and
 only inputs of new classes are computed. Those rows live in veloxserve/approximate_cache.py's
-ApproximateCache (the one Clipper's prediction cache uses), within the same byte bound's budget
-(a second bound of `max_bytes`), keyed by version like the exact rows.
+ApproximateCache (the one Clipper's prediction cache uses), under a byte bound of its own (again
+`max_bytes`; `stats().approximate_bytes`), keyed by version like the exact rows.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ class CacheStats:
     max_bytes: int
     approximate_hits: int = 0
     approximate_entries: int = 0
+    approximate_bytes: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -146,10 +147,11 @@ class FeatureCache:
                 self._misses,
                 rows.evictions + classes.evictions,
                 len(rows),
-                rows.bytes + classes.bytes,
+                rows.bytes,
                 self.max_bytes,
                 self._approximate_hits,
                 len(classes),
+                classes.bytes,
             )
 
 
