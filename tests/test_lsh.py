@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from veloxserve.config import ApproximateSettings
 from veloxserve.errors import InvalidInput
-from veloxserve.lsh import LSH, hasher, hyperplane_collision, pstable_collision
+from veloxserve.lsh import LSH, MAX_PROJECTION, fits, hasher, hyperplane_collision, pstable_collision
 
 SEEDS = 160  # independent hashers per example: SEEDS × tables Bernoulli trials
 SIGMAS = 4.5
@@ -104,6 +104,14 @@ def test_distance_is_the_angle_for_cosine_and_l2_otherwise() -> None:
     x, y = _pair_at_angle(0.7, 3)
     assert hasher(ApproximateSettings(), 3).distance(x, 2 * y) == pytest.approx(0.7)
     assert hasher(ApproximateSettings(family="euclidean"), 3).distance(x, y) == pytest.approx(np.linalg.norm(x - y))
+
+
+def test_a_projection_past_the_size_bound_is_refused() -> None:
+    s = ApproximateSettings(tables=64, bits=64)
+    assert fits(s, MAX_PROJECTION // 4096) and not fits(s, MAX_PROJECTION // 4096 + 1)
+    assert fits(ApproximateSettings(family="grid"), 10**9)
+    with pytest.raises(ValueError, match="projection entries"):
+        hasher(s, MAX_PROJECTION)
 
 
 def test_a_vector_of_the_wrong_dimension_is_refused() -> None:

@@ -30,6 +30,7 @@ import numpy as np
 from veloxserve.config import ApproximateSettings
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: the multiplicative hash constant
+MAX_PROJECTION = 1 << 23  # dim × tables × bits floats (64 MB) at most per hasher: larger inputs stay exact
 
 
 class LSH:
@@ -75,12 +76,22 @@ class LSH:
         return float(np.linalg.norm(a - b))
 
 
+def fits(settings: ApproximateSettings, dim: int) -> bool:
+    """Whether inputs of `dim` dimensions may be hashed under `settings` (the projection's size bound)."""
+    return settings.family == "grid" or dim * settings.tables * settings.bits <= MAX_PROJECTION
+
+
 def hasher(settings: ApproximateSettings, dim: int) -> LSH:
     """The LSH of `settings` over `dim` dimensions, built once per process."""
+    if not fits(settings, dim):
+        raise ValueError(
+            f"LSH of {dim} dimensions × {settings.tables} tables × {settings.bits} bits exceeds "
+            f"{MAX_PROJECTION} projection entries; use fewer tables or bits, or exact caching"
+        )
     return _hasher(settings, dim)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=32)
 def _hasher(settings: ApproximateSettings, dim: int) -> LSH:
     return LSH(settings, dim)
 

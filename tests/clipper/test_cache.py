@@ -152,21 +152,34 @@ def test_approximate_caching_off_is_exact_caching() -> None:
 
 def test_a_deployment_with_lsh_settings_answers_near_queries_from_the_cache(clipper: Clipper, tmp_path: Path) -> None:
     model = write_callable(tmp_path / "sum.pkl", lambda batch: [float(sum(x)) for x in batch])
-    clipper.deploy("approx", "callable", model, adaptive=False, approximate={"tables": 4, "bits": 16, "seed": 1})
-    clipper.deploy("exact", "callable", model, adaptive=False)
+    x = [0.5, 1.5, -2.0, 3.0]
+    lsh = {"tables": 4, "bits": 16, "seed": 1}
+    clipper.deploy("approx", "callable", model, adaptive=False, approximate=lsh, sample=x)  # its shape: [4]
+    clipper.deploy("exact", "callable", model, adaptive=False, sample=x)
     clipper.create_app("a", ["approx"], objective_ms=20_000)
     clipper.create_app("e", ["exact"], objective_ms=20_000)
-    x = [0.5, 1.5, -2.0, 3.0]
     nudged = [0.5 + 1e-6, 1.5, -2.0, 3.0]
     for app in ("a", "e"):
         assert clipper.predict(app, "u", x)["output"] == 3.0
     assert clipper.predict("a", "u", nudged)["output"] == 3.0  # the near query's cached output
     assert clipper.predict("e", "u", nudged)["output"] == pytest.approx(3.0 + 1e-6)  # computed
     approx, exact = clipper.describe_model("approx"), clipper.describe_model("exact")
-    assert approx["replicas"][0]["queries"] == 1 and exact["replicas"][0]["queries"] == 2
+    probe = 1  # the deploy ran the sample once in each replica
+    assert approx["replicas"][0]["queries"] == probe + 1 and exact["replicas"][0]["queries"] == probe + 2
     assert approx["approximate"]["bits"] == 16 and exact["approximate"] is None
     assert approx["cache"]["approximate_hits"] == 1
-    clipper.deploy("approx", "callable", model, adaptive=False, approximate={"tables": 4, "bits": 16, "seed": 1})
+    clipper.deploy("approx", "callable", model, adaptive=False, approximate=lsh, sample=x)
     assert clipper.predict("a", "u", nudged)["output"] == pytest.approx(3.0 + 1e-6)  # v2 never sees v1's entries
     assert clipper.describe_model("approx")["version"] == "v2"
-    assert clipper.describe_model("approx")["replicas"][0]["queries"] == 1
+    assert clipper.describe_model("approx")["replicas"][0]["queries"] == probe + 1
+
+
+def test_without_a_known_input_shape_a_deployment_caches_exactly(clipper: Clipper, tmp_path: Path) -> None:
+    """A callable deployed without a sample declares no shape: no hasher is built for whatever
+    dimension a client sends, so the approximate setting waits for a shape (exact caching meanwhile)."""
+    model = write_callable(tmp_path / "sum.pkl", lambda batch: [float(sum(x)) for x in batch])
+    clipper.deploy("approx", "callable", model, adaptive=False, approximate={"bits": 8})
+    clipper.create_app("a", ["approx"], objective_ms=20_000)
+    assert clipper.predict("a", "u", [1.0, 2.0])["output"] == 3.0
+    assert clipper.predict("a", "u", [1.0, 2.0 + 1e-6])["output"] == pytest.approx(3.0 + 1e-6)
+    assert clipper.describe_model("approx")["cache"]["approximate_entries"] == 0

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import zmq.asyncio
 
+from veloxserve import lsh
 from veloxserve.clipper.batching import BatchingConfig, Query
 from veloxserve.clipper.cache import Near, PredictionCache, input_digest
 from veloxserve.clipper.replica import ContainerSpec, Replica
@@ -128,11 +129,15 @@ class ModelDeployment:
         return self.cache.fetch(key, lambda: self._submit(value, deadline), self._near(value))
 
     def _near(self, value: Any) -> Near | None:
-        """The query as one vector for approximate caching, when this version caches approximately
-        and the input is numeric (an image is hashed as its flattened pixels)."""
-        if self.approximate is None or not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf":
+        """The query as one vector for approximate caching, when this version caches approximately,
+        its input shape is known (so one hasher serves it: a client cannot make the server build a
+        projection per dimension it invents) and the input is numeric and finite (an image is
+        hashed as its flattened pixels)."""
+        if self.approximate is None or not isinstance(self.input_shape, list):
             return None
-        if value.size == 0 or not np.isfinite(value).all():
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf" or value.size == 0:
+            return None
+        if not lsh.fits(self.approximate, value.size) or not np.isfinite(value).all():
             return None
         return self.approximate, value.reshape(1, -1)
 
