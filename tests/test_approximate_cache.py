@@ -125,3 +125,15 @@ def test_the_byte_bound_evicts_the_least_recently_used() -> None:
 def test_rows_must_be_a_matrix() -> None:
     with pytest.raises(ValueError, match=r"rows of vectors \(n, d\)"):
         _cache().get_many(V1, COSINE, np.ones(3))
+
+
+def test_euclidean_buckets_hit_within_the_width_and_miss_far_away() -> None:
+    s = ApproximateSettings(family="euclidean", tables=4, bits=4, width=4.0, seed=5)
+    rng = np.random.default_rng(6)
+    X = rng.normal(scale=10.0, size=(100, 8))
+    cache = _cache()
+    cache.put_many(V1, s, X, [float(i) for i in range(100)])
+    near = cache.get_many(V1, s, X + rng.normal(scale=0.01, size=X.shape))
+    far = cache.get_many(V1, s, X + 60.0)
+    assert sum(v == i for i, (_, v) in enumerate(near)) >= 97
+    assert sum(found for found, _ in far) <= 5
