@@ -83,7 +83,9 @@ def test_changed_output_width_is_named() -> None:
     basis = BlackBoxBasis(lambda D: D, framework="callable", inputs=NUMERIC, outputs=2, name="wide")
     with pytest.raises(InvalidInput, match=r"'wide'.*3 outputs.*declared 2"):
         basis.transform(X)
-    two = BlackBoxBasis([lambda D: D[:, 0], lambda D: D[:3, 1]], framework="callable", inputs=NUMERIC, outputs=2, name="m")
+    two = BlackBoxBasis(
+        [lambda D: D[:, 0], lambda D: D[:3, 1]], framework="callable", inputs=NUMERIC, outputs=2, name="m"
+    )
     with pytest.raises(InvalidInput, match=r"'m' \(model 1 of 2\).*shape"):
         two.transform(X)
 

@@ -56,7 +56,9 @@ RECIPE = BasisRecipe("oracle-mtl", BasisInputs(text="text", n_buckets=1024), sol
 def velox(tmp_path: Path, documents):
     table, _, _, ratings = documents
     with Velox(tmp_path / "home") as v:
-        meta = train_basis_version(v.layout, "docs", ratings, items=table, recipe=RECIPE, config=OracleConfig(k=3, iterations=3))
+        meta = train_basis_version(
+            v.layout, "docs", ratings, items=table, recipe=RECIPE, config=OracleConfig(k=3, iterations=3)
+        )
         v.activate("docs", meta["version"])
         yield v
 
@@ -125,6 +127,11 @@ def test_retrain_from_the_log_refits_the_basis(velox, documents) -> None:
     assert version.version == "v2" and version.meta["kind"] == "black_box" and version.content is not None
     assert version.meta["comparison"]["rows"] >= 1 and version.meta["comparison"]["parent_rmse"] is not None
     assert len(velox.predict_text("docs", [("u2", "words")])) == 1
+    velox.activate("docs", "v1")  # a rollback reattaches v1's own basis
+    assert velox.server("docs").version_id == "v1" and velox.server("docs").version.content is not None
+    assert velox.predict_text("docs", [("u2", documents[2][0])])[0] == pytest.approx(
+        velox.predict("docs", "u2", ids[0])
+    )
 
 
 def test_a_failed_oracle_fit_leaves_the_active_version_serving(velox, documents, monkeypatch) -> None:

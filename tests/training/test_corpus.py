@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from veloxserve.errors import InvalidInput
-from veloxserve.training.corpus import NEWSGROUPS, generate_corpus, read_corpus
+from veloxserve.training.corpus import NEWSGROUPS, generate_corpus, read_corpus, topic_ratings
 
 
 def test_layout_one_folder_per_topic_one_file_per_document(tmp_path: Path) -> None:
@@ -74,3 +74,22 @@ def test_bad_folders_named(tmp_path: Path) -> None:
         read_corpus(tmp_path)
     with pytest.raises(InvalidInput, match="'topics'"):
         generate_corpus(tmp_path, topics=0)
+
+
+def test_topic_readers_like_a_few_topics_and_grouped_ones_share_groups(tmp_path: Path) -> None:
+    ids, topics, _ = read_corpus(generate_corpus(tmp_path, topics=6, docs_per_topic=5, seed=0))
+    ratings, prefs = topic_ratings(ids, topics, 50, 8, liked=2, seed=1)
+    assert len(ratings) == 400 and prefs.shape == (50, 6)
+    assert ((prefs > 0.5).sum(axis=1) == 2).all()  # each reader likes two topics
+    names = sorted(set(topics))
+    for user, item, score in zip(ratings.users[:20], ratings.items[:20], ratings.scores[:20], strict=True):
+        truth = 3.0 + prefs[int(user[1:]), names.index(item.split("/")[0])]
+        assert abs(score - truth) < 5 * 0.3  # noise around the planted preference
+    first, _ = topic_ratings(ids, topics, 40, 3, liked=2, seed=2, grouped=True)
+    _, a = topic_ratings(ids, topics, 40, 3, liked=2, seed=2, grouped=True)
+    _, b = topic_ratings(ids, topics, 40, 3, liked=2, seed=3, grouped=True)
+    groups_a = {frozenset(np.flatnonzero(row > 0.5)) for row in a}
+    groups_b = {frozenset(np.flatnonzero(row > 0.5)) for row in b}
+    assert len(groups_a | groups_b) == 3  # 6 topics in 3 groups of 2, the same for every seed
+    assert all(len(g) == 2 for g in groups_a)
+    assert len(set(first.users)) == 40

@@ -164,3 +164,22 @@ def test_bad_config_is_named() -> None:
     X, _, data = full_instance()
     with pytest.raises(InvalidInput, match="needs 2 solvers, got 1"):
         train_oracle(X, data, [Ridge()], OracleConfig(k=2))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), i=st.integers(0, 2), zero_users=st.integers(0, 3))
+def test_the_weighted_data_set_is_the_squared_loss_as_a_function_of_f_i(seed: int, i: int, zero_users: int) -> None:
+    """For any values g of f_i, the full loss equals the weighted data set's loss in g plus the
+    rows of users ignoring f_i (w_{u,i} = 0), which do not depend on g."""
+    rng = np.random.default_rng(seed)
+    n_users, n_items, k = 6, 5, 3
+    raw, W = rng.normal(size=(n_items, k)), rng.normal(size=(n_users, k + 1))
+    W[:zero_users, i] = 0.0
+    data = IndexedRatings(rng.integers(0, n_users, 40), rng.integers(0, n_items, 40), rng.normal(size=40), n_users)
+    items, targets, weights = weighted_dataset(data, raw, W, i, constant=True, min_weight=1e-12)
+    g = rng.normal(size=n_items)
+    swapped = raw.copy()
+    swapped[:, i] = g
+    full = data.scores - np.einsum("ij,ij->i", W[data.users, :k], swapped[data.items]) - W[data.users, k]
+    ignored = W[data.users, i] == 0.0
+    assert (full**2).sum() == pytest.approx((weights * (targets - g[items]) ** 2).sum() + (full[ignored] ** 2).sum())

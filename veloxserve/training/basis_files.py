@@ -9,6 +9,7 @@ a version read by serving or by a retrain gets its basis attached again.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -38,7 +39,7 @@ def load_basis(version_dir: Path, meta: dict[str, Any]) -> BlackBoxBasis:
     try:
         with open(path, "rb") as fh:
             basis = cloudpickle.load(fh)
-    except (OSError, EOFError, ValueError, AttributeError, ImportError) as exc:
+    except (OSError, EOFError, ValueError, AttributeError, ImportError, pickle.UnpicklingError) as exc:
         raise ModelStateInvalid(
             f"Version {meta.get('version')!r} of {meta.get('model')!r} is a black-box version but its "
             f"basis file {path} cannot be loaded ({type(exc).__name__}: {exc}). Retrain the model or restore the file."

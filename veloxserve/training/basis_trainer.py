@@ -34,6 +34,7 @@ from veloxserve.storage.observation_log import MAIN_INSTANCE
 from veloxserve.storage.versions import VersionStore
 from veloxserve.training.als import solve_users
 from veloxserve.training.basis_files import basis_files, load_basis
+from veloxserve.training.multilevel import MultilevelConfig, train_multilevel
 from veloxserve.training.oracle_mtl import (
     FittedBasis,
     IndexedRatings,
@@ -45,7 +46,7 @@ from veloxserve.training.oracle_mtl import (
 )
 from veloxserve.training.ratings import Ratings, load_ratings, split_holdout
 
-METHODS = ("oracle-mtl", "first-order", "fixed")
+METHODS = ("oracle-mtl", "first-order", "fixed", "multilevel")
 MIN_RECENT_HOLDOUT = 50  # as trainer.py: fewer unfitted logged rows and a comparison is noise
 
 
@@ -66,12 +67,16 @@ class BasisRecipe:
             raise InvalidInput(
                 f"The basis method must be one of {', '.join(METHODS)}; got {self.method!r}.", field="basis"
             )
-        needed = {"oracle-mtl": self.solver, "first-order": self.module, "fixed": self.basis}[self.method]
+        needed = {"oracle-mtl": self.solver, "first-order": self.module, "fixed": self.basis}.get(
+            self.method, self.solver
+        )
         if needed is None:
-            what = {"oracle-mtl": "a solver", "first-order": "a torch module", "fixed": "a fitted basis"}[self.method]
+            what = {"first-order": "a torch module", "fixed": "a fitted basis"}.get(self.method, "a solver")
             raise InvalidInput(f"A {self.method} basis needs {what}.", field="basis")
-        if self.method == "oracle-mtl":
+        if self.method in ("oracle-mtl", "multilevel"):
             check_solver(self.solver)
+        if self.method == "multilevel" and not self.inputs.numeric:
+            raise InvalidInput("Multilevel regression's w_u · x needs numeric input columns, not text.", field="basis")
 
 
 def recipe_from_spec(spec: str, inputs: str, *, name: str = "basis", params: str | None = None) -> BasisRecipe:
@@ -145,7 +150,11 @@ def _indexed(
 def _basis(recipe: BasisRecipe, models: list[Any], config: OracleConfig) -> BlackBoxBasis:
     if recipe.method == "fixed" and recipe.basis is not None:
         return recipe.basis
-    framework = "sklearn" if recipe.method == "oracle-mtl" else "torch"
+    framework = "torch" if recipe.method == "first-order" else "sklearn"
+    if recipe.method == "multilevel":  # [f(x; θ), x, 1], f's weight held at 1 (training/multilevel.py)
+        return BlackBoxBasis(
+            models, framework=framework, inputs=recipe.inputs, outputs=1, name=recipe.name, passthrough=True
+        )
     return BlackBoxBasis(
         models, framework=framework, inputs=recipe.inputs, outputs=config.k, name=recipe.name, constant=config.constant
     )
@@ -183,6 +192,9 @@ def fit_basis(
         fitted = train_oracle(design, data, recipe.solver, config)
     elif recipe.method == "first-order":
         fitted = train_first_order(recipe.module, design, data, config, warm=True)
+    elif recipe.method == "multilevel":
+        settings = MultilevelConfig(iterations=config.iterations, prior_precision=config.prior_precision)
+        fitted = train_multilevel(design, data, recipe.solver, settings)
     if fitted is None and recipe.basis is not None:
         basis = recipe.basis
     else:
@@ -216,6 +228,8 @@ def train_basis_version(
     config = config or OracleConfig()
     if recipe.method == "fixed" and recipe.basis is not None:
         config = replace(config, k=recipe.basis.outputs, constant=recipe.basis.constant)
+    if recipe.method == "multilevel":
+        config = replace(config, k=1, constant=True)
     catalogue = read_catalogue(Path(items), recipe.inputs)  # a missing column fails before training
     data = ratings if isinstance(ratings, Ratings) else load_ratings(ratings)
     started = time.perf_counter()
@@ -280,7 +294,7 @@ def retrain_basis_version(
     recipe = BasisRecipe(
         method,
         parent_basis.inputs,
-        solver=clone(parent_basis.models[0]) if method == "oracle-mtl" else None,
+        solver=clone(parent_basis.models[0]) if method in ("oracle-mtl", "multilevel") else None,
         module=parent_basis.models[0] if method == "first-order" else None,
         basis=parent_basis if method == "fixed" else None,
         name=parent_basis.name,

@@ -159,22 +159,35 @@ def read_corpus(directory: Path | str) -> tuple[list[str], list[str], list[str]]
 
 
 def topic_ratings(
-    doc_ids: Sequence[str],
-    topics: Sequence[str],
+    doc_ids: Sequence[str] | np.ndarray,
+    topics: Sequence[str] | np.ndarray,
     n_users: int,
     per_user: int,
     *,
     liked: int = 3,
     noise: float = 0.3,
     seed: int = 0,
+    grouped: bool = False,
+    group_seed: int = 0,
 ) -> tuple[Ratings, np.ndarray]:
     """Synthetic readers who each like `liked` topics: user u rates a document of topic t
     3 + a_{u,t} + noise, a_{u,t} ≈ 1.5 for liked topics and ≈ -0.5 otherwise, on `per_user`
-    documents drawn uniformly. Returns the ratings and a (n_users, n_topics) preference matrix."""
+    documents drawn uniformly. With `grouped`, topics form seeded groups of `liked` related ones
+    (as comp.* or rec.* do; drawn from `group_seed`, so readers of different seeds share them) and
+    each reader likes one group: tastes then share a low-dimensional structure, the setting where
+    a shared basis helps. Returns the ratings and a (n_users,
+    n_topics) preference matrix."""
     names, topic_of = np.unique(np.asarray(topics, dtype=str), return_inverse=True)
     rng = np.random.default_rng(seed)
     prefs = rng.normal(-0.5, 0.2, size=(n_users, names.size))
     likes = np.argsort(rng.random((n_users, names.size)), axis=1)[:, : min(liked, names.size)]
+    if grouped:
+        order = np.random.default_rng(group_seed).permutation(names.size)
+        groups = np.array_split(order, max(1, names.size // max(1, liked)))
+        chosen = rng.integers(0, len(groups), size=n_users)
+        width = max(g.size for g in groups)
+        padded = np.array([np.resize(g, width) for g in groups])  # a short group repeats a topic
+        likes = padded[chosen]
     np.put_along_axis(prefs, likes, rng.normal(1.5, 0.3, size=likes.shape), axis=1)
     per_user = min(per_user, len(doc_ids))
     docs = np.argsort(rng.random((n_users, len(doc_ids))), axis=1)[:, :per_user]  # without repeats
