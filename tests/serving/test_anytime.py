@@ -84,6 +84,15 @@ def test_a_late_basis_is_replaced_by_its_running_mean_and_flagged() -> None:
     anytime.close()
 
 
+def test_after_close_every_basis_is_computed_in_the_callers_thread() -> None:
+    """A retired version's features (a request that reached it as it was replaced) stay exact."""
+    anytime = AnytimeFeatures([double, square], deadline_s=SHORT)
+    anytime.close()
+    rows = anytime.transform([2.0])
+    np.testing.assert_array_equal(rows.features, [[4.0, 6.0, 4.0]])
+    assert rows.exact and rows.columns == (slice(0, 2), slice(2, 3))
+
+
 def test_a_basis_with_no_expectation_yet_is_waited_for() -> None:
     gate = Gate()
     threading.Timer(0.05, gate.open.set).start()

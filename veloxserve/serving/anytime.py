@@ -76,6 +76,7 @@ class AnytimeFeatures:
         self._in_flight = [0] * k
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=k * max_in_flight, thread_name_prefix="anytime")
+        self._closed = False
         self.calls = 0
         self.late = np.zeros(k, dtype=np.int64)  # substitutions per basis
 
@@ -84,6 +85,9 @@ class AnytimeFeatures:
         the bases), waiting until the deadline; substitutes and flags the late ones."""
         until = time.monotonic() + (self.deadline_s if deadline_s is None else deadline_s)
         n = _count(inputs)
+        if self._closed:  # a retired version still answering a request that reached it: no deadline
+            blocks = [self._checked(i, basis(inputs), n) for i, basis in enumerate(self._bases)]
+            return _rows(blocks, np.zeros(len(blocks), dtype=bool), n)
         futures: list[Future[np.ndarray] | None] = []
         for i, basis in enumerate(self._bases):
             with self._lock:
@@ -114,9 +118,7 @@ class AnytimeFeatures:
         with self._lock:
             self.calls += 1
             self.late += approximated
-        widths = np.cumsum([0] + [b.shape[1] for b in blocks])
-        columns = tuple(slice(int(a), int(b)) for a, b in zip(widths[:-1], widths[1:]))
-        return AnytimeRows(np.hstack(blocks) if blocks else np.empty((n, 0)), approximated, columns)
+        return _rows(blocks, approximated, n)
 
     def __call__(self, inputs: Any) -> AnytimeRows:
         return self.transform(inputs)
@@ -127,7 +129,9 @@ class AnytimeFeatures:
             return [None if m is None else m.copy() for m in self._means]
 
     def close(self) -> None:
-        """Stop the workers (those running finish; nothing waits for them)."""
+        """Stop the workers (those running finish; nothing waits for them). Later calls compute
+        every basis in the caller's thread, exactly and without a deadline."""
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _mean(self, i: int) -> np.ndarray | None:
@@ -164,6 +168,12 @@ class AnytimeFeatures:
         if not np.isfinite(block).all():
             raise ModelStateInvalid(f"Basis {self.names[i]!r} answered non-finite outputs; nothing was served from it.")
         return block
+
+
+def _rows(blocks: list[np.ndarray], approximated: np.ndarray, n: int) -> AnytimeRows:
+    widths = np.cumsum([0] + [b.shape[1] for b in blocks])
+    columns = tuple(slice(int(a), int(b)) for a, b in zip(widths[:-1], widths[1:]))
+    return AnytimeRows(np.hstack(blocks) if blocks else np.empty((n, 0)), approximated, columns)
 
 
 def _count(inputs: Any) -> int:
