@@ -29,8 +29,8 @@ test: $(STAMP) system-tools
 
 # The habits CI checks (.ci/run runs it before the tests): lint, formatting, zero type errors.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check veloxserve tests bench
-	$(VENV)/bin/ruff format --check veloxserve tests bench
+	$(VENV)/bin/ruff check veloxserve tests bench examples docs/hooks
+	$(VENV)/bin/ruff format --check veloxserve tests bench examples docs/hooks
 	$(PY) -m mypy
 
 # What pip cannot install: said up front, not discovered as a skipped (or, under CI=true, failed) test.
