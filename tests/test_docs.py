@@ -157,7 +157,7 @@ def test_a_fields_docstring_metadata_or_comment_is_its_documentation(tmp_path: P
     assert rows["documented"][2:] == ["`20_000`", "Its attribute docstring."]
     assert rows["described"][3] == "From metadata."
     assert rows["needed"][3] == "\\| a pipe"
-    assert "a `Inner` (below)" in rows["inner"][2] and "### `Inner`" in page and rows["depth"][3] == "how deep"
+    assert "`Inner` (below)" in rows["inner"][2] and "### `Inner`" in page and rows["depth"][3] == "how deep"
 
 
 def test_links_out_of_docs_become_code_paths_and_links_between_pages_stay() -> None:

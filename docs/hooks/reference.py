@@ -5,12 +5,13 @@ and the table can never drift from the code:
 
     <!-- generated: config veloxserve.config -->             every dataclass defined in that module
     <!-- generated: config veloxserve.serving.admission:AdmissionConfig -->   one class
+    <!-- generated: config ?veloxserve.settings -->            the same, once that module exists
     <!-- generated: routes -->                                the route table (veloxserve/api/routes.py)
     <!-- generated: request-types -->                         the request bodies and queries it names
     <!-- generated: cli -->                                   every `veloxserve` command's --help
 
-A field's documentation is, in this order: its attribute docstring (a string on the line after it),
-`field(metadata={"doc": ...})`, or the comment on its line (the house style of veloxserve/config.py).
+A field's documentation is, in this order: `field(metadata={"help": ...})` (or "doc"), its attribute
+docstring (a string on the line after it), or the comments on its line and right above it.
 
 The hook also turns links that leave docs/ (`[nginx.conf](../deploy/nginx.conf)`: right on GitHub,
 a missing page to MkDocs) into the file's path in code, so `mkdocs build --strict` still fails on a
@@ -23,6 +24,7 @@ import argparse
 import ast
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import io
 import posixpath
@@ -93,7 +95,7 @@ def _default(f: dataclasses.Field) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
         return f"`{value:_}`"
     if dataclasses.is_dataclass(value):
-        return f"a `{type(value).__name__}` (below)"
+        return f"`{type(value).__name__}` (below)"
     return f"`{value!r}`"
 
 
@@ -117,14 +119,17 @@ def config_table(cls: type) -> str:
     return "\n".join([f"### `{cls.__name__}`", "", f"`{where}`" + (f": {doc}" if doc else ""), "", *rows, ""])
 
 
-def config_classes(targets: list[str]) -> list[type]:
-    """The dataclasses named by `targets` ("module" for all defined there, "module:Class" for one),
-    with the dataclasses their fields default to (a nested section), each once, in order."""
+def config_classes(targets: list[str], seen: set[type] | None = None) -> list[type]:
+    """The dataclasses named by `targets` ("module" for all defined there, "module:Class" for one; a
+    leading "?" for a module that may not exist yet), with the dataclasses their fields default to (a
+    nested table), each once, in order, leaving out those in `seen` (already on the page)."""
     found: list[type] = []
+    seen = set() if seen is None else seen
 
     def add(cls: type) -> None:
-        if cls in found:
+        if cls in seen:
             return
+        seen.add(cls)
         found.append(cls)
         for f in dataclasses.fields(cls):
             factory = f.default_factory if f.default_factory is not dataclasses.MISSING else None
@@ -133,7 +138,10 @@ def config_classes(targets: list[str]) -> list[type]:
                 add(type(value))
 
     for target in targets:
-        module_name, _, class_name = target.partition(":")
+        optional = target.startswith("?")
+        module_name, _, class_name = target.removeprefix("?").partition(":")
+        if optional and importlib.util.find_spec(module_name) is None:
+            continue
         module = importlib.import_module(module_name)
         if class_name:
             add(getattr(module, class_name))
@@ -144,8 +152,8 @@ def config_classes(targets: list[str]) -> list[type]:
     return found
 
 
-def config_reference(targets: list[str]) -> str:
-    return "\n".join(config_table(cls) for cls in config_classes(targets))
+def config_reference(targets: list[str], seen: set[type] | None = None) -> str:
+    return "\n".join(config_table(cls) for cls in config_classes(targets, seen))
 
 
 # ---- the HTTP API ----------------------------------------------------------------------------------
@@ -249,22 +257,21 @@ def cli_reference() -> str:
     return "\n".join(out)
 
 
-GENERATORS = {
-    "config": lambda args: config_reference(args),
-    "routes": lambda args: routes_reference(),
-    "request-types": lambda args: request_types_reference(),
-    "cli": lambda args: cli_reference(),
-}
-
-
 def expand(markdown: str) -> str:
-    """Every marker of `markdown` replaced by its generated table."""
+    """Every marker of `markdown` replaced by its generated table; a class is documented once per page."""
+    seen: set[type] = set()
+    generators = {
+        "config": lambda args: config_reference(args, seen),
+        "routes": lambda args: routes_reference(),
+        "request-types": lambda args: request_types_reference(),
+        "cli": lambda args: cli_reference(),
+    }
 
     def one(match: re.Match[str]) -> str:
         kind = match["kind"]
-        if kind not in GENERATORS:
-            raise ValueError(f"unknown generated table {kind!r}; expected one of {sorted(GENERATORS)}")
-        return GENERATORS[kind](match["args"].split())
+        if kind not in generators:
+            raise ValueError(f"unknown generated table {kind!r}; expected one of {sorted(generators)}")
+        return generators[kind](match["args"].split())
 
     return MARKER.sub(one, markdown)
 
