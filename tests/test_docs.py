@@ -37,13 +37,19 @@ def _table_rows(markdown: str) -> list[list[str]]:
     return rows
 
 
+def _require_docs_tools() -> None:
+    """The docs extra (mkdocs and its plugins, PyYAML with them): make test installs it; under CI its absence
+    fails, elsewhere it skips."""
+    if any(importlib.util.find_spec(m) is None for m in ("mkdocs", "mkdocstrings", "material", "yaml")):
+        if os.environ.get("CI") == "true":
+            pytest.fail("the docs tools are not installed: make test installs the docs extra ('.[test,spark,docs]')")
+        pytest.skip("the docs tools are not installed (pip install '.[docs]')")
+
+
 def test_the_site_builds_strictly_and_a_page_missing_from_nav_does_not_break_it(tmp_path: Path) -> None:
     """The build CI runs, on a copy with one more page that nav does not list (what every engineer's new
     docs/<topic>.md is until the lead adds its nav line) and that links to the source, as pages do."""
-    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("mkdocs is not installed: make test installs the docs extra ('.[test,spark,docs]')")
-        pytest.skip("mkdocs is not installed (pip install '.[docs]')")
+    _require_docs_tools()
     copy = tmp_path / "repo"
     copy.mkdir()
     shutil.copy(ROOT / "mkdocs.yml", copy / "mkdocs.yml")
@@ -226,3 +232,28 @@ def test_the_clipper_tours_script_writes_the_models_and_bodies_it_names(tmp_path
     x, y = load_digits(return_X_y=True)
     row = next(i for i in range(len(x)) if x[i].tolist() == predict["input"])
     assert row >= 600 and observe["label"] == y[row]  # a digit none of the models was fitted on, truly labelled
+
+
+def test_the_readmes_links_into_docs_lead_to_pages_the_site_builds() -> None:
+    """The README is the two commands, the tour and links: each link is a file of the checkout, and each
+    page it links to under docs/ is one the site builds (in nav)."""
+    _require_docs_tools()
+    import yaml
+
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+    assert len(links) > 15
+    missing = [link for link in links if "://" not in link and not (ROOT / link).is_file()]
+    assert not missing, f"README links to files that do not exist: {missing}"
+
+    def pages(nav: object) -> list[str]:
+        if isinstance(nav, str):
+            return [nav]
+        if isinstance(nav, list):
+            return [p for entry in nav for p in pages(entry)]
+        if isinstance(nav, dict):
+            return [p for value in nav.values() for p in pages(value)]
+        return []
+
+    in_nav = set(pages(yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]))
+    linked = {link.removeprefix("docs/") for link in links if link.startswith("docs/")}
+    assert linked <= in_nav, f"README links to pages nav does not list: {sorted(linked - in_nav)}"
