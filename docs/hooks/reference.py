@@ -167,8 +167,8 @@ def routes_reference() -> str:
 
     max_batch = ServingConfig().max_batch
     rows = [
-        "| method | path | what it does | access | request | answer | status | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | path | what it does | access | request | answer | statuses |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in ROUTES:
         if r.query is not None:
@@ -181,10 +181,10 @@ def routes_reference() -> str:
             request = f"body [`{name}`](#{name.lower()})" + ("" if r.body_required else " (optional)")
         else:
             request = ""
-        errors = ", ".join(str(e) for e in r.errors)
+        statuses = ", ".join(str(s) for s in (r.status, *r.errors))
         rows.append(
             f"| {r.method} | `{r.path}` | {_cell(r.summary)} | {r.access.value} | {request} | `{r.response}` | "
-            f"{r.status} | {errors} |"
+            f"{statuses} |"
         )
     return "\n".join(rows) + "\n"
 
