@@ -141,7 +141,13 @@ def browser():
 
     options = Options()
     options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(driver_path))
@@ -219,7 +225,7 @@ def _state(driver, expression: str):
 
 def _full_page_screenshot(driver, name: str) -> Path:
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1400, min(max(height, 1000), 8000))
+    driver.set_window_size(1400, min(max(height + 200, 1000), 8000))
     path = ARTEFACTS / name
     driver.save_screenshot(str(path))
     driver.set_window_size(1400, 1000)
@@ -272,9 +278,10 @@ def test_the_dashboard_draws_live_data_and_its_tiles_match_the_json_routes(brows
             figures = browser.execute_script("const s = window.veloxDashboard;" + _CHART_FIGURES, chart)
             assert figures["series"] and all(n > 0 for n in figures["series"]), (chart, figures)
             assert figures["ink"] > 500, (chart, figures)  # lines or bars drawn on the canvas, not a blank plot
-        assert "predict" in browser.execute_script(
-            "const s = window.veloxDashboard;" + _CHART_FIGURES, "chart-rate"
-        )["labels"]
+        assert (
+            "predict"
+            in browser.execute_script("const s = window.veloxDashboard;" + _CHART_FIGURES, "chart-rate")["labels"]
+        )
 
         # The windowed figures are differences of the page's last two snapshots: recompute them here.
         snapshots, traffic = _state(browser, "[s.snapshots, s.traffic]")
@@ -309,7 +316,11 @@ def test_the_dashboard_draws_live_data_and_its_tiles_match_the_json_routes(brows
     # Quiet now: two more polls, then the tiles must say what the JSON routes say.
     polls = _state(browser, "s.polls")
     assert eventually(lambda: _state(browser, "s.polls") >= polls + 2, within=30)
-    tiles = dict(browser.execute_script("return [...document.querySelectorAll('.tile')].map(t => [t.dataset.key, t.dataset.value])"))
+    tiles = dict(
+        browser.execute_script(
+            "return [...document.querySelectorAll('.tile')].map(t => [t.dataset.key, t.dataset.value])"
+        )
+    )
     model = httpx.get(f"{url}/models/songs").json()
     metrics = httpx.get(f"{url}/models/songs/metrics").json()
     prequential = metrics["prequential"]

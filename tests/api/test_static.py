@@ -20,7 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # The project's own files; the others in static/ are vendored from npm (vendored.json).
 OWN = ("dashboard.html", "dashboard.js", "dashboard.css", "docs.html", "docs.js", "docs.css")
 URL = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://|(?<![\w:])//[a-z0-9-]+\.[a-z]")  # a scheme, or a protocol-relative host
-TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".txt": "text/plain; charset=utf-8"}
+TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +57,9 @@ def test_the_pages_are_html_under_a_policy_that_allows_this_origin_only(client, 
     policy = response.headers["content-security-policy"]
     assert "default-src 'self'" in policy and "script-src" not in policy  # scripts: this origin, never inline
     head = client.head(path)
-    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(response.content))
+    assert (
+        head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(response.content))
+    )
 
 
 @pytest.mark.parametrize("name", sorted(ASSETS))
