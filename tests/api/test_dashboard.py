@@ -8,6 +8,7 @@ tests are skipped, and fail under CI=true.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -373,3 +374,82 @@ def test_docs_renders_every_route_of_the_table(browser, live) -> None:
     assert {tuple(op) for op in browser.execute_script(listed)} == expected
     _same_origin_only(browser, live.url)
     _full_page_screenshot(browser, "docs.png")
+
+
+# The answers of routes other parts of the server add (monitoring's alerts, pipelines), as the page
+# would get them: fetch is wrapped before the page's scripts run (a script the browser injects is
+# not subject to the page's CSP), so the panels are tested whether or not this server has the routes.
+_FAKE_ROUTES = """
+window.__requests = [];
+const realFetch = window.fetch.bind(window);
+const answers = %s;
+window.fetch = (url, init) => {
+  window.__requests.push([String(url), (init && init.headers && init.headers.Authorization) || null]);
+  const path = new URL(url, location.href).pathname;
+  for (const [route, status, body] of answers)
+    if (path === route)
+      return Promise.resolve(new Response(JSON.stringify(body), {status, headers: {"content-type": "application/json"}}));
+  return realFetch(url, init);
+};
+"""
+ALERT = {
+    "name": "unknown_items",
+    "cause": "12% of requested items are not in the catalogue",
+    "threshold": 0.05,
+    "value": 0.12,
+    "window": 1000,
+}
+PIPELINE = {"name": "recs", "defaults": 3, "requests": 40, "stages": [{"name": "rank", "batch_size": 8, "replicas": 2}]}
+
+
+def _with_fake_routes(browser, answers: list) -> str:
+    return browser.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument", {"source": _FAKE_ROUTES % json.dumps(answers)}
+    )["identifier"]
+
+
+def test_alerts_and_pipelines_are_shown_when_the_server_has_the_routes(browser, live) -> None:
+    answers = [
+        ("/models/songs/alerts", 200, {"model": "songs", "alerts": [ALERT]}),
+        ("/pipelines", 200, {"pipelines": [{"name": "recs"}]}),
+        ("/pipelines/recs", 200, PIPELINE),
+    ]
+    script = _with_fake_routes(browser, answers)
+    try:
+        browser.get(f"{live.url}/dashboard?interval=300&token=secret-token")
+        assert eventually(lambda: _state(browser, "s.polls >= 2"), within=60)
+        alerts = browser.execute_script(
+            "return [...document.querySelectorAll('#model-songs [data-role=alert]')].map(a => a.textContent)"
+        )
+        assert len(alerts) == 1 and ALERT["cause"] in alerts[0]
+        assert "threshold 0.0500" in alerts[0] and "value 0.120" in alerts[0] and "window: 1,000" in alerts[0]
+        assert not _state(browser, "document.getElementById('pipelines').hidden")
+        tiles = dict(
+            browser.execute_script(
+                "return [...document.querySelectorAll('.tile')].map(t => [t.dataset.key, t.dataset.value])"
+            )
+        )
+        assert tiles["pipeline.recs.defaults"] == "3" and tiles["pipeline.recs.requests"] == "40"
+        cells = browser.execute_script(
+            "return [...document.querySelectorAll('[data-pipeline=recs] td')].map(c => c.textContent)"
+        )
+        assert cells == ["rank", "8", "2"]
+        requests = browser.execute_script("return window.__requests")
+        assert requests and all(auth == "Bearer secret-token" for _, auth in requests)  # the token, to every route
+        _full_page_screenshot(browser, "dashboard-alerts-and-pipelines.png")
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script})
+
+
+def test_a_route_that_needs_a_token_says_so_and_the_rest_still_renders(browser, live) -> None:
+    denied = {"error": "Unauthorized", "message": "needs an API token"}
+    script = _with_fake_routes(browser, [("/models/songs/alerts", 401, denied), ("/pipelines", 403, denied)])
+    try:
+        browser.get(f"{live.url}/dashboard?interval=300")
+        assert eventually(lambda: _state(browser, "s.polls >= 2"), within=60)
+        assert _state(browser, "s.optional.alerts") == "needs token"
+        assert "need a token" in browser.find_element("css selector", "#model-songs [data-role=alerts]").text
+        assert "need a token" in browser.find_element("css selector", "#pipelines").text
+        assert _state(browser, "!!s.charts['model-songs-rmse'] && document.getElementById('error').hidden")
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": script})

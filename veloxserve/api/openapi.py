@@ -97,11 +97,15 @@ TAGS = {
 
 
 def _tag(route: Route) -> str:
+    """The route's group: a family of TAGS, else its path's first segment (`/pipelines/{name}`: pipelines)."""
     if route.clipper:
         return "clipper"
     if route.page:
         return "pages"
-    return "models" if route.path.startswith(("/models", "/users")) else "server"
+    if route.path.startswith(("/models", "/users")):
+        return "models"
+    first = route.path.split("/")[1]
+    return "server" if route.path in ("/healthz", "/openapi.json", "/metrics") else first
 
 
 def _operation(route: Route, components: dict[str, Any], max_batch: int) -> dict[str, Any]:

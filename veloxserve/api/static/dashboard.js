@@ -328,12 +328,12 @@
     const box = card.querySelector('[data-role="alerts"]');
     const answer = state.alerts[name];
     const where = state.optional.alerts;
-    if (where === "absent" || answer === undefined) {
-      box.replaceChildren(el("p", { class: "note", "data-role": "alerts-absent", text: where === "absent" ? "Alerts: this server has no /models/{name}/alerts route." : "" }));
+    if (where === "needs token") {
+      box.replaceChildren(el("p", { class: "note", "data-role": "alerts-token", text: "Alerts need a token: enter one above." }));
       return;
     }
-    if (where === "needs token") {
-      box.replaceChildren(el("p", { class: "note", text: "Alerts need a token: enter one above." }));
+    if (where === "absent" || answer === undefined) {
+      box.replaceChildren(el("p", { class: "note", "data-role": "alerts-absent", text: where === "absent" ? "Alerts: this server has no /models/{name}/alerts route." : "" }));
       return;
     }
     const alerts = Array.isArray(answer) ? answer : answer.alerts || [];
