@@ -264,10 +264,17 @@ const c = s.charts[arguments[0]];
 if (!c) return null;
 const canvas = document.querySelector('#' + arguments[0] + ' canvas');
 const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-let ink = 0;
-for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) ink++;
+// pixels in the series' colours (axes and grid are grey): the data is drawn, not only the frame
+const colours = c.series.slice(1).map((_, i) => s.palette[i % s.palette.length])
+  .map(hex => [1, 3, 5].map(i => parseInt(hex.slice(i, i + 2), 16)));
+let ink = 0, coloured = 0;
+for (let i = 0; i < pixels.length; i += 4) {
+  if (pixels[i + 3] === 0) continue;
+  ink++;
+  if (colours.some(rgb => rgb.every((v, k) => Math.abs(pixels[i + k] - v) < 24))) coloured++;
+}
 return {series: c.data.slice(1).map(v => v.filter(x => x !== null && isFinite(x)).length),
-        points: c.data[0].length, ink, labels: c.series.slice(1).map(x => x.label)};
+        points: c.data[0].length, ink, coloured, labels: c.series.slice(1).map(x => x.label)};
 """
 
 
@@ -283,7 +290,8 @@ def test_the_dashboard_draws_live_data_and_its_tiles_match_the_json_routes(brows
         for chart in CHARTS:
             figures = browser.execute_script("const s = window.veloxDashboard;" + _CHART_FIGURES, chart)
             assert figures["series"] and all(n > 0 for n in figures["series"]), (chart, figures)
-            assert figures["ink"] > 500, (chart, figures)  # lines or bars drawn on the canvas, not a blank plot
+            assert figures["ink"] > 500, (chart, figures)  # axes, grid and data drawn on the canvas
+            assert figures["coloured"] > 50, (chart, figures)  # the series' lines or bars among them
         assert (
             "predict"
             in browser.execute_script("const s = window.veloxDashboard;" + _CHART_FIGURES, "chart-rate")["labels"]

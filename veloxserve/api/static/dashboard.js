@@ -25,12 +25,14 @@
     last: null,
     times: [], // x axis of every chart: the server's time of each snapshot (s)
     series: {}, // id -> values aligned with times
+    bars: {}, // id -> one value per retrained version (the promotion comparison)
     charts: {}, // element id -> uPlot
     optional: {}, // route -> "present" | "absent" | "needs token"
     alerts: {}, // model -> the last /models/{name}/alerts answer
     pipelines: null,
     polls: 0,
     histogramQuantile,
+    palette: PALETTE, // series i is drawn in PALETTE[i % PALETTE.length]
   };
   window.veloxDashboard = state;
 
@@ -124,7 +126,8 @@
     const target = document.getElementById(id);
     if (!target || typeof uPlot === "undefined") return;
     const x = xs || state.times;
-    const data = [x, ...ids.map((s) => (xs ? state.series[s] : state.series[s] || []).slice(-x.length))];
+    const source = xs ? state.bars : state.series; // bars: one value per version, not a time series
+    const data = [x, ...ids.map((s) => (source[s] || []).slice(-x.length))];
     const key = labels.join("|") + (bars ? "|bars" + x.length : "") + (log ? "|log" : "");
     let chart = state.charts[id];
     if (!ids.length || !x.length) {
@@ -293,8 +296,8 @@
     const compared = model.versions.filter((v) => v.comparison && v.comparison.rows);
     const xs = compared.map((_, i) => i);
     xs.names = compared.map((v) => v.version);
-    state.series[`cand:${name}`] = compared.map((v) => v.comparison.candidate_rmse);
-    state.series[`parent:${name}`] = compared.map((v) => v.comparison.parent_rmse);
+    state.bars[`cand:${name}`] = compared.map((v) => v.comparison.candidate_rmse);
+    state.bars[`parent:${name}`] = compared.map((v) => v.comparison.parent_rmse);
     plot(id + "-promotion", compared.length ? [`cand:${name}`, `parent:${name}`] : [], ["candidate", "parent"], { bars: true, xs });
 
     card.querySelector('[data-role="lineage"]').replaceChildren(lineage(model.versions, model.active_version));
