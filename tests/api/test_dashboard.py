@@ -421,10 +421,17 @@ def _with_fake_routes(browser, answers: list) -> str:
     )["identifier"]
 
 
-def test_alerts_and_pipelines_are_shown_when_the_server_has_the_routes(browser, live) -> None:
+@pytest.mark.parametrize(
+    "alerts, pipelines",
+    [
+        ({"model": "songs", "alerts": [ALERT]}, {"pipelines": [{"name": "recs"}]}),
+        ([ALERT], {"pipelines": {"recs": {"stages": 1}}}),  # other shapes: a bare list, a mapping by name
+    ],
+)
+def test_alerts_and_pipelines_are_shown_when_the_server_has_the_routes(browser, live, alerts, pipelines) -> None:
     answers = [
-        ("/models/songs/alerts", 200, {"model": "songs", "alerts": [ALERT]}),
-        ("/pipelines", 200, {"pipelines": [{"name": "recs"}]}),
+        ("/models/songs/alerts", 200, alerts),
+        ("/pipelines", 200, pipelines),
         ("/pipelines/recs", 200, PIPELINE),
     ]
     script = _with_fake_routes(browser, answers)

@@ -101,8 +101,29 @@
     return el("table", {}, el("thead", {}, head), el("tbody", {}, ...body));
   }
 
+  function text(value) {
+    return value !== null && typeof value === "object" ? JSON.stringify(value) : String(value);
+  }
+
   function badge(text) {
     return el("span", { class: "badge " + String(text).split(" ")[0], text });
+  }
+
+  // The entries of an answer another part of the server defines: a list, {key: [...]}, or {key: {name: {...}}}.
+  function entries(answer, key) {
+    const value = Array.isArray(answer) ? answer : answer && typeof answer === "object" ? answer[key] : null;
+    if (Array.isArray(value)) return value.filter((v) => v && typeof v === "object");
+    if (value && typeof value === "object") return Object.entries(value).map(([name, v]) => ({ name, ...(v && typeof v === "object" ? v : { value: v }) }));
+    return [];
+  }
+
+  // A panel over an optional route must never stop the rest of the page.
+  function guarded(box, render) {
+    try {
+      render();
+    } catch (error) {
+      if (box) box.replaceChildren(el("p", { class: "note", text: "Could not show this panel: " + error.message }));
+    }
   }
 
   // ---- history and charts ----
@@ -324,7 +345,7 @@
     card.querySelector('[data-role="retrain"]').replaceChildren(
       el("p", { class: "note", text: `Retrains ${schedule.length ? schedule.join(", ") : "by hand only"}; promotes ${policy.promote}.` + (job ? ` Last retrain: ${job.version} (${job.reason}) ${job.state}${job.seconds ? " in " + fmt(job.seconds) + " s" : ""}${job.detail ? ": " + job.detail : ""}.` : "") }),
     );
-    renderAlerts(card, name);
+    guarded(card.querySelector('[data-role="alerts"]'), () => renderAlerts(card, name));
   }
 
   function renderAlerts(card, name) {
@@ -339,14 +360,14 @@
       box.replaceChildren(el("p", { class: "note", "data-role": "alerts-absent", text: where === "absent" ? "Alerts: this server has no /models/{name}/alerts route." : "" }));
       return;
     }
-    const alerts = Array.isArray(answer) ? answer : answer.alerts || [];
+    const alerts = entries(answer, "alerts");
     if (!alerts.length) {
       box.replaceChildren(el("p", { class: "note", "data-role": "alerts-none", text: "No alerts." }));
       return;
     }
     const items = alerts.map((a) => {
       const extra = Object.entries(a).filter(([k, v]) => !["cause", "message", "threshold", "value", "name", "kind"].includes(k) && typeof v !== "object");
-      return el("li", { "data-role": "alert" }, badge("alert"), " ", el("strong", { text: a.name || a.kind || "alert" }), " ", a.cause || a.message || "", a.threshold !== undefined ? ` (value ${fmt(a.value)}, threshold ${fmt(a.threshold)})` : "", extra.length ? " · " + extra.map(([k, v]) => `${k}: ${fmt(v)}`).join(", ") : "");
+      return el("li", { "data-role": "alert" }, badge("alert"), " ", el("strong", { text: a.name || a.kind || "alert" }), " ", text(a.cause ?? a.message ?? ""), a.threshold !== undefined ? ` (value ${fmt(a.value)}, threshold ${fmt(a.threshold)})` : "", extra.length ? " · " + extra.map(([k, v]) => `${k}: ${fmt(v)}`).join(", ") : "");
     });
     box.replaceChildren(el("h4", { text: "Alerts" }), el("ul", { class: "alerts" }, ...items));
   }
@@ -441,7 +462,7 @@
       return;
     }
     section.hidden = false;
-    const pipelines = Array.isArray(answer) ? answer : answer.pipelines || [];
+    const pipelines = entries(answer, "pipelines");
     const cards = pipelines.map((p) => {
       const detail = (state.pipelineDetails || {})[p.name] || p;
       const scalars = Object.entries(detail).filter(([, v]) => v === null || typeof v !== "object");
@@ -474,7 +495,7 @@
     }
     if (state.optional.pipelines !== "absent" || state.polls % 15 === 0) {
       state.pipelines = await optional("pipelines", "pipelines");
-      const list = state.pipelines ? (Array.isArray(state.pipelines) ? state.pipelines : state.pipelines.pipelines || []) : [];
+      const list = entries(state.pipelines, "pipelines");
       state.pipelineDetails = {};
       for (const p of list) {
         if (!p || !p.name) continue;
@@ -502,7 +523,7 @@
       for (const card of [...document.querySelectorAll("#model-list article")]) if (!cur.models.some((m) => card.dataset.model === m.name)) card.remove();
       renderContainers(cur);
       renderApps(cur, prev, dt);
-      renderPipelines();
+      guarded(document.getElementById("pipeline-list"), renderPipelines);
       trim();
       const health = document.getElementById("health");
       health.textContent = cur.health.status;
