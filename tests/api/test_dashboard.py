@@ -127,6 +127,22 @@ def test_stats_is_the_model_routes_and_the_prometheus_counters_in_one_snapshot(s
         assert stats["health"] == client.get("/healthz").json()
 
 
+def test_stats_counts_drift_alarms_and_says_null_while_detection_is_off(songs_home: Path, tmp_path) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(songs_home, home)
+    with Velox(home) as velox, TestClient(create_app(velox), headers=admin_headers(home)) as client:
+        assert client.put("/models/songs/policy", json={"drift": False}).status_code == 200
+        assert client.get("/stats").json()["models"][0]["drift_alarms"] is None
+        policy = {"drift": True, "drift_threshold": 20.0, "drift_min_instances": 10, "promote": "never"}
+        assert client.put("/models/songs/policy", json=policy).status_code == 200
+        assert client.get("/stats").json()["models"][0]["drift_alarms"] == 0
+        top = velox.server("songs").version.score_range[1]  # far off, yet a score the model accepts
+        shifted = [{"user": u % 60, "item": (u * 7) % 50, "score": top} for u in range(30)]
+        assert client.post("/models/songs/observe", json={"observations": shifted}).status_code == 200
+        assert client.get("/stats").json()["models"][0]["drift_alarms"] >= 1
+        velox.retrainer.wait("songs", 120)  # the retrain the alarm started
+
+
 # ---- the browser --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser():
