@@ -194,12 +194,15 @@ class Load:
             i = 0
             while not self.done.is_set():
                 user, item = i % 40, (i * 7) % 50
-                client.get("/models/songs/predict", params={"user": user, "item": item})
-                client.post("/models/songs/observe", json={"user": user, "item": item, "score": 1 + i % 5})
-                client.get("/models/songs/top_k", params={"user": user, "k": 5})
-                client.post("/apps/shop/predict", json={"user": user, "input": [1.0, 2.0]})
-                if i % 3 == 0:
-                    client.post("/apps/shop/observe", json={"user": user, "input": [1.0, 2.0], "label": 1.0})
+                try:
+                    client.get("/models/songs/predict", params={"user": user, "item": item})
+                    client.post("/models/songs/observe", json={"user": user, "item": item, "score": 1 + i % 5})
+                    client.get("/models/songs/top_k", params={"user": user, "k": 5})
+                    client.post("/apps/shop/predict", json={"user": user, "input": [1.0, 2.0]})
+                    if i % 3 == 0:
+                        client.post("/apps/shop/observe", json={"user": user, "input": [1.0, 2.0], "label": 1.0})
+                except httpx.HTTPError:  # a slow answer on a busy machine: keep the load going
+                    continue
                 i += 1
                 self.answers = i
 
@@ -234,11 +237,16 @@ def live(songs_home: Path, tmp_path_factory: pytest.TempPathFactory):
             )
             assert deployed.status_code == 200, deployed.text
         app = {"name": "shop", "models": ["fast", "slow"], "policy": "exp4", "objective_ms": 2000}
-        assert httpx.post(f"{server.url}/apps", json=app, headers=admin).status_code == 200
+        created = httpx.post(f"{server.url}/apps", json=app, headers=admin, timeout=120)
+        assert created.status_code == 200, created.text
         server.token = admin["authorization"].removeprefix("Bearer ")
         yield server
     finally:
         server.stop()
+
+
+def _get(url: str) -> httpx.Response:
+    return httpx.get(url, timeout=60)  # a busy CI machine: generous, the test waits for a state, not a speed
 
 
 def _state(driver, expression: str):
@@ -351,8 +359,8 @@ def test_the_dashboard_draws_live_data_and_its_tiles_match_the_json_routes(brows
             "return [...document.querySelectorAll('.tile')].map(t => [t.dataset.key, t.dataset.value])"
         )
     )
-    model = httpx.get(f"{url}/models/songs").json()
-    metrics = httpx.get(f"{url}/models/songs/metrics").json()
+    model = _get(f"{url}/models/songs").json()
+    metrics = _get(f"{url}/models/songs/metrics").json()
     prequential = metrics["prequential"]
     assert tiles["model.songs.active_version"] == model["active_version"] == "v2"
     assert int(tiles["model.songs.n_users"]) == model["n_users"]
@@ -360,12 +368,12 @@ def test_the_dashboard_draws_live_data_and_its_tiles_match_the_json_routes(brows
     assert int(tiles["model.songs.observations"]) == prequential["observations"] > 0
     assert float(tiles["model.songs.rmse_1000"]) == pytest.approx(prequential["windows"]["1000"]["rmse"])
     assert float(tiles["model.songs.rmse"]) == pytest.approx(prequential["rmse"])
-    assert int(tiles["model.songs.drift_alarms"]) == httpx.get(f"{url}/stats").json()["models"][0]["drift_alarms"]
-    containers = {c["model"]: c for c in httpx.get(f"{url}/containers").json()["models"]}
+    assert int(tiles["model.songs.drift_alarms"]) == _get(f"{url}/stats").json()["models"][0]["drift_alarms"]
+    containers = {c["model"]: c for c in _get(f"{url}/containers").json()["models"]}
     for name, deployment in containers.items():
         assert int(tiles[f"container.{name}.replicas"]) == len(deployment["replicas"])
         assert int(tiles[f"container.{name}.queries"]) == sum(r["queries"] for r in deployment["replicas"]) > 0
-    (shop,) = httpx.get(f"{url}/apps").json()["apps"]
+    (shop,) = _get(f"{url}/apps").json()["apps"]
     assert int(tiles["app.shop.answered"]) == shop["answered"] > 0
     assert int(tiles["app.shop.defaults"]) == shop["defaults"]
     assert int(tiles["app.shop.observed"]) == shop["observed"] > 0

@@ -18,7 +18,7 @@ from veloxserve.serving.velox import Velox
 
 ROOT = Path(__file__).resolve().parents[2]
 # The project's own files; the others in static/ are vendored from npm (vendored.json).
-OWN = ("dashboard.html", "dashboard.js", "dashboard.css", "docs.html", "docs.js", "docs.css")
+OWN = ("dashboard.html", "dashboard.js", "charts.js", "dashboard.css", "docs.html", "docs.js", "docs.css")
 URL = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://|(?<![\w:])//[a-z0-9-]+\.[a-z]")  # a scheme, or a protocol-relative host
 TYPES = {
     ".js": "text/javascript; charset=utf-8",
