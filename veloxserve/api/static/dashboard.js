@@ -236,7 +236,7 @@
     const list = document.getElementById("container-list");
     if (!cur.containers.length) {
       list.replaceChildren(el("p", { class: "note", text: "No Clipper models deployed (POST /containers)." }));
-    }
+    } else list.querySelectorAll(".note").forEach((note) => note.remove());
     const seen = new Set();
     for (const d of cur.containers) {
       const id = "container-" + d.model.replace(/[^A-Za-z0-9_-]/g, "_");
@@ -378,6 +378,10 @@
       const t = traffic(prev, cur);
       state.traffic = t;
       renderTraffic(cur, t);
+      const models = document.getElementById("model-list");
+      if (!cur.models.length && !models.querySelector(".note"))
+        models.replaceChildren(el("p", { class: "note", text: "No models yet: `veloxserve train --home <home> --ratings <file>`." }));
+      else if (cur.models.length) models.querySelectorAll(".note").forEach((note) => note.remove());
       for (const model of cur.models) renderModel(model, prev, dt);
       for (const card of [...document.querySelectorAll("#model-list article")]) if (!cur.models.some((m) => card.dataset.model === m.name)) card.remove();
       renderContainers(cur);
