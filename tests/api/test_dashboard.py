@@ -201,6 +201,9 @@ class Load:
                     client.post("/apps/shop/predict", json={"user": user, "input": [1.0, 2.0]})
                     if i % 3 == 0:
                         client.post("/apps/shop/observe", json={"user": user, "input": [1.0, 2.0], "label": 1.0})
+                    if i % 4 == 0:  # a deadline no request can meet: shed by admission control (503)
+                        params = {"user": user, "item": item}
+                        client.get("/models/songs/predict", params=params, headers={"x-deadline-ms": "0.001"})
                 except httpx.HTTPError:  # a slow answer on a busy machine: keep the load going
                     continue
                 i += 1
@@ -321,6 +324,7 @@ def test_the_dashboard_draws_live_data_and_its_tiles_match_the_json_routes(brows
             in browser.execute_script("const s = window.veloxDashboard;" + _CHART_FIGURES, "chart-rate")["labels"]
         )
 
+        assert eventually(lambda: _state(browser, "(s.series['shed:songs'] || []).some(v => v > 0)"), within=30)
         # The windowed figures are differences of the page's last two snapshots: recompute them here.
         snapshots, traffic = _state(browser, "[s.snapshots, s.traffic]")
         before, after = snapshots
@@ -368,6 +372,10 @@ def test_the_dashboard_draws_live_data_and_its_tiles_match_the_json_routes(brows
     assert int(tiles["model.songs.observations"]) == prequential["observations"] > 0
     assert float(tiles["model.songs.rmse_1000"]) == pytest.approx(prequential["windows"]["1000"]["rmse"])
     assert float(tiles["model.songs.rmse"]) == pytest.approx(prequential["rmse"])
+    assert int(tiles["model.songs.shed"]) == sum(metrics["admission"]["shed"].values()) > 0
+    stats = _get(f"{url}/stats").json()
+    assert int(tiles["traffic.shed"]) == sum(f["shed"] for f in stats["requests"].values()) > 0
+    assert stats["requests"]["predict"]["statuses"]["503"] == metrics["admission"]["shed"]["deadline"]
     assert int(tiles["model.songs.drift_alarms"]) == _get(f"{url}/stats").json()["models"][0]["drift_alarms"]
     containers = {c["model"]: c for c in _get(f"{url}/containers").json()["models"]}
     for name, deployment in containers.items():

@@ -115,6 +115,10 @@
   }
 
   // ---- models ----
+  function shedCount(admission) {
+    return admission && admission.shed ? Object.values(admission.shed).reduce((n, v) => n + v, 0) : 0;
+  }
+
   // Versions oldest first, an arrow from each one's parent; a parent other than the previous
   // version (a retrain after a rollback) is named.
   function lineage(versions, active) {
@@ -136,6 +140,8 @@
     record(`rmse:${name}:all`, pq.rmse);
     const before = prev && prev.models.find((m) => m.name === name);
     record(`obs:${name}`, before && dt > 0 ? (pq.observations - before.metrics.prequential.observations) / dt : null);
+    const shed = shedCount(metrics.admission);
+    record(`shed:${name}`, before && dt > 0 ? (shed - shedCount(before.metrics.admission)) / dt : null);
 
     let card = document.getElementById(id);
     if (!card) {
@@ -145,7 +151,7 @@
         el("div", { class: "tiles", "data-role": "tiles" }),
         el("div", { class: "charts" },
           el("figure", {}, el("figcaption", { text: "Prequential RMSE: each observation predicted, then learned (sliding windows)" }), el("div", { class: "chart", id: id + "-rmse" })),
-          el("figure", {}, el("figcaption", { text: "Observations learned per second" }), el("div", { class: "chart", id: id + "-obs" })),
+          el("figure", {}, el("figcaption", { text: "Observations learned and requests shed (admission control) per second" }), el("div", { class: "chart", id: id + "-obs" })),
           el("figure", {}, el("figcaption", { text: "Retrains: held-out RMSE of the candidate vs its parent (promotion comparison)" }), el("div", { class: "chart", id: id + "-promotion" })),
         ),
         el("div", { "data-role": "alerts" }),
@@ -167,10 +173,11 @@
       ...windows.map((w) => tile(`model.${name}.rmse_${w}`, `RMSE, last ${w}`, pq.windows[w].rmse)),
       tile(`model.${name}.drift_alarms`, "drift alarms", model.drift_alarms, model.drift_alarms === null ? "off" : fmt(model.drift_alarms)),
       tile(`model.${name}.in_flight`, "in flight", admission.in_flight),
+      tile(`model.${name}.shed`, "shed (503)", shed, admission.shed ? `${fmt(shed)} (deadline ${fmt(admission.shed.deadline)}, full ${fmt(admission.shed.in_flight)})` : fmt(shed)),
       tile(`model.${name}.retrain`, "last retrain", job ? job.state : null, job ? job.state : "none"),
     );
     plot(id + "-rmse", [...windows.map((w) => `rmse:${name}:${w}`), `rmse:${name}:all`], [...windows.map((w) => "last " + w), "all"]);
-    plot(id + "-obs", [`obs:${name}`], ["observations / s"], { unit: "/s" });
+    plot(id + "-obs", [`obs:${name}`, `shed:${name}`], ["observations / s", "shed / s"], { unit: "/s" });
 
     // the promotion comparison of every retrained version, as bars
     const compared = model.versions.filter((v) => v.comparison && v.comparison.rows);
