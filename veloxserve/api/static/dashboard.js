@@ -173,7 +173,7 @@
       ...windows.map((w) => tile(`model.${name}.rmse_${w}`, `RMSE, last ${w}`, pq.windows[w].rmse)),
       tile(`model.${name}.drift_alarms`, "drift alarms", model.drift_alarms, model.drift_alarms === null ? "off" : fmt(model.drift_alarms)),
       tile(`model.${name}.in_flight`, "in flight", admission.in_flight),
-      tile(`model.${name}.shed`, "shed (503)", shed, admission.shed ? `${fmt(shed)} (deadline ${fmt(admission.shed.deadline)}, full ${fmt(admission.shed.in_flight)})` : fmt(shed)),
+      tile(`model.${name}.shed`, "shed: deadline / full", shed, admission.shed ? `${fmt(admission.shed.deadline)} / ${fmt(admission.shed.in_flight)}` : fmt(shed)),
       tile(`model.${name}.retrain`, "last retrain", job ? job.state : null, job ? job.state : "none"),
     );
     plot(id + "-rmse", [...windows.map((w) => `rmse:${name}:${w}`), `rmse:${name}:all`], [...windows.map((w) => "last " + w), "all"]);
