@@ -104,8 +104,7 @@ def _tag(route: Route) -> str:
         return "pages"
     if route.path.startswith(("/models", "/users")):
         return "models"
-    first = route.path.split("/")[1]
-    return "server" if route.path in ("/healthz", "/openapi.json", "/metrics") else first
+    return "server" if route.path in ("/healthz", "/openapi.json", "/metrics") else route.path.split("/")[1]
 
 
 def _operation(route: Route, components: dict[str, Any], max_batch: int) -> dict[str, Any]:
