@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.demo-installed
 
-.PHONY: demo test lint docs bench clean system-tools
+.PHONY: demo test lint docs bench clean system-tools web-assets
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,9 +38,12 @@ lint: $(STAMP)
 system-tools:
 	@missing=""; for t in nginx wrk redis-server; do \
 	  command -v $$t >/dev/null 2>&1 || [ -x /usr/sbin/$$t ] || missing="$$missing $$t"; done; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  echo "make test: missing system tools:$$missing. On Debian: sudo apt-get install$$missing" \
-	       "(nginx: tests/test_deploy.py; wrk: bench smoke runs; redis-server when REDIS_URL is unset)." \
+	       "(nginx: tests/test_deploy.py; wrk: bench smoke runs; redis-server when REDIS_URL is unset;" \
+	       "chromium, chromium-driver: the dashboard's browser tests, tests/api/test_dashboard.py)." \
 	       "Tests that need them are skipped outside CI and fail under CI=true."; fi
 
 # The site (mkdocs.yml, docs/) into site/; tests/test_docs.py builds it with --strict in every `make test`.
@@ -51,5 +54,9 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/bench_core.py
 
+# The dashboard's and /docs' JS libraries, from npm (versions in the script; docs/dashboard.md).
+web-assets:
+	scripts/vendor-web-assets.sh
+
 clean:
-	rm -rf $(VENV) veloxserve-home .pytest_cache site dist build
+	rm -rf $(VENV) veloxserve-home .pytest_cache site dist build test-artefacts
