@@ -191,8 +191,10 @@ def test_a_server_that_is_gone_is_server_unreachable_after_the_retries() -> None
         assert "veloxserve serve" in gone.value.message
 
 
-def test_an_in_process_app_through_asgi_transport_sync_and_async(tmp_path: Path) -> None:
+def test_an_in_process_app_through_asgi_transport_sync_and_async(tmp_path: Path, monkeypatch) -> None:
     from veloxserve.api import create_app
+
+    monkeypatch.delenv("VELOXSERVE_TOKEN", raising=False)
 
     data = generate_catify(60, 40, n_ratings=1500, seed=4)
     with Velox(tmp_path) as velox:
@@ -206,6 +208,8 @@ def test_an_in_process_app_through_asgi_transport_sync_and_async(tmp_path: Path)
             assert client.retrain("songs", promote="always", wait=True).state == "promoted"
             with pytest.raises(errors.ItemNotFound):
                 client.predict("songs", 1, "nope")
+            client.observe("songs", "a/b", item, 3.0)
+            assert client.forget_user("a/b", "songs").user == "a/b"  # one path segment, decoded once
 
         async def run() -> None:
             async with AsyncClient("http://in-process", transport=httpx.ASGITransport(app)) as aclient:
