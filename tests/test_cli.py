@@ -298,8 +298,9 @@ def test_train_maps_columns_serve_reads_a_config_file_flags_override_it_and_outp
         )
         assert len(among["items"]) == 1 and str(among["items"][0]["item"]) in (a, b)
         explored = json.loads(
-            client("top-k", "--model", "songs", "--user", user, "-k", "3", "--policy", "epsilon_greedy",
-                   "--epsilon", "0.5").stdout
+            client(
+                "top-k", "--model", "songs", "--user", user, "-k", "3", "--policy", "epsilon_greedy", "--epsilon", "0.5"
+            ).stdout
         )
         assert explored["policy"]["name"] == "epsilon_greedy" and all("propensity" in e for e in explored["items"])
         jazz = client("top-k", "--model", "songs", "--user", user, "-k", "2", "--filter", "genre:jazz")

@@ -16,8 +16,14 @@ def test_the_versions_table_marks_the_active_version() -> None:
         {
             "active_version": "v2",
             "versions": [
-                {"version": "v1", "status": "retired", "created_at": "2026-01-02T03:04:05.6+00:00",
-                 "heldout_rmse": 0.91234, "rows_trained": 100, "source": "r.csv"},
+                {
+                    "version": "v1",
+                    "status": "retired",
+                    "created_at": "2026-01-02T03:04:05.6+00:00",
+                    "heldout_rmse": 0.91234,
+                    "rows_trained": 100,
+                    "source": "r.csv",
+                },
                 {"version": "v2", "status": "active", "parent": "v1", "reason": "drift"},
             ],
         }

@@ -61,7 +61,6 @@ def call(request: pytest.FixtureRequest, server: ServerProcess) -> Iterator[Call
         runner.close()
 
 
-
 def test_the_server_and_its_models(call: Call) -> None:
     assert call("health").status == "ok" and call("model_names") == ["songs"]
     (info,) = call("models")

@@ -105,7 +105,12 @@ def test_what_the_serving_verbs_send() -> None:
     assert long.method == "POST" and long.json == {"queries": [{"user": 1, "text": "word " * 1000}]}
     assert long.parse({"scores": [0.5], "model_version": "v2"}).score == 0.5
     greedy = v.recommend("m", 1, 3, filter="genre:jazz")
-    assert greedy.method == "GET" and greedy.params == {"user": 1, "k": 3, "exclude_seen": False, "filter": "genre:jazz"}
+    assert greedy.method == "GET" and greedy.params == {
+        "user": 1,
+        "k": 3,
+        "exclude_seen": False,
+        "filter": "genre:jazz",
+    }
     assert v.observe("m", 1, 2, 3.0).json == {"user": 1, "item": 2, "score": 3.0}
     assert v.observe_many("m", [(1, 2, 3.0, "d1")]).json == {
         "observations": [{"user": 1, "item": 2, "score": 3.0, "decision": "d1"}]
@@ -126,5 +131,12 @@ def test_retrain_with_wait_polls_until_the_job_is_done() -> None:
     assert done.value.value.state == "promoted"
 
 
-_JOB = {"model": "m", "version": "v2", "parent": "v1", "reason": "manual", "promote": "always", "upto_lsn": 0,
-        "started_at": "t"}
+_JOB = {
+    "model": "m",
+    "version": "v2",
+    "parent": "v1",
+    "reason": "manual",
+    "promote": "always",
+    "upto_lsn": 0,
+    "started_at": "t",
+}

@@ -197,7 +197,9 @@ def add_commands(sub: Any) -> None:
 
     policy = sub.add_parser("policy", help="show or set when a running server's model retrains by itself")
     policy.add_argument("--every-observations", type=int, help="retrain after this many new observations")
-    policy.add_argument("--every-seconds", type=float, help="retrain when this much time has passed (and feedback came)")
+    policy.add_argument(
+        "--every-seconds", type=float, help="retrain when this much time has passed (and feedback came)"
+    )
     policy.add_argument("--drift", choices=["on", "off"], help="retrain when Page-Hinkley sees the live error rise")
     policy.add_argument("--promote", choices=PROMOTE)
     policy.set_defaults(run=run(_policy))
