@@ -348,3 +348,41 @@ def test_help_shows_every_default() -> None:
     assert "latent dimensions of f(x; θ) (default: 10)" in train and "(default: identity)" in train
     top_k = " ".join(_cli("top-k", "--help").stdout.split())
     assert "how many items (default: 10)" in top_k and "(default: http://127.0.0.1:8000)" in top_k
+
+
+def test_train_shows_a_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    from veloxserve.training.catify import generate_catify
+    from veloxserve.training.ratings import write_ratings_csv
+
+    write_ratings_csv(generate_catify(40, 30, n_ratings=800, seed=6).ratings, tmp_path / "r.csv")
+    base = ["train", "--ratings", str(tmp_path / "r.csv"), "--model", "m", "--rank", "2", "--iterations", "3"]
+    piped = _cli(*base, "--home", str(tmp_path / "a"))
+    assert piped.returncode == 0 and "sweep" not in piped.stderr  # no bar in a log file
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    try:
+        on_tty = subprocess.Popen(
+            [sys.executable, "-m", "veloxserve.cli", *base, "--home", str(tmp_path / "b")],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+        )
+        os.close(follower)
+        seen = b""
+        while True:  # read while it runs: a terminal's buffer is small
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is closed: everything was read
+                break
+            if not chunk:
+                break
+            seen += chunk
+        out, _ = on_tty.communicate(timeout=300)
+    finally:
+        os.close(leader)
+    assert on_tty.returncode == 0 and b"ALS" in seen and b"3/3" in seen and b"sweep" in seen, seen
+    assert out.decode().startswith("trained m v1 (now active)")

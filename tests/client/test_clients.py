@@ -74,7 +74,7 @@ def test_the_server_and_its_models(call: Call) -> None:
 def test_predict_top_k_recommend_observe_and_their_errors(call: Call, server: ServerProcess) -> None:
     item, other = server.items[0], server.items[1]
     one = call("predict", "songs", 7, item)
-    assert isinstance(one, Prediction) and one.model_version == "v1" or one.model_version.startswith("v")
+    assert isinstance(one, Prediction) and one.model_version.startswith("v") and one.item in (item, int(item))
     many = call("predict_many", "songs", [(7, item), {"user": 7, "item": other}])
     assert many.scores[0] == pytest.approx(one.score)
     assert len(many.scores) == 2

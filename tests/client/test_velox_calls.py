@@ -140,3 +140,17 @@ _JOB = {
     "upto_lsn": 0,
     "started_at": "t",
 }
+
+
+def test_verbs_named_as_the_in_process_api_take_its_parameters() -> None:
+    """Same name, same parameters as Velox's, but for what HTTP adds or cannot carry."""
+    from veloxserve.serving.velox import Velox
+
+    differences = {"predict": ({"text"}, set()), "retrain": (set(), {"reason"})}  # (client only, Velox only)
+    shared = [name for name in _verbs() if hasattr(Velox, name)]
+    assert len(shared) >= 17
+    for name in shared:
+        ours = list(inspect.signature(_verbs()[name].build).parameters)
+        theirs = [p for p in inspect.signature(getattr(Velox, name)).parameters if p != "self"]
+        extra, missing = differences.get(name, (set(), set()))
+        assert [p for p in ours if p not in extra] == [p for p in theirs if p not in missing], name
