@@ -11,6 +11,7 @@ def test_options_left_none_are_not_sent() -> None:
     assert c.deploy("m", "sklearn", "/f", replicas=2, adaptive=False).json["adaptive"] is False
     assert c.rollback("m").json == {} and c.rollback("m", "v1").json == {"version": "v1"}
     assert c.create_app("a", ("m", "n"), policy="exp4").json == {"name": "a", "models": ["m", "n"], "policy": "exp4"}
+    assert c.create_app("a", ["m"], default=None).json == {"name": "a", "models": ["m"], "default": None}  # null
     assert c.app_predict("a", [1.0]).json == {"input": [1.0]}
     assert c.app_observe("a", [1.0], 0, user=3).json == {"input": [1.0], "label": 0, "user": 3}
 

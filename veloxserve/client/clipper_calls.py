@@ -15,6 +15,7 @@ from veloxserve.client import results as r
 from veloxserve.client.wire import Call, segment, verb
 
 CONTAINERS_S = 600.0  # a deploy copies the model file, starts and probes every replica
+SERVERS_DEFAULT: Any = type("ServersDefault", (), {"__repr__": lambda self: "SERVERS_DEFAULT"})()
 
 
 def _given(**values: Any) -> dict[str, Any]:
@@ -92,23 +93,25 @@ def create_app(
     *,
     policy: str | None = None,
     objective_ms: float | None = None,
-    default: Any = None,
+    default: Any = SERVERS_DEFAULT,
     loss: str | None = None,
     params: Mapping[str, float] | None = None,
     seed: int | None = None,
 ) -> Call[r.App]:
     """An application over deployed models: policy single, exp3, exp4 or personalised; an answer
-    within `objective_ms`, else `default`; `loss` zero_one, absolute or squared."""
+    within `objective_ms`, else `default` (any JSON, null included; the server's 0.0 if not given);
+    `loss` zero_one, absolute or squared."""
     body = _given(
         name=name,
         models=list(models),
         policy=policy,
         objective_ms=objective_ms,
-        default=default,
         loss=loss,
         params=dict(params) if params else None,
         seed=seed,
     )
+    if default is not SERVERS_DEFAULT:
+        body["default"] = default
     return Call("POST", "/apps", r.App.from_json, json=body)
 
 
