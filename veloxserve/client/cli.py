@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from veloxserve.client.clients import DEFAULT_URL, TOKEN_ENV, Client
-from veloxserve.client.results import Versions
+from veloxserve.client.results import RetrainJob, Versions
 
 POLICIES = ("greedy", "epsilon_greedy", "linucb", "thompson")
 PROMOTE = ("if_better", "always", "never")
@@ -95,7 +95,7 @@ def run(work: Callable[[Client, argparse.Namespace], Any]) -> Callable[[argparse
             print(out)
         else:
             emit(out)
-        return 0
+        return 1 if isinstance(out, RetrainJob) and out.state == "failed" else 0  # `retrain --wait` that failed
 
     return command
 
