@@ -218,3 +218,17 @@ def test_an_in_process_app_through_asgi_transport_sync_and_async(tmp_path: Path,
                     await aclient.forget_user(1)  # no token given, none in the environment
 
         asyncio.run(run())
+
+
+def test_the_client_imports_nothing_of_the_server() -> None:
+    """A client process pays for httpx only: no numpy, numba, LMDB, FAISS, Redis or server layers."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, veloxserve.client; "
+        "print([m for m in ('numpy', 'numba', 'lmdb', 'faiss', 'pyarrow', 'redis', 'zmq', "
+        "'veloxserve.serving', 'veloxserve.api', 'veloxserve.storage') if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
