@@ -41,6 +41,7 @@ MAY_IMPORT: dict[str, set[str] | None] = {
     "serving": None,
     "clipper": None,
     "api": {"serving", "clipper", "models", "storage"},  # storage for types: what api builds is checked below
+    "client": set(),  # the HTTP client: the foundation only (its errors), nothing of the server's process
 }
 STORE_BACKENDS = {
     "veloxserve.storage.redis_store",

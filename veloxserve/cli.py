@@ -14,12 +14,36 @@ DEFAULT_HOME = "./veloxserve-home"
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-def _id(text: str) -> str | int:
-    """Command-line ids that look like integers are sent as JSON integers."""
-    try:
-        return int(text)
-    except ValueError:
-        return text
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows every option's default, unless its help already says it (or it has none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        field = getattr(action, "als_field", None)
+        if field is not None:  # `train`'s hyperparameters: None on the command line means ALSConfig's default
+            from veloxserve.training.als import ALSConfig
+
+            return f"{text} (default: {getattr(ALSConfig(), field)})"
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.required:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _columns(text: str) -> dict[str, str]:
+    """`--columns user=uid,item=iid,score=rating`: the file's names of the ratings' columns."""
+    mapping = {}
+    for pair in filter(None, text.split(",")):
+        name, sep, column = pair.partition("=")
+        if not sep or not name or not column:
+            raise argparse.ArgumentTypeError(f"expected NAME=COLUMN[,NAME=COLUMN...], got {pair!r} in {text!r}")
+        mapping[name.strip()] = column.strip()
+    return mapping
 
 
 def _objective(text: str) -> tuple[str | None, float]:
@@ -32,26 +56,37 @@ def _objective(text: str) -> tuple[str | None, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="veloxserve",
         description="Personalised predictions that learn online: score = σ(w_u · f(x; θ)).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from veloxserve.serving.admission import AdmissionConfig
+    from veloxserve.settings import ServerSettings
+
+    server = ServerSettings()
+
     def home(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--home", default=DEFAULT_HOME, help=f"state directory (default {DEFAULT_HOME})")
+        p.add_argument("--home", default=DEFAULT_HOME, help="state directory")
+
+    def settings_flag(p: argparse.ArgumentParser, *names: str, help: str, default: Any, **kwargs: Any) -> None:
+        """A flag of serve/demo that overrides the config file: absent unless given (SUPPRESS), its
+        default (the settings object's) stated in the help."""
+        shown = f" (default: {default})" if default not in (None, False, (), []) else ""
+        p.add_argument(*names, default=argparse.SUPPRESS, help=help + shown, **kwargs)
 
     def net(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-        p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+        settings_flag(p, "--home", help="state directory", default=DEFAULT_HOME)
+        settings_flag(p, "--host", help="address to listen on", default=server.host)
+        settings_flag(p, "--port", type=int, help="port to listen on", default=server.port)
 
     demo = sub.add_parser("demo", help="generate Catify, train on it, and serve it with example curl commands")
-    home(demo)
     net(demo)
-    demo.add_argument("--users", type=int, default=2000, help="Catify users (default 2000)")
-    demo.add_argument("--songs", type=int, default=2000, help="Catify songs (default 2000)")
-    demo.add_argument("--ratings", type=int, default=200_000, help="Catify ratings (default 200000)")
-    demo.add_argument("--seed", type=int, default=0, help="Catify seed (default 0)")
+    demo.add_argument("--users", type=int, default=2000, help="Catify users")
+    demo.add_argument("--songs", type=int, default=2000, help="Catify songs")
+    demo.add_argument("--ratings", type=int, default=200_000, help="Catify ratings")
+    demo.add_argument("--seed", type=int, default=0, help="Catify seed")
 
     train = sub.add_parser(
         "train",
@@ -68,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="CSV or Parquet (user,item,score[,timestamp]) or MovieLens u.data / ratings.dat",
     )
+    train.add_argument(
+        "--columns",
+        type=_columns,
+        metavar="NAME=COLUMN,...",
+        help="the file's names of the columns, e.g. user=uid,item=iid,score=rating[,timestamp=ts] "
+        "(default: user,item,score,timestamp)",
+    )
+    train.add_argument("--json", action="store_true", help="print the new version's meta.json instead of a summary")
     train.add_argument("--model", required=True, help="model name, e.g. catify")
     train.add_argument(
         "--items",
@@ -75,17 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="item table (CSV or Parquet, 'item' column): attributes for top-k filters; a 'text' "
         "column also trains content features, to score items known only by their text",
     )
-    train.add_argument("--rank", type=int, help="latent dimensions of f(x; θ)")
-    train.add_argument("--reg", type=float, help="ridge regularisation of the item factors")
-    train.add_argument("--prior-precision", type=float, help="ridge precision λ of the user prior")
-    train.add_argument("--iterations", type=int, help="ALS sweeps")
+    # Training's defaults come from ALSConfig when help is shown (importing it at parse time costs numba).
+    for flag, kind, text in (
+        ("--rank", int, "latent dimensions of f(x; θ)"),
+        ("--reg", float, "ridge regularisation of the item factors"),
+        ("--prior-precision", float, "ridge precision λ of the user prior"),
+        ("--iterations", int, "ALS sweeps"),
+        ("--seed", int, "random seed"),
+    ):
+        train.add_argument(flag, type=kind, help=text).als_field = flag[2:].replace("-", "_")  # type: ignore[attr-defined]
     train.add_argument(
         "--link",
         choices=["identity", "logistic"],
         default="identity",
-        help="σ: identity for ratings (default), logistic for 0/1 labels",
+        help="σ: identity for ratings, logistic for 0/1 labels",
     )
-    train.add_argument("--seed", type=int, help="random seed")
     train.add_argument(
         "--score-range",
         type=float,
@@ -97,12 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine",
         choices=["local", "spark"],
         default="local",
-        help="local: compiled ALS on this machine (default); spark: Spark MLlib ALS",
+        help="local: compiled ALS on this machine; spark: Spark MLlib ALS",
     )
     train.add_argument(
         "--master",
         default="local[2]",
-        help="Spark master URL with --engine spark (default local[2]; e.g. spark://host:7077)",
+        help="Spark master URL with --engine spark, e.g. spark://host:7077",
     )
     train.add_argument(
         "--basis",
@@ -117,63 +164,82 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--basis-k", type=int, default=8, help="basis functions f_1..f_k (oracle-mtl, first-order)")
     train.add_argument("--basis-params", help="JSON keyword arguments of the oracle-mtl estimator class")
 
-    serve = sub.add_parser("serve", help="serve every model under --home over HTTP/JSON")
-    home(serve)
-    net(serve)
-    serve.add_argument(
-        "--store",
-        default="lmdb",
-        help="users' state: lmdb (embedded, one process per home; default) or "
-        "redis://host:port/db[?prefix=name] (shared by several processes)",
+    serve = sub.add_parser(
+        "serve",
+        help="serve every model under --home over HTTP/JSON",
+        description="Serve every model under the home over HTTP/JSON. Every setting can be given in a TOML file "
+        "(--config; see docs/configuration.md); a flag overrides the file's value of its key.",
     )
     serve.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML settings: [server], [auth], [admission], [serving]"
+    )
+    net(serve)
+    settings_flag(
+        serve,
+        "--store",
+        help="users' state: lmdb (embedded, one process per home) or redis://host:port/db[?prefix=name] "
+        "(shared by several processes)",
+        default=server.store,
+    )
+    settings_flag(
+        serve,
         "--instance",
         help="this process's id when several serve one home over Redis "
         "(its own log and lock; default: the home's main log)",
+        default=None,
     )
-    serve.add_argument(
+    settings_flag(
+        serve,
         "--model-dir",
         action="append",
-        default=[],
         type=Path,
         metavar="DIR",
         help="Clipper may deploy model files from DIR (repeatable) besides <home>/models-in/. "
         "Deploying a pickle or a torch file runs its code with the server's rights: give only "
         "directories that only trusted operators can write",
+        default=None,
     )
     for p in (serve, demo):
-        p.add_argument(
+        settings_flag(
+            p,
             "--no-auth",
             action="store_true",
             help="DANGEROUS, local development only: admin routes (retrain, activate, policy, forget, "
             "and Clipper's deploy, which runs model code) need no token",
+            default=None,
         )
-        p.add_argument(
+        settings_flag(
+            p,
             "--allow-remote-no-auth",
             action="store_true",
             help="with --no-auth, listen on a non-loopback --host anyway (refused without this)",
+            default=None,
         )
-        p.add_argument(
+        settings_flag(
+            p,
             "--require-key",
             action="append",
-            default=[],
             metavar="MODEL",
             help="predict/top_k/observe on MODEL need a key (`token create --model MODEL`) or an admin "
             "token; repeat for several models, '*' for all (default: open)",
+            default=None,
         )
-        p.add_argument(
+        settings_flag(
+            p,
             "--objective-ms",
             action="append",
-            default=[],
             type=_objective,
             metavar="[MODEL=]MS",
-            help="latency objective: requests that cannot be served within it get 503 + Retry-After at once",
+            help="latency objective: requests that cannot be served within it get 503 + Retry-After at once "
+            "(default: none)",
+            default=None,
         )
-        p.add_argument(
+        settings_flag(
+            p,
             "--max-in-flight",
             type=int,
-            default=512,
-            help="requests per model in flight (e.g. awaiting the log's fsync) before 503 (default 512)",
+            help="requests per model in flight (e.g. awaiting the log's fsync) before 503",
+            default=AdmissionConfig().max_in_flight,
         )
 
     token = sub.add_parser("token", help="API tokens for admin routes and per-model keys (stored hashed under --home)")
@@ -187,25 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (token_create, token_list, token_revoke):
         home(p)
 
-    predict = sub.add_parser("predict", help="ask a running server for one score")
-    predict.add_argument("--model", required=True)
-    predict.add_argument("--user", required=True, type=_id)
-    predict.add_argument("--item", required=True, type=_id)
-
-    top_k = sub.add_parser("top-k", help="ask a running server for a user's k best items")
-    top_k.add_argument("--model", required=True)
-    top_k.add_argument("--user", required=True, type=_id)
-    top_k.add_argument("-k", type=int, default=10, help="how many items (default 10)")
-    top_k.add_argument("--exclude-seen", action="store_true", help="leave out items the user has rated")
-
-    observe = sub.add_parser("observe", help="report one observation to a running server")
-    observe.add_argument("--model", required=True)
-    observe.add_argument("--user", required=True, type=_id)
-    observe.add_argument("--item", required=True, type=_id)
-    observe.add_argument("--score", required=True, type=float)
-    observe.add_argument("--id", help="idempotency key: retrying with the same id is acknowledged, not learned twice")
-    observe.add_argument("--decision", help="the decision id of the top-k answer this observation answers")
-
     log_cmd = sub.add_parser("log", help="the observation log as data")
     log_sub = log_cmd.add_subparsers(dest="log_command", required=True, metavar="ACTION")
     export = log_sub.add_parser("export", help="write a model's logged observations as Parquet partitioned by date")
@@ -214,72 +261,51 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, type=Path, help="output directory (date=YYYY-MM-DD/*.parquet)")
     export.add_argument("--after-lsn", type=int, default=0, help="only observations after this log position")
 
-    versions = sub.add_parser("versions", help="list, show, promote or roll back a model's versions (running server)")
-    versions_sub = versions.add_subparsers(dest="versions_command", required=True, metavar="ACTION")
-    listing = versions_sub.add_parser("list", help="every version with its status")
-    show = versions_sub.add_parser("show", help="one version's metadata, lineage and status")
-    activate = versions_sub.add_parser("activate", help="serve a version: promote a ready one or roll back")
-    for p in (show, activate):
-        p.add_argument("version", help="e.g. v3")
-
-    retrain = sub.add_parser("retrain", help="retrain a running server's model from its base data and log")
-    retrain.add_argument(
-        "--promote",
-        choices=["if_better", "always", "never"],
-        default="if_better",
-        help="promote the new version if it beats the active one (default), always, or never",
-    )
-    retrain.add_argument("--wait", action="store_true", help="wait for the retrain to finish and print its outcome")
-
-    policy = sub.add_parser("policy", help="show or set when a running server's model retrains by itself")
-    policy.add_argument("--every-observations", type=int, help="retrain after this many new observations")
-    policy.add_argument(
-        "--every-seconds", type=float, help="retrain when this much time has passed (and feedback came)"
-    )
-    policy.add_argument("--drift", choices=["on", "off"], help="retrain when Page-Hinkley sees the live error rise")
-    policy.add_argument("--promote", choices=["if_better", "always", "never"])
-
-    forget = sub.add_parser("forget", help="remove a user's data from a running server (one model or all)")
-    forget.add_argument("--user", required=True, type=_id)
-    forget.add_argument("--model", help="only this model (default: every model)")
-
+    from veloxserve.client.cli import add_commands as add_client_commands
     from veloxserve.clipper.cli import add_commands as add_clipper_commands
 
+    # The command groups, one line each: predict, top-k, observe, versions, retrain, policy, forget;
+    # Clipper's container, deploy, list, scale, rollback, remove, app.
+    add_client_commands(sub)
     add_clipper_commands(sub, DEFAULT_URL)
-    for p in (listing, show, activate, retrain, policy):
-        p.add_argument("--model", required=True)
-    for client in (predict, top_k, observe, listing, show, activate, retrain, policy, forget):
-        client.add_argument("--url", default=DEFAULT_URL, help=f"server address (default {DEFAULT_URL})")
-        client.add_argument("--token", help="API token for admin routes or a model key (default: $VELOXSERVE_TOKEN)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `veloxserve ... | head -1`: the reader has gone. Nothing more can be said on stdout, so say
+        # nothing: point it at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as a shell reports a command ended by SIGPIPE
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "token", False) is None:  # a client command: the environment is read here only
-        args.token = os.environ.get("VELOXSERVE_TOKEN")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     from veloxserve.errors import VeloxError
 
     try:
-        if hasattr(args, "clipper_run"):
-            return args.clipper_run(args)
-        return _COMMANDS[args.command](args)
+        run = getattr(args, "run", None) or getattr(args, "clipper_run", None) or _COMMANDS[args.command]
+        code = run(args)
+        sys.stdout.flush()  # here, where a closed pipe is handled, not at exit
+        return int(code)
     except VeloxError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
 
 
-def _train_basis(args: argparse.Namespace, layout: Any, name: str) -> int:
-    """`train --basis`: a black-box basis version (training/basis_trainer.py), made active."""
-    from veloxserve.storage.version_catalog import VersionCatalog
+def _train_basis(args: argparse.Namespace, layout: Any, name: str) -> dict[str, Any] | None:
+    """`train --basis`: a black-box basis version (training/basis_trainer.py); None: refused."""
     from veloxserve.training.basis_trainer import recipe_from_spec, train_basis_version
     from veloxserve.training.oracle_mtl import OracleConfig
 
     if args.items is None:
         print("error: --basis needs --items, the item table holding the inputs f reads", file=sys.stderr)
-        return 2
+        return None
     recipe = recipe_from_spec(args.basis, args.basis_inputs, name=name, params=args.basis_params)
     settings = {
         "k": args.basis_k,
@@ -288,12 +314,14 @@ def _train_basis(args: argparse.Namespace, layout: Any, name: str) -> int:
         "prior_precision": args.prior_precision,
     }
     config = OracleConfig(**{key: value for key, value in settings.items() if value is not None})
-    meta = train_basis_version(
-        layout, name, args.ratings, items=args.items, recipe=recipe, config=config, score_range=args.score_range
+    ratings = args.ratings
+    if args.columns:
+        from veloxserve.training.ratings import load_ratings
+
+        ratings = load_ratings(args.ratings, args.columns)
+    return train_basis_version(
+        layout, name, ratings, items=args.items, recipe=recipe, config=config, score_range=args.score_range
     )
-    VersionCatalog(layout.model_dir(name)).activate(meta["version"])
-    print(json.dumps(meta, indent=2, default=str))
-    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -309,11 +337,16 @@ def _train(args: argparse.Namespace) -> int:
         print("error: --items (filters, content features) needs --engine local for now", file=sys.stderr)
         return 2
     if args.basis is not None:
-        return _train_basis(args, layout, name)
-    if args.engine == "spark":
+        basis_meta = _train_basis(args, layout, name)
+        if basis_meta is None:
+            return 2
+        meta = basis_meta
+    elif args.engine == "spark":
+        from veloxserve.training.ratings import load_ratings
         from veloxserve.training.spark_als import train_version_spark
 
-        meta = train_version_spark(layout, name, args.ratings, config_from(overrides), master=args.master)
+        ratings = load_ratings(args.ratings, args.columns) if args.columns else args.ratings
+        meta = train_version_spark(layout, name, ratings, config_from(overrides), master=args.master)
     else:
         meta = train_version(
             layout,
@@ -322,20 +355,70 @@ def _train(args: argparse.Namespace) -> int:
             config_from(overrides),
             link=args.link,
             items=args.items,
-            progress=True,
+            progress=True,  # a tqdm bar on a terminal only (tqdm's disable=None)
             score_range=args.score_range,
+            columns=args.columns,
         )
     VersionCatalog(layout.model_dir(name)).activate(meta["version"])
-    print(json.dumps(meta, indent=2))
+    print(json.dumps(meta, indent=2, default=str) if args.json else _summary(meta, args))
     return 0
 
 
-def _refuse_remote_no_auth(args: argparse.Namespace) -> bool:
-    """--no-auth on a non-loopback --host opens the admin routes to the network: refuse unless forced."""
-    if not args.no_auth or args.allow_remote_no_auth or _is_loopback(args.host):
+def _summary(meta: dict[str, Any], args: argparse.Namespace) -> str:
+    """What a person wants after `train`: which version, how good, how long; then where the rest is."""
+
+    def figure(key: str) -> str:
+        value = meta.get(key)
+        return "-" if value is None else f"{value:.4f}"
+
+    return (
+        f"trained {meta['model']} {meta['version']} (now active): {meta.get('rows_trained', '?')} ratings, "
+        f"{meta.get('n_users', '?')} users, {meta.get('n_items', '?')} items, rank {meta.get('rank', '?')}\n"
+        f"  held-out RMSE {figure('heldout_rmse')}, training RMSE {figure('train_rmse')}, "
+        f"{meta.get('train_seconds', 0):.1f} s ({meta.get('engine', 'local')})\n"
+        f"  details: {Path(args.home) / 'models' / meta['model'] / 'versions' / meta['version'] / 'meta.json'} "
+        f"(or `train --json`)"
+    )
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    """serve/demo: the config file (--config), then the flags given on the command line."""
+    from veloxserve.settings import load_settings
+
+    given = vars(args)
+    server = {key: given[flag] for key, flag in _SERVER_FLAGS if flag in given}
+    if "model_dir" in given:
+        server["model_dirs"] = tuple(given["model_dir"])
+    auth: dict[str, Any] = {}
+    if given.get("no_auth"):
+        auth["enabled"] = False
+    if given.get("allow_remote_no_auth"):
+        auth["allow_remote_no_auth"] = True
+    if "require_key" in given:
+        auth["keyed_models"] = tuple(given["require_key"])
+    admission: dict[str, Any] = {}
+    if "max_in_flight" in given:
+        admission["max_in_flight"] = given["max_in_flight"]
+    if "objective_ms" in given:
+        objectives = dict(given["objective_ms"])
+        if None in objectives:
+            admission["default_objective_ms"] = objectives.pop(None)
+        if objectives:
+            admission["objectives_ms"] = objectives
+    overrides = {"server": server, "auth": auth, "admission": admission}
+    return load_settings(getattr(args, "config", None), overrides)
+
+
+_SERVER_FLAGS = (("home", "home"), ("host", "host"), ("port", "port"), ("store", "store"), ("instance", "instance"))
+
+
+def _refuse_remote_no_auth(settings: Any) -> bool:
+    """No auth on a non-loopback host opens the admin routes to the network: refuse unless forced."""
+    host = settings.server.host
+    if settings.auth.enabled or settings.auth.allow_remote_no_auth or _is_loopback(host):
         return False
     print(
-        f"error: --no-auth on --host {args.host} would let anyone who can reach it retrain, activate, change "
+        f"error: --no-auth on --host {host} would let anyone who can reach it retrain, activate, change "
         "policies and erase users. Serve on 127.0.0.1 (the default), drop --no-auth and use tokens "
         "(`veloxserve token create`), or add --allow-remote-no-auth if you really mean it.",
         file=sys.stderr,
@@ -361,31 +444,33 @@ def _serve(args: argparse.Namespace) -> int:
 
     from veloxserve.api import create_app
     from veloxserve.api.auth import AuthConfig
-    from veloxserve.serving.admission import AdmissionConfig
     from veloxserve.serving.velox import Velox
 
-    if _refuse_remote_no_auth(args):
+    settings = getattr(args, "settings", None) or _settings(args)
+    if _refuse_remote_no_auth(settings):
         return 2
-    objectives = dict(args.objective_ms)
-    admission = AdmissionConfig(
-        max_in_flight=args.max_in_flight, default_objective_ms=objectives.pop(None, None), objectives_ms=objectives
-    )
-    auth = AuthConfig(enabled=not args.no_auth, keyed_models=frozenset(args.require_key))
+    server_settings, no_auth = settings.server, not settings.auth.enabled
+    auth = AuthConfig(enabled=settings.auth.enabled, keyed_models=frozenset(settings.auth.keyed_models))
     store = None
-    if getattr(args, "store", "lmdb") != "lmdb":  # `demo` serves the embedded store
+    if server_settings.store != "lmdb":
         from veloxserve.storage.redis_client import RedisSettings
         from veloxserve.storage.redis_store import RedisUserStore
 
-        store = RedisUserStore(RedisSettings.from_url(args.store))
+        store = RedisUserStore(RedisSettings.from_url(server_settings.store))
+    home = server_settings.home
     velox = Velox(
-        args.home, store=store, instance=getattr(args, "instance", None), home_lock=getattr(args, "home_lock", None)
+        home,
+        config=settings.serving,
+        store=store,
+        instance=server_settings.instance,
+        home_lock=getattr(args, "home_lock", None),
     )
     try:
-        app = create_app(velox, auth=auth, admission=admission, model_dirs=getattr(args, "model_dir", []))
+        app = create_app(velox, auth=auth, admission=settings.admission, model_dirs=server_settings.model_dirs)
         config = uvicorn.Config(
             app,
-            host=args.host,
-            port=args.port,
+            host=server_settings.host,
+            port=server_settings.port,
             access_log=False,
             log_level="warning",
             http="httptools",
@@ -393,7 +478,7 @@ def _serve(args: argparse.Namespace) -> int:
             lifespan="on",  # lifespan starts Clipper's containers
         )
         server = uvicorn.Server(config)
-        if args.no_auth:
+        if no_auth:
             print(
                 "WARNING: --no-auth: anyone who can reach this port can retrain, activate, change policies, "
                 "erase users and deploy model files (running their code). Local development only.",
@@ -403,12 +488,13 @@ def _serve(args: argparse.Namespace) -> int:
         elif not app.guard.tokens.has_admin():
             print(
                 f"note: no admin token yet; admin routes answer 401 until you run "
-                f"`veloxserve token create --home {args.home}`",
+                f"`veloxserve token create --home {home}`",
                 file=sys.stderr,
                 flush=True,
             )
-        print(f"serving {', '.join(velox.model_names()) or 'no models'} on http://{args.host}:{args.port}", flush=True)
-        base = f"http://{args.host}:{args.port}"
+        served = ", ".join(velox.model_names()) or "no models"
+        print(f"serving {served} on http://{server_settings.host}:{server_settings.port}", flush=True)
+        base = f"http://{server_settings.host}:{server_settings.port}"
         print(f"dashboard: {base}/dashboard, API docs: {base}/docs", flush=True)
         listen = getattr(args, "listen_socket", None)  # `demo` bound the port before changing anything
         server.run(sockets=[listen] if listen is not None else None)
@@ -421,15 +507,16 @@ def _demo(args: argparse.Namespace) -> int:
     from veloxserve.config import HomeLayout
     from veloxserve.training.als import ALSConfig
 
-    if _refuse_remote_no_auth(args):  # before training, not after
+    settings = args.settings = _settings(args)
+    if _refuse_remote_no_auth(settings):  # before training, not after
         return 2
     # Catify is denser and less noisy than MovieLens: lighter regularisation fits it best.
     catify_config = ALSConfig(rank=8, reg=1.0, prior_precision=1.0, iterations=10)
-    layout = HomeLayout(Path(args.home))
+    layout = HomeLayout(Path(settings.server.home))
     # Before changing anything: a demo already serving this home (or anything on the port) must
     # keep its data, versions and token.
     # Both stay held and are handed to the server: no window for another process to take them.
-    args.listen_socket = _bind(args.host, args.port)
+    args.listen_socket = _bind(settings.server.host, settings.server.port)
     try:
         args.home_lock = _lock_home(layout)
     except BaseException:
@@ -502,7 +589,7 @@ def _prepare_demo(args: argparse.Namespace, layout: Any, catify_config: Any) -> 
         f"trained catify {meta['version']}: held-out RMSE {meta['heldout_rmse']:.3f} "
         f"(planted noise {data.noise}), {meta['train_seconds']:.2f} s"
     )
-    base = f"http://{args.host}:{args.port}/models/catify"
+    base = f"http://{args.settings.server.host}:{args.settings.server.port}/models/catify"
     user, song = data.ratings.users[0], data.ratings.items[0]
     print("\nTry, in another terminal:\n")
     print(f"  curl '{base}/predict?user={user}&item={song}'")
@@ -513,7 +600,7 @@ def _prepare_demo(args: argparse.Namespace, layout: Any, catify_config: Any) -> 
         f"  curl -X POST {base}/observe -H 'content-type: application/json' "
         f'-d \'{{"user": {user}, "item": {song}, "score": 5.0}}\'\n'
     )
-    if not args.no_auth:
+    if args.settings.auth.enabled:
         from veloxserve.storage.tokens import TokenStore
 
         tokens = TokenStore(layout.tokens_file)
@@ -523,24 +610,6 @@ def _prepare_demo(args: argparse.Namespace, layout: Any, catify_config: Any) -> 
         print(f"  export VELOXSERVE_TOKEN={token}")
         print("  .venv/bin/veloxserve retrain --model catify --wait")
         print(f"  # or: curl -X POST {base}/retrain -H 'authorization: Bearer {token}'\n")
-
-
-def _client(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> int:
-    """One request to a running server; `path` is under /models/{model}/ unless it starts with '/'."""
-    import httpx
-
-    url = f"{args.url}{path}" if path.startswith("/") else f"{args.url}/models/{args.model}/{path}"
-    try:
-        response = httpx.request(method, url, timeout=kwargs.pop("timeout", 30), headers=_auth(args), **kwargs)
-    except httpx.HTTPError as exc:
-        print(f"error: cannot reach {args.url}: {exc}. Is `veloxserve serve` running?", file=sys.stderr)
-        return 2
-    print(json.dumps(response.json(), indent=2))
-    return 0 if response.is_success else 1
-
-
-def _auth(args: argparse.Namespace) -> dict[str, str]:
-    return {"authorization": f"Bearer {args.token}"} if args.token else {}
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -579,78 +648,12 @@ def _log(args: argparse.Namespace) -> int:
     return 0
 
 
-def _versions(args: argparse.Namespace) -> int:
-    if args.versions_command == "list":
-        return _client(args, "GET", "versions")
-    if args.versions_command == "show":
-        return _client(args, "GET", f"versions/{args.version}")
-    return _client(args, "POST", f"versions/{args.version}/activate", timeout=600)
-
-
-def _retrain(args: argparse.Namespace) -> int:
-    if not args.wait:
-        return _client(args, "POST", "retrain", json={"promote": args.promote})
-    import time
-
-    import httpx
-
-    code = _client(args, "POST", "retrain", json={"promote": args.promote})
-    while code == 0:
-        job = httpx.get(f"{args.url}/models/{args.model}/retrain", timeout=30, headers=_auth(args)).json()["retrain"]
-        if job["state"] != "running":
-            print(json.dumps(job, indent=2))
-            return 0 if job["state"] != "failed" else 1
-        time.sleep(0.5)
-    return code
-
-
-def _policy(args: argparse.Namespace) -> int:
-    changes = {
-        "every_observations": args.every_observations,
-        "every_seconds": args.every_seconds,
-        "drift": None if args.drift is None else args.drift == "on",
-        "promote": args.promote,
-    }
-    changes = {k: v for k, v in changes.items() if v is not None}
-    if not changes:
-        return _client(args, "GET", "policy")
-    import httpx
-
-    try:
-        current = httpx.get(f"{args.url}/models/{args.model}/policy", timeout=30, headers=_auth(args)).json()["policy"]
-    except (httpx.HTTPError, KeyError):
-        return _client(args, "GET", "policy")  # prints the reason
-    return _client(args, "PUT", "policy", json={**current, **changes})
-
-
-def _forget(args: argparse.Namespace) -> int:
-    path = f"/users/{args.user}" if args.model is None else f"/models/{args.model}/users/{args.user}"
-    return _client(args, "DELETE", path, timeout=600)
-
-
 _COMMANDS = {
-    "versions": _versions,
-    "retrain": _retrain,
-    "policy": _policy,
-    "forget": _forget,
     "demo": _demo,
     "train": _train,
     "serve": _serve,
     "log": _log,
     "token": _token,
-    "predict": lambda a: _client(a, "GET", "predict", params={"user": a.user, "item": a.item}),
-    "top-k": lambda a: _client(a, "GET", "top_k", params={"user": a.user, "k": a.k, "exclude_seen": a.exclude_seen}),
-    "observe": lambda a: _client(
-        a,
-        "POST",
-        "observe",
-        json={
-            "user": a.user,
-            "item": a.item,
-            "score": a.score,
-            **{k: v for k, v in (("id", a.id), ("decision", a.decision)) if v is not None},
-        },
-    ),
 }
 
 if __name__ == "__main__":

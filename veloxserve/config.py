@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,12 @@ from veloxserve.errors import invalid_parameter
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NAME_RULE = "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def _help(text: str) -> dict[str, str]:
+    """A setting's documentation, kept with its field: `veloxserve serve --config` files are
+    checked against the fields, and the configuration reference is generated from them."""
+    return {"help": text}
 
 
 def is_name(name: object) -> bool:
@@ -85,22 +91,47 @@ def _positive(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """How a served model learns, persists and bounds its requests."""
+    """How a served model learns, persists and bounds its requests (`[serving]` of a config file)."""
 
-    max_batch: int = 10_000
-    checkpoint_every: int = 50_000
-    checkpoint_seconds: float = 30.0
-    fsync: bool = True
-    commit_delay: float = 0.001  # seconds the log lingers so concurrent appends share one fsync
-    learning_rate: float = 0.05
-    index_min_items: int = 100_000  # catalogues at least this large get a MIPS index for top-k
-    index_ef_search: int = 200  # HNSW search breadth: recall@100 ≥ 0.99 in bench/bench_topk.py
-    feature_cache_bytes: int = 64 << 20  # content features shared across users; 0 turns the cache off
-    idempotency_seconds: float = 86_400.0  # how long an observation's `id` makes its retries duplicates
-    idempotency_keys: int = 1_000_000  # and at most this many ids per model (the newest); 0 turns it off
-    decision_memory: int = 100_000  # recent top-k lists per model that observe checks `decision` against
-    approximate_features: ApproximateSettings | None = None  # feature coarsening of content inputs; None: exact
-    feature_deadline_ms: float | None = None  # content features later than this: E[f(x)] instead (anytime); None: wait
+    max_batch: int = field(default=10_000, metadata=_help("most queries or observations in one request"))
+    checkpoint_every: int = field(
+        default=50_000, metadata=_help("observations between checkpoints of users' state to the user store")
+    )
+    checkpoint_seconds: float = field(default=30.0, metadata=_help("seconds between checkpoints at the latest"))
+    fsync: bool = field(
+        default=True, metadata=_help("fsync the observation log before acknowledging (false: tests and benchmarks)")
+    )
+    commit_delay: float = field(
+        default=0.001, metadata=_help("seconds the log lingers so concurrent appends share one fsync")
+    )
+    learning_rate: float = field(default=0.05, metadata=_help("step size of the logistic link's online SGD"))
+    index_min_items: int = field(
+        default=100_000, metadata=_help("catalogues at least this large get a MIPS index (FAISS HNSW) for top-k")
+    )
+    index_ef_search: int = field(
+        default=200, metadata=_help("HNSW search breadth: recall@100 >= 0.99 in bench/bench_topk.py")
+    )
+    feature_cache_bytes: int = field(
+        default=64 << 20, metadata=_help("bytes of content features cached, shared by every model; 0 turns it off")
+    )
+    idempotency_seconds: float = field(
+        default=86_400.0, metadata=_help("how long an observation's `id` makes its retries duplicates")
+    )
+    idempotency_keys: int = field(
+        default=1_000_000, metadata=_help("and at most this many ids per model (the newest); 0 turns it off")
+    )
+    decision_memory: int = field(
+        default=100_000, metadata=_help("recent top-k lists per model that observe checks `decision` against")
+    )
+    approximate_features: ApproximateSettings | None = field(
+        default=None,
+        metadata=_help(
+            "feature coarsening of content inputs: a table of LSH settings (docs/approximate-caching.md); omitted: exact"
+        ),
+    )
+    feature_deadline_ms: float | None = field(
+        default=None, metadata=_help("content features later than this are E[f(x)] instead (anytime); omitted: wait")
+    )
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:

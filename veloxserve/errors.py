@@ -17,7 +17,8 @@
     ├── ContainerUnavailable (503)  a model container crashed, hung or failed on a batch
     ├── DeadlineExceeded (504)      a query's latency objective passed before it was computed
     ├── ModelStateInvalid (500)     the model computed a non-finite score (never answered as null)
-    └── TrainingFailed (500)        offline training could not produce a version
+    ├── TrainingFailed (500)        offline training could not produce a version
+    └── ServerUnreachable (503)     (the client only) no answer from the server: refused, reset or timed out
 
 Messages say which field, what was expected, what was got, and what to do, in the style of
 scikit-learn's parameter validation: "The 'k' parameter of top_k must be an int in [1, 1682].
@@ -136,6 +137,13 @@ class ModelStateInvalid(VeloxError):
 
 class TrainingFailed(VeloxError):
     status = 500
+
+
+class ServerUnreachable(VeloxError):
+    """Raised by veloxserve.client, never sent by a server: the connection failed or no answer
+    came within the client's timeout. A call that is not idempotent may have been applied."""
+
+    status = 503
 
 
 class _Quote(reprlib.Repr):

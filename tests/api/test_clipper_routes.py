@@ -315,6 +315,6 @@ def test_the_readmes_digits_steps_keep_answering_after_lr2(server, tmp_path: Pat
         "--method",
         "predict",
     )
-    assert labels.returncode != 0 and "Conflict" in labels.stdout and "method predict" in labels.stdout
+    assert labels.returncode != 0 and "Conflict" in labels.stderr and "method predict" in labels.stderr
     assert httpx.get(f"{server.url}/containers/digits-lr").json()["version"] == "v2"
     httpx.delete(f"{server.url}/apps/digits", headers=server.admin).raise_for_status()

@@ -188,6 +188,7 @@ def test_train_cli_score_range_overrides_the_data_range(tmp_path: Path) -> None:
             "--score-range",
             "-3",
             "9",
+            "--json",
         ],
         capture_output=True,
         text=True,

@@ -76,3 +76,26 @@ def test_split_holdout_partitions_the_ratings() -> None:
     train, test = split_holdout(ratings, 0.2, seed=1)
     assert len(train) + len(test) == n and 150 < len(test) < 250
     assert set(train.scores) | set(test.scores) == set(ratings.scores)
+
+
+def test_columns_map_the_files_names_in_csv_and_parquet(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "r.csv").write_text("uid,iid,rating,user\n007,12,4.5,ignored\n8,013,1.0,ignored\n")
+    csv = load_ratings(tmp_path / "r.csv", {"user": "uid", "item": "iid", "score": "rating"})
+    assert csv.users.tolist() == ["007", "8"] and csv.items.tolist() == ["12", "013"]  # ids stay text
+    assert csv.scores.tolist() == [4.5, 1.0]  # the file's own `user` column is not the users
+    table = pa.table({"who": ["a", "b"], "item": ["x", "y"], "stars": [3, 5], "when": [1, 2]})
+    pq.write_table(table, tmp_path / "r.parquet")
+    parquet = load_ratings(tmp_path / "r.parquet", {"user": "who", "score": "stars", "timestamp": "when"})
+    assert parquet.users.tolist() == ["a", "b"] and parquet.timestamps.tolist() == [1, 2]
+
+
+def test_a_bad_column_mapping_names_what_is_wrong(tmp_path: Path) -> None:
+    (tmp_path / "r.csv").write_text("uid,iid,rating\n1,2,3\n")
+    with pytest.raises(InvalidInput, match="no column 'usr' for user"):
+        load_ratings(tmp_path / "r.csv", {"user": "usr", "item": "iid", "score": "rating"})
+    with pytest.raises(InvalidInput) as unknown:
+        load_ratings(tmp_path / "r.csv", {"person": "uid"})
+    assert unknown.value.field == "person" and "user, item, score, timestamp" in unknown.value.message

@@ -47,10 +47,19 @@ class AdmissionConfig:
     """Per-model limits. `objectives_ms` maps a model to its latency objective; `default_objective_ms`
     applies to the others (None: only a request's own X-Deadline-Ms bounds its latency)."""
 
-    max_in_flight: int = 512
-    default_objective_ms: float | None = None
-    objectives_ms: dict[str, float] = field(default_factory=dict)
-    headroom: float = 0.1
+    max_in_flight: int = field(
+        default=512, metadata={"help": "requests per model in flight (e.g. awaiting the log's fsync) before 503"}
+    )
+    default_objective_ms: float | None = field(
+        default=None,
+        metadata={"help": "latency objective of every model not in objectives_ms; none: only X-Deadline-Ms"},
+    )
+    objectives_ms: dict[str, float] = field(
+        default_factory=dict, metadata={"help": "latency objective per model: requests that cannot meet it get 503"}
+    )
+    headroom: float = field(
+        default=0.1, metadata={"help": "share of the objective kept free of predicted service time, in [0, 1)"}
+    )
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:

@@ -5,6 +5,7 @@ Ids are read as strings (canonical ids), whatever they look like in the file.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from veloxserve.errors import InvalidInput
+from veloxserve.errors import InvalidInput, invalid_parameter
 
 COLUMNS = ("user", "item", "score")
 
@@ -42,18 +43,33 @@ def _bad(path: Path, problem: str) -> InvalidInput:
     )
 
 
-def load_ratings(path: str | Path) -> Ratings:
-    """Read a ratings file of any supported format into arrays."""
+def check_columns(columns: Mapping[str, str], where: str = "--columns") -> dict[str, str]:
+    """A mapping {user|item|score|timestamp: the file's column}, checked: `--columns user=uid,item=iid`."""
+    known = (*COLUMNS, "timestamp")
+    for name, column in columns.items():
+        if name not in known:
+            raise invalid_parameter(name, where, f"one of {', '.join(known)} (=the file's column)", column)
+        if not isinstance(column, str) or not column:
+            raise invalid_parameter(name, where, "the name of a column of the file", column)
+    return dict(columns)
+
+
+def load_ratings(path: str | Path, columns: Mapping[str, str] | None = None) -> Ratings:
+    """Read a ratings file of any supported format into arrays. `columns` names the file's
+    columns when they are not user, item, score[, timestamp]: {"user": "uid", "score": "rating"}."""
     path = Path(path)
+    columns = check_columns(columns or {})
     if not path.is_file():
         raise _bad(path, "no such file")
     try:
         if path.suffix == ".parquet":
             table = pq.read_table(path)
         else:
-            table = _read_text(path)
+            table = _read_text(path, ids=(columns.get("user", "user"), columns.get("item", "item")))
     except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
         raise _bad(path, str(exc).splitlines()[0]) from None
+    if columns:
+        table = _renamed(table, columns, path)
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise _bad(path, f"missing column(s) {', '.join(missing)} (found {', '.join(table.column_names)})")
@@ -74,10 +90,22 @@ def load_ratings(path: str | Path) -> Ratings:
     return Ratings(users, items, scores, timestamps)
 
 
-def _read_text(path: Path) -> pa.Table:
+def _renamed(table: pa.Table, columns: dict[str, str], path: Path) -> pa.Table:
+    """The table with the mapped columns under their canonical names (and nothing else under them)."""
+    names = table.column_names
+    for name, column in columns.items():
+        if column not in names:
+            raise _bad(path, f"no column {column!r} for {name} (--columns {name}={column}; found {', '.join(names)})")
+    source = {column: name for name, column in columns.items()}
+    keep = [c for c in names if c in source or c not in columns]  # a canonical name mapped elsewhere is dropped
+    return table.select(keep).rename_columns([source.get(c, c) for c in keep])
+
+
+def _read_text(path: Path, ids: tuple[str, str] = ("user", "item")) -> pa.Table:
     with open(path, "rb") as fh:
         head = fh.read(4096)
-    string_ids = {"user": pa.string(), "item": pa.string()}
+    movielens_ids = {"user": pa.string(), "item": pa.string()}
+    string_ids = {ids[0]: pa.string(), ids[1]: pa.string()}
     movielens = ["user", "item", "score", "timestamp"]
     if b"::" in head.split(b"\n", 1)[0]:  # ratings.dat: '::' is two characters, which Arrow cannot split on
         data = path.read_bytes().replace(b"::", b"\t")
@@ -85,7 +113,7 @@ def _read_text(path: Path) -> pa.Table:
             pa.BufferReader(data),
             read_options=pacsv.ReadOptions(column_names=movielens),
             parse_options=pacsv.ParseOptions(delimiter="\t"),
-            convert_options=pacsv.ConvertOptions(column_types=string_ids),
+            convert_options=pacsv.ConvertOptions(column_types=movielens_ids),
         )
     first = head.split(b"\n", 1)[0]
     if b"\t" in first and not any(c in first for c in (b"user", b"item", b"score")):  # u.data and friends
@@ -93,7 +121,7 @@ def _read_text(path: Path) -> pa.Table:
             path,
             read_options=pacsv.ReadOptions(column_names=movielens),
             parse_options=pacsv.ParseOptions(delimiter="\t"),
-            convert_options=pacsv.ConvertOptions(column_types=string_ids),
+            convert_options=pacsv.ConvertOptions(column_types=movielens_ids),
         )
     delimiter = "\t" if b"\t" in first else ","
     return pacsv.read_csv(

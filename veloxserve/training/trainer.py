@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ def train_version(
     items: str | Path | None = None,
     progress: bool = False,
     score_range: tuple[float, float] | None = None,
+    columns: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train f(x; θ) and every user's statistics from a ratings file, write the model's next version.
 
@@ -96,6 +98,8 @@ def train_version(
     columns serve top-k filters, and a `text` column trains content features (models/content.py),
     which let the model score items it has never seen from their text.
 
+    `columns` maps the file's column names (load_ratings: {"user": "uid", "score": "rating"}).
+
     `score_range` (lo, hi) overrides the range of scores the version accepts (meta.json
     `score_range`; default: the ratings' range widened, see `accepted_score_range`).
     """
@@ -104,7 +108,7 @@ def train_version(
         save_item_table(layout, model, items)
     link = Link(link)
     source = str(ratings) if not isinstance(ratings, Ratings) else "in-memory ratings"
-    data = ratings if isinstance(ratings, Ratings) else load_ratings(ratings)
+    data = ratings if isinstance(ratings, Ratings) else load_ratings(ratings, columns)
     if heldout is None:
         train, test = split_holdout(data, config.heldout_fraction, config.seed)
     else:
