@@ -25,6 +25,42 @@ def check_model_name(name: Any, where: str = "train") -> str:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """When a served model's monitoring raises an alert (serving/monitoring.py, docs/monitoring.md).
+
+    Deviations compare the most recent `window` requests with the reference the trainer stored in
+    the version; they are judged once `min_requests` arrived (fewer say nothing reliable). An alert
+    that fired is not raised again within `suppress_seconds` (alerts that fire too often are ignored)."""
+
+    window: int = 10_000  # recent requests the shares are computed over (ring buffers)
+    sample: int = 2_000  # recent served scores and item rows kept for the distribution tests
+    min_requests: int = 200  # requests in the window before a deviation is judged
+    unknown_items_share: float = 0.2  # alert above this share of requested items not in the catalogue
+    new_users_share: float = 0.5  # alert above this share of requests by users the version was not trained on
+    score_psi: float = 0.25  # alert above this population stability index of served scores
+    feature_ks_p: float = 0.01  # alert below this Bonferroni-adjusted KS p-value on a feature dimension
+    score_chi2_p: float = 0.001  # alert below this chi-squared p-value of the served scores' deciles
+    suppress_seconds: float = 3_600.0  # an alert raised is not raised again within this
+    drift_detectors: tuple[str, ...] = ("adwin", "ddm", "kswin", "page_hinkley")  # on the prequential error
+    drift_miss: float = 1.0  # DDM counts |error| > this as a miss (0.5 with a logistic link: a wrong side)
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.sample < 10 or self.min_requests < 1:
+            raise ValueError(
+                f"monitoring needs window >= 1, sample >= 10, min_requests >= 1; got "
+                f"{self.window}, {self.sample}, {self.min_requests}"
+            )
+        for name in ("unknown_items_share", "new_users_share", "feature_ks_p", "score_chi2_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"monitoring {name} must be in [0, 1], got {getattr(self, name)}")
+        if self.score_psi < 0 or self.suppress_seconds < 0 or self.drift_miss <= 0:
+            raise ValueError(
+                "monitoring score_psi and suppress_seconds must be >= 0 and drift_miss > 0, got "
+                f"{self.score_psi}, {self.suppress_seconds}, {self.drift_miss}"
+            )
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     """How a served model learns, persists and bounds its requests."""
 
@@ -40,6 +76,7 @@ class ServingConfig:
     idempotency_seconds: float = 86_400.0  # how long an observation's `id` makes its retries duplicates
     idempotency_keys: int = 1_000_000  # and at most this many ids per model (the newest); 0 turns it off
     decision_memory: int = 100_000  # recent top-k lists per model that observe checks `decision` against
+    monitoring: MonitoringConfig = MonitoringConfig()  # deviations, drift detectors and alerts (docs/monitoring.md)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:

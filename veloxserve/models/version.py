@@ -11,6 +11,7 @@ import numpy as np
 from veloxserve.models.catalog import ItemCatalog
 from veloxserve.models.content import HashedTextFeatures
 from veloxserve.models.features import MatrixFactorizationFeatures
+from veloxserve.models.reference import TrainingReference
 
 # The accepted |score| of versions whose meta.json predates `score_range`: generous for any rating
 # or value scale in use, and far from where w_u's ridge updates lose precision or overflow.
@@ -74,6 +75,7 @@ class ModelVersion:
     users: TrainedUsers
     meta: dict[str, Any]
     content: HashedTextFeatures | None = None  # f of items known only by their text
+    reference: TrainingReference | None = None  # a sample of the training data (models/reference.py)
 
     @property
     def dim(self) -> int:
@@ -114,6 +116,7 @@ class ModelVersion:
             users=users,
             meta=dict(meta),
             content=HashedTextFeatures.from_version(arrays, meta),
+            reference=TrainingReference.from_arrays(arrays),
         )
 
 
