@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     from veloxserve.clipper.cli import add_commands as add_clipper_commands
 
     add_clipper_commands(sub, DEFAULT_URL)
+    from veloxserve.training.onnx_export import add_command as add_export_onnx
+
+    add_export_onnx(sub, home)
     for p in (listing, show, activate, retrain, policy):
         p.add_argument("--model", required=True)
     for client in (predict, top_k, observe, listing, show, activate, retrain, policy, forget):
@@ -597,6 +600,7 @@ _COMMANDS = {
     "serve": _serve,
     "log": _log,
     "token": _token,
+    "export-onnx": lambda a: a.run(a),  # training/onnx_export.py
     "predict": lambda a: _client(a, "GET", "predict", params={"user": a.user, "item": a.item}),
     "top-k": lambda a: _client(a, "GET", "top_k", params={"user": a.user, "k": a.k, "exclude_seen": a.exclude_seen}),
     "observe": lambda a: _client(

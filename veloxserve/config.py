@@ -39,18 +39,18 @@ class MonitoringConfig:
     new_users_share: float = 0.5  # alert above this share of requests by users the version was not trained on
     score_psi: float = 0.25  # alert above this population stability index of served scores
     feature_ks_p: float = 0.01  # alert below this Bonferroni-adjusted KS p-value on a feature dimension
-    score_chi2_p: float = 0.001  # alert below this chi-squared p-value of the served scores' deciles
     suppress_seconds: float = 3_600.0  # an alert raised is not raised again within this
     drift_detectors: tuple[str, ...] = ("adwin", "ddm", "kswin", "page_hinkley")  # on the prequential error
     drift_miss: float = 1.0  # DDM counts |error| > this as a miss (0.5 with a logistic link: a wrong side)
+    drift_quiet: int = 1_000  # a drift alert resolves after this many observations without a detection
 
     def __post_init__(self) -> None:
-        if self.window < 1 or self.sample < 10 or self.min_requests < 1:
+        if self.window < 1 or self.sample < 10 or self.min_requests < 1 or self.drift_quiet < 1:
             raise ValueError(
-                f"monitoring needs window >= 1, sample >= 10, min_requests >= 1; got "
-                f"{self.window}, {self.sample}, {self.min_requests}"
+                f"monitoring needs window >= 1, sample >= 10, min_requests >= 1, drift_quiet >= 1; got "
+                f"{self.window}, {self.sample}, {self.min_requests}, {self.drift_quiet}"
             )
-        for name in ("unknown_items_share", "new_users_share", "feature_ks_p", "score_chi2_p"):
+        for name in ("unknown_items_share", "new_users_share", "feature_ks_p"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"monitoring {name} must be in [0, 1], got {getattr(self, name)}")
         if self.score_psi < 0 or self.suppress_seconds < 0 or self.drift_miss <= 0:

@@ -81,6 +81,7 @@ class _Detector:
             self.drift_detected = bool(hits)
         return np.asarray(hits, dtype=np.int64)
 
+
 # state vector: [n, mean, sum_increase, min_increase]
 _N, _MEAN, _SUM, _MIN = range(4)
 
@@ -146,8 +147,14 @@ class ADWINConfig:
     max_buckets: int = 5  # splits tried per doubling of the newer part (river: buckets of each size)
 
     def __post_init__(self) -> None:
-        if not 0 < self.delta < 1 or min(self.clock, self.min_window_length, self.max_buckets) < 1 or self.grace_period < 0:
-            raise ValueError(f"ADWIN needs 0 < delta < 1, clock, min_window_length, max_buckets >= 1, grace_period >= 0; got {self}")
+        if (
+            not 0 < self.delta < 1
+            or min(self.clock, self.min_window_length, self.max_buckets) < 1
+            or self.grace_period < 0
+        ):
+            raise ValueError(
+                f"ADWIN needs 0 < delta < 1, clock, min_window_length, max_buckets >= 1, grace_period >= 0; got {self}"
+            )
         if self.max_window < 2 * self.min_window_length:
             raise ValueError(f"ADWIN max_window must be >= 2 * min_window_length, got {self}")
 
