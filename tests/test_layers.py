@@ -63,6 +63,8 @@ VERSION_ARRAYS = {
     "prior_mean",
     "prior_precision",
     "content_basis",
+    "reference_item_rows",
+    "reference_scores",
 }
 IO_MODULES = {
     "pyarrow.parquet",
