@@ -98,3 +98,12 @@ def test_deviations_without_reference_give_shares_only() -> None:
     features = np.column_stack([np.arange(3.0), np.ones(3)])  # the constant dimension is not tested
     found = deviations(sketch.snapshot(), reference, features)
     assert [f["dimension"] for f in found["features"]] == [0] and found["scores"]["served_mean"] == 1.5
+
+
+def test_single_predictions_are_buffered_and_every_one_is_in_the_next_snapshot() -> None:
+    sketch = ServingSketch(window=1_000, sample=1_000)
+    for i in range(150):  # more than one flush, and a remainder still in the buffer
+        sketch.predicted_one(i, i % 3 == 0, float(i))
+    snap = sketch.snapshot()
+    assert sorted(snap["rows"]) == list(range(150)) and sorted(snap["scores"]) == list(map(float, range(150)))
+    assert snap["new_users"].sum() == 50 and snap["items"] == 150 and not snap["unknown"].any()

@@ -1,4 +1,5 @@
-"""Page–Hinkley against river's implementation, value by value, and on the shift it exists for."""
+"""The drift detectors against river's on the same streams (Page–Hinkley and DDM value by value,
+ADWIN within a clock, KSWIN near its detections), and on the shifts they exist for."""
 
 from __future__ import annotations
 
@@ -6,9 +7,25 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from river.drift import ADWIN as RiverADWIN
+from river.drift import KSWIN as RiverKSWIN
 from river.drift import PageHinkley as RiverPageHinkley
+from river.drift.binary import DDM as RiverDDM
+from scipy.stats import ks_2samp, kstwo
 
-from veloxserve.serving.drift import PageHinkley, PageHinkleyConfig
+from veloxserve.serving.drift import (
+    ADWIN,
+    DDM,
+    DETECTORS,
+    KSWIN,
+    ADWINConfig,
+    DDMConfig,
+    KSWINConfig,
+    PageHinkley,
+    PageHinkleyConfig,
+    ks_distance,
+    make_detector,
+)
 
 
 def _river_detections(values: np.ndarray, config: PageHinkleyConfig) -> list[int]:
@@ -65,24 +82,6 @@ def test_detects_an_upward_shift_soon_and_not_a_stationary_stream() -> None:
 
 
 # ---- ADWIN, DDM, KSWIN against river on the same streams -----------------------------------
-from river.drift import ADWIN as RiverADWIN  # noqa: E402
-from river.drift import KSWIN as RiverKSWIN  # noqa: E402
-from river.drift.binary import DDM as RiverDDM  # noqa: E402
-from scipy.stats import ks_2samp  # noqa: E402
-
-from veloxserve.serving.drift import (  # noqa: E402
-    ADWIN,
-    DDM,
-    DETECTORS,
-    KSWIN,
-    ADWINConfig,
-    DDMConfig,
-    KSWINConfig,
-    ks_distance,
-    make_detector,
-)
-
-
 def _river(detector, values: np.ndarray) -> list[int]:
     hits = []
     for t, x in enumerate(values.tolist()):
@@ -133,7 +132,9 @@ def test_adwin_detects_each_change_where_river_does_within_two_clocks() -> None:
     for seed in range(30):
         rng = np.random.default_rng(seed)
         first, shift, delta = int(rng.integers(200, 3000)), rng.uniform(0.3, 3.0), (0.002, 0.01)[seed % 2]
-        values = np.concatenate([rng.exponential(1.0, first), rng.exponential(1.0 + shift, 2000), rng.exponential(1.0, 1500)])
+        values = np.concatenate(
+            [rng.exponential(1.0, first), rng.exponential(1.0 + shift, 2000), rng.exponential(1.0, 1500)]
+        )
         ours = _batched(ADWIN(ADWINConfig(delta=delta)), values, int(rng.integers(1, 500)))
         theirs = _river(RiverADWIN(delta=delta), values)
         same += ours == theirs
@@ -161,8 +162,6 @@ def test_kswin_distance_is_scipys_ks_statistic() -> None:
 
 def test_kswin_critical_distance_is_where_scipys_asymptotic_p_value_reaches_alpha() -> None:
     config = KSWINConfig(alpha=0.005, window_size=100, stat_size=30)
-    from scipy.stats import kstwo
-
     assert np.isclose(kstwo.sf(config.critical_distance, round(30 * 70 / 100)), 0.005)
 
 

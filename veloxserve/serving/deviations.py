@@ -44,12 +44,12 @@ class _Ring:
 
     def push(self, values: np.ndarray) -> None:
         capacity, n = self.values.size, values.size
-        if n == 1:
-            self.values[self.count % capacity] = values[0]
-        else:
-            if n > capacity:
-                values = values[-capacity:]
-            self.values[(self.count + np.arange(n - values.size, n)) % capacity] = values
+        if n > capacity:
+            values = values[-capacity:]
+        start = (self.count + n - values.size) % capacity
+        head = min(values.size, capacity - start)  # at most two slices: to the end, then from the start
+        self.values[start : start + head] = values[:head]
+        self.values[: values.size - head] = values[head:]
         self.count += n
 
     def recent(self) -> np.ndarray:
@@ -59,8 +59,11 @@ class _Ring:
 class ServingSketch:
     """Bounded sketches of a served version's recent requests, cheap to fill, read on demand."""
 
+    _FLUSH = 64  # single predictions are buffered in a list and written to the rings this many at a time
+
     def __init__(self, window: int, sample: int) -> None:
         self._lock = threading.Lock()
+        self._pending: list[tuple[int, bool, float]] = []
         self._unknown = _Ring(window, np.bool_)
         self._new_users = _Ring(window, np.bool_)
         self._rows = _Ring(sample, np.int64)
@@ -82,8 +85,34 @@ class ServingSketch:
             self._rows.push(rows)
             self._scores.push(scores)
 
+    def predicted(self, rows: np.ndarray, new_users: np.ndarray, scores: np.ndarray) -> None:
+        """A predict answered: known items at `rows`, which users were new, the scores served."""
+        with self._lock:
+            self._unknown.push(np.zeros(rows.size, dtype=np.bool_))
+            self._new_users.push(new_users)
+            self._rows.push(rows)
+            self._scores.push(scores)
+
+    def predicted_one(self, row: int, new_user: bool, score: float) -> None:
+        """One predict answered (the single-query route): a list append, the rings every _FLUSH."""
+        pending = self._pending
+        pending.append((row, new_user, score))  # atomic under the GIL; one racing a flush may be dropped
+        if len(pending) >= self._FLUSH:
+            with self._lock:
+                self._flush()
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            rows, new, scores = zip(*pending)
+            self._unknown.push(np.zeros(len(rows), dtype=np.bool_))
+            self._new_users.push(np.array(new, dtype=np.bool_))
+            self._rows.push(np.array(rows, dtype=np.int64))
+            self._scores.push(np.array(scores, dtype=np.float64))
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
+            self._flush()
             return {
                 "items": self._unknown.count,
                 "unknown": self._unknown.recent().copy(),

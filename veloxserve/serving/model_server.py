@@ -167,7 +167,7 @@ class ModelServer:
             raise
         key = canonical_id(user, "user", "predict")
         score = finite_outputs(self._link(float(self._features[row] @ self.users.weights(key))), f"user {key!r}")
-        self.monitor.served(np.array([row]), [key], np.array([score]))
+        self.monitor.served_one(row, key, score)
         return score
 
     def predict_many(self, queries: Sequence[tuple[Any, Any]]) -> np.ndarray:

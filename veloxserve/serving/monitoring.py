@@ -66,15 +66,20 @@ class Monitor:
         self._lock = threading.Lock()
 
     # ---- the request path ----------------------------------------------------------------
+    def _new(self, users: list[str]) -> np.ndarray:
+        known = np.fromiter(map(self._trained.__contains__, users), dtype=np.bool_, count=len(users))
+        return ~known
+
     def new_users(self, users: list[str]) -> None:
-        trained = self._trained
-        self.sketch.users(np.fromiter((u not in trained for u in users), dtype=np.bool_, count=len(users)))
+        """Users asking (top-k): which were not in the training data."""
+        self.sketch.users(self._new(users))
 
     def served(self, rows: np.ndarray, users: list[str], scores: np.ndarray) -> None:
         """A predict answered: its users, the catalogue rows and the scores served."""
-        self.new_users(users)
-        self.sketch.items(np.zeros(rows.size, dtype=np.bool_))
-        self.sketch.served(rows, scores)
+        self.sketch.predicted(rows, self._new(users), scores)
+
+    def served_one(self, row: int, user: str, score: float) -> None:
+        self.sketch.predicted_one(row, user not in self._trained, score)
 
     def named_items(self, unknown: np.ndarray) -> None:
         """Items a request named (observe, or a predict refused for an unknown item)."""
