@@ -78,21 +78,24 @@ def test_sketch_rings_keep_the_last_values_and_count_all() -> None:
     sketch = ServingSketch(window=5, sample=10)
     sketch.items(np.array([True, False, False]))
     sketch.items(np.array([True] * 4))  # 7 pushed: the ring holds 5, of which the last 4 are True
-    for i in range(12):
-        sketch.served(np.array([i]), np.array([float(i)]))
-    sketch.served(np.arange(100, 130), np.arange(100.0, 130.0))  # longer than the ring
     snap = sketch.snapshot()
     assert snap["items"] == 7 and snap["unknown"].size == 5 and snap["unknown"].sum() == 4
+    for i in range(12):
+        sketch.predicted(np.array([i]), np.array([i % 2 == 0]), np.array([float(i)]))
+    sketch.predicted(np.arange(100, 130), np.zeros(30, dtype=bool), np.arange(100.0, 130.0))  # longer than the rings
+    snap = sketch.snapshot()
     assert sorted(snap["scores"]) == list(range(120, 130)) and sorted(snap["rows"]) == list(range(120, 130))
+    assert snap["items"] == 7 + 42 and not snap["unknown"].any()  # a predict's items are known ones
+    assert snap["users"] == 42 and not snap["new_users"].any()
 
 
 def test_deviations_without_reference_give_shares_only() -> None:
     sketch = ServingSketch(window=100, sample=100)
     sketch.items(np.array([True, False, False, False]))
     sketch.users(np.array([True, False]))
-    sketch.served(np.array([0, 1]), np.array([1.0, 2.0]))
+    sketch.predicted(np.array([0, 1]), np.array([False, False]), np.array([1.0, 2.0]))
     found = deviations(sketch.snapshot(), None, np.eye(3))
-    assert found["unknown_items_share"] == 0.25 and found["new_users_share"] == 0.5
+    assert found["unknown_items_share"] == 1 / 6 and found["new_users_share"] == 0.25
     assert found["scores"] is None and found["features"] is None and found["reference_rows"] is None
     reference = TrainingReference(np.array([0, 1, 2, 0]), np.array([1.0, 2.0, 3.0, 1.5]))
     features = np.column_stack([np.arange(3.0), np.ones(3)])  # the constant dimension is not tested

@@ -1,7 +1,7 @@
 """Training-vs-serving deviations: what recent requests look like next to the training data.
 
-`ServingSketch` keeps, per served version, bounded rings filled on the request path with a few
-vectorised writes (no per-item Python work on the success path): whether each of the last
+`ServingSketch` keeps, per served version, bounded rings filled on the request path by one
+compiled call per request (no per-item Python work on the success path): whether each of the last
 `window` items named by a request was unknown to the catalogue, whether each of the last
 `window` users asking was one the version was not trained on, and the last `sample` served
 (item row, score) pairs. `deviations` compares them with the version's TrainingReference when
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numba import njit
 from scipy.stats import chi2, kstwo
 
 from veloxserve.models.reference import TrainingReference
@@ -34,26 +35,35 @@ BINS = 10  # PSI and χ² over the reference's deciles
 _PSI_FLOOR = 1e-4  # a bin share is at least this, so an empty bin costs a large but finite PSI
 
 
-class _Ring:
-    """The last `capacity` values pushed (order within the ring is not kept: shares and
-    distributions do not need it)."""
+@njit(cache=True, nogil=True)
+def _write(ring: np.ndarray, counts: np.ndarray, which: int, values: np.ndarray) -> None:
+    """Append values to a ring (the newest `ring.size` are kept); counts[which] counts all ever."""
+    capacity, start = ring.size, counts[which]
+    for i in range(max(0, values.size - capacity), values.size):
+        ring[(start + i) % capacity] = values[i]
+    counts[which] += values.size
 
-    def __init__(self, capacity: int, dtype: Any) -> None:
-        self.values = np.zeros(capacity, dtype=dtype)
-        self.count = 0
 
-    def push(self, values: np.ndarray) -> None:
-        capacity, n = self.values.size, values.size
-        if n > capacity:
-            values = values[-capacity:]
-        start = (self.count + n - values.size) % capacity
-        head = min(values.size, capacity - start)  # at most two slices: to the end, then from the start
-        self.values[start : start + head] = values[:head]
-        self.values[: values.size - head] = values[head:]
-        self.count += n
+@njit(cache=True, nogil=True)
+def _predicted(
+    unknown: np.ndarray,
+    new_ring: np.ndarray,
+    rows_ring: np.ndarray,
+    scores_ring: np.ndarray,
+    counts: np.ndarray,
+    new: np.ndarray,
+    rows: np.ndarray,
+    scores: np.ndarray,
+) -> None:
+    """A predict's four writes in one compiled call: known items, new users, rows and scores."""
+    _write(unknown, counts, _ITEMS, np.zeros(rows.size, dtype=np.bool_))
+    _write(new_ring, counts, _USERS, new)
+    _write(rows_ring, counts, _SERVED, rows)
+    counts[_SERVED] -= rows.size
+    _write(scores_ring, counts, _SERVED, scores)
 
-    def recent(self) -> np.ndarray:
-        return self.values[: min(self.count, self.values.size)]
+
+_ITEMS, _USERS, _SERVED = 0, 1, 2
 
 
 class ServingSketch:
@@ -64,34 +74,35 @@ class ServingSketch:
     def __init__(self, window: int, sample: int) -> None:
         self._lock = threading.Lock()
         self._pending: list[tuple[int, bool, float]] = []
-        self._unknown = _Ring(window, np.bool_)
-        self._new_users = _Ring(window, np.bool_)
-        self._rows = _Ring(sample, np.int64)
-        self._scores = _Ring(sample, np.float64)
+        self._unknown = np.zeros(window, dtype=np.bool_)
+        self._new_users = np.zeros(window, dtype=np.bool_)
+        self._rows = np.zeros(sample, dtype=np.int64)
+        self._scores = np.zeros(sample, dtype=np.float64)
+        self._counts = np.zeros(3, dtype=np.int64)  # items, users, served: how many ever written
 
     def items(self, unknown: np.ndarray) -> None:
         """Items named by a request: True where the catalogue does not know the item."""
         with self._lock:
-            self._unknown.push(unknown)
+            _write(self._unknown, self._counts, _ITEMS, np.asarray(unknown, dtype=np.bool_))
 
     def users(self, new: np.ndarray) -> None:
         """Users asking: True where the version was not trained on the user."""
         with self._lock:
-            self._new_users.push(new)
-
-    def served(self, rows: np.ndarray, scores: np.ndarray) -> None:
-        """Scores served for catalogue rows (predict)."""
-        with self._lock:
-            self._rows.push(rows)
-            self._scores.push(scores)
+            _write(self._new_users, self._counts, _USERS, np.asarray(new, dtype=np.bool_))
 
     def predicted(self, rows: np.ndarray, new_users: np.ndarray, scores: np.ndarray) -> None:
         """A predict answered: known items at `rows`, which users were new, the scores served."""
         with self._lock:
-            self._unknown.push(np.zeros(rows.size, dtype=np.bool_))
-            self._new_users.push(new_users)
-            self._rows.push(rows)
-            self._scores.push(scores)
+            _predicted(
+                self._unknown,
+                self._new_users,
+                self._rows,
+                self._scores,
+                self._counts,
+                np.asarray(new_users, dtype=np.bool_),
+                np.asarray(rows, dtype=np.int64),
+                np.asarray(scores, dtype=np.float64),
+            )
 
     def predicted_one(self, row: int, new_user: bool, score: float) -> None:
         """One predict answered (the single-query route): a list append, the rings every _FLUSH."""
@@ -105,21 +116,28 @@ class ServingSketch:
         pending, self._pending = self._pending, []
         if pending:
             rows, new, scores = zip(*pending)
-            self._unknown.push(np.zeros(len(rows), dtype=np.bool_))
-            self._new_users.push(np.array(new, dtype=np.bool_))
-            self._rows.push(np.array(rows, dtype=np.int64))
-            self._scores.push(np.array(scores, dtype=np.float64))
+            _predicted(
+                self._unknown,
+                self._new_users,
+                self._rows,
+                self._scores,
+                self._counts,
+                np.array(new, dtype=np.bool_),
+                np.array(rows, dtype=np.int64),
+                np.array(scores, dtype=np.float64),
+            )
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             self._flush()
+            items, users, served = (int(c) for c in self._counts)
             return {
-                "items": self._unknown.count,
-                "unknown": self._unknown.recent().copy(),
-                "users": self._new_users.count,
-                "new_users": self._new_users.recent().copy(),
-                "rows": self._rows.recent().copy(),
-                "scores": self._scores.recent().copy(),
+                "items": items,
+                "unknown": self._unknown[: min(items, self._unknown.size)].copy(),
+                "users": users,
+                "new_users": self._new_users[: min(users, self._new_users.size)].copy(),
+                "rows": self._rows[: min(served, self._rows.size)].copy(),
+                "scores": self._scores[: min(served, self._scores.size)].copy(),
             }
 
 
