@@ -215,6 +215,7 @@ class ModelServer:
         users = [canonical_id(u, f"queries[{i}].user", "predict") for i, (u, _) in enumerate(queries)]
         texts = [item_text(x, f"queries[{i}].text", "predict") for i, (_, x) in enumerate(queries)]
         features = self.feature_cache.features((self.name, self.version_id), texts, content.transform)
+        self.monitor.new_users(users)
         return finite_outputs(self._link_array(self._inner(features, users)), "a user of this batch")
 
     def _inner(self, features: np.ndarray, users: list[str]) -> np.ndarray:
