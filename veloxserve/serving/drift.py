@@ -372,6 +372,18 @@ DETECTORS: dict[str, tuple[Callable[..., Any], Callable[[Any], DriftDetector]]] 
 }
 
 
+# Settings for squared prequential errors (heavy-tailed; monitoring and the retraining trigger use
+# them): Page–Hinkley as the retraining policy's defaults (serving/retraining.py says why), KSWIN
+# tested every 50 values at a level that makes a false alarm rare over days of traffic, DDM's miss
+# an absolute error above 1 (the monitor sets it from MonitoringConfig.drift_miss and the link).
+ON_SQUARED_ERRORS: dict[str, dict[str, Any]] = {
+    "page_hinkley": {"threshold": 100.0, "delta": 0.2},
+    "adwin": {"delta": 0.002},
+    "ddm": {"warm_start": 100, "miss": 1.0},
+    "kswin": {"alpha": 1e-4, "window_size": 500, "stat_size": 100, "every": 50},
+}
+
+
 def make_detector(name: str, **settings: Any) -> DriftDetector:
     """A detector by name ("adwin", "ddm", "kswin", "page_hinkley") with its settings."""
     try:

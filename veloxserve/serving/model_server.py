@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from veloxserve.config import ServingConfig
-from veloxserve.errors import ItemNotFound, invalid_parameter
+from veloxserve.errors import InvalidInput, ItemNotFound, invalid_parameter
 from veloxserve.ids import Id, canonical_id
 from veloxserve.learning.states import UserStates
 from veloxserve.models.attributes import EMPTY, ItemAttributes
@@ -193,7 +193,7 @@ class ModelServer:
         for i, item in enumerate(items):
             try:
                 unknown[i] = self._catalog.lookup(canonical_id(item, "item", "predict")) is None
-            except Exception:
+            except InvalidInput:  # not an id at all: unknown
                 pass
         return unknown
 

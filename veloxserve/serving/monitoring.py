@@ -20,17 +20,8 @@ from veloxserve.config import MonitoringConfig
 from veloxserve.models.version import Link, ModelVersion
 from veloxserve.serving.alerts import AlertBook, Condition
 from veloxserve.serving.deviations import ServingSketch, deviations
-from veloxserve.serving.drift import DETECTORS, DriftDetector, make_detector
+from veloxserve.serving.drift import DETECTORS, ON_SQUARED_ERRORS, DriftDetector, make_detector
 
-# Settings of each detector on squared prequential errors (heavy-tailed): Page–Hinkley as the
-# retraining policy's defaults (serving/retraining.py says why), KSWIN tested every 50 values at
-# a level that makes a false alarm rare over days of traffic.
-_DETECTOR_SETTINGS: dict[str, Callable[[MonitoringConfig, Link], dict[str, Any]]] = {
-    "page_hinkley": lambda c, link: {"threshold": 100.0, "delta": 0.2},
-    "adwin": lambda c, link: {"delta": 0.002},
-    "ddm": lambda c, link: {"warm_start": 100, "miss": (0.5 if link is Link.LOGISTIC else c.drift_miss) ** 2},
-    "kswin": lambda c, link: {"alpha": 1e-4, "window_size": 500, "stat_size": 100, "every": 50},
-}
 _WHAT = {
     "page_hinkley": "a rise in the mean squared error",
     "adwin": "a change in the mean squared error",
@@ -56,9 +47,10 @@ class Monitor:
         self.config = config
         self.sketch = ServingSketch(config.window, config.sample)
         self._trained = frozenset(np.asarray(version.users.ids).astype(str).tolist())
+        miss = 0.5 if version.link is Link.LOGISTIC else config.drift_miss  # |error| beyond it: a miss
+        settings = {**ON_SQUARED_ERRORS, "ddm": {**ON_SQUARED_ERRORS["ddm"], "miss": miss**2}}
         self.detectors: list[DriftDetector] = [
-            make_detector(name, **_DETECTOR_SETTINGS[name](config, version.link))
-            for name in check_detectors(config.drift_detectors)
+            make_detector(name, **settings[name]) for name in check_detectors(config.drift_detectors)
         ]
         self.book = AlertBook(config.suppress_seconds, clock)
         self._errors_seen = 0
