@@ -116,6 +116,10 @@ def test_a_drifting_error_raises_each_detectors_alert_and_it_resolves_once_quiet
     alert = _holding(velox)[f"drift:{detector}"]
     assert alert["status"] == "firing" and alert["fix"].startswith("retrain: the prequential error")
     assert velox.alerts("songs")["detectors"][detector]["detections"] >= 1
+    server.record_feedback(rng.normal(0, 1.0, 4_000))  # fixed (say, retrained): quiet again
+    resolved = {a["alert"]: a for a in velox.alerts("songs")["alerts"]}[f"drift:{detector}"]
+    assert resolved["status"] == "resolved" and resolved["fix"].startswith("resolved:")
+    assert resolved["value"] >= CONFIG.drift_quiet and resolved["raised"] == 1
 
 
 def test_observations_feed_the_detectors(home) -> None:
