@@ -238,3 +238,27 @@ def test_a_second_demo_on_a_taken_port_or_a_locked_home_changes_nothing_and_says
     finally:
         lock.release()
     assert TokenStore(home / "auth" / "tokens.json").verify(token) is not None  # its token was not revoked
+
+
+def test_train_with_an_oracle_mtl_basis_writes_an_active_black_box_version(tmp_path: Path, capsys) -> None:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    from veloxserve.cli import main
+    from veloxserve.training.corpus import generate_corpus, read_corpus, topic_ratings
+    from veloxserve.training.ratings import write_ratings_parquet
+
+    ids, topics, texts = read_corpus(generate_corpus(tmp_path / "corpus", topics=3, docs_per_topic=8))
+    pacsv.write_csv(pa.table({"item": ids, "text": texts}), tmp_path / "docs.csv")
+    ratings, _ = topic_ratings(ids, topics, 10, 6)
+    with open(tmp_path / "ratings.parquet", "wb") as fh:
+        write_ratings_parquet(ratings, fh)
+    argv = ["train", "--home", str(tmp_path / "home"), "--model", "docs", "--ratings", str(tmp_path / "ratings.parquet")]
+    basis = ["--basis", "oracle-mtl:sklearn.linear_model.Ridge", "--basis-k", "2", "--iterations", "2"]
+    assert main([*argv, *basis, "--basis-params", '{"alpha": 2.0}', "--items", str(tmp_path / "docs.csv")]) == 0
+    meta = json.loads(capsys.readouterr().out)
+    assert meta["kind"] == "black_box" and meta["basis"]["training"] == "oracle-mtl" and meta["k"] == 3
+    assert (tmp_path / "home" / "models" / "docs" / "versions" / "v1" / "basis.pkl").is_file()
+    assert main([*argv, *basis]) == 2 and "--basis needs --items" in capsys.readouterr().err

@@ -104,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="local[2]",
         help="Spark master URL with --engine spark (default local[2]; e.g. spark://host:7077)",
     )
+    train.add_argument(
+        "--basis",
+        metavar="METHOD:WHAT",
+        help="a Shared Basis of black-box feature models instead of ALS (docs/personalise-any-model.md): "
+        "oracle-mtl:sklearn.linear_model.Ridge (any estimator class with sample weights), "
+        "multilevel:CLASS, first-order:module.pt (torch.save of a module) or fixed:model.onnx|model.pkl; needs --items",
+    )
+    train.add_argument(
+        "--basis-inputs", default="text", help="item-table columns f reads: text, or COL,COL,... numeric"
+    )
+    train.add_argument("--basis-k", type=int, default=8, help="basis functions f_1..f_k (oracle-mtl, first-order)")
+    train.add_argument("--basis-params", help="JSON keyword arguments of the oracle-mtl estimator class")
 
     serve = sub.add_parser("serve", help="serve every model under --home over HTTP/JSON")
     home(serve)
@@ -262,6 +274,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _train_basis(args: argparse.Namespace, layout: Any, name: str) -> int:
+    """`train --basis`: a black-box basis version (training/basis_trainer.py), made active."""
+    from veloxserve.storage.version_catalog import VersionCatalog
+    from veloxserve.training.basis_trainer import recipe_from_spec, train_basis_version
+    from veloxserve.training.oracle_mtl import OracleConfig
+
+    if args.items is None:
+        print("error: --basis needs --items, the item table holding the inputs f reads", file=sys.stderr)
+        return 2
+    recipe = recipe_from_spec(args.basis, args.basis_inputs, name=name, params=args.basis_params)
+    settings = {
+        "k": args.basis_k,
+        "iterations": args.iterations,
+        "seed": args.seed,
+        "prior_precision": args.prior_precision,
+    }
+    config = OracleConfig(**{key: value for key, value in settings.items() if value is not None})
+    meta = train_basis_version(
+        layout, name, args.ratings, items=args.items, recipe=recipe, config=config, score_range=args.score_range
+    )
+    VersionCatalog(layout.model_dir(name)).activate(meta["version"])
+    print(json.dumps(meta, indent=2, default=str))
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from veloxserve.config import HomeLayout
     from veloxserve.serving.velox import check_model_name
@@ -274,6 +311,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.engine == "spark" and args.items is not None:
         print("error: --items (filters, content features) needs --engine local for now", file=sys.stderr)
         return 2
+    if args.basis is not None:
+        return _train_basis(args, layout, name)
     if args.engine == "spark":
         from veloxserve.training.spark_als import train_version_spark
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,64 @@ def check_model_name(name: Any, where: str = "train") -> str:
     if not is_name(name):
         raise invalid_parameter("model", where, NAME_RULE, name)
     return str(name)
+
+
+FAMILIES = ("cosine", "euclidean", "grid")
+
+
+@dataclass(frozen=True)
+class ApproximateSettings:
+    """How an approximate cache (veloxserve/approximate_cache.py) groups near-identical inputs.
+
+    `family`: "cosine" (random hyperplanes: `bits` sign bits per table, P[collide] = (1 - θ/π)^bits),
+    "euclidean" (p-stable: `bits` Gaussian projections per table floored to buckets of `width`) or
+    "grid" (every coordinate floored to cells of `width`, one table). More tables raise the hit
+    rate (a hit in any table), more bits or a smaller width lower it and the accuracy loss; `radius`
+    (radians for cosine, distance otherwise) refuses a hit farther than that from the cached input.
+    docs/approximate-caching.md measures the trade-off."""
+
+    family: str = "cosine"
+    tables: int = 1
+    bits: int = 16
+    width: float = 1.0
+    radius: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        where = "approximate caching"
+        if self.family not in FAMILIES:
+            raise invalid_parameter("approximate.family", where, " or ".join(map(repr, FAMILIES)), self.family)
+        if not isinstance(self.tables, int) or isinstance(self.tables, bool) or not 1 <= self.tables <= 64:
+            raise invalid_parameter("approximate.tables", where, "an integer in [1, 64]", self.tables)
+        if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 1 <= self.bits <= 64:
+            raise invalid_parameter("approximate.bits", where, "an integer in [1, 64]", self.bits)
+        if not _positive(self.width):
+            raise invalid_parameter("approximate.width", where, "a finite number > 0", self.width)
+        if self.radius is not None and not (_positive(self.radius) or self.radius == 0):
+            raise invalid_parameter("approximate.radius", where, "a finite number >= 0, or null", self.radius)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise invalid_parameter("approximate.seed", where, "an integer >= 0", self.seed)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: Any) -> ApproximateSettings:
+        """Settings from a JSON object (a deploy option, a version's meta.json); unknown keys are refused."""
+        if isinstance(data, ApproximateSettings):
+            return data
+        if not isinstance(data, dict):
+            raise invalid_parameter("approximate", "approximate caching", "an object of LSH settings", data)
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise invalid_parameter(
+                f"approximate.{unknown[0]}", "approximate caching", f"one of {sorted(cls.__dataclass_fields__)}", data
+            )
+        return cls(**data)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 @dataclass(frozen=True)
@@ -76,6 +135,8 @@ class ServingConfig:
     idempotency_seconds: float = 86_400.0  # how long an observation's `id` makes its retries duplicates
     idempotency_keys: int = 1_000_000  # and at most this many ids per model (the newest); 0 turns it off
     decision_memory: int = 100_000  # recent top-k lists per model that observe checks `decision` against
+    approximate_features: ApproximateSettings | None = None  # feature coarsening of content inputs; None: exact
+    feature_deadline_ms: float | None = None  # content features later than this: E[f(x)] instead (anytime); None: wait
     monitoring: MonitoringConfig = MonitoringConfig()  # deviations, drift detectors and alerts (docs/monitoring.md)
 
     def __post_init__(self) -> None:
@@ -88,6 +149,8 @@ class ServingConfig:
                 "idempotency_seconds, idempotency_keys and decision_memory must be >= 0, got "
                 f"{self.idempotency_seconds}, {self.idempotency_keys}, {self.decision_memory}"
             )
+        if self.feature_deadline_ms is not None and not _positive(self.feature_deadline_ms):
+            raise ValueError(f"feature_deadline_ms must be a number > 0 or None, got {self.feature_deadline_ms}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 

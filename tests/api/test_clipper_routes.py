@@ -51,7 +51,10 @@ def test_deploy_with_the_cli_then_predict_observe_scale_roll_back_and_remove(ser
     one = write_callable(tmp_path / "one.pkl", constant_model(1.0))
     two = write_callable(tmp_path / "two.pkl", constant_model(0.0))
     assert _cli(server, "deploy", "--name", "m", "--framework", "callable", "--model", str(one)).returncode == 0
-    assert _cli(server, "deploy", "--name", "n", "--framework", "callable", "--model", str(two)).returncode == 0
+    approximate = ["--approximate", '{"tables": 2, "bits": 12}']  # LSH caching of numeric inputs
+    deployed = _cli(server, "deploy", "--name", "n", "--framework", "callable", "--model", str(two), *approximate)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert httpx.get(f"{server.url}/containers/n").json()["approximate"]["tables"] == 2
     created = _cli(server, "app", "--name", "ens", "--models", "m,n", "--policy", "exp4", "--objective-ms", "5000")
     assert created.returncode == 0, created.stdout + created.stderr
 
@@ -90,6 +93,13 @@ def test_deploy_with_the_cli_then_predict_observe_scale_roll_back_and_remove(ser
         ("POST", "/containers", {"name": "m", "framework": "callable"}, 400, "model"),
         ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/x", "colour": 1}, 400, "colour"),
         ("POST", "/containers", [1, 2], 400, "body"),
+        (
+            "POST",
+            "/containers",
+            {"name": "m", "framework": "sklearn", "model": "/x", "approximate": {"bits": 99}},
+            400,
+            "approximate.bits",
+        ),
         ("POST", "/apps", {"name": "a", "models": ["nope"]}, 404, "models"),
         ("POST", "/containers", {"name": "m", "framework": "callable", "model": "/no/such/file"}, 403, "model"),
         ("POST", "/apps/nope/predict", {"input": [1]}, 404, None),

@@ -8,12 +8,14 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.clipper.conftest import constant_model, write_callable
 from veloxserve.clipper import Clipper
 from veloxserve.clipper.cache import PredictionCache, input_digest
+from veloxserve.config import ApproximateSettings
 
 ops = st.lists(st.tuples(st.sampled_from(["put", "get"]), st.integers(0, 9), st.integers(0, 40)), max_size=80)
 
@@ -98,3 +100,86 @@ def test_failures_are_shared_but_not_cached(clipper: Clipper, tmp_path: Path) ->
         "default": False,
         "models": [{"model": "flaky", "status": "ok"}],
     }
+
+
+LSH = ApproximateSettings(tables=4, bits=16, seed=2)
+
+
+def _fetch_all(cache: PredictionCache, vectors: list[np.ndarray], near: bool) -> tuple[list[float], list[int]]:
+    """Outputs of f(x) = Σx through the cache, and the indices of the queries that were computed."""
+    computed: list[int] = []
+
+    async def run() -> list[float]:
+        outputs = []
+        for i, x in enumerate(vectors):
+
+            def compute(i: int = i, x: np.ndarray = x) -> asyncio.Future:
+                computed.append(i)
+                future = asyncio.get_running_loop().create_future()
+                future.set_result(float(x.sum()))
+                return future
+
+            key = ("m", "v1", input_digest(x))
+            outputs.append(await cache.fetch(key, compute, (LSH, x.reshape(1, -1)) if near else None))
+            await asyncio.sleep(0)  # the done callbacks (which store the output) run
+        return outputs
+
+    return asyncio.run(run()), computed
+
+
+def test_a_near_identical_vector_is_answered_with_the_cached_output() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=64)
+    near, far = x + rng.normal(scale=1e-4, size=64), rng.normal(size=64)
+    cache = PredictionCache()
+    outputs, computed = _fetch_all(cache, [x, near, far, x], near=True)
+    assert computed == [0, 2] and outputs == [x.sum(), x.sum(), far.sum(), x.sum()]
+    assert cache.describe()["approximate_hits"] == 1 and cache.describe()["hits"] == 2
+
+
+def test_approximate_caching_off_is_exact_caching() -> None:
+    """Without settings (near=None) the cache behaves exactly as before: only identical inputs hit."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=64)
+    vectors = [x, x + 1e-9, x, rng.normal(size=64)]
+    cache = PredictionCache()
+    outputs, computed = _fetch_all(cache, vectors, near=False)
+    assert computed == [0, 1, 3] and outputs == [v.sum() for v in vectors]
+    described = cache.describe()
+    assert (described["hits"], described["misses"], described["approximate_hits"]) == (1, 3, 0)
+    assert described["approximate_entries"] == 0
+
+
+def test_a_deployment_with_lsh_settings_answers_near_queries_from_the_cache(clipper: Clipper, tmp_path: Path) -> None:
+    model = write_callable(tmp_path / "sum.pkl", lambda batch: [float(sum(x)) for x in batch])
+    x = [0.5, 1.5, -2.0, 3.0]
+    lsh = {"tables": 4, "bits": 16, "seed": 1}
+    clipper.deploy("approx", "callable", model, adaptive=False, approximate=lsh, sample=x)  # its shape: [4]
+    clipper.deploy("exact", "callable", model, adaptive=False, sample=x)
+    clipper.create_app("a", ["approx"], objective_ms=20_000)
+    clipper.create_app("e", ["exact"], objective_ms=20_000)
+    nudged = [0.5 + 1e-6, 1.5, -2.0, 3.0]
+    for app in ("a", "e"):
+        assert clipper.predict(app, "u", x)["output"] == 3.0
+    assert clipper.predict("a", "u", nudged)["output"] == 3.0  # the near query's cached output
+    assert clipper.predict("e", "u", nudged)["output"] == pytest.approx(3.0 + 1e-6)  # computed
+    approx, exact = clipper.describe_model("approx"), clipper.describe_model("exact")
+    probe = 1  # the deploy ran the sample once in each replica
+    assert approx["replicas"][0]["queries"] == probe + 1 and exact["replicas"][0]["queries"] == probe + 2
+    assert approx["approximate"]["bits"] == 16 and exact["approximate"] is None
+    assert approx["cache"]["approximate_hits"] == 1
+    clipper.deploy("approx", "callable", model, adaptive=False, approximate=lsh, sample=x)
+    assert clipper.predict("a", "u", nudged)["output"] == pytest.approx(3.0 + 1e-6)  # v2 never sees v1's entries
+    assert clipper.describe_model("approx")["version"] == "v2"
+    assert clipper.describe_model("approx")["replicas"][0]["queries"] == probe + 1
+
+
+def test_without_a_known_input_shape_a_deployment_caches_exactly(clipper: Clipper, tmp_path: Path) -> None:
+    """A callable deployed without a sample declares no shape: no hasher is built for whatever
+    dimension a client sends, so the approximate setting waits for a shape (exact caching meanwhile)."""
+    model = write_callable(tmp_path / "sum.pkl", lambda batch: [float(sum(x)) for x in batch])
+    clipper.deploy("approx", "callable", model, adaptive=False, approximate={"bits": 8})
+    clipper.create_app("a", ["approx"], objective_ms=20_000)
+    assert clipper.predict("a", "u", [1.0, 2.0])["output"] == 3.0
+    assert clipper.predict("a", "u", [1.0, 2.0 + 1e-6])["output"] == pytest.approx(3.0 + 1e-6)
+    assert clipper.describe_model("approx")["cache"]["approximate_entries"] == 0

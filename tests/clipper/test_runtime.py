@@ -72,6 +72,9 @@ def test_remove_is_refused_while_an_app_links_the_model(clipper: Clipper, tmp_pa
         ({"adaptive": "false"}, "adaptive"),
         ({"method": "__class__.mro"}, "method"),
         ({"hang_timeout_s": float("nan")}, "hang_timeout_s"),
+        ({"approximate": {"bits": 0}}, "approximate.bits"),
+        ({"approximate": {"family": "hamming"}}, "approximate.family"),
+        ({"approximate": {"tabels": 2}}, "approximate.tabels"),
     ],
 )
 def test_bad_deployments_name_the_field_and_change_nothing(clipper: Clipper, tmp_path: Path, kwargs, field) -> None:

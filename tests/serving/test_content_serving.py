@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from tests.models.test_content import by_hand
 from veloxserve import Velox
 from veloxserve.api import create_app
+from veloxserve.config import ApproximateSettings, ServingConfig
 from veloxserve.errors import InvalidInput
 from veloxserve.training.als import ALSConfig
 from veloxserve.training.catify import catify_items, generate_catify
@@ -107,3 +108,41 @@ def test_http_predict_by_text_single_batch_and_mixed(velox, catify) -> None:
         metrics = client.get("/models/songs/metrics").json()["feature_cache"]
         assert metrics["hits"] >= 2 and 0 < metrics["hit_rate"] < 1
         assert "veloxserve_feature_cache_hit_rate" in client.get("/metrics").text
+
+
+def _one_word_changed(text: str) -> str:
+    words = text.split()
+    words[len(words) // 2] = "zebra"
+    return " ".join(words)
+
+
+def test_approximate_features_serve_a_near_duplicate_text_the_originals_features(tmp_path: Path, catify) -> None:
+    """Feature coarsening on: a text one word apart from a cached one shares its class (the LSH
+    bucket of its word signature) and is scored with the original's f; a far text is computed."""
+    data, items = catify
+    pacsv.write_csv(pa.table(items), tmp_path / "songs.csv")
+    config = ServingConfig(approximate_features=ApproximateSettings(tables=2, bits=10, seed=1))
+    with Velox(tmp_path, config=config) as v:
+        v.train("songs", data.ratings, ALSConfig(rank=4, iterations=2), items=tmp_path / "songs.csv")
+        text = max(items["text"], key=lambda t: len(t.split()))
+        near, far = _one_word_changed(text), "an entirely unrelated sentence about nothing"
+        original = v.predict_text("songs", [(3, text)])
+        scores = v.predict_text("songs", [(3, near), (3, far)])
+        assert scores[0] == original[0]  # f(near) = f(text), the class representative's
+        exact = v.server("songs").version.content.transform([near, far])
+        assert scores[1] == pytest.approx(float(exact[1] @ v.server("songs").users.weights("3")))
+        stats = v.feature_cache.stats()
+        assert (stats.misses, stats.approximate_hits) == (2, 1)
+        with TestClient(create_app(v), raise_server_exceptions=False) as client:
+            assert client.get("/models/songs/metrics").json()["feature_cache"]["approximate_hits"] == 1
+            metrics = client.get("/metrics").text
+            assert 'veloxserve_feature_cache_lookups_total{outcome="approximate_hit"} 1.0' in metrics
+
+
+def test_without_approximate_features_a_near_duplicate_is_computed_exactly(velox, catify) -> None:
+    text = max(catify[1]["text"], key=lambda t: len(t.split()))
+    near = _one_word_changed(text)
+    scores = velox.predict_text("songs", [(3, text), (3, near)])
+    f = velox.server("songs").version.content.transform([near])[0]
+    assert scores[1] == pytest.approx(float(f @ velox.server("songs").users.weights("3")))
+    assert velox.feature_cache.stats().approximate_hits == 0 and velox.feature_cache.stats().misses == 2

@@ -34,10 +34,17 @@ class _ModelState(Collector):
         seen = GaugeMetricFamily(
             "veloxserve_prequential_observations", "Observations evaluated", labels=["model", "version"]
         )
+        late = CounterMetricFamily(
+            "veloxserve_feature_substitutions",
+            "Content feature computations past feature_deadline_ms, answered with E[f(x)] (anytime features)",
+            labels=["model", "version"],
+        )
         for name in self._velox.model_names():
             server = self._velox.server(name)
             version.add_metric([name], {"version": server.version_id})
             users.add_metric([name], len(server.users))
+            if server.anytime is not None:
+                late.add_metric([name, server.version_id], int(server.anytime.late.sum()))
             report = server.prequential.report()
             seen.add_metric([name, server.version_id], report["observations"])
             if report["rmse"] is not None:
@@ -64,7 +71,7 @@ class _ModelState(Collector):
         watch = self._velox.redis_watch
         for name, times in ({} if watch is None else watch.rebuilds).items():
             rebuilt.add_metric([name], times)
-        yield from (version, users, rmse, seen, damaged, refused, degraded, rebuilt)
+        yield from (version, users, rmse, seen, late, damaged, refused, degraded, rebuilt)
         yield from self._monitoring()
         cache = self._velox.feature_cache.stats()
         lookups = CounterMetricFamily(
@@ -72,6 +79,7 @@ class _ModelState(Collector):
         )
         lookups.add_metric(["hit"], cache.hits)
         lookups.add_metric(["miss"], cache.misses)
+        lookups.add_metric(["approximate_hit"], cache.approximate_hits)  # f(z) of the input's class
         yield lookups
         yield GaugeMetricFamily(
             "veloxserve_feature_cache_hit_rate", "Share of feature lookups served from the cache", value=cache.hit_rate

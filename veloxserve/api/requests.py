@@ -125,6 +125,17 @@ class DeployRequest(Struct, forbid_unknown_fields=True):
             "its shape is the input shape queries are checked against"
         ),
     ] = UNSET
+    approximate: (
+        Annotated[
+            dict[str, Any],
+            Meta(
+                description="LSH settings for approximate caching of numeric inputs (docs/approximate-caching.md): "
+                "family (cosine, euclidean, grid), tables, bits, width, radius, seed; omitted: exact caching only"
+            ),
+        ]
+        | None
+        | UnsetType
+    ) = UNSET
 
 
 class ScaleRequest(Struct, forbid_unknown_fields=True):

@@ -4,6 +4,12 @@ The entries are veloxserve/lru.py's ByteLRU, the LRU the feature cache uses; wha
 is the layer on top: identical queries in flight share one computation: the second caller awaits the first caller's
 future instead of enqueueing again, so a burst of one popular input costs one model evaluation.
 Failures (a dropped deadline, a crashed container) are shared by the waiters but never cached.
+
+Approximate caching (Clipper's, for continuous inputs; docs/approximate-caching.md): a deployment
+with `approximate` settings passes its numeric query vector as `near`; an exact miss then looks
+the vector's LSH buckets up in veloxserve/approximate_cache.py's ApproximateCache (the one the
+feature cache coarsens with) and answers the output cached for a near-identical query, and a
+computed output is stored under the vector's buckets too. Without `near` nothing changes.
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from veloxserve.approximate_cache import ApproximateCache
+from veloxserve.config import ApproximateSettings
 from veloxserve.lru import ByteLRU
 
 Key = tuple[str, str, bytes]
+Near = tuple[ApproximateSettings, np.ndarray]  # the deployment's settings and the query as one vector
 _ENTRY_OVERHEAD = 200  # bytes of dict entry, key tuple and digest around each value
 
 
@@ -47,6 +56,7 @@ class PredictionCache:
 
     def __init__(self, max_bytes: int = 64 << 20) -> None:
         self._entries: ByteLRU[Key, tuple[Any]] = ByteLRU(max_bytes, lambda key, held: _size(key, held[0]))
+        self.approximate: ApproximateCache[Any] = ApproximateCache(max_bytes, lambda value: _size(("", "", b""), value))
         self._in_flight: dict[Key, asyncio.Future] = {}
         self.hits = self.misses = self.coalesced = 0
 
@@ -72,14 +82,16 @@ class PredictionCache:
     def put(self, key: Key, value: Any) -> None:
         self._entries.put(key, (value,))
 
-    def fetch(self, key: Key, compute: Callable[[], asyncio.Future]) -> asyncio.Future:
+    def fetch(self, key: Key, compute: Callable[[], asyncio.Future], near: Near | None = None) -> asyncio.Future:
         """A future of the output for `key`: cached, shared with an identical query in flight, or
-        the future `compute()` returns (called at most once per key in flight)."""
+        the future `compute()` returns (called at most once per key in flight). With `near`, an
+        exact miss may be answered by the output of a near-identical query (its LSH bucket's)."""
         found, value = self.get(key)
-        loop = asyncio.get_running_loop()
+        if not found and near is not None:
+            found, value = self.approximate.get(key[:2], *near)
         if found:
             self.hits += 1
-            future = loop.create_future()
+            future = asyncio.get_running_loop().create_future()
             future.set_result(value)
             return future
         shared = self._in_flight.get(key)
@@ -89,13 +101,15 @@ class PredictionCache:
         self.misses += 1
         future = compute()
         self._in_flight[key] = future
-        future.add_done_callback(lambda done: self._settle(key, done))
+        future.add_done_callback(lambda done: self._settle(key, done, near))
         return future
 
-    def _settle(self, key: Key, future: asyncio.Future) -> None:
+    def _settle(self, key: Key, future: asyncio.Future, near: Near | None) -> None:
         self._in_flight.pop(key, None)
         if not future.cancelled() and future.exception() is None:
             self.put(key, future.result())
+            if near is not None:
+                self.approximate.put(key[:2], near[0], near[1], future.result())
 
     def describe(self) -> dict[str, int]:
         return {
@@ -103,6 +117,8 @@ class PredictionCache:
             "bytes": self.bytes,
             "max_bytes": self.max_bytes,
             "hits": self.hits,
+            "approximate_hits": self.approximate.hits,  # counted in hits too: answered by a near query's output
+            "approximate_entries": len(self.approximate),
             "misses": self.misses,
             "coalesced": self.coalesced,
             "evictions": self.evictions,

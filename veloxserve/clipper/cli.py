@@ -45,6 +45,12 @@ def add_commands(sub: Any, default_url: str) -> None:
     deploy.add_argument("--objective-ms", type=float, default=20.0, help="batch latency objective (default 20)")
     deploy.add_argument("--delay-ms", type=float, default=0.0, help="wait this long for a batch to fill (default 0)")
     deploy.add_argument("--no-batching", action="store_true", help="batches of one")
+    deploy.add_argument(
+        "--approximate",
+        type=json.loads,
+        help='JSON LSH settings for approximate caching of numeric inputs, e.g. \'{"tables": 4, "bits": 16}\' '
+        "(docs/approximate-caching.md; default: exact caching only)",
+    )
     deploy.set_defaults(
         clipper_run=lambda a: _client(
             a,
@@ -60,6 +66,7 @@ def add_commands(sub: Any, default_url: str) -> None:
                 "objective_ms": a.objective_ms,
                 "delay_ms": a.delay_ms,
                 "adaptive": not a.no_batching,
+                "approximate": a.approximate,
             },
         )
     )

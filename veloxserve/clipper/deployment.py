@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import zmq.asyncio
 
+from veloxserve import lsh
 from veloxserve.clipper.batching import BatchingConfig, Query
-from veloxserve.clipper.cache import PredictionCache, input_digest
+from veloxserve.clipper.cache import Near, PredictionCache, input_digest
 from veloxserve.clipper.replica import ContainerSpec, Replica
+from veloxserve.config import ApproximateSettings
 from veloxserve.errors import ContainerUnavailable, VeloxError
 
 STARTUP_TIMEOUT_S = 60.0
@@ -66,6 +68,7 @@ class ModelDeployment:
         self.example: Any = None  # what new and restarted replicas are warmed with (use_example)
         self.input_shape: list[int] | str | None = None  # checked before a query is queued; None: unknown
         self.output_shape: list[int] | str | None = None
+        self.approximate: ApproximateSettings | None = None  # LSH caching of numeric inputs (deploy option)
 
     async def scale(self, replicas: int) -> None:
         """Start or stop replicas until there are `replicas`; new ones are ready on return."""
@@ -123,7 +126,20 @@ class ModelDeployment:
         """A future of this model's output for `value`, computed by `deadline` (monotonic s) or
         failed with DeadlineExceeded / ContainerUnavailable."""
         key = (self.name, self.version, input_digest(value))
-        return self.cache.fetch(key, lambda: self._submit(value, deadline))
+        return self.cache.fetch(key, lambda: self._submit(value, deadline), self._near(value))
+
+    def _near(self, value: Any) -> Near | None:
+        """The query as one vector for approximate caching, when this version caches approximately,
+        its input shape is known (so one hasher serves it: a client cannot make the server build a
+        projection per dimension it invents) and the input is numeric and finite (an image is
+        hashed as its flattened pixels)."""
+        if self.approximate is None or not isinstance(self.input_shape, list):
+            return None
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "iuf" or value.size == 0:
+            return None
+        if not lsh.fits(self.approximate, value.size) or not np.isfinite(value).all():
+            return None
+        return self.approximate, value.reshape(1, -1)
 
     def _submit(self, value: Any, deadline: float) -> asyncio.Future:
         """Queue the query on the least loaded replica; its future is the query's answer (no task
@@ -165,6 +181,7 @@ class ModelDeployment:
             "delay_ms": self.batching.delay * 1e3,
             "adaptive": self.batching.adaptive,
             "mean_output": None if self.mean.mean is None else self.mean.mean.tolist(),
+            "approximate": None if self.approximate is None else self.approximate.to_json(),
         }
 
 

@@ -31,6 +31,7 @@ from veloxserve.clipper.model_files import ModelDirectories
 from veloxserve.clipper.policies import Loss, PolicyKind
 from veloxserve.clipper.registry import ModelRegistry
 from veloxserve.clipper.shapes import check_replacement, example_input, method_label, shape_of, show
+from veloxserve.config import ApproximateSettings
 from veloxserve.errors import (
     Conflict,
     ContainerUnavailable,
@@ -128,6 +129,7 @@ class ClipperRuntime:
         max_batch: int = 1024,
         hang_timeout_s: float = 5.0,
         sample: Any = None,
+        approximate: dict[str, Any] | ApproximateSettings | None = None,
     ) -> dict[str, Any]:
         """A new version of `name` (v1 for a new model), started, probed and then swapped in.
 
@@ -136,8 +138,11 @@ class ClipperRuntime:
         example input: each replica runs it once (warming it) and its shape becomes the input shape
         queries are checked against; without it, the shape the model declares (scikit-learn, ONNX)
         or the previous version's. A version whose probed shapes differ from what the linked
-        applications use is refused (409) and leaves nothing behind."""
+        applications use is refused (409) and leaves nothing behind. `approximate`: LSH settings
+        (config.ApproximateSettings) under which a numeric query may be answered with the cached
+        output of a near-identical one (docs/approximate-caching.md); None: exact caching only."""
         check_name(name, "name", "deploy")
+        settings = None if approximate is None else ApproximateSettings.from_json(approximate)
         if not _one_of(framework, Framework):
             raise invalid_parameter("framework", "deploy", " or ".join(f.value for f in Framework), framework)
         if not isinstance(model, (str, Path)) or not str(model):
@@ -182,6 +187,7 @@ class ClipperRuntime:
                 hang_timeout_s,
                 method_from=method_from,
                 sample=sample,
+                approximate=None if settings is None else settings.to_json(),
             )
             meta = await loop.run_in_executor(None, add)
             try:
@@ -248,6 +254,8 @@ class ClipperRuntime:
         spec, batching = self.registry.spec(name, version)
         meta = self.registry.meta(name, version)
         deployment = ModelDeployment(name, version, spec, batching, self.cache, self._started().context)
+        if meta.get("approximate") is not None:
+            deployment.approximate = ApproximateSettings.from_json(meta["approximate"])
         await deployment.scale(replicas)
         declared = deployment.replicas[0].hello.get("input_shape")
         example = example_input(meta.get("sample"), declared, meta if meta.get("input_shape") else fallback)

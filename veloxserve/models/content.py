@@ -13,6 +13,7 @@ the serving layer caches its result across users (serving/feature_cache.py).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,25 @@ import sklearn
 from sklearn.feature_extraction.text import HashingVectorizer
 
 KIND = "hashed_text"
+SIGNATURE_DIM = 256
+
+
+def text_signature(texts: Sequence[str], dim: int = SIGNATURE_DIM) -> np.ndarray:
+    """A cheap vector per text that near-duplicate texts share most of, shape (len(texts), dim):
+    its lower-cased, whitespace-separated words counted into `dim` crc32 buckets, L2-normalised.
+
+    What approximate feature caching hashes (serving/feature_cache.py, docs/approximate-caching.md):
+    the cache equivalence class of a text must cost far less than f(text), or coarsening saves
+    nothing. Splitting on whitespace and one crc32 per word is ~15x cheaper than the 1-3-gram
+    hashing of `transform` (scikit-learn's tokeniser regex alone costs twice this); crc32, not
+    Python's salted hash(), so that every process gives a text the same signature."""
+    out = np.zeros((len(texts), dim), dtype=np.float64)
+    for row, text in enumerate(texts):
+        words = np.fromiter(map(zlib.crc32, text.lower().encode().split()), dtype=np.uint32)
+        if words.size:
+            out[row] = np.bincount(words % dim, minlength=dim)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.divide(out, norms, out=out, where=norms > 0)
 
 
 def text_vectorizer(n_buckets: int, ngram_max: int) -> HashingVectorizer:

@@ -78,7 +78,10 @@ def sample_reference(
     rows, who = rows[keep], who[keep]
     if rows.size == 0:
         return {}, {}
-    features = MatrixFactorizationFeatures(arrays["item_factors"], arrays["item_bias"], global_mean).of_rows(rows)
+    if "item_features" in arrays:  # a black-box basis version: f(x) of every item, computed at training
+        features = np.asarray(arrays["item_features"], dtype=np.float64)[rows]
+    else:
+        features = MatrixFactorizationFeatures(arrays["item_factors"], arrays["item_bias"], global_mean).of_rows(rows)
     z = np.einsum("ij,ij->i", features, arrays["user_weights"][who])
     scores = sigmoid(z) if logistic else z
     return (

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from veloxserve.models.basis import KIND as BLACK_BOX
+from veloxserve.models.basis import BasisFeatures, BlackBoxBasis
 from veloxserve.models.catalog import ItemCatalog
 from veloxserve.models.content import HashedTextFeatures
 from veloxserve.models.features import MatrixFactorizationFeatures
@@ -69,12 +71,14 @@ class ModelVersion:
     name: str
     version: str
     link: Link
-    features: MatrixFactorizationFeatures
+    features: MatrixFactorizationFeatures | BasisFeatures
     catalog: ItemCatalog
     prior: UserPrior
     users: TrainedUsers
     meta: dict[str, Any]
-    content: HashedTextFeatures | None = None  # f of items known only by their text
+    # f of items known only by their inputs (text): the hashed-text basis, or a black-box basis
+    # (models/basis.py) that whoever loads the version attaches (training/basis_files.py).
+    content: HashedTextFeatures | BlackBoxBasis | None = None
     reference: TrainingReference | None = None  # a sample of the training data (models/reference.py)
 
     @property
@@ -88,12 +92,18 @@ class ModelVersion:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> ModelVersion:
-        """Assemble a version from the arrays and meta.json of the version-directory contract."""
-        features = MatrixFactorizationFeatures(
-            np.asarray(arrays["item_factors"], dtype=np.float64),
-            np.asarray(arrays["item_bias"], dtype=np.float64),
-            float(meta["global_mean"]),
-        )
+        """Assemble a version from the arrays and meta.json of the version-directory contract.
+        A black-box version (meta kind "black_box") serves its catalogue from `item_features`,
+        f(x) computed at training; its basis, for new items, is attached by the loader."""
+        features: MatrixFactorizationFeatures | BasisFeatures
+        if meta.get("kind") == BLACK_BOX:
+            features = BasisFeatures(arrays["item_features"])
+        else:
+            features = MatrixFactorizationFeatures(
+                np.asarray(arrays["item_factors"], dtype=np.float64),
+                np.asarray(arrays["item_bias"], dtype=np.float64),
+                float(meta["global_mean"]),
+            )
         users = TrainedUsers(
             ids=np.asarray(arrays["user_ids"]),
             gram=np.asarray(arrays["user_gram"], dtype=np.float64),
@@ -115,7 +125,7 @@ class ModelVersion:
             ),
             users=users,
             meta=dict(meta),
-            content=HashedTextFeatures.from_version(arrays, meta),
+            content=None if meta.get("kind") == BLACK_BOX else HashedTextFeatures.from_version(arrays, meta),
             reference=TrainingReference.from_arrays(arrays),
         )
 

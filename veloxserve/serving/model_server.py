@@ -22,11 +22,13 @@ from veloxserve.errors import InvalidInput, ItemNotFound, invalid_parameter
 from veloxserve.ids import Id, canonical_id
 from veloxserve.learning.states import UserStates
 from veloxserve.models.attributes import EMPTY, ItemAttributes
+from veloxserve.models.content import text_signature
 from veloxserve.models.version import Link, ModelVersion, sigmoid
+from veloxserve.serving.anytime import AnytimeFeatures
 from veloxserve.serving.decisions import RecentDecisions
 from veloxserve.serving.evaluation import PrequentialError
 from veloxserve.serving.exploration import GREEDY, Candidates, ExplorationPolicy
-from veloxserve.serving.feature_cache import FeatureCache
+from veloxserve.serving.feature_cache import Coarsening, FeatureCache
 from veloxserve.serving.idempotency import IdempotencyWindow, LocalWindow, Original, check_key
 from veloxserve.serving.item_index import ItemIndex
 from veloxserve.serving.local_state import LocalUserState
@@ -129,6 +131,9 @@ class ModelServer:
         )
         self.decisions = decisions if decisions is not None else RecentDecisions(config.decision_memory)
         self.feature_cache = feature_cache if feature_cache is not None else FeatureCache(0)
+        approximate = config.approximate_features  # texts of one class share f (docs/approximate-caching.md)
+        self._coarsening = None if approximate is None else Coarsening(approximate, text_signature)
+        self.anytime = self._anytime_content(config)
         self.index: ItemIndex | None = None  # set by a background build over large catalogues
         if len(self._catalog) >= config.index_min_items:
             threading.Thread(target=self._build_index, name=f"index-{version.name}", daemon=True).start()
@@ -214,9 +219,25 @@ class ModelServer:
         batch_size(len(queries), self.config.max_batch, "queries", "predict")
         users = [canonical_id(u, f"queries[{i}].user", "predict") for i, (u, _) in enumerate(queries)]
         texts = [item_text(x, f"queries[{i}].text", "predict") for i, (_, x) in enumerate(queries)]
-        features = self.feature_cache.features((self.name, self.version_id), texts, content.transform)
+        compute = content.transform if self.anytime is None else self.anytime.transform
+        features = self.feature_cache.features(
+            (self.name, self.version_id), texts, compute, coarsening=self._coarsening
+        )
         self.monitor.new_users(users)
         return finite_outputs(self._link_array(self._inner(features, users)), "a user of this batch")
+
+    def _anytime_content(self, config: ServingConfig) -> AnytimeFeatures | None:
+        """Content features under `feature_deadline_ms`: a late f(text) is replaced by E[f(x)],
+        seeded with the catalogue's mean item features (the same space: [v, μ + b, 1])."""
+        content = self.version.content
+        if config.feature_deadline_ms is None or content is None:
+            return None
+        return AnytimeFeatures(
+            [lambda texts: content.transform(texts)],  # late-bound: the version's transform as it is at call time
+            deadline_s=config.feature_deadline_ms / 1e3,
+            names=["content"],
+            initial_means=[self._features.mean(axis=0) if len(self._features) else None],
+        )
 
     def _inner(self, features: np.ndarray, users: list[str]) -> np.ndarray:
         """w_u · f row by row: row i's features with user i's weights (one query skips the gather)."""
@@ -464,6 +485,8 @@ class ModelServer:
         nothing is left unlearned): refuse observations and stop learning from the log."""
         self.retired = True
         self.state.retire()
+        if self.anytime is not None:
+            self.anytime.close()
 
     def remove_user(self, user: str) -> bool:
         """Forget a user's weights in memory. Call it after the log has erased the user's records

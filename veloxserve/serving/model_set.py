@@ -31,6 +31,7 @@ from veloxserve.serving.model_server import FeedbackListener, ModelServer
 from veloxserve.storage.item_tables import read_item_table
 from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.version_catalog import Status, VersionCatalog
+from veloxserve.training.basis_files import attach_basis
 
 
 class ModelSet:
@@ -149,6 +150,7 @@ class ModelSet:
             version = ModelVersion.from_arrays(
                 catalog.versions.read_arrays(version_id), catalog.versions.read_meta(version_id)
             )
+            version = attach_basis(version, catalog.versions.directory / version_id)  # black-box f, if any
             obs_log = self._open_model(model)
             old = self._servers.get(model)
             if old is not None:

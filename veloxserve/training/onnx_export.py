@@ -30,8 +30,7 @@ import numpy as np
 
 from veloxserve.config import HomeLayout, check_model_name
 from veloxserve.errors import InvalidInput
-from veloxserve.models.features import MatrixFactorizationFeatures
-from veloxserve.models.version import Link
+from veloxserve.models.version import Link, ModelVersion
 from veloxserve.storage.version_catalog import VersionCatalog
 
 OPSET = 17
@@ -87,11 +86,7 @@ def build_graph(
         ) from None
     dtype = np.dtype(precision)
     elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
-    features = MatrixFactorizationFeatures(
-        np.asarray(arrays["item_factors"], dtype=np.float64),
-        np.asarray(arrays["item_bias"], dtype=np.float64),
-        float(meta["global_mean"]),
-    ).matrix
+    features = ModelVersion.from_arrays(arrays, meta).features.matrix  # f(x) of every item, any kind of version
     k = features.shape[1]
     weights = np.vstack([arrays["user_weights"].reshape(-1, k), arrays["prior_mean"].reshape(1, k)])
     initializers = [numpy_helper.from_array(features.astype(dtype), "item_features")]

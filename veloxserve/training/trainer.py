@@ -167,6 +167,12 @@ def retrain_version(
     """
     versions = VersionStore(layout.versions_dir(model))
     parent_meta = versions.read_meta(parent)
+    if parent_meta.get("kind") == "black_box":  # a Shared Basis of black-box models: its own refit
+        from veloxserve.training.basis_trainer import retrain_basis_version
+
+        return retrain_basis_version(
+            layout, model, version, parent=parent, upto_lsn=upto_lsn, reason=reason, overrides=overrides
+        )
     parent_arrays = versions.read_arrays(parent)
     config = config_from({**{k: parent_meta[k] for k in _INHERITED if k in parent_meta}, **(overrides or {})})
     link = Link(parent_meta.get("link", Link.IDENTITY.value))
