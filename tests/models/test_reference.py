@@ -50,3 +50,16 @@ def test_an_older_version_without_reference_arrays_has_none() -> None:
     assert TrainingReference.from_arrays({"reference_scores": np.ones(3)}) is None
     with pytest.raises(ValueError, match="one non-empty length"):
         TrainingReference(np.zeros(2, dtype=np.int64), np.zeros(3))
+
+
+def test_a_black_box_versions_reference_scores_with_its_item_features() -> None:
+    arrays, meta = synthetic_version_arrays(n_users=40)
+    users, items = _training_rows(arrays)
+    features = np.random.default_rng(1).normal(size=(arrays["item_ids"].size, arrays["user_weights"].shape[1]))
+    arrays = {k: v for k, v in arrays.items() if k not in ("item_factors", "item_bias")} | {"item_features": features}
+    reference, _ = sample_reference(arrays, 0.0, users, items, logistic=False, seed=2, size=30)
+    rows = reference["reference_item_rows"]
+    by_row = {}
+    for u, x in zip(users.astype(int), np.searchsorted(arrays["item_ids"], items)):
+        by_row.setdefault(int(x), []).append(float(features[x] @ arrays["user_weights"][u]))
+    assert all(np.isclose(by_row[int(r)], s).any() for r, s in zip(rows, reference["reference_scores"]))

@@ -84,3 +84,22 @@ def test_the_command_writes_the_file_and_bad_requests_say_what_to_do(tmp_path: P
         export_onnx(HomeLayout(tmp_path), "other", out)
     with pytest.raises(InvalidInput, match="inputs must be one of ids, weights"):
         export_onnx(HomeLayout(tmp_path), "songs", out, inputs="rows")
+
+
+def test_a_black_box_basis_version_exports_its_item_features(tmp_path: Path) -> None:
+    """Versions of kind black_box hold f(x) as `item_features` (docs/personalise-any-model.md):
+    the graph scores with those, checked against w_u · f(x) computed here."""
+    from veloxserve.models.basis import KIND as BLACK_BOX
+    from veloxserve.training.onnx_export import build_graph
+
+    arrays, meta = synthetic_version_arrays()
+    features = np.random.default_rng(5).normal(size=(arrays["item_ids"].size, arrays["user_weights"].shape[1]))
+    arrays = {k: v for k, v in arrays.items() if k not in ("item_factors", "item_bias")} | {"item_features": features}
+    meta = {**meta, "kind": BLACK_BOX}
+    out = tmp_path / "bb.onnx"
+    out.write_bytes(build_graph(arrays, meta, precision="float64").SerializeToString())
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    users, items = np.array([0, 3, 30]), np.array([1, 2, 49])  # 30: the prior's row
+    [scores] = session.run(["score"], {"user_index": users, "item_index": items})
+    table = np.vstack([arrays["user_weights"], arrays["prior_mean"]])
+    assert np.allclose(scores, np.einsum("ij,ij->i", table[users], features[items]))
