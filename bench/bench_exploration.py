@@ -100,7 +100,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.rounds = 200
-    if args.out is None:  # a quick run does not replace the figure the README shows
+    if args.out is None:  # a quick run does not replace the figure docs/benchmarks.md shows
         results_dir = Path(tempfile.mkdtemp()) if args.quick else Path(__file__).resolve().parent / "results"
         args.out = results_dir / "regret.png"
     world = generate_catify(300, 400, n_ratings=3000, seed=3)  # thin history: the model starts biased

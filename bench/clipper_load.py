@@ -22,7 +22,7 @@ def run(coroutine: Any) -> Any:
 
 def write_report(name: str, figures: dict[str, Any], keep: bool = True) -> None:
     """Print a benchmark's JSON document and keep a copy as bench/results/<name>.json (not for a
-    --quick run: its figures mean nothing and must not replace the ones the README cites)."""
+    --quick run: its figures mean nothing and must not replace the ones docs/benchmarks.md cites)."""
     out = json.dumps(figures, indent=2)
     print(out)
     if not keep:

@@ -1,6 +1,6 @@
 """Every benchmark script still runs: each with --quick, its smallest setting, must print one JSON
-document. A figure in the README comes from a script; if the script cannot run, the figure cannot
-be checked. Nothing here asserts speed: figures belong to bench/ and the README, not to tests."""
+document. A figure in docs/benchmarks.md comes from a script; if the script cannot run, the figure cannot
+be checked. Nothing here asserts speed: figures belong to bench/ and docs/benchmarks.md, not to tests."""
 
 from __future__ import annotations
 

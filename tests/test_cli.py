@@ -255,7 +255,15 @@ def test_train_with_an_oracle_mtl_basis_writes_an_active_black_box_version(tmp_p
     ratings, _ = topic_ratings(ids, topics, 10, 6)
     with open(tmp_path / "ratings.parquet", "wb") as fh:
         write_ratings_parquet(ratings, fh)
-    argv = ["train", "--home", str(tmp_path / "home"), "--model", "docs", "--ratings", str(tmp_path / "ratings.parquet")]
+    argv = [
+        "train",
+        "--home",
+        str(tmp_path / "home"),
+        "--model",
+        "docs",
+        "--ratings",
+        str(tmp_path / "ratings.parquet"),
+    ]
     basis = ["--basis", "oracle-mtl:sklearn.linear_model.Ridge", "--basis-k", "2", "--iterations", "2"]
     assert main([*argv, *basis, "--basis-params", '{"alpha": 2.0}', "--items", str(tmp_path / "docs.csv")]) == 0
     meta = json.loads(capsys.readouterr().out)

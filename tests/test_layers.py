@@ -20,7 +20,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "veloxserve"
-FOUNDATION = {"errors", "ids", "config", "backoff", "lru", "lsh", "approximate_cache"}  # value types and small utilities every layer may use
+FOUNDATION = {
+    "errors",
+    "ids",
+    "config",
+    "backoff",
+    "lru",
+    "lsh",
+    "approximate_cache",
+}  # value types and small utilities every layer may use
 ENTRY_POINTS = {"veloxserve.cli", "veloxserve.clipper.cli"}  # the `veloxserve` command and its Clipper commands
 FACADE = "veloxserve"  # the package __init__: re-exports the public API (Velox lazily)
 # What each layer may import besides itself and FOUNDATION (None: anything but api and the entry points).

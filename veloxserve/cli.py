@@ -411,6 +411,8 @@ def _serve(args: argparse.Namespace) -> int:
                 flush=True,
             )
         print(f"serving {', '.join(velox.model_names()) or 'no models'} on http://{args.host}:{args.port}", flush=True)
+        base = f"http://{args.host}:{args.port}"
+        print(f"dashboard: {base}/dashboard, API docs: {base}/docs", flush=True)
         listen = getattr(args, "listen_socket", None)  # `demo` bound the port before changing anything
         server.run(sockets=[listen] if listen is not None else None)
     finally:

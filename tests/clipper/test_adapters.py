@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +81,24 @@ def test_callable_takes_text_and_a_failing_batch_does_not_kill_the_container(cli
     assert failed["default"] is True and failed["output"] == "?" and "no booms" in failed["reason"]
     assert clipper.predict("shouter", "u", "again")["output"] == "AGAIN!"
     assert clipper.describe_model("shout")["replicas"][0]["restarts"] == 0
+
+
+@pytest.mark.parametrize(("framework", "extra"), [("torch", "torch"), ("onnx", "onnx")])
+def test_a_missing_framework_names_the_extra_to_install(
+    clipper: Clipper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, framework: str, extra: str
+) -> None:
+    """`pip install .` installs neither torch nor onnxruntime: deploying such a model says which extra to install,
+    before any container starts, and leaves nothing behind; loading one in a container says the same."""
+    from veloxserve.clipper.adapters import EXTRAS, Framework, load_model
+    from veloxserve.errors import InvalidInput
+
+    package = EXTRAS[Framework(framework)][0]
+    monkeypatch.setitem(sys.modules, package, None)  # this environment, without the package
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"not read")
+    with pytest.raises(InvalidInput) as refused:
+        clipper.deploy("absent", framework, model)
+    assert refused.value.field == "framework" and f"pip install 'veloxserve[{extra}]'" in str(refused.value)
+    assert clipper.list_models() == [] and not (clipper.runtime.registry.models / "absent").exists()
+    with pytest.raises(ImportError, match=rf"veloxserve\[{extra}\]"):
+        load_model(Framework(framework), model)

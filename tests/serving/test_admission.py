@@ -43,6 +43,8 @@ def test_without_budget_only_the_in_flight_bound_refuses() -> None:
     Admission.release(places[0], 0.01)
     Admission.release(admission.admit("m", "observe", waited=0.0), None)  # a place came free
     assert admission.gate("m").in_flight == 1
+    assert admission.describe("m")["shed"] == {"in_flight": 1, "deadline": 0}
+    assert admission.describe("other")["shed"] == {"in_flight": 0, "deadline": 0}
 
 
 def _trained(config: AdmissionConfig, seconds: float = 0.010) -> Admission:
@@ -60,6 +62,7 @@ def test_deadline_refuses_what_would_finish_late_and_admits_what_fits() -> None:
     with pytest.raises(Overloaded):
         admission.admit("m", "top_k", waited=0.0, deadline_s=0.005)  # cannot be met even at once
     assert admission.gate("m").in_flight == 0  # refusals take no place
+    assert admission.describe("m")["shed"] == {"in_flight": 0, "deadline": 2}  # counted by cause, per model
 
 
 def test_the_tighter_of_objective_and_header_wins() -> None:

@@ -186,3 +186,35 @@ def test_shared_redis_state_learns_a_basis_version_the_same_way(tmp_path: Path, 
         r = a["user_rhs"][row] + 4.5 * F[4] + 2.0 * F[8]
         np.testing.assert_allclose(v.server("docs").users.weights("u2"), np.linalg.solve(A, r), atol=1e-9)
         assert v.predict_text("docs", [("u2", texts[4])])[0] == pytest.approx(v.predict("docs", "u2", ids[4]))
+
+
+def test_a_late_basis_model_is_replaced_by_its_catalogue_mean_and_the_others_stay_exact(
+    tmp_path: Path, documents, monkeypatch
+) -> None:
+    """Anytime features over a black-box basis: each f_i is its own straggler, so one slow model
+    costs its column (E[f_i] over the catalogue), not the answer."""
+    import threading
+
+    from veloxserve.config import ServingConfig
+
+    table, _, texts, ratings = documents
+    with Velox(tmp_path / "home", config=ServingConfig(feature_deadline_ms=20.0)) as v:
+        meta = train_basis_version(
+            v.layout, "docs", ratings, items=table, recipe=RECIPE, config=OracleConfig(k=3, iterations=2)
+        )
+        v.activate("docs", meta["version"])
+        server = v.server("docs")
+        basis = server.version.content
+        assert server.anytime is not None and len(basis.models) == 3
+        exact = basis.transform([texts[0]])[0]
+        release = threading.Event()
+        slow = basis.models[1]
+        fast_predict = slow.predict
+        monkeypatch.setattr(slow, "predict", lambda X: (release.wait(30), fast_predict(X))[1])
+        score = v.predict_text("docs", [("u3", texts[0])])[0]
+        F = arrays(v)["item_features"]
+        expected = exact.copy()
+        expected[1] = F[:, 1].mean()  # the late model's expectation over the catalogue
+        assert score == pytest.approx(float(expected @ server.users.weights("u3")))
+        assert server.anytime.late.tolist() == [0, 1, 0] and v.feature_cache.stats().entries == 0
+        release.set()

@@ -22,11 +22,13 @@ import orjson
 
 from veloxserve.api.auth import AuthConfig, Guard
 from veloxserve.api.clipper_routes import ClipperRoutes
+from veloxserve.api.dashboard import PageHandlers
 from veloxserve.api.handlers import Accepted, VeloxHandlers
 from veloxserve.api.metrics import CONTENT_TYPE, Metrics
 from veloxserve.api.openapi import body_type
 from veloxserve.api.requests import BodyDecoder, convert, json_decoder
 from veloxserve.api.routes import ROUTES, Route, Router
+from veloxserve.api.static import Asset
 from veloxserve.errors import PayloadTooLarge, VeloxError, invalid_parameter
 from veloxserve.serving.admission import Admission, AdmissionConfig
 from veloxserve.serving.redis_watch import StoreCalls
@@ -67,11 +69,12 @@ class VeloxApp:
         self.metrics.registry.register(self.clipper.collector())
         max_batch = velox.config.max_batch  # the limits of the running configuration, in the types and the schema
         self.handlers = VeloxHandlers(velox, self.admission, self.metrics, self.store_calls)
+        self.pages = PageHandlers(self.handlers, self.clipper, self.metrics)
         self.router = Router(ROUTES)
         self._handler: dict[Route, Callable[..., Any]] = {}
         self._decode: dict[Route, Callable[[bytes], Any]] = {}
         for route in ROUTES:
-            owner = self.clipper if route.clipper else self.handlers
+            owner = self.clipper if route.clipper else self.pages if route.page else self.handlers
             self._handler[route] = self._metrics if route.handler == "metrics" else getattr(owner, route.handler)
             kind = body_type(route, max_batch)
             if kind is not None:
@@ -115,7 +118,9 @@ class VeloxApp:
                     500,
                     {"error": "InternalError", "message": "The server failed on this request; see its log."},
                 )
-        if isinstance(payload, bytes):
+        if isinstance(payload, Asset):  # a page or a file it loads, in its own content type
+            body, headers = payload.body, payload.headers()
+        elif isinstance(payload, bytes):
             body, headers = payload, _TEXT_HEADERS
         else:
             body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)

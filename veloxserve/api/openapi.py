@@ -18,7 +18,7 @@ import msgspec
 from veloxserve import __version__
 from veloxserve.api import requests as rq
 from veloxserve.api.routes import ROUTES, Access, Route
-from veloxserve.api.schemas import DEADLINE, ERROR, ERROR_TEXT, RESPONSES, RETRY_AFTER
+from veloxserve.api.schemas import DEADLINE, ERROR, ERROR_TEXT, MEDIA, RESPONSES, RETRY_AFTER
 from veloxserve.config import ServingConfig
 from veloxserve.serving.validation import MAX_BODY_BYTES
 
@@ -87,6 +87,26 @@ def _errors(codes: list[int]) -> dict[str, Any]:
     }
 
 
+# The groups of /docs, in this order: each route's is derived from what it serves.
+TAGS = {
+    "models": "Velox models: predictions, feedback, versions and their lifecycle",
+    "clipper": "Clipper: model containers and applications",
+    "server": "The server: health, metrics, this document",
+    "pages": "The dashboard, this page, and what they load",
+}
+
+
+def _tag(route: Route) -> str:
+    """The route's group: a family of TAGS, else its path's first segment (`/pipelines/{name}`: pipelines)."""
+    if route.clipper:
+        return "clipper"
+    if route.page:
+        return "pages"
+    if route.path.startswith(("/models", "/users")):
+        return "models"
+    return "server" if route.path in ("/healthz", "/openapi.json", "/metrics") else route.path.split("/")[1]
+
+
 def _operation(route: Route, components: dict[str, Any], max_batch: int) -> dict[str, Any]:
     parameters: list[dict[str, Any]] = [
         {"name": p, "in": "path", "required": True, "schema": route.params[p]} for p in route.path_params
@@ -95,13 +115,12 @@ def _operation(route: Route, components: dict[str, Any], max_batch: int) -> dict
         parameters += _query_parameters(route.query, components)
     if route.admitted:
         parameters.append(DEADLINE)
-    content = (
-        {"text/plain": {}} if route.response == "text" else {"application/json": {"schema": RESPONSES[route.response]}}
-    )
+    content = MEDIA.get(route.response) or {"application/json": {"schema": RESPONSES[route.response]}}
     codes = {400, *route.errors}  # 400 too where nothing is read: the HTTP server refuses a malformed request
     operation: dict[str, Any] = {
         "summary": route.summary + (" (admin)" if route.access is Access.ADMIN else ""),
         "operationId": f"{route.method.lower()}_{route.handler}",
+        "tags": [_tag(route)],
         "parameters": parameters,
     }
     body = body_type(route, max_batch)
@@ -170,6 +189,7 @@ def openapi_schema(max_batch: int = ServingConfig().max_batch) -> dict[str, Any]
                 "bearer": {"type": "http", "scheme": "bearer", "description": "`veloxserve token create` on the server"}
             },
         },
+        "tags": [{"name": name, "description": text} for name, text in TAGS.items()],
         "paths": paths,
     }
 

@@ -19,6 +19,7 @@ from operator import itemgetter
 from typing import Any
 
 from veloxserve.api import requests as rq
+from veloxserve.api.static import ASSETS
 from veloxserve.errors import NotFound, no_route
 from veloxserve.ids import ID_PATTERN, MAX_ID_LENGTH
 
@@ -46,6 +47,7 @@ class Route:
     errors: tuple[int, ...] = ()
     params: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # path parameters' schemas by name
     clipper: bool = False  # served by the Clipper runtime
+    page: bool = False  # the web pages and what they poll (api/dashboard.py)
 
     @property
     def segments(self) -> list[str]:
@@ -79,6 +81,7 @@ _CLIPPER: dict[str, dict[str, Any]] = {
     "name": {"type": "string", "pattern": rq.NAME_PATTERN},
     "app": {"type": "string", "pattern": rq.NAME_PATTERN},
 }
+_ASSETS: dict[str, dict[str, Any]] = {"asset": {"enum": sorted(ASSETS)}}
 _OPEN, _KEY, _ADMIN = Access.OPEN, Access.MODEL_KEY, Access.ADMIN
 
 # A table: one route per entry reads better than one argument per line.
@@ -156,6 +159,14 @@ ROUTES: tuple[Route, ...] = (
           errors=(400, 404), params=_CLIPPER, clipper=True),
     Route("POST", "/apps/{app}/observe", "app_observe", "/apps/{app}/observe", "Feedback: the policy learns from the "
           "label", _KEY, body=rq.AppObserveRequest, errors=(400, 404, 503), params=_CLIPPER, clipper=True),
+    # ---- web pages: the dashboard and the API documentation (dashboard.py, static.py) ----
+    Route("GET", "/stats", "stats", "/stats", "What the dashboard polls: requests, shedding and latency by route, "
+          "and per model and Clipper deployment and application the figures of their own routes", page=True),
+    Route("GET", "/dashboard", "dashboard", "/dashboard", "The dashboard (HTML): models, versions, live traffic, "
+          "Clipper", response="html", page=True),
+    Route("GET", "/docs", "docs", "/docs", "This document, rendered (HTML)", response="html", page=True),
+    Route("GET", "/assets/{asset}", "asset", "/assets/{asset}", "A file the pages load (JS, CSS, licences), "
+          "vendored in the package", response="asset", errors=(404,), params=_ASSETS, page=True),
 )
 # fmt: on
 

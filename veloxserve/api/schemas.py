@@ -21,6 +21,8 @@ _SCORED = {"type": "object", "required": ["item", "score"], "properties": {"item
 RESPONSES: dict[str, dict[str, Any]] = {
     "object": {"type": "object"},
     "text": {},  # text/plain: see openapi.py
+    "html": {},  # a web page (text/html): MEDIA
+    "asset": {},  # a file a page loads: MEDIA
     "health": {
         "type": "object",
         "required": ["status", "models"],
@@ -99,6 +101,12 @@ RESPONSES["alerts"] = {
         "observations": {"type": "integer"},
         "alerts": {"type": "array", "items": _ALERT},
     },
+}
+# The answers that are not JSON, by response kind: their OpenAPI content.
+MEDIA: dict[str, dict[str, Any]] = {
+    "text": {"text/plain": {}},
+    "html": {"text/html": {"schema": {"type": "string"}}},
+    "asset": {media: {"schema": {"type": "string"}} for media in ("text/javascript", "text/css", "text/plain")},
 }
 
 ERROR_TEXT = {

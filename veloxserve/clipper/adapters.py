@@ -7,6 +7,8 @@ scikit-learn model starts without paying for torch or onnxruntime.
 from __future__ import annotations
 
 import enum
+import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,31 @@ class Framework(str, enum.Enum):
     SKLEARN = "sklearn"  # a joblib-dumped estimator or pipeline
     TORCH = "torch"  # TorchScript (torch.jit.save) or an eagerly saved nn.Module (torch.save)
     ONNX = "onnx"  # an ONNX graph run by onnxruntime
+
+
+# The frameworks that are extras of veloxserve (`pip install .` installs neither): their package, their extra.
+EXTRAS = {Framework.TORCH: ("torch", "torch"), Framework.ONNX: ("onnxruntime", "onnx")}
+
+
+def missing_framework(framework: Framework) -> str | None:
+    """What to install when `framework`'s package is not importable in this environment, else None.
+    Deploy asks before starting a container, so a missing framework is a clear 400, not a crashed process."""
+    if framework not in EXTRAS:
+        return None
+    package, extra = EXTRAS[framework]
+    if importlib.util.find_spec(package) is not None:
+        return None
+    return (
+        f"Framework {framework.value!r} needs the {package} package, which this server's environment lacks. "
+        f"Install it beside veloxserve: pip install 'veloxserve[{extra}]' (or 'veloxserve[frameworks]' for all)."
+    )
+
+
+def _import_framework(framework: Framework) -> Any:
+    try:
+        return importlib.import_module(EXTRAS[framework][0])
+    except ImportError:
+        raise ImportError(missing_framework(framework) or f"{EXTRAS[framework][0]} failed to import") from None
 
 
 @dataclass(frozen=True)
@@ -74,7 +101,7 @@ def _sklearn(path: Path, method: str | None) -> LoadedModel:
 
 
 def _torch(path: Path, method: str | None) -> LoadedModel:
-    import torch
+    torch = _import_framework(Framework.TORCH)
 
     try:
         module = torch.jit.load(str(path), map_location="cpu")
@@ -90,7 +117,7 @@ def _torch(path: Path, method: str | None) -> LoadedModel:
 
 
 def _onnx(path: Path, method: str | None) -> LoadedModel:
-    import onnxruntime
+    onnxruntime = _import_framework(Framework.ONNX)
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1  # one replica, one core: scale by replicas, not threads

@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq.asyncio
 
-from veloxserve.clipper.adapters import Framework
+from veloxserve.clipper.adapters import Framework, missing_framework
 from veloxserve.clipper.application import AppConfig, Application, normalise_input
 from veloxserve.clipper.batching import BatchingConfig
 from veloxserve.clipper.cache import PredictionCache
@@ -145,6 +145,9 @@ class ClipperRuntime:
         settings = None if approximate is None else ApproximateSettings.from_json(approximate)
         if not _one_of(framework, Framework):
             raise invalid_parameter("framework", "deploy", " or ".join(f.value for f in Framework), framework)
+        missing = missing_framework(Framework(framework))
+        if missing is not None:
+            raise InvalidInput(missing, field="framework")
         if not isinstance(model, (str, Path)) or not str(model):
             raise invalid_parameter("model", "deploy", "the path of a model file on the server", model)
         replicas = _replicas(replicas, "deploy")

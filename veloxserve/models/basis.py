@@ -13,7 +13,8 @@ models is I/O and lives in training/basis_files.py; training θ lives in trainin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,6 +150,16 @@ class BlackBoxBasis:
         if self.framework == "torch":
             return [self._torch(m, design) for m in self.models]
         return [self._onnx(design)]
+
+    def per_model(self) -> list[Callable[[Any], np.ndarray]]:
+        """One callable per model over a design matrix, so that serving can run the models as
+        separate stragglers (anytime features: a late f_i is replaced by its mean). An ONNX graph
+        is one model; a multi-output estimator is one model with several columns."""
+        if self.framework == "torch":
+            return [functools.partial(self._torch, m) for m in self.models]
+        if self.framework == "onnx":
+            return [self._onnx]
+        return [functools.partial(self._call, m) for m in self.models]
 
     def raw(self, design: Any) -> np.ndarray:
         """[f_1(x) .. f_k(x)] of a design matrix, shape (n, k), checked: InvalidInput naming the

@@ -117,15 +117,16 @@ class ServiceTime:
 
 
 class ModelGate:
-    """One model's in-flight count, objective and per-route service times."""
+    """One model's in-flight count, objective, per-route service times and refusals by cause."""
 
-    __slots__ = ("name", "objective_s", "in_flight", "routes")
+    __slots__ = ("name", "objective_s", "in_flight", "routes", "shed")
 
     def __init__(self, name: str, objective_s: float) -> None:
         self.name = name
         self.objective_s = objective_s
         self.in_flight = 0
         self.routes: dict[str, ServiceTime] = {}
+        self.shed = {"in_flight": 0, "deadline": 0}  # requests refused: the in-flight bound, a deadline
 
 
 class Admission:
@@ -151,6 +152,7 @@ class Admission:
         if service is None:
             service = gate.routes[route] = ServiceTime(gate)
         if gate.in_flight >= self.config.max_in_flight:
+            gate.shed["in_flight"] += 1
             raise Overloaded(
                 f"Model {model!r} already has {gate.in_flight} requests in flight (the limit); retry shortly.",
                 retry_after=max(1, math.ceil(gate.in_flight * service.mean)),
@@ -161,6 +163,7 @@ class Admission:
             # An estimate only served requests can lower: one slow outlier (a cold first request)
             # must not refuse a route forever, so a route that served nothing for PROBE_S admits one.
             if waited + expected > self._usable * budget and time.perf_counter() - service.last_served < PROBE_S:
+                gate.shed["deadline"] += 1
                 raise Overloaded(
                     f"The {route} request to model {model!r} cannot meet its deadline of {budget * 1000:.1f} ms: "
                     f"it has waited up to {waited * 1000:.1f} ms and takes about {expected * 1000:.1f} ms. "
@@ -177,6 +180,7 @@ class Admission:
             "in_flight": gate.in_flight,
             "max_in_flight": self.config.max_in_flight,
             "objective_ms": None if gate.objective_s == math.inf else gate.objective_s * 1000,
+            "shed": dict(gate.shed),
             "service_ms": {
                 route: {
                     "mean": round(st.mean * 1000, 3),

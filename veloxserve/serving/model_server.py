@@ -22,9 +22,10 @@ from veloxserve.errors import InvalidInput, ItemNotFound, invalid_parameter
 from veloxserve.ids import Id, canonical_id
 from veloxserve.learning.states import UserStates
 from veloxserve.models.attributes import EMPTY, ItemAttributes
+from veloxserve.models.basis import BlackBoxBasis
 from veloxserve.models.content import text_signature
 from veloxserve.models.version import Link, ModelVersion, sigmoid
-from veloxserve.serving.anytime import AnytimeFeatures
+from veloxserve.serving.anytime import AnytimeFeatures, AnytimeRows
 from veloxserve.serving.decisions import RecentDecisions
 from veloxserve.serving.evaluation import PrequentialError
 from veloxserve.serving.exploration import GREEDY, Candidates, ExplorationPolicy
@@ -219,7 +220,7 @@ class ModelServer:
         batch_size(len(queries), self.config.max_batch, "queries", "predict")
         users = [canonical_id(u, f"queries[{i}].user", "predict") for i, (u, _) in enumerate(queries)]
         texts = [item_text(x, f"queries[{i}].text", "predict") for i, (_, x) in enumerate(queries)]
-        compute = content.transform if self.anytime is None else self.anytime.transform
+        compute = content.transform if self.anytime is None else self._anytime_compute
         features = self.feature_cache.features(
             (self.name, self.version_id), texts, compute, coarsening=self._coarsening
         )
@@ -227,17 +228,38 @@ class ModelServer:
         return finite_outputs(self._link_array(self._inner(features, users)), "a user of this batch")
 
     def _anytime_content(self, config: ServingConfig) -> AnytimeFeatures | None:
-        """Content features under `feature_deadline_ms`: a late f(text) is replaced by E[f(x)],
+        """Content features under `feature_deadline_ms`: a late f(text) is replaced by E[f(x)].
+        A black-box basis of several models runs each f_i as its own straggler (seeded with the
+        catalogue's mean output when each model has one column); hashed-text content is one basis,
         seeded with the catalogue's mean item features (the same space: [v, μ + b, 1])."""
         content = self.version.content
         if config.feature_deadline_ms is None or content is None:
             return None
+        deadline_s = config.feature_deadline_ms / 1e3
+        catalogue_mean = self._features.mean(axis=0) if len(self._features) else None
+        if isinstance(content, BlackBoxBasis) and len(content.models) > 1:
+            k = len(content.models)
+            seeds: list[np.ndarray | None] = [None] * k
+            if content.outputs == k and catalogue_mean is not None:  # one column per model: seed each
+                seeds = [catalogue_mean[i : i + 1] for i in range(k)]
+            names = [f"{content.name}[{i}]" for i in range(k)]
+            return AnytimeFeatures(content.per_model(), deadline_s=deadline_s, names=names, initial_means=seeds)
         return AnytimeFeatures(
             [lambda texts: content.transform(texts)],  # late-bound: the version's transform as it is at call time
-            deadline_s=config.feature_deadline_ms / 1e3,
+            deadline_s=deadline_s,
             names=["content"],
-            initial_means=[self._features.mean(axis=0) if len(self._features) else None],
+            initial_means=[catalogue_mean],
         )
+
+    def _anytime_compute(self, inputs: Sequence[Any]) -> AnytimeRows:
+        """f(x) of content inputs through the anytime bases: the whole f for hashed text, the
+        models' raw outputs laid out as the served basis for a black-box one."""
+        assert self.anytime is not None
+        content = self.version.content
+        if isinstance(content, BlackBoxBasis) and len(content.models) > 1:
+            rows = self.anytime.transform(content.design(inputs))
+            return AnytimeRows(content.layout(rows.features, inputs), rows.approximated, rows.columns)
+        return self.anytime.transform(inputs)
 
     def _inner(self, features: np.ndarray, users: list[str]) -> np.ndarray:
         """w_u · f row by row: row i's features with user i's weights (one query skips the gather)."""

@@ -226,6 +226,13 @@ class Retrainer:
             trigger = self._triggers[model] = _Trigger(policy, policy.detector())
         return trigger
 
+    def drift_alarms(self, model: str) -> int | None:
+        """How often the drift detector fired for `model` in this process since its policy was last set
+        (None: drift detection is off)."""
+        with self._lock:
+            detector = self._trigger(model).detector
+            return None if detector is None else detector.detections
+
     def on_feedback(self, model: str, squared_errors: np.ndarray) -> None:
         """Called after every observed batch: count it, feed the drift detector, maybe retrain."""
         with self._lock:
