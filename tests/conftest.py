@@ -66,6 +66,23 @@ def synthetic_version_arrays(
     return arrays, meta
 
 
+def referenced_version_arrays(
+    n_users: int = 200, n_items: int = 100, link: str = "identity", seed: int = 0
+) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndarray, np.ndarray]:
+    """A synthetic version with a training reference (models/reference.py) sampled from its own
+    training rows, and those rows as (user ids, item ids): a clean stream draws from them."""
+    from veloxserve.models.reference import sample_reference
+
+    arrays, meta = synthetic_version_arrays(n_users=n_users, n_items=n_items, link=link, seed=seed)
+    counts = np.diff(arrays["seen_indptr"])
+    users = np.repeat(arrays["user_ids"], counts)
+    items = arrays["item_ids"][arrays["seen_items"]]
+    reference, about = sample_reference(
+        arrays, meta["global_mean"], users, items, logistic=link == "logistic", seed=seed
+    )
+    return {**arrays, **reference}, {**meta, "reference": about}, users, items
+
+
 @pytest.fixture
 def version_arrays() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     return synthetic_version_arrays()

@@ -72,6 +72,8 @@ VERSION_ARRAYS = {
     "prior_mean",
     "prior_precision",
     "content_basis",
+    "reference_item_rows",
+    "reference_scores",
     "item_features",
 }
 IO_MODULES = {

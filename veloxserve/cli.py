@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Clipper's container, deploy, list, scale, rollback, remove, app.
     add_client_commands(sub)
     add_clipper_commands(sub, DEFAULT_URL)
+    from veloxserve.training.onnx_export import add_command as add_export_onnx
+
+    add_export_onnx(sub, home)
     return parser
 
 
@@ -654,6 +657,7 @@ _COMMANDS = {
     "serve": _serve,
     "log": _log,
     "token": _token,
+    "export-onnx": lambda a: a.run(a),  # training/onnx_export.py
 }
 
 if __name__ == "__main__":

@@ -90,6 +90,59 @@ def _positive(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """When a served model's monitoring raises an alert (serving/monitoring.py, docs/monitoring.md).
+
+    Deviations compare the most recent `window` requests with the reference the trainer stored in
+    the version; they are judged once `min_requests` arrived (fewer say nothing reliable). An alert
+    that fired is not raised again within `suppress_seconds` (alerts that fire too often are ignored)."""
+
+    window: int = field(default=10_000, metadata=_help("recent requests the shares are computed over (ring buffers)"))
+    sample: int = field(
+        default=2_000, metadata=_help("recent served scores and item rows kept for the distribution tests")
+    )
+    min_requests: int = field(default=200, metadata=_help("requests in the window before a deviation is judged"))
+    unknown_items_share: float = field(
+        default=0.2, metadata=_help("alert above this share of requested items not in the catalogue")
+    )
+    new_users_share: float = field(
+        default=0.5, metadata=_help("alert above this share of requests by users the version was not trained on")
+    )
+    score_psi: float = field(
+        default=0.25, metadata=_help("alert above this population stability index of served scores")
+    )
+    feature_ks_p: float = field(
+        default=0.01, metadata=_help("alert below this Bonferroni-adjusted KS p-value on a feature dimension")
+    )
+    suppress_seconds: float = field(default=3_600.0, metadata=_help("an alert raised is not raised again within this"))
+    drift_detectors: tuple[str, ...] = field(
+        default=("adwin", "ddm", "kswin", "page_hinkley"),
+        metadata=_help("drift detectors run on the prequential error: adwin, ddm, kswin, page_hinkley"),
+    )
+    drift_miss: float = field(
+        default=1.0, metadata=_help("DDM counts |error| > this as a miss (0.5 with a logistic link: a wrong side)")
+    )
+    drift_quiet: int = field(
+        default=1_000, metadata=_help("a drift alert resolves after this many observations without a detection")
+    )
+
+    def __post_init__(self) -> None:
+        if self.window < 1 or self.sample < 10 or self.min_requests < 1 or self.drift_quiet < 1:
+            raise ValueError(
+                f"monitoring needs window >= 1, sample >= 10, min_requests >= 1, drift_quiet >= 1; got "
+                f"{self.window}, {self.sample}, {self.min_requests}, {self.drift_quiet}"
+            )
+        for name in ("unknown_items_share", "new_users_share", "feature_ks_p"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"monitoring {name} must be in [0, 1], got {getattr(self, name)}")
+        if self.score_psi < 0 or self.suppress_seconds < 0 or self.drift_miss <= 0:
+            raise ValueError(
+                "monitoring score_psi and suppress_seconds must be >= 0 and drift_miss > 0, got "
+                f"{self.score_psi}, {self.suppress_seconds}, {self.drift_miss}"
+            )
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     """How a served model learns, persists and bounds its requests (`[serving]` of a config file)."""
 
@@ -131,6 +184,10 @@ class ServingConfig:
     )
     feature_deadline_ms: float | None = field(
         default=None, metadata=_help("content features later than this are E[f(x)] instead (anytime); omitted: wait")
+    )
+    monitoring: MonitoringConfig = field(
+        default_factory=MonitoringConfig,
+        metadata=_help("deviations, drift detectors and alerts: a table of MonitoringConfig (docs/monitoring.md)"),
     )
 
     def __post_init__(self) -> None:

@@ -176,3 +176,24 @@ def test_the_rows_a_retrain_may_compare_on_are_exactly_those_its_parent_was_not_
         for i, lsn in zip(after["instances"], after["lsns"])
     ]
     assert unfitted_by({"theta_unfitted_from": spec}, after).tolist() == expected
+
+
+def test_a_trained_version_stores_a_reference_of_its_training_rows_scored_as_served(tmp_path: Path) -> None:
+    """models/reference.py: a uniform sample of the training rows; its scores are what the
+    version serves for those (user, item) pairs before any online learning."""
+    from veloxserve import Velox
+    from veloxserve.models.reference import REFERENCE_ROWS
+
+    ratings = generate_catify(80, 60, n_ratings=3000, seed=4).ratings
+    with Velox(tmp_path) as velox:
+        meta = velox.train("m", ratings, CONFIG)
+        server = velox.server("m")
+        reference = server.version.reference
+        assert reference is not None and meta["reference"] == {"rows": 2000, "sampled_from": len(ratings), "seed": 0}
+        assert reference.scores.size == min(REFERENCE_ROWS, len(ratings))
+        pairs = set(zip(ratings.users.tolist(), ratings.items.tolist()))
+        served = {}
+        for user, item in pairs:
+            served.setdefault(item, []).append(velox.predict("m", user, item))
+        for row, score in zip(reference.item_rows[:200], reference.scores[:200]):
+            assert np.isclose(served[str(server.version.catalog.external(int(row)))], score).any()

@@ -187,6 +187,11 @@ class VeloxHandlers:
             "admission": self.admission.describe(name),
         }
 
+    async def alerts(self, name: str) -> dict[str, Any]:
+        self.velox.server(name)
+        # A few KS tests over the sketches: milliseconds, off the event loop all the same.
+        return await asyncio.get_running_loop().run_in_executor(None, self.velox.alerts, name)
+
     async def versions(self, name: str) -> dict[str, Any]:
         info = self.velox.describe(name)
         return {"active_version": info["active_version"], "versions": info["versions"]}

@@ -72,6 +72,7 @@ class _ModelState(Collector):
         for name, times in ({} if watch is None else watch.rebuilds).items():
             rebuilt.add_metric([name], times)
         yield from (version, users, rmse, seen, late, damaged, refused, degraded, rebuilt)
+        yield from self._monitoring()
         cache = self._velox.feature_cache.stats()
         lookups = CounterMetricFamily(
             "veloxserve_feature_cache_lookups", "Content feature lookups by outcome", labels=["outcome"]
@@ -85,6 +86,40 @@ class _ModelState(Collector):
         )
         yield GaugeMetricFamily("veloxserve_feature_cache_bytes", "Bytes held by the feature cache", value=cache.bytes)
         yield CounterMetricFamily("veloxserve_feature_cache_evictions", "Feature rows evicted", value=cache.evictions)
+
+    def _monitoring(self) -> Iterator:
+        """Deviations, drift detections and alerts (serving/monitoring.py), evaluated at the scrape."""
+        shares = GaugeMetricFamily(
+            "veloxserve_deviation", "Training-vs-serving deviations of recent requests", labels=["model", "check"]
+        )
+        detections = CounterMetricFamily(
+            "veloxserve_drift_detections", "Changes the drift detectors found", labels=["model", "detector"]
+        )
+        holds = GaugeMetricFamily(
+            "veloxserve_alert", "1 while an alert's condition holds (firing or suppressed)", labels=["model", "alert"]
+        )
+        raised = CounterMetricFamily(
+            "veloxserve_alerts_raised",
+            "Times an alert was raised (suppressed recurrences not counted)",
+            labels=["model", "alert"],
+        )
+        for name in self._velox.model_names():
+            report = self._velox.alerts(name)
+            found = report["deviations"]
+            figures = {"unknown_items_share": found["unknown_items_share"], "new_users_share": found["new_users_share"]}
+            if found["scores"] is not None:
+                figures |= {"score_psi": found["scores"]["psi"], "score_ks_p": found["scores"]["ks_p"]}
+            if found["features"]:
+                figures["feature_ks_p_min"] = min(f["p"] for f in found["features"])
+            for check, value in figures.items():
+                if value is not None:
+                    shares.add_metric([name, check], value)
+            for detector, about in report["detectors"].items():
+                detections.add_metric([name, detector], about["detections"])
+            for alert in report["alerts"]:
+                holds.add_metric([name, alert["alert"]], 0.0 if alert["status"] == "resolved" else 1.0)
+                raised.add_metric([name, alert["alert"]], alert["raised"])
+        yield from (shares, detections, holds, raised)
 
 
 class Metrics:

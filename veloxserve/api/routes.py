@@ -108,6 +108,9 @@ ROUTES: tuple[Route, ...] = (
           params=_VELOX),
     Route("GET", "/models/{name}/metrics", "model_metrics", "metrics", "Prequential error of the active version: each "
           "observation predicted, then learned", errors=(404,), params=_VELOX),
+    Route("GET", "/models/{name}/alerts", "alerts", "alerts", "Alerts that say what to fix: training-vs-serving "
+          "deviations (unknown items, new users, scores, features) and drift detectors on the prequential error, each "
+          "with its cause, threshold and suppression window", response="alerts", errors=(404,), params=_VELOX),
     Route("GET", "/models/{name}/versions", "versions", "versions", "All versions of a model and their metadata",
           errors=(404,), params=_VELOX),
     Route("GET", "/models/{name}/versions/{version}", "version", "version", "One version: metadata, lineage (parent, "

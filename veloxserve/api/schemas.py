@@ -66,6 +66,42 @@ RESPONSES: dict[str, dict[str, Any]] = {
     },
 }
 
+_ALERT = {
+    "type": "object",
+    "required": ["alert", "status", "threshold", "cause", "fix", "raised"],
+    "properties": {
+        "alert": {
+            "type": "string",
+            "description": "unknown_items_share, new_users_share, score_psi, feature_ks:d<n>, drift:<detector>",
+        },
+        "status": {"enum": ["firing", "suppressed", "resolved"]},
+        "value": {"type": ["number", "null"]},
+        "threshold": {"type": "number"},
+        "cause": {"type": "string", "description": "what was measured, in numbers"},
+        "fix": {"type": "string", "description": "what to do about it"},
+        "raised": {"type": "integer", "description": "times raised (not counting suppressed recurrences)"},
+        "suppressed": {"type": "integer"},
+        "raised_at": {"type": ["number", "null"], "description": "Unix time"},
+        "resolved_at": {"type": ["number", "null"]},
+        "suppressed_until": {"type": ["number", "null"], "description": "not raised again before this"},
+    },
+}
+RESPONSES["alerts"] = {
+    "type": "object",
+    "required": ["model", "model_version", "reference", "deviations", "detectors", "alerts"],
+    "properties": {
+        "model": {"type": "string"},
+        **_VERSION,
+        "reference": {
+            "type": "boolean",
+            "description": "whether the version holds a training reference (else no score or feature checks)",
+        },
+        "deviations": {"type": "object"},
+        "detectors": {"type": "object"},
+        "observations": {"type": "integer"},
+        "alerts": {"type": "array", "items": _ALERT},
+    },
+}
 # The answers that are not JSON, by response kind: their OpenAPI content.
 MEDIA: dict[str, dict[str, Any]] = {
     "text": {"text/plain": {}},

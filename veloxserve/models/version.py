@@ -13,6 +13,7 @@ from veloxserve.models.basis import BasisFeatures, BlackBoxBasis
 from veloxserve.models.catalog import ItemCatalog
 from veloxserve.models.content import HashedTextFeatures
 from veloxserve.models.features import MatrixFactorizationFeatures
+from veloxserve.models.reference import TrainingReference
 
 # The accepted |score| of versions whose meta.json predates `score_range`: generous for any rating
 # or value scale in use, and far from where w_u's ridge updates lose precision or overflow.
@@ -78,6 +79,7 @@ class ModelVersion:
     # f of items known only by their inputs (text): the hashed-text basis, or a black-box basis
     # (models/basis.py) that whoever loads the version attaches (training/basis_files.py).
     content: HashedTextFeatures | BlackBoxBasis | None = None
+    reference: TrainingReference | None = None  # a sample of the training data (models/reference.py)
 
     @property
     def dim(self) -> int:
@@ -124,6 +126,7 @@ class ModelVersion:
             users=users,
             meta=dict(meta),
             content=None if meta.get("kind") == BLACK_BOX else HashedTextFeatures.from_version(arrays, meta),
+            reference=TrainingReference.from_arrays(arrays),
         )
 
 

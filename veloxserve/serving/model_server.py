@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from veloxserve.config import ServingConfig
-from veloxserve.errors import invalid_parameter
+from veloxserve.errors import InvalidInput, ItemNotFound, invalid_parameter
 from veloxserve.ids import Id, canonical_id
 from veloxserve.learning.states import UserStates
 from veloxserve.models.attributes import EMPTY, ItemAttributes
@@ -33,6 +33,7 @@ from veloxserve.serving.feature_cache import Coarsening, FeatureCache
 from veloxserve.serving.idempotency import IdempotencyWindow, LocalWindow, Original, check_key
 from veloxserve.serving.item_index import ItemIndex
 from veloxserve.serving.local_state import LocalUserState
+from veloxserve.serving.monitoring import Monitor
 from veloxserve.serving.user_state import UserState, UserStateFactory
 from veloxserve.serving.validation import batch_size, finite_outputs, int_in_range, item_text, score_in_range
 from veloxserve.storage.observation_log import ObservationLog
@@ -138,6 +139,7 @@ class ModelServer:
         if len(self._catalog) >= config.index_min_items:
             threading.Thread(target=self._build_index, name=f"index-{version.name}", daemon=True).start()
         self.prequential = PrequentialError()
+        self.monitor = Monitor(version, config.monitoring)  # before the state: replayed errors feed it
         self.state: UserState = user_state(
             version,
             store,
@@ -164,20 +166,42 @@ class ModelServer:
     # ---- queries -------------------------------------------------------------------------
     def predict(self, user: Any, item: Any) -> float:
         """σ(w_u · f(x)) for one user and item."""
-        row = self._catalog.row(item, "item", "predict")
+        try:
+            row = self._catalog.row(item, "item", "predict")
+        except ItemNotFound:
+            self.monitor.named_items(np.ones(1, dtype=np.bool_))
+            raise
         key = canonical_id(user, "user", "predict")
-        return finite_outputs(self._link(float(self._features[row] @ self.users.weights(key))), f"user {key!r}")
+        score = finite_outputs(self._link(float(self._features[row] @ self.users.weights(key))), f"user {key!r}")
+        self.monitor.served_one(row, key, score)
+        return score
 
     def predict_many(self, queries: Sequence[tuple[Any, Any]]) -> np.ndarray:
         """Scores of a batch of (user, item) queries; every query is checked before any is scored."""
         batch_size(len(queries), self.config.max_batch, "queries", "predict")
         users = [canonical_id(u, f"queries[{i}].user", "predict") for i, (u, _) in enumerate(queries)]
-        rows = np.fromiter(
-            (self._catalog.row(x, f"queries[{i}].item", "predict") for i, (_, x) in enumerate(queries)),
-            dtype=np.int64,
-            count=len(queries),
-        )
-        return finite_outputs(self._link_array(self._inner(self._features[rows], users)), "a user of this batch")
+        try:
+            rows = np.fromiter(
+                (self._catalog.row(x, f"queries[{i}].item", "predict") for i, (_, x) in enumerate(queries)),
+                dtype=np.int64,
+                count=len(queries),
+            )
+        except ItemNotFound:
+            self.monitor.named_items(self._unknown([x for _, x in queries]))
+            raise
+        scores = finite_outputs(self._link_array(self._inner(self._features[rows], users)), "a user of this batch")
+        self.monitor.served(rows, users, scores)
+        return scores
+
+    def _unknown(self, items: Sequence[Any]) -> np.ndarray:
+        """Which items the catalogue lacks (a refused request's; ids that are not ids count as unknown)."""
+        unknown = np.ones(len(items), dtype=np.bool_)
+        for i, item in enumerate(items):
+            try:
+                unknown[i] = self._catalog.lookup(canonical_id(item, "item", "predict")) is None
+            except InvalidInput:  # not an id at all: unknown
+                pass
+        return unknown
 
     def predict_text(self, queries: Sequence[tuple[Any, Any]]) -> np.ndarray:
         """Scores of (user, text) queries: items known by their text instead of a catalogue id.
@@ -200,6 +224,7 @@ class ModelServer:
         features = self.feature_cache.features(
             (self.name, self.version_id), texts, compute, coarsening=self._coarsening
         )
+        self.monitor.new_users(users)
         return finite_outputs(self._link_array(self._inner(features, users)), "a user of this batch")
 
     def _anytime_content(self, config: ServingConfig) -> AnytimeFeatures | None:
@@ -278,6 +303,7 @@ class ModelServer:
         """
         key = canonical_id(user, "user", "top_k")
         k = int_in_range(k, "k", "top_k", 1, len(self._catalog))
+        self.monitor.new_users([key])
         w = self.users.weights(key)
         eligible = self._eligible_rows(candidates, filter)  # None: the whole catalogue
         if eligible is not None and k > eligible.size > 0:  # none admitted: an empty list, not k in [1, 0]
@@ -393,7 +419,14 @@ class ModelServer:
         neither logged nor learned again: the receipt counts them and waits for their original.
         """
         batch_size(len(observations), self.config.max_batch, "observations", "observe")
-        users, rows, scores, decisions, keys = self._validate_observations(observations)
+        try:
+            users, rows, scores, decisions, keys = self._validate_observations(observations)
+        except ItemNotFound:
+            self.monitor.named_items(
+                self._unknown([o[1] if isinstance(o, tuple | list) and len(o) > 1 else None for o in observations])
+            )
+            raise
+        self.monitor.named_items(np.zeros(rows.size, dtype=np.bool_))
         items = [self._catalog_key(r) for r in rows.tolist()]
         self.decisions.check(decisions, users, items)
         keyed = any(key is not None for key in keys)
@@ -435,6 +468,7 @@ class ModelServer:
     def record_feedback(self, errors: np.ndarray) -> None:
         """Count prequential errors in the windows and tell the listener (retraining triggers)."""
         self.prequential.update(errors)
+        self.monitor.errors(errors)
         if self.on_feedback is not None:
             self.on_feedback(self.name, errors * errors)
 

@@ -36,7 +36,14 @@ import numpy as np
 
 from veloxserve.config import HomeLayout
 from veloxserve.errors import Conflict, invalid_parameter
-from veloxserve.serving.drift import PageHinkley, PageHinkleyConfig
+from veloxserve.serving.drift import (
+    DETECTORS,
+    ON_SQUARED_ERRORS,
+    DriftDetector,
+    PageHinkley,
+    PageHinkleyConfig,
+    make_detector,
+)
 from veloxserve.storage.pointer import read_pointer, write_pointer
 from veloxserve.storage.version_catalog import Status, VersionCatalog, now
 
@@ -44,6 +51,7 @@ log = logging.getLogger(__name__)
 
 PROMOTE = ("if_better", "always", "never")
 REASONS = ("manual", "schedule", "drift")
+DRIFT_DETECTORS = tuple(sorted(DETECTORS))
 _STDERR_TAIL = 4000
 
 
@@ -63,6 +71,9 @@ class RetrainPolicy:
     drift_delta: float = 0.2
     drift_min_instances: int = PageHinkleyConfig.min_instances
     promote: str = "if_better"
+    # Which detector (serving/drift.py) triggers the retrain; the three drift_* settings above are
+    # Page–Hinkley's, the others run at their ON_SQUARED_ERRORS settings (docs/monitoring.md).
+    drift_detector: str = "page_hinkley"
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "policy") -> RetrainPolicy:
@@ -78,9 +89,11 @@ class RetrainPolicy:
                 raise invalid_parameter(name, where, expected, value)
         return cls(**data)
 
-    def detector(self) -> PageHinkley | None:
+    def detector(self) -> DriftDetector | None:
         if not self.drift:
             return None
+        if self.drift_detector != "page_hinkley":
+            return make_detector(self.drift_detector, **ON_SQUARED_ERRORS[self.drift_detector])
         return PageHinkley(
             PageHinkleyConfig(
                 delta=self.drift_delta,
@@ -106,6 +119,7 @@ _POLICY_CHECKS: dict[str, tuple[Any, str]] = {  # field: (accepts, what is expec
     "drift_delta": (lambda v: _number(v) and v >= 0, "a number >= 0"),
     "drift_min_instances": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "promote": (lambda v: v in PROMOTE, " or ".join(PROMOTE)),
+    "drift_detector": (lambda v: v in DRIFT_DETECTORS, " or ".join(DRIFT_DETECTORS)),
 }
 
 
@@ -153,7 +167,7 @@ Scrub = Callable[[str, str, Callable[[], Iterable[str]]], dict[str, int]]
 @dataclass
 class _Trigger:
     policy: RetrainPolicy
-    detector: PageHinkley | None
+    detector: DriftDetector | None
     observations: int = 0
     since: float = field(default_factory=time.monotonic)
 

@@ -239,6 +239,12 @@ class Velox:
         )
         return rec
 
+    def alerts(self, model: str) -> dict[str, Any]:
+        """What to fix in the served version: its deviations from its training data, its drift
+        detectors on the prequential error, and the alerts they raise (docs/monitoring.md)."""
+        server = self.server(model)
+        return server.monitor.report(server.prequential.report())
+
     def decision_log_dir(self, model: str) -> Path:
         return self.layout.decision_log_dir(model, self.instance)
 

@@ -33,7 +33,7 @@ from veloxserve.training.als import (
     theta_rmse,
 )
 from veloxserve.training.ratings import Ratings, load_ratings, write_ratings_parquet
-from veloxserve.training.trainer import save_base_data, version_meta
+from veloxserve.training.trainer import add_reference, save_base_data, version_meta
 
 DEFAULT_REG_PARAM = 0.1  # MLlib's λ (per rating, ALS-WR); measured on ml-100k u1 in bench/bench_lifecycle.py
 ITEM_BIAS_REG = 5.0  # b_x = Σ (y − μ) / (n_x + this): shrinks rarely rated items' bias to 0
@@ -92,6 +92,7 @@ def train_version_spark(
         heldout_fraction=config.heldout_fraction,
         **info,
     )
+    add_reference(factors, meta, data, Link.IDENTITY, config.seed)  # for serving's deviation checks
     version = VersionStore(layout.versions_dir(model)).write(factors.arrays, meta)
     save_base_data(layout, model, data)
     return {**meta, "version": version}

@@ -23,6 +23,7 @@ import numpy as np
 
 from veloxserve.config import HomeLayout
 from veloxserve.errors import InvalidInput
+from veloxserve.models.reference import sample_reference
 from veloxserve.models.version import Link, score_range_of, sigmoid
 from veloxserve.storage.atomic import replace_atomically
 from veloxserve.storage.observation_log import MAIN_INSTANCE, read_merged
@@ -141,6 +142,7 @@ def train_version(
         theta_unfitted_from={MAIN_INSTANCE: 0},
     )  # θ is fitted on no logged observation
     add_content_features(layout, model, factors.arrays, meta, config.seed)
+    add_reference(factors, meta, data, link, config.seed)
     version = VersionStore(layout.versions_dir(model)).write(factors.arrays, meta)
     save_base_data(layout, model, data)
     return {**meta, "version": version}
@@ -225,6 +227,7 @@ def retrain_version(
         },
     )
     add_content_features(layout, model, factors.arrays, meta, config.seed, like=parent_meta.get("content"))
+    add_reference(factors, meta, data, link, config.seed)
     versions.write(factors.arrays, meta, version=version)
     return {**meta, "version": version}
 
@@ -319,6 +322,17 @@ def add_content_features(
         return
     settings = {key: like[key] for key in ("n_buckets", "ngram_max", "alpha") if like and key in like}
     arrays["content_basis"], meta["content"] = fit_text_basis(arrays, texts, seed=seed, **settings)
+
+
+def add_reference(factors: TrainedFactors, meta: dict[str, Any], data: Ratings, link: Link, seed: int) -> None:
+    """Store a sample of the training rows for serving's deviation checks (models/reference.py):
+    the arrays `reference_item_rows`, `reference_scores` and meta["reference"]."""
+    arrays, about = sample_reference(
+        factors.arrays, factors.global_mean, data.users, data.items, logistic=link is Link.LOGISTIC, seed=seed
+    )
+    factors.arrays.update(arrays)
+    if about:
+        meta["reference"] = about
 
 
 def save_base_data(layout: HomeLayout, model: str, ratings: Ratings) -> Path:
