@@ -112,6 +112,9 @@ def test_predict_top_k_recommend_observe_and_their_errors(call: Call, server: Se
         call("observe", "nope", user, item, 1.0)
     metrics = call("metrics", "songs")
     assert metrics.model == "songs" and metrics.prequential["observations"] >= 4
+    assert call("alerts", "songs")["model"] == "songs" and [m["name"] for m in call("stats")["models"]] == ["songs"]
+    with pytest.raises(errors.ModelNotFound):
+        call("alerts", "nope")
 
 
 def test_versions_retrain_policy_and_activate(call: Call) -> None:

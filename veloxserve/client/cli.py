@@ -138,6 +138,7 @@ def _policy(client: Client, a: argparse.Namespace) -> Any:
         "every_seconds": a.every_seconds,
         "drift": None if a.drift is None else a.drift == "on",
         "promote": a.promote,
+        "drift_detector": a.drift_detector,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     current = client.policy(a.model)
@@ -202,6 +203,11 @@ def add_commands(sub: Any) -> None:
     )
     policy.add_argument("--drift", choices=["on", "off"], help="retrain when Page-Hinkley sees the live error rise")
     policy.add_argument("--promote", choices=PROMOTE)
+    policy.add_argument(
+        "--drift-detector",
+        metavar="NAME",
+        help="which detector triggers a drift retrain: page_hinkley, adwin, ddm or kswin (docs/monitoring.md)",
+    )
     policy.set_defaults(run=run(_policy))
 
     forget = sub.add_parser("forget", help="remove a user's data from a running server (one model or all)")

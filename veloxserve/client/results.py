@@ -175,6 +175,7 @@ class RetrainPolicy:
     drift_delta: float = 0.2
     drift_min_instances: int = 30
     promote: str = "if_better"
+    drift_detector: str = "page_hinkley"
     raw: Mapping[str, Any] = _raw()
 
     @classmethod

@@ -163,6 +163,17 @@ def metrics(model: str) -> Call[r.ModelMetrics]:
     return Call("GET", _model(model, "/metrics"), r.ModelMetrics.from_json)
 
 
+def alerts(model: str) -> Call[dict[str, Any]]:
+    """Alerts that say what to fix (deviations from the training data, drift), as the server sends
+    them: each with its cause, threshold, state and suppression window (docs/monitoring.md)."""
+    return Call("GET", _model(model, "/alerts"), dict)
+
+
+def stats() -> Call[dict[str, Any]]:
+    """The snapshot the dashboard polls: traffic by route and every model's and Clipper deployment's figures."""
+    return Call("GET", "/stats", dict)
+
+
 # ---- versions and retraining ---------------------------------------------------------------------
 def versions(model: str) -> Call[r.Versions]:
     """Every version with its metadata and status, oldest first, and the active one."""
@@ -225,9 +236,11 @@ class VeloxVerbs:
     health = verb(health)
     openapi = verb(openapi)
     prometheus = verb(prometheus)
+    stats = verb(stats)
     models = verb(models)
     model_names = verb(model_names)
     describe = verb(describe)
+    alerts = verb(alerts)
     predict = verb(predict)
     predict_many = verb(predict_many)
     predict_text = verb(predict_text)
