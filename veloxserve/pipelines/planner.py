@@ -176,12 +176,19 @@ def _neighbour_sizes(sizes: tuple[int, ...], b: int) -> tuple[int | None, int | 
     return (lower[-1] if lower else None), (higher[0] if higher else None)
 
 
+def _step(replicas: int) -> int:
+    """A replica step proportional to the count (1 up to 31 replicas), so that plans of thousands of
+    replicas (a 100× load) take tens of steps, not thousands."""
+    return max(1, replicas // 16)
+
+
 def _faster(search: Search, config: Config) -> Iterator[Config]:
     """Latency-reducing moves: one more replica, a batch size step, another kind."""
     for i, s in enumerate(search.topology.stages):
         k, b, r = config[i]
-        if r < search.max_replicas:
-            yield _replace(config, i, (k, b, r + 1))
+        for more in {1, _step(r)}:
+            if r + more <= search.max_replicas:
+                yield _replace(config, i, (k, b, r + more))
         for nb in _neighbour_sizes(search.sizes(s, k), b):
             if nb is not None:
                 yield _replace(config, i, (k, nb, r))
@@ -196,8 +203,9 @@ def _cheaper(search: Search, config: Config) -> Iterator[Config]:
     """Cost-reducing moves: one replica fewer, a larger batch with fewer replicas, a cheaper kind."""
     for i, s in enumerate(search.topology.stages):
         k, b, r = config[i]
-        if r > 1:
-            yield _replace(config, i, (k, b, r - 1))
+        for fewer_by in {1, _step(r)}:
+            if r - fewer_by >= 1:
+                yield _replace(config, i, (k, b, r - fewer_by))
         _, nb = _neighbour_sizes(search.sizes(s, k), b)
         if nb is not None:
             fewer = {r - 1, min(r, search.needed(s, k, nb)), min(r, search.needed(s, k, nb, 1.0))}
@@ -212,20 +220,27 @@ def _cheaper(search: Search, config: Config) -> Iterator[Config]:
 
 
 def _improve_latency(search: Search, config: Config, max_steps: int) -> Config:
+    visited = {config}
     for _ in range(max_steps):
         if search.feasible(config):
             return config
-        p99, cost = search.p99(config), search.cost(config)
+        p99, cost, stable = search.p99(config), search.cost(config), search.stable(config)
         best: tuple[tuple[int, float], Config] | None = None
         for cand in _faster(search, config):
+            if cand in visited or (stable and not search.stable(cand)):
+                continue  # never back, never to a plan that cannot keep up from one that can
             gain, extra = p99 - search.p99(cand), search.cost(cand) - cost
-            if gain <= 0 and not (search.stable(cand) and not search.stable(config)):
+            if not stable and search.stable(cand):
+                key = (-1, search.p99(cand))  # keeping up with the rate comes first
+            elif gain <= 0:
                 continue
-            key = (0, -gain) if extra <= 0 else (1, -gain / extra)
+            else:
+                key = (0, -gain) if extra <= 0 else (1, -gain / extra)
             if best is None or key < best[0]:
                 best = (key, cand)
         if best is not None:
             config = best[1]
+            visited.add(config)
             continue
         stats = search.run(config).stages
         growable = [i for i, (_, _, r) in enumerate(config) if r < search.max_replicas]
@@ -233,7 +248,8 @@ def _improve_latency(search: Search, config: Config, max_steps: int) -> Config:
             return config
         i = max(growable, key=lambda j: stats[search.topology.stages[j]].mean_queue_s)
         k, b, r = config[i]
-        config = _replace(config, i, (k, b, r + 1))
+        config = _replace(config, i, (k, b, min(search.max_replicas, r + _step(r))))
+        visited.add(config)
     return config
 
 
