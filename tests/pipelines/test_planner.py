@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from veloxserve.errors import InvalidInput
-from veloxserve.pipelines.planner import exhaustive_plan, plan_pipeline
-from veloxserve.pipelines.plans import Topology
+from veloxserve.pipelines.planner import evaluate_plan, exhaustive_plan, plan_pipeline
+from veloxserve.pipelines.plans import Topology, scale_replicas
 from veloxserve.pipelines.profiles import BatchTiming, StageProfile
 from veloxserve.pipelines.simulator import simulate
 from veloxserve.pipelines.traces import gamma_trace
@@ -115,3 +115,19 @@ def test_a_stage_without_a_profile_is_refused() -> None:
     topology, profiles, trace, objective = _instance(3)
     with pytest.raises(InvalidInput, match="'b'"):
         plan_pipeline(topology, {"a": profiles["a"]}, trace, objective)
+
+
+def test_evaluate_plan_simulates_any_plan() -> None:
+    topology, profiles, trace, objective = _instance(3)
+    plan = plan_pipeline(topology, profiles, trace, objective, max_replicas=3)
+    again = evaluate_plan(topology, profiles, trace, plan, objective)
+    assert (again.predicted_p99_s, again.cost_per_s, again.feasible) == (
+        plan.predicted_p99_s,
+        plan.cost_per_s,
+        plan.feasible,
+    )
+    bigger = evaluate_plan(topology, profiles, trace, scale_replicas(plan, 3), objective)
+    assert bigger.cost_per_s == pytest.approx(3 * plan.cost_per_s)
+    assert bigger.predicted_p99_s <= plan.predicted_p99_s
+    with pytest.raises(InvalidInput, match="'b'"):
+        evaluate_plan(topology, profiles, trace, {"a": plan.stages["a"]}, objective)

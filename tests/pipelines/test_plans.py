@@ -7,7 +7,7 @@ import math
 import pytest
 
 from veloxserve.errors import InvalidInput
-from veloxserve.pipelines.plans import Plan, StagePlan, Topology
+from veloxserve.pipelines.plans import Plan, StagePlan, Topology, scale_replicas
 
 
 def test_from_edges_orders_topologically_and_finds_sources_and_sinks() -> None:
@@ -87,3 +87,12 @@ def test_bad_plan_json_names_the_field(change, field: str) -> None:
     with pytest.raises(InvalidInput) as info:
         Plan.from_json(data)
     assert info.value.field == field
+
+
+def test_scale_replicas_multiplies_every_stage() -> None:
+    plan = Plan({"a": StagePlan("a", "k", 4, 2), "b": StagePlan("b", "k", 1, 1)}, 0.05, 3.0, True)
+    scaled = scale_replicas(plan, 100)
+    assert scaled == {"a": StagePlan("a", "k", 4, 200), "b": StagePlan("b", "k", 1, 100)}
+    assert scale_replicas(plan, 0.1)["a"].replicas == 1
+    with pytest.raises(InvalidInput, match="factor"):
+        scale_replicas(plan, 0)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -329,3 +329,26 @@ def exhaustive_plan(
     if fallback is None:
         fallback = tuple(max(options, key=lambda o: o[2]) for options in per_stage)
     return search.plan(fallback, "exhaustive search: no plan meets the objective")
+
+
+def evaluate_plan(
+    topology: Topology,
+    profiles: ProfileSet,
+    trace: np.ndarray,
+    plan: Plan | Mapping[str, StagePlan],
+    objective_s: float,
+    *,
+    service: str = "deterministic",
+    seed: int = 0,
+    how: str = "evaluated",
+) -> Plan:
+    """Any plan's Plan on this trace: simulated p99, cost per second, feasible and why (e.g. a plan
+    scaled to 100× the replicas, or the tuner's current replicas)."""
+    stages = plan.stages if isinstance(plan, Plan) else plan
+    missing = [s for s in topology.stages if s not in stages]
+    if missing:
+        raise invalid_parameter("plan", "evaluate_plan", f"a StagePlan of stage {missing[0]!r}", sorted(stages))
+    config = tuple((stages[s].kind, stages[s].batch_size, stages[s].replicas) for s in topology.stages)
+    top = max(r for _, _, r in config)
+    search = Search(topology, profiles, trace, objective_s, top, None, 1.0, service, seed)
+    return search.plan(config, how)

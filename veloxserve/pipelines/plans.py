@@ -289,3 +289,12 @@ class Plan:
             raise invalid_parameter("reason", "a plan", "a string", reason)
         p99 = data["predicted_p99_s"]
         return cls(plans, math.inf if p99 is None else p99, data["cost_per_s"], data["feasible"], reason)
+
+
+def scale_replicas(plan: Plan | Mapping[str, StagePlan], factor: float) -> dict[str, StagePlan]:
+    """Every stage's replicas × factor (rounded, at least 1), kinds and batch sizes kept: a plan for
+    factor × the load (the 100× comparison). Re-evaluate it to get its p99 and cost."""
+    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+        raise invalid_parameter("factor", "scale_replicas", "a finite number > 0", factor)
+    stages = plan.stages if isinstance(plan, Plan) else plan
+    return {s: StagePlan(s, sp.kind, sp.batch_size, max(1, round(sp.replicas * factor))) for s, sp in stages.items()}
