@@ -129,3 +129,18 @@ def test_scaling_up_can_wait() -> None:
         tuner.observe_many(burst[(burst >= now - 0.5) & (burst < now)] if now > 31 else burst[burst < now])
         decided.append(len(tuner.decide(now)))
     assert decided == [0, 0, 1]
+
+
+def test_each_stage_scales_in_proportion_to_its_planned_replicas() -> None:
+    profiles = {s: StageProfile(s, "k", 1.0, (BatchTiming(1, 0.01, 0.02, 0.012),)) for s in ("a", "b")}
+    plan = Plan({"a": StagePlan("a", "k", 1, 1), "b": StagePlan("b", "k", 1, 4)}, 0.05, 5.0, True)
+    planned = ArrivalEnvelope.of_trace(np.arange(1000) * 0.010, (0.1,))
+    tuner = Tuner(plan, profiles, planned, down_after_s=5.0)
+    tuner.observe_many(20.0 + np.arange(500) * 0.004)
+    ratio = tuner.observed.max_count(0.1) / planned.max_count(0.1)
+    assert ratio > 2
+    actions = {a.stage: a for a in tuner.decide(22.0)}
+    assert actions["a"].replicas_to == int(np.ceil(1 * ratio - 1e-9))
+    assert actions["b"].replicas_to == int(np.ceil(4 * ratio - 1e-9))
+    assert tuner.replicas == {"a": actions["a"].replicas_to, "b": actions["b"].replicas_to}
+    assert tuner.decide(22.0) == []  # already there: nothing more to do

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from veloxserve.errors import InvalidInput
 from veloxserve.pipelines.plans import Plan, StagePlan, Topology
@@ -140,3 +142,31 @@ def test_bad_plans_are_refused_with_the_stage_named(
 def test_an_unsorted_trace_is_refused() -> None:
     with pytest.raises(InvalidInput, match="sorted"):
         simulate(ONE, {"a": _fixed("a", {1: 0.01})}, {"a": StagePlan("a", "k", 1, 1)}, np.array([1.0, 0.5]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(0, 10_000),
+    st.lists(st.tuples(st.integers(1, 8), st.integers(1, 3)), min_size=4, max_size=4),
+    st.sampled_from(["deterministic", "sampled"]),
+)
+def test_every_query_visits_every_stage_once_and_no_faster_than_its_path(
+    seed: int, shape: list[tuple[int, int]], service: str
+) -> None:
+    top = Topology.from_edges(["f", "x", "y", "c"], [("f", "x"), ("f", "y"), ("x", "c"), ("y", "c")])
+    rng = np.random.default_rng(seed)
+    profiles = {
+        s: StageProfile(s, "k", 1.0, tuple(BatchTiming(b, t, 2 * t, 1.2 * t) for b, t in ((1, t1), (8, 4 * t1))))
+        for s, t1 in zip(top.stages, rng.uniform(0.001, 0.01, size=4), strict=True)
+    }
+    plan = {s: StagePlan(s, "k", b, r) for s, (b, r) in zip(top.stages, shape, strict=True)}
+    trace = gamma_trace(float(rng.uniform(50, 400)), float(rng.choice([0.5, 1.0, 3.0])), 1.0, seed=seed)
+    result = simulate(top, profiles, plan, trace, service=service, seed=seed)
+    for s in top.stages:
+        stats = result.stages[s]
+        assert stats.batches * stats.mean_batch == pytest.approx(trace.size)  # each query once per stage
+        assert stats.mean_batch <= plan[s].batch_size and stats.mean_queue_s >= 0
+        assert 0 < stats.utilisation <= 1 + 1e-9
+    if service == "deterministic":
+        floor = min(sum(profiles[s].service_time(1) for s in path) for path in (("f", "x", "c"), ("f", "y", "c")))
+        assert (result.latencies_s >= floor - 1e-12).all()
