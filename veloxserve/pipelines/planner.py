@@ -253,16 +253,34 @@ def _improve_latency(search: Search, config: Config, max_steps: int) -> Config:
     return config
 
 
-def _reduce_cost(search: Search, config: Config, max_steps: int) -> Config:
+def _reduce_cost(search: Search, config: Config, max_steps: int, pairs: bool) -> Config:
     for _ in range(max_steps):
         cost = search.cost(config)
-        options = [c for c in set(_cheaper(search, config)) if search.cost(c) < cost - 1e-12]
-        options.sort(key=lambda c: (search.cost(c), search.p99(c) if c in search.memo else 0.0, c))
-        nxt = next((c for c in options if search.stable(c) and search.feasible(c)), None)
+        options = sorted(
+            {c for c in _cheaper(search, config) if search.cost(c) < cost - 1e-12}, key=lambda c: (search.cost(c), c)
+        )
+        nxt = next((c for c in options if search.feasible(c)), None)
+        if nxt is None and pairs:
+            nxt = _pair(search, config, options)
         if nxt is None:
             return config
         config = nxt
     return config
+
+
+def _pair(search: Search, config: Config, cheaper: list[Config]) -> Config | None:
+    """A local optimum's way out: a cost-reducing move that misses the objective, repaired by one
+    latency-reducing move elsewhere, the pair still cheaper than `config` (the cheapest such pair)."""
+    cost = search.cost(config)
+    found: Config | None = None
+    for first in cheaper:
+        if not search.stable(first):
+            continue
+        for second in _faster(search, first):
+            c2 = search.cost(second)
+            if c2 < cost - 1e-12 and (found is None or c2 < search.cost(found)) and search.feasible(second):
+                found = second
+    return found
 
 
 def plan_pipeline(
@@ -277,6 +295,7 @@ def plan_pipeline(
     service: str = "deterministic",
     seed: int = 0,
     max_steps: int = 1000,
+    pairs: bool = True,
 ) -> Plan:
     """The cheapest plan the greedy search finds whose simulated p99 over `trace` is within `objective_s`;
     feasible=False with the best p99 reached (and where) in `reason` when none is."""
@@ -291,7 +310,7 @@ def plan_pipeline(
             seen = [c for c in search.memo if search.stable(c)] or list(search.memo)
             best = min(seen, key=lambda c: (search.p99(c), search.cost(c)))
             return search.plan(best, "no plan meets the objective")
-    return search.plan(_reduce_cost(search, config, max_steps), how)
+    return search.plan(_reduce_cost(search, config, max_steps, pairs), how)
 
 
 def exhaustive_plan(
