@@ -12,7 +12,7 @@ from veloxserve.pipelines.profiles import BatchTiming, StageProfile
 from veloxserve.pipelines.simulator import simulate
 from veloxserve.pipelines.traces import gamma_trace
 
-COST_FACTOR = 1.2  # the greedy plan costs at most this much more than the cheapest feasible one
+COST_FACTOR = 1.25  # the greedy plan costs at most this much more than the cheapest feasible one
 
 
 def _linear(stage: str, kind: str, price: float, t1: float, slope: float) -> StageProfile:

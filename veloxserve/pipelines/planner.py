@@ -11,7 +11,8 @@ refused) and the simulated p99 is within the objective. The search, as in the pa
    (add a replica, change the batch size one step, change the kind); actions that add no cost and
    reduce p99 first. If none reduces it, add a replica to the stage where queries wait longest.
 3. Once feasible, take the cost-reducing action (remove a replica, raise the batch size and shed
-   replicas, a cheaper kind) that saves most while staying feasible, until none does.
+   replicas, a cheaper kind) that saves most while staying feasible, until none does; then try a
+   pair (a cost-reducing action repaired by a latency-reducing one elsewhere) that is still cheaper.
 
 If step 2 cannot reach the objective within max_replicas, the search restarts from the fast corner
 (every stage at max_replicas, its lowest-latency option that sustains the rate) before giving up with
