@@ -40,6 +40,7 @@ MAY_IMPORT: dict[str, set[str] | None] = {
     "training": {"models", "storage", "learning"},
     "serving": None,
     "clipper": None,
+    "pipelines": None,  # InferLine's planning (pure) and pipeline serving, over clipper and serving
     "api": {"serving", "clipper", "models", "storage"},  # storage for types: what api builds is checked below
     "client": set(),  # the HTTP client: the foundation only (its errors), nothing of the server's process
 }
