@@ -53,6 +53,8 @@ class ClipperRoutes:
 
     async def deploy(self, body: rq.DeployRequest) -> dict[str, Any]:
         options = {k: v for k, v in _fields(body).items() if k not in ("name", "framework", "model") and v is not None}
+        if "approximate" in options:
+            options["approximate"] = _fields(options["approximate"])
         return await self.runtime.deploy(body.name, body.framework, body.model, **options)
 
     async def describe_container(self, name: str) -> dict[str, Any]:

@@ -105,6 +105,18 @@ Replicas = Annotated[int, Meta(ge=1, le=64)]
 Framework = Literal["callable", "sklearn", "torch", "onnx"]
 
 
+class ApproximateRequest(Struct, forbid_unknown_fields=True):
+    """LSH settings for approximate caching of numeric inputs (docs/approximate-caching.md; config.py's
+    ApproximateSettings checks the same); omitted: exact caching only."""
+
+    family: Literal["cosine", "euclidean", "grid"] | UnsetType = UNSET
+    tables: Annotated[int, Meta(ge=1, le=64)] | UnsetType = UNSET
+    bits: Annotated[int, Meta(ge=1, le=64)] | UnsetType = UNSET
+    width: Positive | UnsetType = UNSET
+    radius: Annotated[float, Meta(ge=0)] | None | UnsetType = UNSET
+    seed: Annotated[int, Meta(ge=0)] | UnsetType = UNSET
+
+
 class DeployRequest(Struct, forbid_unknown_fields=True):
     """Options left null take the runtime's defaults (the CLI sends every option)."""
 
@@ -125,17 +137,7 @@ class DeployRequest(Struct, forbid_unknown_fields=True):
             "its shape is the input shape queries are checked against"
         ),
     ] = UNSET
-    approximate: (
-        Annotated[
-            dict[str, Any],
-            Meta(
-                description="LSH settings for approximate caching of numeric inputs (docs/approximate-caching.md): "
-                "family (cosine, euclidean, grid), tables, bits, width, radius, seed; omitted: exact caching only"
-            ),
-        ]
-        | None
-        | UnsetType
-    ) = UNSET
+    approximate: ApproximateRequest | None | UnsetType = UNSET
 
 
 class ScaleRequest(Struct, forbid_unknown_fields=True):
