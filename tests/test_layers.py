@@ -21,7 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "veloxserve"
 FOUNDATION = {"errors", "ids", "config", "backoff", "lru"}  # value types and small utilities every layer may use
-ENTRY_POINTS = {"veloxserve.cli", "veloxserve.clipper.cli"}  # the `veloxserve` command and its Clipper commands
+# the `veloxserve` command, its Clipper commands and its pipeline commands
+ENTRY_POINTS = {"veloxserve.cli", "veloxserve.clipper.cli", "veloxserve.pipelines.cli"}
 FACADE = "veloxserve"  # the package __init__: re-exports the public API (Velox lazily)
 # What each layer may import besides itself and FOUNDATION (None: anything but api and the entry points).
 MAY_IMPORT: dict[str, set[str] | None] = {
@@ -32,7 +33,9 @@ MAY_IMPORT: dict[str, set[str] | None] = {
     "training": {"models", "storage", "learning"},
     "serving": None,
     "clipper": None,
-    "api": {"serving", "clipper", "models", "storage"},  # storage for types: what api builds is checked below
+    "pipelines": None,  # the serving side composes clipper, serving and storage (the planning side imports none)
+    # storage for types: what api builds is checked below
+    "api": {"serving", "clipper", "models", "storage", "pipelines"},
 }
 STORE_BACKENDS = {
     "veloxserve.storage.redis_store",
@@ -47,7 +50,12 @@ CLIPPER_COMPOSERS = {"veloxserve.api.app", "veloxserve.api.openapi", "veloxserve
 # The one place in api/ that builds what the app is handed (create_app; the CLI and tests call it).
 APP_FACTORY = "veloxserve.api.factory"
 # What the entry points build and hand to api/ (STYLE.md: concrete backends are chosen in one place).
-BUILT_BY_ENTRY_POINTS = {"veloxserve.storage", "veloxserve.clipper.runtime", "veloxserve.clipper.sync"}
+BUILT_BY_ENTRY_POINTS = {
+    "veloxserve.storage",
+    "veloxserve.clipper.runtime",
+    "veloxserve.clipper.sync",
+    "veloxserve.pipelines.runtime",
+}
 # The version directory contract's arrays (docs/architecture.md): models and the trainer know them, stores do not.
 VERSION_ARRAYS = {
     "item_ids",

@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     from veloxserve.clipper.cli import add_commands as add_clipper_commands
 
     add_clipper_commands(sub, DEFAULT_URL)
+    from veloxserve.pipelines.cli import add_commands as add_pipeline_commands
+
+    add_pipeline_commands(sub, DEFAULT_URL)
     for p in (listing, show, activate, retrain, policy):
         p.add_argument("--model", required=True)
     for client in (predict, top_k, observe, listing, show, activate, retrain, policy, forget):
