@@ -155,8 +155,9 @@ class Pipeline:
 
 
 def _join(outputs: list[Any]) -> Any:
-    """A stage's input from its parents' outputs: one parent's as it is, several concatenated flat."""
-    if len(outputs) == 1:
+    """A stage's input from its parents' outputs: one parent's number or vector as it is, else
+    everything flattened and concatenated (spec.py's shape check says the same)."""
+    if len(outputs) == 1 and (not isinstance(outputs[0], np.ndarray) or outputs[0].ndim <= 1):
         return outputs[0]
     try:
         return np.concatenate([np.atleast_1d(np.asarray(o, dtype=np.float64)).ravel() for o in outputs])
@@ -366,7 +367,7 @@ class PipelineRuntime:
         except (TypeError, ValueError):
             raise invalid_parameter("label", "pipeline_observe", "the shape of the pipeline's output", label) from None
         assert pipeline.feedback is not None
-        await pipeline.feedback.append({"user": user, "output": answer["output"], "label": target, "loss": loss})
+        await pipeline.feedback.append({"user": user, "output": answer["output"], "label": target.tolist(), "loss": loss})
         learned = []
         loop = asyncio.get_running_loop()
         for stage in pipeline.stages.values():
