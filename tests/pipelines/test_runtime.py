@@ -3,7 +3,6 @@ feedback and restart. One Clipper runtime and its containers serve every test of
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,13 @@ import pytest
 
 from tests.clipper.conftest import write_callable
 from tests.conftest import synthetic_version_arrays
+from tests.pipelines.test_tuner import Action, ScriptedDecider
 from veloxserve.clipper import Clipper
 from veloxserve.config import HomeLayout
 from veloxserve.errors import InvalidInput
 from veloxserve.pipelines.profiler import Profiler
 from veloxserve.pipelines.runtime import PipelineRuntime
+from veloxserve.pipelines.tuner import PipelineTuner
 from veloxserve.serving.velox import Velox
 from veloxserve.storage.versions import VersionStore
 
@@ -105,9 +106,16 @@ def test_a_pipeline_answers_what_its_stages_compute_and_is_served_again_after_a_
     assert answer["output"] == pytest.approx(float((x @ W).sum()))
     assert answer["degraded"] is False and [s["status"] for s in answer["stages"]] == ["ok", "ok"]
 
+    pipeline = setup.pipelines.pipeline("chain")  # a tuner's scale-up, applied to the real stage
+    decider = ScriptedDecider([[Action("s", 1, 2, "envelope over capacity")]])
+    tuner = PipelineTuner(pipeline, {}, setup.pipelines.record_scale, decider=decider)
+    setup.run(tuner.step(0.0))
+    assert setup.pipelines.describe("chain")["serving"][1]["replicas"] == 2
+
     setup.run(setup.pipelines.close())
     setup.pipelines = setup.new_runtime()  # what a server restart does: read the home, start the stages
-    assert setup.pipelines.describe("chain")["answered"] == 0
+    shown = setup.pipelines.describe("chain")
+    assert shown["answered"] == 0 and [s["replicas"] for s in shown["serving"]] == [1, 2]  # as last scaled
     again = setup.run(setup.pipelines.predict("chain", "u", [0.0, 1.0, 5.0]))
     assert again["output"] == pytest.approx(float((np.array([0.0, 1.0, 5.0]) @ W).sum()))
     assert setup.run(setup.pipelines.remove("chain")) == {"removed": "chain"}

@@ -292,14 +292,14 @@ class PipelineRuntime:
             pipeline.observed = sum(1 for _ in pipeline.feedback.replay())
         if spec.autoscale:
             try:
-                pipeline.tuner = PipelineTuner(pipeline, profiles, self._record_scale)
+                pipeline.tuner = PipelineTuner(pipeline, profiles, self.record_scale)
             except ImportError as exc:  # the planning side's envelopes are not installed
                 log.warning("pipeline %s serves without a tuner: %s", spec.name, exc)
             else:
                 pipeline.tuner.start()
         return pipeline
 
-    def _record_scale(self, pipeline: Pipeline) -> None:
+    def record_scale(self, pipeline: Pipeline) -> None:
         """Keep the replicas the tuner set, so a restart serves what was serving."""
         catalog = VersionCatalog(self.root / pipeline.spec.name)
         stages = [{**s, "replicas": pipeline.stages[s["stage"]].replicas} for s in pipeline.plan["stages"]]
