@@ -15,7 +15,7 @@ from tests.conftest import synthetic_version_arrays
 from tests.pipelines.test_tuner import Action, ScriptedDecider
 from veloxserve.clipper import Clipper
 from veloxserve.config import HomeLayout
-from veloxserve.errors import InvalidInput
+from veloxserve.errors import InvalidInput, VeloxError
 from veloxserve.pipelines.profiler import Profiler
 from veloxserve.pipelines.runtime import PipelineRuntime
 from veloxserve.pipelines.tuner import PipelineTuner
@@ -137,18 +137,24 @@ def test_a_late_stage_is_replaced_by_its_default_not_an_error(setup: Setup) -> N
 
 
 @pytest.mark.parametrize(
-    ("change", "says"),
+    ("change", "says", "status"),
     [
-        ({"stages": [{"name": "f", "model": "feat"}, {"name": "s", "model": "feat"}]}, "Stage 's' (model 'feat')"),
-        ({"stages": [{"name": "f", "model": "feat"}, {"name": "s", "model": "nope"}]}, "Stage 's' names the model"),
-        ({"objective_ms": 0.001}, "out of reach"),
-        ({"edges": [["f", "s"], ["s", "f"]]}, "cycle"),
+        ({"stages": [{"name": "f", "model": "feat"}, {"name": "s", "model": "feat"}]}, "Stage 's' (model 'feat')", 400),
+        (
+            {"stages": [{"name": "f", "model": "feat"}, {"name": "s", "model": "nope"}]},
+            "Stage 's' names the model",
+            404,
+        ),
+        ({"objective_ms": 0.001}, "out of reach", 400),
+        ({"edges": [["f", "s"], ["s", "f"]]}, "cycle", 400),
     ],
 )
-def test_an_invalid_pipeline_is_refused_and_nothing_is_left_behind(setup: Setup, change: dict, says: str) -> None:
-    with pytest.raises(InvalidInput) as caught:
+def test_an_invalid_pipeline_is_refused_and_nothing_is_left_behind(
+    setup: Setup, change: dict, says: str, status: int
+) -> None:
+    with pytest.raises(VeloxError) as caught:
         setup.run(setup.pipelines.deploy({**_chain("bad", "total"), **change}))
-    assert says in caught.value.message and caught.value.status == 400
+    assert says in caught.value.message and caught.value.status == status
     assert "bad" not in setup.pipelines.pipelines and not (setup.pipelines.root / "bad").exists()
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veloxserve.errors import InvalidInput
+from veloxserve.errors import InvalidInput, ModelNotFound
 from veloxserve.pipelines.spec import ModelShapes, check_against, load_file, parse_spec
 
 
@@ -129,14 +129,14 @@ def test_the_parents_outputs_concatenated_must_have_the_stages_input_shape() -> 
     assert "Stage 'out'" in caught.value.message and "[5]" in caught.value.message and "[3]" in caught.value.message
 
 
-def test_unknown_models_are_refused_naming_the_stage() -> None:
+def test_unknown_models_are_not_found_naming_the_stage() -> None:
     spec = parse_spec(_pipeline(DIAMOND))
-    with pytest.raises(InvalidInput, match="Stage 'b' names the model 'm-b'"):
+    with pytest.raises(ModelNotFound, match="Stage 'b' names the model 'm-b'"):
         check_against(spec, {k: v for k, v in SHAPES.items() if k != "m-b"}.get, lambda name: False)
     velox = parse_spec(
         {**_pipeline([["v", "out"]]), "stages": [{"name": "v", "model": "velox:mf"}, {"name": "out", "model": "m-b"}]}
     )
-    with pytest.raises(InvalidInput, match="Stage 'v' names the Velox model 'mf'"):
+    with pytest.raises(ModelNotFound, match="Stage 'v' names the Velox model 'mf'"):
         check_against(velox, {"m-b": ModelShapes([1], [])}.get, lambda name: False)
     shapes = check_against(velox, {"m-b": ModelShapes([1], [])}.get, lambda name: name == "mf")
     assert shapes["v"].output_shape == []

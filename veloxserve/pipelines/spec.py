@@ -19,8 +19,10 @@ output. A stage `velox:<model>` is a Velox model's predict: a source stage that 
 request's input as an item id for the request's `user` (the personalised stage), one number.
 
 Everything here is checked before anything is deployed: structure (`parse_spec`), then against
-what is deployed (`check_against`): unknown models, and shapes between stages from the deployed
-models' probed shapes (clipper/shapes.py). Each refusal is an InvalidInput (400) naming the stage.
+what is deployed (`check_against`): shapes between stages from the deployed models' probed shapes
+(clipper/shapes.py). Each refusal is an InvalidInput (400) naming the stage and why, but a model
+that is not deployed, which is a ModelNotFound (404) naming the stage, as for POST /apps: the
+declaration is well formed, what it names does not exist.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from veloxserve.clipper.shapes import show as _show
-from veloxserve.errors import InvalidInput, invalid_parameter
+from veloxserve.errors import InvalidInput, ModelNotFound, invalid_parameter
 
 VELOX = "velox:"
 MAX_STAGES = 32
@@ -207,8 +209,7 @@ class ModelShapes:
 def check_against(
     spec: PipelineSpec, clipper: Callable[[str], ModelShapes | None], velox: Callable[[str], bool]
 ) -> dict[str, ModelShapes]:
-    """Each stage's shapes, refusing (InvalidInput, naming the stage) a model that is not deployed
-    and a stage whose input (its parents' outputs, concatenated) does not have its model's input
+    """Each stage's shapes, refusing a model that is not deployed (ModelNotFound, 404) and a stage whose input (its parents' outputs, concatenated) does not have its model's input
     shape. `clipper(name)` is a deployed model's shapes or None; `velox(name)` whether a Velox
     model of that name is served."""
     shapes: dict[str, ModelShapes] = {}
@@ -216,7 +217,7 @@ def check_against(
         model = stage.velox_model
         if model is not None:
             if not velox(model):
-                raise InvalidInput(
+                raise ModelNotFound(
                     f"Stage {stage.name!r} names the Velox model {model!r}, which this server does not serve; "
                     "train one under the home (veloxserve train) or fix the name.",
                     field="stages",
@@ -225,7 +226,7 @@ def check_against(
             continue
         found = clipper(stage.model)
         if found is None:
-            raise InvalidInput(
+            raise ModelNotFound(
                 f"Stage {stage.name!r} names the model {stage.model!r}, which is not deployed; deploy it first "
                 "(veloxserve deploy / POST /containers) or fix the name.",
                 field="stages",
