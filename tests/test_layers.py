@@ -33,7 +33,7 @@ MAY_IMPORT: dict[str, set[str] | None] = {
     "training": {"models", "storage", "learning"},
     "serving": None,
     "clipper": None,
-    "pipelines": None,  # the serving side composes clipper, serving and storage (the planning side imports none)
+    "pipelines": None,  # InferLine's planning (pure) and pipeline serving, over clipper and serving
     # storage for types: what api builds is checked below
     "api": {"serving", "clipper", "models", "storage", "pipelines"},
 }
