@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 BATCH_SIZES = (1, 2, 4, 8, 16)
 KIND = "cpu-1thread"  # one container process, one BLAS thread (replica.py sets OMP_NUM_THREADS=1)
 PRICE_PER_REPLICA_S = 1.0  # the unit of cost: one replica (one core's share) for one second
+VELOX_PRICE_PER_S = 0.01  # a Velox stage runs in the server's process: a sliver of its core, never replicated
 
 
 class Profiler:
@@ -141,7 +142,7 @@ class Profiler:
                 self.velox.predict_many(model, [("__profile__", item)] * size)
                 latencies.append(time.perf_counter() - started)
             timings.append(_timing(size, latencies))
-        profile = StageProfile(f"velox:{model}", "in-process", 0.0, timings)
+        profile = StageProfile(f"velox:{model}", "in-process", VELOX_PRICE_PER_S, timings)
         record = {"version": version, "profile": profile.to_json(), "measured_at": time.time()}
         await loop.run_in_executor(None, lambda: catalog.annotate(version, pipeline_profile=record))
         self.measured.append((f"velox:{model}", version))
@@ -149,7 +150,7 @@ class Profiler:
 
 
 def _timing(size: int, latencies: list[float]) -> BatchTiming:
-    values = np.asarray(latencies or [0.0])
+    values = np.maximum(np.asarray(latencies or [1e-9]), 1e-9)  # a profile's times are > 0
     return BatchTiming(size, float(np.percentile(values, 50)), float(np.percentile(values, 99)), float(values.mean()))
 
 
