@@ -160,7 +160,7 @@ ROUTES: tuple[Route, ...] = (
           pipeline=True),
     Route("POST", "/pipelines", "deploy_pipeline", "/pipelines", "Deploy a pipeline of deployed models: checked (DAG, "
           "shapes, objective), profiled, planned, started", _ADMIN, body=rq.DeployPipelineRequest,
-          errors=(400, 409, 503), pipeline=True),
+          errors=(400, 404, 409, 503), pipeline=True),
     Route("GET", "/pipelines/{name}", "describe_pipeline", "/pipelines/{name}", "One pipeline: plan, stages, latency, "
           "tuner actions", errors=(404,), params=_CLIPPER, pipeline=True),
     Route("DELETE", "/pipelines/{name}", "remove_pipeline", "/pipelines/{name}", "Stop a pipeline's stages and forget "

@@ -10,6 +10,7 @@ achievable p99 (InvalidInput, before anything is deployed).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from veloxserve.errors import InvalidInput
@@ -82,14 +83,14 @@ def choose_plan(spec: PipelineSpec, profiles: dict[str, StageProfile]) -> dict[s
 
 def plan_json(plan: Any, planner: str) -> dict[str, Any]:
     """A pipe-plan Plan as the JSON a pipeline version keeps."""
-    stages = plan.stages.values() if isinstance(plan.stages, dict) else plan.stages
+    stages = plan.stages.values()
     return {
         "planner": planner,
         "stages": [
             {"stage": s.stage, "kind": s.kind, "batch_size": int(s.batch_size), "replicas": int(s.replicas)}
             for s in stages
         ],
-        "predicted_p99_ms": plan.predicted_p99_s * 1e3,
+        "predicted_p99_ms": plan.predicted_p99_s * 1e3 if math.isfinite(plan.predicted_p99_s) else None,
         "cost_per_s": plan.cost_per_s,
         "feasible": plan.feasible,
         "reason": plan.reason,

@@ -86,7 +86,7 @@ class Profiler:
                 field="stages",
             )
         timings = await self._measure_clipper(model, version, example)
-        profile = StageProfile(model, KIND, PRICE_PER_REPLICA_S, timings)
+        profile = StageProfile(model, KIND, PRICE_PER_REPLICA_S, tuple(timings))
         record = {"version": version, "profile": profile.to_json(), "measured_at": time.time()}
         await loop.run_in_executor(None, lambda: self.clipper.registry.update_meta(model, version, profile=record))
         self.measured.append((model, version))
@@ -142,7 +142,7 @@ class Profiler:
                 self.velox.predict_many(model, [("__profile__", item)] * size)
                 latencies.append(time.perf_counter() - started)
             timings.append(_timing(size, latencies))
-        profile = StageProfile(f"velox:{model}", "in-process", VELOX_PRICE_PER_S, timings)
+        profile = StageProfile(f"velox:{model}", "in-process", VELOX_PRICE_PER_S, tuple(timings))
         record = {"version": version, "profile": profile.to_json(), "measured_at": time.time()}
         await loop.run_in_executor(None, lambda: catalog.annotate(version, pipeline_profile=record))
         self.measured.append((f"velox:{model}", version))

@@ -34,7 +34,7 @@ from veloxserve.errors import Conflict, ContainerUnavailable, NotFound, VeloxErr
 from veloxserve.ids import canonical_id
 from veloxserve.pipelines.planning import choose_plan
 from veloxserve.pipelines.profiler import Profiler
-from veloxserve.pipelines.spec import ModelShapes, PipelineSpec, check_against, parse_spec
+from veloxserve.pipelines.spec import ModelShapes, PipelineSpec, StageSpec, check_against, parse_spec
 from veloxserve.pipelines.stages import ClipperStage, Stage, VeloxStage, fixed_batching
 from veloxserve.pipelines.tuner import PipelineTuner
 from veloxserve.storage.version_catalog import VersionCatalog
@@ -212,7 +212,7 @@ class PipelineRuntime:
     # ---- deploy, list, show, remove ---------------------------------------------------------
     async def deploy(self, data: Any) -> dict[str, Any]:
         """Validate, profile, plan, start, record. Any refusal leaves nothing deployed or changed."""
-        spec = parse_spec(data)
+        spec = parse_spec(data, known=self._known)
         _, lock = self._started()
         async with lock:
             if spec.name in self.pipelines:
@@ -235,6 +235,11 @@ class PipelineRuntime:
             self.pipelines[spec.name] = pipeline
             log.info("pipeline %s %s deployed: %s", spec.name, version, plan["stages"])
             return pipeline.describe()
+
+    def _known(self, stage: StageSpec) -> bool:
+        if stage.velox_model is not None:
+            return self.velox is not None and stage.velox_model in self.velox.model_names()
+        return stage.model in self.clipper.deployments
 
     def _shapes(self, spec: PipelineSpec) -> dict[str, ModelShapes]:
         def clipper(model: str) -> ModelShapes | None:
@@ -367,7 +372,9 @@ class PipelineRuntime:
         except (TypeError, ValueError):
             raise invalid_parameter("label", "pipeline_observe", "the shape of the pipeline's output", label) from None
         assert pipeline.feedback is not None
-        await pipeline.feedback.append({"user": user, "output": answer["output"], "label": target.tolist(), "loss": loss})
+        await pipeline.feedback.append(
+            {"user": user, "output": answer["output"], "label": target.tolist(), "loss": loss}
+        )
         learned = []
         loop = asyncio.get_running_loop()
         for stage in pipeline.stages.values():

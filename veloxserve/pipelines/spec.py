@@ -143,9 +143,13 @@ def load_file(path: Path | str) -> dict[str, Any]:
     return data
 
 
-def parse_spec(data: Any, where: str = "deploy_pipeline") -> PipelineSpec:
+def parse_spec(
+    data: Any, where: str = "deploy_pipeline", known: Callable[[StageSpec], bool] | None = None
+) -> PipelineSpec:
     """The declared pipeline, refused (InvalidInput naming the stage) unless it is a DAG with one
-    sink whose names, numbers and edges make sense. Nothing outside `data` is consulted."""
+    sink whose names, numbers and edges make sense. With `known` (is this stage's model served?),
+    a stage naming a model that is not is a ModelNotFound (404), checked as soon as the stages are
+    read: what a well-formed declaration names must exist before its graph is judged."""
     if not isinstance(data, Mapping):
         raise invalid_parameter("body", where, "an object with name, objective_ms, stages and edges", data)
     unknown = set(data) - _SPEC_KEYS
@@ -171,6 +175,10 @@ def parse_spec(data: Any, where: str = "deploy_pipeline") -> PipelineSpec:
     if not isinstance(raw_stages, list) or not 1 <= len(raw_stages) <= MAX_STAGES:
         raise invalid_parameter("stages", where, f"a list of 1 to {MAX_STAGES} stage objects", raw_stages)
     stages = tuple(_stage(raw, i, where) for i, raw in enumerate(raw_stages))
+    if known is not None:
+        for stage in stages:
+            if not known(stage):
+                _not_found(stage)
     names = [s.name for s in stages]
     duplicate = next((n for n in names if names.count(n) > 1), None)
     if duplicate is not None:
@@ -217,21 +225,14 @@ def check_against(
         model = stage.velox_model
         if model is not None:
             if not velox(model):
-                raise ModelNotFound(
-                    f"Stage {stage.name!r} names the Velox model {model!r}, which this server does not serve; "
-                    "train one under the home (veloxserve train) or fix the name.",
-                    field="stages",
-                )
+                _not_found(stage)
             shapes[stage.name] = ModelShapes(None, [])
             continue
         found = clipper(stage.model)
         if found is None:
-            raise ModelNotFound(
-                f"Stage {stage.name!r} names the model {stage.model!r}, which is not deployed; deploy it first "
-                "(veloxserve deploy / POST /containers) or fix the name.",
-                field="stages",
-            )
-        shapes[stage.name] = found
+            _not_found(stage)
+        else:
+            shapes[stage.name] = found
     inputs = {n: shapes[n].input_shape for n in spec.sources if shapes[n].input_shape is not None}
     if len({str(v) for v in inputs.values()}) > 1:
         described = ", ".join(f"{n!r} takes {_show(v)}" for n, v in inputs.items())
@@ -270,6 +271,20 @@ def concat_width(shapes: list[Any]) -> int | None:
 
 
 # ---- helpers --------------------------------------------------------------------------------------
+def _not_found(stage: StageSpec) -> None:
+    if stage.velox_model is not None:
+        raise ModelNotFound(
+            f"Stage {stage.name!r} names the Velox model {stage.velox_model!r}, which this server does not serve; "
+            "train one under the home (veloxserve train) or fix the name.",
+            field="stages",
+        )
+    raise ModelNotFound(
+        f"Stage {stage.name!r} names the model {stage.model!r}, which is not deployed; deploy it first "
+        "(veloxserve deploy / POST /containers) or fix the name.",
+        field="stages",
+    )
+
+
 def _stage(raw: Any, index: int, where: str) -> StageSpec:
     field_ = f"stages[{index}]"
     if not isinstance(raw, Mapping):

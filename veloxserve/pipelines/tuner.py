@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,11 +36,10 @@ def make_decider(pipeline: Pipeline, profiles: dict[str, Any]) -> Any:
     from veloxserve.pipelines.plans import Plan, StagePlan
 
     plan = pipeline.plan
-    stages = [StagePlan(s["stage"], s["kind"], s["batch_size"], s["replicas"]) for s in plan["stages"]]
+    stages = {s["stage"]: StagePlan(s["stage"], s["kind"], s["batch_size"], s["replicas"]) for s in plan["stages"]}
     predicted = plan.get("predicted_p99_ms")
-    planned = Plan(
-        stages, None if predicted is None else predicted / 1e3, plan["cost_per_s"], plan["feasible"], plan["reason"]
-    )
+    p99 = math.inf if predicted is None else predicted / 1e3
+    planned = Plan(stages, p99, plan["cost_per_s"], plan["feasible"], plan["reason"])
     return Tuner(planned, profiles)
 
 
