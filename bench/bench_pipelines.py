@@ -67,27 +67,21 @@ def make_plans(profiles: dict[str, Any], objective_s: float, trace: np.ndarray) 
     planner, _, _, Topology = planning()
     topology = Topology.from_edges(STAGES, EDGES)
     return {
-        "inferline": planner.plan(topology, profiles, objective_s, trace),
-        "per_stage_aimd": planner.per_stage_aimd_plan(topology, profiles, objective_s, trace),
-        "whole_pipeline": planner.whole_pipeline_plan(topology, profiles, objective_s, trace),
+        "inferline": planner.plan_pipeline(topology, profiles, trace, objective_s),
+        "per_stage_aimd": planner.per_stage_aimd_plan(topology, profiles, trace, objective_s),
+        "whole_pipeline": planner.whole_pipeline_plan(topology, profiles, trace, objective_s),
     }
 
 
-def simulate(plan: Any, profiles: dict[str, Any], objective_s: float, trace: np.ndarray) -> Any:
+def simulate(plan: Any, profiles: dict[str, Any], trace: np.ndarray) -> Any:
     _, simulator, _, Topology = planning()
-    return simulator.simulate(Topology.from_edges(STAGES, EDGES), profiles, plan, trace, objective_s)
+    return simulator.simulate(Topology.from_edges(STAGES, EDGES), profiles, plan, trace)
 
 
 def rate_change(rate: float, cv: float, seconds: float, seed: int) -> np.ndarray:
     """Gamma arrivals at `rate` for the first half, at 2×`rate` for the second."""
     _, _, traces, _ = planning()
-    first = np.asarray(traces.gamma_trace(rate, cv, seconds / 2, seed))
-    second = np.asarray(traces.gamma_trace(2 * rate, cv, seconds / 2, seed + 1)) + seconds / 2
-    return np.concatenate([first, second])
-
-
-def _stages_of(plan: Any) -> list[Any]:
-    return list(plan.stages.values()) if isinstance(plan.stages, dict) else list(plan.stages)
+    return np.asarray(traces.rate_change_trace([(rate, cv, seconds / 2), (2 * rate, cv, seconds / 2)], seed))
 
 
 # ---- the models ------------------------------------------------------------------------------------
@@ -170,7 +164,7 @@ async def deploy_models(clipper: ClipperRuntime, tmp: Path, rng: np.random.Gener
 
 # ---- one measured run ------------------------------------------------------------------------------
 def pipeline_body(name: str, objective_ms: float, plan: Any, config: str) -> dict[str, Any]:
-    planned = {s.stage: s for s in _stages_of(plan)}
+    planned = plan.stages
     return {
         "name": name,
         "objective_ms": objective_ms,
@@ -276,13 +270,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 await pipelines.deploy(pipeline_body(name, objective_s * 1e3, plan, config))
                 latencies, missed, cost = await replay(pipelines, name, trace, texts, objective_s)
                 await pipelines.remove(name)
-                predicted = simulate(plan, profiles, objective_s, trace)
-                measured[config].append(figures(latencies, missed.mean(), cost, predicted.p99))
+                predicted = simulate(plan, profiles, trace)
+                measured[config].append(figures(latencies, missed.mean(), cost, predicted.p99_s))
             big = rate_change(100 * args.rate, cv, args.seconds, seed=20 + k)  # 100× the rate
             for config, plan in make_plans(profiles, objective_s, big).items():
-                result = simulate(plan, profiles, objective_s, big)
+                result = simulate(plan, profiles, big)
                 simulated[config].append(
-                    figures(np.asarray(result.latencies), result.miss_rate, result.cost, result.p99)
+                    figures(result.latencies_s, result.miss_rate(objective_s), result.cost_replica_s, result.p99_s)
                 )
         return {
             "pipeline": "featurise -> (linear, mlp) -> correct",

@@ -64,13 +64,13 @@ def choose_plan(spec: PipelineSpec, profiles: dict[str, StageProfile]) -> dict[s
             "feasible": True,
             "reason": "batch sizes and replicas as declared",
         }
-    from veloxserve.pipelines.planner import plan as plan_pipeline  # pipe-plan's planner
+    from veloxserve.pipelines.planner import plan_pipeline
     from veloxserve.pipelines.plans import Topology
     from veloxserve.pipelines.traces import gamma_trace
 
     topology = Topology.from_edges([s.name for s in spec.stages], list(spec.edges))
     trace = gamma_trace(spec.rate_qps, spec.cv, TRACE_SECONDS, SEED)
-    chosen = plan_pipeline(topology, profiles, spec.objective_ms / 1e3, trace)
+    chosen = plan_pipeline(topology, profiles, trace, spec.objective_ms / 1e3)
     if not chosen.feasible:
         raise InvalidInput(
             f"No plan meets the objective of {spec.objective_ms:g} ms at {spec.rate_qps:g} queries/s (cv "
