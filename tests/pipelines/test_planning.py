@@ -62,3 +62,45 @@ def test_a_fixed_plan_is_the_declared_batches_and_replicas_at_their_price() -> N
         "b": (1, 1),
         "o": (1, 1),
     }
+
+
+def test_the_planner_plans_every_stage_or_says_the_best_p99_it_can_reach() -> None:
+    spec = parse_spec(
+        {
+            "name": "p",
+            "objective_ms": 50,
+            "rate_qps": 100,
+            "cv": 1.0,
+            "stages": [{"name": n, "model": "m"} for n in "fabo"],
+            "edges": DIAMOND,
+        }
+    )
+    plan = choose_plan(spec, _profiles({"f": 2.0, "a": 5.0, "b": 1.0, "o": 1.0}))
+    assert plan["planner"] == "inferline" and plan["feasible"] is True
+    assert sorted(s["stage"] for s in plan["stages"]) == list("abfo")
+    assert plan["predicted_p99_ms"] <= 50
+
+
+def test_an_infeasible_plan_is_refused_with_the_best_achievable_p99(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner's own search for infeasibility is the planning side's to test (and slow on large
+    loads); here: what the serving side does with its answer."""
+    from veloxserve.pipelines import planner
+    from veloxserve.pipelines.plans import Plan, StagePlan
+
+    def no_plan(topology, profiles, trace, objective_s):
+        stages = {n: StagePlan(n, "cpu", 1, 64) for n in topology.stages}
+        return Plan(stages, 0.0123, 256.0, False, "the bottleneck a saturates at 64 replicas.")
+
+    monkeypatch.setattr(planner, "plan_pipeline", no_plan)
+    spec = parse_spec(
+        {
+            "name": "p",
+            "objective_ms": 10,
+            "rate_qps": 20000,
+            "stages": [{"name": n, "model": "m"} for n in "fabo"],
+            "edges": DIAMOND,
+        }
+    )
+    with pytest.raises(InvalidInput) as caught:
+        choose_plan(spec, _profiles({"f": 2.0, "a": 5.0, "b": 1.0, "o": 1.0}))
+    assert "best achievable p99 is 12.30 ms" in caught.value.message and "saturates" in caught.value.message

@@ -17,7 +17,8 @@ from veloxserve.errors import InvalidInput
 from veloxserve.pipelines.profiles import StageProfile
 from veloxserve.pipelines.spec import PipelineSpec
 
-TRACE_SECONDS = 30.0  # of synthetic arrivals the planner provisions against
+TRACE_SECONDS = 30.0  # of synthetic arrivals the planner provisions against …
+TRACE_ARRIVALS = 1000  # … or fewer seconds at a high rate: the search simulates the trace many times
 SEED = 0
 
 
@@ -69,7 +70,7 @@ def choose_plan(spec: PipelineSpec, profiles: dict[str, StageProfile]) -> dict[s
     from veloxserve.pipelines.traces import gamma_trace
 
     topology = Topology.from_edges([s.name for s in spec.stages], list(spec.edges))
-    trace = gamma_trace(spec.rate_qps, spec.cv, TRACE_SECONDS, SEED)
+    trace = gamma_trace(spec.rate_qps, spec.cv, min(TRACE_SECONDS, TRACE_ARRIVALS / spec.rate_qps), SEED)
     chosen = plan_pipeline(topology, profiles, trace, spec.objective_ms / 1e3)
     if not chosen.feasible:
         raise InvalidInput(

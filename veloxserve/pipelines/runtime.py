@@ -219,11 +219,11 @@ class PipelineRuntime:
                 raise Conflict(f"Pipeline {spec.name!r} exists; remove it first (DELETE /pipelines/{spec.name}).")
             shapes = self._shapes(spec)
             profiles = await self.profiler.profile_pipeline(spec)
-            plan = choose_plan(spec, profiles)  # InvalidInput when the objective is out of reach
+            loop = asyncio.get_running_loop()  # the search simulates the trace many times: off the loop
+            plan = await loop.run_in_executor(None, choose_plan, spec, profiles)  # InvalidInput: out of reach
             catalog = VersionCatalog(self.root / spec.name)
             pipeline = await self._start_pipeline(spec, "pending", plan, shapes, profiles)
             try:
-                loop = asyncio.get_running_loop()
                 meta = {"spec": spec.to_json(), "plan": plan}
                 version = await loop.run_in_executor(None, lambda: catalog.versions.write({}, meta))
                 await loop.run_in_executor(None, catalog.activate, version)
