@@ -57,19 +57,20 @@ CONFIGS = ("inferline", "per_stage_aimd", "whole_pipeline")
 
 # ---- the planning side (pipe-plan): every call it is asked for, in one place ----------------------
 def planning() -> Any:
-    from veloxserve.pipelines import planner, simulator, traces
+    from veloxserve.pipelines import baselines, planner, simulator, traces
     from veloxserve.pipelines.plans import Topology
 
-    return planner, simulator, traces, Topology
+    return (planner, baselines), simulator, traces, Topology
 
 
 def make_plans(profiles: dict[str, Any], objective_s: float, trace: np.ndarray) -> dict[str, Any]:
-    planner, _, _, Topology = planning()
+    (planner, baselines), _, _, Topology = planning()
     topology = Topology.from_edges(STAGES, EDGES)
+    inferline = planner.plan_pipeline(topology, profiles, trace, objective_s)
     return {
-        "inferline": planner.plan_pipeline(topology, profiles, trace, objective_s),
-        "per_stage_aimd": planner.per_stage_aimd_plan(topology, profiles, trace, objective_s),
-        "whole_pipeline": planner.whole_pipeline_plan(topology, profiles, trace, objective_s),
+        "inferline": inferline,
+        "per_stage_aimd": baselines.per_stage_aimd_plan(topology, profiles, trace, objective_s, inferline),
+        "whole_pipeline": baselines.whole_pipeline_plan(topology, profiles, trace, objective_s),
     }
 
 
