@@ -181,3 +181,18 @@ def test_a_velox_stage_personalises_by_user_and_learns_from_feedback(setup: Setu
         assert setup.pipelines.describe("personal")["observed"] == 1
     finally:
         setup.run(setup.pipelines.remove("personal"))
+
+
+def test_a_planned_pipeline_serves_the_planners_batch_sizes_and_replicas(setup: Setup) -> None:
+    spec = {**_chain("planned", "total"), "plan": "inferline", "rate_qps": 50, "cv": 2.0}
+    shown = setup.run(setup.pipelines.deploy(spec))
+    try:
+        planned = {s["stage"]: (s["batch_size"], s["replicas"]) for s in shown["plan"]["stages"]}
+        assert shown["plan"]["planner"] == "inferline" and shown["plan"]["feasible"] is True
+        assert {s["stage"]: (s["batch_size"], s["replicas"]) for s in shown["serving"]} == planned
+        assert shown["plan"]["predicted_p99_ms"] <= 2000
+        answer = setup.run(setup.pipelines.predict("planned", "u", [1.0, 2.0, 3.0]))
+        assert answer["output"] == pytest.approx(float((np.array([1.0, 2.0, 3.0]) @ W).sum()))
+        assert not answer["degraded"]
+    finally:
+        setup.run(setup.pipelines.remove("planned"))
