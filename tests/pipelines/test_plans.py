@@ -81,7 +81,7 @@ def test_plan_json_round_trip_and_inf() -> None:
         (lambda d: d.pop("stages"), "stages"),
     ],
 )
-def test_bad_plan_json_names_the_field(change, field: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_plan_json_names_the_field(change, field: str) -> None:
     data = Plan({"a": StagePlan("a", "k", 1, 1)}, 0.05, 1.0, True, "").to_json()
     change(data)
     with pytest.raises(InvalidInput) as info:

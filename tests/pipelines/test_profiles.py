@@ -71,7 +71,7 @@ def test_json_round_trip() -> None:
         (lambda d: d["timings"].append(dict(d["timings"][0])), "timings"),
     ],
 )
-def test_bad_json_names_the_field(change, field: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_json_names_the_field(change, field: str) -> None:
     data = _profile({1: 0.010, 4: 0.016}).to_json()
     change(data)
     with pytest.raises(InvalidInput) as info:
