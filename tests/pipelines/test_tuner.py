@@ -44,7 +44,7 @@ class ScriptedDecider:
     def __init__(self, script: list[list[Action]]) -> None:
         self.script, self.arrivals = script, []
 
-    def arrival(self, t: float) -> None:
+    def observe(self, t: float) -> None:
         self.arrivals.append(t)
 
     def decide(self, now: float) -> list[Action]:
@@ -139,3 +139,23 @@ def test_the_background_loop_survives_a_failing_decider(caplog: pytest.LogCaptur
 
     asyncio.run(run())
     assert decider.calls >= 3 and "the tuner failed; serving goes on" in caplog.text
+
+
+def test_the_planning_sides_tuner_scales_a_stage_up_on_a_burst_and_the_action_is_applied() -> None:
+    """With the real envelopes: a pipeline planned for 20 queries/s gets 400 arrivals in 0.1 s."""
+    from veloxserve.pipelines.profiles import BatchTiming, StageProfile
+
+    pipeline = _pipeline()
+    pipeline.spec = parse_spec({**pipeline.spec.to_json(), "rate_qps": 20.0, "cv": 1.0})
+    for stage in pipeline.stages.values():
+        stage.kind = "clipper"
+    profiles = {n: StageProfile(n, "cpu", 1.0, (BatchTiming(1, 0.004, 0.005, 0.004),)) for n in "ab"}
+    tuner = PipelineTuner(pipeline, profiles, lambda p: None)
+    now = 1000.0
+    for i in range(400):
+        tuner.arrived(now + i * 0.00025)
+    applied = asyncio.run(tuner.step(now + 0.1))
+    actions = {a["stage"]: a for a in applied}
+    assert pipeline.stages["a"].replicas == actions["a"]["replicas_to"] > 1 and "failed" not in actions["a"]
+    assert "arrivals in a" in actions["a"]["reason"]
+    assert "no room" in actions["b"]["failed"] and pipeline.stages["b"].replicas == 1  # b cannot grow past 2

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from veloxserve.errors import InvalidInput
 from veloxserve.pipelines.profiles import StageProfile
 from veloxserve.pipelines.spec import PipelineSpec
@@ -67,10 +69,9 @@ def choose_plan(spec: PipelineSpec, profiles: dict[str, StageProfile]) -> dict[s
         }
     from veloxserve.pipelines.planner import plan_pipeline
     from veloxserve.pipelines.plans import Topology
-    from veloxserve.pipelines.traces import gamma_trace
 
+    trace = planned_trace(spec)
     topology = Topology.from_edges([s.name for s in spec.stages], list(spec.edges))
-    trace = gamma_trace(spec.rate_qps, spec.cv, min(TRACE_SECONDS, TRACE_ARRIVALS / spec.rate_qps), SEED)
     chosen = plan_pipeline(topology, profiles, trace, spec.objective_ms / 1e3)
     if not chosen.feasible:
         raise InvalidInput(
@@ -80,6 +81,14 @@ def choose_plan(spec: PipelineSpec, profiles: dict[str, StageProfile]) -> dict[s
             field="objective_ms",
         )
     return plan_json(chosen, "inferline")
+
+
+def planned_trace(spec: PipelineSpec) -> np.ndarray:
+    """The arrivals a spec's plan provisions for (and the tuner's planned envelope): Gamma at
+    `rate_qps` with coefficient of variation `cv`, seeded, so a restart plans the same."""
+    from veloxserve.pipelines.traces import gamma_trace
+
+    return gamma_trace(spec.rate_qps, spec.cv, min(TRACE_SECONDS, TRACE_ARRIVALS / spec.rate_qps), SEED)
 
 
 def plan_json(plan: Any, planner: str) -> dict[str, Any]:

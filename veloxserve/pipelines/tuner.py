@@ -31,8 +31,10 @@ KEPT = 100  # actions shown; the counters cover all
 
 
 def make_decider(pipeline: Pipeline, profiles: dict[str, Any]) -> Any:
-    """The planning side's Tuner over this pipeline's plan and profiles."""
-    from veloxserve.pipelines.envelopes import Tuner
+    """The planning side's Tuner over this pipeline's plan and profiles (its Clipper stages: a Velox
+    stage runs in the server's process), against the envelope of the arrivals the plan was made for."""
+    from veloxserve.pipelines.envelopes import ArrivalEnvelope, Tuner
+    from veloxserve.pipelines.planning import planned_trace
     from veloxserve.pipelines.plans import Plan, StagePlan
 
     plan = pipeline.plan
@@ -40,12 +42,14 @@ def make_decider(pipeline: Pipeline, profiles: dict[str, Any]) -> Any:
     predicted = plan.get("predicted_p99_ms")
     p99 = math.inf if predicted is None else predicted / 1e3
     planned = Plan(stages, p99, plan["cost_per_s"], plan["feasible"], plan["reason"])
-    return Tuner(planned, profiles)
+    clipper = {n: p for n, p in profiles.items() if pipeline.stages[n].kind == "clipper"}  # Velox: not replicated
+    planned = Plan({n: planned.stages[n] for n in clipper}, p99, planned.cost_per_s, planned.feasible, planned.reason)
+    return Tuner(planned, clipper, ArrivalEnvelope.of_trace(planned_trace(pipeline.spec)))
 
 
 class PipelineTuner:
     """Feeds a pipeline's arrivals to a decider and applies its actions. `decider` has
-    `arrival(t)` and `decide(now) -> [ScaleAction(stage, replicas_from, replicas_to, reason)]`."""
+    `observe(t)` and `decide(now) -> [ScaleAction(stage, replicas_from, replicas_to, reason)]`."""
 
     def __init__(
         self,
@@ -66,7 +70,7 @@ class PipelineTuner:
         self._task: asyncio.Task | None = None
 
     def arrived(self, t: float) -> None:
-        self.decider.arrival(t)
+        self.decider.observe(t)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
