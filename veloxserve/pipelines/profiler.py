@@ -123,7 +123,7 @@ class Profiler:
             return timings
         finally:
             await deployment.stop()
-            context.term()
+            context.destroy(linger=0)
 
     async def _velox(self, model: str) -> StageProfile:
         """A Velox model's predict, in process: timed on its first item for a profiling user."""

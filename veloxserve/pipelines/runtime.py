@@ -201,7 +201,7 @@ class PipelineRuntime:
             await self._stop_pipeline(pipeline)
         self.pipelines.clear()
         if self._context is not None:
-            self._context.term()
+            self._context.destroy(linger=0)  # every socket: a stage stopped mid-failure must not hang shutdown
             self._context = None
 
     def _started(self) -> tuple[zmq.asyncio.Context, asyncio.Lock]:
