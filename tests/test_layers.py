@@ -29,7 +29,8 @@ FOUNDATION = {
     "lsh",
     "approximate_cache",
 }  # value types and small utilities every layer may use
-ENTRY_POINTS = {"veloxserve.cli", "veloxserve.clipper.cli"}  # the `veloxserve` command and its Clipper commands
+# the `veloxserve` command, its Clipper commands and its pipeline commands
+ENTRY_POINTS = {"veloxserve.cli", "veloxserve.clipper.cli", "veloxserve.pipelines.cli"}
 FACADE = "veloxserve"  # the package __init__: re-exports the public API (Velox lazily)
 # What each layer may import besides itself and FOUNDATION (None: anything but api and the entry points).
 MAY_IMPORT: dict[str, set[str] | None] = {
@@ -41,7 +42,8 @@ MAY_IMPORT: dict[str, set[str] | None] = {
     "serving": None,
     "clipper": None,
     "pipelines": None,  # InferLine's planning (pure) and pipeline serving, over clipper and serving
-    "api": {"serving", "clipper", "models", "storage"},  # storage for types: what api builds is checked below
+    # storage for types: what api builds is checked below
+    "api": {"serving", "clipper", "models", "storage", "pipelines"},
     "client": set(),  # the HTTP client: the foundation only (its errors), nothing of the server's process
 }
 STORE_BACKENDS = {
@@ -57,7 +59,12 @@ CLIPPER_COMPOSERS = {"veloxserve.api.app", "veloxserve.api.openapi", "veloxserve
 # The one place in api/ that builds what the app is handed (create_app; the CLI and tests call it).
 APP_FACTORY = "veloxserve.api.factory"
 # What the entry points build and hand to api/ (STYLE.md: concrete backends are chosen in one place).
-BUILT_BY_ENTRY_POINTS = {"veloxserve.storage", "veloxserve.clipper.runtime", "veloxserve.clipper.sync"}
+BUILT_BY_ENTRY_POINTS = {
+    "veloxserve.storage",
+    "veloxserve.clipper.runtime",
+    "veloxserve.clipper.sync",
+    "veloxserve.pipelines.runtime",
+}
 # The version directory contract's arrays (docs/architecture.md): models and the trainer know them, stores do not.
 VERSION_ARRAYS = {
     "item_ids",

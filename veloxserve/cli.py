@@ -268,8 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Clipper's container, deploy, list, scale, rollback, remove, app.
     add_client_commands(sub)
     add_clipper_commands(sub, DEFAULT_URL)
+    from veloxserve.pipelines.cli import add_commands as add_pipeline_commands
     from veloxserve.training.onnx_export import add_command as add_export_onnx
 
+    add_pipeline_commands(sub, DEFAULT_URL)
     add_export_onnx(sub, home)
     return parser
 

@@ -43,6 +43,11 @@ EXAMPLES: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {  # arguments for
     "remove_app": (("a",), {}),
     "app_predict": (("a", [1.0]), {}),
     "app_observe": (("a", [1.0], 1), {}),
+    "deploy_pipeline": (({"name": "p", "objective_ms": 50, "stages": []},), {}),
+    "describe_pipeline": (("p",), {}),
+    "remove_pipeline": (("p",), {}),
+    "pipeline_predict": (("p", [1.0]), {}),
+    "pipeline_observe": (("p", [1.0], 1), {}),
 }
 EXTRA_CALLS = [v.forget_user(1, "m"), v.recommend("m", 1, 3)]  # the other route of a verb
 

@@ -26,10 +26,11 @@ from veloxserve.api.dashboard import PageHandlers
 from veloxserve.api.handlers import Accepted, VeloxHandlers
 from veloxserve.api.metrics import CONTENT_TYPE, Metrics
 from veloxserve.api.openapi import body_type
+from veloxserve.api.pipeline_routes import PipelineRoutes
 from veloxserve.api.requests import BodyDecoder, convert, json_decoder
 from veloxserve.api.routes import ROUTES, Route, Router
 from veloxserve.api.static import Asset
-from veloxserve.errors import PayloadTooLarge, VeloxError, invalid_parameter
+from veloxserve.errors import NotFound, PayloadTooLarge, VeloxError, invalid_parameter
 from veloxserve.serving.admission import Admission, AdmissionConfig
 from veloxserve.serving.redis_watch import StoreCalls
 from veloxserve.serving.validation import MAX_BODY_BYTES
@@ -39,6 +40,7 @@ __all__ = ["MAX_BODY_BYTES", "VeloxApp"]
 
 if TYPE_CHECKING:
     from veloxserve.clipper.runtime import ClipperRuntime
+    from veloxserve.pipelines.runtime import PipelineRuntime
     from veloxserve.storage.tokens import TokenStore
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class VeloxApp:
         *,
         auth: AuthConfig | None = None,
         admission: AdmissionConfig | None = None,
+        pipelines: PipelineRuntime | None = None,
     ) -> None:
         self.velox = velox
         self.guard = Guard(tokens, auth)
@@ -67,6 +70,9 @@ class VeloxApp:
         self.metrics = Metrics(velox)
         self.clipper = ClipperRoutes(clipper)
         self.metrics.registry.register(self.clipper.collector())
+        self.pipelines = None if pipelines is None else PipelineRoutes(pipelines, self.clipper.start)
+        if self.pipelines is not None:
+            self.metrics.registry.register(self.pipelines.collector())
         max_batch = velox.config.max_batch  # the limits of the running configuration, in the types and the schema
         self.handlers = VeloxHandlers(velox, self.admission, self.metrics, self.store_calls)
         self.pages = PageHandlers(self.handlers, self.clipper, self.metrics)
@@ -74,7 +80,18 @@ class VeloxApp:
         self._handler: dict[Route, Callable[..., Any]] = {}
         self._decode: dict[Route, Callable[[bytes], Any]] = {}
         for route in ROUTES:
-            owner = self.clipper if route.clipper else self.pages if route.page else self.handlers
+            owner = (
+                self.clipper
+                if route.clipper
+                else self.pipelines
+                if route.pipeline
+                else self.pages
+                if route.page
+                else self.handlers
+            )
+            if owner is None:  # an app built without a pipeline runtime: those routes answer 404
+                self._handler[route] = _no_pipelines
+                continue
             self._handler[route] = self._metrics if route.handler == "metrics" else getattr(owner, route.handler)
             kind = body_type(route, max_batch)
             if kind is not None:
@@ -135,8 +152,12 @@ class VeloxApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await self.clipper.start()
+                if self.pipelines is not None:
+                    await self.pipelines.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self.pipelines is not None:
+                    await self.pipelines.close()
                 await self.clipper.close()
                 self.store_calls.close()
                 await send({"type": "lifespan.shutdown.complete"})
@@ -165,6 +186,8 @@ class VeloxApp:
                 args.append(None)  # an optional body takes its defaults; observe says what is missing
         if route.clipper:
             await self.clipper.start()
+        elif route.pipeline and self.pipelines is not None:
+            await self.pipelines.start()
         handler = self._handler[route]
         if not route.admitted:
             return await handler(*args)
@@ -207,6 +230,10 @@ class VeloxApp:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks)
+
+
+async def _no_pipelines(*args: Any) -> Any:
+    raise NotFound("This server has no pipeline runtime; see /openapi.json for the API.")
 
 
 def _with(headers: list[tuple[bytes, bytes]], exc: VeloxError) -> list[tuple[bytes, bytes]]:

@@ -1,5 +1,5 @@
 """The app factory: the one place that chooses the HTTP app's backends (the token store of the
-home and the Clipper runtime) and hands them to it. The CLI and the tests build apps here."""
+home, the Clipper runtime and the pipeline runtime over it) and hands them to it. The CLI and the tests build apps here."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from veloxserve.api.app import VeloxApp
 from veloxserve.api.auth import AuthConfig
 from veloxserve.clipper.runtime import ClipperRuntime
+from veloxserve.pipelines.runtime import PipelineRuntime
 from veloxserve.serving.admission import AdmissionConfig
 from veloxserve.serving.velox import Velox
 from veloxserve.storage.tokens import TokenStore
@@ -26,4 +27,5 @@ def create_app(
     model files from `<home>/models-in/` and `model_dirs` only."""
     tokens = TokenStore(velox.layout.tokens_file)
     clipper = ClipperRuntime(velox.layout.root, model_dirs=model_dirs)
-    return VeloxApp(velox, tokens, clipper, auth=auth, admission=admission)
+    pipelines = PipelineRuntime(clipper, velox)  # stages over Clipper's deployed models and Velox's
+    return VeloxApp(velox, tokens, clipper, auth=auth, admission=admission, pipelines=pipelines)

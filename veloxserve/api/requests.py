@@ -181,6 +181,46 @@ class AppObserveRequest(Struct, forbid_unknown_fields=True):
     user: ClipperUser | UnsetType = UNSET
 
 
+# ---- Pipelines (InferLine) -------------------------------------------------------------------------
+class PipelineStage(Struct, forbid_unknown_fields=True):
+    name: Name
+    model: Annotated[
+        str,
+        Meta(
+            pattern="^(velox:)?[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+            description="a deployed Clipper model, or velox:<model> (scores the request's item for its user)",
+        ),
+    ]
+    default: Annotated[Any, Meta(description="the output when the stage is late or failed and has no mean")] = UNSET
+    batch_size: Annotated[int, Meta(ge=1, le=1024)] | UnsetType = UNSET
+    replicas: Replicas | UnsetType = UNSET
+    aimd: bool | UnsetType = UNSET
+
+
+class DeployPipelineRequest(Struct, forbid_unknown_fields=True):
+    """A pipeline (docs/pipelines.md); the server checks the DAG and the shapes before deploying."""
+
+    name: Name
+    objective_ms: Annotated[float, Meta(gt=0, description="end-to-end p99 objective")]
+    stages: Annotated[list[PipelineStage], Meta(min_length=1, max_length=32)]
+    edges: list[Annotated[list[Name], Meta(min_length=2, max_length=2)]] | UnsetType = UNSET
+    plan: Literal["inferline", "fixed"] | UnsetType = UNSET
+    autoscale: bool | UnsetType = UNSET
+    rate_qps: Annotated[float, Meta(gt=0, le=1e6)] | UnsetType = UNSET
+    cv: Annotated[float, Meta(gt=0, le=1e6)] | UnsetType = UNSET
+
+
+class PipelinePredictRequest(Struct, forbid_unknown_fields=True):
+    input: Any
+    user: ClipperUser | UnsetType = UNSET
+
+
+class PipelineObserveRequest(Struct, forbid_unknown_fields=True):
+    input: Any
+    label: Any
+    user: ClipperUser | UnsetType = UNSET
+
+
 @dataclass(frozen=True)
 class BatchTypes:
     """The request types whose limits depend on the running configuration."""

@@ -48,6 +48,7 @@ class Route:
     params: Mapping[str, dict[str, Any]] = field(default_factory=dict)  # path parameters' schemas by name
     clipper: bool = False  # served by the Clipper runtime
     page: bool = False  # the web pages and what they poll (api/dashboard.py)
+    pipeline: bool = False  # served by the pipeline runtime (veloxserve/pipelines/, api/pipeline_routes.py)
 
     @property
     def segments(self) -> list[str]:
@@ -58,7 +59,8 @@ class Route:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model_scoped", self.path.startswith("/models/{name}"))
-        object.__setattr__(self, "where", self.handler.removeprefix("app_") if self.clipper else self.label)
+        where = self.handler if self.pipeline else self.handler.removeprefix("app_") if self.clipper else self.label
+        object.__setattr__(self, "where", where)
 
     @property
     def path_params(self) -> list[str]:
@@ -159,6 +161,23 @@ ROUTES: tuple[Route, ...] = (
           errors=(400, 404), params=_CLIPPER, clipper=True),
     Route("POST", "/apps/{app}/observe", "app_observe", "/apps/{app}/observe", "Feedback: the policy learns from the "
           "label", _KEY, body=rq.AppObserveRequest, errors=(400, 404, 503), params=_CLIPPER, clipper=True),
+    # ---- Pipelines under one end-to-end objective (pipeline_routes.py, docs/pipelines.md) ----
+    Route("GET", "/pipelines", "list_pipelines", "/pipelines", "Deployed pipelines: plans, stages, tuner actions",
+          pipeline=True),
+    Route("POST", "/pipelines", "deploy_pipeline", "/pipelines", "Deploy a pipeline of deployed models: checked (DAG, "
+          "shapes, objective), profiled, planned, started", _ADMIN, body=rq.DeployPipelineRequest,
+          errors=(400, 404, 409, 503), pipeline=True),
+    Route("GET", "/pipelines/{name}", "describe_pipeline", "/pipelines/{name}", "One pipeline: plan, stages, latency, "
+          "tuner actions", errors=(404,), params=_CLIPPER, pipeline=True),
+    Route("DELETE", "/pipelines/{name}", "remove_pipeline", "/pipelines/{name}", "Stop a pipeline's stages and forget "
+          "it", _ADMIN, errors=(404,), params=_CLIPPER, pipeline=True),
+    Route("POST", "/pipelines/{name}/predict", "pipeline_predict", "/pipelines/{name}/predict", "A prediction through "
+          "the pipeline within its objective: a late or failed stage is replaced by its mean or default output "
+          "(flagged `degraded`)", _KEY, body=rq.PipelinePredictRequest, response="pipeline_answer", errors=(400, 404),
+          params=_CLIPPER, pipeline=True),
+    Route("POST", "/pipelines/{name}/observe", "pipeline_observe", "/pipelines/{name}/observe", "Feedback: logged "
+          "durably, learned by the Velox stages", _KEY, body=rq.PipelineObserveRequest, errors=(400, 404, 503),
+          params=_CLIPPER, pipeline=True),
     # ---- web pages: the dashboard and the API documentation (dashboard.py, static.py) ----
     Route("GET", "/stats", "stats", "/stats", "What the dashboard polls: requests, shedding and latency by route, "
           "and per model and Clipper deployment and application the figures of their own routes", page=True),

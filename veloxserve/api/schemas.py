@@ -64,6 +64,28 @@ RESPONSES: dict[str, dict[str, Any]] = {
             **_VERSION,
         },
     },
+    "pipeline_answer": {
+        "type": "object",
+        "required": ["pipeline", "output", "degraded", "stages"],
+        "properties": {
+            "pipeline": {"type": "string"},
+            "output": {},
+            "degraded": {"type": "boolean", "description": "a stage answered with its mean or default output"},
+            "latency_ms": {"type": "number"},
+            "stages": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["stage", "status"],
+                    "properties": {
+                        "stage": {"type": "string"},
+                        "status": {"enum": ["ok", "mean", "default"]},
+                        "reason": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
 }
 
 _ALERT = {

@@ -22,6 +22,7 @@ import httpx
 
 from veloxserve.backoff import RetryPolicy
 from veloxserve.client.clipper_calls import ClipperVerbs
+from veloxserve.client.pipeline_calls import PipelineVerbs
 from veloxserve.client.velox_calls import VeloxVerbs
 from veloxserve.client.wire import DEFAULT_RETRY, AsyncDriver, Call, SyncDriver, build_request
 
@@ -33,6 +34,7 @@ TOKEN_ENV = "VELOXSERVE_TOKEN"
 class Verbs(
     VeloxVerbs,
     ClipperVerbs,
+    PipelineVerbs,
 ):
     """Every group of verbs, one line each (a group: a module of calls ending in its Verbs class)."""
 
