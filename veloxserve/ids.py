@@ -18,6 +18,7 @@ MAX_ID_LENGTH = 256
 # Unicode version's unassigned code points, which no schema can list).
 ID_PATTERN = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
 _PRINTABLE = re.compile(ID_PATTERN)
+_EXACT_FLOAT_INTEGERS = 2**53
 
 
 def canonical_id(value: Any, field: str, where: str) -> str:
@@ -28,6 +29,10 @@ def canonical_id(value: Any, field: str, where: str) -> str:
             return value
     elif isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    elif isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT_INTEGERS:
+        # JSON (and JSON Schema's "integer") does not tell 22.0 from 22: the same id. Past 2^53 a
+        # float is no longer one exact integer, so it is refused rather than rounded into another id.
+        return str(int(value))
     raise invalid_parameter(
         field, where, f"a non-empty printable string of at most {MAX_ID_LENGTH} characters or an integer", value
     )

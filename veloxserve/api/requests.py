@@ -30,7 +30,9 @@ from veloxserve.serving.validation import MAX_TEXT_CHARS, TEXT_PATTERN
 
 # An id as JSON: a non-empty string of printable characters, or an integer. "22" and 22 are one id.
 IdText = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
-Id = IdText | int
+# Integer ids are 64-bit: the JSON decoders read larger integers as floats, which are not ids.
+IdInt = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+Id = IdText | IdInt
 Text = Annotated[
     str,
     Meta(
