@@ -66,6 +66,22 @@ def _predicted(
 _ITEMS, _USERS, _SERVED = 0, 1, 2
 
 
+def _warm_kernels() -> None:
+    """Load the compiled writes now, while a version is being served in, not in the first request:
+    numba's first call in a process costs ~0.3-0.5 s, which admission control would count as the
+    route's service time and then refuse requests by (seen in tests/api/test_overload.py)."""
+    global _WARM
+    if not _WARM:
+        counts, flags = np.zeros(3, dtype=np.int64), np.zeros(1, dtype=np.bool_)
+        rows, scores = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.float64)
+        _write(flags, counts, _ITEMS, np.zeros(0, dtype=np.bool_))
+        _predicted(flags, flags, rows, scores, counts, flags[:0], rows[:0], scores[:0])
+        _WARM = True
+
+
+_WARM = False
+
+
 class ServingSketch:
     """Bounded sketches of a served version's recent requests, cheap to fill, read on demand."""
 
@@ -79,6 +95,7 @@ class ServingSketch:
         self._rows = np.zeros(sample, dtype=np.int64)
         self._scores = np.zeros(sample, dtype=np.float64)
         self._counts = np.zeros(3, dtype=np.int64)  # items, users, served: how many ever written
+        _warm_kernels()
 
     def items(self, unknown: np.ndarray) -> None:
         """Items named by a request: True where the catalogue does not know the item."""
