@@ -9,7 +9,7 @@ import numpy as np
 
 from tests.clipper.conftest import write_callable
 from veloxserve.clipper import Clipper
-from veloxserve.clipper.feedback_log import FeedbackLog
+from veloxserve.clipper.feedback_log import FeedbackLog, FeedbackTail
 from veloxserve.storage import frames
 
 
@@ -88,3 +88,37 @@ def test_a_restarted_runtime_rebuilds_every_policy_from_its_feedback(tmp_path: P
             np.testing.assert_allclose(after["state"]["weights"], before[policy]["state"]["weights"])
             assert after["observed"] == 30
         np.testing.assert_allclose(clipper.runtime.app("personalised").policy.user_weights("ann"), weights)
+
+
+def test_a_tail_reads_another_frontends_records_as_they_become_whole(tmp_path: Path) -> None:
+    path = tmp_path / "a.feedback-1"
+    tail = FeedbackTail(path)
+    assert tail.read() == []  # no file yet: that frontend has had no feedback
+
+    async def append(log: FeedbackLog, *items: int) -> None:
+        await asyncio.gather(*(log.append({"i": i}) for i in items))
+
+    log = FeedbackLog(path)
+    asyncio.run(append(log, 0, 1))
+    assert sorted(r["i"] for r in tail.read()) == [0, 1]
+    assert tail.read() == []  # each record once
+    asyncio.run(append(log, 2))
+    log.close()
+    assert [r["i"] for r in tail.read()] == [2]
+    frame = frames.encode(b'{"i":3}')
+    with open(path, "ab") as fh:  # a record being written: half of it is on disk
+        fh.write(frame[:6])
+    assert tail.read() == []
+    with open(path, "ab") as fh:
+        fh.write(frame[6:] + b"00000000 {damaged}\n" + frames.encode(b'{"i":4}'))
+    assert [r["i"] for r in tail.read()] == [3, 4]  # the damaged one skipped, its neighbours kept
+
+
+def test_a_tail_of_a_file_removed_and_written_again_reads_the_new_records(tmp_path: Path) -> None:
+    path = tmp_path / "a.feedback-1"
+    path.write_bytes(frames.encode(b'{"i":0}') + frames.encode(b'{"i":1}'))
+    tail = FeedbackTail(path)
+    assert len(tail.read()) == 2
+    path.unlink()
+    path.write_bytes(frames.encode(b'{"i":7}'))  # an application of the same name, created again
+    assert [r["i"] for r in tail.read()] == [7]

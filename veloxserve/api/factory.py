@@ -8,6 +8,7 @@ from pathlib import Path
 
 from veloxserve.api.app import VeloxApp
 from veloxserve.api.auth import AuthConfig
+from veloxserve.clipper.frontends import Frontend
 from veloxserve.clipper.runtime import ClipperRuntime
 from veloxserve.pipelines.runtime import PipelineRuntime
 from veloxserve.serving.admission import AdmissionConfig
@@ -21,11 +22,15 @@ def create_app(
     auth: AuthConfig | None = None,
     admission: AdmissionConfig | None = None,
     model_dirs: Iterable[Path] = (),
+    frontend: Frontend | None = None,
 ) -> VeloxApp:
     """An ASGI app serving `velox`. Admin routes need a token from `velox`'s home unless
     `auth=AuthConfig(enabled=False)`; `admission` sets the load-shedding limits; Clipper deploys
-    model files from `<home>/models-in/` and `model_dirs` only."""
+    model files from `<home>/models-in/` and `model_dirs` only. `frontend`: which of several
+    processes serving the home this is (clipper/frontends.py); default: from the environment
+    `serve --workers N` sets per worker (VELOXSERVE_WORKER_INDEX, VELOXSERVE_WORKERS), else the only one."""
     tokens = TokenStore(velox.layout.tokens_file)
-    clipper = ClipperRuntime(velox.layout.root, model_dirs=model_dirs)
+    frontend = frontend or Frontend.from_env()
+    clipper = ClipperRuntime(velox.layout.root, model_dirs=model_dirs, frontend=frontend)
     pipelines = PipelineRuntime(clipper, velox)  # stages over Clipper's deployed models and Velox's
     return VeloxApp(velox, tokens, clipper, auth=auth, admission=admission, pipelines=pipelines)

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from veloxserve.clipper.deployment import ModelDeployment
-from veloxserve.clipper.feedback_log import FeedbackLog
+from veloxserve.clipper.feedback_log import FeedbackLog, FeedbackTail
 from veloxserve.clipper.policies import POLICIES, Loss, Policy, PolicyKind, as_target, losses
 from veloxserve.clipper.shapes import check_input, method_label, shape_of, show
 from veloxserve.errors import ContainerUnavailable, VeloxError, invalid_parameter
@@ -95,7 +95,12 @@ class Application:
         self.policy: Policy = POLICIES[config.policy](len(config.models), config.loss, rng, **config.params)
         self.answered = self.defaults = self.observed = 0
         self.log = log
-        for record in log.replay():  # what was acknowledged before a restart (or kill -9)
+        self.tails: dict[int, FeedbackTail] = {}  # other frontends' feedback files (frontends.py)
+        self.learn(log.replay())  # what was acknowledged before a restart (or kill -9)
+
+    def learn(self, records: Iterable[dict[str, Any]]) -> None:
+        """Learn from feedback records already durable (this log's replay, other frontends' files)."""
+        for record in records:
             self.policy.observe(
                 record["user"], np.array(record["chosen"]), np.array(record["outputs"]), np.array(record["target"])
             )

@@ -18,7 +18,7 @@ import zmq.asyncio
 from veloxserve import lsh
 from veloxserve.clipper.batching import BatchingConfig, Query
 from veloxserve.clipper.cache import Near, PredictionCache, input_digest
-from veloxserve.clipper.replica import ContainerSpec, Replica
+from veloxserve.clipper.replica import AttachedReplica, ContainerSpec, Replica
 from veloxserve.config import ApproximateSettings
 from veloxserve.errors import ContainerUnavailable, VeloxError
 
@@ -95,6 +95,18 @@ class ModelDeployment:
             for query in retired.queue.drain():  # what waited there goes to the replicas that stay
                 min(self.replicas, key=Replica.load).submit(query)
             await retired.stop()
+
+    async def attach(self, containers: list[dict[str, Any]]) -> None:
+        """Serve through containers another frontend owns (frontends.py): `containers` as the owner
+        publishes them, [{"attach": address, "pid": pid}, ...]. This frontend batches its own queries."""
+        for container in containers:
+            replica = AttachedReplica(self.spec, self.batching, self._context, container["attach"], container["pid"])
+            await replica.start()
+            self.replicas.append(replica)
+
+    def containers(self) -> list[dict[str, Any]]:
+        """What another frontend attaches to: each ready replica's attach address and pid."""
+        return [{"attach": r.hello["attach"], "pid": r.pid} for r in self.replicas if r.ready and "attach" in r.hello]
 
     async def stop(self, drain_seconds: float = 0.0) -> None:
         until = time.monotonic() + drain_seconds

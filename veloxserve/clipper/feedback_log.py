@@ -6,12 +6,16 @@ model evaluated again. It is storage/durable_log.py's log in one file: concurren
 share one write and one fsync on the log's writer thread (group commit), off the event loop; a
 torn last line (a crash mid-write, never acknowledged) is cut off on open, a damaged record is
 skipped and reported and every other record kept. The file is read once, as a stream, at open.
+
+With several frontends over one home (frontends.py) each writes its own file and tails the
+others' (FeedbackTail), so every frontend's policy learns from all the feedback acknowledged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +25,7 @@ import orjson
 
 from veloxserve.storage import frames
 from veloxserve.storage.durable_log import DurableLog
-from veloxserve.storage.log_files import Entry, SingleFile
+from veloxserve.storage.log_files import Entry, SingleFile, parse
 
 
 class FeedbackLog:
@@ -84,6 +88,40 @@ class FeedbackLog:
 
     def close(self) -> None:
         self._log.close()
+
+
+class FeedbackTail:
+    """Another frontend's feedback file, read as it grows: `read` returns the whole records added
+    since the last call (a record being written, not yet whole, waits for the next call; a damaged
+    one is skipped). Read-only, so it is safe while the other frontend appends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._offset = 0
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return []
+        records: list[dict[str, Any]] = []
+        with fh:
+            if _size(fh) < self._offset:  # removed and written again (an application of that name)
+                self._offset = 0
+            fh.seek(self._offset)
+            for found in frames.scan(fh, self.path, self._offset):
+                if isinstance(found, frames.Torn):
+                    return records
+                self._offset = fh.tell()  # past the line scanned (a salvaged line yields all its frames first)
+                record = parse(found.body) if isinstance(found, frames.Frame) else None
+                if record is not None:
+                    record.pop("lsn", None)
+                    records.append(record)
+        return records
+
+
+def _size(fh: Any) -> int:
+    return os.fstat(fh.fileno()).st_size
 
 
 def _tell(loop: asyncio.AbstractEventLoop, future: asyncio.Future[int], lsn: int, error: BaseException | None) -> None:

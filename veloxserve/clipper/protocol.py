@@ -11,9 +11,12 @@ gRPC and HTTP/2 would add a schema compiler or a second web stack for no gain on
 The serving side binds a ROUTER socket per replica; the container connects a DEALER to it (as in
 Clipper, containers dial in), says hello, then answers one batch at a time:
 
-    container -> server   [b"hello", json{framework, model, pid, input_shape}]
+    container -> server   [b"hello", json{framework, model, pid, input_shape, attach}]
     server -> container   [b"predict", request id (8 bytes), *batch]
     container -> server   [b"ok", request id, *outputs]  or  [b"err", request id, message]
+
+Other frontends of the same home (frontends.py) connect a DEALER to the container's `attach`
+socket and exchange the same predict / ok / err messages over it, without a hello.
 
 A batch (inputs or outputs) is three frames: a numeric array is [b"nd", json{dtype, shape}, raw
 bytes]; anything else (strings, nested JSON) is [b"js", orjson bytes, b""].

@@ -9,6 +9,8 @@
     clipper/models/<name>/REPLICAS                 how many container processes serve it
     clipper/apps/<name>.json                       an application's configuration
     clipper/apps/<name>.feedback                   its feedback log (veloxserve/clipper/feedback_log.py)
+    clipper/apps/<name>.feedback-<i>               frontend i's, with several frontends (frontends.py)
+    clipper/serving.json, clipper/OWNER.lock       the owner frontend's containers (frontends.py)
 
 A model's versions are the core's version catalogue (storage/version_catalog.py over
 storage/versions.py), as for Velox models: `v1`, `v2`, … never overwritten, each written under a
@@ -19,6 +21,7 @@ atomically and fsynced (storage/pointer.py).
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -146,9 +149,21 @@ class ModelRegistry:
         body = orjson.dumps(config.to_json(), option=orjson.OPT_INDENT_2)
         replace_atomically(self.apps / f"{config.name}.json", lambda fh: fh.write(body))
 
-    def feedback_log(self, name: str) -> Path:
-        return self.apps / f"{name}.feedback"
+    def feedback_log(self, name: str, frontend: int = 0) -> Path:
+        """Frontend `frontend`'s feedback file for app `name` (frontend 0's is the one-process name)."""
+        return self.apps / (f"{name}.feedback" if frontend == 0 else f"{name}.feedback-{frontend}")
+
+    def feedback_logs(self, name: str) -> dict[int, Path]:
+        """Every frontend's feedback file for app `name`, by frontend index."""
+        found = {0: self.feedback_log(name)} if self.feedback_log(name).exists() else {}
+        prefix = f"{name}.feedback-"
+        for path in self.apps.glob(f"{glob.escape(prefix)}*") if self.apps.is_dir() else ():
+            index = path.name[len(prefix) :]
+            if index.isdigit() and index == str(int(index)):
+                found[int(index)] = path
+        return found
 
     def remove_app(self, name: str) -> None:
         (self.apps / f"{name}.json").unlink(missing_ok=True)
-        self.feedback_log(name).unlink(missing_ok=True)
+        for path in self.feedback_logs(name).values():
+            path.unlink(missing_ok=True)

@@ -212,15 +212,23 @@ class Replica:
                         self._warm()
                     self._ready.set()
                 continue
-            if peer != self._peer:
-                continue  # a late answer from a container that was replaced
-            future = self._pending.pop(protocol.unpack_id(frames[2]), None)
-            if future is None or future.done():
-                continue
-            if kind == protocol.OK:
-                future.set_result(protocol.decode_batch(frames[3:6]))
-            else:
-                future.set_exception(ContainerUnavailable(f"The model failed on the batch: {frames[3].decode()}."))
+            if peer == self._peer:  # else a late answer from a container that was replaced
+                self._settle(frames[1:])
+
+    def _settle(self, frames: list[bytes]) -> None:
+        """Answer the batch a reply [ok|err, request id, *outputs|message] is for."""
+        kind = frames[0]
+        future = self._pending.pop(protocol.unpack_id(frames[1]), None)
+        if future is None or future.done():
+            return
+        if kind == protocol.OK:
+            future.set_result(protocol.decode_batch(frames[2:5]))
+        else:
+            future.set_exception(ContainerUnavailable(f"The model failed on the batch: {frames[2].decode()}."))
+
+    async def _send(self, frames: list[bytes]) -> None:
+        assert self._socket is not None
+        await self._socket.send_multipart([self._peer, *frames])
 
     def _warm(self) -> None:
         """Queue the example first, so a restarted container's slow first batch is not a query's."""
@@ -230,7 +238,6 @@ class Replica:
         self.queue.put_first(Query(self.warmup, deadline, future))
 
     async def _dispatch(self) -> None:
-        assert self._socket is not None
         loop = asyncio.get_running_loop()
         while True:
             await self._ready.wait()
@@ -244,7 +251,7 @@ class Replica:
             self._batch = batch
             try:
                 frames = protocol.encode_batch(protocol.stack_inputs([q.input for q in batch]))
-                await self._socket.send_multipart([self._peer, protocol.PREDICT, protocol.pack_id(request), *frames])
+                await self._send([protocol.PREDICT, protocol.pack_id(request), *frames])
                 async with asyncio.timeout(self.spec.hang_timeout):  # not wait_for: see BatchQueue.take
                     outputs = await reply
                 results = protocol.split_outputs(outputs, len(batch))
@@ -281,3 +288,46 @@ def _fail(batch: list[Query], error: Exception) -> None:
     for query in batch:
         if not query.future.done():
             query.future.set_exception(error)
+
+
+class AttachedReplica(Replica):
+    """Another frontend's view of a container the owner frontend started (frontends.py): its own
+    batch queue and AIMD controller over a DEALER connected to the container's attach socket.
+    It starts and restarts nothing: the owner does, and republishes the container's address; a
+    batch with no answer within `hang_timeout` fails (the container is gone) and the next one
+    is tried."""
+
+    def __init__(
+        self, spec: ContainerSpec, batching: BatchingConfig, context: zmq.asyncio.Context, address: str, pid: int
+    ) -> None:
+        super().__init__(spec, batching, context)
+        self._address = address
+        self.hello = {"pid": pid, "attach": address}
+
+    async def start(self) -> None:
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(self._address)
+        self._ready.set()  # ZeroMQ queues what is sent until the connection is up
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(coro) for coro in (self._receive(), self._dispatch())]
+
+    @property
+    def pid(self) -> int | None:
+        return self.hello["pid"]
+
+    def _kill(self) -> None:
+        return None  # the owner's container, not this frontend's
+
+    def _restart(self, reason: str) -> None:
+        self.last_failure = reason
+        self._fail_pending(ContainerUnavailable(f"The model container {reason}; its owner frontend restarts it."))
+
+    async def _receive(self) -> None:
+        assert self._socket is not None
+        while True:
+            self._settle(await self._socket.recv_multipart(copy=True))
+
+    async def _send(self, frames: list[bytes]) -> None:
+        assert self._socket is not None
+        await self._socket.send_multipart(frames)

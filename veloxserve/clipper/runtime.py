@@ -3,7 +3,9 @@
 Everything here runs on one asyncio event loop (the HTTP server's, or the sync wrapper's thread).
 Deploying a version starts its containers, and only once they are ready swaps it in and stops
 the old version's containers: queries never see a model with no replica. Rollback is the same
-swap to an older version. Admin operations are serialised by one lock.
+swap to an older version. Admin operations are serialised by one lock. With several frontend
+processes over one home (`serve --workers N`), one owns the containers and the others attach to
+them (frontends.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import functools
 import logging
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from veloxserve.clipper.batching import BatchingConfig
 from veloxserve.clipper.cache import PredictionCache
 from veloxserve.clipper.deployment import ModelDeployment
 from veloxserve.clipper.feedback_log import FeedbackLog
+from veloxserve.clipper.frontends import Coordinator, Frontend
 from veloxserve.clipper.model_files import ModelDirectories
 from veloxserve.clipper.policies import Loss, PolicyKind
 from veloxserve.clipper.registry import ModelRegistry
@@ -70,25 +74,60 @@ class _LoopState:
 
 class ClipperRuntime:
     """Model deployments and applications under `<home>/clipper`. Call `start` on the loop first.
-    Model files are deployed only from `<home>/models-in/` and `model_dirs` (model_files.py)."""
+    Model files are deployed only from `<home>/models-in/` and `model_dirs` (model_files.py);
+    `frontend`: which of several frontend processes over the home this is (frontends.py)."""
 
-    def __init__(self, home: Path | str, cache_bytes: int = 64 << 20, model_dirs: Iterable[Path | str] = ()) -> None:
+    def __init__(
+        self,
+        home: Path | str,
+        cache_bytes: int = 64 << 20,
+        model_dirs: Iterable[Path | str] = (),
+        frontend: Frontend | None = None,
+    ) -> None:
         self.registry = ModelRegistry(Path(home) / "clipper")
         self.model_files = ModelDirectories(home, model_dirs)
         self.cache = PredictionCache(cache_bytes)
         self.deployments: dict[str, ModelDeployment] = {}
         self.apps: dict[str, Application] = {}
         self._loop_state: _LoopState | None = None  # set by start(), on the loop that serves
+        self.frontend = frontend or Frontend()
+        self.coordinator = Coordinator(self, self.frontend)
 
     def _started(self) -> _LoopState:
         if self._loop_state is None:
             raise RuntimeError("ClipperRuntime.start() must be awaited (on the serving loop) first.")
         return self._loop_state
 
+    @property
+    def context(self) -> zmq.asyncio.Context:
+        return self._started().context
+
+    @property
+    def owner(self) -> bool:
+        """Whether this frontend owns the containers and runs admin operations (frontends.py)."""
+        return self.coordinator.owner
+
+    def admin_lock(self) -> asyncio.Lock:
+        return self._started().lock
+
+    @asynccontextmanager
+    async def _admin(self, operation: str) -> AsyncIterator[None]:
+        """Run an admin operation: on the owner frontend only, one at a time, then published."""
+        self.coordinator.check_admin(operation)
+        async with self._started().lock:
+            try:
+                yield
+            finally:
+                self.coordinator.publish()
+
     async def start(self) -> None:
-        """Serve what the registry says: each model's active version with its replicas, every app."""
+        """Serve what the registry says: each model's active version with its replicas, every app
+        (or, on a frontend that attaches, what the owner frontend serves)."""
         self._loop_state = _LoopState(zmq.asyncio.Context(), asyncio.Lock())
         self.model_files.ensure_incoming()
+        await self.coordinator.start()
+
+    async def restore_models(self) -> None:
         for name in self.registry.model_names():
             try:
                 self.deployments[name] = await self._start_version(
@@ -96,10 +135,13 @@ class ClipperRuntime:
                 )
             except ContainerUnavailable as exc:  # serve the rest; its apps answer without it
                 log.error("cannot restore model %s: %s", name, exc.message)
+
+    def restore_apps(self) -> None:
         for config in self.registry.app_configs():
-            self.apps[config.name] = self._application(config)
+            self.apps[config.name] = self.application(config)
 
     async def close(self) -> None:
+        await self.coordinator.close()
         await asyncio.gather(*(d.stop() for d in self.deployments.values()))
         self.deployments.clear()
         for app in self.apps.values():
@@ -175,7 +217,7 @@ class ClipperRuntime:
             objective=objective_ms / 1e3, delay=delay_ms / 1e3, adaptive=adaptive, max_size=batch_limit
         )
         loop = asyncio.get_running_loop()
-        async with self._started().lock:  # copying a large model file must not stall the event loop
+        async with self._admin("deploy"):  # copying a large model file must not stall the event loop
             serving = self._serving_meta(name)
             method_from = None
             if method is None and serving is not None and serving["framework"] == framework and serving["method"]:
@@ -203,7 +245,7 @@ class ClipperRuntime:
 
     async def rollback(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Serve `version`, or the version before the active one."""
-        async with self._started().lock:
+        async with self._admin("rollback"):
             active = self.deployment(name).version
             versions = self.registry.versions(name)
             if version is None:
@@ -225,13 +267,13 @@ class ClipperRuntime:
 
     async def scale(self, name: str, replicas: int) -> dict[str, Any]:
         replicas = _replicas(replicas, "scale")
-        async with self._started().lock:
+        async with self._admin("scale"):
             await self.deployment(name).scale(replicas)
             self.registry.set_replicas(name, replicas)
             return self.describe_model(name)
 
     async def remove(self, name: str) -> dict[str, Any]:
-        async with self._started().lock:
+        async with self._admin("remove"):
             deployment = self.deployment(name)
             users = self._linked_apps(name)
             if users:
@@ -342,22 +384,24 @@ class ClipperRuntime:
         seed: int = 0,
     ) -> dict[str, Any]:
         config = self._app_config(name, models, policy, objective_ms, default, loss, params or {}, seed)
-        async with self._started().lock:
+        async with self._admin("create_app"):
             if name in self.apps:
                 raise Conflict(f"Application {name!r} exists; remove it first (DELETE /apps/{name}).")
             self.registry.remove_app(name)  # a stale feedback log of an earlier app of this name
             self.registry.save_app(config)
-            self.apps[name] = self._application(config)
+            self.apps[name] = self.application(config)
             return self.apps[name].describe()
 
     async def remove_app(self, name: str) -> dict[str, Any]:
-        async with self._started().lock:
+        async with self._admin("remove_app"):
             self.apps.pop(self.app(name).config.name).log.close()
             self.registry.remove_app(name)
             return {"removed": name}
 
-    def _application(self, config: AppConfig) -> Application:
-        return Application(config, self.deployment, FeedbackLog(self.registry.feedback_log(config.name)))
+    def application(self, config: AppConfig) -> Application:
+        """An application writing its feedback to this frontend's file."""
+        log = FeedbackLog(self.registry.feedback_log(config.name, self.frontend.index))
+        return Application(config, self.deployment, log)
 
     async def predict(self, app: str, user: Any, value: Any) -> dict[str, Any]:
         return await self.app(app).predict(canonical_id(user, "user", "predict"), value)

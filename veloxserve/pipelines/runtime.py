@@ -7,7 +7,10 @@ version (stages.py). Deploying a pipeline validates it (spec.py), profiles its s
 stage's batch size and replicas against the objective (pipe-plan's planner), starts the stages,
 then records it: `<home>/clipper/pipelines/<name>/` is a VersionCatalog (one version store for
 everything), each deploy a version whose meta.json holds the spec and the plan, so a restart
-serves the same pipeline. The tuner (tuner.py) scales stages while serving.
+serves the same pipeline. The tuner (tuner.py) scales stages while serving. With several
+frontend processes over one home (clipper/frontends.py) each serves the pipelines recorded when it
+started, with its own stage replicas and its own feedback file; deploy and remove run on the
+owner frontend only (409 elsewhere).
 
 A query's deadline travels through the stages: each stage must answer by the end-to-end deadline
 less the time its slowest path of descendants needs (their profiled p99 at the planned batch), so
@@ -21,6 +24,7 @@ import logging
 import shutil
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -212,6 +216,7 @@ class PipelineRuntime:
     # ---- deploy, list, show, remove ---------------------------------------------------------
     async def deploy(self, data: Any) -> dict[str, Any]:
         """Validate, profile, plan, start, record. Any refusal leaves nothing deployed or changed."""
+        self.clipper.coordinator.check_admin("pipeline deploy")
         spec = parse_spec(data, known=self._known)
         _, lock = self._started()
         async with lock:
@@ -231,10 +236,15 @@ class PipelineRuntime:
                 await self._stop_pipeline(pipeline)
                 raise
             pipeline.version = version
-            pipeline.feedback = FeedbackLog(self.root / spec.name / "feedback.log")
+            pipeline.feedback = FeedbackLog(self._feedback_path(spec.name))
             self.pipelines[spec.name] = pipeline
             log.info("pipeline %s %s deployed: %s", spec.name, version, plan["stages"])
             return pipeline.describe()
+
+    def _feedback_path(self, name: str) -> Path:
+        """This frontend's feedback file: each frontend process over the home writes its own."""
+        index = self.clipper.frontend.index
+        return self.root / name / ("feedback.log" if index == 0 else f"feedback-{index}.log")
 
     def _known(self, stage: StageSpec) -> bool:
         if stage.velox_model is not None:
@@ -293,7 +303,7 @@ class PipelineRuntime:
             raise
         pipeline = Pipeline(spec, version, stages, plan)
         if version != "pending":
-            pipeline.feedback = FeedbackLog(self.root / spec.name / "feedback.log")
+            pipeline.feedback = FeedbackLog(self._feedback_path(spec.name))
             pipeline.observed = sum(1 for _ in pipeline.feedback.replay())
         if spec.autoscale:
             try:
@@ -330,6 +340,7 @@ class PipelineRuntime:
         return self.pipeline(name).describe()
 
     async def remove(self, name: str) -> dict[str, Any]:
+        self.clipper.coordinator.check_admin("pipeline remove")
         _, lock = self._started()
         async with lock:
             pipeline = self.pipeline(name)
