@@ -30,7 +30,6 @@ import numpy as np
 
 from veloxserve.config import HomeLayout, check_model_name
 from veloxserve.errors import InvalidInput
-from veloxserve.models.version import Link, ModelVersion
 from veloxserve.storage.version_catalog import VersionCatalog
 
 OPSET = 17
@@ -84,6 +83,10 @@ def build_graph(
         raise InvalidInput(
             "Exporting to ONNX needs the onnx package: pip install 'veloxserve[exchange]'.", field="onnx"
         ) from None
+    # Imported here, not at the top: `veloxserve --help` and every client command build this parser, and a
+    # version's features import scikit-learn (about 2 s of start-up that no command but this one needs).
+    from veloxserve.models.version import Link, ModelVersion
+
     dtype = np.dtype(precision)
     elem = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
     features = ModelVersion.from_arrays(arrays, meta).features.matrix  # f(x) of every item, any kind of version
