@@ -123,3 +123,21 @@ def redis_url(redis_base_url: str) -> Iterator[str]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+# The longest files, started first: under `make test`'s two workers (--dist loadfile hands out whole files
+# in collection order) a long file collected last would leave one worker running it alone at the end.
+LONGEST_FILES = (
+    "tests/test_bench_scripts.py",
+    "tests/training/test_spark_als.py",
+    "tests/test_packaging.py",
+    "tests/api/test_fuzz.py",
+    "tests/clipper/test_runtime.py",
+    "tests/api/test_clipper_routes.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Stable: a file's tests keep their order and stay together (its module fixtures are built once)."""
+    first = {name: rank for rank, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: first.get(item.nodeid.split("::", 1)[0], len(first)))
