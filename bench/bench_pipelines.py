@@ -300,11 +300,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short traces, few profile batches")
     parser.add_argument("--rate", type=float, default=None, help="queries/s before the rate change (default 40)")
-    parser.add_argument("--seconds", type=float, default=None, help="length of each trace (default 20; quick 4)")
+    parser.add_argument("--seconds", type=float, default=None, help="length of each trace (default 20; quick 1.5)")
     parser.add_argument("--objective-ms", type=float, default=None, help="default: 4 × the critical path's p99")
     args = parser.parse_args()
     args.rate = args.rate or (20.0 if args.quick else 40.0)
-    args.seconds = args.seconds or (4.0 if args.quick else 20.0)
+    args.seconds = args.seconds or (1.5 if args.quick else 20.0)
     write_report("pipelines", run(bench(args)), keep=not args.quick)
 
 
