@@ -80,7 +80,12 @@ class Applier:
         self._deadline = deadline
         self._where = where
         self._attempt_started: float | None = None  # monotonic time the current learn began
-        self._cond = threading.Condition()
+        # Two conditions over one lock: `_cond` for whoever waits on acknowledgements (wait_durable,
+        # the watchdog), `_work` for the applier's thread alone, so that the notify of new work can
+        # never wake a waiter instead of the thread (which then slept to its next tick, ~0.5 s).
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        self._work = threading.Condition(lock)
         self._queue: deque[_Batch] = deque()
         self._listeners: list[Callable[[int], None]] = []
         self._applied = obs_log.last_lsn  # recovery learned the whole log before serving
@@ -112,7 +117,7 @@ class Applier:
         learned into `target` (the served version's shared state) once durable."""
         with self._cond:
             self._queue.append(_Batch(lsn, users, rows, scores, target))
-            self._cond.notify()
+            self._work.notify()
 
     def refused(self, lsn: int) -> StoreUnavailable | None:
         """Why `lsn` is not acknowledged: its batch was refused by the disk, or Redis is failing."""
@@ -131,8 +136,8 @@ class Applier:
     def _on_commit(self, lsn: int) -> None:  # the log's writer thread, after each fsync
         if lsn < 0:
             self._publish(-1)
-        with self._cond:
-            self._cond.notify()
+        with self._work:
+            self._work.notify()
 
     def _ready(self) -> list[_Batch]:
         if self._log.write_failures:  # a batch the disk refused is never learned (its waiters got 503/507)
@@ -144,8 +149,8 @@ class Applier:
     def _run(self) -> None:
         failures, last_hint = 0, 0.0
         while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._closed or self._ready(), timeout=_HINT_SECONDS)
+            with self._work:
+                self._work.wait_for(lambda: self._closed or self._ready(), timeout=_HINT_SECONDS)
                 batch = self._ready()
                 if self._closed and not batch:
                     break
@@ -238,4 +243,5 @@ class Applier:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            self._work.notify_all()
         self._thread.join(timeout)
