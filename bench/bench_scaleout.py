@@ -264,7 +264,7 @@ def run_configuration(name: str, config: Configuration, env: dict, args: argpars
             proc.wait(60)
 
 
-def deployment(name: str, config: Configuration, shards: int) -> scaleout_model.Deployment:
+def deployment(config: Configuration, shards: int) -> scaleout_model.Deployment:
     return scaleout_model.Deployment(
         processes=config.processes * max(1, config.workers),
         shards={None: 0, "redis": 1, "cluster": shards}[config.store],
@@ -348,7 +348,7 @@ def main() -> None:
             for c in clusters:
                 c.stop()
             redis_server.stop()
-    deployments = {name: deployment(name, CONFIGURATIONS[name], shards) for name in results}
+    deployments = {name: deployment(CONFIGURATIONS[name], shards) for name in results}
     report["scaleout_model"] = {
         "check": scaleout_model.check(results, deployments, LUA),
         "projection_one_process_per_core": {
