@@ -1,25 +1,24 @@
-"""Scale-out benchmark: N server processes over Redis vs one embedded process, and the cost of durability.
+"""Scale-out benchmark: configurations of server processes and Redis, each measured the same way.
 
-    .venv/bin/python bench/bench_scaleout.py [--duration 5] [--processes 1 2 4]
-    .venv/bin/python bench/bench_scaleout.py --quick   # 2 s runs, 2 processes: checks the script runs
+    .venv/bin/python bench/bench_scaleout.py [--duration 5] [--configurations redis_1,redis_2] [--require-all]
+    .venv/bin/python bench/bench_scaleout.py --quick   # 1 s runs: checks the script runs
 
-Catify, rank 50, 2,000 users x 1,000 songs (as bench/bench_http.py). 32 wrk connections in total,
-split evenly over the servers (one wrk per server). Configurations:
-
-- embedded: one `veloxserve serve` with LMDB (state in process memory): the single-node figure.
-- redis-N: N `serve --store redis://... --instance iK` processes over one Redis (started here,
-  no persistence), any user on any process, updates by compare-and-set (the design chosen).
-- owner-N: N embedded processes, each owning the users u with u mod N = K, the load generator
-  routing each request to the owner: an upper bound for routing users to owner processes (no
-  forwarding hop, no failover), the alternative the issue names.
-- observe without fsync (embedded): what the durable group commit costs over HTTP.
+Catify, rank 50, 2,000 users x 1,000 songs (as bench/bench_http.py). Each configuration in
+CONFIGURATIONS is a declarative entry (processes, store, URL options, --workers); for each,
+predict and observe at 32 wrk connections in total (split evenly over the processes): requests/s,
+p50/p99, and CPU-µs per request from the processes' own accounting (/proc/<pid>/stat utime+stime
+of every server process and its children, and of every redis-server, whose pid is INFO's
+process_id), server and Redis separately and summed; and the freshness lag: an observation
+acknowledged by process A until a prediction from process B reflects it (A = B for one process).
+A configuration whose feature this checkout lacks (`serve --help` has no --workers, the store
+refuses a URL option) is reported as {"unavailable": why}, or fails the run under --require-all.
+bench/scaleout_model.py then predicts each throughput from its costs and projects to N cores.
 
 It also times one update per observation at k = 10 and k = 52 (in Redis's CPU: the whole
 Sherman–Morrison update as a Lua script vs compare-and-set of a state computed in the server),
-and the log's
-durability modes in-process with 32 concurrent writers: group commit, one fsync per request
-(appends serialised), no fsync. Every server and Redis share this machine's cores with wrk, so
-figures are noisy; each is one run of --duration seconds. Prints one JSON document.
+and the log's durability modes in-process with 32 concurrent writers: group commit, one fsync per
+request (appends serialised), no fsync. Every server and Redis share this machine's cores with
+wrk, so figures are noisy; each is one run of --duration seconds. Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -35,54 +33,44 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scaleout_model  # noqa: E402
 from bench_http import LOADS, wait_ready  # noqa: E402
+from redis_cluster import RedisCluster  # noqa: E402
+from scaleout_measure import CONNECTIONS, freshness, measure, redis_pids  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.helpers import RedisServer, free_port  # noqa: E402
 
-CONNECTIONS = 32
 LUA = {"predict": LOADS["predict_get"], "observe": LOADS["observe"]}  # bench_http's requests: a random trained user
-NO_FSYNC_SERVER = """
-import sys, uvicorn
-from veloxserve.api import create_app
-from veloxserve.config import ServingConfig
-from veloxserve.serving.velox import Velox
-velox = Velox(sys.argv[1], config=ServingConfig(fsync=False))
-uvicorn.run(create_app(velox), host="127.0.0.1", port=int(sys.argv[2]), access_log=False, log_level="warning",
-            http="httptools", loop="uvloop", lifespan="off")
-"""
 
 
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
+@dataclass(frozen=True)
+class Configuration:
+    """How to start one configuration: `processes` x `veloxserve serve`, over the embedded store
+    (store None), one Redis ("redis") or a Redis Cluster ("cluster"), with these store URL
+    options and --workers (0: not given)."""
+
+    processes: int
+    store: str | None = None
+    options: tuple[str, ...] = ()
+    workers: int = 0
 
 
-def run_wrk(url: str, script: Path, connections: int, duration: int) -> dict[str, float]:
-    """bench_http's wrk run, with a 10 s request timeout and latencies of seconds parsed too."""
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "--latency", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    result = {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
-    for pct, value, unit in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M):
-        result[f"p{pct}_ms"] = float(value) * _UNITS[unit]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    result["non_2xx"] = int(errors.group(1)) if errors else 0
-    if "p99_ms" not in result:
-        raise RuntimeError(f"no latency distribution in wrk's output:\n{out}")
-    return result
-
-
-def owner_lua(route: str, part: int, n: int) -> str:
-    """bench_http's request for `route`, restricted to the users one owner serves."""
-    user = f"(math.random(0, {2000 // n - 1}) * {n} + {part})"
-    return LUA[route].replace("math.random(0, 1999)", user)
+CONFIGURATIONS = {
+    "embedded_1": Configuration(1),
+    "embedded_workers": Configuration(1, workers=os.cpu_count() or 2),
+    "redis_1": Configuration(1, "redis", ("cache=off",)),
+    "redis_2": Configuration(2, "redis", ("cache=off",)),
+    "redis_1_cached": Configuration(1, "redis", ("cache=on",)),
+    "redis_2_cached": Configuration(2, "redis", ("cache=on",)),
+    "redis_cluster": Configuration(2, "cluster", ("cluster=1",)),
+}
 
 
 def train(home: Path, iterations: int = 5) -> None:
@@ -100,60 +88,6 @@ def train(home: Path, iterations: int = 5) -> None:
         ALSConfig(rank=50, reg=1.0, prior_precision=1.0, iterations=iterations),
     )
     write_pointer(layout.active_file("catify"), meta["version"])
-
-
-def start(command: list[str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [*command[:-1], str(port)] if command[-1] == "PORT" else [*command, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(f"{url}/healthz", proc)
-    return proc, url
-
-
-def serve_cmd(home: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "veloxserve.cli", "serve", "--home", str(home), *extra]
-
-
-def load(urls: list[str], scripts: list[Path], duration: int) -> dict[str, float]:
-    """One wrk per server at once; throughput summed, latency the median over the servers."""
-    results: list[dict] = [{}] * len(urls)
-
-    def one(i: int) -> None:
-        results[i] = run_wrk(urls[i], scripts[i], CONNECTIONS // len(urls), duration)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(urls))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {
-        "requests_per_s": round(sum(r["requests_per_s"] for r in results)),
-        "p50_ms": round(statistics.median(r["p50_ms"] for r in results), 2),
-        "p99_ms": round(statistics.median(r["p99_ms"] for r in results), 2),
-        "non_2xx": sum(r["non_2xx"] for r in results),
-    }
-
-
-def run_config(
-    label: str,
-    procs_urls: list[tuple[subprocess.Popen, str]],
-    scripts: dict[str, list[Path]],
-    duration: int,
-    report: dict,
-    routes=("predict", "observe"),
-) -> None:
-    try:
-        for route in routes:
-            report[f"{label}_{route}"] = load([u for _, u in procs_urls], scripts[route], duration)
-            print(f"{label} {route}: {report[f'{label}_{route}']}", file=sys.stderr, flush=True)
-    finally:
-        for proc, _ in procs_urls:
-            proc.terminate()
-            proc.wait(60)
 
 
 def update_cost(redis_url: str, evals: int = 300, batches: int = 30) -> dict[str, dict[str, float]]:
@@ -262,24 +196,105 @@ def log_durability(directory: Path, writers: int = 32, per_writer: int = 100) ->
     return out
 
 
+class Unavailable(Exception):
+    """This checkout lacks what a configuration needs."""
+
+
+def probe_option(url: str, option: str) -> str | None:
+    """Why the store refuses this URL option, or None if it takes it."""
+    from veloxserve.storage.redis_store import RedisUserStore
+
+    try:
+        store = RedisUserStore(f"{url}?prefix=probe&{option}")
+        try:
+            store.client.ping()
+        finally:
+            store.close()
+    except Exception as exc:  # noqa: BLE001  (any refusal means: not in this checkout)
+        return f"the store refuses the URL option {option!r}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def start_server(home: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "veloxserve.cli", "serve", "--home", str(home), "--port", str(port), *extra]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(f"{url}/healthz", proc)
+    except BaseException:
+        proc.kill()
+        proc.wait(30)
+        raise
+    return proc, url
+
+
+def run_configuration(name: str, config: Configuration, env: dict, args: argparse.Namespace) -> dict:
+    """Start the configuration's processes, measure predict, observe and freshness, stop them."""
+    if config.workers and "--workers" not in env["serve_help"]:
+        raise Unavailable("`veloxserve serve --help` has no --workers")
+    extra: list[str] = ["--workers", str(config.workers)] if config.workers else []
+    redis_urls: list[str] = []
+    if config.store is not None:
+        base = env["cluster"]().url if config.store == "cluster" else env["redis"].url
+        options = []
+        for option in config.options:
+            refused = probe_option(base, option)
+            if refused and option == "cache=off" and probe_option(base, "cache=on"):
+                continue  # no client-side cache in this checkout: uncached is all there is
+            if refused:
+                raise Unavailable(refused)
+            options.append(option)
+        url = f"{base}?{'&'.join([f'prefix={name}', *options])}"
+        extra += ["--store", url]
+        redis_urls = env["cluster_urls"]() if config.store == "cluster" else [base]
+    servers = []
+    try:
+        for k in range(config.processes):
+            servers.append(start_server(env["home"], *extra, *(["--instance", f"i{k}"] if config.store else [])))
+        urls, pids = [u for _, u in servers], [p.pid for p, _ in servers]
+        redis = redis_pids(redis_urls)
+        out = {route: measure(urls, env["scripts"][route], args.duration, pids, redis) for route in LUA}
+        out["freshness_ms"] = freshness(urls[0], urls[-1], args.samples)
+        return out
+    finally:
+        for proc, _ in servers:
+            proc.terminate()
+        for proc, _ in servers:
+            proc.wait(60)
+
+
+def deployment(config: Configuration, shards: int) -> scaleout_model.Deployment:
+    return scaleout_model.Deployment(
+        processes=config.processes * max(1, config.workers),
+        shards={None: 0, "redis": 1, "cluster": shards}[config.store],
+        cores=os.cpu_count() or 1,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=5)
-    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--samples", type=int, default=50, help="freshness samples per configuration")
+    parser.add_argument("--configurations", default=",".join(CONFIGURATIONS), help="comma-separated subset")
+    parser.add_argument("--require-all", action="store_true", help="fail if a configuration is unavailable")
     parser.add_argument(
         "--quick",
         action="store_true",
         help="the smallest setting, for tests/test_bench_scripts.py: its figures mean nothing",
     )
     args = parser.parse_args()
+    chosen = [c for c in args.configurations.split(",") if c]
+    if unknown := sorted(set(chosen) - set(CONFIGURATIONS)):
+        parser.error(f"unknown configurations {unknown}; choose among {', '.join(CONFIGURATIONS)}")
     if args.quick:
-        args.duration, args.processes = 2, [2]
-    if not shutil.which("wrk") or not shutil.which("redis-server"):
-        sys.exit("needs wrk and redis-server (apt-get install wrk redis-server)")
+        args.duration, args.samples = 1, 5
+    if not all(shutil.which(tool) for tool in ("wrk", "redis-server", "redis-cli")):
+        sys.exit("needs wrk, redis-server and redis-cli (apt-get install wrk redis-server)")
     report: dict[str, object] = {
-        "machine": {"cpus": os.cpu_count()},
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()},
         "connections": CONNECTIONS,
-        "model": "catify rank 50, 2000 users x 1000 songs",
+        "dataset": "catify rank 50, 2000 users x 1000 songs",
         "duration_s": args.duration,
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -291,49 +306,63 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
+        clusters: list[RedisCluster] = []
+
+        def cluster() -> RedisCluster:
+            if not clusters:
+                clusters.append(RedisCluster(tmp / "cluster").start())
+            return clusters[0]
+
         try:
             report["update_cost_per_observation"] = update_cost(redis_server.url, *((20, 6) if args.quick else ()))
             report["log_durability_32_writers"] = log_durability(tmp / "logs", per_writer=5 if args.quick else 100)
             home = tmp / "home"
             train(home, iterations=1 if args.quick else 5)
-            plain = {}
-            for route in ("predict", "observe"):
-                plain[route] = tmp / f"{route}.lua"
-                plain[route].write_text(LUA[route])
-
-            def same(n: int) -> dict[str, list[Path]]:
-                return {route: [plain[route]] * n for route in plain}
-
-            run_config("embedded_1", [start(serve_cmd(home))], same(1), args.duration, report)
-            run_config(
-                "embedded_1_no_fsync",
-                [start([sys.executable, "-c", NO_FSYNC_SERVER, str(home), "PORT"])],
-                same(1),
-                args.duration,
-                report,
-                routes=("observe",),
-            )
-            for n in args.processes:
-                url = f"{redis_server.url}?prefix=bench{n}"
-                servers = [start(serve_cmd(home, "--store", url, "--instance", f"i{k}")) for k in range(n)]
-                run_config(f"redis_{n}", servers, same(n), args.duration, report)
-            for n in [p for p in args.processes if p > 1]:
-                homes, scripts = [], {route: [] for route in plain}
-                for k in range(n):
-                    owned = tmp / f"owner{n}-{k}"
-                    shutil.copytree(home, owned, ignore=shutil.ignore_patterns("log", "state.lmdb", ".lock*"))
-                    homes.append(owned)
-                    for route in plain:
-                        script = tmp / f"{route}-{n}-{k}.lua"
-                        script.write_text(owner_lua(route, k, n))
-                        scripts[route].append(script)
-                run_config(f"owner_{n}", [start(serve_cmd(h)) for h in homes], scripts, args.duration, report)
+            scripts = {}
+            for route, lua in LUA.items():
+                scripts[route] = tmp / f"{route}.lua"
+                scripts[route].write_text(lua)
+            help_text = subprocess.run(
+                [sys.executable, "-m", "veloxserve.cli", "serve", "--help"], capture_output=True, text=True, check=True
+            ).stdout
+            env = {
+                "home": home,
+                "scripts": scripts,
+                "serve_help": help_text,
+                "redis": redis_server,
+                "cluster": cluster,
+                "cluster_urls": lambda: [f"redis://127.0.0.1:{p}/0" for p in cluster().ports],
+            }
+            results: dict[str, dict] = {}
+            for name in chosen:
+                try:
+                    results[name] = run_configuration(name, CONFIGURATIONS[name], env, args)
+                except Unavailable as why:
+                    if args.require_all:
+                        sys.exit(f"{name} is unavailable: {why}")
+                    results[name] = {"unavailable": str(why)}
+                print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
+            report["configurations"] = results
+            shards = len(cluster().masters()) if clusters else 3
         finally:
+            for c in clusters:
+                c.stop()
             redis_server.stop()
-    for route in ("predict", "observe"):
-        base = report["embedded_1_" + route]["requests_per_s"]
-        for key in [k for k in report if k.endswith("_" + route) and k != f"embedded_1_{route}"]:
-            report[key]["ratio_to_embedded_1"] = round(report[key]["requests_per_s"] / base, 2) if base else None
+    deployments = {name: deployment(CONFIGURATIONS[name], shards) for name in results}
+    report["scaleout_model"] = {
+        "check": scaleout_model.check(results, deployments, LUA),
+        "projection_one_process_per_core": {
+            f"{name}_{route}_{shards}_shards": scaleout_model.project(
+                scaleout_model.Costs(m[route]["server_cpu_us_per_request"], m[route]["redis_cpu_us_per_request"]),
+                (2, 4, 8, 16, 32),
+                shards,
+            )
+            for name, m in results.items()
+            if name in ("redis_1", "redis_1_cached") and "unavailable" not in m
+            for route in LUA
+            for shards in (1, 3)
+        },
+    }
     print(json.dumps(report, indent=2))
 
 
