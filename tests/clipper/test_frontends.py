@@ -92,7 +92,11 @@ class FrontendProcess:
             assert self.proc.stdin is not None
             self.proc.stdin.write("\n")
             self.proc.stdin.flush()
-            self.proc.wait(60)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:  # a hung shutdown must fail the test, not leak the process
+                self.kill()
+                raise
 
 
 @pytest.fixture

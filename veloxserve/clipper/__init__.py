@@ -13,6 +13,7 @@ _EXPORTS = {
     "Clipper": "veloxserve.clipper.sync",
     "ClipperRuntime": "veloxserve.clipper.runtime",
     "Framework": "veloxserve.clipper.adapters",
+    "Frontend": "veloxserve.clipper.frontends",
     "PolicyKind": "veloxserve.clipper.policies",
     "Loss": "veloxserve.clipper.policies",
 }
