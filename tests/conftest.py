@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from tests.helpers import RedisClusterServers
 
 
 def synthetic_version_arrays(
@@ -107,6 +110,33 @@ def redis_base_url(tmp_path_factory) -> Iterator[str]:
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of our own (three masters, one replica each), for the whole session. Without
+    redis-server and redis-cli the test fails under CI=true and is skipped elsewhere."""
+    import shutil
+
+    from tests.helpers import RedisClusterServers
+
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        message = "Redis Cluster tests need redis-server and redis-cli on PATH"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """The cluster's URL with a key prefix of this test's own (the cluster is ours: nothing to clean)."""
+    import uuid
+
+    redis_cluster.wait_ok()  # a test before may have failed a master over
+    return f"{redis_cluster.url}&prefix=test{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

@@ -77,11 +77,12 @@ class RedisServer:
     """A redis-server of the test's own on a free port, with append-only persistence in
     `directory`: tests that stop or restart Redis never touch a shared one."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, port: int | None = None, args: tuple[str, ...] = ()) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = args
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> RedisServer:
@@ -102,6 +103,7 @@ class RedisServer:
                 "",
                 "--daemonize",
                 "no",
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -119,3 +121,101 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(10)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    import random
+
+    while True:
+        port = random.randint(20000, 40000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+
+
+class RedisClusterServers:
+    """A real Redis Cluster of our own: three masters with one replica each (six redis-servers),
+    a node timeout of one second so a killed master's replica takes over within seconds."""
+
+    def __init__(self, directory: Path) -> None:
+        args = (
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            "1000",
+            "--appendfsync",
+            "everysec",
+            "--repl-diskless-sync-delay",
+            "0",
+        )
+        self.servers = [RedisServer(Path(directory) / f"n{i}", port=_cluster_port(), args=args) for i in range(6)]
+        self.url = f"redis://127.0.0.1:{self.servers[0].port}/0?cluster=1"
+
+    def start(self) -> RedisClusterServers:
+        for server in self.servers:
+            server.start()
+        nodes = [f"127.0.0.1:{s.port}" for s in self.servers]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=60,
+        )
+        self.wait_ok()
+        return self
+
+    def live(self) -> list[RedisServer]:
+        return [s for s in self.servers if s.proc is not None and s.proc.poll() is None]
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node says cluster_state:ok, every slot has a live master and every live
+        replica is in sync with its master (its link up)."""
+        import redis
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                live = self.live()
+                states = [redis.Redis(port=s.port).cluster("info")["cluster_state"] for s in live]
+                ports = {s.port for s in live}
+                links = [redis.Redis(port=s.port).info("replication") for s in live]
+                in_sync = sum(i.get("master_link_status") == "up" for i in links) == len(live) - 3
+                if (
+                    in_sync
+                    and all(state == "ok" for state in states)
+                    and all(int(e[2][1]) in ports for e in self._slots())
+                ):
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+
+    def _slots(self) -> list:
+        import redis
+
+        return redis.Redis(port=self.live()[0].port).execute_command("CLUSTER SLOTS")
+
+    def master_of(self, key: str) -> RedisServer:
+        """The server that owns `key`'s slot now."""
+        import redis
+
+        slot = int(redis.Redis(port=self.live()[0].port).execute_command("CLUSTER KEYSLOT", key))
+        for low, high, master, *_ in self._slots():
+            if low <= slot <= high:
+                return next(s for s in self.servers if s.port == int(master[1]))
+        raise LookupError(key)
+
+    def kill(self, server: RedisServer) -> None:
+        assert server.proc is not None
+        server.proc.kill()  # -9: no chance to hand anything over
+        server.proc.wait(10)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()

@@ -1,7 +1,8 @@
 """RedisKeyClaims: idempotency keys claimed in Redis by several server processes (one model).
 
 What a key means and when it is claimed is serving/idempotency.py's; this module keeps them in
-Redis. One string per key, `SET` with a TTL (its value: "<instance> <lsn> <user>" of the original),
+Redis, all under the namespace's hash tag (`prefix:{model/idempotency}:...`: one slot, so one
+script on Redis Cluster). One string per key, `SET` with a TTL (its value: "<instance> <lsn> <user>" of the original),
 claimed for a whole batch by one Lua script, so two processes racing with the same key cannot both
 claim it; and per instance a sorted set of its claims not yet durable, by LSN, so they can be
 released when their records never reach the log. Driver errors become StoreUnavailable.
@@ -53,11 +54,10 @@ class RedisKeyClaims:
         self._store = store
         self._namespace = namespace
         self.instance = instance
-        self._pending = store.key(namespace, f"pending:{instance}")
-        self._script = store.client.register_script(_CLAIM)
+        self._pending = store.tagged_key(namespace, f"pending:{instance}")
 
     def _key(self, key: str) -> str:
-        return self._store.key(self._namespace, f"k:{key}")
+        return self._store.tagged_key(self._namespace, f"k:{key}")  # one slot with the pending set: one script
 
     def claim(
         self, keys: Sequence[str | None], users: Sequence[str], next_lsn: int, *, ttl: int, durable_lsn: int
@@ -70,10 +70,11 @@ class RedisKeyClaims:
         for key, user in zip(keys, users):
             args += ("1" if key is not None else "0", user)
         redis_keys = [self._pending] + [self._key(k) for k in keys if k is not None]
-        with self._store.unavailable("claiming idempotency keys"):
-            found = cast("list[bytes]", self._script(keys=redis_keys, args=args))
+        (found,) = self._store.run_script(
+            _CLAIM, [(*redis_keys, *args)], "claiming idempotency keys", keys=len(redis_keys)
+        )
         out: list[tuple[str, int, str] | None] = []
-        for raw in found:
+        for raw in cast("list[bytes]", found):
             if not raw:
                 out.append(None)
                 continue

@@ -6,6 +6,10 @@ timeout, a failed command is retried a couple of times with exponential backoff 
 fails becomes `StoreUnavailable` (503) with a message that says what to do. The connection pool
 reconnects by itself on the next command once Redis is back. Background loops (the applier) wait
 between attempts with the same policy's backoff, so there is one place to tune retries.
+
+`?cluster=1` connects to a Redis Cluster from one seed node (redis-py's RedisCluster, same timeouts
+and policy); `?replica_wait=N` makes every acknowledged write wait for N replicas (WAIT, see
+storage/redis_cluster.py), so that it survives the failover of its master.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import AbstractBackoff, NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from veloxserve.backoff import RetryPolicy  # re-exported: its home was here
@@ -50,10 +56,13 @@ class RedisSettings:
     # The bound on the Redis work of one request (docs/deployment.md): past it, 503 + Retry-After.
     # Above one command's worst case, (retries + 1) socket timeouts plus backoffs, ~1.5 s.
     deadline: float = 2.0
+    cluster: bool = False  # a Redis Cluster reached from the URL's node (`?cluster=1`)
+    replica_wait: int = 0  # replicas that must hold a write before it is acknowledged (`?replica_wait=N`)
+    replica_timeout: float = 0.25  # how long WAIT waits for them (seconds) before the request fails (503)
 
     @classmethod
     def from_url(cls, url: str) -> RedisSettings:
-        """`redis://host:port/db[?prefix=name]`: the prefix is ours, the rest is redis-py's."""
+        """`redis://host:port/db[?prefix=name&cluster=1&replica_wait=N]`: those are ours, the rest is redis-py's."""
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise InvalidInput(
@@ -67,21 +76,54 @@ class RedisSettings:
                 f"spaces. Got {prefix!r} instead.",
                 field="store",
             )
-        return cls(url=urlunsplit(parts._replace(query=urlencode(query))), prefix=prefix)
+        cluster = _flag(query.pop("cluster", "0"))
+        replica_wait = _count(query.pop("replica_wait", "0"))
+        if cluster and parts.path.strip("/") not in ("", "0"):
+            raise InvalidInput(
+                f"A Redis Cluster has only database 0: drop {parts.path!r} from the store URL {url!r}.", field="store"
+            )
+        url = urlunsplit(parts._replace(query=urlencode(query)))
+        return cls(url=url, prefix=prefix, cluster=cluster, replica_wait=replica_wait)
 
     def connect(self) -> redis.Redis:
-        return redis.Redis.from_url(
-            self.url,
-            socket_timeout=self.socket_timeout,
-            socket_connect_timeout=self.connect_timeout,
-            retry=_retry(self.policy),
-            health_check_interval=30,
-        )
+        """A client of the Redis (or, with `cluster`, of the Redis Cluster) the URL names. The
+        cluster client routes each command by its key's hash slot and follows MOVED after a failover."""
+        return self._client(_retry(self.policy))
+
+    def _client(self, retry: Retry) -> redis.Redis:
+        options = {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.connect_timeout,
+            "retry": retry,
+        }
+        if self.cluster:
+            # Typed as redis.Redis: RedisCluster answers the same commands (routed by slot), and the
+            # few places that need the difference (storage/redis_cluster.py) check for it.
+            return cast("redis.Redis", RedisCluster.from_url(self.url, **options))
+        return redis.Redis.from_url(self.url, health_check_interval=30, **options)
 
     @property
     def where(self) -> str:
         parts = urlsplit(self.url)
         return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))  # no password
+
+
+def _flag(value: str) -> bool:
+    if value not in ("0", "1"):
+        raise InvalidInput(
+            f"The 'cluster' option of the Redis URL must be 0 or 1. Got {value!r} instead.", field="store"
+        )
+    return value == "1"
+
+
+def _count(value: str) -> int:
+    if not value.isdigit() or int(value) > 16:
+        raise InvalidInput(
+            f"The 'replica_wait' option of the Redis URL must be an int in [0, 16] (replicas per write). "
+            f"Got {value!r} instead.",
+            field="store",
+        )
+    return int(value)
 
 
 @contextlib.contextmanager
@@ -100,12 +142,7 @@ class RedisProbe:
     """Is Redis answering? One attempt per ping, no retry: for a watch that is itself the retry."""
 
     def __init__(self, settings: RedisSettings) -> None:
-        self._client = redis.Redis.from_url(
-            settings.url,
-            socket_timeout=settings.socket_timeout,
-            socket_connect_timeout=settings.connect_timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._client = settings._client(Retry(NoBackoff(), 0))
 
     def ping(self) -> str | None:
         """None if Redis answered, else why not ("<error type>: <message>")."""

@@ -7,9 +7,12 @@ Keys (prefix `p`, namespace `ns`):
     p:ns:checkpoint     "<version>\\n<lsn>"
 
 The user id is the hash tag (`{...}`), so Redis Cluster places each user's keys by user and a
-script over one user's keys (the shared learner's compare-and-set) stays on one shard. A checkpoint is one MULTI/EXEC transaction,
-all or nothing on a single Redis node (the server processes sharing Redis do not checkpoint:
-they update users in place, see storage/redis_states.py and learning/shared_table.py). Every driver error becomes
+script over one user's keys (the shared learner's compare-and-set) stays on one shard; keys a
+script touches together that are not one user's are tagged by their namespace (`tagged_key`).
+A checkpoint is one MULTI/EXEC transaction, all or nothing on a single Redis node; on Redis
+Cluster its keys span shards, so it is written in order (states, index, the checkpoint last) but
+not atomically, nor is a delete (the server processes sharing Redis do not checkpoint: they
+update users in place, see storage/redis_states.py and learning/shared_table.py). Every driver error becomes
 StoreUnavailable (503) here; nothing redis-py raises leaves this package.
 """
 
@@ -19,9 +22,8 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
-from redis.exceptions import NoScriptError
-
 from veloxserve.storage.redis_client import RedisSettings, unavailable_as_503
+from veloxserve.storage.redis_cluster import execute, sha
 from veloxserve.storage.redis_states import STATE, RedisStateSpace
 from veloxserve.storage.user_store import Checkpoint, UserStore, check_states
 
@@ -32,7 +34,6 @@ class RedisUserStore(UserStore):
     def __init__(self, settings: RedisSettings | str) -> None:
         self.settings = RedisSettings.from_url(settings) if isinstance(settings, str) else settings
         self.client = self.settings.connect()
-        self._scripts: dict[str, str] = {}  # Lua source -> its SHA1 on the server
 
     def state_space(self, namespace: str) -> RedisStateSpace:
         """The users' state of `namespace` as several processes share it (learning/shared_table.py)."""
@@ -45,30 +46,28 @@ class RedisUserStore(UserStore):
     def key(self, namespace: str, name: str) -> str:
         return f"{self.settings.prefix}:{namespace}:{name}"
 
+    def tagged_key(self, namespace: str, name: str) -> str:
+        """A key hash-tagged by its namespace: all of a namespace's tagged keys are in one hash slot,
+        so one script or transaction may touch several of them on Redis Cluster."""
+        return f"{self.settings.prefix}:{{{namespace}}}:{name}"
+
     def unavailable(self, doing: str) -> contextlib.AbstractContextManager[None]:
         return unavailable_as_503(self.settings, doing)
 
-    def run_script(self, source: str, calls: Sequence[tuple[Any, ...]], doing: str) -> list[Any]:
-        """Run a Lua script once per call `(key, *args)`, in order, in one round trip. A script
-        Redis has forgotten (it restarted) is loaded and the batch run again, so scripts run this
-        way must be idempotent."""
-        sha = self._scripts.get(source)
+    def run_script(self, source: str, calls: Sequence[tuple[Any, ...]], doing: str, *, keys: int = 1) -> list[Any]:
+        """Run a Lua script once per call `(*keys, *args)` (its first `keys` items are Redis keys, of
+        one hash slot), in order, one round trip per Redis node, each write acknowledged by
+        `replica_wait` replicas (storage/redis_cluster.py). A script a node does not know (it
+        restarted, or a replica took over) is loaded there and that node's calls run again, so
+        scripts run this way must be idempotent."""
+        digest = sha(source)
+        commands = [(call[0], ("EVALSHA", digest, keys, *call)) for call in calls]
         with self.unavailable(doing):
-            for attempt in (0, 1):
-                if sha is None:
-                    sha = self._scripts[source] = self.client.script_load(source)
-                pipe = self.client.pipeline(transaction=False)
-                for key, *args in calls:
-                    pipe.evalsha(sha, 1, key, *args)
-                results = pipe.execute(raise_on_error=False)
-                errors = [r for r in results if isinstance(r, Exception)]
-                if not errors:
-                    return results
-                if attempt == 0 and all(isinstance(e, NoScriptError) for e in errors):
-                    sha = None
-                    continue
+            results = execute(self.client, self.settings, commands, script=source)
+            errors = [r for r in results if isinstance(r, Exception)]
+            if errors:
                 raise errors[0]
-        raise AssertionError("unreachable")
+            return results
 
     def add_to_set(self, key: str, members: Sequence[str]) -> int:
         """SADD; how many members were new."""
@@ -95,7 +94,7 @@ class RedisUserStore(UserStore):
         with self.unavailable("writing a checkpoint"):
             members = cast("set[bytes]", self.client.smembers(index)) if replace_all else set()
             dropped = [m.decode() for m in members]
-            pipe = self.client.pipeline(transaction=True)  # MULTI/EXEC: all or nothing
+            pipe = self.client.pipeline(transaction=not self.settings.cluster)  # MULTI/EXEC: all or nothing
             if replace_all:
                 for user in dropped:
                     pipe.delete(self.user_key(namespace, user))
@@ -126,7 +125,7 @@ class RedisUserStore(UserStore):
 
     def delete(self, namespace: str, user: str) -> bool:
         with self.unavailable("deleting a user's state"):
-            pipe = self.client.pipeline(transaction=True)
+            pipe = self.client.pipeline(transaction=not self.settings.cluster)  # two slots on a cluster
             pipe.delete(self.user_key(namespace, user))
             pipe.srem(self.key(namespace, "users"), user)
             removed, _ = pipe.execute()
