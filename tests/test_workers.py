@@ -127,3 +127,24 @@ def test_kill_9_of_a_worker_under_load_loses_no_acknowledged_observation(
     for user, n_sent in sent.items():
         # every acknowledged observation learned; none learned twice (an unacknowledged one may be)
         assert acked.get(user, 0) <= learned.get(user, 0) <= n_sent, (user, acked.get(user), learned.get(user), n_sent)
+
+
+def test_a_home_already_served_stops_every_worker_with_the_owners_pid(workers: ServerProcess, tmp_path: Path) -> None:
+    second = ServerProcess(tmp_path, "--workers", "2", "--no-auth")
+    assert second.proc.wait(120) == 2
+    out = second.proc.stdout.read()
+    assert "is in use by another veloxserve process" in out and "stopping" in out
+    assert httpx.get(f"{workers.url}/healthz", timeout=30).status_code == 200  # the first one serves on
+
+
+@pytest.mark.parametrize(
+    ("flags", "why"),
+    [(["--workers", "0"], "in [1, 64]"), (["--workers", "2", "--store", "redis://127.0.0.1:1/0"], "--instance")],
+)
+def test_workers_outside_their_range_or_over_redis_are_refused(
+    tmp_path: Path, flags: list[str], why: str, capsys
+) -> None:
+    from veloxserve.cli import main
+
+    assert main(["serve", "--home", str(tmp_path), "--no-auth", *flags]) == 2
+    assert why in capsys.readouterr().err
