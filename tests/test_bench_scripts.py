@@ -25,6 +25,7 @@ HELPERS = {  # modules in bench/ that are not benchmarks themselves
 EXTRA_ARGS = {"bench_http.py": ["--no-peer"]}  # the peer's venv is pip-installed on first use: not in CI
 NEEDS = {
     "bench_http.py": ["wrk"],
+    "bench_workers.py": ["wrk"],
     "bench_scaleout.py": ["wrk", "redis-server", "redis-cli"],
     "bench_redis_hang.py": ["redis-server"],
     "bench_redis_cluster.py": ["redis-server", "redis-cli"],

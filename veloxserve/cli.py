@@ -188,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(its own log and lock; default: the home's main log)",
         default=None,
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving the home on one port (embedded store only): worker 0 learns and logs, the "
+        "others forward to it (docs/deployment.md, 'Several workers')",
+    )
+    for hidden in ("--worker-index", "--listen-fd"):  # set by the supervisor for each worker (workers.py)
+        serve.add_argument(hidden, type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker0-socket", default=None, help=argparse.SUPPRESS)
     settings_flag(
         serve,
         "--model-dir",
@@ -289,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `serve --workers N` gives it to each worker
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
     from veloxserve.errors import VeloxError
@@ -449,12 +460,18 @@ def _serve(args: argparse.Namespace) -> int:
 
     from veloxserve.api import create_app
     from veloxserve.api.auth import AuthConfig
+    from veloxserve.api.forwarding import tag_worker
     from veloxserve.serving.velox import Velox
 
     settings = getattr(args, "settings", None) or _settings(args)
     if _refuse_remote_no_auth(settings):
         return 2
     server_settings, no_auth = settings.server, not settings.auth.enabled
+    index = getattr(args, "worker_index", None)
+    if index is None and getattr(args, "workers", 1) != 1:
+        return _supervise(args, server_settings)
+    if index is not None and index > 0:
+        return _serve_forwarder(args, server_settings, index)
     auth = AuthConfig(enabled=settings.auth.enabled, keyed_models=frozenset(settings.auth.keyed_models))
     store = None
     if server_settings.store != "lmdb":
@@ -473,7 +490,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(velox, auth=auth, admission=settings.admission, model_dirs=server_settings.model_dirs)
         config = uvicorn.Config(
-            app,
+            app if index is None else tag_worker(app, index),
             host=server_settings.host,
             port=server_settings.port,
             access_log=False,
@@ -502,10 +519,66 @@ def _serve(args: argparse.Namespace) -> int:
         base = f"http://{server_settings.host}:{server_settings.port}"
         print(f"dashboard: {base}/dashboard, API docs: {base}/docs", flush=True)
         listen = getattr(args, "listen_socket", None)  # `demo` bound the port before changing anything
-        server.run(sockets=[listen] if listen is not None else None)
+        if index is not None:  # worker 0: the supervisor's port, and the readers' Unix socket
+            server.run(sockets=[_inherited(args.listen_fd), _unix_listener(args.worker0_socket)])
+        else:
+            server.run(sockets=[listen] if listen is not None else None)
     finally:
         velox.close()
     return 0
+
+
+def _supervise(args: argparse.Namespace, server: Any) -> int:
+    """`serve --workers N`: bind the port once and run N workers over it (veloxserve/workers.py)."""
+    from veloxserve.errors import invalid_parameter
+    from veloxserve.workers import MAX_WORKERS, Supervisor
+
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise invalid_parameter("workers", "serve", f"an int in [1, {MAX_WORKERS}]", args.workers)
+    if server.store != "lmdb":
+        raise invalid_parameter(
+            "workers", "serve", "1 with a shared store: run one `serve --instance ID` per core over Redis instead", 2
+        )
+    listen = _bind(server.host, server.port)
+    listen.set_inheritable(True)
+    print(f"serving {server.home} on http://{server.host}:{server.port} with {args.workers} workers", flush=True)
+    return Supervisor(args.argv, args.workers, listen).run()
+
+
+def _serve_forwarder(args: argparse.Namespace, server: Any, index: int) -> int:
+    """Worker `index` > 0 of `serve --workers N`: accept on the shared port, forward to worker 0."""
+    import uvicorn
+
+    from veloxserve.api.forwarding import Forwarder
+
+    config = uvicorn.Config(
+        Forwarder(args.worker0_socket, index),
+        access_log=False,
+        log_level="warning",
+        http="httptools",
+        loop="uvloop",
+        lifespan="on",
+    )
+    uvicorn.Server(config).run(sockets=[_inherited(args.listen_fd)])
+    return 0
+
+
+def _inherited(fd: int) -> Any:
+    """The listening socket the supervisor passed down as file descriptor `fd`."""
+    import socket
+
+    return socket.socket(fileno=fd)
+
+
+def _unix_listener(path: str) -> Any:
+    """Worker 0's socket for the readers' forwarded requests (a stale one from a killed worker 0 removed)."""
+    import socket
+
+    Path(path).unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(2048)
+    return sock
 
 
 def _demo(args: argparse.Namespace) -> int:

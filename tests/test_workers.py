@@ -1,0 +1,150 @@
+"""`serve --workers 2`: both workers answer on one port, and kill -9 of either loses nothing acknowledged."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import synthetic_version_arrays
+from tests.helpers import ServerProcess, eventually
+from veloxserve.config import HomeLayout
+from veloxserve.serving.velox import Velox
+from veloxserve.storage.versions import VersionStore
+
+
+@pytest.fixture
+def workers(tmp_path: Path):
+    arrays, meta = synthetic_version_arrays(name="songs")
+    VersionStore(HomeLayout(tmp_path).versions_dir("songs")).write(arrays, meta)
+    server = ServerProcess(tmp_path, "--workers", "2", "--no-auth")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def _pids(server: ServerProcess, n: int = 60) -> dict[str, str]:
+    """Worker index -> pid, as the answers of `n` new connections name them."""
+    seen = {}
+    for _ in range(n):
+        with httpx.Client(base_url=server.url, timeout=30) as http:  # a new connection each time
+            r = http.get("/healthz")
+        if r.status_code == 200:
+            seen[r.headers["x-veloxserve-worker"]] = r.headers["x-veloxserve-pid"]
+    return seen
+
+
+def test_both_workers_serve_and_each_reads_what_either_acknowledged(workers: ServerProcess) -> None:
+    assert eventually(lambda: set(_pids(workers)) == {"0", "1"}, within=120)
+    by_worker: dict[str, list[float]] = {"0": [], "1": []}
+    for n in range(40):
+        with httpx.Client(base_url=workers.url, timeout=30) as http:
+            ack = http.post("/models/songs/observe", json={"user": "ryw", "item": 100 + n % 50, "score": 5.0})
+            assert ack.status_code == 200, ack.text
+            # a new connection: it may land on the other worker, and still sees the write
+            got = http.get("/models/songs/predict", params={"user": "ryw", "item": 100 + n % 50})
+        assert got.status_code == 200
+        by_worker[got.headers["x-veloxserve-worker"]].append(got.json()["score"])
+    assert by_worker["0"] and by_worker["1"]
+    with httpx.Client(base_url=workers.url, timeout=30) as http:
+        final = http.get("/models/songs/predict", params={"user": "ryw", "item": 139}).json()["score"]
+    for _ in range(10):  # whichever worker answers, the same learned state
+        with httpx.Client(base_url=workers.url, timeout=30) as http:
+            assert http.get("/models/songs/predict", params={"user": "ryw", "item": 139}).json()["score"] == final
+
+
+def test_bad_input_is_refused_by_either_worker_and_changes_nothing(workers: ServerProcess, tmp_path: Path) -> None:
+    refused: dict[str, int] = {}
+    for _ in range(40):
+        with httpx.Client(base_url=workers.url, timeout=30) as http:
+            r = http.post(
+                "/models/songs/observe",
+                content=b'{"user": "bad", "item": 101, "score": ',
+                headers={"content-type": "application/json"},
+            )
+        refused[r.headers["x-veloxserve-worker"]] = r.status_code
+        assert "message" in r.json()
+    assert refused == {"0": 400, "1": 400}
+    workers.stop()
+    with Velox(tmp_path) as velox:
+        assert "bad" not in velox.server("songs").users.rows
+
+
+@pytest.mark.parametrize("victim", ["1", "0"])
+def test_kill_9_of_a_worker_under_load_loses_no_acknowledged_observation(
+    workers: ServerProcess, tmp_path: Path, victim: str
+) -> None:
+    assert eventually(lambda: set(_pids(workers)) == {"0", "1"}, within=120)
+    pid = int(_pids(workers)[victim])
+    acked: dict[str, int] = {}
+    sent: dict[str, int] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+    unexpected: list[str] = []  # answers other than 200, or 503 + Retry-After while a worker restarts
+
+    def loadgen(worker: int) -> None:
+        n = 0
+        while not stop.is_set():
+            user = f"load-{worker}-{n % 4}"
+            n += 1
+            with lock:
+                sent[user] = sent.get(user, 0) + 1
+            try:
+                with httpx.Client(base_url=workers.url, timeout=60) as http:  # spread over both workers
+                    r = http.post("/models/songs/observe", json={"user": user, "item": 100 + n % 50, "score": 1.0})
+            except httpx.HTTPError:
+                continue  # the killed worker's connection: not acknowledged
+            if r.status_code == 200:
+                with lock:
+                    acked[user] = acked.get(user, 0) + 1
+            elif r.status_code != 503 or "retry-after" not in r.headers:
+                with lock:
+                    unexpected.append(f"{r.status_code} {r.text}")
+
+    threads = [threading.Thread(target=loadgen, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    assert eventually(lambda: sum(acked.values()) >= 100, within=120)
+    os.kill(pid, signal.SIGKILL)
+    before = sum(acked.values())
+    assert eventually(lambda: sum(acked.values()) >= before + 100, within=180)  # served again after the restart
+    stop.set()
+    for t in threads:
+        t.join(90)
+    assert not unexpected, unexpected[:5]
+    assert eventually(lambda: _pids(workers).get(victim) not in (None, str(pid)), within=120)  # restarted
+    workers.stop()
+
+    with Velox(tmp_path) as velox:  # recovered from the checkpoint and the log, as a restart would
+        table = velox.server("songs").users
+        learned = {user: int(table.counts[table.rows[user]]) for user in sent if user in table.rows}
+    for user, n_sent in sent.items():
+        # every acknowledged observation learned; none learned twice (an unacknowledged one may be)
+        assert acked.get(user, 0) <= learned.get(user, 0) <= n_sent, (user, acked.get(user), learned.get(user), n_sent)
+
+
+def test_a_home_already_served_stops_every_worker_with_the_owners_pid(workers: ServerProcess, tmp_path: Path) -> None:
+    second = ServerProcess(tmp_path, "--workers", "2", "--no-auth")
+    assert second.proc.wait(120) == 2
+    out = second.proc.stdout.read()
+    assert "is in use by another veloxserve process" in out and "stopping" in out
+    assert httpx.get(f"{workers.url}/healthz", timeout=30).status_code == 200  # the first one serves on
+
+
+@pytest.mark.parametrize(
+    ("flags", "why"),
+    [(["--workers", "0"], "in [1, 64]"), (["--workers", "2", "--store", "redis://127.0.0.1:1/0"], "--instance")],
+)
+def test_workers_outside_their_range_or_over_redis_are_refused(
+    tmp_path: Path, flags: list[str], why: str, capsys
+) -> None:
+    from veloxserve.cli import main
+
+    assert main(["serve", "--home", str(tmp_path), "--no-auth", *flags]) == 2
+    assert why in capsys.readouterr().err

@@ -1,0 +1,174 @@
+"""Forwarding: a reader worker of `serve --workers N` hands each request to worker 0.
+
+Worker 0 is the one embedded server of the home (the log, the learning, the home lock); every
+other worker accepts on the same port and forwards over a Unix socket to it (veloxserve/workers.py
+starts them). The forwarding path is where a previous attempt failed under load (most observes
+answered 503), so it is built to queue rather than refuse:
+
+- one pool of persistent HTTP/1.1 connections per reader (httpx over the Unix socket), so no
+  request pays a connect, and requests beyond the pool's size wait for a free connection (the
+  pool timeout is the queue's bound: backpressure, not an error);
+- a connection refused or reset before the request was sent means worker 0 is not there
+  (restarting after a kill, recovering its log): the request was not applied, so it is retried
+  with backoff for up to `down_after` seconds before a 503 + Retry-After;
+- a connection lost after the request was sent may have been applied: 503 that says so (an
+  observation with an idempotency key `id` is safe to resend; a repeat is not learned twice).
+
+Each answer says who served it: `x-veloxserve-worker` (the worker index) and `x-veloxserve-pid`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+import httpx
+
+from veloxserve.errors import RetryLater
+
+ASGIApp = Any  # (scope, receive, send) -> awaitable, as starlette's
+# Not passed on: what belongs to one connection, and what each side's server writes for itself.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"upgrade",
+        b"content-length",
+        b"host",
+        b"date",
+        b"server",
+    }
+)
+
+
+class WorkerZeroDown(RetryLater):
+    """Worker 0 (the home's one learner) did not answer: nothing it did not acknowledge is lost."""
+
+
+def worker_headers(index: int) -> list[tuple[bytes, bytes]]:
+    return [(b"x-veloxserve-worker", str(index).encode()), (b"x-veloxserve-pid", str(os.getpid()).encode())]
+
+
+def tag_worker(app: ASGIApp, index: int) -> ASGIApp:
+    """`app` with every HTTP answer naming the worker that served it."""
+    tags = worker_headers(index)
+    names = {name for name, _ in tags}
+
+    async def tagged(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+
+        async def send_tagged(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message = {**message, "headers": kept + tags}
+            await send(message)
+
+        await app(scope, receive, send_tagged)
+
+    return tagged
+
+
+class Forwarder:
+    """The ASGI app of a reader worker: every HTTP request answered by worker 0 over `socket_path`."""
+
+    def __init__(
+        self, socket_path: str, index: int, *, connections: int = 64, queue_s: float = 30.0, down_after: float = 20.0
+    ) -> None:
+        self.socket_path = socket_path
+        self.down_after = down_after
+        self._tags = worker_headers(index)
+        self._limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        # pool: how long a request may queue for a connection; read: retrains and forgets are admin
+        # calls that answer when done.
+        self._timeout = httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=queue_s)
+        self._client: httpx.AsyncClient | None = None
+
+    def _pool(self) -> httpx.AsyncClient:
+        if self._client is None:
+            transport = httpx.AsyncHTTPTransport(uds=self.socket_path, limits=self._limits, retries=0)
+            self._client = httpx.AsyncClient(transport=transport, timeout=self._timeout, base_url="http://worker0")
+        return self._client
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await self._lifespan(receive, send)
+        if scope["type"] != "http":
+            return  # no websockets are served
+        body = bytearray()
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        try:
+            status, headers, content = await self.forward(scope, bytes(body))
+        except RetryLater as exc:
+            status, content = exc.status, json.dumps(exc.to_dict()).encode()
+            headers = [(b"content-type", b"application/json")] + [
+                (k.encode(), v.encode()) for k, v in exc.headers().items()
+            ]
+        own = {name for name, _ in self._tags}
+        headers = (
+            [(k, v) for k, v in headers if k.lower() not in own]
+            + self._tags
+            + [(b"content-length", str(len(content)).encode())]
+        )
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    async def forward(self, scope: dict[str, Any], body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Worker 0's answer to the request, retried while worker 0 is not listening."""
+        path = scope.get("raw_path") or scope["path"].encode()
+        if isinstance(path, str):
+            path = path.encode()
+        url = path.decode("latin-1") + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
+        deadline = time.monotonic() + self.down_after
+        pause = 0.05
+        while True:
+            try:
+                response = await self._pool().request(scope["method"], url, headers=headers, content=body)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never sent: safe to retry
+                if time.monotonic() + pause > deadline:
+                    raise WorkerZeroDown(
+                        f"Worker 0 of this server (the process that learns and logs) has not answered for "
+                        f"{self.down_after:.0f} s ({exc.__class__.__name__}); the supervisor restarts it. Nothing was "
+                        "applied: retry after Retry-After seconds.",
+                        retry_after=2,
+                    ) from None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+            except httpx.PoolTimeout:
+                raise WorkerZeroDown(
+                    "This worker's queue to worker 0 stayed full: the server is overloaded. Nothing was applied: "
+                    "retry after Retry-After seconds."
+                ) from None
+            except httpx.TransportError as exc:  # sent, then the connection was lost: perhaps applied
+                raise WorkerZeroDown(
+                    f"Worker 0 of this server stopped while answering ({exc.__class__.__name__}); the request may "
+                    "or may not have been applied. Retry after Retry-After seconds: an observation with an id is "
+                    "not learned twice."
+                ) from None
+        # httpx has decoded a compressed body: it goes on as it is now, without its old encoding.
+        kept = [
+            (k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP and k.lower() != b"content-encoding"
+        ]
+        return response.status_code, kept, response.content
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._client is not None:
+                    await self._client.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,126 @@
+"""Workers: `veloxserve serve --workers N` serves one home with N processes on one port.
+
+The `serve` process becomes a supervisor: it binds the port once and starts N workers that
+inherit the listening socket, so the kernel spreads connections over them. Worker 0 is the home's
+embedded server as `serve` alone runs it (the home lock, the log, learning, checkpoints); it also
+listens on a Unix socket, and workers 1..N-1 forward every request to it over persistent
+connections (api/forwarding.py). Its durability and recovery are embedded mode's own: an
+observation is acknowledged after the log's group commit, and a worker 0 restarted after kill -9
+recovers from the LMDB checkpoint and the log before it answers again (readers queue and retry
+meanwhile). Any worker that dies is restarted; a worker that exits with 2 (a usage error, such as
+a home another process holds) stops them all. docs/deployment.md says what this buys, measured.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MAX_WORKERS = 64
+_USAGE_ERROR = 2  # cli.py's exit code for a VeloxError
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # in the child, before exec: a supervisor killed with -9 leaves no orphans
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (AttributeError, OSError):  # not Linux: orphans are stopped by hand
+        pass
+
+
+class Supervisor:
+    """Starts, watches and restarts the workers of one `serve --workers N`."""
+
+    def __init__(self, argv: list[str], workers: int, listen: socket.socket) -> None:
+        """`argv`: the `serve` command line, given again to each worker with its role."""
+        self.argv = argv
+        self.listen = listen
+        self._dir = Path(tempfile.mkdtemp(prefix="veloxserve-workers-"))
+        self.worker0_socket = self._dir / "worker0.sock"
+        self._procs: list[subprocess.Popen[bytes] | None] = [None] * workers
+        self._started = [0.0] * workers
+        self._failures = [0] * workers
+        self._stopping = False
+
+    def _command(self, index: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "veloxserve.cli",
+            *self.argv,
+            "--worker-index",
+            str(index),
+            "--listen-fd",
+            str(self.listen.fileno()),
+            "--worker0-socket",
+            str(self.worker0_socket),
+        ]
+
+    def _start(self, index: int) -> None:
+        self._procs[index] = subprocess.Popen(
+            self._command(index), pass_fds=(self.listen.fileno(),), preexec_fn=_die_with_parent
+        )
+        self._started[index] = time.monotonic()
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (0) or a worker's usage error (2)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            for index in range(len(self._procs)):
+                self._start(index)
+            return self._watch()
+        finally:
+            self._stop_all()
+            self.listen.close()
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stopping = True
+
+    def _watch(self) -> int:
+        due: dict[int, float] = {}  # dead workers and when to restart them
+        while not self._stopping:
+            time.sleep(0.1)
+            now = time.monotonic()
+            for index, proc in enumerate(self._procs):
+                if proc is None or index in due or proc.poll() is None:
+                    continue
+                if proc.returncode == _USAGE_ERROR:
+                    print(f"worker {index} refused to start (see above): stopping", file=sys.stderr, flush=True)
+                    return _USAGE_ERROR
+                # A worker that dies soon after starting is restarted ever more slowly (up to 5 s).
+                self._failures[index] = self._failures[index] + 1 if now - self._started[index] < 10 else 0
+                due[index] = now + min(0.1 * 2 ** self._failures[index], 5.0)
+                print(
+                    f"worker {index} (pid {proc.pid}) exited with {proc.returncode}: restarting it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            for index, when in list(due.items()):
+                if now >= when:
+                    del due[index]
+                    self._start(index)
+        return 0
+
+    def _stop_all(self) -> None:
+        """Readers first (their requests in flight finish on worker 0), then worker 0 (it checkpoints)."""
+        for group in (self._procs[1:], self._procs[:1]):
+            for proc in group:
+                if proc is not None and proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in group:
+                if proc is None:
+                    continue
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
