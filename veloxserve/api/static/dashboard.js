@@ -377,12 +377,14 @@
       const answer = await get("stats");
       if (answer.status !== 200) throw new Error(`/stats answered ${answer.status}: ${answer.body && answer.body.message}`);
       const cur = answer.body, prev = state.snapshots.length ? state.snapshots[state.snapshots.length - 1] : null;
+      await pollOptional(cur);
+      // snapshots and the traffic figures drawn from them change together, after the await: a reader
+      // between the two (a test, a tile) never sees new snapshots beside the previous poll's figures
+      const dt = prev ? cur.time - prev.time : 0;
+      const t = traffic(prev, cur);
       state.snapshots = [prev, cur].filter(Boolean);
       state.last = cur;
-      await pollOptional(cur);
-      const dt = prev ? cur.time - prev.time : 0;
       state.times.push(cur.time);
-      const t = traffic(prev, cur);
       state.traffic = t;
       renderTraffic(cur, t);
       const models = document.getElementById("model-list");
