@@ -65,7 +65,7 @@ class VeloxApp:
         self.velox = velox
         self.guard = Guard(tokens, auth)
         self.admission = Admission(admission)
-        self.store_calls = StoreCalls(velox.redis_settings)  # Redis-bound work: off the loop, within a deadline
+        self.store_calls = StoreCalls(velox.redis_settings, velox.redis_cache)  # Redis-bound work: off the loop, within a deadline
         self._loop: asyncio.AbstractEventLoop | None = None
         self.metrics = Metrics(velox)
         self.clipper = ClipperRoutes(clipper)

@@ -50,10 +50,12 @@ class RedisSettings:
     # The bound on the Redis work of one request (docs/deployment.md): past it, 503 + Retry-After.
     # Above one command's worst case, (retries + 1) socket timeouts plus backoffs, ~1.5 s.
     deadline: float = 2.0
+    cache: bool = True  # hot users' state held in each process (storage/redis_cache.py)
+    cache_mb: float = 64.0
 
     @classmethod
     def from_url(cls, url: str) -> RedisSettings:
-        """`redis://host:port/db[?prefix=name]`: the prefix is ours, the rest is redis-py's."""
+        """`redis://host:port/db[?prefix=name&cache=on|off&cache_mb=64]`: those are ours, the rest is redis-py's."""
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise InvalidInput(
@@ -67,7 +69,10 @@ class RedisSettings:
                 f"spaces. Got {prefix!r} instead.",
                 field="store",
             )
-        return cls(url=urlunsplit(parts._replace(query=urlencode(query))), prefix=prefix)
+        cache, cache_mb = _cache_options(query.pop("cache", "on"), query.pop("cache_mb", "64"))
+        return cls(
+            url=urlunsplit(parts._replace(query=urlencode(query))), prefix=prefix, cache=cache, cache_mb=cache_mb
+        )
 
     def connect(self) -> redis.Redis:
         return redis.Redis.from_url(
@@ -82,6 +87,21 @@ class RedisSettings:
     def where(self) -> str:
         parts = urlsplit(self.url)
         return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query=""))  # no password
+
+
+def _cache_options(cache: str, cache_mb: str) -> tuple[bool, float]:
+    if cache not in ("on", "off"):
+        raise InvalidInput(f"The 'cache' of the Redis URL must be 'on' or 'off'. Got {cache!r} instead.", field="store")
+    try:
+        size = float(cache_mb)
+    except ValueError:
+        size = -1.0
+    if not 0 <= size <= 1_000_000:
+        raise InvalidInput(
+            f"The 'cache_mb' of the Redis URL must be a number of megabytes in [0, 1000000]. Got {cache_mb!r} instead.",
+            field="store",
+        )
+    return cache == "on", size
 
 
 @contextlib.contextmanager
