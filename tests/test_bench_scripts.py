@@ -24,6 +24,7 @@ NEEDS = {
     "bench_http.py": ["wrk"],
     "bench_scaleout.py": ["wrk", "redis-server", "redis-cli"],
     "bench_redis_hang.py": ["redis-server"],
+    "bench_redis_cache.py": ["wrk", "redis-server"],
 }
 
 
