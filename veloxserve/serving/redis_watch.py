@@ -158,12 +158,15 @@ class StoreCalls:
         """`fn(*args)`: inline without Redis, else on a worker, StoreUnavailable at the deadline."""
         if not self._threads:
             return fn(*args)
+        return await self._on_worker(self._deadline, fn, *args)
+
+    async def _on_worker(self, within: float, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._cond:
             self._queue.append((fn, args, future, loop))
             self._cond.notify()
-        timer = loop.call_later(self._deadline, self._expire, future)
+        timer = loop.call_later(within, self._expire, future)
         try:
             return await future
         finally:
@@ -173,16 +176,22 @@ class StoreCalls:
         """`fn(*args)`, a call that only reads user state: from memory on the event loop once the
         request's fence has come back, else (not held, or the fence failed) as `run` does."""
         cache = self.cache
-        if cache is None:
+        if cache is None or not self._threads:
             return await self.run(fn, *args)
         fence = cache.fence()
-        if fence is None or not await self._passed(fence):  # not connected / no PONG in time
+        if fence is None:  # not tracking: Redis answers
             return await self.run(fn, *args)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        passed = await self._passed(fence)
+        left = max(0.0, self._deadline - (loop.time() - started))  # the fence's wait counts against the deadline
+        if not passed:  # no PONG in time
+            return await self._on_worker(left, fn, *args)
         try:
             with cache.answering(memory_only=True):
                 return fn(*args)
         except CacheMiss:
-            return await self.run(_answering, cache, fn, *args)
+            return await self._on_worker(left, _answering, cache, fn, *args)
 
     def _passed(self, fence: Fence) -> asyncio.Future[bool]:
         future = self._fences.get(fence)
