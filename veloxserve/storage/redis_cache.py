@@ -44,6 +44,7 @@ from redis.connection import parse_url
 
 from veloxserve.lru import ByteLRU
 from veloxserve.storage.redis_client import RedisSettings
+from veloxserve.storage.resp3 import Broken, ErrorReply, Push, Reader, command
 
 log = logging.getLogger(__name__)
 Row = tuple[bytes | None, ...]
@@ -225,10 +226,12 @@ class TrackedCache:
             sock = None
             try:
                 sock, reader = self._connect()
+                if failures:
+                    log.info("client-side cache of Redis at %s: tracking again", self.settings.where)
                 failures = 0
                 self._serve(sock, reader)
-            except (OSError, _Broken) as exc:
-                if not self._stop.is_set():
+            except (OSError, Broken) as exc:
+                if not self._stop.is_set() and not failures:  # once per outage, not per attempt
                     log.warning("client-side cache of Redis at %s: %s; reading Redis", self.settings.where, exc)
                 failures += 1
             finally:
@@ -237,7 +240,7 @@ class TrackedCache:
                     sock.close()
             self._stop.wait(self.settings.policy.delay(min(failures, 6)))
 
-    def _connect(self) -> tuple[socket.socket, _Reader]:
+    def _connect(self) -> tuple[socket.socket, Reader]:
         args = parse_url(self.settings.url)
         timeout = self.settings.connect_timeout
         if "path" in args:
@@ -246,22 +249,22 @@ class TrackedCache:
             sock.connect(args["path"])
         else:
             sock = socket.create_connection((args.get("host", "127.0.0.1"), int(args.get("port", 6379))), timeout)
-        reader = _Reader(sock)
+        reader = Reader(sock)
         hello = [b"HELLO", b"3"]
         if args.get("password"):
             hello += [b"AUTH", (args.get("username") or "default").encode(), args["password"].encode()]
-        for command in (hello, [b"CLIENT", b"TRACKING", b"on", b"BCAST", b"PREFIX", self.prefix.encode()]):
-            sock.sendall(_command(command))
+        for parts in (hello, [b"CLIENT", b"TRACKING", b"on", b"BCAST", b"PREFIX", self.prefix.encode()]):
+            sock.sendall(command(parts))
             reply = reader.reply()
-            if isinstance(reply, _Error):
-                raise _Broken(f"Redis refused {command[0].decode()}: {reply}")
+            if isinstance(reply, ErrorReply):
+                raise Broken(f"Redis refused {parts[0].decode()}: {reply}")
         sock.settimeout(None)
         with self._lock:
             self._flush_locked()  # whatever was held missed the invalidations while disconnected
             self._connected = True
         return sock, reader
 
-    def _serve(self, sock: socket.socket, reader: _Reader) -> None:
+    def _serve(self, sock: socket.socket, reader: Reader) -> None:
         """PING for each fence taken (and every `ping_interval` to notice a dead connection),
         apply invalidations, complete fences in the order their PONGs come back."""
         last_sent, limit = 0.0, self.settings.socket_timeout
@@ -274,7 +277,7 @@ class TrackedCache:
                 sock.sendall(_PING)
                 last_sent = now
             if self._sent and now - self._sent[0][1] > limit:
-                raise _Broken(f"no answer to PING within {limit} s")
+                raise Broken(f"no answer to PING within {limit} s")
             wait = self._sent[0][1] + limit - now if self._sent else last_sent + self._interval - now
             readable, _, _ = select.select([sock.fileno(), self._wake_r], [], [], max(0.0, wait))
             if self._wake_r in readable:
@@ -284,15 +287,15 @@ class TrackedCache:
                     self._handle(message)
 
     def _handle(self, message: object) -> None:
-        if isinstance(message, _Push):
+        if isinstance(message, Push):
             if message and message[0] == b"invalidate":
                 self._invalidate(message[1] if len(message) > 1 else None)
         elif message == "PONG":
             fence, _ = self._sent.popleft()
             if fence is not None:
                 fence._finish(True)
-        elif isinstance(message, _Error):
-            raise _Broken(f"Redis answered an error: {message}")
+        elif isinstance(message, ErrorReply):
+            raise Broken(f"Redis answered an error: {message}")
 
     def _down(self) -> None:
         with self._lock:
@@ -312,94 +315,3 @@ class TrackedCache:
         self._thread.join(self.settings.connect_timeout + self.settings.socket_timeout + 1)
         os.close(self._wake_r)
         os.close(self._wake_w)
-
-
-# ---- the little RESP3 this connection speaks ------------------------------------------------
-class _Broken(Exception):
-    """The tracking connection cannot be trusted any more: drop it and everything held."""
-
-
-class _Error(str):
-    """An error reply."""
-
-
-class _Push(list):
-    """A push message (`>`): invalidations."""
-
-
-_INCOMPLETE = object()
-
-
-def _command(parts: list[bytes]) -> bytes:
-    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-
-
-class _Reader:
-    """RESP3 values off a socket: whole replies while connecting, what has arrived afterwards."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._buf = bytearray()
-
-    def _receive(self) -> None:
-        chunk = self._sock.recv(65536)
-        if not chunk:
-            raise _Broken("Redis closed the connection")
-        self._buf += chunk
-
-    def reply(self) -> object:
-        while True:
-            for message in self._parsed():
-                if not isinstance(message, _Push):
-                    return message
-            self._receive()
-
-    def available(self) -> list[object]:
-        self._receive()
-        return list(self._parsed())
-
-    def _parsed(self) -> Iterator[object]:
-        while self._buf:
-            value, end = _parse(self._buf, 0)
-            if value is _INCOMPLETE:
-                return
-            del self._buf[:end]
-            yield value
-
-
-def _parse(buf: bytearray, pos: int) -> tuple[object, int]:
-    """One value starting at `pos` and where it ends; (_INCOMPLETE, pos) if not all arrived."""
-    end = buf.find(b"\r\n", pos)
-    if end < 0:
-        return _INCOMPLETE, pos
-    kind, line, after = buf[pos : pos + 1], bytes(buf[pos + 1 : end]), end + 2
-    if kind == b"+":
-        return line.decode(), after
-    if kind == b"-":
-        return _Error(line.decode()), after
-    if kind == b"_":
-        return None, after
-    if kind in (b":", b"#", b",", b"("):
-        return line, after
-    if kind in (b"$", b"=", b"!"):
-        n = int(line)
-        if n < 0:
-            return None, after
-        if len(buf) < after + n + 2:
-            return _INCOMPLETE, pos
-        value = bytes(buf[after : after + n])
-        return (_Error(value.decode()) if kind == b"!" else value), after + n + 2
-    if kind in (b"*", b"~", b">", b"%", b"|"):
-        n = int(line)
-        if n < 0:
-            return None, after
-        items: list[object] = []
-        for _ in range(2 * n if kind in (b"%", b"|") else n):
-            item, after = _parse(buf, after)
-            if item is _INCOMPLETE:
-                return _INCOMPLETE, pos
-            items.append(item)
-        if kind == b"|":  # attributes precede the value they describe
-            return _parse(buf, after)
-        return (_Push(items) if kind == b">" else items), after
-    raise _Broken(f"unexpected RESP3 type {kind!r}")
