@@ -5,7 +5,7 @@ cache on vs off (storage/redis_cache.py), in one run, under the same load.
     PYTHONPATH=$PWD .venv/bin/python bench/bench_redis_cache.py --quick   # 1 s each: checks it runs
 
 Starts its own redis-server (tests/helpers.RedisServer) and, one after the other, a server per
-setting over a synthetic model (tests/conftest.synthetic_version_arrays, 30 trained users, 50
+setting (started together, measured one after the other) over a synthetic model (tests/conftest.synthetic_version_arrays, 30 trained users, 50
 items). Each is warmed up, then wrk (2 threads, 32 connections) sends predictions rotating over
 40 users (30 trained, 10 new) and every item while one thread posts `--observe-per-s`
 observations to those users (so the cache is invalidated as it would be in service). Prints one
@@ -69,11 +69,9 @@ def _cache_reads(http: httpx.Client) -> dict:
     return found
 
 
-def _measure(home: Path, args: list[str], seconds: float, observe_per_s: float, script: Path) -> dict:
-    server = ServerProcess(home, *args)
+def _measure(server: ServerProcess, seconds: float, observe_per_s: float, script: Path) -> dict:
     stop = threading.Event()
     try:
-        server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=30) as http:
             for n, user in enumerate(_USERS * 2):  # warm up: connections, scripts, every user's state
                 http.post("/models/songs/observe", json={"user": user, "item": 100 + n % 50, "score": 3.0})
@@ -102,7 +100,6 @@ def _measure(home: Path, args: list[str], seconds: float, observe_per_s: float, 
         return figures
     finally:
         stop.set()
-        server.stop()
 
 
 def main() -> None:
@@ -122,18 +119,24 @@ def main() -> None:
         script = Path(tmp) / "predict.lua"
         script.write_text(_WRK_SCRIPT)
         redis_server = RedisServer(Path(tmp) / "redis").start()
-        results = {}
+        results: dict[str, dict] = {}
+        servers: dict[str, ServerProcess] = {}
         try:
             settings = {
                 "embedded": [],
                 "redis_cache_on": ["--store", redis_server.url + "?prefix=on", "--instance", "a"],
                 "redis_cache_off": ["--store", redis_server.url + "?prefix=off&cache=off", "--instance", "a"],
             }
-            for name, server_args in settings.items():
+            for name, server_args in settings.items():  # started together (starting is most of a --quick run)
                 home = Path(tmp) / name
                 VersionStore(HomeLayout(home).versions_dir("songs")).write(arrays, meta)
-                results[name] = _measure(home, server_args, args.seconds, args.observe_per_s, script)
+                servers[name] = ServerProcess(home, *server_args)
+            for name, server in servers.items():  # measured one at a time; the others idle
+                server.wait_ready()
+                results[name] = _measure(server, args.seconds, args.observe_per_s, script)
         finally:
+            for server in servers.values():
+                server.stop()
             redis_server.stop()
         print(
             json.dumps(
