@@ -29,6 +29,7 @@ NEEDS = {
     "bench_scaleout.py": ["wrk", "redis-server", "redis-cli"],
     "bench_redis_hang.py": ["redis-server"],
     "bench_redis_cluster.py": ["redis-server", "redis-cli"],
+    "bench_redis_cache.py": ["wrk", "redis-server"],
 }
 
 

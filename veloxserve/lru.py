@@ -66,6 +66,10 @@ class ByteLRU(Generic[K, V]):
             self.evictions += 1
         return True
 
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
     def remove(self, key: K) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:

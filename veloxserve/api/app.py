@@ -65,7 +65,8 @@ class VeloxApp:
         self.velox = velox
         self.guard = Guard(tokens, auth)
         self.admission = Admission(admission)
-        self.store_calls = StoreCalls(velox.redis_settings)  # Redis-bound work: off the loop, within a deadline
+        # Redis-bound work: off the loop, within a deadline; predictions from memory when held
+        self.store_calls = StoreCalls(velox.redis_settings, velox.redis_cache)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.metrics = Metrics(velox)
         self.clipper = ClipperRoutes(clipper)

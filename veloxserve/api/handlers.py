@@ -76,9 +76,9 @@ class VeloxHandlers:
             if query.text is UNSET:
                 raise invalid_parameter("item", "predict", "present in the query string (or `text`)", None)
             text = query.text  # an item known by its text (content features)
-            score = (await self.store_calls.run(server.predict_text, [(user, text)]))[0]
+            score = (await self.store_calls.read(server.predict_text, [(user, text)]))[0]
             return {"user": user, "text": text, "score": float(score), "model_version": server.version_id}
-        score = await self.store_calls.run(server.predict, user, item)
+        score = await self.store_calls.read(server.predict, user, item)
         return {"user": user, "item": item, "score": score, "model_version": server.version_id}
 
     async def predict_batch(self, name: str, body: Any) -> dict[str, Any]:
@@ -91,7 +91,7 @@ class VeloxHandlers:
                 if item is UNSET:
                     raise invalid_parameter(f"queries[{i}]", "predict", "an object with 'user', 'item'", {"user": _})
             return {
-                "scores": await self.store_calls.run(server.predict_many, pairs),
+                "scores": await self.store_calls.read(server.predict_many, pairs),
                 "model_version": server.version_id,
             }
         # Items by id and by text in one batch: predictions change no state, so score each half.
@@ -110,7 +110,7 @@ class VeloxHandlers:
                 scores[item_at] = server.predict_many(items)
             return scores
 
-        return {"scores": await self.store_calls.run(score), "model_version": server.version_id}
+        return {"scores": await self.store_calls.read(score), "model_version": server.version_id}
 
     def _ranked(
         self, name: str, user: Any, k: Any, candidates: Any, exclude_seen: bool, options: dict[str, Any]

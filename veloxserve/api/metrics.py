@@ -72,6 +72,7 @@ class _ModelState(Collector):
         for name, times in ({} if watch is None else watch.rebuilds).items():
             rebuilt.add_metric([name], times)
         yield from (version, users, rmse, seen, late, damaged, refused, degraded, rebuilt)
+        yield from self._redis_cache()
         yield from self._monitoring()
         cache = self._velox.feature_cache.stats()
         lookups = CounterMetricFamily(
@@ -86,6 +87,36 @@ class _ModelState(Collector):
         )
         yield GaugeMetricFamily("veloxserve_feature_cache_bytes", "Bytes held by the feature cache", value=cache.bytes)
         yield CounterMetricFamily("veloxserve_feature_cache_evictions", "Feature rows evicted", value=cache.evictions)
+
+    def _redis_cache(self) -> Iterator:
+        """The process's client-side cache of users' state in Redis (storage/redis_cache.py)."""
+        cache = self._velox.redis_cache
+        if cache is None:
+            return
+        stats = cache.stats
+        reads = CounterMetricFamily(
+            "veloxserve_redis_cache_reads", "Users' state rows predictions read, by where from", labels=["outcome"]
+        )
+        reads.add_metric(["hit"], stats.hits)
+        reads.add_metric(["miss"], stats.misses)
+        yield reads
+        yield CounterMetricFamily(
+            "veloxserve_redis_cache_invalidations", "Keys Redis said changed", value=stats.invalidations
+        )
+        yield CounterMetricFamily(
+            "veloxserve_redis_cache_flushes", "Times the whole cache was dropped", value=stats.flushes
+        )
+        yield CounterMetricFamily(
+            "veloxserve_redis_cache_failed_fences",
+            "Fences with no PONG in time (those predictions read Redis)",
+            value=stats.failed_fences,
+        )
+        yield GaugeMetricFamily("veloxserve_redis_cache_bytes", "Bytes the cache holds", value=cache.held_bytes)
+        yield GaugeMetricFamily(
+            "veloxserve_redis_cache_connected",
+            "1 while the invalidation connection is up",
+            value=float(cache.connected),
+        )
 
     def _monitoring(self) -> Iterator:
         """Deviations, drift detections and alerts (serving/monitoring.py), evaluated at the scrape."""

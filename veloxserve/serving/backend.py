@@ -32,6 +32,7 @@ from veloxserve.serving.shared_state import SharedUserState
 from veloxserve.serving.user_state import ErrorsListener, UserStateFactory
 from veloxserve.storage.lmdb_store import LMDBUserStore
 from veloxserve.storage.observation_log import MAIN_INSTANCE, ObservationLog
+from veloxserve.storage.redis_cache import TrackedCache
 from veloxserve.storage.redis_client import RedisSettings
 from veloxserve.storage.redis_store import RedisUserStore
 from veloxserve.storage.user_store import UserStore
@@ -51,6 +52,11 @@ class Backend(ABC):
     @property
     def redis_settings(self) -> RedisSettings | None:
         """How to reach the shared Redis (its deadline bounds each request's Redis work), or None."""
+        return None
+
+    @property
+    def redis_cache(self) -> TrackedCache | None:
+        """This process's copy of hot users' state in Redis (storage/redis_cache.py), or None."""
         return None
 
     def log_dir(self, model: str) -> Path:
@@ -142,6 +148,10 @@ class SharedBackend(Backend):
     @property
     def redis_settings(self) -> RedisSettings:
         return self.store.settings
+
+    @property
+    def redis_cache(self) -> TrackedCache | None:
+        return self.store.tracked_cache()
 
     @property
     def _name(self) -> str:

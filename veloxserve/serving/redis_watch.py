@@ -16,6 +16,10 @@ such call froze every route for seconds, /healthz included. So, with state share
   queued behind calls that are. A running call finishes on its own socket timeout and its
   result is dropped. Such calls change no user state (a ranking that finishes late leaves
   at most a decision-log record nobody was given).
+- `StoreCalls.read` runs a prediction on the event loop when this process holds what it reads
+  (storage/redis_cache.py: only after the request's fence came back, so it reflects every
+  observation acknowledged before the request arrived, by any process); a CacheMiss runs it
+  again through `run`, on the workers, which read Redis and fill the cache.
 
 Without a shared store every call runs inline: LMDB and memory are not network services, and
 the embedded hot path keeps its speed.
@@ -33,6 +37,7 @@ from typing import Any, TypeVar
 
 from veloxserve.errors import StoreUnavailable
 from veloxserve.learning.shared_table import SharedUserTable
+from veloxserve.storage.redis_cache import CacheMiss, Fence, TrackedCache
 from veloxserve.storage.redis_client import RedisProbe, RedisSettings
 
 log = logging.getLogger(__name__)
@@ -130,8 +135,10 @@ class StoreCalls:
     `_POOL_THREADS` workers takes every call queued so far, runs them, and resolves them all
     with one wake-up of the loop; a timer per call answers 503 at the deadline."""
 
-    def __init__(self, settings: RedisSettings | None) -> None:
+    def __init__(self, settings: RedisSettings | None, cache: TrackedCache | None = None) -> None:
         self.settings = settings
+        self.cache = cache
+        self._fences: dict[Fence, asyncio.Future[bool]] = {}  # one future per fence, shared by its requests
         self._deadline = 0.0 if settings is None else settings.deadline
         self._where = "" if settings is None else settings.where
         self._queue: deque[_Call] = deque()
@@ -151,16 +158,53 @@ class StoreCalls:
         """`fn(*args)`: inline without Redis, else on a worker, StoreUnavailable at the deadline."""
         if not self._threads:
             return fn(*args)
+        return await self._on_worker(self._deadline, fn, *args)
+
+    async def _on_worker(self, within: float, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._cond:
             self._queue.append((fn, args, future, loop))
             self._cond.notify()
-        timer = loop.call_later(self._deadline, self._expire, future)
+        timer = loop.call_later(within, self._expire, future)
         try:
             return await future
         finally:
             timer.cancel()
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)`, a call that only reads user state: from memory on the event loop once the
+        request's fence has come back, else (not held, or the fence failed) as `run` does."""
+        cache = self.cache
+        if cache is None or not self._threads:
+            return await self.run(fn, *args)
+        fence = cache.fence()
+        if fence is None:  # not tracking: Redis answers
+            return await self.run(fn, *args)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        passed = await self._passed(fence)
+        left = max(0.0, self._deadline - (loop.time() - started))  # the fence's wait counts against the deadline
+        if not passed:  # no PONG in time
+            return await self._on_worker(left, fn, *args)
+        try:
+            with cache.answering(memory_only=True):
+                return fn(*args)
+        except CacheMiss:
+            return await self._on_worker(left, _answering, cache, fn, *args)
+
+    def _passed(self, fence: Fence) -> asyncio.Future[bool]:
+        future = self._fences.get(fence)
+        if future is None:
+            loop = asyncio.get_running_loop()
+            future = self._fences[fence] = loop.create_future()
+            fence.on_done(lambda ok: loop.call_soon_threadsafe(self._settle, fence, ok))
+        return future
+
+    def _settle(self, fence: Fence, ok: bool) -> None:
+        future = self._fences.pop(fence)
+        if not future.done():
+            future.set_result(ok)
 
     def _expire(self, future: asyncio.Future[Any]) -> None:
         if not future.done():  # still queued (never runs) or running (finishes on its socket timeout, unheard)
@@ -199,6 +243,12 @@ class StoreCalls:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+def _answering(cache: TrackedCache, fn: Callable[..., T], *args: Any) -> T:
+    """On a worker, after the request's fence: memory answers what it holds, Redis the rest."""
+    with cache.answering(memory_only=False):
+        return fn(*args)
 
 
 _Outcome = tuple["asyncio.Future[Any]", Any, "Exception | None"]

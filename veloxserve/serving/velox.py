@@ -38,6 +38,7 @@ from veloxserve.storage.decision_log import DecisionLog, new_decision_id
 from veloxserve.storage.home_lock import HomeLock
 from veloxserve.storage.item_tables import read_item_table, write_item_table
 from veloxserve.storage.observation_log import ObservationLog
+from veloxserve.storage.redis_cache import TrackedCache
 from veloxserve.storage.redis_client import RedisSettings
 from veloxserve.storage.user_store import UserStore
 from veloxserve.storage.version_catalog import VersionCatalog
@@ -129,6 +130,11 @@ class Velox:
     def redis_settings(self) -> RedisSettings | None:
         """How to reach the shared Redis (its deadline bounds each request's Redis work), or None."""
         return self._backend.redis_settings
+
+    @property
+    def redis_cache(self) -> TrackedCache | None:
+        """Hot users' state held in this process, coherent with Redis (None without one)."""
+        return self._backend.redis_cache
 
     @property
     def redis_watch(self) -> RedisWatch | None:

@@ -59,10 +59,13 @@ class RedisSettings:
     cluster: bool = False  # a Redis Cluster reached from the URL's node (`?cluster=1`)
     replica_wait: int = 0  # replicas that must hold a write before it is acknowledged (`?replica_wait=N`)
     replica_timeout: float = 0.25  # how long WAIT waits for them (seconds) before the request fails (503)
+    cache: bool = True  # hot users' state held in each process (storage/redis_cache.py); off on a cluster
+    cache_mb: float = 64.0
 
     @classmethod
     def from_url(cls, url: str) -> RedisSettings:
-        """`redis://host:port/db[?prefix=name&cluster=1&replica_wait=N]`: those are ours, the rest is redis-py's."""
+        """`redis://host:port/db[?prefix=name&cluster=1&replica_wait=N&cache=on|off&cache_mb=64]`: those
+        are ours, the rest is redis-py's."""
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise InvalidInput(
@@ -82,8 +85,19 @@ class RedisSettings:
             raise InvalidInput(
                 f"A Redis Cluster has only database 0: drop {parts.path!r} from the store URL {url!r}.", field="store"
             )
+        # The tracking connection hears one node's invalidations: over a cluster it would miss the
+        # other masters' writes, so the cache is off there (and asking for it is an error, not a surprise).
+        cache, cache_mb = _cache_options(query.pop("cache", "off" if cluster else "on"), query.pop("cache_mb", "64"))
+        if cluster and cache:
+            raise InvalidInput(
+                "The 'cache' option of the Redis URL is not supported with cluster=1 yet (its invalidations come "
+                "from one node): drop cache=on.",
+                field="store",
+            )
         url = urlunsplit(parts._replace(query=urlencode(query)))
-        return cls(url=url, prefix=prefix, cluster=cluster, replica_wait=replica_wait)
+        return cls(
+            url=url, prefix=prefix, cluster=cluster, replica_wait=replica_wait, cache=cache, cache_mb=cache_mb
+        )
 
     def connect(self) -> redis.Redis:
         """A client of the Redis (or, with `cluster`, of the Redis Cluster) the URL names. The
@@ -124,6 +138,21 @@ def _count(value: str) -> int:
             field="store",
         )
     return int(value)
+
+
+def _cache_options(cache: str, cache_mb: str) -> tuple[bool, float]:
+    if cache not in ("on", "off"):
+        raise InvalidInput(f"The 'cache' of the Redis URL must be 'on' or 'off'. Got {cache!r} instead.", field="store")
+    try:
+        size = float(cache_mb)
+    except ValueError:
+        size = -1.0
+    if not 0 <= size <= 1_000_000:
+        raise InvalidInput(
+            f"The 'cache_mb' of the Redis URL must be a number of megabytes in [0, 1000000]. Got {cache_mb!r} instead.",
+            field="store",
+        )
+    return cache == "on", size
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from veloxserve.storage.redis_cache import Row, TrackedCache
 from veloxserve.storage.redis_client import RedisSettings
 
 if TYPE_CHECKING:
@@ -74,8 +75,11 @@ def _bytes(value: object) -> bytes | None:
 class RedisStateSpace:
     """The shared users' state of one namespace (a model version) in Redis."""
 
-    def __init__(self, store: RedisUserStore, namespace: str) -> None:
+    def __init__(self, store: RedisUserStore, namespace: str, cache: TrackedCache | None = None) -> None:
+        """`cache`: where predictions' reads (weights, states, the generation) may be answered from
+        memory (storage/redis_cache.py); the learner's reads always go to Redis."""
         self._store = store
+        self._cache = cache
         self._client = store.client
         self.namespace = namespace
         self.settings: RedisSettings = store.settings
@@ -100,17 +104,23 @@ class RedisStateSpace:
 
     def generation(self) -> bytes | None:
         """The generation Redis holds now (None after it lost its data)."""
+        key = self._key("generation")
+        if self._cache is not None:
+            return self._cache.read([key], ("",), lambda keys: [(self._get(key),)])[0][0]
+        return self._get(key)
+
+    def _get(self, key: str) -> bytes | None:
         with self._store.unavailable("checking the users' state"):
-            return _bytes(self._client.get(self._key("generation")))
+            return _bytes(self._client.get(key))
 
     # ---- reading -------------------------------------------------------------------------
     def weights(self, users: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
         """(weights, generation) of each user, in one round trip."""
-        return [(w, g) for w, g in self._fields(users, (_WEIGHTS, _GENERATION), "reading users' weights")]
+        return [(w, g) for w, g in self._cached(users, (_WEIGHTS, _GENERATION), "reading users' weights")]
 
     def states(self, users: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
         """(state, generation) of each user, in one round trip."""
-        return [(s, g) for s, g in self._fields(users, (STATE, _GENERATION), "reading users' state")]
+        return [(s, g) for s, g in self._cached(users, (STATE, _GENERATION), "reading users' state")]
 
     def mark(self, user: str, instance: str) -> tuple[int | None, bytes | None]:
         """(the last LSN of `instance` learned for the user, generation)."""
@@ -125,11 +135,20 @@ class RedisStateSpace:
             for state, version, mark, generation in found
         ]
 
-    def _fields(self, users: Sequence[str], fields: tuple[str, ...], doing: str) -> list[tuple[bytes | None, ...]]:
+    def _cached(self, users: Sequence[str], fields: tuple[str, ...], doing: str) -> list[Row]:
+        keys = [self._user(user) for user in users]
+        if self._cache is None:
+            return self._hmget(keys, fields, doing)
+        return self._cache.read(keys, fields, lambda missing: self._hmget(missing, fields, doing))
+
+    def _fields(self, users: Sequence[str], fields: tuple[str, ...], doing: str) -> list[Row]:
+        return self._hmget([self._user(user) for user in users], fields, doing)
+
+    def _hmget(self, keys: Sequence[str], fields: tuple[str, ...], doing: str) -> list[Row]:
         with self._store.unavailable(doing):
             pipe = self._client.pipeline(transaction=False)
-            for user in users:
-                pipe.hmget(self._user(user), *fields)
+            for key in keys:
+                pipe.hmget(key, *fields)
             return [tuple(_bytes(v) for v in row) for row in pipe.execute()]
 
     # ---- writing -------------------------------------------------------------------------

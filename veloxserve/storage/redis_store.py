@@ -22,6 +22,7 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
+from veloxserve.storage.redis_cache import TrackedCache
 from veloxserve.storage.redis_client import RedisSettings, unavailable_as_503
 from veloxserve.storage.redis_cluster import execute, sha
 from veloxserve.storage.redis_states import STATE, RedisStateSpace
@@ -34,10 +35,18 @@ class RedisUserStore(UserStore):
     def __init__(self, settings: RedisSettings | str) -> None:
         self.settings = RedisSettings.from_url(settings) if isinstance(settings, str) else settings
         self.client = self.settings.connect()
+        self._cache: TrackedCache | None = None
 
     def state_space(self, namespace: str) -> RedisStateSpace:
         """The users' state of `namespace` as several processes share it (learning/shared_table.py)."""
-        return RedisStateSpace(self, namespace)
+        return RedisStateSpace(self, namespace, self.tracked_cache())
+
+    def tracked_cache(self) -> TrackedCache | None:
+        """This process's copy of hot users' state (None with `cache=off`), started on first use:
+        only servers sharing state read through it."""
+        if self._cache is None and self.settings.cache and self.settings.cache_mb > 0:
+            self._cache = TrackedCache(self.settings, f"{self.settings.prefix}:")
+        return self._cache
 
     # ---- keys (public: the shared state uses the same layout) -------------------------------
     def user_key(self, namespace: str, user: str) -> str:
@@ -136,4 +145,6 @@ class RedisUserStore(UserStore):
             return int(self.client.scard(self.key(namespace, "users")))
 
     def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
         self.client.close()
