@@ -43,6 +43,14 @@ def test_the_url_chooses_the_cluster_client_and_replica_wait() -> None:
             RedisSettings.from_url(bad)
 
 
+def test_the_client_side_cache_is_off_on_a_cluster_and_cannot_be_asked_for() -> None:
+    """Its tracking connection hears one node: over a cluster it would miss the other masters' writes."""
+    assert RedisSettings.from_url("redis://h:7000/0?cluster=1").cache is False
+    assert RedisSettings.from_url("redis://h:7000/0").cache is True
+    with pytest.raises(InvalidInput, match="cache"):
+        RedisSettings.from_url("redis://h:7000/0?cluster=1&cache=on")
+
+
 def test_users_spread_over_every_master(store, redis_cluster) -> None:
     users = [f"user{i}" for i in range(60)]
     owners = {redis_cluster.master_of(store.user_key("m/v1", u)).port for u in users}

@@ -95,9 +95,7 @@ class RedisSettings:
                 field="store",
             )
         url = urlunsplit(parts._replace(query=urlencode(query)))
-        return cls(
-            url=url, prefix=prefix, cluster=cluster, replica_wait=replica_wait, cache=cache, cache_mb=cache_mb
-        )
+        return cls(url=url, prefix=prefix, cluster=cluster, replica_wait=replica_wait, cache=cache, cache_mb=cache_mb)
 
     def connect(self) -> redis.Redis:
         """A client of the Redis (or, with `cluster`, of the Redis Cluster) the URL names. The
