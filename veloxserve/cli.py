@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from veloxserve.serving.admission import AdmissionConfig
-    from veloxserve.settings import ServerSettings
+    from veloxserve.settings import HTTP_SERVERS, ServerSettings
 
     server = ServerSettings()
 
@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         settings_flag(p, "--home", help="state directory", default=DEFAULT_HOME)
         settings_flag(p, "--host", help="address to listen on", default=server.host)
         settings_flag(p, "--port", type=int, help="port to listen on", default=server.port)
+        settings_flag(
+            p,
+            "--http-server",
+            choices=HTTP_SERVERS,
+            help="HTTP server that runs the app (docs/deployment.md#http-server)",
+            default=server.http_server,
+        )
 
     demo = sub.add_parser("demo", help="generate Catify, train on it, and serve it with example curl commands")
     net(demo)
@@ -414,7 +421,14 @@ def _settings(args: argparse.Namespace) -> Any:
     return load_settings(getattr(args, "config", None), overrides)
 
 
-_SERVER_FLAGS = (("home", "home"), ("host", "host"), ("port", "port"), ("store", "store"), ("instance", "instance"))
+_SERVER_FLAGS = (
+    ("home", "home"),
+    ("host", "host"),
+    ("port", "port"),
+    ("store", "store"),
+    ("instance", "instance"),
+    ("http_server", "http_server"),
+)
 
 
 def _refuse_remote_no_auth(settings: Any) -> bool:
@@ -445,10 +459,9 @@ def _is_loopback(host: str) -> bool:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from veloxserve.api import create_app
     from veloxserve.api.auth import AuthConfig
+    from veloxserve.api.http_server import HTTPServer, serve
     from veloxserve.serving.velox import Velox
 
     settings = getattr(args, "settings", None) or _settings(args)
@@ -472,17 +485,6 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         app = create_app(velox, auth=auth, admission=settings.admission, model_dirs=server_settings.model_dirs)
-        config = uvicorn.Config(
-            app,
-            host=server_settings.host,
-            port=server_settings.port,
-            access_log=False,
-            log_level="warning",
-            http="httptools",
-            loop="uvloop",
-            lifespan="on",  # lifespan starts Clipper's containers
-        )
-        server = uvicorn.Server(config)
         if no_auth:
             print(
                 "WARNING: --no-auth: anyone who can reach this port can retrain, activate, change policies, "
@@ -502,7 +504,7 @@ def _serve(args: argparse.Namespace) -> int:
         base = f"http://{server_settings.host}:{server_settings.port}"
         print(f"dashboard: {base}/dashboard, API docs: {base}/docs", flush=True)
         listen = getattr(args, "listen_socket", None)  # `demo` bound the port before changing anything
-        server.run(sockets=[listen] if listen is not None else None)
+        serve(app, server_settings.host, server_settings.port, HTTPServer(server_settings.http_server), listen)
     finally:
         velox.close()
     return 0
