@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import signal
 import socket
 import threading
 from collections.abc import Generator
 from enum import Enum
 from typing import Any
+
+from veloxserve.errors import InvalidInput
 
 __all__ = ["HTTPServer", "serve"]
 
@@ -90,6 +93,11 @@ def _uvicorn_server() -> Any:
 
 
 def _serve_granian(app: Any, host: str, port: int, sock: socket.socket | None) -> None:
+    if importlib.util.find_spec("granian") is None:
+        raise InvalidInput(
+            "--http-server granian needs granian: pip install 'veloxserve[granian]' (or serve with uvicorn).",
+            field="http_server",
+        )
     import uvloop
     from granian.constants import HTTPModes, Interfaces
     from granian.log import LogLevels
