@@ -66,6 +66,7 @@ checkpoint_seconds = 5
         ("[server]\nmodel_dirs = '/one'\n", "server.model_dirs"),
         ("server = 3\n", "server"),
         ("[serving]\nmax_batch = 0\n", "serving"),  # the object's own check
+        ("[server]\nhttp_server = 'gunicorn'\n", "uvicorn, granian"),  # says what it may be
         ("[serving\n", "config"),  # not TOML
     ],
 )

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     from veloxserve.serving.admission import AdmissionConfig
-    from veloxserve.settings import ServerSettings
+    from veloxserve.settings import HTTP_SERVERS, ServerSettings
 
     server = ServerSettings()
 
@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         settings_flag(p, "--home", help="state directory", default=DEFAULT_HOME)
         settings_flag(p, "--host", help="address to listen on", default=server.host)
         settings_flag(p, "--port", type=int, help="port to listen on", default=server.port)
+        settings_flag(
+            p,
+            "--http-server",
+            choices=HTTP_SERVERS,
+            help="HTTP server that runs the app (docs/deployment.md#http-server)",
+            default=server.http_server,
+        )
 
     demo = sub.add_parser("demo", help="generate Catify, train on it, and serve it with example curl commands")
     net(demo)
@@ -425,7 +432,14 @@ def _settings(args: argparse.Namespace) -> Any:
     return load_settings(getattr(args, "config", None), overrides)
 
 
-_SERVER_FLAGS = (("home", "home"), ("host", "host"), ("port", "port"), ("store", "store"), ("instance", "instance"))
+_SERVER_FLAGS = (
+    ("home", "home"),
+    ("host", "host"),
+    ("port", "port"),
+    ("store", "store"),
+    ("instance", "instance"),
+    ("http_server", "http_server"),
+)
 
 
 def _refuse_remote_no_auth(settings: Any) -> bool:
@@ -456,11 +470,10 @@ def _is_loopback(host: str) -> bool:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from veloxserve.api import create_app
     from veloxserve.api.auth import AuthConfig
     from veloxserve.api.forwarding import tag_worker
+    from veloxserve.api.http_server import HTTPServer, serve
     from veloxserve.serving.velox import Velox
 
     settings = getattr(args, "settings", None) or _settings(args)
@@ -489,17 +502,6 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         app = create_app(velox, auth=auth, admission=settings.admission, model_dirs=server_settings.model_dirs)
-        config = uvicorn.Config(
-            app if index is None else tag_worker(app, index),
-            host=server_settings.host,
-            port=server_settings.port,
-            access_log=False,
-            log_level="warning",
-            http="httptools",
-            loop="uvloop",
-            lifespan="on",  # lifespan starts Clipper's containers
-        )
-        server = uvicorn.Server(config)
         if no_auth:
             print(
                 "WARNING: --no-auth: anyone who can reach this port can retrain, activate, change policies, "
@@ -520,9 +522,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"dashboard: {base}/dashboard, API docs: {base}/docs", flush=True)
         listen = getattr(args, "listen_socket", None)  # `demo` bound the port before changing anything
         if index is not None:  # worker 0: the supervisor's port, and the readers' Unix socket
-            server.run(sockets=[_inherited(args.listen_fd), _unix_listener(args.worker0_socket)])
+            app, sockets = tag_worker(app, index), [_inherited(args.listen_fd), _unix_listener(args.worker0_socket)]
         else:
-            server.run(sockets=[listen] if listen is not None else None)
+            sockets = [listen] if listen is not None else []
+        serve(app, server_settings.host, server_settings.port, HTTPServer(server_settings.http_server), sockets)
     finally:
         velox.close()
     return 0
@@ -539,6 +542,10 @@ def _supervise(args: argparse.Namespace, server: Any) -> int:
         raise invalid_parameter(
             "workers", "serve", "1 with a shared store: run one `serve --instance ID` per core over Redis instead", 2
         )
+    if server.http_server != "uvicorn":
+        raise invalid_parameter(
+            "workers", "serve", "1 with --http-server granian (worker 0 listens on two sockets): drop one", 2
+        )
     listen = _bind(server.host, server.port)
     listen.set_inheritable(True)
     print(f"serving {server.home} on http://{server.host}:{server.port} with {args.workers} workers", flush=True)
@@ -547,19 +554,16 @@ def _supervise(args: argparse.Namespace, server: Any) -> int:
 
 def _serve_forwarder(args: argparse.Namespace, server: Any, index: int) -> int:
     """Worker `index` > 0 of `serve --workers N`: accept on the shared port, forward to worker 0."""
-    import uvicorn
-
     from veloxserve.api.forwarding import Forwarder
+    from veloxserve.api.http_server import HTTPServer, serve
 
-    config = uvicorn.Config(
+    serve(
         Forwarder(args.worker0_socket, index),
-        access_log=False,
-        log_level="warning",
-        http="httptools",
-        loop="uvloop",
-        lifespan="on",
+        server.host,
+        server.port,
+        HTTPServer.UVICORN,
+        [_inherited(args.listen_fd)],
     )
-    uvicorn.Server(config).run(sockets=[_inherited(args.listen_fd)])
     return 0
 
 

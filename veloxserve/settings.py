@@ -29,6 +29,8 @@ from veloxserve.config import ServingConfig
 from veloxserve.errors import InvalidInput, invalid_parameter
 from veloxserve.serving.admission import AdmissionConfig
 
+HTTP_SERVERS = ("uvicorn", "granian")  # api/http_server.py starts them; settings cannot import api/
+
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
@@ -59,6 +61,14 @@ class ServerSettings:
             "or torch file runs its code: list only directories that only trusted operators can write"
         ),
     )
+    http_server: str = field(
+        default="uvicorn",
+        metadata=_help("HTTP server that runs the app: uvicorn or granian (api/http_server.py)"),
+    )
+
+    def __post_init__(self) -> None:
+        if self.http_server not in HTTP_SERVERS:
+            raise ValueError(f"http_server must be one of {', '.join(HTTP_SERVERS)}, got {self.http_server!r}")
 
 
 @dataclass(frozen=True)
