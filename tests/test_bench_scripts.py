@@ -22,7 +22,10 @@ HELPERS = {  # modules in bench/ that are not benchmarks themselves
     "scaleout_measure.py": "bench_scaleout.py's measurements (wrk, CPU from /proc, freshness)",
     "scaleout_model.py": "bench_scaleout.py's model of a deployment (tests/test_scaleout_model.py)",
 }
-EXTRA_ARGS = {"bench_http.py": ["--no-peer"]}  # the peer's venv is pip-installed on first use: not in CI
+EXTRA_ARGS = {
+    "bench_http.py": ["--no-peer"],  # the peer's venv is pip-installed on first use: not in CI
+    "bench_scaleout.py": ["--require-all"],  # every configuration of the table runs, none reported unavailable
+}
 NEEDS = {
     "bench_http.py": ["wrk"],
     "bench_workers.py": ["wrk"],
