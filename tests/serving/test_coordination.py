@@ -1,0 +1,96 @@
+"""Coordinators of several processes (here: threads over one real Redis) apply and acknowledge."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from veloxserve.serving.coordination import Coordinator, NotAcknowledged
+from veloxserve.storage.redis_lifecycle import FORGET, SWITCH, Announcement, RedisLifecycle
+from veloxserve.storage.redis_store import RedisUserStore
+
+
+class _Process:
+    """What a served model would do on an announcement: record it."""
+
+    def __init__(self) -> None:
+        self.version: str | None = None
+        self.forgotten: set[str] = set()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def apply(self, a: Announcement) -> None:
+        self.gate.wait()
+        if a.kind == SWITCH:
+            self.version = a.what
+        else:
+            self.forgotten.add(a.what)
+
+    def converge(self, version: str | None) -> None:
+        self.version = version
+
+
+@pytest.fixture
+def store(redis_url: str):
+    s = RedisUserStore(redis_url)
+    yield s
+    s.close()
+
+
+def _coordinator(store, name: str, process: _Process) -> Coordinator:
+    return Coordinator(RedisLifecycle(store, "m"), name, process.apply, process.converge, heartbeat=0.05).start()
+
+
+def test_a_switch_returns_once_every_live_instance_applied_it(store) -> None:
+    a, b = _Process(), _Process()
+    ca, cb = _coordinator(store, "a", a), _coordinator(store, "b", b)
+    try:
+        seq = ca.announce_and_wait(SWITCH, "v2", timeout=30)
+        assert a.version == b.version == "v2"  # applied by both before it returned
+        ca.announce_and_wait(FORGET, "u1", timeout=30)
+        assert a.forgotten == b.forgotten == {"u1"}
+        assert ca.lifecycle.acknowledged("b") >= seq + 1
+    finally:
+        ca.close()
+        cb.close()
+
+
+def test_an_instance_that_does_not_apply_is_named_and_applies_it_later(store) -> None:
+    a, b = _Process(), _Process()
+    ca, cb = _coordinator(store, "a", a), _coordinator(store, "b", b)
+    b.gate.clear()  # b hangs in its swap
+    try:
+        with pytest.raises(NotAcknowledged, match="instances b did not apply") as caught:
+            ca.announce_and_wait(SWITCH, "v3", timeout=0.5)
+        assert caught.value.status == 504
+        assert a.version == "v3" and b.version is None and ca.lifecycle.active()[0] == "v3"
+        b.gate.set()
+        deadline = time.monotonic() + 30
+        while b.version != "v3":
+            assert time.monotonic() < deadline, "b never converged"
+            time.sleep(0.02)
+    finally:
+        b.gate.set()
+        ca.close()
+        cb.close()
+
+
+def test_a_stopped_instance_is_not_waited_for_and_converges_on_restart(store) -> None:
+    a, b = _Process(), _Process()
+    ca, cb = _coordinator(store, "a", a), _coordinator(store, "b", b)
+    cb.close()  # b stops (a killed one drops out when its heartbeat expires)
+    try:
+        ca.announce_and_wait(SWITCH, "v4", timeout=30)
+        ca.announce_and_wait(FORGET, "u9", timeout=30)
+        assert b.version is None
+        restarted = _Process()
+        cr = _coordinator(store, "b", restarted)  # converges at start, before it serves
+        try:
+            assert restarted.version == "v4" and restarted.forgotten == {"u9"}
+            assert cr.lifecycle.acknowledged("b") == cr.lifecycle.last_seq()
+        finally:
+            cr.close()
+    finally:
+        ca.close()
