@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -158,3 +159,14 @@ def test_only_the_newest_lease_ever_promotes(store, ops) -> None:
         assert life.active()[0] == active
     tokens = [lease.token for lease in leases]
     assert tokens == sorted(set(tokens))  # every lease got a larger token
+
+
+def test_a_blocking_read_returns_what_is_announced_meanwhile(store) -> None:
+    life = RedisLifecycle(store, "m")
+    assert life.read(block=0.05) == []  # nothing announced: waits, then answers empty
+    first = life.announce(SWITCH, "v1")
+    (entry,) = life.read(block=0.2)
+    assert entry.seq == first
+    threading.Timer(0.05, life.announce, (FORGET, "u")).start()
+    assert [(a.kind, a.what) for a in life.read(entry.entry, block=0.4)] in ([(FORGET, "u")], [])
+    _wait_until(lambda: [a.what for a in life.read(entry.entry, block=0.1)] == ["u"])

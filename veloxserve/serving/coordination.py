@@ -53,7 +53,6 @@ class Coordinator:
         self._fresh = True  # nothing applied yet: converge on the pointer first
         self.applied = 0  # the last announcement applied here
         self._stop = threading.Event()
-        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lifecycle-{lifecycle.model}", daemon=True)
         # Its own thread: a process busy building a version for a swap is alive, and is waited for.
         self._beat = threading.Thread(target=self._beating, name=f"heartbeat-{lifecycle.model}", daemon=True)
@@ -70,7 +69,6 @@ class Coordinator:
         """Announce (refused, FencedOut, for a stale `lease`), apply it here, and wait for every
         live instance's acknowledgement; its sequence number, or NotAcknowledged naming who did not."""
         seq = self.lifecycle.announce(kind, what, lease)
-        self._wake.set()
         end = time.monotonic() + timeout
         while pending := self.lifecycle.pending(seq):
             if time.monotonic() >= end:
@@ -82,9 +80,9 @@ class Coordinator:
             time.sleep(min(0.02, self._heartbeat / 4))
         return seq
 
-    def _catch_up(self) -> None:
+    def _catch_up(self, block: float = 0.0) -> None:
         """Apply what was announced since the last round, in order, and acknowledge it."""
-        read = self.lifecycle.read(self._after)
+        read = self.lifecycle.read(self._after, block=0.0 if self._fresh else block)
         if self._fresh or (read and read[0].seq > self.applied + 1):  # first start, or trimmed off the stream
             version, _ = self.lifecycle.active()  # read after the stream: at least as new as what was read
             self._converge(version)
@@ -104,17 +102,18 @@ class Coordinator:
         self.lifecycle.acknowledge(self.instance, seq)
 
     def _run(self) -> None:
+        # Blocks on the stream (XREAD BLOCK) for a short while, under the socket timeout, so a
+        # follower applies an announcement as it is made rather than at its next poll.
+        block = min(self._heartbeat, self.lifecycle.socket_timeout / 2)
         while not self._stop.is_set():
-            self._wake.wait(self._heartbeat)
-            self._wake.clear()
-            if self._stop.is_set():
-                break
             try:
-                self._catch_up()
+                self._catch_up(block)
             except StoreUnavailable as exc:  # Redis failed: the next round tries again
                 log.error("following the lifecycle of %s failed: %s", self.lifecycle.model, exc.message)
+                self._stop.wait(self._heartbeat)
             except Exception:  # the thread must outlive anything one round does
                 log.exception("applying a lifecycle announcement of %s failed", self.lifecycle.model)
+                self._stop.wait(self._heartbeat)
 
     def _beating(self) -> None:
         while not self._stop.wait(self._heartbeat):
@@ -126,7 +125,6 @@ class Coordinator:
     def close(self) -> None:
         """Stop following and leave the live instances (nobody waits for this process any more)."""
         self._stop.set()
-        self._wake.set()
         for thread in (self._thread, self._beat):
             if thread.is_alive():
                 thread.join(5.0)

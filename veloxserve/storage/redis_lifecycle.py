@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from redis.commands.core import Script
 
@@ -129,6 +129,10 @@ class RedisLifecycle:
         self._client = store.client
         self._prefix = f"{store.settings.prefix}:{{{model}}}"
 
+    @property
+    def socket_timeout(self) -> float:
+        return self._store.settings.socket_timeout
+
     def key(self, name: str) -> str:
         return f"{self._prefix}:{name}"
 
@@ -195,13 +199,19 @@ class RedisLifecycle:
             )
         return seq
 
-    def read(self, after: str = "0-0", count: int = 1000) -> list[Announcement]:
-        """Announcements after stream id `after`, oldest first."""
+    def read(self, after: str = "0-0", count: int = 1000, block: float = 0.0) -> list[Announcement]:
+        """Announcements after stream id `after`, oldest first; with `block`, waiting up to that
+        many seconds for one (keep it under the socket timeout: storage/redis_client.py)."""
         with self._store.unavailable("reading the lifecycle stream"):
-            entries = cast(
-                list[tuple[bytes, dict[bytes, bytes]]],
-                self._client.xrange(self.key("lifecycle"), f"({after}" if after != "0-0" else "-", "+", count),
-            )
+            if block > 0:
+                answer: Any = self._client.xread({self.key("lifecycle"): after}, count, max(1, round(block * 1000)))
+                entries = cast(list[tuple[bytes, dict[bytes, bytes]]], answer[0][1] if answer else [])
+            else:
+                start = f"({after}" if after != "0-0" else "-"
+                entries = cast(
+                    list[tuple[bytes, dict[bytes, bytes]]],
+                    self._client.xrange(self.key("lifecycle"), start, "+", count),
+                )
         out = []
         for entry, fields in entries:
             f = {_text(k): _text(v) for k, v in fields.items()}
