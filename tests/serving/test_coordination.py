@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
+from veloxserve.errors import Conflict
 from veloxserve.serving.coordination import Coordinator, NotAcknowledged
-from veloxserve.storage.redis_lifecycle import FORGET, SWITCH, Announcement, RedisLifecycle
+from veloxserve.storage.redis_lifecycle import FORGET, SWITCH, Announcement, FencedOut, Lease, RedisLifecycle
 from veloxserve.storage.redis_store import RedisUserStore
 
 
@@ -94,3 +99,56 @@ def test_a_stopped_instance_is_not_waited_for_and_converges_on_restart(store) ->
             cr.close()
     finally:
         ca.close()
+
+
+_FOLLOWER = """
+import sys
+from veloxserve.serving.coordination import Coordinator
+from veloxserve.storage.redis_lifecycle import RedisLifecycle
+from veloxserve.storage.redis_store import RedisUserStore
+life = RedisLifecycle(RedisUserStore(sys.argv[1]), "m")
+lease = life.acquire("killed", 0.5)  # it trains, with a lease it renews...
+Coordinator(life, "killed", lambda a: None, lambda v: None, heartbeat=0.1).start()
+print(lease.token, flush=True)
+import threading
+while True:
+    life.renew(lease, 0.5)
+    threading.Event().wait(0.1)
+"""
+
+
+def test_a_process_killed_mid_way_is_no_longer_waited_for_and_its_lease_passes_on(store, redis_url) -> None:
+    """kill -9 of a trainer that follows the stream: its heartbeat and lease expire, so a switch
+    returns once the survivors applied it, another process may train, and the dead one's token is fenced."""
+    follower = subprocess.Popen(
+        [sys.executable, "-c", _FOLLOWER, redis_url], stdout=subprocess.PIPE, env={**os.environ}
+    )
+    a = _Process()
+    ca = None
+    try:
+        assert follower.stdout is not None
+        token = int(follower.stdout.readline())
+        ca = _coordinator(store, "a", a)
+        ca.announce_and_wait(SWITCH, "v1", timeout=30)  # both live: both acknowledged
+        assert ca.lifecycle.acknowledged("killed") >= 1
+        with pytest.raises(Conflict, match="already running on instance 'killed'"):
+            ca.lifecycle.acquire("a", 5)
+        follower.send_signal(signal.SIGKILL)
+        follower.wait()
+        ca.announce_and_wait(SWITCH, "v2", timeout=30)  # returns once the dead one's heartbeat expired
+        assert a.version == "v2" and "killed" not in ca.lifecycle.live()
+        deadline = time.monotonic() + 30
+        while ca.lifecycle.holder() is not None:
+            assert time.monotonic() < deadline, "the dead trainer's lease never expired"
+            time.sleep(0.05)
+        lease = ca.lifecycle.acquire("a", 5)
+        assert lease.token > token
+        with pytest.raises(FencedOut):
+            ca.lifecycle.announce(SWITCH, "v-from-the-dead", Lease("killed", token))
+        assert ca.lifecycle.active()[0] == "v2"
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+        if ca is not None:
+            ca.close()
