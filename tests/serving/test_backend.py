@@ -11,14 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.serving.test_shared_state import ARRAYS, F, _home, expected_weights
-from veloxserve.errors import Conflict
+from tests.serving.test_shared_state import ARRAYS, META, F, _home, expected_weights
+from veloxserve.config import HomeLayout
+from veloxserve.errors import Conflict, NotFound
 from veloxserve.serving.backend import EmbeddedBackend, SharedBackend
 from veloxserve.serving.local_state import LocalUserState
 from veloxserve.serving.shared_state import SharedUserState
 from veloxserve.serving.velox import Velox
 from veloxserve.storage.observation_log import ObservationLog
+from veloxserve.storage.redis_lifecycle import RedisLifecycle
 from veloxserve.storage.redis_store import RedisUserStore
+from veloxserve.storage.versions import VersionStore
 
 OpenVelox = Callable[[], Velox]
 BACKENDS: dict[str, tuple[type, type, Callable[[Path, str], OpenVelox]]] = {
@@ -130,7 +133,6 @@ def test_what_a_shared_backend_cannot_do_yet_is_refused_by_its_capability(backen
         if name == "shared":
             for attempt in (
                 lambda: velox.retrain("songs"),
-                lambda: velox.activate("songs", "v1"),
                 lambda: velox.forget_user("0"),
             ):
                 with pytest.raises(Conflict, match="several processes share the state in Redis"):
@@ -148,3 +150,34 @@ def test_observation_log_interface_is_the_embedded_acknowledgement(tmp_path: Pat
     with ObservationLog(tmp_path / "log") as obs_log:
         lsn = obs_log.append([("u", "i", 1.0, "v1")])
         assert obs_log.wait_durable(lsn, 10.0) >= lsn and obs_log.durable_lsn >= lsn
+
+
+def test_a_switch_on_one_process_is_served_by_every_process_before_it_returns(tmp_path: Path, redis_url: str) -> None:
+    """Two processes' Veloxes over one home and one Redis (here in one process): a switch or a
+    roll-back issued on `a` is served by `b` when it returns, and no observation learned by either,
+    before or after it, is missing from the version switched to."""
+    home = _home(tmp_path)
+    v2 = VersionStore(HomeLayout(home).versions_dir("songs")).write(ARRAYS, META)
+    before = [("0", 101, 4.0), ("fresh", 102, 2.0)]
+    after = [("0", 103, 1.0), ("fresh", 104, 5.0)]
+    with (
+        Velox(home, store=RedisUserStore(redis_url), instance="a") as a,
+        Velox(home, store=RedisUserStore(redis_url), instance="b") as b,
+    ):
+        lifecycle = RedisLifecycle(b._backend.store, "songs")  # type: ignore[arg-type]
+        b.observe_many("songs", before)  # learned into v1's state by b
+        with pytest.raises(NotFound):
+            a.activate("songs", "v9")
+        assert lifecycle.last_seq() == 0  # refused before anything was announced
+        a.activate("songs", v2)
+        assert a.server("songs").version_id == b.server("songs").version_id == v2
+        assert lifecycle.active()[0] == v2 and lifecycle.pending(lifecycle.last_seq()) == []
+        b.observe_many("songs", after[:1])
+        a.observe_many("songs", after[1:])
+        for velox in (a, b):
+            for user in ("0", "fresh", "1"):
+                np.testing.assert_allclose(_weights(velox, user), expected_weights(user, before + after), atol=1e-9)
+        a.activate("songs", "v1")  # roll back: v1's state catches up on what v2 learned
+        assert b.server("songs").version_id == "v1"
+        for user in ("0", "fresh"):
+            np.testing.assert_allclose(_weights(b, user), expected_weights(user, before + after), atol=1e-9)

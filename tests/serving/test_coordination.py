@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from veloxserve.errors import Conflict
-from veloxserve.serving.coordination import Coordinator, NotAcknowledged
+from veloxserve.errors import Conflict, NotAcknowledged
+from veloxserve.serving.coordination import Coordinator
 from veloxserve.storage.redis_lifecycle import FORGET, SWITCH, Announcement, FencedOut, Lease, RedisLifecycle
 from veloxserve.storage.redis_store import RedisUserStore
 

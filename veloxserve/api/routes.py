@@ -118,7 +118,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/models/{name}/versions/{version}", "version", "version", "One version: metadata, lineage (parent, "
           "data range, reason) and status", errors=(404,), params=_VELOX),
     Route("POST", "/models/{name}/versions/{version}/activate", "activate", "activate", "Serve this version (promote "
-          "or roll back); users are rebuilt against it, no feedback is lost", _ADMIN, errors=(404, 409),
+          "or roll back); users are rebuilt against it, no feedback is lost", _ADMIN, errors=(404, 409, 503, 504),
           params=_VELOX),
     Route("POST", "/models/{name}/retrain", "retrain", "retrain", "Retrain θ from the base data and the log in the "
           "background", _ADMIN, body=rq.RetrainRequest, body_required=False, status=202, errors=(400, 404, 409),

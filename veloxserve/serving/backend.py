@@ -8,21 +8,26 @@ Two deployments, one class each, built by `open_backend` (the one place that pic
 - SharedBackend: several processes over one Redis (`serve --store redis://… --instance ID`).
   Users' state in Redis (serving/shared_state.py); an observation is acknowledged once fsynced and
   learned into Redis (serving/applier.py); idempotency keys in Redis; a watch thread keeps Redis's
-  health off the event loop (serving/redis_watch.py). Retraining, switching versions and
-  forgetting are refused (409) until they can be coordinated across the processes.
+  health off the event loop (serving/redis_watch.py). A version switch is coordinated through
+  Redis (serving/coordination.py): it moves the active pointer there and returns once every live
+  process serves the version. Retraining and forgetting are refused (409) until they are too.
 
 Velox asks its backend; it never checks which one it has.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from veloxserve.config import HomeLayout, ServingConfig, is_name
 from veloxserve.errors import Conflict, invalid_parameter
 from veloxserve.models.version import ModelVersion
 from veloxserve.serving.applier import Applier
+from veloxserve.serving.coordination import Coordinator
 from veloxserve.serving.durability import Acknowledgement
 from veloxserve.serving.idempotency import IdempotencyWindow, LocalWindow, RedisWindow
 from veloxserve.serving.local_state import LocalUserState
@@ -33,8 +38,21 @@ from veloxserve.serving.user_state import ErrorsListener, UserStateFactory
 from veloxserve.storage.lmdb_store import LMDBUserStore
 from veloxserve.storage.observation_log import MAIN_INSTANCE, ObservationLog
 from veloxserve.storage.redis_client import RedisSettings
+from veloxserve.storage.redis_lifecycle import SWITCH, Announcement, RedisLifecycle
 from veloxserve.storage.redis_store import RedisUserStore
 from veloxserve.storage.user_store import UserStore
+
+
+class Served(Protocol):
+    """What a backend switches in this process (serving.model_set.ModelSet)."""
+
+    def serving(self, model: str) -> str | None:
+        """The version of `model` this process serves (None: not served here yet)."""
+        ...
+
+    def swap(self, model: str, version_id: str) -> None:
+        """Serve `version_id` of `model` from now on, its users' state caught up."""
+        ...
 
 
 class Backend(ABC):
@@ -43,6 +61,7 @@ class Backend(ABC):
     store: UserStore
     instance: str | None  # this process's instance id when several share the home, else None
     redis_watch: RedisWatch | None = None
+    _served: Served  # set by start
 
     def __init__(self, layout: HomeLayout, config: ServingConfig) -> None:
         self.layout = layout
@@ -59,7 +78,11 @@ class Backend(ABC):
 
     @abstractmethod
     def allow(self, what: str) -> None:
-        """Conflict (409) if this deployment cannot do `what` (retraining, switching versions, forgetting)."""
+        """Conflict (409) if this deployment cannot do `what` (retraining, forgetting)."""
+
+    @abstractmethod
+    def switch(self, model: str, version: str) -> None:
+        """Serve `version` of `model` (checked servable) from now on, in every process serving it."""
 
     @abstractmethod
     def feedback(self, listener: FeedbackListener) -> FeedbackListener | None:
@@ -79,8 +102,8 @@ class Backend(ABC):
         """How a served version of `model` keeps its users' state."""
 
     @abstractmethod
-    def start(self) -> None:
-        """Every model is open and served: start what watches them."""
+    def start(self, served: Served, models: Sequence[str]) -> None:
+        """Every model is open and served: start what watches them (and what switches `served`)."""
 
     @abstractmethod
     def stop(self) -> None:
@@ -102,6 +125,9 @@ class EmbeddedBackend(Backend):
     def allow(self, what: str) -> None:
         pass
 
+    def switch(self, model: str, version: str) -> None:
+        self._served.swap(model, version)
+
     def feedback(self, listener: FeedbackListener) -> FeedbackListener | None:
         return listener
 
@@ -120,8 +146,8 @@ class EmbeddedBackend(Backend):
     def user_state(self, model: str, obs_log: ObservationLog) -> UserStateFactory:
         return LocalUserState
 
-    def start(self) -> None:
-        pass  # nothing to watch: no network service behind the state
+    def start(self, served: Served, models: Sequence[str]) -> None:
+        self._served = served  # nothing to watch: no network service behind the state
 
     def stop(self) -> None:
         pass
@@ -138,6 +164,8 @@ class SharedBackend(Backend):
         self.instance = instance
         self._appliers: dict[str, Applier] = {}
         self._states: dict[str, SharedUserState] = {}  # per model, the serving version's
+        self._coordinators: dict[str, Coordinator] = {}
+        self._coordinators_lock = threading.Lock()
 
     @property
     def redis_settings(self) -> RedisSettings:
@@ -153,6 +181,33 @@ class SharedBackend(Backend):
             "servers, do it with one `veloxserve serve` (or train a new version offline), and restart "
             "them (docs/storage.md, 'Several servers over Redis')."
         )
+
+    def switch(self, model: str, version: str) -> None:
+        """Move the active pointer in Redis and announce it; return once every live process
+        (this one too: its follower thread swaps) serves `version`, else NotAcknowledged (504)."""
+        self._coordinator(model).announce_and_wait(SWITCH, version, self.config.lifecycle_timeout)
+
+    def _coordinator(self, model: str) -> Coordinator:
+        """`model`'s coordinator, started at its first need (a model trained after the start)."""
+        with self._coordinators_lock:
+            return self._coordinators.get(model) or self._start_coordinator(model)
+
+    def _start_coordinator(self, model: str) -> Coordinator:
+        served = self._served
+
+        def apply(announcement: Announcement) -> None:
+            if announcement.kind == SWITCH:
+                converge(announcement.what)
+
+        def converge(version: str | None) -> None:
+            if version is not None and served.serving(model) != version:
+                served.swap(model, version)
+
+        coordinator = Coordinator(
+            RedisLifecycle(self.store, model), self._name, apply, converge, heartbeat=self.config.heartbeat_seconds
+        )
+        self._coordinators[model] = coordinator.start()
+        return coordinator
 
     def feedback(self, listener: FeedbackListener) -> FeedbackListener | None:
         return None  # no retraining while shared
@@ -202,8 +257,12 @@ class SharedBackend(Backend):
 
         return shared_state
 
-    def start(self) -> None:
-        """/healthz's view of Redis, found off the event loop; a lost state rebuilt from the logs."""
+    def start(self, served: Served, models: Sequence[str]) -> None:
+        """Follow each model's lifecycle in Redis (converging on its active version now); /healthz's
+        view of Redis, found off the event loop; a lost state rebuilt from the logs."""
+        self._served = served
+        for model in models:
+            self._coordinator(model)
         self.redis_watch = RedisWatch(
             self.store.settings,
             lambda: {m: s.table for m, s in self._states.items()},
@@ -211,6 +270,9 @@ class SharedBackend(Backend):
         )
 
     def stop(self) -> None:
+        for coordinator in self._coordinators.values():
+            coordinator.close()  # first: its thread may swap a version
+        self._coordinators.clear()
         if self.redis_watch is not None:
             self.redis_watch.close()
 

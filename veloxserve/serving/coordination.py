@@ -20,14 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from veloxserve.errors import DeadlineExceeded, StoreUnavailable
+from veloxserve.errors import NotAcknowledged, StoreUnavailable
 from veloxserve.storage.redis_lifecycle import Announcement, Lease, RedisLifecycle
 
 log = logging.getLogger(__name__)
-
-
-class NotAcknowledged(DeadlineExceeded):
-    """Some live instances did not apply an announcement in time (504); it stays announced."""
 
 
 class Coordinator:

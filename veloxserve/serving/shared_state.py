@@ -5,6 +5,10 @@ observations into it through the Applier (serving/applier.py), which is also wha
 before they are acknowledged. At start, and after Redis lost the state, every instance's log is
 learned into it after what Redis says is learned; per-user, per-instance log marks make that
 replay idempotent. Redis holds the state, so there is nothing to checkpoint.
+
+A version switch (coordinated by serving/coordination.py) builds the new version's namespace the
+same way in every process; each then catches up on its own observations logged meanwhile (the
+old version learned them into its namespace), so none acknowledged before the switch is missing.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class SharedUserState(UserState):
         baseline.load_trained(version.users)
         self.table: SharedUserTable = SharedUserTable(store, f"{version.name}/{version.version}", baseline)
         self.replayed = self._learn_logs(self.table, upto_lsn)
+        self._own_upto = upto_lsn  # this process's log learned up to here by the replay
 
     @property
     def name(self) -> str:
@@ -109,8 +114,13 @@ class SharedUserState(UserState):
 
     # ---- recovery ------------------------------------------------------------------------
     def catch_up(self, upto_lsn: int) -> int:
-        """Redis already holds what other servers learned; a swap is refused while shared."""
-        return 0
+        """This process's observations logged while the version was built, up to `upto_lsn` (the
+        swap holds the old server's lock). Other processes learn theirs: each swaps too, and its
+        replay reads its own log after what Redis says it learned."""
+        records = read_log(self._log.directory, self._own_upto, upto_lsn)
+        replayed = self._replay_into(self.table, self.instance, records)
+        self._own_upto = max(self._own_upto, upto_lsn)
+        return replayed
 
     def retire(self) -> None:
         """Batches still queued in the Applier are learned into this version's namespace."""

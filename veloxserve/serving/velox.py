@@ -85,7 +85,7 @@ class Velox:
             for name in self.layout.model_names():
                 self.retrainer.recover(name)
             self._models.open_all()
-            self._backend.start()
+            self._backend.start(self._models, self._models.names())
         except BaseException:
             self._home_lock.release()  # a failed open must not keep the home locked
             raise
@@ -366,9 +366,11 @@ class Velox:
         Every user's state is rebuilt against its θ from the version's trained statistics plus
         every logged observation after its log position, so feedback that arrived since that
         version was trained is not lost, then the swap is atomic: a request sees the old or the
-        new version, never a mix (serving/model_set.py)."""
-        self._backend.allow("Switching versions")
-        self._models.activate(model, version)
+        new version, never a mix (serving/model_set.py). With several processes over Redis, it
+        returns once every live one serves `version`, else NotAcknowledged (504) naming those that
+        did not (serving/coordination.py)."""
+        self._models.check_servable(model, version)
+        self._backend.switch(model, version)
 
     # ---- forgetting ----------------------------------------------------------------------
     def forget_user(self, user: Id, model: str | None = None) -> dict[str, Any]:
