@@ -18,7 +18,7 @@ from veloxserve.serving.backend import EmbeddedBackend, SharedBackend
 from veloxserve.serving.local_state import LocalUserState
 from veloxserve.serving.shared_state import SharedUserState
 from veloxserve.serving.velox import Velox
-from veloxserve.storage.observation_log import ObservationLog
+from veloxserve.storage.observation_log import ObservationLog, read_log
 from veloxserve.storage.redis_lifecycle import RedisLifecycle
 from veloxserve.storage.redis_store import RedisUserStore
 from veloxserve.storage.versions import VersionStore
@@ -131,12 +131,8 @@ def test_what_a_shared_backend_cannot_do_yet_is_refused_by_its_capability(backen
     name, open_velox = backend
     with open_velox() as velox:
         if name == "shared":
-            for attempt in (
-                lambda: velox.retrain("songs"),
-                lambda: velox.forget_user("0"),
-            ):
-                with pytest.raises(Conflict, match="several processes share the state in Redis"):
-                    attempt()
+            with pytest.raises(Conflict, match="several processes share the state in Redis"):
+                velox.retrain("songs")
             assert velox.redis_settings is not None and velox.redis_watch is not None
         else:
             velox.observe("songs", "0", 101, 4.0)
@@ -181,3 +177,40 @@ def test_a_switch_on_one_process_is_served_by_every_process_before_it_returns(tm
         assert b.server("songs").version_id == "v1"
         for user in ("0", "fresh"):
             np.testing.assert_allclose(_weights(b, user), expected_weights(user, before + after), atol=1e-9)
+
+
+def test_a_forget_on_one_process_is_applied_by_every_process_and_never_learned_again(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """`a` forgets a trained user and a new one that `b` learned: when the receipt comes, `b`
+    serves neither (the prior), its log holds none of their records, a later observation of theirs
+    is not learned, and a restarted `b` replaying the logs does not bring them back."""
+    home = _home(tmp_path)
+    v2 = VersionStore(HomeLayout(home).versions_dir("songs")).write(ARRAYS, META)
+    prior = expected_weights("nobody", [])
+    kept = [("1", 105, 3.0)]
+
+    def open_b() -> Velox:
+        return Velox(home, store=RedisUserStore(redis_url), instance="b")
+
+    with Velox(home, store=RedisUserStore(redis_url), instance="a") as a:
+        with open_b() as b:
+            b.observe_many("songs", [("0", 101, 4.0), ("fresh", 102, 2.0), *kept])
+            a.activate("songs", v2)  # v1's namespace in Redis holds them too: a roll-back must not find them
+            for user in ("0", "fresh"):
+                receipt = a.forget_user(user, "songs")
+                assert receipt["models"]["songs"]["log_records_erased"] == 0  # b logged them, not a
+            for velox in (a, b):
+                for user in ("0", "fresh"):
+                    np.testing.assert_allclose(_weights(velox, user), prior, atol=1e-12)
+            assert [r.user for r in read_log(b.observation_log("songs").directory)] == ["1"]
+            b.observe("songs", "fresh", 103, 5.0)  # acknowledged, never learned
+            np.testing.assert_allclose(_weights(a, "fresh"), prior, atol=1e-12)
+            a.activate("songs", "v1")
+            lifecycle = RedisLifecycle(b._backend.store, "songs")  # type: ignore[arg-type]
+            assert lifecycle.forgotten(["0", "fresh", "1"]) == [True, True, False]
+        with open_b() as b:  # replays every log into v1's namespace
+            for velox in (a, b):
+                for user in ("0", "fresh"):
+                    np.testing.assert_allclose(_weights(velox, user), prior, atol=1e-12)
+                np.testing.assert_allclose(_weights(velox, "1"), expected_weights("1", kept), atol=1e-9)

@@ -130,9 +130,9 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", "/models/{name}/policy", "set_policy", "policy", "Set the retraining policy: schedule and drift "
           "detection", _ADMIN, body=rq.RetrainPolicyRequest, errors=(400, 404), params=_VELOX),
     Route("DELETE", "/users/{user}", "forget_everywhere", "forget", "Forget a user in every model; answers with a "
-          "receipt of what was removed", _ADMIN, errors=(400,), params=_VELOX),
+          "receipt of what was removed", _ADMIN, errors=(400, 503, 504), params=_VELOX),
     Route("DELETE", "/models/{name}/users/{user}", "forget_in_model", "forget", "Forget a user in one model; answers "
-          "with a receipt of what was removed", _ADMIN, errors=(400, 404), params=_VELOX),
+          "with a receipt of what was removed", _ADMIN, errors=(400, 404, 503, 504), params=_VELOX),
     # ---- Clipper: model containers and applications (clipper_routes.py) ----
     Route("GET", "/containers", "list_containers", "/containers", "Deployed models: versions, replicas, batch sizes, "
           "queues, cache", clipper=True),

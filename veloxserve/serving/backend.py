@@ -10,7 +10,9 @@ Two deployments, one class each, built by `open_backend` (the one place that pic
   learned into Redis (serving/applier.py); idempotency keys in Redis; a watch thread keeps Redis's
   health off the event loop (serving/redis_watch.py). A version switch is coordinated through
   Redis (serving/coordination.py): it moves the active pointer there and returns once every live
-  process serves the version. Retraining and forgetting are refused (409) until they are too.
+  process serves the version; a forget, once every live process forgot the user, who is then
+  never learned again (Redis keeps the model's forgotten set). Retraining is refused (409) until
+  it is coordinated too.
 
 Velox asks its backend; it never checks which one it has.
 """
@@ -19,9 +21,9 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from veloxserve.config import HomeLayout, ServingConfig, is_name
 from veloxserve.errors import Conflict, invalid_parameter
@@ -33,14 +35,15 @@ from veloxserve.serving.idempotency import IdempotencyWindow, LocalWindow, Redis
 from veloxserve.serving.local_state import LocalUserState
 from veloxserve.serving.model_server import FeedbackListener
 from veloxserve.serving.redis_watch import RedisWatch
-from veloxserve.serving.shared_state import SharedUserState
+from veloxserve.serving.shared_state import SharedUserState, namespace
 from veloxserve.serving.user_state import ErrorsListener, UserStateFactory
 from veloxserve.storage.lmdb_store import LMDBUserStore
 from veloxserve.storage.observation_log import MAIN_INSTANCE, ObservationLog
 from veloxserve.storage.redis_client import RedisSettings
-from veloxserve.storage.redis_lifecycle import SWITCH, Announcement, RedisLifecycle
+from veloxserve.storage.redis_lifecycle import FORGET, SWITCH, Announcement, RedisLifecycle
 from veloxserve.storage.redis_store import RedisUserStore
 from veloxserve.storage.user_store import UserStore
+from veloxserve.storage.versions import VersionStore
 
 
 class Served(Protocol):
@@ -53,6 +56,9 @@ class Served(Protocol):
     def swap(self, model: str, version_id: str) -> None:
         """Serve `version_id` of `model` from now on, its users' state caught up."""
         ...
+
+
+ForgetHere = Callable[[str, str], None]
 
 
 class Backend(ABC):
@@ -78,11 +84,15 @@ class Backend(ABC):
 
     @abstractmethod
     def allow(self, what: str) -> None:
-        """Conflict (409) if this deployment cannot do `what` (retraining, forgetting)."""
+        """Conflict (409) if this deployment cannot do `what` (retraining)."""
 
     @abstractmethod
     def switch(self, model: str, version: str) -> None:
         """Serve `version` of `model` (checked servable) from now on, in every process serving it."""
+
+    @abstractmethod
+    def forget(self, model: str, user: str, here: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Forget `user` in `model` here (`here()`, its receipt) and in every process serving it."""
 
     @abstractmethod
     def feedback(self, listener: FeedbackListener) -> FeedbackListener | None:
@@ -102,8 +112,9 @@ class Backend(ABC):
         """How a served version of `model` keeps its users' state."""
 
     @abstractmethod
-    def start(self, served: Served, models: Sequence[str]) -> None:
-        """Every model is open and served: start what watches them (and what switches `served`)."""
+    def start(self, served: Served, forget_here: ForgetHere, models: Sequence[str]) -> None:
+        """Every model is open and served: start what watches them, what switches `served` and
+        what calls `forget_here(model, user)` for a user another process forgot."""
 
     @abstractmethod
     def stop(self) -> None:
@@ -128,6 +139,9 @@ class EmbeddedBackend(Backend):
     def switch(self, model: str, version: str) -> None:
         self._served.swap(model, version)
 
+    def forget(self, model: str, user: str, here: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        return here()
+
     def feedback(self, listener: FeedbackListener) -> FeedbackListener | None:
         return listener
 
@@ -146,7 +160,7 @@ class EmbeddedBackend(Backend):
     def user_state(self, model: str, obs_log: ObservationLog) -> UserStateFactory:
         return LocalUserState
 
-    def start(self, served: Served, models: Sequence[str]) -> None:
+    def start(self, served: Served, forget_here: ForgetHere, models: Sequence[str]) -> None:
         self._served = served  # nothing to watch: no network service behind the state
 
     def stop(self) -> None:
@@ -166,6 +180,7 @@ class SharedBackend(Backend):
         self._states: dict[str, SharedUserState] = {}  # per model, the serving version's
         self._coordinators: dict[str, Coordinator] = {}
         self._coordinators_lock = threading.Lock()
+        self._forgotten: dict[str, set[str]] = {}  # per model, as Redis's forgotten set says
 
     @property
     def redis_settings(self) -> RedisSettings:
@@ -187,6 +202,24 @@ class SharedBackend(Backend):
         (this one too: its follower thread swaps) serves `version`, else NotAcknowledged (504)."""
         self._coordinator(model).announce_and_wait(SWITCH, version, self.config.lifecycle_timeout)
 
+    def forget(self, model: str, user: str, here: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Never learn `user` again here, forget them (here: the files all share too), delete
+        their state in every version's namespace, and return once every live process forgot
+        them (the forgotten set in Redis outlives the announcement), else NotAcknowledged (504)."""
+        coordinator = self._coordinator(model)
+        self.forgotten(model).add(user)
+        receipt = here()
+        for version in VersionStore(self.layout.versions_dir(model)).versions():  # a rollback must not find them
+            self.store.state_space(namespace(model, version)).remove(user)
+        coordinator.announce_and_wait(FORGET, user, self.config.lifecycle_timeout)
+        return receipt
+
+    def forgotten(self, model: str) -> set[str]:
+        """The users of `model` never to learn again (read from Redis once, then kept up to date)."""
+        if model not in self._forgotten:
+            self._forgotten[model] = RedisLifecycle(self.store, model).forgotten_users()
+        return self._forgotten[model]
+
     def _coordinator(self, model: str) -> Coordinator:
         """`model`'s coordinator, started at its first need (a model trained after the start)."""
         with self._coordinators_lock:
@@ -198,6 +231,9 @@ class SharedBackend(Backend):
         def apply(announcement: Announcement) -> None:
             if announcement.kind == SWITCH:
                 converge(announcement.what)
+            elif announcement.kind == FORGET:
+                self.forgotten(model).add(announcement.what)  # first: no batch learns them after this
+                self._forget_here(model, announcement.what)
 
         def converge(version: str | None) -> None:
             if version is not None and served.serving(model) != version:
@@ -251,16 +287,17 @@ class SharedBackend(Backend):
                 instance=self._name,
                 applier=applier,
                 log_root=self.layout.log_dir(model),
+                forgotten=self.forgotten(model),
             )
             self._states[model] = state  # the one the watch checks and rebuilds
             return state
 
         return shared_state
 
-    def start(self, served: Served, models: Sequence[str]) -> None:
+    def start(self, served: Served, forget_here: ForgetHere, models: Sequence[str]) -> None:
         """Follow each model's lifecycle in Redis (converging on its active version now); /healthz's
         view of Redis, found off the event loop; a lost state rebuilt from the logs."""
-        self._served = served
+        self._served, self._forget_here = served, forget_here
         for model in models:
             self._coordinator(model)
         self.redis_watch = RedisWatch(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,7 @@ class Velox:
             for name in self.layout.model_names():
                 self.retrainer.recover(name)
             self._models.open_all()
-            self._backend.start(self._models, self._models.names())
+            self._backend.start(self._models, self._forgetting.forget_here, self._models.names())
         except BaseException:
             self._home_lock.release()  # a failed open must not keep the home locked
             raise
@@ -382,11 +383,13 @@ class Velox:
         retrain trains θ without the user, because neither the base data nor the log holds them.
         A retrain running at the time of the forget is patched, not waited for or cancelled: its
         version's per-user statistics lose the user before it is marked ready or promoted (see
-        serving/forgetting.py), so no version trained or served after the receipt holds them."""
-        self._backend.allow("Forgetting a user")
+        serving/forgetting.py), so no version trained or served after the receipt holds them.
+
+        With several processes over Redis, the receipt comes once every live one forgot the user
+        (else NotAcknowledged, 504); the user id is never learned again in that model."""
         key = canonical_id(user, "user", "forget")
         models = [model] if model is not None else self.model_names()
         receipt: dict[str, Any] = {"user": key, "models": {}}
         for name in models:
-            receipt["models"][name] = self._forgetting.forget(name, key)
+            receipt["models"][name] = self._backend.forget(name, key, partial(self._forgetting.forget, name, key))
         return receipt

@@ -232,6 +232,11 @@ class RedisLifecycle:
         with self._store.unavailable("reading forgotten users"):
             return [bool(x) for x in self._client.smismember(self.key("forgotten"), list(users))]
 
+    def forgotten_users(self) -> set[str]:
+        """Every user forgotten in this model (read once by a starting process)."""
+        with self._store.unavailable("reading forgotten users"):
+            return {_text(u) for u in cast(set[bytes], self._client.smembers(self.key("forgotten")))}
+
     def last_seq(self) -> int:
         with self._store.unavailable("reading the lifecycle sequence"):
             value = self._client.get(self.key("seq"))
