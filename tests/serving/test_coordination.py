@@ -152,3 +152,87 @@ def test_a_process_killed_mid_way_is_no_longer_waited_for_and_its_lease_passes_o
             follower.wait()
         if ca is not None:
             ca.close()
+
+
+def test_two_serve_processes_switch_and_forget_together_and_a_killed_one_converges(tmp_path, redis_url) -> None:
+    """Two real `veloxserve serve` processes over one Redis, under load through both: a switch and
+    a forget issued on `a` are served by `b` when the call returns; with `b` killed -9 a switch
+    returns once its heartbeat expired, a restarted `b` serves the pointer's version, and every
+    acknowledged observation is learned in the version both serve."""
+    from collections import Counter
+
+    import httpx
+    import numpy as np
+
+    from tests.helpers import admin_headers
+    from tests.serving.test_shared_state import (
+        ARRAYS,
+        META,
+        F,
+        _assert_served_weights,
+        _home,
+        _load,
+        _logged,
+        _servers,
+        expected_weights,
+    )
+    from veloxserve.config import HomeLayout
+    from veloxserve.storage.versions import VersionStore
+
+    home = _home(tmp_path)
+    v2 = VersionStore(HomeLayout(home).versions_dir("songs")).write(ARRAYS, META)
+    headers = admin_headers(home)
+    a, b = _servers(home, redis_url, ["a", "b"])
+
+    def served(server) -> str:
+        return httpx.get(f"{server.url}/models/songs/versions", headers=headers).json()["active_version"]
+
+    def score(server, user: str, item: int) -> float:
+        return httpx.get(f"{server.url}/models/songs/predict", params={"user": user, "item": item}).json()["score"]
+
+    users = ["0", "fresh-q"]
+    acked: list = []
+    stop = threading.Event()
+    threads = _load([a, b], users, acked, stop, workers=4)
+    try:
+        assert httpx.post(f"{b.url}/models/songs/observe", json={"user": "gone", "item": 101, "score": 5.0}).is_success
+        while len(acked) < 100:
+            time.sleep(0.05)
+        switched = httpx.post(f"{a.url}/models/songs/versions/{v2}/activate", headers=headers, timeout=120)
+        assert switched.status_code == 200, switched.text
+        assert served(b) == v2  # before the call returned
+        forgot = httpx.delete(f"{a.url}/models/songs/users/gone", headers=headers, timeout=120)
+        assert forgot.status_code == 200, forgot.text
+        prior = expected_weights("nobody", [])
+        assert score(b, "gone", 117) == pytest.approx(F[17] @ prior, abs=1e-9)
+        n = len(acked)
+        while len(acked) < n + 50:
+            time.sleep(0.05)
+        b.kill()
+        rolled = httpx.post(f"{a.url}/models/songs/versions/v1/activate", headers=headers, timeout=120)
+        # As designed: b stops being waited for once its heartbeat expired (1.5 s < lifecycle_timeout).
+        assert rolled.status_code == 200, rolled.text
+        assert b.proc.returncode == -9
+        b = _servers(home, redis_url, ["b"])[0]
+        assert served(b) == served(a) == "v1"  # converged on the pointer (the home's ACTIVE agrees)
+        threads += _load([b], users, acked, stop, workers=2)
+        n = len(acked)
+        while len(acked) < n + 50:
+            time.sleep(0.05)
+    except BaseException:
+        for server in (a, b):
+            if server.proc.poll() is None:
+                server.kill()
+        raise
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    logged = _logged(home)
+    assert not Counter(acked) - Counter(logged), "an acknowledged observation is missing from the logs"
+    assert "gone" not in {u for u, _, _ in logged}
+    for server in (a, b):
+        _assert_served_weights(server, users, logged)
+        assert score(server, "gone", 117) == pytest.approx(F[17] @ prior, abs=1e-9)
+        assert np.isfinite(score(server, "0", 100))
+    a.stop(), b.stop()
