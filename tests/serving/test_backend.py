@@ -127,12 +127,16 @@ def test_prequential_errors_are_counted_once_learned(backend) -> None:
         assert velox.server("songs").prequential.report()["observations"] == 2
 
 
-def test_what_a_shared_backend_cannot_do_yet_is_refused_by_its_capability(backend) -> None:
+def test_a_retrain_needs_the_training_lease_where_the_state_is_shared(backend) -> None:
     name, open_velox = backend
     with open_velox() as velox:
         if name == "shared":
-            with pytest.raises(Conflict, match="several processes share the state in Redis"):
+            lifecycle = RedisLifecycle(velox._backend.store, "songs")  # type: ignore[arg-type]
+            held = lifecycle.acquire("other", 30.0)
+            with pytest.raises(Conflict, match="already running on instance 'other'"):
                 velox.retrain("songs")
+            assert velox.retrainer.job("songs") is None and lifecycle.holder() == held  # nothing reserved
+            assert [v["version"] for v in velox.versions("songs")] == ["v1"]
             assert velox.redis_settings is not None and velox.redis_watch is not None
         else:
             velox.observe("songs", "0", 101, 4.0)

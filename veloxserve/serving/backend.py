@@ -11,8 +11,8 @@ Two deployments, one class each, built by `open_backend` (the one place that pic
   health off the event loop (serving/redis_watch.py). A version switch is coordinated through
   Redis (serving/coordination.py): it moves the active pointer there and returns once every live
   process serves the version; a forget, once every live process forgot the user, who is then
-  never learned again (Redis keeps the model's forgotten set). Retraining is refused (409) until
-  it is coordinated too.
+  never learned again (Redis keeps the model's forgotten set). A retrain runs only in the process
+  holding the model's training lease, and its promotion is refused once that lease was lost.
 
 Velox asks its backend; it never checks which one it has.
 """
@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from veloxserve.config import HomeLayout, ServingConfig, is_name
-from veloxserve.errors import Conflict, invalid_parameter
+from veloxserve.errors import invalid_parameter
 from veloxserve.models.version import ModelVersion
 from veloxserve.serving.applier import Applier
-from veloxserve.serving.coordination import Coordinator
+from veloxserve.serving.coordination import Coordinator, HeldLease
 from veloxserve.serving.durability import Acknowledgement
 from veloxserve.serving.idempotency import IdempotencyWindow, LocalWindow, RedisWindow
 from veloxserve.serving.local_state import LocalUserState
@@ -40,7 +40,7 @@ from veloxserve.serving.user_state import ErrorsListener, UserStateFactory
 from veloxserve.storage.lmdb_store import LMDBUserStore
 from veloxserve.storage.observation_log import MAIN_INSTANCE, ObservationLog
 from veloxserve.storage.redis_client import RedisSettings
-from veloxserve.storage.redis_lifecycle import FORGET, SWITCH, Announcement, RedisLifecycle
+from veloxserve.storage.redis_lifecycle import FORGET, SWITCH, Announcement, Lease, RedisLifecycle
 from veloxserve.storage.redis_store import RedisUserStore
 from veloxserve.storage.user_store import UserStore
 from veloxserve.storage.versions import VersionStore
@@ -83,12 +83,13 @@ class Backend(ABC):
         return self.layout.instance_log_dir(model, self.instance)
 
     @abstractmethod
-    def allow(self, what: str) -> None:
-        """Conflict (409) if this deployment cannot do `what` (retraining)."""
+    def take_lease(self, model: str) -> HeldLease | None:
+        """The right to retrain `model` (None: nothing to share it with), or Conflict naming its holder."""
 
     @abstractmethod
-    def switch(self, model: str, version: str) -> None:
-        """Serve `version` of `model` (checked servable) from now on, in every process serving it."""
+    def switch(self, model: str, version: str, lease: Lease | None = None) -> None:
+        """Serve `version` of `model` (checked servable) from now on, in every process serving it;
+        with `lease` (a retrain's promotion), FencedOut (409) once that lease was lost."""
 
     @abstractmethod
     def forget(self, model: str, user: str, here: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -133,10 +134,10 @@ class EmbeddedBackend(Backend):
         self.instance = None
         self.store = store if store is not None else LMDBUserStore(layout.state_db)
 
-    def allow(self, what: str) -> None:
-        pass
+    def take_lease(self, model: str) -> HeldLease | None:
+        return None  # one process: the retrainer's own lock is enough
 
-    def switch(self, model: str, version: str) -> None:
+    def switch(self, model: str, version: str, lease: Lease | None = None) -> None:
         self._served.swap(model, version)
 
     def forget(self, model: str, user: str, here: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -190,17 +191,13 @@ class SharedBackend(Backend):
     def _name(self) -> str:
         return self.instance or MAIN_INSTANCE
 
-    def allow(self, what: str) -> None:
-        raise Conflict(
-            f"{what} is not available while several processes share the state in Redis: stop the "
-            "servers, do it with one `veloxserve serve` (or train a new version offline), and restart "
-            "them (docs/storage.md, 'Several servers over Redis')."
-        )
+    def take_lease(self, model: str) -> HeldLease:
+        return HeldLease(RedisLifecycle(self.store, model), self._name, self.config.lease_seconds)
 
-    def switch(self, model: str, version: str) -> None:
+    def switch(self, model: str, version: str, lease: Lease | None = None) -> None:
         """Move the active pointer in Redis and announce it; return once every live process
         (this one too: its follower thread swaps) serves `version`, else NotAcknowledged (504)."""
-        self._coordinator(model).announce_and_wait(SWITCH, version, self.config.lifecycle_timeout)
+        self._coordinator(model).announce_and_wait(SWITCH, version, self.config.lifecycle_timeout, lease)
 
     def forget(self, model: str, user: str, here: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Never learn `user` again here, forget them (here: the files all share too), delete
@@ -246,7 +243,7 @@ class SharedBackend(Backend):
         return coordinator
 
     def feedback(self, listener: FeedbackListener) -> FeedbackListener | None:
-        return None  # no retraining while shared
+        return listener  # each process's triggers: only the one that takes the lease retrains
 
     def window(self, model: str, obs_log: ObservationLog) -> IdempotencyWindow:
         # A retry may reach another process: the keys live in Redis.

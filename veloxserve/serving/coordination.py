@@ -128,3 +128,39 @@ class Coordinator:
             self.lifecycle.leave(self.instance)
         except StoreUnavailable:
             pass  # its heartbeat expires by itself
+
+
+class HeldLease:
+    """A training lease taken by this process, renewed every third of its expiry until released.
+    A renewal that finds it expired or taken stops renewing: the promotion with it is then refused
+    (FencedOut) by the script that would move the pointer, so the version stays ready, not active."""
+
+    def __init__(self, lifecycle: RedisLifecycle, holder: str, seconds: float) -> None:
+        self.lifecycle = lifecycle
+        self.lease: Lease = lifecycle.acquire(holder, seconds)  # Conflict naming who holds it
+        self._seconds = seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renewing, name=f"lease-{lifecycle.model}", daemon=True)
+        self._thread.start()
+
+    def _renewing(self) -> None:
+        while not self._stop.wait(self._seconds / 3):
+            try:
+                if not self.lifecycle.renew(self.lease, self._seconds):
+                    log.error(
+                        "the training lease of %s (token %d) expired or was taken over: its retrain will not be "
+                        "promoted",
+                        self.lifecycle.model,
+                        self.lease.token,
+                    )
+                    return
+            except StoreUnavailable as exc:  # the next round tries again, while the lease lasts
+                log.error("renewing the training lease of %s failed: %s", self.lifecycle.model, exc.message)
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+        try:
+            self.lifecycle.release(self.lease)
+        except StoreUnavailable:
+            pass  # it expires by itself

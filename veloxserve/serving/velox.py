@@ -79,7 +79,13 @@ class Velox:
                 self.layout,
                 forgotten=lambda model, user: self.retrainer.forgotten(model, user),
             )
-            self.retrainer = Retrainer(self._models, self.layout, scrub=self._forgetting.scrub)
+            self.retrainer = Retrainer(
+                self._models,
+                self.layout,
+                scrub=self._forgetting.scrub,
+                take_lease=self._backend.take_lease,
+                promote=self._backend.switch,
+            )
             self._models.on_feedback = self.retrainer.on_feedback
             self._decision_logs: dict[str, DecisionLog] = {}
             self._decision_lock = threading.Lock()
@@ -345,7 +351,6 @@ class Velox:
         Serving and online learning go on meanwhile; the new version is promoted when it beats
         the active one on the most recent logged observations neither was fitted on
         (`promote="always"|"never"` overrides that). With `wait`, return once the job has finished."""
-        self._backend.allow("Retraining")
         job = self.retrainer.start(model, reason=reason, promote=promote, overrides=overrides)
         if wait:
             self.retrainer.wait(model)
