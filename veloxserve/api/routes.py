@@ -121,7 +121,7 @@ ROUTES: tuple[Route, ...] = (
           "or roll back); users are rebuilt against it, no feedback is lost", _ADMIN, errors=(404, 409, 503, 504),
           params=_VELOX),
     Route("POST", "/models/{name}/retrain", "retrain", "retrain", "Retrain θ from the base data and the log in the "
-          "background", _ADMIN, body=rq.RetrainRequest, body_required=False, status=202, errors=(400, 404, 409),
+          "background", _ADMIN, body=rq.RetrainRequest, body_required=False, status=202, errors=(400, 404, 409, 503),
           params=_VELOX),
     Route("GET", "/models/{name}/retrain", "retrain_status", "retrain", "The running or last retrain of this model",
           errors=(404,), params=_VELOX),
