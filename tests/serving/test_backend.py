@@ -13,7 +13,7 @@ import pytest
 
 from tests.serving.test_shared_state import ARRAYS, META, F, _home, expected_weights
 from veloxserve.config import HomeLayout
-from veloxserve.errors import Conflict, NotFound
+from veloxserve.errors import Conflict, ModelNotFound, NotFound
 from veloxserve.serving.backend import EmbeddedBackend, SharedBackend
 from veloxserve.serving.local_state import LocalUserState
 from veloxserve.serving.shared_state import SharedUserState
@@ -201,6 +201,8 @@ def test_a_forget_on_one_process_is_applied_by_every_process_and_never_learned_a
         with open_b() as b:
             b.observe_many("songs", [("0", 101, 4.0), ("fresh", 102, 2.0), *kept])
             a.activate("songs", v2)  # v1's namespace in Redis holds them too: a roll-back must not find them
+            with pytest.raises(ModelNotFound):
+                a.forget_user("1", "nope")  # refused before anything changed: "1" stays learned below
             for user in ("0", "fresh"):
                 receipt = a.forget_user(user, "songs")
                 assert receipt["models"]["songs"]["log_records_erased"] == 0  # b logged them, not a

@@ -200,12 +200,13 @@ class SharedBackend(Backend):
         self._coordinator(model).announce_and_wait(SWITCH, version, self.config.lifecycle_timeout, lease)
 
     def forget(self, model: str, user: str, here: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Never learn `user` again here, forget them (here: the files all share too), delete
-        their state in every version's namespace, and return once every live process forgot
-        them (the forgotten set in Redis outlives the announcement), else NotAcknowledged (504)."""
+        """Forget `user` here (`here`: the files all share too; ModelNotFound before anything
+        changes), never learn them again, delete their state in every version's namespace, and
+        return once every live process forgot them (this one again: a batch queued meanwhile is
+        dropped) -- the forgotten set in Redis outlives the announcement -- else NotAcknowledged (504)."""
+        receipt = here()
         coordinator = self._coordinator(model)
         self.forgotten(model).add(user)
-        receipt = here()
         for version in VersionStore(self.layout.versions_dir(model)).versions():  # a rollback must not find them
             self.store.state_space(namespace(model, version)).remove(user)
         coordinator.announce_and_wait(FORGET, user, self.config.lifecycle_timeout)
