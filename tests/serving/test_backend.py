@@ -19,7 +19,7 @@ from veloxserve.serving.local_state import LocalUserState
 from veloxserve.serving.shared_state import SharedUserState
 from veloxserve.serving.velox import Velox
 from veloxserve.storage.observation_log import ObservationLog, read_log
-from veloxserve.storage.redis_lifecycle import RedisLifecycle
+from veloxserve.storage.redis_lifecycle import SWITCH, RedisLifecycle
 from veloxserve.storage.redis_store import RedisUserStore
 from veloxserve.storage.versions import VersionStore
 
@@ -220,3 +220,19 @@ def test_a_forget_on_one_process_is_applied_by_every_process_and_never_learned_a
                 for user in ("0", "fresh"):
                     np.testing.assert_allclose(_weights(velox, user), prior, atol=1e-12)
                 np.testing.assert_allclose(_weights(velox, "1"), expected_weights("1", kept), atol=1e-9)
+
+
+def test_a_starting_process_serves_the_version_redis_points_to_not_the_homes_file(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The switch was recorded in Redis but its announcer died before swapping (the home's ACTIVE
+    still names v1): a process that starts converges on the pointer."""
+    home = _home(tmp_path)
+    v2 = VersionStore(HomeLayout(home).versions_dir("songs")).write(ARRAYS, META)
+    store = RedisUserStore(redis_url)
+    RedisLifecycle(store, "songs").announce(SWITCH, v2)
+    observed = [("0", 101, 4.0)]
+    with Velox(home, store=store, instance="b") as b:
+        assert b.server("songs").version_id == v2 == b.catalog("songs").active()
+        b.observe_many("songs", observed)
+        np.testing.assert_allclose(_weights(b, "0"), expected_weights("0", observed), atol=1e-9)
