@@ -185,6 +185,19 @@ class ServingConfig:
     feature_deadline_ms: float | None = field(
         default=None, metadata=_help("content features later than this are E[f(x)] instead (anytime); omitted: wait")
     )
+    heartbeat_seconds: float = field(
+        default=0.5,
+        metadata=_help(
+            "with several servers over Redis: seconds between heartbeats; one missing 3 in a row is no longer waited for"
+        ),
+    )
+    lifecycle_timeout: float = field(
+        default=30.0,
+        metadata=_help("seconds a version switch, forget or promotion waits for every live server to apply it (504)"),
+    )
+    lease_seconds: float = field(
+        default=30.0, metadata=_help("the training lease's expiry, renewed every third of it while a retrain runs")
+    )
     monitoring: MonitoringConfig = field(
         default_factory=MonitoringConfig,
         metadata=_help("deviations, drift detectors and alerts: a table of MonitoringConfig (docs/monitoring.md)"),
@@ -204,6 +217,13 @@ class ServingConfig:
             raise ValueError(f"feature_deadline_ms must be a number > 0 or None, got {self.feature_deadline_ms}")
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        for name in ("heartbeat_seconds", "lifecycle_timeout", "lease_seconds"):
+            if not _positive(getattr(self, name)):
+                raise ValueError(f"{name} must be a number > 0, got {getattr(self, name)!r}")
+        if self.lease_seconds <= self.heartbeat_seconds:
+            raise ValueError(
+                f"lease_seconds must be > heartbeat_seconds, got {self.lease_seconds} <= {self.heartbeat_seconds}"
+            )
 
 
 @dataclass(frozen=True)

@@ -127,6 +127,11 @@ class DeadlineExceeded(VeloxError):
     status = 504
 
 
+class NotAcknowledged(DeadlineExceeded):
+    """Some live server processes did not apply a version switch or a forget in time (504): it
+    stays recorded in Redis and they apply it when they can (serving/coordination.py)."""
+
+
 class Overloaded(RetryLater):
     """Shed by admission control before any work was done (serving/admission.py)."""
 

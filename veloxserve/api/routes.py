@@ -118,10 +118,10 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/models/{name}/versions/{version}", "version", "version", "One version: metadata, lineage (parent, "
           "data range, reason) and status", errors=(404,), params=_VELOX),
     Route("POST", "/models/{name}/versions/{version}/activate", "activate", "activate", "Serve this version (promote "
-          "or roll back); users are rebuilt against it, no feedback is lost", _ADMIN, errors=(404, 409),
+          "or roll back); users are rebuilt against it, no feedback is lost", _ADMIN, errors=(404, 409, 503, 504),
           params=_VELOX),
     Route("POST", "/models/{name}/retrain", "retrain", "retrain", "Retrain θ from the base data and the log in the "
-          "background", _ADMIN, body=rq.RetrainRequest, body_required=False, status=202, errors=(400, 404, 409),
+          "background", _ADMIN, body=rq.RetrainRequest, body_required=False, status=202, errors=(400, 404, 409, 503),
           params=_VELOX),
     Route("GET", "/models/{name}/retrain", "retrain_status", "retrain", "The running or last retrain of this model",
           errors=(404,), params=_VELOX),
@@ -130,9 +130,9 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", "/models/{name}/policy", "set_policy", "policy", "Set the retraining policy: schedule and drift "
           "detection", _ADMIN, body=rq.RetrainPolicyRequest, errors=(400, 404), params=_VELOX),
     Route("DELETE", "/users/{user}", "forget_everywhere", "forget", "Forget a user in every model; answers with a "
-          "receipt of what was removed", _ADMIN, errors=(400,), params=_VELOX),
+          "receipt of what was removed", _ADMIN, errors=(400, 503, 504), params=_VELOX),
     Route("DELETE", "/models/{name}/users/{user}", "forget_in_model", "forget", "Forget a user in one model; answers "
-          "with a receipt of what was removed", _ADMIN, errors=(400, 404), params=_VELOX),
+          "with a receipt of what was removed", _ADMIN, errors=(400, 404, 503, 504), params=_VELOX),
     # ---- Clipper: model containers and applications (clipper_routes.py) ----
     Route("GET", "/containers", "list_containers", "/containers", "Deployed models: versions, replicas, batch sizes, "
           "queues, cache", clipper=True),

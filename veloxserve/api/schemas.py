@@ -142,6 +142,8 @@ ERROR_TEXT = {
     "nothing to roll back, or a new version's shapes differ from what the linked applications use",
     413: f"The request body is over {MAX_BODY_BYTES} bytes (decided from Content-Length before reading)",
     503: "Overloaded (refused at once, see Retry-After), a store is unavailable, or a model container is unavailable",
+    504: "With several servers over Redis: a live server did not apply the switch or forget in time (the message "
+    "names it); it is recorded in Redis and applied when that server answers",
 }
 RETRY_AFTER = {
     "Retry-After": {

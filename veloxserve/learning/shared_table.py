@@ -88,6 +88,11 @@ class SharedUserTable:
         if self.lost is not None:
             raise self.lost
 
+    def remove(self, user: str) -> bool:
+        """Forget a user here: their trained statistics and their state in Redis."""
+        in_memory = self.baseline.remove(user)
+        return self._space.remove(user) or in_memory
+
     def __len__(self) -> int:
         """Users with a state, as last known (no Redis call: /models and /metrics must not wait
         for it): this process's new users at once, other processes' after `refresh_count`."""

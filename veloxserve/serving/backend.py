@@ -8,34 +8,58 @@ Two deployments, one class each, built by `open_backend` (the one place that pic
 - SharedBackend: several processes over one Redis (`serve --store redis://… --instance ID`).
   Users' state in Redis (serving/shared_state.py); an observation is acknowledged once fsynced and
   learned into Redis (serving/applier.py); idempotency keys in Redis; a watch thread keeps Redis's
-  health off the event loop (serving/redis_watch.py). Retraining, switching versions and
-  forgetting are refused (409) until they can be coordinated across the processes.
+  health off the event loop (serving/redis_watch.py). A version switch is coordinated through
+  Redis (serving/coordination.py): it moves the active pointer there and returns once every live
+  process serves the version; a forget, once every live process forgot the user, who is then
+  never learned again (Redis keeps the model's forgotten set). A retrain runs only in the process
+  holding the model's training lease, and its promotion is refused once that lease was lost.
 
 Velox asks its backend; it never checks which one it has.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 from veloxserve.config import HomeLayout, ServingConfig, is_name
-from veloxserve.errors import Conflict, invalid_parameter
+from veloxserve.errors import invalid_parameter
 from veloxserve.models.version import ModelVersion
 from veloxserve.serving.applier import Applier
+from veloxserve.serving.coordination import Coordinator, HeldLease
 from veloxserve.serving.durability import Acknowledgement
 from veloxserve.serving.idempotency import IdempotencyWindow, LocalWindow, RedisWindow
 from veloxserve.serving.local_state import LocalUserState
 from veloxserve.serving.model_server import FeedbackListener
 from veloxserve.serving.redis_watch import RedisWatch
-from veloxserve.serving.shared_state import SharedUserState
+from veloxserve.serving.shared_state import SharedUserState, namespace
 from veloxserve.serving.user_state import ErrorsListener, UserStateFactory
 from veloxserve.storage.lmdb_store import LMDBUserStore
 from veloxserve.storage.observation_log import MAIN_INSTANCE, ObservationLog
 from veloxserve.storage.redis_cache import TrackedCache
 from veloxserve.storage.redis_client import RedisSettings
+from veloxserve.storage.redis_lifecycle import FORGET, SWITCH, Announcement, Lease, RedisLifecycle
 from veloxserve.storage.redis_store import RedisUserStore
 from veloxserve.storage.user_store import UserStore
+from veloxserve.storage.versions import VersionStore
+
+
+class Served(Protocol):
+    """What a backend switches in this process (serving.model_set.ModelSet)."""
+
+    def serving(self, model: str) -> str | None:
+        """The version of `model` this process serves (None: not served here yet)."""
+        ...
+
+    def swap(self, model: str, version_id: str) -> None:
+        """Serve `version_id` of `model` from now on, its users' state caught up."""
+        ...
+
+
+ForgetHere = Callable[[str, str], None]
 
 
 class Backend(ABC):
@@ -44,6 +68,7 @@ class Backend(ABC):
     store: UserStore
     instance: str | None  # this process's instance id when several share the home, else None
     redis_watch: RedisWatch | None = None
+    _served: Served  # set by start
 
     def __init__(self, layout: HomeLayout, config: ServingConfig) -> None:
         self.layout = layout
@@ -64,8 +89,17 @@ class Backend(ABC):
         return self.layout.instance_log_dir(model, self.instance)
 
     @abstractmethod
-    def allow(self, what: str) -> None:
-        """Conflict (409) if this deployment cannot do `what` (retraining, switching versions, forgetting)."""
+    def take_lease(self, model: str) -> HeldLease | None:
+        """The right to retrain `model` (None: nothing to share it with), or Conflict naming its holder."""
+
+    @abstractmethod
+    def switch(self, model: str, version: str, lease: Lease | None = None) -> None:
+        """Serve `version` of `model` (checked servable) from now on, in every process serving it;
+        with `lease` (a retrain's promotion), FencedOut (409) once that lease was lost."""
+
+    @abstractmethod
+    def forget(self, model: str, user: str, here: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Forget `user` in `model` here (`here()`, its receipt) and in every process serving it."""
 
     @abstractmethod
     def feedback(self, listener: FeedbackListener) -> FeedbackListener | None:
@@ -85,8 +119,9 @@ class Backend(ABC):
         """How a served version of `model` keeps its users' state."""
 
     @abstractmethod
-    def start(self) -> None:
-        """Every model is open and served: start what watches them."""
+    def start(self, served: Served, forget_here: ForgetHere, models: Sequence[str]) -> None:
+        """Every model is open and served: start what watches them, what switches `served` and
+        what calls `forget_here(model, user)` for a user another process forgot."""
 
     @abstractmethod
     def stop(self) -> None:
@@ -105,8 +140,14 @@ class EmbeddedBackend(Backend):
         self.instance = None
         self.store = store if store is not None else LMDBUserStore(layout.state_db)
 
-    def allow(self, what: str) -> None:
-        pass
+    def take_lease(self, model: str) -> HeldLease | None:
+        return None  # one process: the retrainer's own lock is enough
+
+    def switch(self, model: str, version: str, lease: Lease | None = None) -> None:
+        self._served.swap(model, version)
+
+    def forget(self, model: str, user: str, here: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        return here()
 
     def feedback(self, listener: FeedbackListener) -> FeedbackListener | None:
         return listener
@@ -126,8 +167,8 @@ class EmbeddedBackend(Backend):
     def user_state(self, model: str, obs_log: ObservationLog) -> UserStateFactory:
         return LocalUserState
 
-    def start(self) -> None:
-        pass  # nothing to watch: no network service behind the state
+    def start(self, served: Served, forget_here: ForgetHere, models: Sequence[str]) -> None:
+        self._served = served  # nothing to watch: no network service behind the state
 
     def stop(self) -> None:
         pass
@@ -144,6 +185,9 @@ class SharedBackend(Backend):
         self.instance = instance
         self._appliers: dict[str, Applier] = {}
         self._states: dict[str, SharedUserState] = {}  # per model, the serving version's
+        self._coordinators: dict[str, Coordinator] = {}
+        self._coordinators_lock = threading.Lock()
+        self._forgotten: dict[str, set[str]] = {}  # per model, as Redis's forgotten set says
 
     @property
     def redis_settings(self) -> RedisSettings:
@@ -157,15 +201,60 @@ class SharedBackend(Backend):
     def _name(self) -> str:
         return self.instance or MAIN_INSTANCE
 
-    def allow(self, what: str) -> None:
-        raise Conflict(
-            f"{what} is not available while several processes share the state in Redis: stop the "
-            "servers, do it with one `veloxserve serve` (or train a new version offline), and restart "
-            "them (docs/storage.md, 'Several servers over Redis')."
+    def take_lease(self, model: str) -> HeldLease:
+        return HeldLease(RedisLifecycle(self.store, model), self._name, self.config.lease_seconds)
+
+    def switch(self, model: str, version: str, lease: Lease | None = None) -> None:
+        """Move the active pointer in Redis and announce it; return once every live process
+        (this one too: its follower thread swaps) serves `version`, else NotAcknowledged (504)."""
+        self._coordinator(model).announce_and_wait(SWITCH, version, self.config.lifecycle_timeout, lease)
+
+    def forget(self, model: str, user: str, here: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Forget `user` here (`here`: the files all share too; ModelNotFound before anything
+        changes), never learn them again, delete their state in every version's namespace, and
+        return once every live process forgot them (this one again: a batch queued meanwhile is
+        dropped) -- the forgotten set in Redis outlives the announcement -- else NotAcknowledged (504)."""
+        receipt = here()
+        coordinator = self._coordinator(model)
+        self.forgotten(model).add(user)
+        for version in VersionStore(self.layout.versions_dir(model)).versions():  # a rollback must not find them
+            self.store.state_space(namespace(model, version)).remove(user)
+        coordinator.announce_and_wait(FORGET, user, self.config.lifecycle_timeout)
+        return receipt
+
+    def forgotten(self, model: str) -> set[str]:
+        """The users of `model` never to learn again (read from Redis once, then kept up to date)."""
+        if model not in self._forgotten:
+            self._forgotten[model] = RedisLifecycle(self.store, model).forgotten_users()
+        return self._forgotten[model]
+
+    def _coordinator(self, model: str) -> Coordinator:
+        """`model`'s coordinator, started at its first need (a model trained after the start)."""
+        with self._coordinators_lock:
+            return self._coordinators.get(model) or self._start_coordinator(model)
+
+    def _start_coordinator(self, model: str) -> Coordinator:
+        served = self._served
+
+        def apply(announcement: Announcement) -> None:
+            if announcement.kind == SWITCH:
+                converge(announcement.what)
+            elif announcement.kind == FORGET:
+                self.forgotten(model).add(announcement.what)  # first: no batch learns them after this
+                self._forget_here(model, announcement.what)
+
+        def converge(version: str | None) -> None:
+            if version is not None and served.serving(model) != version:
+                served.swap(model, version)
+
+        coordinator = Coordinator(
+            RedisLifecycle(self.store, model), self._name, apply, converge, heartbeat=self.config.heartbeat_seconds
         )
+        self._coordinators[model] = coordinator.start()
+        return coordinator
 
     def feedback(self, listener: FeedbackListener) -> FeedbackListener | None:
-        return None  # no retraining while shared
+        return listener  # each process's triggers: only the one that takes the lease retrains
 
     def window(self, model: str, obs_log: ObservationLog) -> IdempotencyWindow:
         # A retry may reach another process: the keys live in Redis.
@@ -206,14 +295,19 @@ class SharedBackend(Backend):
                 instance=self._name,
                 applier=applier,
                 log_root=self.layout.log_dir(model),
+                forgotten=self.forgotten(model),
             )
             self._states[model] = state  # the one the watch checks and rebuilds
             return state
 
         return shared_state
 
-    def start(self) -> None:
-        """/healthz's view of Redis, found off the event loop; a lost state rebuilt from the logs."""
+    def start(self, served: Served, forget_here: ForgetHere, models: Sequence[str]) -> None:
+        """Follow each model's lifecycle in Redis (converging on its active version now); /healthz's
+        view of Redis, found off the event loop; a lost state rebuilt from the logs."""
+        self._served, self._forget_here = served, forget_here
+        for model in models:
+            self._coordinator(model)
         self.redis_watch = RedisWatch(
             self.store.settings,
             lambda: {m: s.table for m, s in self._states.items()},
@@ -221,6 +315,9 @@ class SharedBackend(Backend):
         )
 
     def stop(self) -> None:
+        for coordinator in self._coordinators.values():
+            coordinator.close()  # first: its thread may swap a version
+        self._coordinators.clear()
         if self.redis_watch is not None:
             self.redis_watch.close()
 

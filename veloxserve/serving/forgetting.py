@@ -23,6 +23,7 @@ from veloxserve.config import HomeLayout
 from veloxserve.models.version import USER_ARRAYS, without_user
 from veloxserve.serving.model_set import ModelSet
 from veloxserve.storage.forget import drop_user_from_base_data, read_arrays, replace_arrays
+from veloxserve.storage.home_lock import shared_file_lock
 from veloxserve.storage.user_store import UserStore
 
 
@@ -64,12 +65,13 @@ class Forgetting:
                 erased = models.observation_log(model).erase_users({user})  # syncs: nothing of theirs is left to learn
                 in_memory = server.remove_user(user)
                 stored = self._store.delete(model, user)
-                base_rows = drop_user_from_base_data(self._layout.base_data(model), user)
-                version_rows = {
-                    v: n
-                    for v in catalog.versions.versions()
-                    if (n := drop_user_from_version(catalog.versions.directory / v, user))
-                }
+                with shared_file_lock(self._layout.model_dir(model) / ".forget.lock"):  # files other processes share
+                    base_rows = drop_user_from_base_data(self._layout.base_data(model), user)
+                    version_rows = {
+                        v: n
+                        for v in catalog.versions.versions()
+                        if (n := drop_user_from_version(catalog.versions.directory / v, user))
+                    }
             # A retrain running now may have read the user's rows before they were erased: it
             # scrubs them from its version before that version is marked ready or promoted.
             self._forgotten(model, user)
@@ -80,6 +82,19 @@ class Forgetting:
             "base_rows_removed": base_rows,
             "trained_statistics_removed": version_rows,
         }
+
+    def forget_here(self, model: str, user: str) -> None:
+        """What this process alone keeps of a user another process forgot (that one rewrote the
+        files they share): its log's records of them and its served state."""
+        models = self._models
+        if models.serving(model) is None:
+            return  # not served here: nothing of theirs in memory, and no log open to erase
+        with models.exclusive():
+            server = models.server(model)
+            with server.serving_lock():
+                models.observation_log(model).erase_users({user})
+                server.remove_user(user)
+            self._forgotten(model, user)
 
     def scrub(self, model: str, version_id: str, users: Callable[[], Iterable[str]]) -> dict[str, int]:
         """Remove `users` (forgotten while `version_id` was being trained) from its trained

@@ -91,6 +91,11 @@ class ModelSet:
     def active_version(self, model: str) -> str:
         return self.server(model).version_id
 
+    def serving(self, model: str) -> str | None:
+        """The version of `model` served here, None before its first swap in this process."""
+        server = self._servers.get(model)
+        return None if server is None else server.version_id
+
     def sync_log(self, model: str) -> int:
         """Wait until the model's log is durable; its durable position."""
         return self.observation_log(model).sync()
@@ -111,6 +116,11 @@ class ModelSet:
 
     def activate(self, model: str, version: str) -> None:
         """Serve `version` of `model` from now on (promote or roll back); Conflict if it cannot serve."""
+        self.check_servable(model, version)
+        self.swap(model, version)
+
+    def check_servable(self, model: str, version: str) -> None:
+        """NotFound for an unknown version, Conflict for one that failed or is still training."""
         catalog = self.catalog(model)
         entry = catalog.entry(version)  # NotFound for an unknown version
         if entry["status"] in (Status.FAILED.value, Status.TRAINING.value) or not catalog.versions.exists(version):
@@ -118,7 +128,6 @@ class ModelSet:
             raise Conflict(
                 f"Version {version!r} of {model!r} is {entry['status']} and cannot serve: {why}.", field="version"
             )
-        self.swap(model, version)
 
     def _open_model(self, model: str) -> ObservationLog:
         """The model's log and what lives across its versions, opened at its first swap."""

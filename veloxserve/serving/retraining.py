@@ -36,6 +36,7 @@ import numpy as np
 
 from veloxserve.config import HomeLayout
 from veloxserve.errors import Conflict, invalid_parameter
+from veloxserve.serving.coordination import HeldLease
 from veloxserve.serving.drift import (
     DETECTORS,
     ON_SQUARED_ERRORS,
@@ -45,6 +46,7 @@ from veloxserve.serving.drift import (
     make_detector,
 )
 from veloxserve.storage.pointer import read_pointer, write_pointer
+from veloxserve.storage.redis_lifecycle import FencedOut, Lease
 from veloxserve.storage.version_catalog import Status, VersionCatalog, now
 
 log = logging.getLogger(__name__)
@@ -175,10 +177,24 @@ class _Trigger:
 class Retrainer:
     """Runs at most one trainer per model and applies each model's retraining policy."""
 
-    def __init__(self, models: RetrainModels, layout: HomeLayout, scrub: Scrub) -> None:
+    def __init__(
+        self,
+        models: RetrainModels,
+        layout: HomeLayout,
+        scrub: Scrub,
+        *,
+        take_lease: Callable[[str], HeldLease | None] = lambda model: None,
+        promote: Callable[[str, str, Lease | None], None] | None = None,
+    ) -> None:
+        """`take_lease(model)`: the right to retrain it among several processes (Conflict if another
+        holds it; None with one process). `promote(model, version, lease)`: serve the new version
+        (default: the models' own swap), refused with FencedOut once the lease was lost."""
         self._models = models
         self._layout = layout
         self._scrub = scrub
+        self._take_lease = take_lease
+        self._promote = promote or (lambda model, version, lease: models.activate(model, version))
+        self._leases: dict[str, HeldLease] = {}
         self._lock = threading.Lock()
         self._running: dict[str, RetrainJob] = {}
         self._last: dict[str, RetrainJob] = {}
@@ -251,6 +267,8 @@ class Retrainer:
             trigger.observations, trigger.since = 0, time.monotonic()
         try:
             self.start(model, reason=reason, promote=policy.promote)
+        except Conflict as exc:  # another process holds the lease (its own triggers tripped too)
+            log.info("%s: %s retrain not started here: %s", model, reason, exc.message)
         except Exception:  # a trigger must never fail the observe that tripped it
             log.exception("%s: %s retrain could not start", model, reason)
 
@@ -273,9 +291,17 @@ class Retrainer:
                     f"A retrain of {model!r} is already running (version {running.version}, started "
                     f"{running.started_at}, reason {running.reason}). Wait for it: GET /models/{model}/retrain."
                 )
-            upto = self._models.sync_log(model)
-            catalog = self._models.catalog(model)
-            version = catalog.reserve(reason=reason, parent=parent, log_position=upto)
+            held = self._take_lease(model)  # Conflict naming the process retraining it
+            try:
+                upto = self._models.sync_log(model)
+                catalog = self._models.catalog(model)
+                version = catalog.reserve(reason=reason, parent=parent, log_position=upto)
+            except BaseException:
+                if held is not None:
+                    held.release()
+                raise
+            if held is not None:
+                self._leases[model] = held
             job = self._running[model] = RetrainJob(model, version, parent, reason, promote, upto)
             self._forgotten[model] = set()
             if model in self._triggers:
@@ -334,7 +360,14 @@ class Retrainer:
                 raise RuntimeError("the server shut down before the new version could be promoted")
             if job.promote == "always" or (job.promote == "if_better" and better):
                 catalog.mark(job.version, Status.READY, decision=f"promoted: {verdict}")
-                self._models.activate(job.model, job.version)
+                held = self._leases.get(job.model)
+                try:
+                    self._promote(job.model, job.version, None if held is None else held.lease)
+                except FencedOut as exc:  # another process retrains now: this version stays ready
+                    log.error("%s: retrain %s not promoted: %s", job.model, job.version, exc.message)
+                    catalog.mark(job.version, Status.READY, decision=f"not promoted: {exc.message}")
+                    job.state, job.detail = "ready", f"not promoted: {exc.message}"
+                    return
                 job.state, job.detail = "promoted", verdict
             else:
                 why = "promotion not requested" if job.promote == "never" else "not better than the active version"
@@ -351,6 +384,9 @@ class Retrainer:
                 self._running.pop(job.model, None)
                 self._forgotten.pop(job.model, None)
                 self._last[job.model] = job
+                held = self._leases.pop(job.model, None)
+            if held is not None:
+                held.release()
 
     def _train(self, job: RetrainJob, overrides: dict[str, Any]) -> dict[str, Any]:
         spec = {

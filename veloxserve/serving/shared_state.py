@@ -5,6 +5,14 @@ observations into it through the Applier (serving/applier.py), which is also wha
 before they are acknowledged. At start, and after Redis lost the state, every instance's log is
 learned into it after what Redis says is learned; per-user, per-instance log marks make that
 replay idempotent. Redis holds the state, so there is nothing to checkpoint.
+
+A version switch (coordinated by serving/coordination.py) builds the new version's namespace the
+same way in every process; each then catches up on its own observations logged meanwhile (the
+old version learned them into its namespace), so none acknowledged before the switch is missing.
+
+A forgotten user (`forgotten`, the model's set, kept by the backend as Redis's forgotten set
+says) is never learned again here: not from a batch queued before the forget reached this
+process, nor from a replay of a log not yet erased.
 """
 
 from __future__ import annotations
@@ -27,6 +35,11 @@ log = logging.getLogger(__name__)
 _REPLAY_CHUNK = 2_000
 
 
+def namespace(model: str, version: str) -> str:
+    """Where a version's users' state lives in Redis."""
+    return f"{model}/{version}"
+
+
 class SharedUserState(UserState):
     """Learned into Redis by the Applier; recovered from every instance's log."""
 
@@ -42,8 +55,10 @@ class SharedUserState(UserState):
         instance: str,
         applier: Applier,
         log_root: Path,
+        forgotten: set[str],
     ) -> None:
         """`log_root`: the model's log directory, holding every instance's log."""
+        self._forgotten = forgotten
         self.version = version
         self.instance = instance
         self._log = obs_log
@@ -59,8 +74,9 @@ class SharedUserState(UserState):
             capacity=len(version.users.ids) + 1024,
         )
         baseline.load_trained(version.users)
-        self.table: SharedUserTable = SharedUserTable(store, f"{version.name}/{version.version}", baseline)
+        self.table: SharedUserTable = SharedUserTable(store, namespace(version.name, version.version), baseline)
         self.replayed = self._learn_logs(self.table, upto_lsn)
+        self._own_upto = upto_lsn  # this process's log learned up to here by the replay
 
     @property
     def name(self) -> str:
@@ -81,6 +97,12 @@ class SharedUserState(UserState):
 
     def learn_now(self, lsns: list[int], users: list[str], rows: np.ndarray, scores: np.ndarray) -> None:
         """Learn logged observations of this instance into Redis (the Applier's thread)."""
+        if self._forgotten and any(u in self._forgotten for u in users):
+            keep = np.array([u not in self._forgotten for u in users])
+            lsns, users = [n for n, k in zip(lsns, keep) if k], [u for u, k in zip(users, keep) if k]
+            rows, scores = rows[keep], scores[keep]
+            if not users:
+                return
         errors = self.table.learn(self.instance, lsns, users, rows, scores, self._features)
         if errors.size:
             self._on_errors(errors)
@@ -109,14 +131,20 @@ class SharedUserState(UserState):
 
     # ---- recovery ------------------------------------------------------------------------
     def catch_up(self, upto_lsn: int) -> int:
-        """Redis already holds what other servers learned; a swap is refused while shared."""
-        return 0
+        """This process's observations logged while the version was built, up to `upto_lsn` (the
+        swap holds the old server's lock). Other processes learn theirs: each swaps too, and its
+        replay reads its own log after what Redis says it learned."""
+        records = read_log(self._log.directory, self._own_upto, upto_lsn)
+        replayed = self._replay_into(self.table, self.instance, records)
+        self._own_upto = max(self._own_upto, upto_lsn)
+        return replayed
 
     def retire(self) -> None:
         """Batches still queued in the Applier are learned into this version's namespace."""
 
     def remove_user(self, user: str) -> bool:
-        raise NotImplementedError("forgetting a user is refused while the state is shared (serving/backend.py)")
+        """Forget a user (already in the forgotten set): trained statistics here, state in Redis."""
+        return self.table.remove(user)
 
     def rebuild_lost_state(self) -> int:
         """Redis lost this namespace's state (serving/redis_watch.py found it): join or start a
@@ -154,7 +182,10 @@ class SharedUserState(UserState):
 
     def _learn_records(self, table: SharedUserTable, instance: str, records: list[ObservationRecord]) -> int:
         lookup = self.version.catalog.lookup
-        known = [(r, row) for r in records if (row := lookup(r.item)) is not None]  # unknown items: nothing to learn
+        forgotten = self._forgotten
+        known = [  # unknown items: nothing to learn; forgotten users: never again
+            (r, row) for r in records if (row := lookup(r.item)) is not None and r.user not in forgotten
+        ]
         learned = (
             table.learn(
                 instance,

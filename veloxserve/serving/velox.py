@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +80,20 @@ class Velox:
                 self.layout,
                 forgotten=lambda model, user: self.retrainer.forgotten(model, user),
             )
-            self.retrainer = Retrainer(self._models, self.layout, scrub=self._forgetting.scrub)
+            self.retrainer = Retrainer(
+                self._models,
+                self.layout,
+                scrub=self._forgetting.scrub,
+                take_lease=self._backend.take_lease,
+                promote=self._backend.switch,
+            )
             self._models.on_feedback = self.retrainer.on_feedback
             self._decision_logs: dict[str, DecisionLog] = {}
             self._decision_lock = threading.Lock()
             for name in self.layout.model_names():
                 self.retrainer.recover(name)
             self._models.open_all()
-            self._backend.start()
+            self._backend.start(self._models, self._forgetting.forget_here, self._models.names())
         except BaseException:
             self._home_lock.release()  # a failed open must not keep the home locked
             raise
@@ -350,7 +357,6 @@ class Velox:
         Serving and online learning go on meanwhile; the new version is promoted when it beats
         the active one on the most recent logged observations neither was fitted on
         (`promote="always"|"never"` overrides that). With `wait`, return once the job has finished."""
-        self._backend.allow("Retraining")
         job = self.retrainer.start(model, reason=reason, promote=promote, overrides=overrides)
         if wait:
             self.retrainer.wait(model)
@@ -372,9 +378,11 @@ class Velox:
         Every user's state is rebuilt against its θ from the version's trained statistics plus
         every logged observation after its log position, so feedback that arrived since that
         version was trained is not lost, then the swap is atomic: a request sees the old or the
-        new version, never a mix (serving/model_set.py)."""
-        self._backend.allow("Switching versions")
-        self._models.activate(model, version)
+        new version, never a mix (serving/model_set.py). With several processes over Redis, it
+        returns once every live one serves `version`, else NotAcknowledged (504) naming those that
+        did not (serving/coordination.py)."""
+        self._models.check_servable(model, version)
+        self._backend.switch(model, version)
 
     # ---- forgetting ----------------------------------------------------------------------
     def forget_user(self, user: Id, model: str | None = None) -> dict[str, Any]:
@@ -386,11 +394,13 @@ class Velox:
         retrain trains θ without the user, because neither the base data nor the log holds them.
         A retrain running at the time of the forget is patched, not waited for or cancelled: its
         version's per-user statistics lose the user before it is marked ready or promoted (see
-        serving/forgetting.py), so no version trained or served after the receipt holds them."""
-        self._backend.allow("Forgetting a user")
+        serving/forgetting.py), so no version trained or served after the receipt holds them.
+
+        With several processes over Redis, the receipt comes once every live one forgot the user
+        (else NotAcknowledged, 504); the user id is never learned again in that model."""
         key = canonical_id(user, "user", "forget")
         models = [model] if model is not None else self.model_names()
         receipt: dict[str, Any] = {"user": key, "models": {}}
         for name in models:
-            receipt["models"][name] = self._forgetting.forget(name, key)
+            receipt["models"][name] = self._backend.forget(name, key, partial(self._forgetting.forget, name, key))
         return receipt

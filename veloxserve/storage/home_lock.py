@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from veloxserve.errors import Conflict
@@ -28,3 +30,15 @@ class HomeLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = -1
+
+
+@contextmanager
+def shared_file_lock(path: Path) -> Iterator[None]:
+    """Waits for, then holds, an exclusive lock on `path` across the processes sharing a home
+    (two forgets rewriting one version's files at once would bring a user back)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -172,6 +172,13 @@ class RedisStateSpace:
         """Record users Redis now holds that the version was not trained on; how many were new."""
         return self._store.add_to_set(self._key("new_users"), users)
 
+    def remove(self, user: str) -> bool:
+        """Delete a forgotten user's state; whether Redis held one."""
+        with self._store.unavailable("deleting a user's state"):
+            removed = self._client.delete(self._user(user))
+            self._client.srem(self._key("new_users"), user)
+        return bool(removed)
+
     def count_new_users(self) -> int:
         with self._store.unavailable("counting users"):
             return int(self._client.scard(self._key("new_users")))
