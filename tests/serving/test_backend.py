@@ -41,6 +41,12 @@ def backend(request, tmp_path: Path) -> Iterator[tuple[str, OpenVelox]]:
     yield request.param, BACKENDS[request.param][2](_home(tmp_path), url)
 
 
+@pytest.fixture(params=["redis", "cluster"])
+def shared_url(request) -> str:
+    """One Redis, or a Redis Cluster (the lifecycle's keys sit under the model's hash tag: one slot)."""
+    return request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+
+
 def _weights(velox: Velox, user: str) -> np.ndarray:
     return np.asarray(velox.server("songs").users.weights(user))
 
@@ -152,7 +158,7 @@ def test_observation_log_interface_is_the_embedded_acknowledgement(tmp_path: Pat
         assert obs_log.wait_durable(lsn, 10.0) >= lsn and obs_log.durable_lsn >= lsn
 
 
-def test_a_switch_on_one_process_is_served_by_every_process_before_it_returns(tmp_path: Path, redis_url: str) -> None:
+def test_a_switch_on_one_process_is_served_by_every_process_before_it_returns(tmp_path: Path, shared_url: str) -> None:
     """Two processes' Veloxes over one home and one Redis (here in one process): a switch or a
     roll-back issued on `a` is served by `b` when it returns, and no observation learned by either,
     before or after it, is missing from the version switched to."""
@@ -161,8 +167,8 @@ def test_a_switch_on_one_process_is_served_by_every_process_before_it_returns(tm
     before = [("0", 101, 4.0), ("fresh", 102, 2.0)]
     after = [("0", 103, 1.0), ("fresh", 104, 5.0)]
     with (
-        Velox(home, store=RedisUserStore(redis_url), instance="a") as a,
-        Velox(home, store=RedisUserStore(redis_url), instance="b") as b,
+        Velox(home, store=RedisUserStore(shared_url), instance="a") as a,
+        Velox(home, store=RedisUserStore(shared_url), instance="b") as b,
     ):
         lifecycle = RedisLifecycle(b._backend.store, "songs")  # type: ignore[arg-type]
         b.observe_many("songs", before)  # learned into v1's state by b
@@ -184,7 +190,7 @@ def test_a_switch_on_one_process_is_served_by_every_process_before_it_returns(tm
 
 
 def test_a_forget_on_one_process_is_applied_by_every_process_and_never_learned_again(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, shared_url: str
 ) -> None:
     """`a` forgets a trained user and a new one that `b` learned: when the receipt comes, `b`
     serves neither (the prior), its log holds none of their records, a later observation of theirs
@@ -195,9 +201,9 @@ def test_a_forget_on_one_process_is_applied_by_every_process_and_never_learned_a
     kept = [("1", 105, 3.0)]
 
     def open_b() -> Velox:
-        return Velox(home, store=RedisUserStore(redis_url), instance="b")
+        return Velox(home, store=RedisUserStore(shared_url), instance="b")
 
-    with Velox(home, store=RedisUserStore(redis_url), instance="a") as a:
+    with Velox(home, store=RedisUserStore(shared_url), instance="a") as a:
         with open_b() as b:
             b.observe_many("songs", [("0", 101, 4.0), ("fresh", 102, 2.0), *kept])
             a.activate("songs", v2)  # v1's namespace in Redis holds them too: a roll-back must not find them
