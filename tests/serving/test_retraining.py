@@ -93,7 +93,9 @@ def test_a_spark_policy_retrains_with_spark_on_the_rows_a_local_retrain_uses(tmp
     assert spark_cmp["parent_rmse"] == pytest.approx(local_cmp["parent_rmse"], rel=1e-9)
     # Different ALS fits of the same rows: close on the held-out rows, both far better than the mean.
     spread = float(np.std(catify.ratings.scores))
-    assert abs(spark_cmp["candidate_rmse"] - local_cmp["candidate_rmse"]) < 0.15 * spread
+    assert (
+        abs(spark_cmp["candidate_rmse"] - local_cmp["candidate_rmse"]) < 0.1 * spread
+    )  # measured: 0.714 vs 0.736, spread 1.17
     assert spark_cmp["candidate_rmse"] < 0.9 * spread
     versions = VersionStore(velox.layout.versions_dir("m"))
     spark_arrays, local_arrays = versions.read_arrays(spark_job.version), versions.read_arrays(local_job.version)
