@@ -104,6 +104,11 @@ def test_client_commands_talk_to_a_running_server(tmp_path: Path) -> None:
         assert _eventually(
             lambda: '"every_observations": 50' in run("policy", "--every-observations", "50", "--token", token).stdout
         )
+        spark = run("policy", "--engine", "spark", "--spark-master", "local[2]", "--token", token).stdout
+        assert '"engine": "spark"' in spark and '"spark_master": "local[2]"' in spark
+        assert '"every_observations": 50' in spark  # the CLI keeps what it does not change
+        bad = run("policy", "--spark-master", "local[0]", "--token", token)
+        assert bad.returncode == 1 and "spark_master" in bad.stderr
         env = {**os.environ, "VELOXSERVE_TOKEN": token}
         via_env = subprocess.run(
             cli + ["versions", "activate", "v1", "--url", server.url, "--model", "songs"],

@@ -1,13 +1,19 @@
-"""The retraining policy's drift trigger: any detector of serving/drift.py, chosen by name."""
+"""The retraining policy: its drift trigger (any detector of serving/drift.py, chosen by name) and its\nengine (a Spark retrain fits θ on the very rows a local one does)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from veloxserve import Velox
 from veloxserve.errors import InvalidInput
 from veloxserve.serving.drift import ADWIN, DDM, KSWIN, PageHinkley
 from veloxserve.serving.retraining import RetrainPolicy
+from veloxserve.storage.versions import VersionStore
+from veloxserve.training.als import ALSConfig
+from veloxserve.training.catify import generate_catify
 
 
 @pytest.mark.parametrize(
@@ -81,3 +87,70 @@ def test_with_shared_state_only_the_lease_holder_retrains_and_a_lost_lease_is_no
             assert done is not None and done.state == "ready" and "taken over" in done.detail
             assert a.catalog("songs").entry(late.version)["status"] == "ready"
             assert a.server("songs").version_id == b.server("songs").version_id == job.version
+
+
+@pytest.mark.parametrize("master", ["local", "local[2]", "local[*]", "spark://h1:7077", "spark://a.b:7077,c-d:7078"])
+def test_the_policy_takes_the_spark_master_urls_spark_does(master: str) -> None:
+    policy = RetrainPolicy.from_dict({"engine": "spark", "spark_master": master})
+    assert (policy.engine, policy.spark_master) == ("spark", master)
+    assert RetrainPolicy().engine == "local"  # as policies written before the field
+
+
+@pytest.mark.parametrize(
+    "master", ["", "local[0]", "local[x]", "local[2", "yarn", "spark://", "spark://h", "spark://h:77x", "local[2] ", 2]
+)
+def test_a_bad_spark_master_is_refused_naming_the_field_and_changes_nothing(tmp_path: Path, master: object) -> None:
+    with pytest.raises(InvalidInput, match="spark_master.*local\\[N\\]") as caught:
+        RetrainPolicy.from_dict({"engine": "spark", "spark_master": master})
+    assert caught.value.field == "spark_master"
+    with pytest.raises(InvalidInput, match="local or spark"):
+        RetrainPolicy.from_dict({"engine": "gpu"})
+
+
+def test_a_rejected_policy_leaves_the_stored_one(tmp_path: Path) -> None:
+    with Velox(tmp_path) as velox:
+        velox.train("m", generate_catify(40, 30, n_ratings=600, seed=2).ratings, ALSConfig(rank=2, iterations=2))
+        velox.set_policy("m", {"every_observations": 7, "engine": "spark", "spark_master": "local[1]"})
+        with pytest.raises(InvalidInput, match="spark_master"):
+            velox.set_policy("m", {"every_observations": 9, "engine": "spark", "spark_master": "local[-1]"})
+        assert velox.policy("m") == RetrainPolicy(every_observations=7, engine="spark", spark_master="local[1]")
+
+
+@pytest.mark.slow
+def test_a_spark_policy_retrains_with_spark_on_the_rows_a_local_retrain_uses(tmp_path: Path) -> None:
+    catify = generate_catify(150, 100, n_ratings=6000, seed=3)
+    config = ALSConfig(rank=4, iterations=6)
+    rng = np.random.default_rng(4)
+    rows = rng.choice(len(catify.ratings), 800, replace=False)  # logged feedback, like the base data's
+    feedback = [
+        (str(catify.ratings.users[i]), str(catify.ratings.items[i]), float(catify.ratings.scores[i])) for i in rows
+    ]
+    with Velox(tmp_path) as velox:
+        velox.train("m", catify.ratings.take(np.arange(4000)), config)
+        velox.set_policy("m", {"every_observations": 800, "engine": "spark", "promote": "never"})
+        velox.observe_many("m", feedback[:799])
+        assert velox.retrainer.job("m") is None
+        velox.observe_many("m", feedback[799:])  # the 800th observation trips the schedule
+        spark_job = velox.retrainer.wait("m", timeout=600)
+        assert spark_job is not None and spark_job.state == "ready", spark_job
+        assert (spark_job.reason, spark_job.engine, spark_job.spark_master) == ("schedule", "spark", "local[2]")
+        velox.set_policy("m", {"engine": "local"})
+        local_job = velox.retrain("m", promote="never", wait=True)  # same parent, same log position
+        spark_meta, local_meta = velox.version("m", spark_job.version), velox.version("m", local_job.version)
+    assert spark_meta["engine"] == "spark" and spark_meta["spark_master"] == "local[2]" and spark_meta["spark_version"]
+    assert local_meta["engine"] == "local" and "spark_master" not in local_meta
+    assert spark_job.parent == local_job.parent == "v1" and spark_job.upto_lsn == local_job.upto_lsn
+    spark_cmp, local_cmp = spark_meta["comparison"], local_meta["comparison"]
+    # The same held-out rows (the newest 10 % of the log) and the same parent figure on them.
+    assert spark_cmp["rows"] == local_cmp["rows"] == 80 and spark_cmp["first_lsn"] == local_cmp["first_lsn"]
+    assert spark_cmp["parent_rmse"] == pytest.approx(local_cmp["parent_rmse"], rel=1e-9)
+    # Different ALS fits of the same rows: close on the held-out rows, both far better than the mean.
+    spread = float(np.std(catify.ratings.scores))
+    assert (
+        abs(spark_cmp["candidate_rmse"] - local_cmp["candidate_rmse"]) < 0.1 * spread
+    )  # measured: 0.714 vs 0.736, spread 1.17
+    assert spark_cmp["candidate_rmse"] < 0.9 * spread
+    versions = VersionStore(velox.layout.versions_dir("m"))
+    spark_arrays, local_arrays = versions.read_arrays(spark_job.version), versions.read_arrays(local_job.version)
+    for key in ("item_ids", "user_ids"):  # the same catalogue and the same users, solved on every row
+        np.testing.assert_array_equal(spark_arrays[key], local_arrays[key])

@@ -25,7 +25,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from veloxserve.errors import InvalidInput, invalid_parameter
 from veloxserve.ids import ID_PATTERN, MAX_ID_LENGTH
 from veloxserve.serving.exploration import MAX_ALPHA, POLICIES
-from veloxserve.serving.retraining import DRIFT_DETECTORS, PROMOTE
+from veloxserve.serving.retraining import DRIFT_DETECTORS, ENGINES, PROMOTE
 from veloxserve.serving.validation import MAX_TEXT_CHARS, TEXT_PATTERN
 
 # An id as JSON: a non-empty string of printable characters, or an integer. "22" and 22 are one id.
@@ -100,6 +100,8 @@ class RetrainPolicyRequest(Struct, forbid_unknown_fields=True):
     drift_min_instances: Annotated[int, Meta(ge=1, le=MAX_COUNT)] | UnsetType = UNSET
     promote: Literal[PROMOTE] | UnsetType = UNSET  # type: ignore[valid-type]
     drift_detector: Literal[DRIFT_DETECTORS] | UnsetType = UNSET  # type: ignore[valid-type]
+    engine: Literal[ENGINES] | UnsetType = UNSET  # type: ignore[valid-type]
+    spark_master: str | UnsetType = UNSET  # RetrainPolicy.from_dict checks the URL
 
 
 # ---- Clipper ----------------------------------------------------------------------------------

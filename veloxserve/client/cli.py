@@ -139,6 +139,8 @@ def _policy(client: Client, a: argparse.Namespace) -> Any:
         "drift": None if a.drift is None else a.drift == "on",
         "promote": a.promote,
         "drift_detector": a.drift_detector,
+        "engine": a.engine,
+        "spark_master": a.spark_master,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     current = client.policy(a.model)
@@ -207,6 +209,10 @@ def add_commands(sub: Any) -> None:
         "--drift-detector",
         metavar="NAME",
         help="which detector triggers a drift retrain: page_hinkley, adwin, ddm or kswin (docs/monitoring.md)",
+    )
+    policy.add_argument("--engine", choices=["local", "spark"], help="who fits θ when the model retrains")
+    policy.add_argument(
+        "--spark-master", metavar="URL", help="with --engine spark: local[N], local[*] or spark://host:port"
     )
     policy.set_defaults(run=run(_policy))
 

@@ -149,6 +149,8 @@ class RetrainJob:
     promote: str
     upto_lsn: int
     started_at: str
+    engine: str = "local"
+    spark_master: str | None = None
     state: str = "running"
     finished_at: str | None = None
     detail: str | None = None
@@ -176,6 +178,8 @@ class RetrainPolicy:
     drift_min_instances: int = 30
     promote: str = "if_better"
     drift_detector: str = "page_hinkley"
+    engine: str = "local"
+    spark_master: str = "local[2]"
     raw: Mapping[str, Any] = _raw()
 
     @classmethod

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -53,6 +54,11 @@ log = logging.getLogger(__name__)
 
 PROMOTE = ("if_better", "always", "never")
 REASONS = ("manual", "schedule", "drift")
+ENGINES = ("local", "spark")
+# Spark master URLs a retrain may use: local mode, or a standalone cluster (one or more masters).
+SPARK_MASTER = re.compile(
+    r"local(\[([1-9][0-9]*|\*)\])?|spark://[A-Za-z0-9.-]+:[0-9]{1,5}(,[A-Za-z0-9.-]+:[0-9]{1,5})*"
+)
 DRIFT_DETECTORS = tuple(sorted(DETECTORS))
 _STDERR_TAIL = 4000
 
@@ -76,6 +82,10 @@ class RetrainPolicy:
     # Which detector (serving/drift.py) triggers the retrain; the three drift_* settings above are
     # Page–Hinkley's, the others run at their ON_SQUARED_ERRORS settings (docs/monitoring.md).
     drift_detector: str = "page_hinkley"
+    # Who fits θ (docs/operations/spark.md): the local ALS, or Spark MLlib on `spark_master`; the
+    # held-out rows, item catalogue and user solves are the same either way (training/trainer.py).
+    engine: str = "local"
+    spark_master: str = "local[2]"
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "policy") -> RetrainPolicy:
@@ -122,6 +132,11 @@ _POLICY_CHECKS: dict[str, tuple[Any, str]] = {  # field: (accepts, what is expec
     "drift_min_instances": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "promote": (lambda v: v in PROMOTE, " or ".join(PROMOTE)),
     "drift_detector": (lambda v: v in DRIFT_DETECTORS, " or ".join(DRIFT_DETECTORS)),
+    "engine": (lambda v: v in ENGINES, " or ".join(ENGINES)),
+    "spark_master": (
+        lambda v: isinstance(v, str) and SPARK_MASTER.fullmatch(v) is not None,
+        "a Spark master URL: local, local[N], local[*] or spark://host:port[,host:port]",
+    ),
 }
 
 
@@ -134,6 +149,8 @@ class RetrainJob:
     promote: str
     upto_lsn: int
     started_at: str = field(default_factory=now)
+    engine: str = "local"  # who fits θ (the policy's), and on which Spark master
+    spark_master: str | None = None
     state: str = "running"  # running, promoted, ready, failed
     finished_at: str | None = None
     detail: str | None = None
@@ -291,6 +308,8 @@ class Retrainer:
                     f"A retrain of {model!r} is already running (version {running.version}, started "
                     f"{running.started_at}, reason {running.reason}). Wait for it: GET /models/{model}/retrain."
                 )
+            policy = self._trigger(model).policy  # every retrain fits θ with the policy's engine
+            spark_master = policy.spark_master if policy.engine == "spark" else None
             held = self._take_lease(model)  # Conflict naming the process retraining it
             try:
                 upto = self._models.sync_log(model)
@@ -302,7 +321,9 @@ class Retrainer:
                 raise
             if held is not None:
                 self._leases[model] = held
-            job = self._running[model] = RetrainJob(model, version, parent, reason, promote, upto)
+            job = self._running[model] = RetrainJob(
+                model, version, parent, reason, promote, upto, engine=policy.engine, spark_master=spark_master
+            )
             self._forgotten[model] = set()
             if model in self._triggers:
                 self._triggers[model].observations, self._triggers[model].since = 0, time.monotonic()
@@ -396,6 +417,8 @@ class Retrainer:
             "parent": job.parent,
             "upto_lsn": job.upto_lsn,
             "reason": job.reason,
+            "engine": job.engine,
+            "spark_master": job.spark_master,
             "overrides": overrides,
         }
         with self._lock:

@@ -22,7 +22,7 @@ import numpy as np
 
 from veloxserve.config import HomeLayout
 from veloxserve.errors import InvalidInput, TrainingFailed
-from veloxserve.models.version import Link
+from veloxserve.models.version import Link, sigmoid
 from veloxserve.storage.versions import VersionStore
 from veloxserve.training.als import (
     ALSConfig,
@@ -33,7 +33,7 @@ from veloxserve.training.als import (
     theta_rmse,
 )
 from veloxserve.training.ratings import Ratings, load_ratings, write_ratings_parquet
-from veloxserve.training.trainer import add_reference, save_base_data, version_meta
+from veloxserve.training.trainer import add_reference, fit_input, save_base_data, version_meta
 
 DEFAULT_REG_PARAM = 0.1  # MLlib's λ (per rating, ALS-WR); measured on ml-100k u1 in bench/bench_lifecycle.py
 ITEM_BIAS_REG = 5.0  # b_x = Σ (y − μ) / (n_x + this): shrinks rarely rated items' bias to 0
@@ -120,62 +120,25 @@ def fit_spark(
 ) -> tuple[TrainedFactors, Ratings, Ratings, dict]:
     """θ from Spark, users solved locally; returns (factors, all ratings, held-out slice, info).
     Without `heldout_path`, `config.heldout_fraction` of the rows is held out at random."""
-    from pyspark.ml.feature import StringIndexer
-    from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as sf
 
-    def read(p: str):
-        return spark.read.parquet(p).select(
-            sf.col("user").cast("string").alias("user"),
-            sf.col("item").cast("string").alias("item"),
-            sf.col("score").cast("double").alias("score"),
-        )
-
-    frame = read(path)
-    indexer = StringIndexer(inputCols=["user", "item"], outputCols=["u", "i"], handleInvalid="keep").fit(frame)
-
-    def index(df):
-        out = indexer.transform(df)
-        return out.withColumn("u", sf.col("u").cast("int")).withColumn("i", sf.col("i").cast("int"))
-
+    frame = _read(spark, path)
+    index = _indexer(frame)
     if heldout_path is None:
         train_df, test_df = index(frame).randomSplit(
             [1 - config.heldout_fraction, config.heldout_fraction], seed=config.seed
         )
     else:
-        train_df, test_df = index(frame), index(read(heldout_path))
+        train_df, test_df = index(frame), index(_read(spark, heldout_path))
     train_df = train_df.cache()
-    mu = float(train_df.agg(sf.avg("score")).first()[0])
-    bias_df = train_df.groupBy("i").agg(
-        (sf.sum(sf.col("score") - mu) / (sf.count("*") + ITEM_BIAS_REG)).alias("b"), sf.first("item").alias("item")
-    )
-    residual = train_df.join(bias_df.select("i", "b"), "i").withColumn("residual", sf.col("score") - mu - sf.col("b"))
-    als = ALS(
-        rank=config.rank,
-        maxIter=config.iterations,
-        regParam=reg_param,
-        userCol="u",
-        itemCol="i",
-        ratingCol="residual",
-        coldStartStrategy="drop",
-        seed=config.seed,
-        nonnegative=False,
-    )
-    fitted = als.fit(residual)
+    mu, bias_df, fitted = _als(train_df, config, reg_param)
     native = fitted.transform(test_df.join(bias_df.select("i", "b"), "i")).withColumn(
         "prediction", sf.col("prediction") + mu + sf.col("b")
     )
     row = native.agg(sf.sqrt(sf.avg((sf.col("prediction") - sf.col("score")) ** 2))).first()
     assert row is not None  # an aggregate has one row
     native_rmse = row[0]
-
-    items: Any = bias_df.join(fitted.itemFactors.withColumnRenamed("id", "i"), "i").orderBy("item").toPandas()
-    item_ids = items["item"].to_numpy().astype(str)
-    V = np.stack(items["features"].to_numpy()).astype(np.float64)
-    b = items["b"].to_numpy().astype(np.float64)
-    spark_users: Any = fitted.userFactors.toPandas()
-    user_factors = np.stack(spark_users["features"].to_numpy()).astype(np.float64)
-    w0 = np.concatenate([user_factors.mean(axis=0), [1.0, 0.0]])
+    item_ids, V, b, w0 = _theta(bias_df, fitted)
     lam = prior_precision_vector(config)
 
     train, test = _collect(train_df), _collect(test_df)
@@ -197,6 +160,126 @@ def fit_spark(
     train_rmse = float(np.sqrt(np.mean((train.scores - pred) ** 2)))
     factors = TrainedFactors(arrays, mu, train_rmse, heldout_rmse, len(test), 0)
     return factors, data, test, {"spark_native_heldout_rmse": native_rmse, "rows_trained": len(train)}
+
+
+def fit_theta_spark(
+    train: Ratings,
+    test: Ratings,
+    config: ALSConfig,
+    link: Link,
+    *,
+    master: str,
+    reg_param: float | None,
+    items: np.ndarray,
+    final_users: Ratings,
+) -> tuple[TrainedFactors, dict[str, Any]]:
+    """A retrain's θ fitted by Spark MLlib on exactly the rows the local retrain fits
+    (training/trainer.py `retrain_version` made the split): the catalogue is those rows' items
+    plus `items` (the parent's; unrated ones get V = 0, b = 0, as `train_als` gives them), and the
+    held-out RMSE and every user's served statistics are the local solves against Spark's θ.
+    `reg_param` None: DEFAULT_REG_PARAM (the parent's `reg` means the local λ_i, not MLlib's)."""
+    started = time.perf_counter()
+    reg_param = DEFAULT_REG_PARAM if reg_param is None else reg_param
+    rows = fit_input(train, link)
+    spark = spark_session(master, app="veloxserve-retrain")
+    with tempfile.TemporaryDirectory(prefix="veloxserve-spark-") as scratch:
+        path = Path(scratch) / "train.parquet"
+        write_ratings_parquet(rows, path)
+        frame = _read(spark, str(path))
+        mu, bias_df, fitted = _als(_indexer(frame)(frame), config, reg_param)
+        spark_items, spark_V, spark_b, w0 = _theta(bias_df, fitted)
+    item_ids = np.unique(np.concatenate([train.items, np.asarray(items, dtype=str)]))
+    at = np.searchsorted(item_ids, spark_items)
+    V, b = np.zeros((len(item_ids), config.rank)), np.zeros(len(item_ids))
+    V[at], b[at] = spark_V, spark_b
+    arrays = {
+        "item_ids": item_ids,
+        "item_factors": V,
+        "item_bias": b,
+        "prior_mean": w0,
+        "prior_precision": prior_precision_vector(config),
+    }
+    heldout_rmse, known = theta_rmse(arrays, mu, rows, test, sigmoid if link is Link.LOGISTIC else None)
+    train_rmse, _ = theta_rmse(arrays, mu, rows, rows)
+    F = _features(V, b, mu)
+    arrays.update(solve_users(fit_input(final_users, link), item_ids, F, arrays["prior_precision"], w0))
+    skipped = int(len(test) - known.sum())
+    factors = TrainedFactors(
+        arrays,
+        mu,
+        float(train_rmse or 0.0),
+        heldout_rmse,
+        len(test) - skipped,
+        skipped,
+        [],
+        time.perf_counter() - started,
+    )
+    return factors, {
+        "engine": "spark",
+        "spark_master": master,
+        "spark_version": spark.version,
+        "reg": reg_param,
+        "reg_meaning": "MLlib regParam",
+    }
+
+
+def _read(spark, path: str):
+    from pyspark.sql import functions as sf
+
+    return spark.read.parquet(path).select(
+        sf.col("user").cast("string").alias("user"),
+        sf.col("item").cast("string").alias("item"),
+        sf.col("score").cast("double").alias("score"),
+    )
+
+
+def _indexer(frame):
+    """Maps a frame of ratings to one with integer user and item columns `u` and `i` (MLlib's ids)."""
+    from pyspark.ml.feature import StringIndexer
+    from pyspark.sql import functions as sf
+
+    indexer = StringIndexer(inputCols=["user", "item"], outputCols=["u", "i"], handleInvalid="keep").fit(frame)
+
+    def index(df):
+        out = indexer.transform(df)
+        return out.withColumn("u", sf.col("u").cast("int")).withColumn("i", sf.col("i").cast("int"))
+
+    return index
+
+
+def _als(train_df, config: ALSConfig, reg_param: float):
+    """μ, the item biases (frame of i, b, item) and MLlib's ALS model fitted on the residuals."""
+    from pyspark.ml.recommendation import ALS
+    from pyspark.sql import functions as sf
+
+    mu = float(train_df.agg(sf.avg("score")).first()[0])
+    bias_df = train_df.groupBy("i").agg(
+        (sf.sum(sf.col("score") - mu) / (sf.count("*") + ITEM_BIAS_REG)).alias("b"), sf.first("item").alias("item")
+    )
+    residual = train_df.join(bias_df.select("i", "b"), "i").withColumn("residual", sf.col("score") - mu - sf.col("b"))
+    als = ALS(
+        rank=config.rank,
+        maxIter=config.iterations,
+        regParam=reg_param,
+        userCol="u",
+        itemCol="i",
+        ratingCol="residual",
+        coldStartStrategy="drop",
+        seed=config.seed,
+        nonnegative=False,
+    )
+    return mu, bias_df, als.fit(residual)
+
+
+def _theta(bias_df, fitted) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """θ in the server's form, items sorted by id: (item ids, V, b) and the prior mean w0."""
+    items: Any = bias_df.join(fitted.itemFactors.withColumnRenamed("id", "i"), "i").orderBy("item").toPandas()
+    item_ids = items["item"].to_numpy().astype(str)
+    V = np.stack(items["features"].to_numpy()).astype(np.float64)
+    b = items["b"].to_numpy().astype(np.float64)
+    spark_users: Any = fitted.userFactors.toPandas()
+    user_factors = np.stack(spark_users["features"].to_numpy()).astype(np.float64)
+    return item_ids, V, b, np.concatenate([user_factors.mean(axis=0), [1.0, 0.0]])
 
 
 def _collect(frame) -> Ratings:

@@ -157,6 +157,8 @@ def retrain_version(
     upto_lsn: int,
     reason: str,
     overrides: dict[str, Any] | None = None,
+    engine: str = "local",
+    spark_master: str | None = None,
 ) -> dict[str, Any]:
     """Train the reserved `version` from the base data plus the log up to `upto_lsn`.
 
@@ -168,6 +170,10 @@ def retrain_version(
     and the comparison is empty (an `if_better` retrain is then not promoted). The served user
     statistics use every row, held-out ones included, so the swap loses no observation. Items
     the parent serves stay in the catalogue.
+
+    `engine` "spark" fits θ alone with Spark MLlib on `spark_master` (training/spark_als.py
+    `fit_theta_spark`) from these same rows; the split, the catalogue and the user solves do not
+    change, so the two engines' versions compare on the same held-out rows.
     """
     versions = VersionStore(layout.versions_dir(model))
     parent_meta = versions.read_meta(parent)
@@ -197,10 +203,30 @@ def retrain_version(
         holdout_kind = "none"
     train, test = data.take(np.flatnonzero(~held)), data.take(np.flatnonzero(held))
     started = time.perf_counter()
-    factors = _fit(train, test, config, link, items=parent_arrays["item_ids"], final_users=data)
+    # A parent's `reg` is MLlib's regParam when Spark fitted it, else the local λ_i: it carries
+    # over only to a fit by the same engine (or when the retrain sets it).
+    same_reg = (parent_meta.get("engine") == "spark") == (engine == "spark") or "reg" in (overrides or {})
+    if not same_reg and engine == "local":
+        config = dataclasses.replace(config, reg=ALSConfig.reg)
+    if engine == "spark":
+        from veloxserve.training.spark_als import fit_theta_spark  # pyspark loads slowly, and only here
+
+        reg_param = config.reg if same_reg else None
+        factors, engine_meta = fit_theta_spark(
+            train,
+            test,
+            config,
+            link,
+            master=spark_master or "local[2]",
+            reg_param=reg_param,
+            items=parent_arrays["item_ids"],
+            final_users=data,
+        )
+    else:
+        factors, engine_meta = _fit(train, test, config, link, items=parent_arrays["item_ids"], final_users=data), {}
     # Both θs on the same rows: held-out rows whose item the parent knows (the candidate knows them all).
     scoring_link = sigmoid if link is Link.LOGISTIC else None
-    fit_train = _as_log_odds(train) if link is Link.LOGISTIC else train
+    fit_train = fit_input(train, link)
     if len(test):
         parent_rmse, known = theta_rmse(parent_arrays, parent_meta["global_mean"], fit_train, test, scoring_link)
         candidate_rmse, _ = theta_rmse(factors.arrays, factors.global_mean, fit_train, test.take(known), scoring_link)
@@ -217,6 +243,7 @@ def retrain_version(
         data=window,
         holdout=holdout_kind,
         theta_unfitted_from=_unfitted_from(origin, held, upto_lsn),
+        **engine_meta,
         comparison={
             "rows": int(known.sum()),
             "candidate_rmse": candidate_rmse,
@@ -232,6 +259,11 @@ def retrain_version(
     return {**meta, "version": version}
 
 
+def fit_input(ratings: Ratings, link: Link) -> Ratings:
+    """What θ is fitted to: the scores, or for a logistic link the labels' clipped log-odds."""
+    return _as_log_odds(ratings) if link is Link.LOGISTIC else ratings
+
+
 def _fit(
     train: Ratings,
     test: Ratings | None,
@@ -242,16 +274,14 @@ def _fit(
     items: np.ndarray | None = None,
     final_users: Ratings | None = None,
 ) -> TrainedFactors:
-    logistic = link is Link.LOGISTIC
-    prepare = _as_log_odds if logistic else (lambda r: r)
     return train_als(
-        prepare(train),
+        fit_input(train, link),
         config,
         test,
         progress=progress,
-        link=sigmoid if logistic else None,
+        link=sigmoid if link is Link.LOGISTIC else None,
         items=items,
-        final_users=None if final_users is None else prepare(final_users),
+        final_users=None if final_users is None else fit_input(final_users, link),
     )
 
 

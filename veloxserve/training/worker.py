@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         parent=spec["parent"],
         upto_lsn=int(spec["upto_lsn"]),
         reason=spec["reason"],
+        engine=spec.get("engine") or "local",
+        spark_master=spec.get("spark_master"),
         overrides=spec.get("overrides") or {},
     )
     print(json.dumps(meta, default=str))
