@@ -25,7 +25,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from veloxserve.errors import InvalidInput, invalid_parameter
 from veloxserve.ids import ID_PATTERN, MAX_ID_LENGTH
 from veloxserve.serving.exploration import MAX_ALPHA, POLICIES
-from veloxserve.serving.retraining import DRIFT_DETECTORS, ENGINES, PROMOTE
+from veloxserve.serving.retraining import DRIFT_DETECTORS, ENGINES, PROMOTE, SPARK_MASTER
 from veloxserve.serving.validation import MAX_TEXT_CHARS, TEXT_PATTERN
 
 # An id as JSON: a non-empty string of printable characters, or an integer. "22" and 22 are one id.
@@ -101,7 +101,18 @@ class RetrainPolicyRequest(Struct, forbid_unknown_fields=True):
     promote: Literal[PROMOTE] | UnsetType = UNSET  # type: ignore[valid-type]
     drift_detector: Literal[DRIFT_DETECTORS] | UnsetType = UNSET  # type: ignore[valid-type]
     engine: Literal[ENGINES] | UnsetType = UNSET  # type: ignore[valid-type]
-    spark_master: str | UnsetType = UNSET  # RetrainPolicy.from_dict checks the URL
+    # The schema says which URLs (schemathesis sends what it allows); RetrainPolicy.from_dict checks them again.
+    spark_master: (
+        Annotated[
+            str,
+            Meta(
+                max_length=1024,
+                pattern=f"^(?:{SPARK_MASTER.pattern})$",
+                description="local, local[N], local[*] or spark://host:port[,host:port]",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 # ---- Clipper ----------------------------------------------------------------------------------
