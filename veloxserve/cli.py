@@ -484,7 +484,7 @@ def _serve(args: argparse.Namespace) -> int:
     if index is None and getattr(args, "workers", 1) != 1:
         return _supervise(args, server_settings)
     if index is not None and index > 0:
-        return _serve_forwarder(args, server_settings, index)
+        return _serve_reader(args, settings, index)
     auth = AuthConfig(enabled=settings.auth.enabled, keyed_models=frozenset(settings.auth.keyed_models))
     store = None
     if server_settings.store != "lmdb":
@@ -493,12 +493,19 @@ def _serve(args: argparse.Namespace) -> int:
 
         store = RedisUserStore(RedisSettings.from_url(server_settings.store))
     home = server_settings.home
+    published = None
+    if index is not None:  # worker 0 of `serve --workers N`: it publishes for the readers
+        from veloxserve.storage.published_states import PublishedStates
+        from veloxserve.workers import published_path
+
+        published = PublishedStates(published_path(args.worker0_socket))
     velox = Velox(
         home,
         config=settings.serving,
         store=store,
         instance=server_settings.instance,
         home_lock=getattr(args, "home_lock", None),
+        published=published,
     )
     try:
         app = create_app(velox, auth=auth, admission=settings.admission, model_dirs=server_settings.model_dirs)
@@ -552,18 +559,35 @@ def _supervise(args: argparse.Namespace, server: Any) -> int:
     return Supervisor(args.argv, args.workers, listen).run()
 
 
-def _serve_forwarder(args: argparse.Namespace, server: Any, index: int) -> int:
-    """Worker `index` > 0 of `serve --workers N`: accept on the shared port, forward to worker 0."""
-    from veloxserve.api.forwarding import Forwarder
-    from veloxserve.api.http_server import HTTPServer, serve
+def _serve_reader(args: argparse.Namespace, settings: Any, index: int) -> int:
+    """Worker `index` > 0 of `serve --workers N`: accept on the shared port, answer predictions from
+    the weights worker 0 publishes, forward everything else to worker 0 (api/forwarding.py)."""
+    from typing import cast
 
-    serve(
-        Forwarder(args.worker0_socket, index),
-        server.host,
-        server.port,
-        HTTPServer.UVICORN,
-        [_inherited(args.listen_fd)],
+    from veloxserve.api.app import VeloxApp
+    from veloxserve.api.auth import AuthConfig
+    from veloxserve.api.forwarding import Forwarder, ReaderApp, tag_worker
+    from veloxserve.api.http_server import HTTPServer, serve
+    from veloxserve.clipper.runtime import ClipperRuntime
+    from veloxserve.serving.reader import Readers
+    from veloxserve.serving.velox import Velox
+    from veloxserve.storage.tokens import TokenStore
+    from veloxserve.workers import published_path
+
+    server = settings.server
+    readers = Readers(server.home, published_path(args.worker0_socket), settings.serving)
+    auth = AuthConfig(enabled=settings.auth.enabled, keyed_models=frozenset(settings.auth.keyed_models))
+    velox = cast(Velox, readers)  # the prediction routes' part of Velox (serving/reader.py)
+    local = VeloxApp(
+        velox, TokenStore(readers.layout.tokens_file), ClipperRuntime(server.home), auth=auth, admission=settings.admission
     )
+    for model in readers.layout.model_names():  # loaded before the first request where published already
+        readers.refresh(model, wait=True)
+    app = tag_worker(ReaderApp(local, Forwarder(args.worker0_socket), readers), index)
+    try:
+        serve(app, server.host, server.port, HTTPServer.UVICORN, [_inherited(args.listen_fd)])
+    finally:
+        readers.close()
     return 0
 
 

@@ -14,6 +14,7 @@ a home another process holds) stops them all. docs/deployment.md says what this 
 from __future__ import annotations
 
 import ctypes
+import os
 import shutil
 import signal
 import socket
@@ -24,6 +25,13 @@ import time
 from pathlib import Path
 
 MAX_WORKERS = 64
+_SHARED_MEMORY = Path("/dev/shm")  # the published map and the socket: in memory, where the system has it
+
+
+def published_path(worker0_socket: str | Path) -> Path:
+    """Where worker 0 publishes learned weights for the readers (storage/published_states.py)."""
+    return Path(worker0_socket).parent / "published"
+
 _USAGE_ERROR = 2  # cli.py's exit code for a VeloxError
 _PR_SET_PDEATHSIG = 1
 
@@ -42,7 +50,8 @@ class Supervisor:
         """`argv`: the `serve` command line, given again to each worker with its role."""
         self.argv = argv
         self.listen = listen
-        self._dir = Path(tempfile.mkdtemp(prefix="veloxserve-workers-"))
+        shm = _SHARED_MEMORY if _SHARED_MEMORY.is_dir() and os.access(_SHARED_MEMORY, os.W_OK) else None
+        self._dir = Path(tempfile.mkdtemp(prefix="veloxserve-workers-", dir=shm))
         self.worker0_socket = self._dir / "worker0.sock"
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * workers
         self._started = [0.0] * workers

@@ -113,7 +113,7 @@ class VeloxApp:
         started = time.perf_counter()
         head = scope["method"] == "HEAD"  # HEAD is GET without the body (RFC 9110 9.3.2), on every GET route
         method = "GET" if head else scope["method"]
-        parts, path = _path_parts(scope), scope["path"]
+        parts, path = path_parts(scope), scope["path"]
         headers = _JSON_HEADERS
         payload: Any
         try:
@@ -278,7 +278,7 @@ def _too_large(where: str, got: str) -> PayloadTooLarge:
     )
 
 
-def _path_parts(scope: dict[str, Any]) -> list[str]:
+def path_parts(scope: dict[str, Any]) -> list[str]:
     """The path's segments, each percent-decoded once: `/users/a%2Fb` names the user "a/b" on every
     route (the ASGI `path` is decoded already, so a `/` inside an id would split it)."""
     raw = scope.get("raw_path")

@@ -1,8 +1,8 @@
-"""Forwarding: a reader worker of `serve --workers N` hands each request to worker 0.
+"""Forwarding: what a reader worker of `serve --workers N` does not answer, it hands to worker 0.
 
 Worker 0 is the one embedded server of the home (the log, the learning, the home lock); every
-other worker accepts on the same port and forwards over a Unix socket to it (veloxserve/workers.py
-starts them). The forwarding path is where a previous attempt failed under load (most observes
+other worker accepts on the same port, answers predictions itself and forwards everything else
+over a Unix socket to worker 0 (veloxserve/workers.py starts them). The forwarding path is where a previous attempt failed under load (most observes
 answered 503), so it is built to queue rather than refuse:
 
 - one pool of persistent HTTP/1.1 connections per reader (httpx over the Unix socket), so no
@@ -14,7 +14,11 @@ answered 503), so it is built to queue rather than refuse:
 - a connection lost after the request was sent may have been applied: 503 that says so (an
   observation with an idempotency key `id` is safe to resend; a repeat is not learned twice).
 
-Each answer says who served it: `x-veloxserve-worker` (the worker index) and `x-veloxserve-pid`.
+Each answer says who served it: `x-veloxserve-worker` (the worker index) and `x-veloxserve-pid` of
+the worker that took the request, and `x-veloxserve-forwarded: 1` when worker 0 computed it.
+
+`ReaderApp` is a reader's whole app: predictions answered by the reader itself (serving/reader.py)
+through the same VeloxApp as worker 0's, everything else forwarded.
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from typing import Any
 
 import httpx
 
-from veloxserve.errors import RetryLater
+from veloxserve.api.app import VeloxApp, path_parts
+from veloxserve.errors import RetryLater, VeloxError
+from veloxserve.serving.reader import Readers
+from veloxserve.serving.validation import MAX_BODY_BYTES
+from veloxserve.storage.published_states import VersionMoved
 
 ASGIApp = Any  # (scope, receive, send) -> awaitable, as starlette's
 # Not passed on: what belongs to one connection, and what each side's server writes for itself.
@@ -44,6 +52,9 @@ _HOP_BY_HOP = frozenset(
         b"server",
     }
 )
+
+
+_FORWARDED = (b"x-veloxserve-forwarded", b"1")  # answered by worker 0, through this worker
 
 
 class WorkerZeroDown(RetryLater):
@@ -75,14 +86,13 @@ def tag_worker(app: ASGIApp, index: int) -> ASGIApp:
 
 
 class Forwarder:
-    """The ASGI app of a reader worker: every HTTP request answered by worker 0 over `socket_path`."""
+    """Requests answered by worker 0 over `socket_path` (every request a reader does not answer itself)."""
 
     def __init__(
-        self, socket_path: str, index: int, *, connections: int = 64, queue_s: float = 30.0, down_after: float = 20.0
+        self, socket_path: str, *, connections: int = 64, queue_s: float = 30.0, down_after: float = 20.0
     ) -> None:
         self.socket_path = socket_path
         self.down_after = down_after
-        self._tags = worker_headers(index)
         self._limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         # pool: how long a request may queue for a connection; read: retrains and forgets are admin
         # calls that answer when done.
@@ -106,19 +116,18 @@ class Forwarder:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        await self.respond(scope, bytes(body), send)
+
+    async def respond(self, scope: dict[str, Any], body: bytes, send: Any) -> None:
+        """Send worker 0's answer to the request (or the 503 that says why there is none)."""
         try:
-            status, headers, content = await self.forward(scope, bytes(body))
+            status, headers, content = await self.forward(scope, body)
         except RetryLater as exc:
             status, content = exc.status, json.dumps(exc.to_dict()).encode()
             headers = [(b"content-type", b"application/json")] + [
                 (k.encode(), v.encode()) for k, v in exc.headers().items()
             ]
-        own = {name for name, _ in self._tags}
-        headers = (
-            [(k, v) for k, v in headers if k.lower() not in own]
-            + self._tags
-            + [(b"content-length", str(len(content)).encode())]
-        )
+        headers = headers + [_FORWARDED, (b"content-length", str(len(content)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": content})
 
@@ -172,3 +181,59 @@ class Forwarder:
                     await self._client.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+class ReaderApp:
+    """A reader worker's ASGI app. Predictions are answered by `local` (a VeloxApp over this
+    worker's Readers: the same routing, auth, validation and errors as worker 0); a prediction
+    the reader cannot answer at the served version (VersionMoved, 421) and every other request
+    are answered by worker 0 through `forwarder`."""
+
+    LOCAL = frozenset({"predict_one", "predict_batch"})
+
+    def __init__(self, local: VeloxApp, forwarder: Forwarder, readers: Readers) -> None:
+        self.local, self.forwarder, self.readers = local, forwarder, readers
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.forwarder(scope, receive, send)  # lifespan: the forwarder's pool
+        model = self._local_model(scope)
+        if model is None:
+            return await self.forwarder(scope, receive, send)
+        body = await _bounded_body(receive)
+        answer: list[dict[str, Any]] = []
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def keep(message: dict[str, Any]) -> None:
+            answer.append(message)
+
+        await self.local(scope, replay, keep)
+        if answer and answer[0]["status"] == VersionMoved.status:
+            self.readers.refresh(model)  # load the served version; worker 0 answers meanwhile
+            return await self.forwarder.respond(scope, body, send)
+        for message in answer:
+            await send(message)
+
+    def _local_model(self, scope: dict[str, Any]) -> str | None:
+        """The model of a prediction this worker answers itself, or None."""
+        if scope["method"] not in ("GET", "POST"):
+            return None
+        try:
+            route, args = self.local.router.match(scope["method"], scope["path"], path_parts(scope))
+        except VeloxError:
+            return None
+        return args[0] if route.handler in self.LOCAL else None
+
+
+async def _bounded_body(receive: Any) -> bytes:
+    """The request's body, read up to one byte past MAX_BODY_BYTES (the app answers 413 for more)."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES or not message.get("more_body"):
+            return b"".join(chunks)

@@ -4,7 +4,9 @@ Two deployments, one class each, built by `open_backend` (the one place that pic
 
 - EmbeddedBackend: one process per home. Users' state in this process's memory
   (serving/local_state.py), checkpointed to the user store (LMDB by default); an observation is
-  acknowledged once the log's group commit made it durable; idempotency keys in memory.
+  acknowledged once the log's group commit made it durable; idempotency keys in memory. Under
+  `serve --workers N` it is worker 0's, and it also publishes every learned weight and version
+  switch for the reader workers (storage/published_states.py) before acknowledging them.
 - SharedBackend: several processes over one Redis (`serve --store redis://… --instance ID`).
   Users' state in Redis (serving/shared_state.py); an observation is acknowledged once fsynced and
   learned into Redis (serving/applier.py); idempotency keys in Redis; a watch thread keeps Redis's
@@ -23,6 +25,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from functools import partial
 from typing import Any, Protocol
 
 from veloxserve.config import HomeLayout, ServingConfig, is_name
@@ -39,6 +42,7 @@ from veloxserve.serving.shared_state import SharedUserState, namespace
 from veloxserve.serving.user_state import ErrorsListener, UserStateFactory
 from veloxserve.storage.lmdb_store import LMDBUserStore
 from veloxserve.storage.observation_log import MAIN_INSTANCE, ObservationLog
+from veloxserve.storage.published_states import PublishedStates
 from veloxserve.storage.redis_cache import TrackedCache
 from veloxserve.storage.redis_client import RedisSettings
 from veloxserve.storage.redis_lifecycle import FORGET, SWITCH, Announcement, Lease, RedisLifecycle
@@ -118,6 +122,9 @@ class Backend(ABC):
     def user_state(self, model: str, obs_log: ObservationLog) -> UserStateFactory:
         """How a served version of `model` keeps its users' state."""
 
+    def activated(self, model: str, version: str) -> None:
+        """This process serves `version` of `model` from now on (called under the swap's lock)."""
+
     @abstractmethod
     def start(self, served: Served, forget_here: ForgetHere, models: Sequence[str]) -> None:
         """Every model is open and served: start what watches them, what switches `served` and
@@ -135,10 +142,17 @@ class Backend(ABC):
 class EmbeddedBackend(Backend):
     """One process per home: state in memory, checkpointed to `store`; acknowledged by the log."""
 
-    def __init__(self, layout: HomeLayout, config: ServingConfig, store: UserStore | None = None) -> None:
+    def __init__(
+        self,
+        layout: HomeLayout,
+        config: ServingConfig,
+        store: UserStore | None = None,
+        published: PublishedStates | None = None,
+    ) -> None:
         super().__init__(layout, config)
         self.instance = None
         self.store = store if store is not None else LMDBUserStore(layout.state_db)
+        self.published = published
 
     def take_lease(self, model: str) -> HeldLease | None:
         return None  # one process: the retrainer's own lock is enough
@@ -165,7 +179,11 @@ class EmbeddedBackend(Backend):
         return obs_log  # its commit hooks learn a batch before its waiters are told
 
     def user_state(self, model: str, obs_log: ObservationLog) -> UserStateFactory:
-        return LocalUserState
+        return LocalUserState if self.published is None else partial(LocalUserState, published=self.published)
+
+    def activated(self, model: str, version: str) -> None:
+        if self.published is not None:  # before the switch returns: no reader answers the old version after
+            self.published.activate(model, version)
 
     def start(self, served: Served, forget_here: ForgetHere, models: Sequence[str]) -> None:
         self._served = served  # nothing to watch: no network service behind the state
@@ -341,11 +359,18 @@ def check_instance(store: UserStore | None, instance: str | None) -> None:
 
 
 def open_backend(
-    layout: HomeLayout, config: ServingConfig, store: UserStore | None = None, instance: str | None = None
+    layout: HomeLayout,
+    config: ServingConfig,
+    store: UserStore | None = None,
+    instance: str | None = None,
+    published: PublishedStates | None = None,
 ) -> Backend:
     """The backend `store` implies: shared over Redis for a RedisUserStore (each process with its
-    own `instance` id, its own log and lock), embedded otherwise (LMDB in the home by default)."""
+    own `instance` id, its own log and lock), embedded otherwise (LMDB in the home by default),
+    publishing for reader workers with `published`."""
     check_instance(store, instance)
     if isinstance(store, RedisUserStore):
+        if published is not None:
+            raise invalid_parameter("workers", "serve", "1 with a shared store", "reader workers")
         return SharedBackend(layout, config, store, instance)
-    return EmbeddedBackend(layout, config, store)
+    return EmbeddedBackend(layout, config, store, published)

@@ -13,6 +13,7 @@ user store, then the log after the checkpoint's position.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -25,6 +26,7 @@ from veloxserve.learning.user_table import UserTable
 from veloxserve.models.version import ModelVersion
 from veloxserve.serving.user_state import ErrorsListener, UserState, link_array
 from veloxserve.storage.observation_log import ObservationLog
+from veloxserve.storage.published_states import PublishedStates
 from veloxserve.storage.user_store import Checkpoint, UserStore
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,10 @@ class LocalUserState(UserState):
         *,
         upto_lsn: int,
         on_errors: ErrorsListener,
+        published: PublishedStates | None = None,
     ) -> None:
+        """`published`: where this state's weights are published for the reader workers of
+        `serve --workers N` (storage/published_states.py), from the end of the recovery on."""
         self.version = version
         self.config = config
         self._store = store
@@ -63,7 +68,12 @@ class LocalUserState(UserState):
         self._last_checkpoint = time.monotonic()
         self._checkpoints_frozen = False
         self.applied_lsn = upto_lsn  # the log prefix this state reflects
+        self._published: PublishedStates | None = None
         self.replayed = self._recover()
+        if published is not None:  # everything recovered at once, then each learned batch
+            users = list(self.table.rows)
+            published.replace(self.name, version.version, users, self.table.W[list(self.table.rows.values())])
+            self._published = published
         obs_log.add_commit_hook(self._on_durable, self._on_refused)
 
     @property
@@ -109,13 +119,34 @@ class LocalUserState(UserState):
             user_rows = np.fromiter((table.ensure(u) for u in users), dtype=np.int64, count=len(users))
             table.observe_many(user_rows, self._features, rows, scores)
         self._since_checkpoint += len(users)
+        published = self._published
+        if published is not None:
+            changed = list(dict.fromkeys(users))
+            weights = table.W[[table.rows[u] for u in changed]]
+            self._to_readers(lambda: published.publish(self.name, self.version.version, changed, weights, len(table)))
+
+    def _to_readers(self, write: Callable[[], None]) -> None:
+        """Publish to the reader workers before the batch is acknowledged (or the forget receipted).
+        A map that cannot be written would let readers answer without it: the process stops
+        instead (nothing acknowledged is lost: the batch is durable and not yet acknowledged), and
+        the supervisor restarts it to recover and republish."""
+        try:
+            write()
+        except Exception:
+            log.critical("%s: publishing to the reader workers failed; stopping this worker", self.name, exc_info=True)
+            logging.shutdown()
+            os._exit(70)
 
     def retire(self) -> None:
         self._log.remove_commit_hook(self._on_durable)
 
     def remove_user(self, user: str) -> bool:
         with self._learn_lock:
-            return self.table.remove(user)
+            removed = self.table.remove(user)
+            published = self._published
+            if published is not None:  # readers answer the prior from now on
+                self._to_readers(lambda: published.remove(self.name, user))
+            return removed
 
     def learned(self, instance: str, user: str, lsn: int) -> bool:
         return lsn <= self.applied_lsn

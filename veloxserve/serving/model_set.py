@@ -34,6 +34,20 @@ from veloxserve.storage.version_catalog import Status, VersionCatalog
 from veloxserve.training.basis_files import attach_basis
 
 
+def load_version(catalog: VersionCatalog, version_id: str) -> ModelVersion:
+    """A stored version as it serves: its arrays and metadata, and its black-box f if any."""
+    version = ModelVersion.from_arrays(catalog.versions.read_arrays(version_id), catalog.versions.read_meta(version_id))
+    return attach_basis(version, catalog.versions.directory / version_id)
+
+
+def read_attributes(layout: HomeLayout, model: str, version: ModelVersion) -> ItemAttributes:
+    """The model's item attributes (for top-k's `filter=`) over `version`'s catalogue."""
+    items_file = layout.items_file(model)
+    if not items_file.is_file():
+        return EMPTY
+    return ItemAttributes.from_table(read_item_table(items_file), version.catalog)
+
+
 class ModelSet:
     """Every model's serving version, its per-model resources, and swaps between versions."""
 
@@ -145,21 +159,12 @@ class ModelSet:
             self._acks[model] = self._backend.acknowledgement(model, obs_log)
         return obs_log
 
-    def _attributes(self, model: str, version: ModelVersion) -> ItemAttributes:
-        items_file = self.layout.items_file(model)
-        if not items_file.is_file():
-            return EMPTY
-        return ItemAttributes.from_table(read_item_table(items_file), version.catalog)
-
     def swap(self, model: str, version_id: str) -> None:
         catalog = self.catalog(model)
         with self._swap_lock:  # one swap at a time; serving goes on until the last step
             # Read under the lock a forget holds while it rewrites version files: a version read
             # before a forget and served after it would bring the forgotten user back.
-            version = ModelVersion.from_arrays(
-                catalog.versions.read_arrays(version_id), catalog.versions.read_meta(version_id)
-            )
-            version = attach_basis(version, catalog.versions.directory / version_id)  # black-box f, if any
+            version = load_version(catalog, version_id)
             obs_log = self._open_model(model)
             old = self._servers.get(model)
             if old is not None:
@@ -175,7 +180,7 @@ class ModelSet:
                     feature_cache=self.feature_cache,
                     window=self._windows[model],
                     decisions=self._recent[model],
-                    attributes=self._attributes(model, version),
+                    attributes=read_attributes(self.layout, model, version),
                     user_state=self._backend.user_state(model, obs_log),
                 )
             except BaseException:
@@ -184,11 +189,13 @@ class ModelSet:
                 raise
             if old is None:
                 catalog.activate(version_id)
+                self._backend.activated(model, version_id)
                 self._servers[model] = new
                 return
             with old.serving_lock():  # observations wait here for the last few milliseconds
                 new.catch_up(obs_log.sync())  # what the old server learned while the new one was built
                 catalog.activate(version_id)
+                self._backend.activated(model, version_id)
                 self._servers[model] = new
                 old.retire()
             self.feature_cache.drop((model, old.version_id))

@@ -39,6 +39,7 @@ from veloxserve.storage.decision_log import DecisionLog, new_decision_id
 from veloxserve.storage.home_lock import HomeLock
 from veloxserve.storage.item_tables import read_item_table, write_item_table
 from veloxserve.storage.observation_log import ObservationLog
+from veloxserve.storage.published_states import PublishedStates
 from veloxserve.storage.redis_cache import TrackedCache
 from veloxserve.storage.redis_client import RedisSettings
 from veloxserve.storage.user_store import UserStore
@@ -59,11 +60,13 @@ class Velox:
         store: UserStore | None = None,
         instance: str | None = None,
         home_lock: HomeLock | None = None,
+        published: PublishedStates | None = None,
     ) -> None:
         """`store`: where users' state lives (default: LMDB in the home). A shared store
         (RedisUserStore) makes Redis the state shared by several processes serving this home, each with its own
         `instance` id (its own observation log and lock); see serving/backend.py. `home_lock`:
-        the home's lock, already taken by the caller (the demo takes it before preparing the home)."""
+        the home's lock, already taken by the caller (the demo takes it before preparing the home).
+        `published`: where worker 0 of `serve --workers N` publishes for its readers (serving/reader.py)."""
         check_instance(store, instance)
         self.instance = instance
         self.layout = HomeLayout(Path(home))
@@ -71,7 +74,7 @@ class Velox:
         self._home_lock = home_lock or HomeLock(self.layout.lock_file(instance))
         try:
             self.config = config or ServingConfig()
-            self._backend: Backend = open_backend(self.layout, self.config, store, instance)
+            self._backend: Backend = open_backend(self.layout, self.config, store, instance, published)
             self.feature_cache = FeatureCache(self.config.feature_cache_bytes)  # shared by every model
             self._models = ModelSet(self.layout, self.config, self._backend, self.feature_cache)
             self._forgetting = Forgetting(

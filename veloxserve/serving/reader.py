@@ -1,0 +1,178 @@
+"""Reader: what a reader worker of `serve --workers N` answers itself, and from what.
+
+Worker 0 is the home's learner (the log, learning, checkpoints, the lifecycle); every other worker
+is a reader. A reader loads each model's served version from the home (its item features,
+catalogue and attributes: what a prediction needs besides w_u) and reads each user's w_u from
+the weights worker 0 publishes (storage/published_states.py), so a prediction costs a reader what
+it costs worker 0, and N workers answer predictions on N cores. Everything else (observe, top-k,
+the lifecycle, the admin routes) goes to worker 0 (api/forwarding.py).
+
+A reader answers through a ModelServer of its own, the one worker 0 and a single process use, so
+validation, errors, scores and monitoring are the same code. Its users' state is `PublishedUsers`:
+each read checks, in the same read transaction, that the version it loaded is still the one
+served; otherwise VersionMoved sends the request to worker 0 while the reader loads the new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from veloxserve.config import HomeLayout, ServingConfig
+from veloxserve.models.version import ModelVersion
+from veloxserve.serving.feature_cache import FeatureCache
+from veloxserve.serving.idempotency import LocalWindow
+from veloxserve.serving.model_server import ModelServer
+from veloxserve.serving.model_set import load_version, read_attributes
+from veloxserve.serving.user_state import ErrorsListener, UserState
+from veloxserve.storage.observation_log import ObservationLog
+from veloxserve.storage.published_states import PublishedStates, VersionMoved
+from veloxserve.storage.user_store import UserStore
+from veloxserve.storage.version_catalog import VersionCatalog
+
+log = logging.getLogger(__name__)
+
+
+class PublishedUsers:
+    """UserStates (learning/states.py) of one version, read from what worker 0 published."""
+
+    def __init__(self, published: PublishedStates, model: str, version: ModelVersion) -> None:
+        self.published, self.model, self.version_id = published, model, version.version
+        self.prior = version.prior.mean
+
+    def __len__(self) -> int:
+        return self.published.count(self.model, self.version_id)
+
+    def weights(self, user: str) -> np.ndarray:
+        return self.published.weights(self.model, self.version_id, [user], self.prior)[0]
+
+    def weights_many(self, users: Sequence[str]) -> np.ndarray:
+        return self.published.weights(self.model, self.version_id, users, self.prior)
+
+    def covariance(self, user: str) -> np.ndarray:
+        raise VersionMoved(self.model)  # not published: top-k with exploration is worker 0's
+
+    def seen_rows(self, user: str) -> np.ndarray:
+        raise VersionMoved(self.model)
+
+
+class PublishedUserState(UserState):
+    """A reader's user state: read-only. Observations, swaps and forgets happen in worker 0, and
+    reach this state through the published map; the write half is never called here."""
+
+    def __init__(
+        self,
+        version: ModelVersion,
+        store: UserStore,
+        obs_log: ObservationLog,
+        config: ServingConfig,
+        *,
+        upto_lsn: int,
+        on_errors: ErrorsListener,
+        published: PublishedStates,
+    ) -> None:
+        self.table = PublishedUsers(published, version.name, version)
+
+    def _learner_only(self, *args: object) -> Any:
+        raise RuntimeError("A reader worker does not learn: observations are forwarded to worker 0.")
+
+    before_append = append = after_observe = catch_up = remove_user = checkpoint = _learner_only
+    freeze_checkpoints = resume_checkpoints = learned = _learner_only
+
+    def retire(self) -> None:
+        pass
+
+
+_NO_LOG = cast(ObservationLog, None)  # a reader never appends: ModelServer's write half is never reached
+_NO_STORE = cast(UserStore, None)
+
+
+class Readers:
+    """The models a reader worker answers, each at the version worker 0 serves. Duck-types the
+    part of Velox the prediction routes use (api/handlers.py), so the same app answers them."""
+
+    redis_settings = None
+    redis_cache = None
+    redis_watch = None
+
+    def __init__(self, home: str | Path, published: Path, config: ServingConfig | None = None) -> None:
+        """`published`: the map worker 0 publishes into (opened once worker 0 has created it)."""
+        self.layout = HomeLayout(Path(home))
+        self.config = config or ServingConfig()
+        self.published_path = published
+        self._published: PublishedStates | None = None
+        self.feature_cache = FeatureCache(self.config.feature_cache_bytes)
+        self._servers: dict[str, ModelServer] = {}
+        self._loading: set[str] = set()
+        self._lock = threading.Lock()
+
+    def model_names(self) -> list[str]:
+        return sorted(self._servers)
+
+    def server(self, model: str) -> ModelServer:
+        """The model's server, if this reader has loaded the version last published for it;
+        otherwise VersionMoved (the request goes to worker 0) and the version loads meanwhile."""
+        server = self._servers.get(model)
+        if server is None:
+            self.refresh(model)
+            raise VersionMoved(model)
+        return server
+
+    def refresh(self, model: str, wait: bool = False) -> None:
+        """Load the version worker 0 serves for `model`, in the background (or now, with `wait`)."""
+        with self._lock:
+            if model in self._loading:
+                return
+            self._loading.add(model)
+        if wait:
+            self._load(model)
+        else:
+            threading.Thread(target=self._load, args=(model,), name=f"reader-load-{model}", daemon=True).start()
+
+    def _map(self) -> PublishedStates | None:
+        if self._published is None and (self.published_path / "data.mdb").exists():
+            self._published = PublishedStates(self.published_path, readonly=True)
+        return self._published
+
+    def _load(self, model: str) -> None:
+        try:
+            published = self._map()
+            version_id = None if published is None else published.active(model)
+            current = self._servers.get(model)
+            if version_id is None or (current is not None and current.version_id == version_id):
+                return  # nothing published (yet, or no such model): worker 0 answers
+            self._servers[model] = self._serve(model, version_id, published)  # type: ignore[arg-type]
+            if current is not None:
+                self.feature_cache.drop((model, current.version_id))
+            log.info("reader: %s serves %s", model, version_id)
+        except Exception:  # worker 0 answers meanwhile; the next request retries the load
+            log.exception("reader: loading the served version of %s failed", model)
+        finally:
+            with self._lock:
+                self._loading.discard(model)
+
+    def _serve(self, model: str, version_id: str, published: PublishedStates) -> ModelServer:
+        version = load_version(VersionCatalog(self.layout.model_dir(model)), version_id)
+        config = self.config
+        state: Callable[..., UserState] = partial(PublishedUserState, published=published)
+        return ModelServer(
+            version,
+            _NO_STORE,
+            _NO_LOG,
+            config,
+            upto_lsn=0,
+            feature_cache=self.feature_cache,
+            window=LocalWindow(seconds=config.idempotency_seconds, max_keys=config.idempotency_keys),
+            attributes=read_attributes(self.layout, model, version),
+            user_state=state,  # type: ignore[arg-type]
+        )
+
+    def close(self) -> None:
+        if self._published is not None:
+            self._published.close()
