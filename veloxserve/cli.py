@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="processes serving the home on one port (embedded store only): worker 0 learns and logs, the "
         "others forward to it (docs/deployment.md, 'Several workers')",
     )
-    for hidden in ("--worker-index", "--listen-fd"):  # set by the supervisor for each worker (workers.py)
-        serve.add_argument(hidden, type=int, default=None, help=argparse.SUPPRESS)
+    # set by the supervisor for each worker (workers.py)
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--worker0-socket", default=None, help=argparse.SUPPRESS)
     settings_flag(
         serve,
@@ -529,7 +529,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"dashboard: {base}/dashboard, API docs: {base}/docs", flush=True)
         listen = getattr(args, "listen_socket", None)  # `demo` bound the port before changing anything
         if index is not None:  # worker 0: the supervisor's port, and the readers' Unix socket
-            app, sockets = tag_worker(app, index), [_inherited(args.listen_fd), _unix_listener(args.worker0_socket)]
+            app = tag_worker(app, index)
+            sockets = [
+                _bind(server_settings.host, server_settings.port, shared=True),
+                _unix_listener(args.worker0_socket),
+            ]
         else:
             sockets = [listen] if listen is not None else []
         serve(app, server_settings.host, server_settings.port, HTTPServer(server_settings.http_server), sockets)
@@ -553,10 +557,10 @@ def _supervise(args: argparse.Namespace, server: Any) -> int:
         raise invalid_parameter(
             "workers", "serve", "1 with --http-server granian (worker 0 listens on two sockets): drop one", 2
         )
-    listen = _bind(server.host, server.port)
-    listen.set_inheritable(True)
-    print(f"serving {server.home} on http://{server.host}:{server.port} with {args.workers} workers", flush=True)
-    return Supervisor(args.argv, args.workers, listen).run()
+    held = _bind(server.host, server.port, shared=True, listen=False)
+    port = held.getsockname()[1]
+    print(f"serving {server.home} on http://{server.host}:{port} with {args.workers} workers", flush=True)
+    return Supervisor(args.argv, args.workers, held).run()
 
 
 def _serve_reader(args: argparse.Namespace, settings: Any, index: int) -> int:
@@ -579,23 +583,20 @@ def _serve_reader(args: argparse.Namespace, settings: Any, index: int) -> int:
     auth = AuthConfig(enabled=settings.auth.enabled, keyed_models=frozenset(settings.auth.keyed_models))
     velox = cast(Velox, readers)  # the prediction routes' part of Velox (serving/reader.py)
     local = VeloxApp(
-        velox, TokenStore(readers.layout.tokens_file), ClipperRuntime(server.home), auth=auth, admission=settings.admission
+        velox,
+        TokenStore(readers.layout.tokens_file),
+        ClipperRuntime(server.home),
+        auth=auth,
+        admission=settings.admission,
     )
     for model in readers.layout.model_names():  # loaded before the first request where published already
         readers.refresh(model, wait=True)
     app = tag_worker(ReaderApp(local, Forwarder(args.worker0_socket), readers), index)
     try:
-        serve(app, server.host, server.port, HTTPServer.UVICORN, [_inherited(args.listen_fd)])
+        serve(app, server.host, server.port, HTTPServer.UVICORN, [_bind(server.host, server.port, shared=True)])
     finally:
         readers.close()
     return 0
-
-
-def _inherited(fd: int) -> Any:
-    """The listening socket the supervisor passed down as file descriptor `fd`."""
-    import socket
-
-    return socket.socket(fileno=fd)
 
 
 def _unix_listener(path: str) -> Any:
@@ -637,8 +638,11 @@ def _demo(args: argparse.Namespace) -> int:
     return _serve(args)
 
 
-def _bind(host: str, port: int) -> Any:
-    """A listening socket on host:port, or a Conflict that says what to do."""
+def _bind(host: str, port: int, *, shared: bool = False, listen: bool = True) -> Any:
+    """A listening socket on host:port, or a Conflict that says what to do. `shared`: one of the
+    sockets of `serve --workers N`, each worker's own on the same port (SO_REUSEPORT), among which
+    the kernel spreads new connections evenly; `listen=False`: the supervisor's, which only holds the
+    port (a socket that does not listen is given no connections)."""
     import socket
 
     from veloxserve.errors import Conflict
@@ -646,8 +650,11 @@ def _bind(host: str, port: int) -> Any:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no owner
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(2048)
+        if listen:
+            sock.listen(2048)
     except OSError as exc:
         sock.close()
         raise Conflict(

@@ -1,13 +1,19 @@
 """Workers: `veloxserve serve --workers N` serves one home with N processes on one port.
 
-The `serve` process becomes a supervisor: it binds the port once and starts N workers that
-inherit the listening socket, so the kernel spreads connections over them. Worker 0 is the home's
-embedded server as `serve` alone runs it (the home lock, the log, learning, checkpoints); it also
-listens on a Unix socket, and workers 1..N-1 forward every request to it over persistent
-connections (api/forwarding.py). Its durability and recovery are embedded mode's own: an
-observation is acknowledged after the log's group commit, and a worker 0 restarted after kill -9
-recovers from the LMDB checkpoint and the log before it answers again (readers queue and retry
-meanwhile). Any worker that dies is restarted; a worker that exits with 2 (a usage error, such as
+The `serve` process becomes a supervisor: it holds the port (a bound socket that does not listen)
+and starts N workers, each listening on the port with its own SO_REUSEPORT socket, so the kernel
+spreads new connections evenly over them. (One listening socket inherited by every worker was
+measured first: every one of wrk's 32 connections went to the same worker, the other idle.)
+
+Worker 0 is the home's embedded server as `serve` alone runs it (the home lock, the log, learning,
+checkpoints, the lifecycle); it publishes every learned weight and version switch into a map in
+shared memory before acknowledging it (storage/published_states.py), and listens on a Unix
+socket. Workers 1..N-1 are readers: they answer predictions themselves from that map
+(serving/reader.py) and forward everything else to worker 0 over persistent connections
+(api/forwarding.py). Durability and recovery are embedded mode's own: an observation is
+acknowledged after the log's group commit, and a worker 0 restarted after kill -9 recovers from
+the LMDB checkpoint and the log, and republishes, before it answers again (readers go on
+answering predictions from the map meanwhile, and queue and retry the rest). Any worker that dies is restarted; a worker that exits with 2 (a usage error, such as
 a home another process holds) stops them all. docs/deployment.md says what this buys, measured.
 """
 
@@ -32,6 +38,7 @@ def published_path(worker0_socket: str | Path) -> Path:
     """Where worker 0 publishes learned weights for the readers (storage/published_states.py)."""
     return Path(worker0_socket).parent / "published"
 
+
 _USAGE_ERROR = 2  # cli.py's exit code for a VeloxError
 _PR_SET_PDEATHSIG = 1
 
@@ -46,10 +53,11 @@ def _die_with_parent() -> None:  # in the child, before exec: a supervisor kille
 class Supervisor:
     """Starts, watches and restarts the workers of one `serve --workers N`."""
 
-    def __init__(self, argv: list[str], workers: int, listen: socket.socket) -> None:
-        """`argv`: the `serve` command line, given again to each worker with its role."""
+    def __init__(self, argv: list[str], workers: int, held: socket.socket) -> None:
+        """`argv`: the `serve` command line, given again to each worker with its role; `held`: the
+        socket that holds the port (bound, not listening)."""
         self.argv = argv
-        self.listen = listen
+        self.held = held
         shm = _SHARED_MEMORY if _SHARED_MEMORY.is_dir() and os.access(_SHARED_MEMORY, os.W_OK) else None
         self._dir = Path(tempfile.mkdtemp(prefix="veloxserve-workers-", dir=shm))
         self.worker0_socket = self._dir / "worker0.sock"
@@ -66,16 +74,14 @@ class Supervisor:
             *self.argv,
             "--worker-index",
             str(index),
-            "--listen-fd",
-            str(self.listen.fileno()),
+            "--port",  # the port held (the command line may say 0: any free port)
+            str(self.held.getsockname()[1]),
             "--worker0-socket",
             str(self.worker0_socket),
         ]
 
     def _start(self, index: int) -> None:
-        self._procs[index] = subprocess.Popen(
-            self._command(index), pass_fds=(self.listen.fileno(),), preexec_fn=_die_with_parent
-        )
+        self._procs[index] = subprocess.Popen(self._command(index), preexec_fn=_die_with_parent)
         self._started[index] = time.monotonic()
 
     def run(self) -> int:
@@ -88,7 +94,7 @@ class Supervisor:
             return self._watch()
         finally:
             self._stop_all()
-            self.listen.close()
+            self.held.close()
             shutil.rmtree(self._dir, ignore_errors=True)
 
     def _on_signal(self, signum: int, frame: object) -> None:

@@ -24,8 +24,8 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 from veloxserve.config import HomeLayout, ServingConfig, is_name
@@ -122,6 +122,7 @@ class Backend(ABC):
     def user_state(self, model: str, obs_log: ObservationLog) -> UserStateFactory:
         """How a served version of `model` keeps its users' state."""
 
+    @abstractmethod
     def activated(self, model: str, version: str) -> None:
         """This process serves `version` of `model` from now on (called under the swap's lock)."""
 
@@ -319,6 +320,9 @@ class SharedBackend(Backend):
             return state
 
         return shared_state
+
+    def activated(self, model: str, version: str) -> None:
+        pass  # the switch moved the active pointer in Redis already (serving/coordination.py)
 
     def start(self, served: Served, forget_here: ForgetHere, models: Sequence[str]) -> None:
         """Follow each model's lifecycle in Redis (converging on its active version now); /healthz's

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 
@@ -79,13 +79,38 @@ class PublishedUserState(UserState):
     ) -> None:
         self.table = PublishedUsers(published, version.name, version)
 
-    def _learner_only(self, *args: object) -> Any:
-        raise RuntimeError("A reader worker does not learn: observations are forwarded to worker 0.")
+    @staticmethod
+    def _learner_only() -> RuntimeError:
+        return RuntimeError("A reader worker does not learn: observations are forwarded to worker 0.")
 
-    before_append = append = after_observe = catch_up = remove_user = checkpoint = _learner_only
-    freeze_checkpoints = resume_checkpoints = learned = _learner_only
+    def before_append(self, users: list[str], rows: np.ndarray, scores: np.ndarray) -> np.ndarray | None:
+        raise self._learner_only()
+
+    def append(self, append: Callable[[], int], users: list[str], rows: np.ndarray, scores: np.ndarray) -> int:
+        raise self._learner_only()
+
+    def after_observe(self, added: int) -> None:
+        raise self._learner_only()
+
+    def catch_up(self, upto_lsn: int) -> int:
+        raise self._learner_only()
+
+    def remove_user(self, user: str) -> bool:
+        raise self._learner_only()
+
+    def learned(self, instance: str, user: str, lsn: int) -> bool:
+        raise self._learner_only()
 
     def retire(self) -> None:
+        pass  # nothing to stop: the reader drops the server
+
+    def checkpoint(self) -> int:
+        return 0  # worker 0 checkpoints
+
+    def freeze_checkpoints(self) -> None:
+        pass
+
+    def resume_checkpoints(self) -> None:
         pass
 
 
@@ -101,12 +126,15 @@ class Readers:
     redis_cache = None
     redis_watch = None
 
-    def __init__(self, home: str | Path, published: Path, config: ServingConfig | None = None) -> None:
-        """`published`: the map worker 0 publishes into (opened once worker 0 has created it)."""
+    def __init__(
+        self, home: str | Path, published: Path | PublishedStates, config: ServingConfig | None = None
+    ) -> None:
+        """`published`: the map worker 0 publishes into, opened once worker 0 has created it (or
+        open already: LMDB opens a map once per process, so a test's learner and reader share it)."""
         self.layout = HomeLayout(Path(home))
         self.config = config or ServingConfig()
-        self.published_path = published
-        self._published: PublishedStates | None = None
+        self._published = published if isinstance(published, PublishedStates) else None
+        self.published_path = published.path if isinstance(published, PublishedStates) else published
         self.feature_cache = FeatureCache(self.config.feature_cache_bytes)
         self._servers: dict[str, ModelServer] = {}
         self._loading: set[str] = set()
@@ -170,7 +198,7 @@ class Readers:
             feature_cache=self.feature_cache,
             window=LocalWindow(seconds=config.idempotency_seconds, max_keys=config.idempotency_keys),
             attributes=read_attributes(self.layout, model, version),
-            user_state=state,  # type: ignore[arg-type]
+            user_state=state,
         )
 
     def close(self) -> None:
