@@ -59,6 +59,75 @@ def test_both_workers_serve_and_each_reads_what_either_acknowledged(workers: Ser
             assert http.get("/models/songs/predict", params={"user": "ryw", "item": 139}).json()["score"] == final
 
 
+def _answer(server: ServerProcess, path: str, params: dict, worker: str, local: bool = True) -> httpx.Response:
+    """The answer to GET `path` from `worker`, computed there (`local`) or forwarded to worker 0:
+    new connections until the kernel gives one to that worker."""
+    for _ in range(400):
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            r = http.get(path, params=params)
+        if r.headers.get("x-veloxserve-worker") == worker and ("x-veloxserve-forwarded" not in r.headers) == local:
+            return r
+    raise AssertionError(f"no answer from worker {worker} (local={local}) in 400 connections")
+
+
+def test_a_reader_answers_predictions_itself_with_every_acknowledged_observation(workers: ServerProcess) -> None:
+    query = {"user": "fresh", "item": 120}
+    first = _answer(workers, "/models/songs/predict", query, "1")  # answered by the reader, from the map
+    assert first.status_code == 200
+    assert first.json()["score"] == _answer(workers, "/models/songs/predict", query, "0").json()["score"]
+    for n in range(8):
+        with httpx.Client(base_url=workers.url, timeout=30) as http:
+            ack = http.post("/models/songs/observe", json={"user": "fresh", "item": 100 + n, "score": 5.0 - n})
+        assert ack.status_code == 200, ack.text
+        by_reader = _answer(workers, "/models/songs/predict", query, "1").json()["score"]
+        assert by_reader == _answer(workers, "/models/songs/predict", query, "0").json()["score"]
+        assert by_reader != first.json()["score"]  # the observations moved it
+    # observe is the learner's: a reader forwards it
+    for _ in range(40):
+        with httpx.Client(base_url=workers.url, timeout=30) as http:
+            r = http.post("/models/songs/observe", json={"user": "fresh", "item": 101, "score": 1.0})
+        if r.headers["x-veloxserve-worker"] == "1":
+            assert r.headers["x-veloxserve-forwarded"] == "1"
+            break
+    else:
+        raise AssertionError("no observation reached worker 1")
+
+
+@pytest.fixture
+def two_versions(tmp_path: Path):
+    store = VersionStore(HomeLayout(tmp_path).versions_dir("songs"))
+    for seed, version in ((0, "v1"), (1, "v2")):
+        arrays, meta = synthetic_version_arrays(name="songs", seed=seed, version=version)
+        store.write(arrays, meta, version=version)
+    HomeLayout(tmp_path).active_file("songs").write_text("v1\n")  # the newest would serve otherwise
+    server = ServerProcess(tmp_path, "--workers", "2", "--no-auth")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_switch_and_a_forget_hold_on_every_worker_once_they_return(two_versions: ServerProcess) -> None:
+    server = two_versions
+    query = {"user": "2", "item": 110}  # a trained user of both versions
+    assert _answer(server, "/models/songs/predict", query, "1").json()["model_version"] == "v1"
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        assert http.post("/models/songs/observe", json={"user": "2", "item": 111, "score": 4.0}).status_code == 200
+        assert http.post("/models/songs/versions/v2/activate").status_code == 200
+    for _ in range(30):  # from the moment activate returned: v2, from whichever worker, however computed
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            assert http.get("/models/songs/predict", params=query).json()["model_version"] == "v2"
+    learned = _answer(server, "/models/songs/predict", query, "1")  # the reader loaded v2
+    assert learned.json() == _answer(server, "/models/songs/predict", query, "0").json()
+    prior = _answer(server, "/models/songs/predict", {"user": "never-seen", "item": 110}, "1").json()["score"]
+    assert learned.json()["score"] != prior
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+        assert http.delete("/models/songs/users/2").status_code == 200
+    for worker in ("1", "0"):  # forgotten everywhere once the receipt returned: the prior's answer
+        assert _answer(server, "/models/songs/predict", query, worker).json()["score"] == prior
+
+
 def test_bad_input_is_refused_by_either_worker_and_changes_nothing(workers: ServerProcess, tmp_path: Path) -> None:
     refused: dict[str, int] = {}
     for _ in range(40):
@@ -111,7 +180,21 @@ def test_kill_9_of_a_worker_under_load_loses_no_acknowledged_observation(
     for t in threads:
         t.start()
     assert eventually(lambda: sum(acked.values()) >= 100, within=120)
-    os.kill(pid, signal.SIGKILL)
+    if victim == "0":
+        stop.set()  # quiet: what the reader answers while the learner is down is the state it left
+        for t in threads:
+            t.join(90)
+        query = {"user": "load-0-0", "item": 120}
+        expected = _answer(workers, "/models/songs/predict", query, "1").json()["score"]
+        os.kill(pid, signal.SIGKILL)
+        while_down = _answer(workers, "/models/songs/predict", query, "1")
+        assert while_down.status_code == 200 and while_down.json()["score"] == expected
+        stop.clear()
+        threads = [threading.Thread(target=loadgen, args=(w,)) for w in range(6)]
+        for t in threads:
+            t.start()
+    else:
+        os.kill(pid, signal.SIGKILL)
     before = sum(acked.values())
     assert eventually(lambda: sum(acked.values()) >= before + 100, within=180)  # served again after the restart
     stop.set()
