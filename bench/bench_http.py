@@ -42,6 +42,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -188,7 +189,8 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}[unit]
 
 
-def run_wrk(url: str, script: Path, connections: int, duration: int) -> dict[str, float]:
+def run_wrk(url: str, script: Path, connections: int, duration: int, output: bool = False) -> Any:
+    """wrk's figures (and, with `output`, its whole output: what the script's done() printed)."""
     out = subprocess.run(
         [*pinned(1), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
         capture_output=True,
@@ -200,7 +202,7 @@ def run_wrk(url: str, script: Path, connections: int, duration: int) -> dict[str
         raise RuntimeError(f"wrk's output has no p50/p99:\n{out}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    return {
+    stats = {
         "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50_ms": _ms(pct["50"]),
         "p99_ms": _ms(pct["99"]),
@@ -208,6 +210,7 @@ def run_wrk(url: str, script: Path, connections: int, duration: int) -> dict[str
         # wrk leaves requests that time out (2 s) out of its latencies: count them beside p99
         "socket_errors": sum(map(int, socket_errors.groups())) if socket_errors else 0,
     }
+    return (stats, out) if output else stats
 
 
 def ensure_peer_venv() -> Path:

@@ -5,7 +5,7 @@ other worker accepts on the same port, answers predictions itself and forwards e
 over a Unix socket to worker 0 (veloxserve/workers.py starts them). The forwarding path is where a previous attempt failed under load (most observes
 answered 503), so it is built to queue rather than refuse:
 
-- one pool of persistent HTTP/1.1 connections per reader (httpx over the Unix socket), so no
+- one pool of persistent HTTP/1.1 connections per reader (aiohttp over the Unix socket), so no
   request pays a connect, and requests beyond the pool's size wait for a free connection (the
   pool timeout is the queue's bound: backpressure, not an error);
 - a connection refused or reset before the request was sent means worker 0 is not there
@@ -29,7 +29,8 @@ import os
 import time
 from typing import Any
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from veloxserve.api.app import VeloxApp, path_parts
 from veloxserve.errors import RetryLater, VeloxError
@@ -93,17 +94,21 @@ class Forwarder:
     ) -> None:
         self.socket_path = socket_path
         self.down_after = down_after
-        self._limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        # pool: how long a request may queue for a connection; read: retrains and forgets are admin
-        # calls that answer when done.
-        self._timeout = httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=queue_s)
-        self._client: httpx.AsyncClient | None = None
+        self.connections = connections
+        # connect: how long a request may queue for a connection (and connect); sock_read: retrains
+        # and forgets are admin calls that answer when done.
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=queue_s, sock_connect=5.0, sock_read=300.0)
+        self._session: aiohttp.ClientSession | None = None
 
-    def _pool(self) -> httpx.AsyncClient:
-        if self._client is None:
-            transport = httpx.AsyncHTTPTransport(uds=self.socket_path, limits=self._limits, retries=0)
-            self._client = httpx.AsyncClient(transport=transport, timeout=self._timeout, base_url="http://worker0")
-        return self._client
+    def _pool(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=self.socket_path, limit=self.connections),
+                timeout=self._timeout,
+                auto_decompress=False,  # the body goes on as worker 0 wrote it
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            )
+        return self._session
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -136,15 +141,24 @@ class Forwarder:
         path = scope.get("raw_path") or scope["path"].encode()
         if isinstance(path, str):
             path = path.encode()
-        url = path.decode("latin-1") + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else "")
-        headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
+        target = path.decode("latin-1") + (
+            "?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""
+        )
+        url = URL("http://worker0" + target, encoded=True)  # as the client sent it: not quoted again
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP
+        ]
         deadline = time.monotonic() + self.down_after
         pause = 0.05
         while True:
             try:
-                response = await self._pool().request(scope["method"], url, headers=headers, content=body)
-                break
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never sent: safe to retry
+                async with self._pool().request(
+                    scope["method"], url, headers=headers, data=body, allow_redirects=False
+                ) as response:
+                    content = await response.read()
+                    kept = [(k, v) for k, v in response.raw_headers if k.lower() not in _HOP_BY_HOP]
+                    return response.status, kept, content
+            except aiohttp.ClientConnectorError as exc:  # never sent: safe to retry
                 if time.monotonic() + pause > deadline:
                     raise WorkerZeroDown(
                         f"Worker 0 of this server (the process that learns and logs) has not answered for "
@@ -154,22 +168,17 @@ class Forwarder:
                     ) from None
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
-            except httpx.PoolTimeout:
+            except aiohttp.ConnectionTimeoutError:
                 raise WorkerZeroDown(
                     "This worker's queue to worker 0 stayed full: the server is overloaded. Nothing was applied: "
                     "retry after Retry-After seconds."
                 ) from None
-            except httpx.TransportError as exc:  # sent, then the connection was lost: perhaps applied
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # sent, then lost: perhaps applied
                 raise WorkerZeroDown(
                     f"Worker 0 of this server stopped while answering ({exc.__class__.__name__}); the request may "
                     "or may not have been applied. Retry after Retry-After seconds: an observation with an id is "
                     "not learned twice."
                 ) from None
-        # httpx has decoded a compressed body: it goes on as it is now, without its old encoding.
-        kept = [
-            (k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP and k.lower() != b"content-encoding"
-        ]
-        return response.status_code, kept, response.content
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -177,8 +186,8 @@ class Forwarder:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._client is not None:
-                    await self._client.aclose()
+                if self._session is not None:
+                    await self._session.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

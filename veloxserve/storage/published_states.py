@@ -86,6 +86,7 @@ class PublishedStates:
         """Publish every user of `version` at once (after a recovery or a swap's rebuild),
         replacing what a previous learner published for it."""
         prefix = _WEIGHTS + _namespace(model, version)
+        self._env.reader_check()  # a reader killed inside a read transaction would pin old pages forever
         with self._env.begin(write=True) as txn:
             _delete_prefix(txn, prefix)
             self._put(txn, prefix, users, weights)
@@ -109,6 +110,7 @@ class PublishedStates:
     def activate(self, model: str, version: str) -> None:
         """`model` serves `version` from now on; the entries of its other versions are dropped."""
         keep = _WEIGHTS + _namespace(model, version)
+        self._env.reader_check()
         with self._env.begin(write=True) as txn:
             txn.put(_ACTIVE + model.encode(), version.encode())
             stale = [bytes(k) for k in _keys(txn.cursor(), _WEIGHTS + f"{model}\0".encode()) if not k.startswith(keep)]
