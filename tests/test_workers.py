@@ -82,6 +82,13 @@ def test_a_reader_answers_predictions_itself_with_every_acknowledged_observation
         by_reader = _answer(workers, "/models/songs/predict", query, "1").json()["score"]
         assert by_reader == _answer(workers, "/models/songs/predict", query, "0").json()["score"]
         assert by_reader != first.json()["score"]  # the observations moved it
+    # top-k lists too, from the same published state (each logged by the worker that served it)
+    top = {"user": "fresh", "k": 5, "exclude_seen": "true"}
+    by_reader, by_learner = (_answer(workers, "/models/songs/top_k", top, w).json() for w in ("1", "0"))
+    assert by_reader["items"] == by_learner["items"] and by_reader["decision"] != by_learner["decision"]
+    assert {e["item"] for e in by_reader["items"]}.isdisjoint({100 + n for n in range(8)})  # seen: excluded
+    # LinUCB needs the covariance, which is not published: worker 0 computes it
+    assert _answer(workers, "/models/songs/top_k", {**top, "policy": "linucb"}, "1", local=False).status_code == 200
     # observe is the learner's: a reader forwards it
     for _ in range(40):
         with httpx.Client(base_url=workers.url, timeout=30) as http:

@@ -579,7 +579,7 @@ def _serve_reader(args: argparse.Namespace, settings: Any, index: int) -> int:
     from veloxserve.workers import published_path
 
     server = settings.server
-    readers = Readers(server.home, published_path(args.worker0_socket), settings.serving)
+    readers = Readers(server.home, published_path(args.worker0_socket), settings.serving, instance=f"worker-{index}")
     auth = AuthConfig(enabled=settings.auth.enabled, keyed_models=frozenset(settings.auth.keyed_models))
     velox = cast(Velox, readers)  # the prediction routes' part of Velox (serving/reader.py)
     local = VeloxApp(

@@ -41,6 +41,15 @@ def _pairs() -> list[tuple[str, int]]:
     return [(u, i) for u in USERS for i in ITEMS]
 
 
+def _lists(source, user: str) -> list:
+    """Greedy top-k lists of `user` as Velox.recommend (or Readers.recommend) serves them."""
+    out = []
+    for options in ({}, {"exclude_seen": True}, {"candidates": ITEMS[:4]}, {"candidates": ITEMS, "exclude_seen": True}):
+        rec = source.recommend("songs", user, 3, **options)
+        out.append((rec.items, rec.scores, rec.model_version))
+    return out
+
+
 OPS = st.lists(
     st.one_of(
         st.tuples(
@@ -81,6 +90,12 @@ def test_a_reader_answers_what_the_learner_answers_after_any_sequence(tmp_path_f
             assert reader.version_id == velox.server("songs").version_id
             # the same bytes of w_u and f: equal, not close
             assert np.array_equal(_scores(reader, pairs), _scores(velox.server("songs"), pairs))
+            for user in USERS[::3]:
+                assert _lists(readers, user) == _lists(velox, user)
+        with pytest.raises(VersionMoved):  # LinUCB needs P_u, not published: worker 0 answers it
+            readers.recommend("songs", "1", 3, policy="linucb")
+        with pytest.raises(VersionMoved):  # attributes may have changed since the reader loaded them
+            readers.recommend("songs", "1", 3, filter="genre:rock")
         readers.close()
 
 
@@ -115,11 +130,13 @@ def test_a_reader_forwards_what_it_has_not_loaded(tmp_path: Path) -> None:
 def test_forgetting_one_user_leaves_users_whose_names_contain_theirs(tmp_path: Path) -> None:
     published = PublishedStates(tmp_path)
     w = np.arange(8.0).reshape(4, 2)
-    published.replace("m", "v1", ["a", "ba", "a\u00e9", "v1"], w)
-    published.replace("m2", "v1", ["a"], w[:1])
+    published.replace("m", "v1", ["a", "ba", "a\u00e9", "v1"], w, [np.arange(n) for n in range(4)])
+    published.replace("m2", "v1", ["a"], w[:1], [np.empty(0)])
     published.activate("m", "v1")
     published.activate("m2", "v1")
-    published.publish("m", "v2", ["a", "v1"], w[:2] + 10, 2)  # a swap to v2 rebuilding its users
+    published.publish(
+        "m", "v2", ["a", "v1"], w[:2] + 10, [np.empty(0), np.array([7])], 2
+    )  # a swap to v2 rebuilding its users
     published.remove("m", "a")
     prior = np.full(2, -1.0)
     got = published.weights("m", "v1", ["a", "ba", "a\u00e9", "v1"], prior)

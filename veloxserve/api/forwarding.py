@@ -173,7 +173,7 @@ class Forwarder:
                     "This worker's queue to worker 0 stayed full: the server is overloaded. Nothing was applied: "
                     "retry after Retry-After seconds."
                 ) from None
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # sent, then lost: perhaps applied
+            except (TimeoutError, aiohttp.ClientError) as exc:  # sent, then lost: perhaps applied
                 raise WorkerZeroDown(
                     f"Worker 0 of this server stopped while answering ({exc.__class__.__name__}); the request may "
                     "or may not have been applied. Retry after Retry-After seconds: an observation with an id is "
@@ -198,7 +198,7 @@ class ReaderApp:
     the reader cannot answer at the served version (VersionMoved, 421) and every other request
     are answered by worker 0 through `forwarder`."""
 
-    LOCAL = frozenset({"predict_one", "predict_batch"})
+    LOCAL = frozenset({"predict_one", "predict_batch", "top_k_get", "top_k_post"})
 
     def __init__(self, local: VeloxApp, forwarder: Forwarder, readers: Readers) -> None:
         self.local, self.forwarder, self.readers = local, forwarder, readers

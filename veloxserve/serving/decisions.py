@@ -12,10 +12,16 @@ the estimates unless the decision log shows that list, for that user, with that 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from veloxserve.errors import invalid_parameter
+from veloxserve.storage.decision_log import DecisionLog, new_decision_id
+
+if TYPE_CHECKING:
+    from veloxserve.serving.model_server import Recommendation
 
 
 class RecentDecisions:
@@ -65,3 +71,25 @@ class RecentDecisions:
                     "list without decision)",
                     items[i],
                 )
+
+
+def log_decision(rec: Recommendation, version_id: str, recent: RecentDecisions, log: DecisionLog) -> Recommendation:
+    """Give a served list its decision id, remember it, and log it with each item's propensity
+    (Velox, and a reader worker of `serve --workers N`, for the lists they serve)."""
+    rec.decision = new_decision_id()
+    rec.model_version = version_id
+    items = [str(i) for i in rec.items]
+    recent.remember(rec.decision, rec.user, items)
+    log.append(
+        {
+            "decision": rec.decision,
+            "ts": time.time(),
+            "model_version": version_id,
+            "user": rec.user,
+            "policy": rec.policy.describe(),
+            "items": items,
+            "scores": rec.scores,
+            "propensities": rec.propensities,
+        }
+    )
+    return rec

@@ -72,7 +72,8 @@ class LocalUserState(UserState):
         self.replayed = self._recover()
         if published is not None:  # everything recovered at once, then each learned batch
             users = list(self.table.rows)
-            published.replace(self.name, version.version, users, self.table.W[list(self.table.rows.values())])
+            seen = [self.table.seen_rows(u) for u in users]
+            published.replace(self.name, version.version, users, self.table.W[list(self.table.rows.values())], seen)
             self._published = published
         obs_log.add_commit_hook(self._on_durable, self._on_refused)
 
@@ -123,7 +124,10 @@ class LocalUserState(UserState):
         if published is not None:
             changed = list(dict.fromkeys(users))
             weights = table.W[[table.rows[u] for u in changed]]
-            self._to_readers(lambda: published.publish(self.name, self.version.version, changed, weights, len(table)))
+            seen = [table.seen_rows(u) for u in changed]
+            self._to_readers(
+                lambda: published.publish(self.name, self.version.version, changed, weights, seen, len(table))
+            )
 
     def _to_readers(self, write: Callable[[], None]) -> None:
         """Publish to the reader workers before the batch is acknowledged (or the forget receipted).

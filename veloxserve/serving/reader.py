@@ -4,8 +4,11 @@ Worker 0 is the home's learner (the log, learning, checkpoints, the lifecycle); 
 is a reader. A reader loads each model's served version from the home (its item features,
 catalogue and attributes: what a prediction needs besides w_u) and reads each user's w_u from
 the weights worker 0 publishes (storage/published_states.py), so a prediction costs a reader what
-it costs worker 0, and N workers answer predictions on N cores. Everything else (observe, top-k,
-the lifecycle, the admin routes) goes to worker 0 (api/forwarding.py).
+it costs worker 0, and N workers answer predictions on N cores. Top-k lists are answered here too
+(w_u and the user's rated items are published; each list goes to this reader's own decision log),
+except those that need what is not published: LinUCB and Thompson (the covariance P_u) and
+attribute filters. Everything else (observe, the lifecycle, the admin routes) goes to worker 0
+(api/forwarding.py).
 
 A reader answers through a ModelServer of its own, the one worker 0 and a single process use, so
 validation, errors, scores and monitoring are the same code. Its users' state is `PublishedUsers`:
@@ -25,12 +28,16 @@ from typing import cast
 import numpy as np
 
 from veloxserve.config import HomeLayout, ServingConfig
+from veloxserve.ids import Id
 from veloxserve.models.version import ModelVersion
+from veloxserve.serving.decisions import RecentDecisions, log_decision
+from veloxserve.serving.exploration import ExplorationPolicy
 from veloxserve.serving.feature_cache import FeatureCache
 from veloxserve.serving.idempotency import LocalWindow
-from veloxserve.serving.model_server import ModelServer
+from veloxserve.serving.model_server import ModelServer, Recommendation
 from veloxserve.serving.model_set import load_version, read_attributes
 from veloxserve.serving.user_state import ErrorsListener, UserState
+from veloxserve.storage.decision_log import DecisionLog
 from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.published_states import PublishedStates, VersionMoved
 from veloxserve.storage.user_store import UserStore
@@ -45,6 +52,7 @@ class PublishedUsers:
     def __init__(self, published: PublishedStates, model: str, version: ModelVersion) -> None:
         self.published, self.model, self.version_id = published, model, version.version
         self.prior = version.prior.mean
+        self.dim = version.dim
 
     def __len__(self) -> int:
         return self.published.count(self.model, self.version_id)
@@ -56,10 +64,10 @@ class PublishedUsers:
         return self.published.weights(self.model, self.version_id, users, self.prior)
 
     def covariance(self, user: str) -> np.ndarray:
-        raise VersionMoved(self.model)  # not published: top-k with exploration is worker 0's
+        raise VersionMoved(self.model)  # not published (k² floats a user): LinUCB and Thompson are worker 0's
 
     def seen_rows(self, user: str) -> np.ndarray:
-        raise VersionMoved(self.model)
+        return self.published.seen(self.model, self.version_id, user, self.dim)
 
 
 class PublishedUserState(UserState):
@@ -127,11 +135,20 @@ class Readers:
     redis_watch = None
 
     def __init__(
-        self, home: str | Path, published: Path | PublishedStates, config: ServingConfig | None = None
+        self,
+        home: str | Path,
+        published: Path | PublishedStates,
+        config: ServingConfig | None = None,
+        *,
+        instance: str = "reader",
     ) -> None:
         """`published`: the map worker 0 publishes into, opened once worker 0 has created it (or
-        open already: LMDB opens a map once per process, so a test's learner and reader share it)."""
+        open already: LMDB opens a map once per process, so a test's learner and reader share it).
+        `instance`: names this reader's decision log (beside those of `serve --instance` processes)."""
         self.layout = HomeLayout(Path(home))
+        self.instance = instance
+        self._decision_logs: dict[str, DecisionLog] = {}
+        self._recent = RecentDecisions(0)  # observations are checked by worker 0, which never saw these
         self.config = config or ServingConfig()
         self._published = published if isinstance(published, PublishedStates) else None
         self.published_path = published.path if isinstance(published, PublishedStates) else published
@@ -151,6 +168,41 @@ class Readers:
             self.refresh(model)
             raise VersionMoved(model)
         return server
+
+    def recommend(
+        self,
+        model: str,
+        user: Id,
+        k: int,
+        *,
+        candidates: Sequence[Id] | None = None,
+        exclude_seen: bool = False,
+        filter: str | None = None,
+        policy: str | None = None,
+        epsilon: float | None = None,
+        alpha: float | None = None,
+    ) -> Recommendation:
+        """Velox.recommend, logged to this reader's decision log. A list that needs what is not
+        published (LinUCB's and Thompson's covariances, item attributes worker 0 may have replaced
+        since this reader loaded them) is worker 0's: VersionMoved."""
+        if filter is not None:
+            raise VersionMoved(model)
+        server = self.server(model)
+        rec = server.recommend(
+            user,
+            k,
+            candidates=candidates,
+            exclude_seen=exclude_seen,
+            policy=ExplorationPolicy.parse(policy, epsilon, alpha),
+        )
+        return log_decision(rec, server.version_id, self._recent, self._decision_log(model))
+
+    def _decision_log(self, model: str) -> DecisionLog:
+        with self._lock:
+            log = self._decision_logs.get(model)
+            if log is None:
+                log = self._decision_logs[model] = DecisionLog(self.layout.decision_log_dir(model, self.instance))
+            return log
 
     def refresh(self, model: str, wait: bool = False) -> None:
         """Load the version worker 0 serves for `model`, in the background (or now, with `wait`)."""
@@ -202,5 +254,7 @@ class Readers:
         )
 
     def close(self) -> None:
+        for decision_log in self._decision_logs.values():
+            decision_log.close()
         if self._published is not None:
             self._published.close()

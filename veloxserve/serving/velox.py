@@ -26,6 +26,7 @@ from veloxserve.errors import StoreUnavailable
 from veloxserve.ids import Id, canonical_id
 from veloxserve.models.attributes import ItemAttributes
 from veloxserve.serving.backend import Backend, check_instance, open_backend
+from veloxserve.serving.decisions import log_decision
 from veloxserve.serving.durability import Acknowledgement
 from veloxserve.serving.exploration import ExplorationPolicy
 from veloxserve.serving.feature_cache import FeatureCache
@@ -35,7 +36,7 @@ from veloxserve.serving.model_server import ModelServer, Observation, Receipt, R
 from veloxserve.serving.model_set import ModelSet
 from veloxserve.serving.redis_watch import RedisWatch
 from veloxserve.serving.retraining import Retrainer, RetrainJob, RetrainPolicy
-from veloxserve.storage.decision_log import DecisionLog, new_decision_id
+from veloxserve.storage.decision_log import DecisionLog
 from veloxserve.storage.home_lock import HomeLock
 from veloxserve.storage.item_tables import read_item_table, write_item_table
 from veloxserve.storage.observation_log import ObservationLog
@@ -237,23 +238,7 @@ class Velox:
             filter=filter,
             policy=ExplorationPolicy.parse(policy, epsilon, alpha),
         )
-        rec.decision = new_decision_id()
-        rec.model_version = server.version_id
-        items = [str(i) for i in rec.items]
-        self._models.recent_decisions(model).remember(rec.decision, rec.user, items)
-        self._decision_log(model).append(
-            {
-                "decision": rec.decision,
-                "ts": time.time(),
-                "model_version": server.version_id,
-                "user": rec.user,
-                "policy": rec.policy.describe(),
-                "items": items,
-                "scores": rec.scores,
-                "propensities": rec.propensities,
-            }
-        )
-        return rec
+        return log_decision(rec, server.version_id, self._models.recent_decisions(model), self._decision_log(model))
 
     def alerts(self, model: str) -> dict[str, Any]:
         """What to fix in the served version: its deviations from its training data, its drift

@@ -82,20 +82,31 @@ class PublishedStates:
         self._env.close()
 
     # ---- the learner's side ----------------------------------------------------------------
-    def replace(self, model: str, version: str, users: Sequence[str], weights: np.ndarray) -> None:
+    def replace(
+        self, model: str, version: str, users: Sequence[str], weights: np.ndarray, seen: Sequence[np.ndarray]
+    ) -> None:
         """Publish every user of `version` at once (after a recovery or a swap's rebuild),
-        replacing what a previous learner published for it."""
+        replacing what a previous learner published for it. Row i of `weights` is users[i]'s w_u,
+        seen[i] the item rows they rated (for top-k's exclude_seen)."""
         prefix = _WEIGHTS + _namespace(model, version)
         self._env.reader_check()  # a reader killed inside a read transaction would pin old pages forever
         with self._env.begin(write=True) as txn:
             _delete_prefix(txn, prefix)
-            self._put(txn, prefix, users, weights)
+            self._put(txn, prefix, users, weights, seen)
             txn.put(_COUNT + _namespace(model, version), str(len(users)).encode())
 
-    def publish(self, model: str, version: str, users: Sequence[str], weights: np.ndarray, count: int) -> None:
-        """Publish the weights of the users a batch changed (row i of `weights` is users[i]'s)."""
+    def publish(
+        self,
+        model: str,
+        version: str,
+        users: Sequence[str],
+        weights: np.ndarray,
+        seen: Sequence[np.ndarray],
+        count: int,
+    ) -> None:
+        """Publish the users a batch changed, as `replace` does; `count`: the version's users now."""
         with self._env.begin(write=True) as txn:
-            self._put(txn, _WEIGHTS + _namespace(model, version), users, weights)
+            self._put(txn, _WEIGHTS + _namespace(model, version), users, weights, seen)
             txn.put(_COUNT + _namespace(model, version), str(count).encode())
 
     def remove(self, model: str, user: str) -> None:
@@ -118,9 +129,17 @@ class PublishedStates:
                 txn.delete(key)
 
     @staticmethod
-    def _put(txn: lmdb.Transaction, prefix: bytes, users: Sequence[str], weights: np.ndarray) -> None:
+    def _put(
+        txn: lmdb.Transaction, prefix: bytes, users: Sequence[str], weights: np.ndarray, seen: Sequence[np.ndarray]
+    ) -> None:
+        """Each user's entry: w_u (k float64), then the item rows they rated (int64)."""
         rows = np.ascontiguousarray(weights, dtype=np.float64)
-        txn.cursor().putmulti([(prefix + user.encode(), row.tobytes()) for user, row in zip(users, rows)])
+        txn.cursor().putmulti(
+            [
+                (prefix + user.encode(), row.tobytes() + np.asarray(items, dtype=np.int64).tobytes())
+                for user, row, items in zip(users, rows, seen)
+            ]
+        )
 
     # ---- a reader's side -----------------------------------------------------------------
     def active(self, model: str) -> str | None:
@@ -146,8 +165,19 @@ class PublishedStates:
                 raise VersionMoved(model)
             for i, user in enumerate(users):
                 value = txn.get(prefix + user.encode())
-                out[i] = prior if value is None else np.frombuffer(value, dtype=np.float64)
+                out[i] = prior if value is None else np.frombuffer(value, dtype=np.float64, count=prior.size)
         return out
+
+    def seen(self, model: str, version: str, user: str, dim: int) -> np.ndarray:
+        """The item rows `user` rated, as `version` of `model` serves them (VersionMoved as `weights`)."""
+        with self._env.begin() as txn:
+            active = txn.get(_ACTIVE + model.encode())
+            if active is None or bytes(active) != version.encode():
+                raise VersionMoved(model)
+            value = txn.get(_WEIGHTS + _namespace(model, version) + user.encode())
+        if value is None:
+            return np.empty(0, dtype=np.int64)
+        return np.frombuffer(value, dtype=np.int64, offset=8 * dim).copy()
 
 
 def _keys(cursor: lmdb.Cursor, prefix: bytes) -> list[bytes]:
