@@ -1,4 +1,4 @@
-"""Embedded workers: predict and observe requests/s of `serve --workers 1` vs `--workers 2`.
+"""Embedded workers: predict, top-k and observe requests/s of `serve --workers 1` vs `--workers 2`.
 
 Catify, rank 50, 2,000 users x 1,000 songs, as bench/bench_http.py (its wrk requests: a random
 trained user and song). 32 wrk connections, one wrk thread pinned to the last core; the workers
@@ -9,7 +9,7 @@ figures.
 Each answer names the worker that took it and whether worker 0 computed it
 (`x-veloxserve-forwarded`); wrk's script counts them, and /proc gives each worker's CPU time, so
 each configuration reports, per worker, the requests it answered itself, those it forwarded, the
-cores it used and its CPU-µs per request. A core's worth of predictions (`predictions_per_core`)
+cores it used and its CPU-µs per request. A core's worth of requests (`requests_per_core`, predict and top-k)
 is what N cores serve N times over when the readers' cost holds: the figure that carries to a
 machine with more cores than this one. The configuration bench_scaleout.py calls
 `embedded_workers` is `serve_command(home, port, workers)`:
@@ -19,7 +19,7 @@ machine with more cores than this one. The configuration bench_scaleout.py calls
     .venv/bin/python bench/bench_workers.py            # 3 repeats x 5 s per route and configuration
     .venv/bin/python bench/bench_workers.py --quick    # 1 repeat x 2 s
 
-Prints one JSON document (medians over the repeats); progress goes to stderr.
+Prints one JSON document (per route and configuration, the median repeat by requests/s); progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 
 from bench_http import LOADS, free_port, run_wrk, train, wait_ready
 
-ROUTES = {"predict": "predict_get", "observe": "observe"}
+ROUTES = {"predict": "predict_get", "top_k": "top_k_get", "observe": "observe"}
 CONNECTIONS = 32
 # Appended to a load's script: count answers by worker and by who computed them, printed by done().
 COUNTING = """
@@ -177,12 +177,17 @@ def main() -> None:
         one = report["workers_1"][route]["requests_per_s"]  # type: ignore[index]
         two = report["workers_2"][route]["requests_per_s"]  # type: ignore[index]
         report[f"{route}_speedup_2_over_1"] = round(two / one, 3) if one else None
-    reader = report["workers_2"]["predict"]["workers"].get("1", {})  # type: ignore[index]
-    alone = report["workers_1"]["predict"]["cpu_us_per_request"]  # type: ignore[index]
-    report["predictions_per_core"] = {
-        "workers_1": round(1e6 / alone) if alone else None,
-        "reader_of_workers_2": round(1e6 / reader["cpu_us_per_request"]) if reader.get("cpu_us_per_request") else None,
-    }
+    per_core: dict[str, dict[str, int | None]] = {}
+    for route in ("predict", "top_k"):
+        reader = report["workers_2"][route]["workers"].get("1", {})  # type: ignore[index]
+        alone = report["workers_1"][route]["cpu_us_per_request"]  # type: ignore[index]
+        per_core[route] = {
+            "workers_1": round(1e6 / alone) if alone else None,
+            "reader_of_workers_2": round(1e6 / reader["cpu_us_per_request"])
+            if reader.get("cpu_us_per_request")
+            else None,
+        }
+    report["requests_per_core"] = per_core
     print(json.dumps(report, indent=2))
 
 

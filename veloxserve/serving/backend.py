@@ -123,10 +123,6 @@ class Backend(ABC):
         """How a served version of `model` keeps its users' state."""
 
     @abstractmethod
-    def activated(self, model: str, version: str) -> None:
-        """This process serves `version` of `model` from now on (called under the swap's lock)."""
-
-    @abstractmethod
     def start(self, served: Served, forget_here: ForgetHere, models: Sequence[str]) -> None:
         """Every model is open and served: start what watches them, what switches `served` and
         what calls `forget_here(model, user)` for a user another process forgot."""
@@ -181,10 +177,6 @@ class EmbeddedBackend(Backend):
 
     def user_state(self, model: str, obs_log: ObservationLog) -> UserStateFactory:
         return LocalUserState if self.published is None else partial(LocalUserState, published=self.published)
-
-    def activated(self, model: str, version: str) -> None:
-        if self.published is not None:  # before the switch returns: no reader answers the old version after
-            self.published.activate(model, version)
 
     def start(self, served: Served, forget_here: ForgetHere, models: Sequence[str]) -> None:
         self._served = served  # nothing to watch: no network service behind the state
@@ -320,9 +312,6 @@ class SharedBackend(Backend):
             return state
 
         return shared_state
-
-    def activated(self, model: str, version: str) -> None:
-        pass  # the switch moved the active pointer in Redis already (serving/coordination.py)
 
     def start(self, served: Served, forget_here: ForgetHere, models: Sequence[str]) -> None:
         """Follow each model's lifecycle in Redis (converging on its active version now); /healthz's

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 from collections import deque
@@ -69,11 +70,14 @@ class LocalUserState(UserState):
         self._checkpoints_frozen = False
         self.applied_lsn = upto_lsn  # the log prefix this state reflects
         self._published: PublishedStates | None = None
+        # Each server publishes into a namespace of its own: a swap to the version already served,
+        # or a restarted worker 0, never overwrites what the readers read until the pointer moves.
+        self._namespace = f"{version.version}@{secrets.token_hex(4)}"
         self.replayed = self._recover()
         if published is not None:  # everything recovered at once, then each learned batch
             users = list(self.table.rows)
             seen = [self.table.seen_rows(u) for u in users]
-            published.replace(self.name, version.version, users, self.table.W[list(self.table.rows.values())], seen)
+            published.replace(self.name, self._namespace, users, self.table.W[list(self.table.rows.values())], seen)
             self._published = published
         obs_log.add_commit_hook(self._on_durable, self._on_refused)
 
@@ -125,9 +129,7 @@ class LocalUserState(UserState):
             changed = list(dict.fromkeys(users))
             weights = table.W[[table.rows[u] for u in changed]]
             seen = [table.seen_rows(u) for u in changed]
-            self._to_readers(
-                lambda: published.publish(self.name, self.version.version, changed, weights, seen, len(table))
-            )
+            self._to_readers(lambda: published.publish(self.name, self._namespace, changed, weights, seen, len(table)))
 
     def _to_readers(self, write: Callable[[], None]) -> None:
         """Publish to the reader workers before the batch is acknowledged (or the forget receipted).
@@ -140,6 +142,11 @@ class LocalUserState(UserState):
             log.critical("%s: publishing to the reader workers failed; stopping this worker", self.name, exc_info=True)
             logging.shutdown()
             os._exit(70)
+
+    def activated(self) -> None:
+        published = self._published
+        if published is not None:  # before the switch returns: no reader answers the old state after it
+            self._to_readers(lambda: published.activate(self.name, self._namespace))
 
     def retire(self) -> None:
         self._log.remove_commit_hook(self._on_durable)

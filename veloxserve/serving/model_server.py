@@ -502,6 +502,10 @@ class ModelServer:
     def _catalog_key(self, row: int) -> str:
         return str(self._catalog.external(row))
 
+    def activated(self) -> None:
+        """This server is the one its model serves from now on (ModelSet.swap, under its locks)."""
+        self.state.activated()
+
     def retire(self) -> None:
         """A newer version's server took over (under this one's serving lock, after a log sync, so
         nothing is left unlearned): refuse observations and stop learning from the log."""

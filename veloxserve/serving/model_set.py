@@ -189,13 +189,13 @@ class ModelSet:
                 raise
             if old is None:
                 catalog.activate(version_id)
-                self._backend.activated(model, version_id)
+                new.activated()
                 self._servers[model] = new
                 return
             with old.serving_lock():  # observations wait here for the last few milliseconds
                 new.catch_up(obs_log.sync())  # what the old server learned while the new one was built
                 catalog.activate(version_id)
-                self._backend.activated(model, version_id)
+                new.activated()
                 self._servers[model] = new
                 old.retire()
             self.feature_cache.drop((model, old.version_id))

@@ -49,25 +49,25 @@ log = logging.getLogger(__name__)
 class PublishedUsers:
     """UserStates (learning/states.py) of one version, read from what worker 0 published."""
 
-    def __init__(self, published: PublishedStates, model: str, version: ModelVersion) -> None:
-        self.published, self.model, self.version_id = published, model, version.version
+    def __init__(self, published: PublishedStates, namespace: str, version: ModelVersion) -> None:
+        self.published, self.model, self.namespace = published, version.name, namespace
         self.prior = version.prior.mean
         self.dim = version.dim
 
     def __len__(self) -> int:
-        return self.published.count(self.model, self.version_id)
+        return self.published.count(self.model, self.namespace)
 
     def weights(self, user: str) -> np.ndarray:
-        return self.published.weights(self.model, self.version_id, [user], self.prior)[0]
+        return self.published.weights(self.model, self.namespace, [user], self.prior)[0]
 
     def weights_many(self, users: Sequence[str]) -> np.ndarray:
-        return self.published.weights(self.model, self.version_id, users, self.prior)
+        return self.published.weights(self.model, self.namespace, users, self.prior)
 
     def covariance(self, user: str) -> np.ndarray:
         raise VersionMoved(self.model)  # not published (k² floats a user): LinUCB and Thompson are worker 0's
 
     def seen_rows(self, user: str) -> np.ndarray:
-        return self.published.seen(self.model, self.version_id, user, self.dim)
+        return self.published.seen(self.model, self.namespace, user, self.dim)
 
 
 class PublishedUserState(UserState):
@@ -84,8 +84,9 @@ class PublishedUserState(UserState):
         upto_lsn: int,
         on_errors: ErrorsListener,
         published: PublishedStates,
+        namespace: str,
     ) -> None:
-        self.table = PublishedUsers(published, version.name, version)
+        self.table = PublishedUsers(published, namespace, version)
 
     @staticmethod
     def _learner_only() -> RuntimeError:
@@ -108,6 +109,9 @@ class PublishedUserState(UserState):
 
     def learned(self, instance: str, user: str, lsn: int) -> bool:
         raise self._learner_only()
+
+    def activated(self) -> None:
+        pass  # a reader serves what worker 0 made active
 
     def retire(self) -> None:
         pass  # nothing to stop: the reader drops the server
@@ -154,6 +158,7 @@ class Readers:
         self.published_path = published.path if isinstance(published, PublishedStates) else published
         self.feature_cache = FeatureCache(self.config.feature_cache_bytes)
         self._servers: dict[str, ModelServer] = {}
+        self._namespaces: dict[str, str] = {}  # what each server reads (PublishedStates.active)
         self._loading: set[str] = set()
         self._lock = threading.Lock()
 
@@ -223,24 +228,26 @@ class Readers:
     def _load(self, model: str) -> None:
         try:
             published = self._map()
-            version_id = None if published is None else published.active(model)
+            namespace = None if published is None else published.active(model)
             current = self._servers.get(model)
-            if version_id is None or (current is not None and current.version_id == version_id):
-                return  # nothing published (yet, or no such model): worker 0 answers
-            self._servers[model] = self._serve(model, version_id, published)  # type: ignore[arg-type]
+            if namespace is None or self._namespaces.get(model) == namespace:
+                return  # nothing published (yet, or no such model), or loaded already
+            self._servers[model] = self._serve(model, namespace, published)  # type: ignore[arg-type]
+            self._namespaces[model] = namespace
             if current is not None:
                 self.feature_cache.drop((model, current.version_id))
-            log.info("reader: %s serves %s", model, version_id)
+            log.info("reader: %s serves %s", model, namespace)
         except Exception:  # worker 0 answers meanwhile; the next request retries the load
             log.exception("reader: loading the served version of %s failed", model)
         finally:
             with self._lock:
                 self._loading.discard(model)
 
-    def _serve(self, model: str, version_id: str, published: PublishedStates) -> ModelServer:
-        version = load_version(VersionCatalog(self.layout.model_dir(model)), version_id)
+    def _serve(self, model: str, namespace: str, published: PublishedStates) -> ModelServer:
+        """A server of the version `namespace` names (`<version>@<server of worker 0>`)."""
+        version = load_version(VersionCatalog(self.layout.model_dir(model)), namespace.split("@", 1)[0])
         config = self.config
-        state: Callable[..., UserState] = partial(PublishedUserState, published=published)
+        state: Callable[..., UserState] = partial(PublishedUserState, published=published, namespace=namespace)
         return ModelServer(
             version,
             _NO_STORE,

@@ -139,6 +139,9 @@ class SharedUserState(UserState):
         self._own_upto = max(self._own_upto, upto_lsn)
         return replayed
 
+    def activated(self) -> None:
+        pass  # the switch moved the active pointer in Redis (serving/coordination.py)
+
     def retire(self) -> None:
         """Batches still queued in the Applier are learned into this version's namespace."""
 

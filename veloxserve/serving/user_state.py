@@ -60,6 +60,10 @@ class UserState(ABC):
         the serving server's lock). Returns the observations learned."""
 
     @abstractmethod
+    def activated(self) -> None:
+        """This state is the one served from now on (called under the swap's locks)."""
+
+    @abstractmethod
     def retire(self) -> None:
         """A newer version's server took over: stop learning from the log."""
 

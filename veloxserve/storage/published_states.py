@@ -50,8 +50,8 @@ class VersionMoved(VeloxError):
         self.model = model
 
 
-def _namespace(model: str, version: str) -> bytes:
-    return f"{model}\0{version}\0".encode()
+def _namespace(model: str, namespace: str) -> bytes:
+    return f"{model}\0{namespace}\0".encode()
 
 
 class PublishedStates:
@@ -83,22 +83,22 @@ class PublishedStates:
 
     # ---- the learner's side ----------------------------------------------------------------
     def replace(
-        self, model: str, version: str, users: Sequence[str], weights: np.ndarray, seen: Sequence[np.ndarray]
+        self, model: str, namespace: str, users: Sequence[str], weights: np.ndarray, seen: Sequence[np.ndarray]
     ) -> None:
-        """Publish every user of `version` at once (after a recovery or a swap's rebuild),
-        replacing what a previous learner published for it. Row i of `weights` is users[i]'s w_u,
+        """Publish every user of a server's `namespace` (a version, and which server of it) at once,
+        after its recovery or a swap's rebuild. Row i of `weights` is users[i]'s w_u,
         seen[i] the item rows they rated (for top-k's exclude_seen)."""
-        prefix = _WEIGHTS + _namespace(model, version)
+        prefix = _WEIGHTS + _namespace(model, namespace)
         self._env.reader_check()  # a reader killed inside a read transaction would pin old pages forever
         with self._env.begin(write=True) as txn:
             _delete_prefix(txn, prefix)
             self._put(txn, prefix, users, weights, seen)
-            txn.put(_COUNT + _namespace(model, version), str(len(users)).encode())
+            txn.put(_COUNT + _namespace(model, namespace), str(len(users)).encode())
 
     def publish(
         self,
         model: str,
-        version: str,
+        namespace: str,
         users: Sequence[str],
         weights: np.ndarray,
         seen: Sequence[np.ndarray],
@@ -106,8 +106,8 @@ class PublishedStates:
     ) -> None:
         """Publish the users a batch changed, as `replace` does; `count`: the version's users now."""
         with self._env.begin(write=True) as txn:
-            self._put(txn, _WEIGHTS + _namespace(model, version), users, weights, seen)
-            txn.put(_COUNT + _namespace(model, version), str(count).encode())
+            self._put(txn, _WEIGHTS + _namespace(model, namespace), users, weights, seen)
+            txn.put(_COUNT + _namespace(model, namespace), str(count).encode())
 
     def remove(self, model: str, user: str) -> None:
         """A forgotten user: gone from every version of `model` (a reader answers the prior)."""
@@ -115,18 +115,19 @@ class PublishedStates:
         name = user.encode()
         with self._env.begin(write=True) as txn:
             for key in _keys(txn.cursor(), prefix):
-                if key[len(prefix) :].split(b"\0", 1)[-1] == name:  # model\0version\0user
+                if key[len(prefix) :].split(b"\0", 1)[-1] == name:  # model\0namespace\0user
                     txn.delete(key)
 
-    def activate(self, model: str, version: str) -> None:
-        """`model` serves `version` from now on; the entries of its other versions are dropped."""
-        keep = _WEIGHTS + _namespace(model, version)
+    def activate(self, model: str, namespace: str) -> None:
+        """`model` is served from `namespace` from now on; every other namespace of it is dropped."""
+        keep = (_WEIGHTS + _namespace(model, namespace), _COUNT + _namespace(model, namespace))
         self._env.reader_check()
         with self._env.begin(write=True) as txn:
-            txn.put(_ACTIVE + model.encode(), version.encode())
-            stale = [bytes(k) for k in _keys(txn.cursor(), _WEIGHTS + f"{model}\0".encode()) if not k.startswith(keep)]
-            for key in stale:
-                txn.delete(key)
+            txn.put(_ACTIVE + model.encode(), namespace.encode())
+            for kind in (_WEIGHTS, _COUNT):
+                for key in _keys(txn.cursor(), kind + f"{model}\0".encode()):
+                    if not key.startswith(keep):
+                        txn.delete(key)
 
     @staticmethod
     def _put(
@@ -143,14 +144,14 @@ class PublishedStates:
 
     # ---- a reader's side -----------------------------------------------------------------
     def active(self, model: str) -> str | None:
-        """The version `model` serves, as last published (None before the learner published it)."""
+        """The namespace `model` is served from (`<version>@<server>`; None before the learner published it)."""
         with self._env.begin() as txn:
             value = txn.get(_ACTIVE + model.encode())
         return None if value is None else bytes(value).decode()
 
-    def count(self, model: str, version: str) -> int:
+    def count(self, model: str, namespace: str) -> int:
         with self._env.begin() as txn:
-            value = txn.get(_COUNT + _namespace(model, version))
+            value = txn.get(_COUNT + _namespace(model, namespace))
         return 0 if value is None else int(bytes(value))
 
     def weights(self, model: str, version: str, users: Sequence[str], prior: np.ndarray) -> np.ndarray:
@@ -168,13 +169,13 @@ class PublishedStates:
                 out[i] = prior if value is None else np.frombuffer(value, dtype=np.float64, count=prior.size)
         return out
 
-    def seen(self, model: str, version: str, user: str, dim: int) -> np.ndarray:
-        """The item rows `user` rated, as `version` of `model` serves them (VersionMoved as `weights`)."""
+    def seen(self, model: str, namespace: str, user: str, dim: int) -> np.ndarray:
+        """The item rows `user` rated, as `namespace` of `model` holds them (VersionMoved as `weights`)."""
         with self._env.begin() as txn:
             active = txn.get(_ACTIVE + model.encode())
-            if active is None or bytes(active) != version.encode():
+            if active is None or bytes(active) != namespace.encode():
                 raise VersionMoved(model)
-            value = txn.get(_WEIGHTS + _namespace(model, version) + user.encode())
+            value = txn.get(_WEIGHTS + _namespace(model, namespace) + user.encode())
         if value is None:
             return np.empty(0, dtype=np.int64)
         return np.frombuffer(value, dtype=np.int64, offset=8 * dim).copy()
