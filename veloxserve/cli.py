@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="processes serving the home on one port (embedded store only): worker 0 learns and logs, the "
-        "others forward to it (docs/deployment.md, 'Several workers')",
+        "others answer predict and top-k from what it publishes and forward the rest (docs/deployment.md)",
     )
     # set by the supervisor for each worker (workers.py)
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)

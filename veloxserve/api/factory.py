@@ -28,7 +28,7 @@ def create_app(
     `auth=AuthConfig(enabled=False)`; `admission` sets the load-shedding limits; Clipper deploys
     model files from `<home>/models-in/` and `model_dirs` only. `frontend`: which of several
     processes serving the home this is (clipper/frontends.py); default: from the environment
-    `serve --workers N` sets per worker (VELOXSERVE_WORKER_INDEX, VELOXSERVE_WORKERS), else the only one."""
+    (VELOXSERVE_WORKER_INDEX, VELOXSERVE_WORKERS), else the only one."""
     tokens = TokenStore(velox.layout.tokens_file)
     frontend = frontend or Frontend.from_env()
     clipper = ClipperRuntime(velox.layout.root, model_dirs=model_dirs, frontend=frontend)

@@ -1,7 +1,9 @@
 """Several frontend processes over one home: one owns the model containers, the others attach.
 
 One serving event loop caps how many queries it can batch (about 4k queries/s for a linear
-model), so with `serve --workers N` each worker process is a frontend of the same home:
+model), so several `serve` processes over one home can each be a frontend of it (each told which
+by VELOXSERVE_WORKER_INDEX and VELOXSERVE_WORKERS; `serve --workers N` does not start frontends:
+its readers forward Clipper's routes to worker 0):
 
 - The frontend that holds `<home>/clipper/OWNER.lock` (an flock, released by the kernel when its
   process dies, kill -9 included) starts the containers, runs every admin operation and publishes
@@ -64,8 +66,8 @@ class Frontend:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Frontend:
-        """From VELOXSERVE_WORKER_INDEX and VELOXSERVE_WORKERS (set per worker by `serve --workers N`);
-        neither set: the one frontend."""
+        """From VELOXSERVE_WORKER_INDEX and VELOXSERVE_WORKERS (set per process by whoever starts the
+        frontends); neither set: the one frontend."""
         env = os.environ if env is None else env
         values = []
         for name, default in (("VELOXSERVE_WORKER_INDEX", "0"), ("VELOXSERVE_WORKERS", "1")):
@@ -152,7 +154,7 @@ class Coordinator:
         raise Conflict(
             f"Frontend {self.frontend.index} attaches to the containers of frontend {owner.get('frontend', '?')} "
             f"(pid {owner.get('pid', '?')}), which runs Clipper's admin operations; {operation} was not run. "
-            "Send it again: it runs on the owner (with `serve --workers N` a retry may reach it), and every "
+            "Send it to the owner's port: it runs there, and every "
             "frontend follows the change within a second."
         )
 
