@@ -100,6 +100,21 @@ def test_a_reader_answers_predictions_itself_with_every_acknowledged_observation
         raise AssertionError("no observation reached worker 1")
 
 
+def test_metrics_count_the_requests_every_worker_answered(workers: ServerProcess) -> None:
+    answered: dict[tuple[str, bool], int] = {}
+    for n in range(60):
+        with httpx.Client(base_url=workers.url, timeout=30) as http:  # new connections: both workers
+            r = http.get("/models/songs/predict", params={"user": f"m{n}", "item": 100 + n % 50})
+        assert r.status_code == 200
+        key = (r.headers["x-veloxserve-worker"], "x-veloxserve-forwarded" not in r.headers)
+        answered[key] = answered.get(key, 0) + 1
+    assert answered.get(("1", True)) and answered.get(("0", True))  # each worker computed some itself
+    with httpx.Client(base_url=workers.url, timeout=30) as http:
+        text = http.get("/metrics").text  # answered by worker 0, whichever worker took it
+    line = next(x for x in text.splitlines() if x.startswith('veloxserve_requests_total{route="predict",status="200"}'))
+    assert float(line.split()[-1]) == 60  # summed over the workers, each counted once
+
+
 @pytest.fixture
 def two_versions(tmp_path: Path):
     store = VersionStore(HomeLayout(tmp_path).versions_dir("songs"))

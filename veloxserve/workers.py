@@ -61,6 +61,8 @@ class Supervisor:
         shm = _SHARED_MEMORY if _SHARED_MEMORY.is_dir() and os.access(_SHARED_MEMORY, os.W_OK) else None
         self._dir = Path(tempfile.mkdtemp(prefix="veloxserve-workers-", dir=shm))
         self.worker0_socket = self._dir / "worker0.sock"
+        self._metrics_dir = self._dir / "metrics"
+        self._metrics_dir.mkdir()
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * workers
         self._started = [0.0] * workers
         self._failures = [0] * workers
@@ -81,7 +83,9 @@ class Supervisor:
         ]
 
     def _start(self, index: int) -> None:
-        self._procs[index] = subprocess.Popen(self._command(index), preexec_fn=_die_with_parent)
+        # every worker's request metrics in one directory, summed by worker 0's /metrics (api/metrics.py)
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir)}
+        self._procs[index] = subprocess.Popen(self._command(index), env=env, preexec_fn=_die_with_parent)
         self._started[index] = time.monotonic()
 
     def run(self) -> int:

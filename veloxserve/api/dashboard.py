@@ -55,12 +55,15 @@ def request_figures(metrics: Metrics) -> dict[str, dict[str, Any]]:
     """Per route label: requests by status, the shed (503) count, the latency histogram (bounds
     in ms, cumulative counts) and its quantiles since the server started."""
     routes: dict[str, dict[str, Any]] = {}
-    for family in metrics.requests.collect():
+    families = list(metrics.request_families())
+    for family in families:
         for sample in family.samples:
-            if sample.name.endswith("_total"):
+            if family.name == "veloxserve_requests" and sample.name.endswith("_total"):
                 route = routes.setdefault(sample.labels["route"], _empty())
                 route["statuses"][sample.labels["status"]] = int(sample.value)
-    for family in metrics.latency.collect():
+    for family in families:
+        if family.name != "veloxserve_request_seconds":
+            continue
         for sample in family.samples:
             route = routes.setdefault(sample.labels["route"], _empty())
             if sample.name.endswith("_bucket"):

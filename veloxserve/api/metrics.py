@@ -3,14 +3,21 @@
 Each app has its own registry (several apps in one process, as in tests, never collide). Model
 state — active version, users, prequential error per window — is read at scrape time by a
 collector, so the hot path only pays for one histogram observation per request.
+
+Under `serve --workers N` each worker answers requests, but /metrics is answered by worker 0: the
+supervisor gives every worker PROMETHEUS_MULTIPROC_DIR, prometheus_client's multiprocess mode
+(each process's counts in its own memory-mapped file), and the request counters and latencies
+are rendered summed over every worker that ever ran (a restarted worker's counts are kept).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, Metric, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from veloxserve.serving.velox import Velox
@@ -156,15 +163,17 @@ class _ModelState(Collector):
 class Metrics:
     def __init__(self, velox: Velox) -> None:
         self.registry = CollectorRegistry()
+        shared_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        # Shared: the series live in the workers' files and are collected from there, not twice.
+        own = None if shared_dir else self.registry
         self.latency = Histogram(
-            "veloxserve_request_seconds", "Request latency", ["route"], buckets=_BUCKETS, registry=self.registry
+            "veloxserve_request_seconds", "Request latency", ["route"], buckets=_BUCKETS, registry=own
         )
         self.requests = Counter(
-            "veloxserve_requests", "Requests by route and status", ["route", "status"], registry=self.registry
+            "veloxserve_requests", "Requests by route and status", ["route", "status"], registry=own
         )
-        self.observations = Counter(
-            "veloxserve_observations", "Acknowledged observations", ["model"], registry=self.registry
-        )
+        self.observations = Counter("veloxserve_observations", "Acknowledged observations", ["model"], registry=own)
+        self._workers = None if not shared_dir else MultiProcessCollector(self.registry, path=shared_dir)
         self.registry.register(_ModelState(velox))
         self._children: dict[tuple[str, int], tuple] = {}  # bounded: routes and statuses are few
 
@@ -179,6 +188,15 @@ class Metrics:
             )
         children[0].observe(seconds)
         children[1].inc()
+
+    def request_families(self) -> Iterator[Metric]:
+        """The request counters and latencies: this process's, or every worker's under --workers."""
+        if self._workers is None:
+            yield from self.requests.collect()
+            yield from self.latency.collect()
+            return
+        names = {"veloxserve_requests", "veloxserve_request_seconds"}
+        yield from (family for family in self._workers.collect() if family.name in names)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
