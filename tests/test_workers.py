@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.clipper.conftest import constant_model, write_callable
 from tests.conftest import synthetic_version_arrays
 from tests.helpers import ServerProcess, eventually
 from veloxserve.config import HomeLayout
@@ -113,6 +114,35 @@ def test_metrics_count_the_requests_every_worker_answered(workers: ServerProcess
         text = http.get("/metrics").text  # answered by worker 0, whichever worker took it
     line = next(x for x in text.splitlines() if x.startswith('veloxserve_requests_total{route="predict",status="200"}'))
     assert float(line.split()[-1]) == 60  # summed over the workers, each counted once
+
+
+def test_clipper_applications_are_served_by_every_worker_over_worker_0s_containers(
+    workers: ServerProcess, tmp_path: Path
+) -> None:
+    model = write_callable(tmp_path / "models-in" / "k.pkl", constant_model(2.5))
+    with httpx.Client(base_url=workers.url, timeout=120) as http:  # admin: worker 0 owns the containers
+        deployed = http.post("/containers", json={"name": "k", "framework": "callable", "model": str(model)})
+        assert deployed.status_code == 200, deployed.text
+        assert http.post("/apps", json={"name": "a", "models": ["k"]}).status_code == 200
+
+    def app_answer(path: str, body: dict, worker: str) -> httpx.Response:
+        for _ in range(400):  # the reader's frontend attaches within a poll (0.2 s); before, worker 0 answers
+            with httpx.Client(base_url=workers.url, timeout=30) as http:
+                r = http.post(path, json=body)
+            if r.headers["x-veloxserve-worker"] == worker and "x-veloxserve-forwarded" not in r.headers:
+                return r
+        raise AssertionError(f"worker {worker} never answered {path} itself")
+
+    for worker in ("1", "0"):  # each frontend batches its own queries to the same container
+        answer = app_answer("/apps/a/predict", {"user": "u", "input": [1.0, 2.0]}, worker)
+        assert answer.status_code == 200 and answer.json()["output"] == 2.5, answer.text
+        fed = app_answer("/apps/a/observe", {"user": "u", "input": [1.0, 2.0], "label": 2.0}, worker)
+        assert fed.status_code == 200, fed.text
+    pids = set()
+    for _ in range(20):  # one container, started by worker 0 only
+        with httpx.Client(base_url=workers.url, timeout=30) as http:
+            pids |= {r["pid"] for r in http.get("/containers/k").json()["replicas"]}
+    assert len(pids) == 1
 
 
 @pytest.fixture

@@ -474,6 +474,7 @@ def _serve(args: argparse.Namespace) -> int:
     from veloxserve.api.auth import AuthConfig
     from veloxserve.api.forwarding import tag_worker
     from veloxserve.api.http_server import HTTPServer, serve
+    from veloxserve.clipper.frontends import Frontend
     from veloxserve.serving.velox import Velox
 
     settings = getattr(args, "settings", None) or _settings(args)
@@ -508,7 +509,10 @@ def _serve(args: argparse.Namespace) -> int:
         published=published,
     )
     try:
-        app = create_app(velox, auth=auth, admission=settings.admission, model_dirs=server_settings.model_dirs)
+        frontend = None if index is None else Frontend(0, args.workers)  # worker 0: the Clipper owner
+        app = create_app(
+            velox, auth=auth, admission=settings.admission, model_dirs=server_settings.model_dirs, frontend=frontend
+        )
         if no_auth:
             print(
                 "WARNING: --no-auth: anyone who can reach this port can retrain, activate, change policies, "
@@ -572,6 +576,7 @@ def _serve_reader(args: argparse.Namespace, settings: Any, index: int) -> int:
     from veloxserve.api.auth import AuthConfig
     from veloxserve.api.forwarding import Forwarder, ReaderApp, tag_worker
     from veloxserve.api.http_server import HTTPServer, serve
+    from veloxserve.clipper.frontends import Frontend
     from veloxserve.clipper.runtime import ClipperRuntime
     from veloxserve.serving.reader import Readers
     from veloxserve.serving.velox import Velox
@@ -582,13 +587,11 @@ def _serve_reader(args: argparse.Namespace, settings: Any, index: int) -> int:
     readers = Readers(server.home, published_path(args.worker0_socket), settings.serving, instance=f"worker-{index}")
     auth = AuthConfig(enabled=settings.auth.enabled, keyed_models=frozenset(settings.auth.keyed_models))
     velox = cast(Velox, readers)  # the prediction routes' part of Velox (serving/reader.py)
-    local = VeloxApp(
-        velox,
-        TokenStore(readers.layout.tokens_file),
-        ClipperRuntime(server.home),
-        auth=auth,
-        admission=settings.admission,
+    # a Clipper frontend that attaches to worker 0's containers and batches this worker's queries
+    clipper = ClipperRuntime(
+        server.home, model_dirs=server.model_dirs, frontend=Frontend(index, args.workers, may_own=False)
     )
+    local = VeloxApp(velox, TokenStore(readers.layout.tokens_file), clipper, auth=auth, admission=settings.admission)
     for model in readers.layout.model_names():  # loaded before the first request where published already
         readers.refresh(model, wait=True)
     app = tag_worker(ReaderApp(local, Forwarder(args.worker0_socket), readers), index)

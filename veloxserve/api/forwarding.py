@@ -194,18 +194,23 @@ class Forwarder:
 
 class ReaderApp:
     """A reader worker's ASGI app. Predictions are answered by `local` (a VeloxApp over this
-    worker's Readers: the same routing, auth, validation and errors as worker 0); a prediction
+    worker's Readers: the same routing, auth, validation and errors as worker 0), and so are
+    Clipper applications' predictions and feedback once this worker's frontend (an attacher of
+    worker 0's containers, clipper/frontends.py) serves the application; a prediction
     the reader cannot answer at the served version (VersionMoved, 421) and every other request
     are answered by worker 0 through `forwarder`."""
 
     LOCAL = frozenset({"predict_one", "predict_batch", "top_k_get", "top_k_post"})
+    LOCAL_CLIPPER = frozenset({"app_predict", "app_observe"})  # once this frontend has attached the app
 
     def __init__(self, local: VeloxApp, forwarder: Forwarder, readers: Readers) -> None:
         self.local, self.forwarder, self.readers = local, forwarder, readers
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            return await self._lifespan(scope, receive, send)
         if scope["type"] != "http":
-            return await self.forwarder(scope, receive, send)  # lifespan: the forwarder's pool
+            return
         model = self._local_model(scope)
         if model is None:
             return await self.forwarder(scope, receive, send)
@@ -233,7 +238,21 @@ class ReaderApp:
             route, args = self.local.router.match(scope["method"], scope["path"], path_parts(scope))
         except VeloxError:
             return None
+        if route.handler in self.LOCAL_CLIPPER:  # this frontend's own batching, over worker 0's containers
+            return args[0] if args[0] in self.local.clipper.runtime.apps else None
         return args[0] if route.handler in self.LOCAL else None
+
+    async def _lifespan(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The forwarder's pool, and this worker's Clipper frontend (attached to worker 0's containers)."""
+
+        async def started(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                await self.local.clipper.start()
+            elif message["type"] == "lifespan.shutdown.complete":
+                await self.local.clipper.close()
+            await send(message)
+
+        await self.forwarder(scope, receive, started)
 
 
 async def _bounded_body(receive: Any) -> bytes:

@@ -2,8 +2,9 @@
 
 One serving event loop caps how many queries it can batch (about 4k queries/s for a linear
 model), so several `serve` processes over one home can each be a frontend of it (each told which
-by VELOXSERVE_WORKER_INDEX and VELOXSERVE_WORKERS; `serve --workers N` does not start frontends:
-its readers forward Clipper's routes to worker 0):
+by VELOXSERVE_WORKER_INDEX and VELOXSERVE_WORKERS), and under `serve --workers N` every worker is
+one: worker 0 the owner, the readers attachers that never take over (`may_own=False`: admin and
+the containers stay with the learner, which the supervisor restarts):
 
 - The frontend that holds `<home>/clipper/OWNER.lock` (an flock, released by the kernel when its
   process dies, kill -9 included) starts the containers, runs every admin operation and publishes
@@ -56,6 +57,7 @@ class Frontend:
 
     index: int = 0
     workers: int = 1
+    may_own: bool = True  # False: only ever attaches (a reader of `serve --workers N`: worker 0 owns)
 
     def __post_init__(self) -> None:
         if not 0 <= self.index < self.workers:
@@ -127,7 +129,7 @@ class Coordinator:
         """Own the containers if no live frontend does (start them), else attach to them."""
         self._closing = asyncio.Event()
         if self.frontend.shared:
-            self.owner = self.lock.try_acquire()
+            self.owner = self.frontend.may_own and self.lock.try_acquire()
         if self.owner:
             await self.runtime.restore_models()
             self.runtime.restore_apps()
@@ -249,7 +251,7 @@ class Coordinator:
                 await asyncio.wait_for(self._closing.wait(), POLL_S)
                 return
             try:
-                if not self.owner and self.lock.try_acquire():
+                if not self.owner and self.frontend.may_own and self.lock.try_acquire():
                     await self._take_over()
                 if self.owner:
                     self.publish()
