@@ -18,16 +18,20 @@ from veloxserve.serving.velox import Velox
 from veloxserve.storage.versions import VersionStore
 
 
-@pytest.fixture
-def workers(tmp_path: Path):
-    arrays, meta = synthetic_version_arrays(name="songs")
-    VersionStore(HomeLayout(tmp_path).versions_dir("songs")).write(arrays, meta)
-    server = ServerProcess(tmp_path, "--workers", "2", "--no-auth")
+def _two_workers(home: Path):
+    server = ServerProcess(home, "--workers", "2", "--no-auth")
     try:
         server.wait_ready()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def workers(tmp_path: Path):
+    arrays, meta = synthetic_version_arrays(name="songs")
+    VersionStore(HomeLayout(tmp_path).versions_dir("songs")).write(arrays, meta)
+    yield from _two_workers(tmp_path)
 
 
 def _pids(server: ServerProcess, n: int = 60) -> dict[str, str]:
@@ -60,12 +64,14 @@ def test_both_workers_serve_and_each_reads_what_either_acknowledged(workers: Ser
             assert http.get("/models/songs/predict", params={"user": "ryw", "item": 139}).json()["score"] == final
 
 
-def _answer(server: ServerProcess, path: str, params: dict, worker: str, local: bool = True) -> httpx.Response:
-    """The answer to GET `path` from `worker`, computed there (`local`) or forwarded to worker 0:
-    new connections until the kernel gives one to that worker."""
+def _answer(
+    server: ServerProcess, path: str, params: dict | None, worker: str, local: bool = True, json: dict | None = None
+) -> httpx.Response:
+    """The answer to GET `path` (POST with `json`) from `worker`, computed there (`local`) or
+    forwarded to worker 0: new connections until the kernel gives one to that worker."""
     for _ in range(400):
         with httpx.Client(base_url=server.url, timeout=30) as http:
-            r = http.get(path, params=params)
+            r = http.get(path, params=params) if json is None else http.post(path, json=json)
         if r.headers.get("x-veloxserve-worker") == worker and ("x-veloxserve-forwarded" not in r.headers) == local:
             return r
     raise AssertionError(f"no answer from worker {worker} (local={local}) in 400 connections")
@@ -125,18 +131,11 @@ def test_clipper_applications_are_served_by_every_worker_over_worker_0s_containe
         assert deployed.status_code == 200, deployed.text
         assert http.post("/apps", json={"name": "a", "models": ["k"]}).status_code == 200
 
-    def app_answer(path: str, body: dict, worker: str) -> httpx.Response:
-        for _ in range(400):  # the reader's frontend attaches within a poll (0.2 s); before, worker 0 answers
-            with httpx.Client(base_url=workers.url, timeout=30) as http:
-                r = http.post(path, json=body)
-            if r.headers["x-veloxserve-worker"] == worker and "x-veloxserve-forwarded" not in r.headers:
-                return r
-        raise AssertionError(f"worker {worker} never answered {path} itself")
-
     for worker in ("1", "0"):  # each frontend batches its own queries to the same container
-        answer = app_answer("/apps/a/predict", {"user": "u", "input": [1.0, 2.0]}, worker)
+        # the reader's frontend attaches within a poll (0.2 s); before, worker 0 answers
+        answer = _answer(workers, "/apps/a/predict", None, worker, json={"user": "u", "input": [1.0, 2.0]})
         assert answer.status_code == 200 and answer.json()["output"] == 2.5, answer.text
-        fed = app_answer("/apps/a/observe", {"user": "u", "input": [1.0, 2.0], "label": 2.0}, worker)
+        fed = _answer(workers, "/apps/a/observe", None, worker, json={"user": "u", "input": [1.0, 2.0], "label": 2.0})
         assert fed.status_code == 200, fed.text
     pids = set()
     for _ in range(20):  # one container, started by worker 0 only
@@ -152,12 +151,7 @@ def two_versions(tmp_path: Path):
         arrays, meta = synthetic_version_arrays(name="songs", seed=seed, version=version)
         store.write(arrays, meta, version=version)
     HomeLayout(tmp_path).active_file("songs").write_text("v1\n")  # the newest would serve otherwise
-    server = ServerProcess(tmp_path, "--workers", "2", "--no-auth")
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    yield from _two_workers(tmp_path)
 
 
 def test_a_switch_and_a_forget_hold_on_every_worker_once_they_return(two_versions: ServerProcess) -> None:

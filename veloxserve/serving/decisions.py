@@ -15,13 +15,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from veloxserve.errors import invalid_parameter
+from veloxserve.serving.exploration import ExplorationPolicy
 from veloxserve.storage.decision_log import DecisionLog, new_decision_id
 
 if TYPE_CHECKING:
-    from veloxserve.serving.model_server import Recommendation
+    from veloxserve.serving.model_server import ModelServer, Recommendation
 
 
 class RecentDecisions:
@@ -73,9 +74,17 @@ class RecentDecisions:
                 )
 
 
-def log_decision(rec: Recommendation, version_id: str, recent: RecentDecisions, log: DecisionLog) -> Recommendation:
-    """Give a served list its decision id, remember it, and log it with each item's propensity
-    (Velox, and a reader worker of `serve --workers N`, for the lists they serve)."""
+def recommend_logged(
+    server: ModelServer, recent: RecentDecisions, log: DecisionLog, user: Any, k: Any, **options: Any
+) -> Recommendation:
+    """`server`'s list under an exploration policy (`policy`, `epsilon`, `alpha` among `options`),
+    given its decision id, remembered and logged with each item's propensity: Velox's and a reader
+    worker's (`serve --workers N`) top-k, one way."""
+    policy = ExplorationPolicy.parse(
+        options.pop("policy", None), options.pop("epsilon", None), options.pop("alpha", None)
+    )
+    rec = server.recommend(user, k, policy=policy, **options)
+    version_id = server.version_id
     rec.decision = new_decision_id()
     rec.model_version = version_id
     items = [str(i) for i in rec.items]

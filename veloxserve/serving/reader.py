@@ -30,8 +30,7 @@ import numpy as np
 from veloxserve.config import HomeLayout, ServingConfig
 from veloxserve.ids import Id
 from veloxserve.models.version import ModelVersion
-from veloxserve.serving.decisions import RecentDecisions, log_decision
-from veloxserve.serving.exploration import ExplorationPolicy
+from veloxserve.serving.decisions import RecentDecisions, recommend_logged
 from veloxserve.serving.feature_cache import FeatureCache
 from veloxserve.serving.idempotency import LocalWindow
 from veloxserve.serving.model_server import ModelServer, Recommendation
@@ -193,14 +192,18 @@ class Readers:
         if filter is not None:
             raise VersionMoved(model)
         server = self.server(model)
-        rec = server.recommend(
+        return recommend_logged(
+            server,
+            self._recent,
+            self._decision_log(model),
             user,
             k,
             candidates=candidates,
             exclude_seen=exclude_seen,
-            policy=ExplorationPolicy.parse(policy, epsilon, alpha),
+            policy=policy,
+            epsilon=epsilon,
+            alpha=alpha,
         )
-        return log_decision(rec, server.version_id, self._recent, self._decision_log(model))
 
     def _decision_log(self, model: str) -> DecisionLog:
         with self._lock:

@@ -26,9 +26,8 @@ from veloxserve.errors import StoreUnavailable
 from veloxserve.ids import Id, canonical_id
 from veloxserve.models.attributes import ItemAttributes
 from veloxserve.serving.backend import Backend, check_instance, open_backend
-from veloxserve.serving.decisions import log_decision
+from veloxserve.serving.decisions import recommend_logged
 from veloxserve.serving.durability import Acknowledgement
-from veloxserve.serving.exploration import ExplorationPolicy
 from veloxserve.serving.feature_cache import FeatureCache
 from veloxserve.serving.forgetting import Forgetting
 from veloxserve.serving.idempotency import Original
@@ -229,16 +228,18 @@ class Velox:
         The list is logged to the model's decision log with each item's propensity; pass the
         returned `decision` id with the observations that answer it (`observe(..., decision=)`),
         so off-policy estimates can join what was shown with what users did."""
-        server = self.server(model)
-        rec = server.recommend(
+        options = {"candidates": candidates, "exclude_seen": exclude_seen, "filter": filter}
+        return recommend_logged(
+            self.server(model),
+            self._models.recent_decisions(model),
+            self._decision_log(model),
             user,
             k,
-            candidates=candidates,
-            exclude_seen=exclude_seen,
-            filter=filter,
-            policy=ExplorationPolicy.parse(policy, epsilon, alpha),
+            policy=policy,
+            epsilon=epsilon,
+            alpha=alpha,
+            **options,
         )
-        return log_decision(rec, server.version_id, self._models.recent_decisions(model), self._decision_log(model))
 
     def alerts(self, model: str) -> dict[str, Any]:
         """What to fix in the served version: its deviations from its training data, its drift
