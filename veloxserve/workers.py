@@ -19,7 +19,6 @@ a home another process holds) stops them all. docs/deployment.md says what this 
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -29,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from veloxserve.children import die_with_parent
 
 MAX_WORKERS = 64
 _SHARED_MEMORY = Path("/dev/shm")  # the published map and the socket: in memory, where the system has it
@@ -40,14 +41,6 @@ def published_path(worker0_socket: str | Path) -> Path:
 
 
 _USAGE_ERROR = 2  # cli.py's exit code for a VeloxError
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # in the child, before exec: a supervisor killed with -9 leaves no orphans
-    try:
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (AttributeError, OSError):  # not Linux: orphans are stopped by hand
-        pass
 
 
 class Supervisor:
@@ -85,7 +78,7 @@ class Supervisor:
     def _start(self, index: int) -> None:
         # every worker's request metrics in one directory, summed by worker 0's /metrics (api/metrics.py)
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self._metrics_dir)}
-        self._procs[index] = subprocess.Popen(self._command(index), env=env, preexec_fn=_die_with_parent)
+        self._procs[index] = subprocess.Popen(self._command(index), env=env, preexec_fn=die_with_parent)
         self._started[index] = time.monotonic()
 
     def run(self) -> int:

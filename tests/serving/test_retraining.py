@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,111 @@ def test_a_spark_policy_retrains_with_spark_on_the_rows_a_local_retrain_uses(tmp
     spark_arrays, local_arrays = versions.read_arrays(spark_job.version), versions.read_arrays(local_job.version)
     for key in ("item_ids", "user_ids"):  # the same catalogue and the same users, solved on every row
         np.testing.assert_array_equal(spark_arrays[key], local_arrays[key])
+
+
+def _trainers_of(pid: int) -> list[int]:
+    """The retrain trainer processes whose parent is `pid` (veloxserve.training.worker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        if ppid == pid and b"veloxserve.training.worker" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_retrain_leaves_no_trainer_and_another_server_retrains_after_its_lease(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Two real `serve` processes over one Redis and one home, under load through both. `a` starts
+    a retrain and is killed -9 while its trainer runs: the trainer dies with it (no orphan writes
+    the version), its version stays `training` only until the lease lapses, `b` may not retrain
+    before that (409 naming `a`) and may after; `b`'s retrain marks the dead one's version failed,
+    is promoted and served by both (a restarted `a` converges on it), and every acknowledged
+    observation is in the logs."""
+    from collections import Counter
+
+    import httpx
+
+    from tests.helpers import ServerProcess, admin_headers, eventually
+    from tests.serving.test_shared_state import _load, _logged
+    from veloxserve.storage.version_catalog import VersionCatalog
+
+    home = tmp_path / "home"
+    catify = generate_catify(60, 40, n_ratings=1500, seed=8)
+    with Velox(home) as velox:
+        velox.train("songs", catify.ratings, ALSConfig(rank=3, iterations=3))
+    config = tmp_path / "veloxserve.toml"
+    config.write_text("[serving]\nlease_seconds = 20.0\nheartbeat_seconds = 0.5\n")
+    headers = admin_headers(home)
+
+    def server(instance: str) -> ServerProcess:
+        s = ServerProcess(home, "--store", redis_url, "--instance", instance, "--config", str(config))
+        s.wait_ready()
+        return s
+
+    def served(s: ServerProcess) -> str:
+        return httpx.get(f"{s.url}/models/songs/versions", headers=headers).json()["active_version"]
+
+    def retrain(s: ServerProcess) -> httpx.Response:
+        body = {"promote": "always", "params": {"iterations": 40}}
+        return httpx.post(f"{s.url}/models/songs/retrain", json=body, headers=headers, timeout=60)
+
+    catalog = VersionCatalog(home / "models" / "songs")
+    a, b = server("a"), server("b")
+    users = [str(u) for u in catify.ratings.users[:20]]
+    acked: list = []
+    stop = threading.Event()
+    threads = _load([a, b], users, acked, stop, workers=2, items=range(40))
+    try:
+        assert eventually(lambda: len(acked) >= 50, within=120)
+        started = retrain(a)
+        assert started.status_code == 202, started.text
+        interrupted = started.json()["retrain"]["version"]
+        assert eventually(lambda: _trainers_of(a.proc.pid), within=60, every=0.005)
+        trainer = _trainers_of(a.proc.pid)[0]
+        a.kill()
+        assert eventually(lambda: not _alive(trainer), within=30), "the trainer outlived its server"
+        assert catalog.entry(interrupted)["status"] == "training"  # until someone may train again
+        assert not catalog.versions.exists(interrupted)  # no orphan finished writing it
+        refused = retrain(b)
+        assert refused.status_code == 409 and "instance 'a'" in refused.json()["message"], refused.text
+        assert eventually(lambda: retrain(b).status_code == 202, within=120, every=1.0)  # the lease lapsed
+        entry = catalog.entry(interrupted)
+        assert entry["status"] == "failed" and "interrupted" in entry["error"], entry
+
+        def finished() -> dict | None:
+            job = httpx.get(f"{b.url}/models/songs/retrain", headers=headers).json()["retrain"]
+            return job if job["state"] != "running" else None
+
+        assert eventually(finished, within=300, every=0.5)
+        job = finished()
+        assert job is not None and job["state"] == "promoted", job
+        assert served(b) == job["version"] != interrupted
+        a = server("a")  # restarted: it serves what the pointer says
+        assert served(a) == job["version"]
+        n = len(acked)
+        threads += _load([a], users, acked, stop, workers=1, items=range(40))
+        assert eventually(lambda: len(acked) >= n + 50, within=120)
+    except BaseException:
+        for s in (a, b):
+            if s.proc.poll() is None:
+                s.kill()
+        raise
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    a.stop(), b.stop()
+    assert not Counter(acked) - Counter(_logged(home)), "an acknowledged observation is missing from the logs"

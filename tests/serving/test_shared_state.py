@@ -57,9 +57,10 @@ def _load(
     stop: threading.Event,
     workers: int = 6,
     refused: list | None = None,
+    items: range = range(100, 150),
 ):
-    """Observations of `users` through all servers at once; the 200s go to `acked`, the rest
-    (503, timeouts: not acknowledged, maybe learned) to `refused`."""
+    """Observations of `users` and `items` through all servers at once; the 200s go to `acked`, the
+    rest (503, timeouts: not acknowledged, maybe learned) to `refused`."""
     lock = threading.Lock()
     refused = [] if refused is None else refused
 
@@ -70,7 +71,7 @@ def _load(
         while not stop.is_set():
             obs = {
                 "user": users[int(rng.integers(len(users)))],
-                "item": int(100 + rng.integers(0, 50)),
+                "item": int(items[int(rng.integers(len(items)))]),
                 "score": float(rng.integers(1, 6)),
             }
             http = clients[(worker + n) % len(clients)]  # every worker alternates between the servers

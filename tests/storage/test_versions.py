@@ -52,3 +52,51 @@ def test_the_catalogue_annotates_without_touching_meta_and_forgets_a_discarded_v
     catalog.discard(version)
     again = catalog.versions.write({}, {"what": "m2"})
     assert again == version and "input_shape" not in catalog.entry(again)  # nothing inherited
+
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from veloxserve.storage import versions
+
+done = Path(sys.argv[2])
+def slow_save(fh, array):  # a trainer writing a large array: it pauses mid-way until told
+    print("writing", flush=True)
+    while not done.exists():
+        time.sleep(0.02)
+    np.save(fh, array, allow_pickle=False)
+versions._save_array = slow_save
+versions.VersionStore(Path(sys.argv[1])).write({"x": np.ones(3)}, {"rank": 1})
+print("written", flush=True)
+"""
+
+
+@pytest.mark.parametrize("killed", [False, True])
+def test_cleaning_up_never_removes_a_version_another_process_is_writing(tmp_path: Path, killed: bool) -> None:
+    """Several servers share a home: one cleaning up after a dead trainer must not delete what a
+    live one is writing; what a writer killed -9 left is removed by the next cleanup."""
+    import subprocess
+    import sys
+
+    store, done = VersionStore(tmp_path / "versions"), tmp_path / "done"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(store.directory), str(done)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
+        assert store.clean_incoming() == 0  # it is alive and writing
+        assert len(list(store.directory.glob(".incoming-*"))) == 1
+        if killed:
+            writer.kill()
+            writer.wait(30)
+            assert store.clean_incoming() == 1 and not list(store.directory.glob(".incoming-*"))
+            assert store.versions() == []
+        else:
+            done.touch()
+            assert writer.stdout.readline().strip() == "written" and writer.wait(30) == 0
+            assert store.versions() == ["v1"] and store.read_meta("v1")["rank"] == 1
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()

@@ -14,11 +14,8 @@ model computes batches from every frontend one at a time, whichever frontend bat
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
-import signal
-import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -27,24 +24,16 @@ import numpy as np
 import orjson
 import zmq
 
+from veloxserve.children import die_with_parent
 from veloxserve.clipper import protocol
 from veloxserve.clipper.adapters import Framework, load_model
 
 log = logging.getLogger(__name__)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        except OSError:
-            pass
 
 
 def serve_container(framework: Framework, model: Path, connect: str, method: str | None = None) -> int:
     """Load the model, connect, and serve batches until the parent or the socket goes away."""
-    _die_with_parent()
+    die_with_parent()
     parent = os.getppid()
     loaded = load_model(framework, model, method)
     predict = loaded.predict

@@ -24,17 +24,20 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from veloxserve.children import die_with_parent
 from veloxserve.config import HomeLayout
 from veloxserve.errors import Conflict, invalid_parameter
 from veloxserve.serving.coordination import HeldLease
@@ -234,11 +237,36 @@ class Retrainer:
             thread.join()
 
     def recover(self, model: str) -> None:
-        """A version still `training` when the server starts was cut off by a crash: mark it failed."""
+        """At start: a version still `training` was cut off by a crash (its trainer died with its
+        server, veloxserve/children.py): mark it failed and remove its half-written files. With
+        several processes over Redis, only while no other process holds the training lease: a
+        live one's trainer is writing that version now, and the next lease holder cleans up after
+        a dead one (`start`)."""
+        try:
+            held = self._take_lease(model)
+        except Conflict as exc:
+            log.info("%s: not clearing interrupted retrains now: %s", model, exc.message)
+            return
+        try:
+            self._clear_interrupted(model)
+        finally:
+            if held is not None:
+                held.release()
+
+    def _clear_interrupted(self, model: str) -> None:
+        """Called holding the right to train `model` (the lease, or the only process) with no retrain
+        of it running here: any version still `training` belongs to a trainer that is gone."""
         catalog = self._models.catalog(model)
         for entry in catalog.list():
             if entry["status"] == Status.TRAINING.value:
-                catalog.mark(entry["version"], Status.FAILED, error="interrupted: the server stopped during training")
+                catalog.mark(
+                    entry["version"],
+                    Status.FAILED,
+                    error="interrupted: the process that trained it stopped before it finished",
+                )
+                log.warning(
+                    "%s: retrain %s was interrupted (its process stopped): marked failed", model, entry["version"]
+                )
         catalog.versions.clean_incoming()
 
     # ---- policy --------------------------------------------------------------------------
@@ -312,6 +340,7 @@ class Retrainer:
             spark_master = policy.spark_master if policy.engine == "spark" else None
             held = self._take_lease(model)  # Conflict naming the process retraining it
             try:
+                self._clear_interrupted(model)  # a process killed while it trained left its version `training`
                 upto = self._models.sync_log(model)
                 catalog = self._models.catalog(model)
                 version = catalog.reserve(reason=reason, parent=parent, log_position=upto)
@@ -429,6 +458,7 @@ class Retrainer:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
+                preexec_fn=partial(die_with_parent, signal.SIGKILL),  # this thread waits on it: see children.py
             )
         try:
             stdout, stderr = proc.communicate()

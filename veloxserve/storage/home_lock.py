@@ -33,12 +33,14 @@ class HomeLock:
 
 
 @contextmanager
-def shared_file_lock(path: Path) -> Iterator[None]:
-    """Waits for, then holds, an exclusive lock on `path` across the processes sharing a home
-    (two forgets rewriting one version's files at once would bring a user back)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def shared_file_lock(path: Path, operation: int = fcntl.LOCK_EX, mode: int = 0o644) -> Iterator[None]:
+    """Waits for, then holds, an flock on `path` (created if missing) across the processes sharing
+    a home: two forgets rewriting one version's files at once would bring a user back, two status
+    updates would lose one. `operation`: LOCK_EX, LOCK_SH, either with LOCK_NB (then
+    BlockingIOError if another holds it). The kernel releases it when its process dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, operation)
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -16,7 +16,6 @@ at once (or one while the demo revokes its old token) both end up in the file.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import json
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from veloxserve.errors import InvalidInput
 from veloxserve.storage.atomic import replace_atomically
+from veloxserve.storage.home_lock import shared_file_lock
 
 RELOAD_S = 0.5
 ADMIN = "admin"
@@ -88,14 +88,10 @@ class TokenStore:
         """Hold the store's lock and start from the file as it is now (another process may have
         changed it since this one last read it)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with shared_file_lock(self.path.with_name(self.path.name + ".lock"), mode=0o600):
             self._version = None  # re-read even if the stat looks unchanged
             self._reload()
             yield
-        finally:
-            os.close(fd)  # releases the lock
 
     def _save(self) -> None:
         data = json.dumps({"tokens": [asdict(r) for r in self._records.values()]}, indent=1).encode()

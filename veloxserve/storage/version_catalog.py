@@ -12,11 +12,14 @@ import enum
 import json
 import shutil
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from veloxserve.errors import NotFound
+from veloxserve.storage.home_lock import shared_file_lock
 from veloxserve.storage.pointer import read_pointer, write_pointer
 from veloxserve.storage.versions import VersionStore
 
@@ -34,7 +37,9 @@ def now() -> str:
 
 
 class VersionCatalog:
-    """Versions of one model with their metadata and status. Thread-safe within one process."""
+    """Versions of one model with their metadata and status. Every change re-reads and rewrites
+    status.json holding `.status.lock` (an flock): several `serve` processes share a home over
+    Redis, and a change made by one is never lost to another's concurrent rewrite."""
 
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = Path(model_dir)
@@ -79,25 +84,25 @@ class VersionCatalog:
     # ---- changing ------------------------------------------------------------------------
     def reserve(self, **fields: Any) -> str:
         """Claim the next version number for a training run and record it as `training`."""
-        with self._lock:
+        with self._changing():
             version = self.versions.reserve()
             self._update(version, status=Status.TRAINING.value, started_at=now(), **fields)
             return version
 
     def mark(self, version: str, status: Status, **fields: Any) -> None:
-        with self._lock:
+        with self._changing():
             self._update(version, status=status.value, updated_at=now(), **fields)
 
     def annotate(self, version: str, **fields: Any) -> None:
         """Record what was learned about a version after it was written (Clipper: its probed
         shapes); `entry` merges it over meta.json, which never changes."""
-        with self._lock:
+        with self._changing():
             self._update(version, **fields)
 
     def discard(self, version: str) -> None:
         """Forget a version that never served: its directory and its record, so the id can be
         written afresh without inheriting anything."""
-        with self._lock:
+        with self._changing():
             shutil.rmtree(self.versions.directory / version, ignore_errors=True)
             statuses = self._statuses()
             if statuses.pop(version, None) is not None:
@@ -105,13 +110,19 @@ class VersionCatalog:
 
     def activate(self, version: str) -> str | None:
         """Point ACTIVE at `version` (atomically) and retire the previous one; returns it."""
-        with self._lock:
+        with self._changing():
             previous = self.active()
             write_pointer(self._active_file, version)
             if previous is not None and previous != version:
                 self._update(previous, status=Status.RETIRED.value, retired_at=now())
             self._update(version, status=Status.ACTIVE.value, activated_at=now())
             return previous
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock, shared_file_lock(self.model_dir / ".status.lock"):
+            yield
 
     def _update(self, version: str, **fields: Any) -> None:
         statuses = self._statuses()

@@ -1,11 +1,14 @@
 """VersionStore: one directory of .npy arrays and meta.json per model version.
 
 A version is written under a temporary name, fsynced, then renamed into place, so a reader sees
-a whole version or none; an existing version is never overwritten.
+a whole version or none; an existing version is never overwritten. Writers hold a shared flock
+on `.writing` meanwhile, so cleaning up after a trainer that died never removes a version another
+process is writing now (several `serve` processes share a home over Redis).
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import json
 import os
@@ -19,8 +22,10 @@ import numpy as np
 
 from veloxserve.errors import NotFound, StoreUnavailable
 from veloxserve.storage.atomic import Writer, fsync_dir, write_synced
+from veloxserve.storage.home_lock import shared_file_lock
 
 META = "meta.json"
+_WRITING = ".writing"  # held shared by every process writing a version, exclusively by a cleanup
 
 
 def _number(version: str) -> int | None:
@@ -64,11 +69,20 @@ class VersionStore:
             raise StoreUnavailable(f"Cannot reserve a version under {self.directory}: {exc}.") from exc
 
     def clean_incoming(self) -> int:
-        """Remove half-written versions left by a trainer that died; returns how many."""
-        stale = list(self.directory.glob(".incoming-*")) if self.directory.is_dir() else []
-        for path in stale:
-            shutil.rmtree(path, ignore_errors=True)
-        return len(stale)
+        """Remove half-written versions left by a trainer that died; returns how many. Nothing is
+        removed while any process writes a version (it holds `.writing` shared, see `write`)."""
+        if not self.directory.is_dir():
+            return 0
+        try:
+            with shared_file_lock(self.directory / _WRITING, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                stale = list(self.directory.glob(".incoming-*"))
+                for path in stale:
+                    shutil.rmtree(path, ignore_errors=True)
+                return len(stale)
+        except BlockingIOError:
+            return 0  # a writer is alive: whatever a dead one left is removed next time
+        except OSError:
+            return 0  # a read-only home: nothing is written there either
 
     def write(
         self,
@@ -83,31 +97,32 @@ class VersionStore:
         (name → what writes it: a Clipper model file), written and fsynced like the arrays."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.directory))
-            try:
-                for name, array in arrays.items():
-                    write_synced(tmp / f"{name}.npy", functools.partial(_save_array, array=array))
-                for name, writer in (files or {}).items():
-                    write_synced(tmp / name, writer)
-                existing = [_number(p.name) or 0 for p in self.directory.iterdir()]
-                number = max(existing, default=0) + 1
-                reserved = version
-                while True:
-                    version = reserved or f"v{number}"
-                    text = json.dumps({**meta, "version": version}, indent=2, default=_jsonable)
-                    write_synced(tmp / META, functools.partial(_write_text, text=text))
-                    try:
-                        # Replaces an empty (reserved) directory; fails if the target holds a version.
-                        os.rename(tmp, self.directory / version)
-                        break
-                    except OSError:
-                        if reserved or not (self.directory / version).exists():
-                            raise
-                        number += 1
-                fsync_dir(self.directory)
-                return version
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            with shared_file_lock(self.directory / _WRITING, fcntl.LOCK_SH):  # clean_incoming waits for us
+                tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=self.directory))
+                try:
+                    for name, array in arrays.items():
+                        write_synced(tmp / f"{name}.npy", functools.partial(_save_array, array=array))
+                    for name, writer in (files or {}).items():
+                        write_synced(tmp / name, writer)
+                    existing = [_number(p.name) or 0 for p in self.directory.iterdir()]
+                    number = max(existing, default=0) + 1
+                    reserved = version
+                    while True:
+                        version = reserved or f"v{number}"
+                        text = json.dumps({**meta, "version": version}, indent=2, default=_jsonable)
+                        write_synced(tmp / META, functools.partial(_write_text, text=text))
+                        try:
+                            # Replaces an empty (reserved) directory; fails if the target holds a version.
+                            os.rename(tmp, self.directory / version)
+                            break
+                        except OSError:
+                            if reserved or not (self.directory / version).exists():
+                                raise
+                            number += 1
+                    fsync_dir(self.directory)
+                    return version
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
         except OSError as exc:
             raise StoreUnavailable(f"Cannot write a version under {self.directory}: {exc}.") from exc
 
