@@ -41,11 +41,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scaleout_model  # noqa: E402
 from bench_http import LOADS, wait_ready  # noqa: E402
-from redis_cluster import RedisCluster  # noqa: E402
 from scaleout_measure import CONNECTIONS, freshness, measure, redis_pids  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.helpers import RedisServer, free_port  # noqa: E402
+from tests.helpers import RedisClusterServers, RedisServer, free_port  # noqa: E402
 
 LUA = {"predict": LOADS["predict_get"], "observe": LOADS["observe"]}  # bench_http's requests: a random trained user
 
@@ -236,7 +235,7 @@ def run_configuration(name: str, config: Configuration, env: dict, args: argpars
     extra: list[str] = ["--workers", str(config.workers)] if config.workers else []
     redis_urls: list[str] = []
     if config.store is not None:
-        base = env["cluster"]().url if config.store == "cluster" else env["redis"].url
+        base = env["cluster"]().address if config.store == "cluster" else env["redis"].url
         options = []
         for option in config.options:
             refused = probe_option(base, option)
@@ -306,11 +305,17 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        clusters: list[RedisCluster] = []
+        clusters: list[RedisClusterServers] = []
 
-        def cluster() -> RedisCluster:
+        def cluster() -> RedisClusterServers:
             if not clusters:
-                clusters.append(RedisCluster(tmp / "cluster").start())
+                clusters.append(RedisClusterServers(tmp / "cluster").start())
+                for port in clusters[0].ports:  # as the single Redis: no append-only file in the figures
+                    subprocess.run(
+                        ["redis-cli", "-p", str(port), "config", "set", "appendonly", "no"],
+                        check=True,
+                        capture_output=True,
+                    )
             return clusters[0]
 
         try:

@@ -154,7 +154,20 @@ class RedisClusterServers:
             "0",
         )
         self.servers = [RedisServer(Path(directory) / f"n{i}", port=_cluster_port(), args=args) for i in range(6)]
-        self.url = f"redis://127.0.0.1:{self.servers[0].port}/0?cluster=1"
+        self.address = f"redis://127.0.0.1:{self.servers[0].port}/0"  # a seed node, without options
+        self.url = f"{self.address}?cluster=1"
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.port for s in self.servers]
+
+    def pids(self) -> list[int]:
+        """The redis-server processes' ids (their CPU time is in /proc/<pid>/stat)."""
+        return [s.proc.pid for s in self.servers if s.proc is not None]
+
+    def masters(self) -> list[int]:
+        """The ports of the masters now (the shards that serve requests)."""
+        return sorted({int(master[1]) for _, _, master, *_ in self._slots()})
 
     def start(self) -> RedisClusterServers:
         for server in self.servers:

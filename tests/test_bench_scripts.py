@@ -18,7 +18,6 @@ BENCH = ROOT / "bench"
 HELPERS = {  # modules in bench/ that are not benchmarks themselves
     "clipper_load.py": "the Clipper benchmarks' load generator",
     "peer_bentoml_service.py": "BentoML's service, started by bench_http.py from its own venv",
-    "redis_cluster.py": "bench_scaleout.py's local Redis Cluster (6 redis-servers, 3 masters)",
     "scaleout_measure.py": "bench_scaleout.py's measurements (wrk, CPU from /proc, freshness)",
     "scaleout_model.py": "bench_scaleout.py's model of a deployment (tests/test_scaleout_model.py)",
 }
