@@ -7,10 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 
 def admin_headers(home: Path) -> dict[str, str]:
@@ -232,3 +234,45 @@ class RedisClusterServers:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+def observe_load(
+    servers: list[ServerProcess],
+    users: list[str],
+    acked: list,
+    stop: threading.Event,
+    workers: int = 6,
+    refused: list | None = None,
+    items: range = range(100, 150),
+):
+    """Observations of `users` and `items` through all servers at once, `workers` threads each
+    alternating between them, until `stop`; the 200s go to `acked`, the rest (503, timeouts, a
+    killed server's connections: not acknowledged, maybe learned) to `refused`. Returns the threads."""
+    lock = threading.Lock()
+    refused = [] if refused is None else refused
+
+    def client(worker: int) -> None:
+        rng = np.random.default_rng(worker)
+        clients = [httpx.Client(base_url=s.url, timeout=10) for s in servers]
+        n = 0
+        while not stop.is_set():
+            obs = {
+                "user": users[int(rng.integers(len(users)))],
+                "item": int(items[int(rng.integers(len(items)))]),
+                "score": float(rng.integers(1, 6)),
+            }
+            http = clients[(worker + n) % len(clients)]  # every worker alternates between the servers
+            n += 1
+            try:
+                ok = http.post("/models/songs/observe", json=obs).status_code == 200
+            except httpx.HTTPError:  # a killed server: go on with the others
+                ok = False
+            with lock:
+                (acked if ok else refused).append((obs["user"], obs["item"], obs["score"]))
+        for c in clients:
+            c.close()
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(workers)]
+    for t in threads:
+        t.start()
+    return threads

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import synthetic_version_arrays
-from tests.helpers import ServerProcess, eventually, free_port
+from tests.helpers import ServerProcess, eventually, free_port, observe_load
 from veloxserve.config import HomeLayout
 from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.versions import VersionStore
@@ -83,25 +83,8 @@ def test_sigterm_under_observe_load_closes_velox_and_keeps_every_acknowledged_ob
     process = ServerProcess(tmp_path, "--http-server", server)
     process.wait_ready()
     acked: list[tuple[str, int, float]] = []
-    lock, stop = threading.Lock(), threading.Event()
-
-    def client(worker: int) -> None:
-        with httpx.Client(base_url=process.url, timeout=10) as http:
-            n = 0
-            while not stop.is_set():
-                obs = {"user": f"term-{worker}-{n % 5}", "item": 100 + (n * 7 + worker) % 50, "score": float(n % 7)}
-                n += 1
-                try:
-                    r = http.post("/models/songs/observe", json=obs)
-                except httpx.HTTPError:
-                    return
-                if r.status_code == 200:
-                    with lock:
-                        acked.append((obs["user"], obs["item"], obs["score"]))
-
-    threads = [threading.Thread(target=client, args=(w,)) for w in range(6)]
-    for t in threads:
-        t.start()
+    stop = threading.Event()
+    threads = observe_load([process], [f"term-{u}" for u in range(30)], acked, stop)
     assert eventually(lambda: len(acked) >= 200)
     process.proc.send_signal(signal.SIGTERM)
     assert process.proc.wait(60) == 0  # Velox.close ran: _serve returns 0 only after it

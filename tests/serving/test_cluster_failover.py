@@ -9,8 +9,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.helpers import ServerProcess
-from tests.serving.test_shared_state import _assert_served_weights, _home, _load, _logged
+from tests.helpers import ServerProcess, observe_load
+from tests.serving.test_shared_state import _assert_served_weights, _home, _logged
 
 
 def test_kill_9_of_a_master_loses_no_acknowledged_observation(tmp_path: Path, redis_cluster, redis_cluster_url) -> None:
@@ -23,7 +23,7 @@ def test_kill_9_of_a_master_loses_no_acknowledged_observation(tmp_path: Path, re
     acked: list = []
     refused: list = []
     stop = threading.Event()
-    threads = _load([server], users, acked, stop, workers=4, refused=refused)
+    threads = observe_load([server], users, acked, stop, workers=4, refused=refused)
     try:
         while len(acked) < 200:
             time.sleep(0.05)

@@ -164,14 +164,13 @@ def test_two_serve_processes_switch_and_forget_together_and_a_killed_one_converg
     import httpx
     import numpy as np
 
-    from tests.helpers import admin_headers
+    from tests.helpers import admin_headers, observe_load
     from tests.serving.test_shared_state import (
         ARRAYS,
         META,
         F,
         _assert_served_weights,
         _home,
-        _load,
         _logged,
         _servers,
         expected_weights,
@@ -193,7 +192,7 @@ def test_two_serve_processes_switch_and_forget_together_and_a_killed_one_converg
     users = ["0", "fresh-q"]
     acked: list = []
     stop = threading.Event()
-    threads = _load([a, b], users, acked, stop, workers=4)
+    threads = observe_load([a, b], users, acked, stop, workers=4)
     try:
         assert httpx.post(f"{b.url}/models/songs/observe", json={"user": "gone", "item": 101, "score": 5.0}).is_success
         while len(acked) < 100:
@@ -215,7 +214,7 @@ def test_two_serve_processes_switch_and_forget_together_and_a_killed_one_converg
         assert b.proc.returncode == -9
         b = _servers(home, redis_url, ["b"])[0]
         assert served(b) == served(a) == "v1"  # converged on the pointer (the home's ACTIVE agrees)
-        threads += _load([b], users, acked, stop, workers=2)
+        threads += observe_load([b], users, acked, stop, workers=2)
         n = len(acked)
         while len(acked) < n + 50:
             time.sleep(0.05)

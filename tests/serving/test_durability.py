@@ -7,12 +7,11 @@ import subprocess
 import threading
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
 from tests.conftest import synthetic_version_arrays
-from tests.helpers import ServerProcess, eventually
+from tests.helpers import ServerProcess, eventually, observe_load
 from veloxserve.config import HomeLayout
 from veloxserve.serving.velox import Velox
 from veloxserve.storage.observation_log import ObservationLog
@@ -25,27 +24,8 @@ def test_sigkill_under_load_loses_no_acknowledged_observation(tmp_path: Path) ->
     server = ServerProcess(tmp_path)
     server.wait_ready()
     acked: list[tuple[str, int, float]] = []
-    lock = threading.Lock()
     stop = threading.Event()
-
-    def client(worker: int) -> None:
-        rng = np.random.default_rng(worker)
-        with httpx.Client(base_url=server.url, timeout=5) as http:
-            n = 0
-            while not stop.is_set():
-                obs = {"user": f"crash-{worker}-{n % 5}", "item": int(100 + rng.integers(0, 50)), "score": float(n % 7)}
-                n += 1
-                try:
-                    r = http.post("/models/songs/observe", json=obs)
-                except httpx.HTTPError:
-                    return
-                if r.status_code == 200:
-                    with lock:
-                        acked.append((obs["user"], obs["item"], obs["score"]))
-
-    threads = [threading.Thread(target=client, args=(w,)) for w in range(8)]
-    for t in threads:
-        t.start()
+    threads = observe_load([server], [f"crash-{u}" for u in range(40)], acked, stop, workers=8)
     while len(acked) < 400:
         threading.Event().wait(0.05)
     server.kill()

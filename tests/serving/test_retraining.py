@@ -192,8 +192,8 @@ def test_a_server_killed_mid_retrain_leaves_no_trainer_and_another_server_retrai
 
     import httpx
 
-    from tests.helpers import ServerProcess, admin_headers, eventually
-    from tests.serving.test_shared_state import _load, _logged
+    from tests.helpers import ServerProcess, admin_headers, eventually, observe_load
+    from tests.serving.test_shared_state import _logged
     from veloxserve.storage.version_catalog import VersionCatalog
 
     home = tmp_path / "home"
@@ -221,7 +221,7 @@ def test_a_server_killed_mid_retrain_leaves_no_trainer_and_another_server_retrai
     users = [str(u) for u in catify.ratings.users[:20]]
     acked: list = []
     stop = threading.Event()
-    threads = _load([a, b], users, acked, stop, workers=2, items=range(40))
+    threads = observe_load([a, b], users, acked, stop, workers=2, items=range(40))
     try:
         assert eventually(lambda: len(acked) >= 50, within=120)
         started = retrain(a)
@@ -250,7 +250,7 @@ def test_a_server_killed_mid_retrain_leaves_no_trainer_and_another_server_retrai
         a = server("a")  # restarted: it serves what the pointer says
         assert served(a) == job["version"]
         n = len(acked)
-        threads += _load([a], users, acked, stop, workers=1, items=range(40))
+        threads += observe_load([a], users, acked, stop, workers=1, items=range(40))
         assert eventually(lambda: len(acked) >= n + 50, within=120)
     except BaseException:
         for s in (a, b):

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 
 from tests.conftest import synthetic_version_arrays
-from tests.helpers import RedisServer, ServerProcess, eventually
+from tests.helpers import RedisServer, ServerProcess, eventually, observe_load
 from veloxserve.config import HomeLayout
 from veloxserve.storage.observation_log import read_merged
 from veloxserve.storage.versions import VersionStore
@@ -50,47 +50,6 @@ def expected_weights(user: str, observations: list[tuple[str, int, float]]) -> n
     return np.linalg.solve(A, r)
 
 
-def _load(
-    servers: list[ServerProcess],
-    users: list[str],
-    acked: list,
-    stop: threading.Event,
-    workers: int = 6,
-    refused: list | None = None,
-    items: range = range(100, 150),
-):
-    """Observations of `users` and `items` through all servers at once; the 200s go to `acked`, the
-    rest (503, timeouts: not acknowledged, maybe learned) to `refused`."""
-    lock = threading.Lock()
-    refused = [] if refused is None else refused
-
-    def client(worker: int) -> None:
-        rng = np.random.default_rng(worker)
-        clients = [httpx.Client(base_url=s.url, timeout=10) for s in servers]
-        n = 0
-        while not stop.is_set():
-            obs = {
-                "user": users[int(rng.integers(len(users)))],
-                "item": int(items[int(rng.integers(len(items)))]),
-                "score": float(rng.integers(1, 6)),
-            }
-            http = clients[(worker + n) % len(clients)]  # every worker alternates between the servers
-            n += 1
-            try:
-                ok = http.post("/models/songs/observe", json=obs).status_code == 200
-            except httpx.HTTPError:  # a killed server: go on with the others
-                ok = False
-            with lock:
-                (acked if ok else refused).append((obs["user"], obs["item"], obs["score"]))
-        for c in clients:
-            c.close()
-
-    threads = [threading.Thread(target=client, args=(w,)) for w in range(workers)]
-    for t in threads:
-        t.start()
-    return threads
-
-
 def _logged(home: Path) -> list[tuple[str, int, float]]:
     return [(r.user, int(r.item), r.score) for _, r in read_merged(HomeLayout(home).log_dir("songs"))]
 
@@ -122,7 +81,7 @@ def test_two_servers_learning_the_same_users_lose_no_update(tmp_path: Path, redi
     acked: list = []
     refused: list = []  # none on a machine that keeps up; a 503 under overload is logged, not acknowledged
     stop = threading.Event()
-    threads = _load(servers, users, acked, stop, refused=refused)
+    threads = observe_load(servers, users, acked, stop, refused=refused)
     while len(acked) < 600:
         time.sleep(0.05)
     stop.set()
@@ -144,7 +103,7 @@ def test_sigkill_of_one_server_under_load_loses_no_acknowledged_observation(tmp_
     users = ["2", "fresh-z"]
     acked: list = []
     stop = threading.Event()
-    threads = _load(servers, users, acked, stop, workers=8)
+    threads = observe_load(servers, users, acked, stop, workers=8)
     while len(acked) < 300:
         time.sleep(0.05)
     servers[0].kill()
@@ -216,7 +175,7 @@ def test_after_redis_loses_its_data_under_load_every_server_rebuilds_users_from_
     acked: list = []
     refused: list = []  # 503s while the state is rebuilt: logged or not, never acknowledged
     stop = threading.Event()
-    threads = _load(servers, users, acked, stop, workers=4, refused=refused)
+    threads = observe_load(servers, users, acked, stop, workers=4, refused=refused)
     while len(acked) < 200:
         time.sleep(0.05)
     base, prefix = redis_url.split("?prefix=")
