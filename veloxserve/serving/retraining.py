@@ -39,7 +39,7 @@ import numpy as np
 
 from veloxserve.children import die_with_parent
 from veloxserve.config import HomeLayout
-from veloxserve.errors import Conflict, invalid_parameter
+from veloxserve.errors import Conflict, StoreUnavailable, invalid_parameter
 from veloxserve.serving.coordination import HeldLease
 from veloxserve.serving.drift import (
     DETECTORS,
@@ -244,7 +244,7 @@ class Retrainer:
         a dead one (`start`)."""
         try:
             held = self._take_lease(model)
-        except Conflict as exc:
+        except (Conflict, StoreUnavailable) as exc:  # another process trains it, or Redis is away: the next retrain
             log.info("%s: not clearing interrupted retrains now: %s", model, exc.message)
             return
         try:
