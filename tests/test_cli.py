@@ -107,6 +107,8 @@ def test_client_commands_talk_to_a_running_server(tmp_path: Path) -> None:
         spark = run("policy", "--engine", "spark", "--spark-master", "local[2]", "--token", token).stdout
         assert '"engine": "spark"' in spark and '"spark_master": "local[2]"' in spark
         assert '"every_observations": 50' in spark  # the CLI keeps what it does not change
+        bounded = run("policy", "--spark-start-timeout", "30", "--token", token).stdout
+        assert '"spark_start_timeout": 30.0' in bounded and '"spark_master": "local[2]"' in bounded
         bad = run("policy", "--spark-master", "local[0]", "--token", token)
         assert bad.returncode == 1 and "spark_master" in bad.stderr
         env = {**os.environ, "VELOXSERVE_TOKEN": token}

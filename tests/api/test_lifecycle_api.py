@@ -92,6 +92,11 @@ def test_policy_round_trip_and_validation(client) -> None:
     spark = client.put("/models/songs/policy", json={"engine": "spark", "spark_master": "spark://m1:7077,m2:7077"})
     assert spark.status_code == 200
     assert client.get("/models/songs/policy").json()["policy"]["spark_master"] == "spark://m1:7077,m2:7077"
+    assert client.get("/models/songs/policy").json()["policy"]["spark_start_timeout"] == 60.0
+    bad = client.put("/models/songs/policy", json={"engine": "spark", "spark_start_timeout": 0})
+    assert bad.status_code == 400 and bad.json()["field"] == "spark_start_timeout"
+    short = client.put("/models/songs/policy", json={"engine": "spark", "spark_start_timeout": 7.5})
+    assert short.status_code == 200 and short.json()["policy"]["spark_start_timeout"] == 7.5
 
 
 def test_forget_a_user_answers_with_a_receipt(client) -> None:

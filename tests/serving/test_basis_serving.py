@@ -19,9 +19,12 @@ from starlette.testclient import TestClient
 from veloxserve import Velox
 from veloxserve.api import create_app
 from veloxserve.errors import InvalidInput
-from veloxserve.models.basis import BasisInputs
+from veloxserve.models.basis import KIND, BasisInputs
+from veloxserve.serving.retraining import RetrainPolicy
+from veloxserve.training.als import ALSConfig
 from veloxserve.training.basis_trainer import BasisRecipe, train_basis_version
 from veloxserve.training.corpus import generate_corpus, read_corpus, topic_ratings
+from veloxserve.training.engines import BLACK_BOX
 from veloxserve.training.oracle_mtl import OracleConfig
 
 POISON = "VELOXSERVE_TEST_POISON_BASIS"
@@ -219,3 +222,36 @@ def test_a_late_basis_model_is_replaced_by_its_catalogue_mean_and_the_others_sta
         assert score == pytest.approx(float(expected @ server.users.weights("u3")))
         assert server.anytime.late.tolist() == [0, 1, 0] and v.feature_cache.stats().entries == 0
         release.set()
+
+
+def test_a_spark_engine_is_refused_for_a_basis_model_naming_the_field_and_changes_nothing(velox) -> None:
+    """Its oracle-mtl refit runs in the trainer process whatever the policy says: a Spark engine
+    would be silently ignored (and the retrain's record would claim the Spark master)."""
+    with pytest.raises(InvalidInput, match="'engine'.*must be local. Got 'spark'.*oracle-mtl.*no Spark") as caught:
+        velox.set_policy("docs", {"every_observations": 5, "engine": "spark", "spark_master": "spark://h:7077"})
+    assert caught.value.field == "engine"
+    assert velox.policy("docs") == RetrainPolicy()
+    assert BLACK_BOX == KIND  # the engines module's copy of the kind, kept without importing the basis
+
+
+def test_a_spark_policy_set_while_the_model_was_als_refuses_a_retrain_of_its_basis_version(
+    tmp_path: Path, documents
+) -> None:
+    """The policy was valid when set; once a basis version is served, a retrain is refused before a
+    version is reserved: the catalogue, the active version and the policy stay as they were."""
+    table, ids, _, ratings = documents
+    with Velox(tmp_path / "home") as v:
+        v.train("docs", ratings, ALSConfig(rank=2, iterations=2))
+        v.set_policy("docs", {"engine": "spark"})
+        meta = train_basis_version(
+            v.layout, "docs", ratings, items=table, recipe=RECIPE, config=OracleConfig(k=3, iterations=3)
+        )
+        v.activate("docs", meta["version"])
+        listed = v.catalog("docs").list()
+        with pytest.raises(InvalidInput, match="'engine'.*black-box basis") as caught:
+            v.retrain("docs", promote="always")
+        assert caught.value.field == "engine"
+        assert v.catalog("docs").list() == listed and v.retrainer.job("docs") is None
+        assert v.server("docs").version_id == meta["version"] and v.policy("docs").engine == "spark"
+        v.set_policy("docs", {"engine": "local"})
+        assert v.retrain("docs", promote="never", wait=True).state == "ready"

@@ -263,3 +263,43 @@ def test_a_server_killed_mid_retrain_leaves_no_trainer_and_another_server_retrai
             t.join()
     a.stop(), b.stop()
     assert not Counter(acked) - Counter(_logged(home)), "an acknowledged observation is missing from the logs"
+
+
+@pytest.mark.slow
+def test_a_retrain_on_an_unreachable_spark_master_fails_naming_it_and_the_active_version_serves_on(
+    tmp_path: Path,
+) -> None:
+    """A spark:// master nobody listens on (a port bound but not listening refuses connections,
+    and nothing else can take it meanwhile): the retrain fails, saying which master and what to do,
+    its version is marked failed, and the active version goes on serving and learning."""
+    import socket
+
+    catify = generate_catify(40, 30, n_ratings=600, seed=2)
+    user, item = str(catify.ratings.users[0]), str(catify.ratings.items[0])
+    with socket.socket() as taken, Velox(tmp_path) as velox:
+        taken.bind(("127.0.0.1", 0))
+        master = f"spark://127.0.0.1:{taken.getsockname()[1]}"
+        velox.train("m", catify.ratings, ALSConfig(rank=2, iterations=2))
+        before = velox.predict("m", user, item)
+        velox.set_policy("m", {"engine": "spark", "spark_master": master, "spark_start_timeout": 5})
+        started = velox.retrain("m", promote="always", wait=True)
+        job = velox.retrainer.job("m")
+        assert job is not None and job.version == started.version and job.state == "failed", job
+        assert (job.engine, job.spark_master) == ("spark", master)
+        headline = job.detail.splitlines()[0]  # type: ignore[union-attr]
+        assert f"Cannot reach the Spark master {master}" in headline and "Connection refused" in headline
+        assert "engine local" in headline and "master is running" in headline
+        entry = velox.catalog("m").entry(job.version)
+        assert entry["status"] == "failed" and entry["error"].splitlines()[0] == headline
+        assert velox.server("m").version_id == "v1"
+        assert velox.predict("m", user, item) == pytest.approx(before)
+        velox.observe("m", user, item, 5.0)  # still learning online on v1
+        assert velox.predict("m", user, item) != pytest.approx(before)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "60", float("inf"), True, None])
+def test_a_bad_spark_start_timeout_is_refused_naming_the_field(timeout: object) -> None:
+    with pytest.raises(InvalidInput, match="spark_start_timeout.*seconds > 0") as caught:
+        RetrainPolicy.from_dict({"engine": "spark", "spark_start_timeout": timeout})
+    assert caught.value.field == "spark_start_timeout"
+    assert RetrainPolicy().spark_start_timeout == 60.0  # as policies written before the field

@@ -113,6 +113,7 @@ class RetrainPolicyRequest(Struct, forbid_unknown_fields=True):
         ]
         | UnsetType
     ) = UNSET
+    spark_start_timeout: Positive | UnsetType = UNSET
 
 
 # ---- Clipper ----------------------------------------------------------------------------------

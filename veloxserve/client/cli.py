@@ -141,6 +141,7 @@ def _policy(client: Client, a: argparse.Namespace) -> Any:
         "drift_detector": a.drift_detector,
         "engine": a.engine,
         "spark_master": a.spark_master,
+        "spark_start_timeout": a.spark_start_timeout,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     current = client.policy(a.model)
@@ -213,6 +214,12 @@ def add_commands(sub: Any) -> None:
     policy.add_argument("--engine", choices=["local", "spark"], help="who fits θ when the model retrains")
     policy.add_argument(
         "--spark-master", metavar="URL", help="with --engine spark: local[N], local[*] or spark://host:port"
+    )
+    policy.add_argument(
+        "--spark-start-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a spark:// master not ready for a retrain within this (default 60) fails it, naming the master",
     )
     policy.set_defaults(run=run(_policy))
 

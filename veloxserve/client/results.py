@@ -180,6 +180,7 @@ class RetrainPolicy:
     drift_detector: str = "page_hinkley"
     engine: str = "local"
     spark_master: str = "local[2]"
+    spark_start_timeout: float = 60.0
     raw: Mapping[str, Any] = _raw()
 
     @classmethod

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import signal
 import subprocess
@@ -52,6 +53,8 @@ from veloxserve.serving.drift import (
 from veloxserve.storage.pointer import read_pointer, write_pointer
 from veloxserve.storage.redis_lifecycle import FencedOut, Lease
 from veloxserve.storage.version_catalog import Status, VersionCatalog, now
+from veloxserve.training.engines import check_engine
+from veloxserve.training.spark_session import DEFAULT_START_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,10 @@ class RetrainPolicy:
     # held-out rows, item catalogue and user solves are the same either way (training/trainer.py).
     engine: str = "local"
     spark_master: str = "local[2]"
+    # How long a spark:// master may take to answer, accept the retrain and give it an executor
+    # before the retrain fails naming it (training/spark_session.py); Spark alone would retry an
+    # absent master for ~65 s and wait for ever on one without free workers.
+    spark_start_timeout: float = DEFAULT_START_TIMEOUT
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "policy") -> RetrainPolicy:
@@ -140,6 +147,7 @@ _POLICY_CHECKS: dict[str, tuple[Any, str]] = {  # field: (accepts, what is expec
         lambda v: isinstance(v, str) and SPARK_MASTER.fullmatch(v) is not None,
         "a Spark master URL: local, local[N], local[*] or spark://host:port[,host:port]",
     ),
+    "spark_start_timeout": (lambda v: _number(v) and 0 < v and math.isfinite(v), "a number of seconds > 0"),
 }
 
 
@@ -275,6 +283,10 @@ class Retrainer:
         return RetrainPolicy(**json.loads(text)) if text else RetrainPolicy()
 
     def set_policy(self, model: str, policy: RetrainPolicy) -> RetrainPolicy:
+        """Store the policy; InvalidInput (and nothing changes) if the active version's kind cannot
+        retrain on its engine (training/engines.py)."""
+        active = self._models.active_version(model)
+        check_engine(policy.engine, self._models.catalog(model).versions.read_meta(active), model)
         write_pointer(self._layout.policy_file(model), json.dumps(asdict(policy)))
         with self._lock:
             self._triggers[model] = _Trigger(policy, policy.detector())
@@ -337,6 +349,8 @@ class Retrainer:
                     f"{running.started_at}, reason {running.reason}). Wait for it: GET /models/{model}/retrain."
                 )
             policy = self._trigger(model).policy  # every retrain fits θ with the policy's engine
+            # A policy set before a black-box version was activated: refused before anything is reserved.
+            check_engine(policy.engine, self._models.catalog(model).versions.read_meta(parent), model)
             spark_master = policy.spark_master if policy.engine == "spark" else None
             held = self._take_lease(model)  # Conflict naming the process retraining it
             try:
@@ -356,7 +370,10 @@ class Retrainer:
             self._forgotten[model] = set()
             if model in self._triggers:
                 self._triggers[model].observations, self._triggers[model].since = 0, time.monotonic()
-        thread = threading.Thread(target=self._run, args=(job, overrides or {}), name=f"retrain-{model}", daemon=True)
+        timeout = policy.spark_start_timeout
+        thread = threading.Thread(
+            target=self._run, args=(job, overrides or {}, timeout), name=f"retrain-{model}", daemon=True
+        )
         self._threads[model] = thread
         thread.start()
         return job
@@ -383,11 +400,11 @@ class Retrainer:
             thread.join(timeout)
         return self.job(model)
 
-    def _run(self, job: RetrainJob, overrides: dict[str, Any]) -> None:
+    def _run(self, job: RetrainJob, overrides: dict[str, Any], spark_start_timeout: float) -> None:
         catalog = self._models.catalog(job.model)
         started = time.perf_counter()
         try:
-            meta = self._train(job, overrides)
+            meta = self._train(job, overrides, spark_start_timeout)
             scrubbed = self._scrub(job.model, job.version, lambda: self._forgotten_now(job.model))
             if scrubbed:
                 log.info("%s: removed %d user(s) forgotten during retrain %s", job.model, len(scrubbed), job.version)
@@ -438,7 +455,7 @@ class Retrainer:
             if held is not None:
                 held.release()
 
-    def _train(self, job: RetrainJob, overrides: dict[str, Any]) -> dict[str, Any]:
+    def _train(self, job: RetrainJob, overrides: dict[str, Any], spark_start_timeout: float) -> dict[str, Any]:
         spec = {
             "home": str(Path(self._layout.root).resolve()),
             "model": job.model,
@@ -448,6 +465,7 @@ class Retrainer:
             "reason": job.reason,
             "engine": job.engine,
             "spark_master": job.spark_master,
+            "spark_start_timeout": spark_start_timeout,
             "overrides": overrides,
         }
         with self._lock:
@@ -468,9 +486,28 @@ class Retrainer:
         if proc.returncode != 0:
             if self._closing:
                 raise RuntimeError("interrupted: the server shut down during training")
-            tail = stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-            raise RuntimeError(f"trainer exited with status {proc.returncode}: {tail[0]}\n{stderr[-_STDERR_TAIL:]}")
+            raise RuntimeError(_failure(proc.returncode, stdout, stderr))
         return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _failure(status: int, stdout: str, stderr: str) -> str:
+    """A failed trainer's error, at most _STDERR_TAIL characters: its own message (the worker's last
+    stdout line, {"error": ...}) else stderr's last line, then as much of stderr's tail as fits (a
+    JVM's log can run long: the headline is never the part cut off)."""
+    headline = None
+    lines = stdout.strip().splitlines()
+    try:
+        reported = json.loads(lines[-1]) if lines else None
+        if isinstance(reported, dict) and isinstance(reported.get("error"), str):
+            headline = reported["error"]
+    except ValueError:
+        pass
+    if headline is None:
+        last = stderr.strip().splitlines()[-1:] or [f"exit status {status}"]
+        headline = f"trainer exited with status {status}: {last[0]}"
+    headline = headline[:_STDERR_TAIL]
+    room = _STDERR_TAIL - len(headline) - 1
+    return f"{headline}\n{stderr[-room:]}" if room > 0 and stderr else headline
 
 
 def _fmt(value: float | None) -> str:

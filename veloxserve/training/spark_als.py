@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from veloxserve.config import HomeLayout
-from veloxserve.errors import InvalidInput, TrainingFailed
+from veloxserve.errors import InvalidInput
 from veloxserve.models.version import Link, sigmoid
 from veloxserve.storage.versions import VersionStore
 from veloxserve.training.als import (
@@ -33,34 +33,11 @@ from veloxserve.training.als import (
     theta_rmse,
 )
 from veloxserve.training.ratings import Ratings, load_ratings, write_ratings_parquet
+from veloxserve.training.spark_session import DEFAULT_START_TIMEOUT, spark_session
 from veloxserve.training.trainer import add_reference, fit_input, save_base_data, version_meta
 
 DEFAULT_REG_PARAM = 0.1  # MLlib's λ (per rating, ALS-WR); measured on ml-100k u1 in bench/bench_lifecycle.py
 ITEM_BIAS_REG = 5.0  # b_x = Σ (y − μ) / (n_x + this): shrinks rarely rated items' bias to 0
-
-
-def spark_session(master: str, app: str = "veloxserve-train"):
-    """A SparkSession for training; quiet, no UI, few shuffle partitions (ALS data is small)."""
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise TrainingFailed(
-            "The Spark engine needs pyspark: pip install 'veloxserve[spark]' (make test installs it). "
-            "Spark also needs Java 17 or newer on PATH."
-        ) from None
-    session = (
-        SparkSession.builder.master(master)
-        .appName(app)
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "8")
-        .config("spark.driver.memory", "2g")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    return session
 
 
 def train_version_spark(
@@ -71,11 +48,12 @@ def train_version_spark(
     *,
     master: str = "local[2]",
     reg_param: float = DEFAULT_REG_PARAM,
+    start_timeout: float = DEFAULT_START_TIMEOUT,
 ) -> dict[str, Any]:
     """Train θ with Spark MLlib ALS from a ratings file or Parquet directory; write the next version."""
     config = config or ALSConfig()
     started = time.perf_counter()
-    spark = spark_session(master)
+    spark = spark_session(master, start_timeout=start_timeout)
     with tempfile.TemporaryDirectory(prefix="veloxserve-spark-") as scratch:
         path = _as_parquet(ratings, Path(scratch))
         factors, data, test, info = fit_spark(spark, str(path), config, reg_param)
@@ -172,16 +150,18 @@ def fit_theta_spark(
     reg_param: float | None,
     items: np.ndarray,
     final_users: Ratings,
+    start_timeout: float = DEFAULT_START_TIMEOUT,
 ) -> tuple[TrainedFactors, dict[str, Any]]:
     """A retrain's θ fitted by Spark MLlib on exactly the rows the local retrain fits
     (training/trainer.py `retrain_version` made the split): the catalogue is those rows' items
     plus `items` (the parent's; unrated ones get V = 0, b = 0, as `train_als` gives them), and the
     held-out RMSE and every user's served statistics are the local solves against Spark's θ.
-    `reg_param` None: DEFAULT_REG_PARAM (the parent's `reg` means the local λ_i, not MLlib's)."""
+    `reg_param` None: DEFAULT_REG_PARAM (the parent's `reg` means the local λ_i, not MLlib's).
+    A `spark://` master not ready within `start_timeout` s: TrainingFailed (training/spark_session.py)."""
     started = time.perf_counter()
     reg_param = DEFAULT_REG_PARAM if reg_param is None else reg_param
     rows = fit_input(train, link)
-    spark = spark_session(master, app="veloxserve-retrain")
+    spark = spark_session(master, app="veloxserve-retrain", start_timeout=start_timeout)
     with tempfile.TemporaryDirectory(prefix="veloxserve-spark-") as scratch:
         path = Path(scratch) / "train.parquet"
         write_ratings_parquet(rows, path)

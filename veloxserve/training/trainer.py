@@ -30,6 +30,7 @@ from veloxserve.storage.observation_log import MAIN_INSTANCE, read_merged
 from veloxserve.storage.versions import VersionStore
 from veloxserve.training.als import ALSConfig, TrainedFactors, theta_rmse, train_als
 from veloxserve.training.content import fit_text_basis, read_item_texts
+from veloxserve.training.engines import check_engine
 from veloxserve.training.ratings import Ratings, load_ratings, split_holdout, write_ratings_parquet
 
 # For the logistic link, θ is fitted to the labels' log-odds, clipped so 0/1 labels stay finite;
@@ -159,6 +160,7 @@ def retrain_version(
     overrides: dict[str, Any] | None = None,
     engine: str = "local",
     spark_master: str | None = None,
+    spark_start_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Train the reserved `version` from the base data plus the log up to `upto_lsn`.
 
@@ -173,11 +175,14 @@ def retrain_version(
 
     `engine` "spark" fits θ alone with Spark MLlib on `spark_master` (training/spark_als.py
     `fit_theta_spark`) from these same rows; the split, the catalogue and the user solves do not
-    change, so the two engines' versions compare on the same held-out rows.
+    change, so the two engines' versions compare on the same held-out rows. A `spark://` master
+    not ready within `spark_start_timeout` s (None: the default) fails the retrain (TrainingFailed).
+    A black-box basis parent has no Spark engine: InvalidInput (the retrainer refuses it earlier).
     """
     versions = VersionStore(layout.versions_dir(model))
     parent_meta = versions.read_meta(parent)
     if parent_meta.get("kind") == "black_box":  # a Shared Basis of black-box models: its own refit
+        check_engine(engine, parent_meta, model)
         from veloxserve.training.basis_trainer import retrain_basis_version
 
         return retrain_basis_version(
@@ -210,6 +215,7 @@ def retrain_version(
         config = dataclasses.replace(config, reg=ALSConfig.reg)
     if engine == "spark":
         from veloxserve.training.spark_als import fit_theta_spark  # pyspark loads slowly, and only here
+        from veloxserve.training.spark_session import DEFAULT_START_TIMEOUT
 
         reg_param = config.reg if same_reg else None
         factors, engine_meta = fit_theta_spark(
@@ -221,6 +227,7 @@ def retrain_version(
             reg_param=reg_param,
             items=parent_arrays["item_ids"],
             final_users=data,
+            start_timeout=DEFAULT_START_TIMEOUT if spark_start_timeout is None else spark_start_timeout,
         )
     else:
         factors, engine_meta = _fit(train, test, config, link, items=parent_arrays["item_ids"], final_users=data), {}
