@@ -137,6 +137,30 @@ def test_metrics_count_the_requests_every_worker_answered(workers: ServerProcess
     assert float(line.split()[-1]) == 60  # summed over the workers, each counted once
 
 
+def test_monitoring_counts_the_predictions_every_worker_answered_while_it_lives(workers: ServerProcess) -> None:
+    computed: dict[str, int] = {"0": 0, "1": 0}  # by the worker that computed the answer
+    for n in range(60):
+        with httpx.Client(base_url=workers.url, timeout=30) as http:  # new connections: both workers
+            r = http.get("/models/songs/predict", params={"user": f"new-{n}", "item": 100 + n % 50})
+        assert r.status_code == 200
+        computed["0" if "x-veloxserve-forwarded" in r.headers else r.headers["x-veloxserve-worker"]] += 1
+    assert computed["1"] and computed["0"]
+
+    def deviations(worker: str, killed: bool = False) -> dict:
+        alerts = _answer(workers, "/models/songs/alerts", None, worker, local=worker == "0", killed=killed)
+        return alerts.json()["deviations"]
+
+    # worker 0 reports, with the reader's requests, whichever worker took the request
+    assert eventually(lambda: deviations("0")["user_requests"] == 60, within=60)
+    assert deviations("1")["user_requests"] == 60
+    found = deviations("0")
+    assert found["new_users_share"] == 1.0 and found["items_requested"] == 60 and found["served_sample"] == 60
+
+    reader = int(_pids(workers)["1"])
+    os.kill(reader, signal.SIGKILL)  # a dead reader's requests stop counting: worker 0's own are left
+    assert eventually(lambda: deviations("0", killed=True)["user_requests"] == computed["0"], within=60)
+
+
 def test_clipper_applications_are_served_by_every_worker_over_worker_0s_containers(
     workers: ServerProcess, tmp_path: Path
 ) -> None:

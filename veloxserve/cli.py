@@ -494,12 +494,14 @@ def _serve(args: argparse.Namespace) -> int:
 
         store = RedisUserStore(RedisSettings.from_url(server_settings.store))
     home = server_settings.home
-    published = None
-    if index is not None:  # worker 0 of `serve --workers N`: it publishes for the readers
+    published = sketches = None
+    if index is not None:  # worker 0 of `serve --workers N`: it publishes for the readers, reports for them
         from veloxserve.storage.published_states import PublishedStates
-        from veloxserve.workers import published_path
+        from veloxserve.storage.sketch_files import SketchFiles
+        from veloxserve.workers import published_path, sketches_path
 
         published = PublishedStates(published_path(args.worker0_socket))
+        sketches = SketchFiles(sketches_path(args.worker0_socket))
     velox = Velox(
         home,
         config=settings.serving,
@@ -507,6 +509,7 @@ def _serve(args: argparse.Namespace) -> int:
         instance=server_settings.instance,
         home_lock=getattr(args, "home_lock", None),
         published=published,
+        sketches=sketches,
     )
     try:
         frontend = None if index is None else Frontend(0, args.workers)  # worker 0: the Clipper owner
@@ -580,11 +583,18 @@ def _serve_reader(args: argparse.Namespace, settings: Any, index: int) -> int:
     from veloxserve.clipper.runtime import ClipperRuntime
     from veloxserve.serving.reader import Readers
     from veloxserve.serving.velox import Velox
+    from veloxserve.storage.sketch_files import SketchFiles
     from veloxserve.storage.tokens import TokenStore
-    from veloxserve.workers import published_path
+    from veloxserve.workers import published_path, sketches_path
 
     server = settings.server
-    readers = Readers(server.home, published_path(args.worker0_socket), settings.serving, instance=f"worker-{index}")
+    readers = Readers(
+        server.home,
+        published_path(args.worker0_socket),
+        settings.serving,
+        instance=f"worker-{index}",
+        sketches=SketchFiles(sketches_path(args.worker0_socket)),
+    )
     auth = AuthConfig(enabled=settings.auth.enabled, keyed_models=frozenset(settings.auth.keyed_models))
     velox = cast(Velox, readers)  # the prediction routes' part of Velox (serving/reader.py)
     # a Clipper frontend that attaches to worker 0's containers and batches this worker's queries

@@ -13,7 +13,9 @@ socket. Workers 1..N-1 are readers: they answer predictions themselves from that
 (api/forwarding.py). Durability and recovery are embedded mode's own: an observation is
 acknowledged after the log's group commit, and a worker 0 restarted after kill -9 recovers from
 the LMDB checkpoint and the log, and republishes, before it answers again (readers go on
-answering predictions from the map meanwhile, and queue and retry the rest). Any worker that dies is restarted; a worker that exits with 2 (a usage error, such as
+answering predictions from the map meanwhile, and queue and retry the rest). Each reader leaves
+a snapshot of its monitors' sketches beside the map every second, and worker 0's monitoring
+report counts them with its own (storage/sketch_files.py). Any worker that dies is restarted; a worker that exits with 2 (a usage error, such as
 a home another process holds) stops them all. docs/deployment.md says what this buys, measured.
 """
 
@@ -38,6 +40,11 @@ _SHARED_MEMORY = Path("/dev/shm")  # the published map and the socket: in memory
 def published_path(worker0_socket: str | Path) -> Path:
     """Where worker 0 publishes learned weights for the readers (storage/published_states.py)."""
     return Path(worker0_socket).parent / "published"
+
+
+def sketches_path(worker0_socket: str | Path) -> Path:
+    """Where the readers leave what their monitors saw, for worker 0's reports (storage/sketch_files.py)."""
+    return Path(worker0_socket).parent / "sketches"
 
 
 _USAGE_ERROR = 2  # cli.py's exit code for a VeloxError

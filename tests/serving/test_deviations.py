@@ -15,6 +15,7 @@ from veloxserve.serving.deviations import (
     chi_square,
     deviations,
     ks_2samp_columns,
+    merge,
     psi,
 )
 
@@ -110,3 +111,57 @@ def test_single_predictions_are_buffered_and_every_one_is_in_the_next_snapshot()
     snap = sketch.snapshot()
     assert sorted(snap["rows"]) == list(range(150)) and sorted(snap["scores"]) == list(map(float, range(150)))
     assert snap["new_users"].sum() == 50 and snap["items"] == 150 and not snap["unknown"].any()
+
+
+_REQUEST = st.one_of(
+    st.tuples(st.just("items"), st.lists(st.booleans(), min_size=1, max_size=8)),
+    st.tuples(st.just("users"), st.lists(st.booleans(), min_size=1, max_size=8)),
+    st.tuples(st.just("predicted"), st.lists(st.tuples(st.integers(0, 4), st.booleans()), min_size=1, max_size=8)),
+    st.tuples(st.just("one"), st.tuples(st.integers(0, 4), st.booleans())),
+)
+
+
+def _feed(sketch: ServingSketch, request: tuple, score: float) -> None:
+    kind, what = request
+    if kind in ("items", "users"):
+        getattr(sketch, kind)(np.array(what))
+    elif kind == "predicted":
+        rows, new = zip(*what)
+        sketch.predicted(np.array(rows), np.array(new), score + np.arange(len(rows)))
+    else:
+        sketch.predicted_one(what[0], what[1], score)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(_REQUEST, max_size=40), min_size=1, max_size=4))
+def test_merged_snapshots_have_the_statistics_of_one_sketch_fed_every_request(workers) -> None:
+    reference = TrainingReference(np.array([0, 1, 2, 3, 4, 2]), np.array([0.5, 40.0, 120.0, 210.0, 330.0, 420.0]))
+    features = np.column_stack([np.arange(5.0), np.arange(5.0) ** 2])
+    one, sketches = ServingSketch(1_000, 1_000), [ServingSketch(1_000, 1_000) for _ in workers]
+    for w, requests in enumerate(workers):
+        for n, request in enumerate(requests):
+            score = float(w * 100 + n)
+            _feed(sketches[w], request, score)
+            _feed(one, request, score)
+    merged, alone = merge([s.snapshot() for s in sketches], 1_000, 1_000), one.snapshot()
+    for key in ("items", "users", "served"):
+        assert merged[key] == alone[key]
+    for key in ("unknown", "new_users"):
+        assert sorted(merged[key]) == sorted(alone[key])
+    assert sorted(zip(merged["rows"], merged["scores"])) == sorted(zip(alone["rows"], alone["scores"]))
+    got, expected = deviations(merged, reference, features), deviations(alone, reference, features)
+    if expected["scores"] is not None:  # a mean summed in another order: equal up to rounding
+        assert np.isclose(got["scores"].pop("served_mean"), expected["scores"].pop("served_mean"))
+    np.testing.assert_equal(got, expected)  # NaN equal to NaN (χ² of scores in no reference bin)
+
+
+def test_merged_rings_keep_each_sketchs_newest_in_proportion_to_its_count() -> None:
+    busy, quiet = ServingSketch(window=20, sample=20), ServingSketch(window=20, sample=20)
+    busy.predicted(np.arange(30), np.zeros(30, dtype=bool), np.arange(30.0))  # its ring wrapped: 20 of 30 kept
+    quiet.predicted(np.arange(100, 110), np.ones(10, dtype=bool), np.arange(100.0, 110.0))
+    merged = merge([busy.snapshot(), quiet.snapshot()], window=20, sample=20)
+    # 30 : 10 requests: 15 and 5 of the 20 kept, each sketch's newest
+    assert merged["rows"].tolist() == [*range(15, 30), *range(105, 110)]
+    assert merged["scores"].tolist() == [*map(float, range(15, 30)), *map(float, range(105, 110))]
+    assert merged["new_users"].sum() == 5 and merged["new_users"].size == 20
+    assert (merged["items"], merged["users"], merged["served"]) == (40, 40, 40)

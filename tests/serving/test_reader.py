@@ -16,10 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import synthetic_version_arrays
+from tests.helpers import eventually
 from veloxserve.config import HomeLayout
 from veloxserve.serving.reader import Readers
 from veloxserve.serving.velox import Velox
 from veloxserve.storage.published_states import PublishedStates, VersionMoved
+from veloxserve.storage.sketch_files import SketchFiles
 from veloxserve.storage.versions import VersionStore
 
 USERS = [str(u) for u in range(6)] + ["new-a", "new-b"]  # trained users and users the version never saw
@@ -186,3 +188,24 @@ def test_every_acknowledged_observation_is_read_while_the_version_is_rebuilt(tmp
         thread.join(60)
     readers.close()
     assert not mismatches, mismatches[:3]
+
+
+def test_the_learners_monitoring_counts_what_a_reader_served_until_the_reader_closes(tmp_path: Path) -> None:
+    root = _home(tmp_path / "home")
+    published, sketches = PublishedStates(tmp_path / "published"), SketchFiles(tmp_path / "sketches")
+    with Velox(root, published=published, sketches=sketches) as velox:
+        readers = Readers(root, published, instance="worker-1", sketches=sketches)
+        readers.refresh("songs", wait=True)
+        velox.predict_many("songs", [("0", 101), ("1", 102)])  # trained users, on the learner
+        for n in range(30):  # users the version never saw, on the reader
+            readers.server("songs").predict(f"reader-only-{n}", 100 + n % 50)
+
+        def counted() -> dict:
+            return velox.alerts("songs")["deviations"]
+
+        assert eventually(lambda: counted()["user_requests"] == 32, within=30)
+        found = counted()
+        assert found["new_users_share"] == 30 / 32 and found["items_requested"] == 32 and found["served_sample"] == 32
+        readers.close()  # its requests no longer count: the learner's own are left
+        found = counted()
+        assert found["user_requests"] == 2 and found["new_users_share"] == 0.0

@@ -15,6 +15,9 @@ asked (a scrape, GET /models/{name}/alerts), never on the request path:
                            rows' f_d: two-sample KS, p-values Bonferroni-adjusted over the
                            dimensions tested (a constant dimension is not tested)
 
+`merge` makes one snapshot of several sketches' (the workers of `serve --workers N`, each
+answering through a monitor of its own; storage/sketch_files.py carries the readers' to worker 0).
+
 The statistics are checked against scipy (tests/serving/test_deviations.py): KS is
 scipy.stats.ks_2samp's with its asymptotic p-value, χ² is scipy.stats.chisquare's.
 """
@@ -22,6 +25,7 @@ scipy.stats.ks_2samp's with its asymptotic p-value, χ² is scipy.stats.chisquar
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,17 +149,64 @@ class ServingSketch:
             )
 
     def snapshot(self) -> dict[str, Any]:
+        """Counts ever written and each ring's values, oldest first (what `merge` trims by)."""
         with self._lock:
             self._flush()
             items, users, served = (int(c) for c in self._counts)
             return {
                 "items": items,
-                "unknown": self._unknown[: min(items, self._unknown.size)].copy(),
+                "unknown": _in_order(self._unknown, items),
                 "users": users,
-                "new_users": self._new_users[: min(users, self._new_users.size)].copy(),
-                "rows": self._rows[: min(served, self._rows.size)].copy(),
-                "scores": self._scores[: min(served, self._scores.size)].copy(),
+                "new_users": _in_order(self._new_users, users),
+                "served": served,
+                "rows": _in_order(self._rows, served),
+                "scores": _in_order(self._scores, served),
             }
+
+
+def _in_order(ring: np.ndarray, written: int) -> np.ndarray:
+    """A copy of a ring's values, oldest first (`written` values ever, the newest ring.size kept)."""
+    if written <= ring.size:
+        return ring[:written].copy()
+    start = written % ring.size  # the oldest kept value: where the next write goes
+    return np.concatenate([ring[start:], ring[:start]])
+
+
+_RINGS = (("items", ("unknown",)), ("users", ("new_users",)), ("served", ("rows", "scores")))
+
+
+def merge(snapshots: Sequence[dict[str, Any]], window: int, sample: int) -> dict[str, Any]:
+    """One snapshot of the requests several sketches saw (the workers of `serve --workers N`).
+
+    Counts are summed and rings concatenated. Where they hold more than one sketch would (`window`
+    items and users, `sample` served pairs), each keeps its newest values in proportion to its
+    count, as if the sketches' requests had come in evenly interleaved over the same recent time:
+    a worker that answered twice as many requests has twice as many of the kept ones. (The rings
+    hold no times, so which requests were newest across workers is not known; the kernel spreads
+    connections evenly over the workers, so their windows cover about the same time.)"""
+    out: dict[str, Any] = {}
+    for count, rings in _RINGS:
+        written = np.array([s[count] for s in snapshots], dtype=np.int64)
+        out[count] = int(written.sum())
+        held = [s[rings[0]] for s in snapshots]
+        keep = _newest(
+            np.array([h.size for h in held], dtype=np.int64), written, window if count != "served" else sample
+        )
+        for ring in rings:
+            parts = [s[ring][s[ring].size - n :] for s, n in zip(snapshots, keep)]
+            out[ring] = np.concatenate(parts) if parts else np.zeros(0)
+    return out
+
+
+def _newest(held: np.ndarray, written: np.ndarray, capacity: int) -> np.ndarray:
+    """How many of its newest values each ring keeps: all when they fit in `capacity`; otherwise the
+    `capacity` youngest, a ring's j-th newest value being j / written old (evenly interleaved)."""
+    if held.sum() <= capacity:
+        return held
+    ages = np.concatenate([np.arange(1, h + 1) / max(w, 1) for h, w in zip(held, written)])
+    owner = np.repeat(np.arange(held.size), held)
+    youngest = np.argpartition(ages, capacity - 1)[:capacity]
+    return np.bincount(owner[youngest], minlength=held.size)
 
 
 # ---- statistics --------------------------------------------------------------------------

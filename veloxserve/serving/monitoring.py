@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ import numpy as np
 from veloxserve.config import MonitoringConfig
 from veloxserve.models.version import Link, ModelVersion
 from veloxserve.serving.alerts import AlertBook, Condition
-from veloxserve.serving.deviations import ServingSketch, deviations
+from veloxserve.serving.deviations import ServingSketch, deviations, merge
 from veloxserve.serving.drift import DETECTORS, ON_SQUARED_ERRORS, DriftDetector, make_detector
 
 _WHAT = {
@@ -91,9 +91,14 @@ class Monitor:
                     self._last_detection[detector.name] = start + int(hits[-1]) + 1
 
     # ---- reading -------------------------------------------------------------------------
-    def report(self, prequential: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Deviations, detectors and alerts now (evaluates the alert book)."""
-        found = deviations(self.sketch.snapshot(), self.version.reference, self.version.features.matrix)
+    def report(self, prequential: dict[str, Any] | None = None, peers: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """Deviations, detectors and alerts now (evaluates the alert book). `peers`: snapshots of
+        the same version's sketches in other processes (the readers of `serve --workers N`,
+        storage/sketch_files.py), whose requests count with this one's."""
+        snapshot = self.sketch.snapshot()
+        if peers:
+            snapshot = merge([snapshot, *peers], self.config.window, self.config.sample)
+        found = deviations(snapshot, self.version.reference, self.version.features.matrix)
         with self._lock:
             seen, last = self._errors_seen, dict(self._last_detection)
         detectors = {

@@ -39,6 +39,7 @@ from veloxserve.serving.user_state import ErrorsListener, UserState
 from veloxserve.storage.decision_log import DecisionLog
 from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.published_states import PublishedStates, VersionMoved
+from veloxserve.storage.sketch_files import PERIOD, SketchFiles
 from veloxserve.storage.user_store import UserStore
 from veloxserve.storage.version_catalog import VersionCatalog
 
@@ -144,10 +145,13 @@ class Readers:
         config: ServingConfig | None = None,
         *,
         instance: str = "reader",
+        sketches: SketchFiles | None = None,
     ) -> None:
         """`published`: the map worker 0 publishes into, opened once worker 0 has created it (or
         open already: LMDB opens a map once per process, so a test's learner and reader share it).
-        `instance`: names this reader's decision log (beside those of `serve --instance` processes)."""
+        `instance`: names this reader's decision log (beside those of `serve --instance` processes)
+        and its sketch files. `sketches`: where this reader leaves what its monitors saw, every
+        PERIOD seconds, for worker 0's monitoring report (storage/sketch_files.py)."""
         self.layout = HomeLayout(Path(home))
         self.instance = instance
         self._decision_logs: dict[str, DecisionLog] = {}
@@ -160,6 +164,14 @@ class Readers:
         self._namespaces: dict[str, str] = {}  # what each server reads (PublishedStates.active)
         self._loading: set[str] = set()
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._sketches = sketches
+        self._leaving: threading.Thread | None = None
+        if sketches is not None:
+            self._leaving = threading.Thread(
+                target=self._leave_sketches, args=(sketches,), name="reader-sketches", daemon=True
+            )
+            self._leaving.start()
 
     def model_names(self) -> list[str]:
         return sorted(self._servers)
@@ -263,7 +275,27 @@ class Readers:
             user_state=state,
         )
 
+    def _leave_sketches(self, files: SketchFiles) -> None:
+        """Write each served model's snapshot every PERIOD (an unchanged one is only touched)."""
+        written: dict[str, tuple[int, int, int, int]] = {}  # model -> (server, counts) last written
+        while not self._closed.wait(PERIOD):
+            for model, server in list(self._servers.items()):
+                try:
+                    snapshot = server.monitor.sketch.snapshot()
+                    mark = (id(server), snapshot["items"], snapshot["users"], snapshot["served"])
+                    if written.get(model) != mark or not files.touch(self.instance, model):
+                        files.write(self.instance, model, server.version_id, snapshot)
+                        written[model] = mark
+                except Exception:  # monitoring misses this reader's requests until the next write
+                    log.exception("reader: leaving the monitoring sketch of %s failed", model)
+                    written.pop(model, None)
+
     def close(self) -> None:
+        self._closed.set()
+        if self._sketches is not None and self._leaving is not None:
+            self._leaving.join(10)
+            for model in list(self._servers):  # this reader's requests no longer count
+                self._sketches.remove(self.instance, model)
         for decision_log in self._decision_logs.values():
             decision_log.close()
         if self._published is not None:

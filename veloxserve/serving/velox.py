@@ -42,6 +42,7 @@ from veloxserve.storage.observation_log import ObservationLog
 from veloxserve.storage.published_states import PublishedStates
 from veloxserve.storage.redis_cache import TrackedCache
 from veloxserve.storage.redis_client import RedisSettings
+from veloxserve.storage.sketch_files import SketchFiles
 from veloxserve.storage.user_store import UserStore
 from veloxserve.storage.version_catalog import VersionCatalog
 
@@ -61,14 +62,17 @@ class Velox:
         instance: str | None = None,
         home_lock: HomeLock | None = None,
         published: PublishedStates | None = None,
+        sketches: SketchFiles | None = None,
     ) -> None:
         """`store`: where users' state lives (default: LMDB in the home). A shared store
         (RedisUserStore) makes Redis the state shared by several processes serving this home, each with its own
         `instance` id (its own observation log and lock); see serving/backend.py. `home_lock`:
         the home's lock, already taken by the caller (the demo takes it before preparing the home).
-        `published`: where worker 0 of `serve --workers N` publishes for its readers (serving/reader.py)."""
+        `published`: where worker 0 of `serve --workers N` publishes for its readers (serving/reader.py);
+        `sketches`: where those readers leave what their monitors saw, counted in `alerts`."""
         check_instance(store, instance)
         self.instance = instance
+        self._sketches = sketches
         self.layout = HomeLayout(Path(home))
         self.layout.root.mkdir(parents=True, exist_ok=True)
         self._home_lock = home_lock or HomeLock(self.layout.lock_file(instance))
@@ -245,7 +249,8 @@ class Velox:
         """What to fix in the served version: its deviations from its training data, its drift
         detectors on the prequential error, and the alerts they raise (docs/monitoring.md)."""
         server = self.server(model)
-        return server.monitor.report(server.prequential.report())
+        peers = [] if self._sketches is None else self._sketches.read(model, server.version_id)
+        return server.monitor.report(server.prequential.report(), peers)
 
     def decision_log_dir(self, model: str) -> Path:
         return self.layout.decision_log_dir(model, self.instance)
