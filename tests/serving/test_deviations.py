@@ -54,14 +54,22 @@ def test_chi_square_is_scipys_on_the_same_bins(sample) -> None:
     a, b = _draw(*sample)
     statistic, p = chi_square(a, b)
     edges = bin_edges(a)
-    ref = binned(a, edges)
-    keep = ref > 0
-    observed = binned(b, edges)[keep]
-    expected = stats.chisquare(observed, ref[keep] / ref[keep].sum() * observed.sum())
+    ref, counts = binned(a, edges), binned(b, edges)
+    keep = (ref > 0) | (counts > 0)  # a bin only the current values fall in: the floor share
+    shares = np.maximum(ref[keep] / ref.sum(), 1e-4)
+    observed = counts[keep]
+    expected = stats.chisquare(observed, shares / shares.sum() * observed.sum())
     assert np.isclose(statistic, expected.statistic) and np.isclose(p, expected.pvalue)
     # the bins, counted independently: each value in the bin whose right edge is the first >= it
     for x, j in zip(b, np.searchsorted(edges, b)):
         assert (j == 0 or edges[j - 1] < x) and (j == edges.size or x <= edges[j])
+
+
+def test_scores_where_the_reference_has_none_are_a_large_finite_deviation() -> None:
+    statistic, p = chi_square(np.full(500, 3.0), np.full(80, 4.0))  # a constant reference, every score above it
+    assert np.isfinite(statistic) and statistic > 1e3 and p < 1e-6
+    assert chi_square(np.full(500, 3.0), np.full(80, 3.0)) == (0.0, 1.0)  # the same constant: no deviation
+    assert chi_square(np.arange(10.0), np.array([])) == (0.0, 1.0)  # nothing served
 
 
 def test_psi_is_the_formula_over_the_reference_deciles_and_grows_with_a_shift() -> None:
@@ -152,7 +160,7 @@ def test_merged_snapshots_have_the_statistics_of_one_sketch_fed_every_request(wo
     got, expected = deviations(merged, reference, features), deviations(alone, reference, features)
     if expected["scores"] is not None:  # a mean summed in another order: equal up to rounding
         assert np.isclose(got["scores"].pop("served_mean"), expected["scores"].pop("served_mean"))
-    np.testing.assert_equal(got, expected)  # NaN equal to NaN (χ² of scores in no reference bin)
+    np.testing.assert_equal(got, expected)  # every statistic, exactly
 
 
 def test_merged_rings_keep_each_sketchs_newest_in_proportion_to_its_count() -> None:

@@ -246,12 +246,18 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = BINS) -> float:
 
 def chi_square(reference: np.ndarray, current: np.ndarray, bins: int = BINS) -> tuple[float, float]:
     """χ² goodness of fit of the current values' bin counts to the reference's bin shares
-    (scipy.stats.chisquare(observed, expected)); bins the reference leaves empty are dropped."""
+    (scipy.stats.chisquare(observed, expected)). Bins empty in both are dropped; a bin the
+    reference leaves empty but current values fall in gets the share _PSI_FLOOR (then all shares
+    renormalised): values where the training data had none are a large, finite deviation, not
+    the 0/0 a zero share would give (a constant reference, and scores all above it)."""
     edges = bin_edges(reference, bins)
-    ref = binned(reference, edges)
-    keep = ref > 0
-    observed = binned(current, edges)[keep].astype(np.float64)
-    expected = ref[keep] / ref[keep].sum() * observed.sum()
+    ref, counts = binned(reference, edges), binned(current, edges)
+    keep = (ref > 0) | (counts > 0)
+    observed = counts[keep].astype(np.float64)
+    if observed.sum() == 0:
+        return 0.0, 1.0  # nothing served yet: nothing deviates
+    shares = np.maximum(ref[keep] / ref.sum(), _PSI_FLOOR)
+    expected = shares / shares.sum() * observed.sum()
     statistic = float(((observed - expected) ** 2 / expected).sum())
     return statistic, float(chi2.sf(statistic, max(int(keep.sum()) - 1, 1)))
 
