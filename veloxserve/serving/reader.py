@@ -278,6 +278,7 @@ class Readers:
     def _leave_sketches(self, files: SketchFiles) -> None:
         """Write each served model's snapshot every PERIOD (an unchanged one is only touched)."""
         written: dict[str, tuple[int, int, int, int]] = {}  # model -> (server, counts) last written
+        failing: set[str] = set()  # logged once per run of failures (a full /dev/shm fails every second)
         while not self._closed.wait(PERIOD):
             for model, server in list(self._servers.items()):
                 try:
@@ -286,8 +287,13 @@ class Readers:
                     if written.get(model) != mark or not files.touch(self.instance, model):
                         files.write(self.instance, model, server.version_id, snapshot)
                         written[model] = mark
+                    failing.discard(model)
                 except Exception:  # monitoring misses this reader's requests until the next write
-                    log.exception("reader: leaving the monitoring sketch of %s failed", model)
+                    if model not in failing:
+                        log.exception(
+                            "reader: leaving the monitoring sketch of %s failed (retried every second)", model
+                        )
+                    failing.add(model)
                     written.pop(model, None)
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from veloxserve.storage.atomic import temporary_name
+from veloxserve.storage.atomic import replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,8 @@ class SketchFiles:
         """Replace `instance`'s snapshot of `model` (served at `version`)."""
         path = self._path(model, instance)
         path.parent.mkdir(exist_ok=True)
-        tmp = temporary_name(path)
-        try:
-            with open(tmp, "wb") as fh:  # in memory and read within seconds: no fsync
-                np.savez(fh, version=np.str_(version), pid=np.int64(os.getpid()), **snapshot)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        pid = np.int64(os.getpid())
+        replace_atomically(path, lambda fh: np.savez(fh, version=np.str_(version), pid=pid, **snapshot))
 
     def touch(self, instance: str, model: str) -> bool:
         """Keep an unchanged snapshot fresh; False when there is none to keep (write it)."""
